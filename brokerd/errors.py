@@ -1,0 +1,79 @@
+"""The broker's one error tree.
+
+Every error a client can cause carries a stable ``code`` (sent on the wire, see
+``docs/protocol.md``) and a message a person can act on.  ``CorruptLogError`` is the
+exception: it means a storage invariant broke, and it names the file and position.
+"""
+
+from __future__ import annotations
+
+
+class RailError(Exception):
+    """Base of every error the broker reports to a client."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(RailError):
+    code = "BAD_REQUEST"
+
+
+class UnknownOp(RailError):
+    code = "UNKNOWN_OP"
+
+
+class UnknownTopic(RailError):
+    code = "UNKNOWN_TOPIC"
+
+
+class UnknownPartition(RailError):
+    code = "UNKNOWN_PARTITION"
+
+
+class InvalidTopic(RailError):
+    code = "INVALID_TOPIC"
+
+
+class TopicExists(RailError):
+    code = "TOPIC_EXISTS"
+
+
+class OffsetOutOfRange(RailError):
+    code = "OFFSET_OUT_OF_RANGE"
+
+
+class MessageTooLarge(RailError):
+    code = "MESSAGE_TOO_LARGE"
+
+
+class NotMember(RailError):
+    code = "NOT_MEMBER"
+
+
+class StaleGeneration(RailError):
+    code = "STALE_GENERATION"
+
+
+class OutOfOrderSequence(RailError):
+    """An idempotent producer skipped a sequence number: a batch before this one is missing."""
+
+    code = "OUT_OF_ORDER_SEQUENCE"
+
+
+class StorageError(RailError):
+    """The disk refused a write (full, read-only, I/O error); nothing was appended."""
+
+    code = "STORAGE_ERROR"
+
+
+class CorruptLogError(StorageError):
+    """A batch in a closed segment is damaged: the file and byte position say where."""
+
+    def __init__(self, path: str, position: int, why: str) -> None:
+        super().__init__(f"corrupt batch in {path} at byte {position}: {why}")
+        self.path = path
+        self.position = position

@@ -1,0 +1,40 @@
+"""Settings of one partition log (per topic; defaults follow Kafka's where they fit)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+MiB = 1024 * 1024
+DAY_MS = 24 * 3600 * 1000
+
+
+class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    segment_bytes: int = 128 * MiB
+    """Roll to a new segment when the active one would grow past this."""
+    segment_ms: int = 7 * DAY_MS
+    """Roll to a new segment when the active one is older than this."""
+    retention_bytes: int = -1
+    """Delete old segments while the partition is larger than this; -1 keeps all."""
+    retention_ms: int = 7 * DAY_MS
+    """Delete segments whose newest record is older than this; -1 keeps all."""
+    index_interval_bytes: int = 4096
+    max_batch_bytes: int = 8 * MiB
+    cleanup_policy: Literal["delete", "compact"] = "delete"
+    delete_retention_ms: int = DAY_MS
+    """How long a compacted topic keeps a tombstone (nil value) before the cleaner drops it."""
+    verify_reads: bool = False
+    """Check each batch's CRC when reading (recovery always checks)."""
+
+    def problem(self) -> str | None:
+        """Say which setting is out of range, or None."""
+        if self.segment_bytes < 1024:
+            return "segment_bytes must be at least 1024"
+        if self.segment_ms < 1:
+            return "segment_ms must be positive"
+        if self.index_interval_bytes < 1:
+            return "index_interval_bytes must be positive"
+        if not 1024 <= self.max_batch_bytes <= 256 * MiB:
+            return "max_batch_bytes must be between 1 KiB and 256 MiB"
+        return None

@@ -1,0 +1,228 @@
+"""One segment of a partition log: ``<base>.log`` plus its sparse ``<base>.index``.
+
+Files are named by the 20-digit base offset so that ``ls`` sorts them.  A segment is
+owned by its partition and used from one thread (the broker loop); the flusher thread only
+fsyncs a duplicate of its file descriptor (``dup_fd``).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from brokerd.errors import CorruptLogError, StorageError
+from brokerd.log.batch import (
+    ATTR_COMPACTED,
+    HEADER_SIZE,
+    BatchHeader,
+    crc_ok,
+    decode_header,
+    header_problem,
+)
+from brokerd.log.files import write_all
+from brokerd.log.index import NO_TIMESTAMP, OffsetIndex
+
+
+def segment_name(base_offset: int, suffix: str) -> str:
+    return f"{base_offset:020d}{suffix}"
+
+
+class StoredBatch(NamedTuple):
+    """A batch as read back: its header and its payload bytes (msgpack records)."""
+
+    header: BatchHeader
+    payload: memoryview
+
+
+@dataclass
+class ScanResult:
+    """What a scan of a segment file found: intact batches end at ``valid_end``."""
+
+    valid_end: int
+    next_offset: int
+    max_timestamp: int
+    batches: int = 0
+    problem: str | None = None
+    headers: list[tuple[int, BatchHeader]] = field(default_factory=list)
+
+
+class Segment:
+    def __init__(self, directory: Path, base_offset: int, index_interval: int,
+                 max_batch_bytes: int) -> None:
+        self.directory = directory
+        self.base_offset = base_offset
+        self.log_path = directory / segment_name(base_offset, ".log")
+        self.index_path = directory / segment_name(base_offset, ".index")
+        self.max_batch_bytes = max_batch_bytes
+        self.index = OffsetIndex(base_offset, index_interval)
+        self.fd = os.open(self.log_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self.size = os.fstat(self.fd).st_size
+        self.next_offset = base_offset
+        self.max_timestamp = NO_TIMESTAMP
+        self.first_append_ms: int | None = None
+        self.corrupt_at: int | None = None
+        self.corrupt_why = ""
+        self.dirty = False
+
+    # -- scanning -------------------------------------------------------------------
+    def scan(self, start: int, next_offset: int, max_ts: int, dense: bool,
+             keep_headers: bool = False) -> ScanResult:
+        """Walk batches from byte ``start``, checking length, CRC and offsets.
+
+        Stops at the first batch that is torn or corrupt and says why in ``problem``.
+        """
+        result = ScanResult(start, next_offset, max_ts)
+        if self.size <= start:
+            return result
+        with mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ) as buf:
+            pos = start
+            while pos < self.size:
+                problem = self._check_at(buf, pos, result.next_offset, dense)
+                if problem:
+                    result.problem = problem
+                    break
+                header = decode_header(buf, pos)
+                if keep_headers:
+                    result.headers.append((pos, header))
+                pos += header.size
+                result.valid_end = pos
+                result.next_offset = header.next_offset
+                result.max_timestamp = max(result.max_timestamp, header.max_timestamp)
+                result.batches += 1
+        return result
+
+    def _check_at(self, buf: mmap.mmap, pos: int, expected: int, dense: bool) -> str | None:
+        if pos + HEADER_SIZE > self.size:
+            return "torn header"
+        header = decode_header(buf, pos)
+        problem = header_problem(header, self.max_batch_bytes)
+        if problem:
+            return problem
+        if pos + header.size > self.size:
+            return "torn payload"
+        if not crc_ok(buf, pos, header):
+            return "CRC mismatch"
+        gap_ok = not dense or header.attributes & ATTR_COMPACTED
+        if header.base_offset != expected and not (gap_ok and header.base_offset > expected):
+            return f"base offset {header.base_offset}, expected {expected}"
+        return None
+
+    def rebuild_index(self, headers: list[tuple[int, BatchHeader]]) -> None:
+        self.index.clear()
+        max_ts = NO_TIMESTAMP
+        for pos, header in headers:
+            self.index.maybe_add(header.base_offset, pos, header.size, max_ts)
+            max_ts = max(max_ts, header.max_timestamp)
+
+    # -- appending ------------------------------------------------------------------
+    def append(self, header: BatchHeader, header_bytes: bytes,
+               payload: bytes | memoryview) -> None:
+        """Write one batch at the end of the file; on failure the file is cut back."""
+        pos = self.size
+        try:
+            write_all(self.fd, header_bytes, payload)
+        except OSError as exc:
+            self._cut_back(pos)
+            raise StorageError(f"cannot append to {self.log_path}: {exc.strerror}") from exc
+        self.index.maybe_add(header.base_offset, pos, header.size, self.max_timestamp)
+        self.size = pos + header.size
+        self.next_offset = header.next_offset
+        self.max_timestamp = max(self.max_timestamp, header.max_timestamp)
+        if self.first_append_ms is None:
+            self.first_append_ms = header.append_timestamp
+        self.dirty = True
+
+    def _cut_back(self, pos: int) -> None:
+        try:
+            os.ftruncate(self.fd, pos)
+        except OSError as exc:  # the tail now holds a torn batch that recovery will drop
+            raise StorageError(f"cannot cut {self.log_path} back to {pos}: {exc}") from exc
+
+    def truncate(self, pos: int) -> None:
+        """Cut the file at ``pos`` (recovery of a torn tail)."""
+        os.ftruncate(self.fd, pos)
+        self.size = pos
+        self.index.truncate_after(pos)
+        self.dirty = True
+
+    # -- reading --------------------------------------------------------------------
+    def read(self, offset: int, max_bytes: int, verify: bool) -> list[StoredBatch]:
+        """Whole batches holding ``offset`` and later, about ``max_bytes`` of them.
+
+        The first batch is returned even when it alone is larger than ``max_bytes``.
+        """
+        if offset >= self.next_offset:
+            return []
+        _, pos = self.index.lookup(offset)
+        end = self.size if self.corrupt_at is None else self.corrupt_at
+        want = max_bytes + self.index.interval + HEADER_SIZE
+        out: list[StoredBatch] = []
+        used = 0
+        while pos < end and used < max_bytes:
+            chunk = memoryview(os.pread(self.fd, min(want, end - pos), pos))
+            consumed, used = self._walk(chunk, pos, offset, max_bytes, used, out, verify)
+            if consumed == 0:
+                if out:
+                    break
+                chunk = memoryview(os.pread(self.fd, self._batch_size_at(pos), pos))
+                consumed, used = self._walk(chunk, pos, offset, max_bytes + len(chunk),
+                                            used, out, verify)
+            pos += consumed
+        if self.corrupt_at is not None and pos >= self.corrupt_at and used < max_bytes:
+            raise CorruptLogError(str(self.log_path), self.corrupt_at, self.corrupt_why)
+        return out
+
+    def _walk(self, chunk: memoryview, file_pos: int, offset: int, max_bytes: int,
+              used: int, out: list[StoredBatch], verify: bool) -> tuple[int, int]:
+        p = 0
+        while p + HEADER_SIZE <= len(chunk) and used < max_bytes:
+            header = decode_header(chunk, p)
+            problem = header_problem(header, self.max_batch_bytes)
+            if problem:
+                raise CorruptLogError(str(self.log_path), file_pos + p, problem)
+            if p + header.size > len(chunk):
+                break
+            if verify and not crc_ok(chunk, p, header):
+                raise CorruptLogError(str(self.log_path), file_pos + p, "CRC mismatch")
+            if header.next_offset > offset:
+                out.append(StoredBatch(header, chunk[p + HEADER_SIZE:p + header.size]))
+                used += header.size
+            p += header.size
+        return p, used
+
+    def _batch_size_at(self, pos: int) -> int:
+        raw = os.pread(self.fd, HEADER_SIZE, pos)
+        if len(raw) < HEADER_SIZE:
+            raise CorruptLogError(str(self.log_path), pos, "torn header")
+        header = decode_header(raw)
+        problem = header_problem(header, self.max_batch_bytes)
+        if problem:
+            raise CorruptLogError(str(self.log_path), pos, problem)
+        return header.size
+
+    # -- durability and lifecycle ---------------------------------------------------
+    def dup_fd(self) -> int:
+        """A duplicate descriptor the flusher may fsync while the loop keeps appending."""
+        return os.dup(self.fd)
+
+    def write_index(self) -> None:
+        self.index.write(self.index_path)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def delete(self) -> None:
+        self.close()
+        for path in (self.log_path, self.index_path):
+            path.unlink(missing_ok=True)
+
+    def reopen(self) -> None:
+        """Reopen the file after the cleaner replaced it."""
+        self.close()
+        self.fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND)
+        self.size = os.fstat(self.fd).st_size
