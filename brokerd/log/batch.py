@@ -116,11 +116,14 @@ def header_problem(header: BatchHeader, max_batch_bytes: int) -> str | None:
     return None
 
 
+NIL = msgspec.Raw(b"\xc0")
+
+
 class Record(msgspec.Struct, array_like=True, omit_defaults=True):
     """One record as stored: key and value stay encoded (``msgspec.Raw``) in the broker."""
 
     value: msgspec.Raw
-    key: msgspec.Raw | None = None
+    key: msgspec.Raw = NIL
     headers: dict[str, msgspec.Raw] | None = None
     timestamp: int | None = None
 
@@ -138,9 +141,9 @@ def encode_records(records: list[Record]) -> bytes:
     return _encoder.encode(records)
 
 
-def is_nil(raw: msgspec.Raw | None) -> bool:
+def is_nil(raw: msgspec.Raw) -> bool:
     """True for an absent key or a msgpack nil (a tombstone's value)."""
-    return raw is None or bytes(raw) == b"\xc0"
+    return bytes(raw) == b"\xc0"
 
 
 def key_content(raw: msgspec.Raw) -> bytes:

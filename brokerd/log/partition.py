@@ -99,7 +99,7 @@ class PartitionLog:
     def _open_closed(self, seg: Segment, next_base: int) -> None:
         """Trust a closed segment's index, checking only from its last entry onward."""
         start, offset, max_ts = 0, seg.base_offset, NO_TIMESTAMP
-        loaded = seg.index.load(seg.index_path, seg.size) and len(seg.index) > 0
+        loaded = seg.index.load(seg.index_path, seg.size) and (len(seg.index) > 0 or seg.size == 0)
         if loaded:
             start, offset = seg.index.positions[-1], seg.index.offsets[-1]
             max_ts = seg.index.max_ts_before[-1]
