@@ -64,6 +64,14 @@ class OutOfOrderSequence(RailError):
     code = "OUT_OF_ORDER_SEQUENCE"
 
 
+class TooManyWaiting(RailError):
+    code = "TOO_MANY_WAITING"
+
+
+class ShuttingDown(RailError):
+    code = "SHUTTING_DOWN"
+
+
 class StorageError(RailError):
     """The disk refused a write (full, read-only, I/O error); nothing was appended."""
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
@@ -125,7 +125,7 @@ class Record(msgspec.Struct, array_like=True, omit_defaults=True):
     value: msgspec.Raw
     key: msgspec.Raw = NIL
     headers: dict[str, msgspec.Raw] | None = None
-    timestamp: int | None = None
+    timestamp: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 RECORDS = msgspec.msgpack.Decoder(list[Record])

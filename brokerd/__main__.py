@@ -1,0 +1,55 @@
+"""``python -m brokerd --data-dir DIR``: run the broker in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import zmq
+
+from brokerd.config import ConfigError, load_config
+from brokerd.errors import StorageError
+from brokerd.protocol import EXIT_BIND, EXIT_CONFIG, EXIT_OK, EXIT_STORAGE
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="brokerd", description="Rail's broker: durable partitioned logs over ZeroMQ.")
+    parser.add_argument("--data-dir", help="folder for topics and offsets (default ./data)")
+    parser.add_argument("--bind", help="request/reply ROUTER endpoint "
+                        "(default tcp://127.0.0.1:7400; port * picks a free one)")
+    parser.add_argument("--ingest", help="fire-and-forget PULL endpoint "
+                        "(default tcp://127.0.0.1:7401)")
+    parser.add_argument("--config", help="TOML file with broker and topic_defaults settings")
+    parser.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, {"data_dir": args.data_dir, "bind": args.bind,
+                                           "ingest": args.ingest, "log_level": args.log_level})
+    except ConfigError as exc:
+        print(f"brokerd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s brokerd %(levelname)s %(name)s: %(message)s")
+    from brokerd.server import Broker
+    try:
+        broker = Broker(config)
+    except zmq.ZMQError as exc:
+        print(f"brokerd: cannot bind {config.bind} / {config.ingest}: {exc}", file=sys.stderr)
+        return EXIT_BIND
+    except (OSError, StorageError) as exc:
+        print(f"brokerd: cannot open data dir {config.data_dir}: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
+    api, ingest = broker.endpoints
+    print(f"brokerd ready api={api} ingest={ingest} data={config.data_dir}", flush=True)
+    broker.serve()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

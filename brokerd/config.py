@@ -1,0 +1,76 @@
+"""Broker settings: command-line flags over an optional TOML file over defaults."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from brokerd.log.config import LogConfig
+from brokerd.protocol import MAX_FRAME_BYTES, MAX_REQUEST_BYTES
+
+FsyncPolicy = Literal["always", "interval", "never"]
+
+
+class TopicDefaults(LogConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A topic's settings: the log's plus partition count and durability."""
+
+    partitions: int = 1
+    fsync: FsyncPolicy = "interval"
+    fsync_interval_ms: int = 100
+
+    def problem(self) -> str | None:
+        if not 1 <= self.partitions <= 1024:
+            return "partitions must be between 1 and 1024"
+        if self.fsync_interval_ms < 1:
+            return "fsync_interval_ms must be positive"
+        return super().problem()
+
+
+class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    data_dir: str = "./data"
+    bind: str = "tcp://127.0.0.1:7400"
+    ingest: str = "tcp://127.0.0.1:7401"
+    auto_create_topics: bool = True
+    topic_defaults: TopicDefaults = TopicDefaults()
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_waiting_per_client: int = 64
+    retention_check_ms: int = 60_000
+    log_level: str = "INFO"
+
+
+class ConfigError(Exception):
+    """The flags or the config file are wrong; the message says which setting."""
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> BrokerConfig:
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = msgspec.convert(raw, BrokerConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"bad config: {exc}") from exc
+    problem = config.topic_defaults.problem()
+    if problem:
+        raise ConfigError(f"bad config: topic_defaults: {problem}")
+    return config
+
+
+def topic_config(defaults: TopicDefaults, overrides: dict[str, Any]) -> TopicDefaults:
+    """Apply per-topic overrides; raise ValueError naming the bad setting."""
+    try:
+        merged = msgspec.convert({**msgspec.to_builtins(defaults), **overrides}, TopicDefaults)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"bad topic config: {exc}") from exc
+    problem = merged.problem()
+    if problem:
+        raise ValueError(f"bad topic config: {problem}")
+    return merged

@@ -1,0 +1,202 @@
+"""Consumer groups, with the broker as coordinator and assignor.
+
+A member joins with the topics it wants; every change of membership (join, leave, a
+session that expires, a topic that appears) starts a new generation with a fresh
+round-robin assignment: the group's partitions, sorted by (topic, partition), dealt in
+turn to the members subscribed to their topic, sorted by member id.  Members learn the
+new generation from any heartbeat or poll reply.
+
+The broker remembers each member's position (the next offset ``poll`` delivers).  A
+partition that changes owner restarts from the group's committed offset, so work that
+was delivered but not committed is delivered again (at-least-once).  A commit is fenced:
+only the current owner of a partition may move its offset.
+
+Pure logic, no sockets, time passed in: not thread-safe, owned by the broker loop.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from brokerd.errors import NotMember, OffsetOutOfRange, StaleGeneration, UnknownTopic
+
+TP = tuple[str, int]
+
+
+class OffsetsBackend(Protocol):
+    def get(self, group: str, topic: str, partition: int) -> int | None: ...
+    def commit(self, group: str, items: list[tuple[str, int, int]]) -> None: ...
+    def groups(self) -> set[str]: ...
+
+
+class LogView(Protocol):
+    def partition_count(self, topic: str) -> int | None: ...
+    def bounds(self, topic: str, partition: int) -> tuple[int, int]: ...
+
+
+@dataclass
+class Member:
+    member_id: str
+    client_id: str
+    topics: list[str]
+    session_timeout_ms: int
+    last_seen_ms: int
+
+    def expires_at(self) -> int:
+        return self.last_seen_ms + self.session_timeout_ms
+
+
+@dataclass
+class Group:
+    name: str
+    start: str = "earliest"
+    generation: int = 0
+    members: dict[str, Member] = field(default_factory=dict)
+    owners: dict[TP, str] = field(default_factory=dict)
+    positions: dict[TP, int] = field(default_factory=dict)
+
+    def assignment_of(self, member_id: str) -> list[TP]:
+        return sorted(tp for tp, owner in self.owners.items() if owner == member_id)
+
+    @property
+    def state(self) -> str:
+        return "stable" if self.members else "empty"
+
+
+class Coordinator:
+    def __init__(self, offsets: OffsetsBackend, logs: LogView,
+                 on_rebalance: Callable[[Group], None] = lambda g: None) -> None:
+        self.offsets = offsets
+        self.logs = logs
+        self.groups: dict[str, Group] = {}
+        self.on_rebalance = on_rebalance
+
+    # -- membership -------------------------------------------------------------------
+    def join(self, group_name: str, member_id: str, topics: list[str], session_timeout_ms: int,
+             start: str, client_id: str, now_ms: int) -> tuple[Group, Member]:
+        group = self.groups.setdefault(group_name, Group(group_name, start=start))
+        if not group.members:
+            group.start = start
+        member = group.members.get(member_id) if member_id else None
+        if member is None:
+            member_id = member_id or f"{client_id or 'member'}-{uuid.uuid4().hex[:12]}"
+            member = Member(member_id, client_id, sorted(set(topics)), session_timeout_ms, now_ms)
+            group.members[member_id] = member
+            self.rebalance(group)
+        else:
+            member.last_seen_ms = now_ms
+            member.session_timeout_ms = session_timeout_ms
+            if sorted(set(topics)) != member.topics:
+                member.topics = sorted(set(topics))
+                self.rebalance(group)
+        return group, member
+
+    def member(self, group_name: str, member_id: str, now_ms: int) -> tuple[Group, Member]:
+        """Find a live member and count this call as a sign of life."""
+        group = self.groups.get(group_name)
+        member = group.members.get(member_id) if group else None
+        if group is None or member is None:
+            raise NotMember(f"{member_id!r} is not a member of group {group_name!r}"
+                            " (session expired or never joined): join again")
+        member.last_seen_ms = now_ms
+        return group, member
+
+    def leave(self, group_name: str, member_id: str) -> bool:
+        group = self.groups.get(group_name)
+        if group is None or group.members.pop(member_id, None) is None:
+            return False
+        self.rebalance(group)
+        return True
+
+    def expire(self, now_ms: int) -> list[tuple[str, str]]:
+        """Remove members whose session ran out; return (group, member_id) of each."""
+        gone = []
+        for group in self.groups.values():
+            dead = [m for m in group.members.values() if m.expires_at() <= now_ms]
+            for m in dead:
+                del group.members[m.member_id]
+                gone.append((group.name, m.member_id))
+            if dead:
+                self.rebalance(group)
+        return gone
+
+    def next_expiry(self) -> int | None:
+        deadlines = [m.expires_at() for g in self.groups.values() for m in g.members.values()]
+        return min(deadlines, default=None)
+
+    def topics_changed(self, topics: set[str]) -> None:
+        """Re-deal the groups subscribed to ``topics`` after they were created or deleted."""
+        if not topics:
+            return
+        for group in self.groups.values():
+            if any(set(m.topics) & topics for m in group.members.values()):
+                self.rebalance(group)
+
+    # -- assignment -------------------------------------------------------------------
+    def rebalance(self, group: Group) -> None:
+        owners: dict[TP, str] = {}
+        wanted = sorted({t for m in group.members.values() for t in m.topics})
+        turn = 0
+        for topic in wanted:
+            count = self.logs.partition_count(topic) or 0
+            eligible = sorted(m.member_id for m in group.members.values() if topic in m.topics)
+            for p in range(count):
+                owners[(topic, p)] = eligible[turn % len(eligible)]
+                turn += 1
+        for tp in list(group.positions):
+            if owners.get(tp) != group.owners.get(tp):
+                del group.positions[tp]
+        group.owners = owners
+        group.generation += 1
+        self.on_rebalance(group)
+
+    # -- positions and commits --------------------------------------------------------
+    def committed(self, group: str, tp: TP) -> int | None:
+        return self.offsets.get(group, tp[0], tp[1])
+
+    def position(self, group: Group, tp: TP) -> int:
+        """Next offset to deliver: the member's position, else committed, else the start."""
+        start, end = self.logs.bounds(*tp)
+        pos = group.positions.get(tp)
+        if pos is None:
+            pos = self.committed(group.name, tp)
+        if pos is None:
+            pos = start if group.start == "earliest" else end
+        pos = min(max(pos, start), end)
+        group.positions[tp] = pos
+        return pos
+
+    def commit(self, group_name: str, member_id: str, generation: int,
+               items: list[tuple[str, int, int]], now_ms: int) -> None:
+        group = self.groups.get(group_name)
+        if member_id or (group and group.members):
+            group, _ = self.member(group_name, member_id, now_ms)
+            for topic, partition, _offset in items:
+                owner = group.owners.get((topic, partition))
+                if owner != member_id:
+                    raise StaleGeneration(
+                        f"{topic}[{partition}] belongs to {owner or 'nobody'} in generation "
+                        f"{group.generation} (you sent generation {generation}): poll or "
+                        "heartbeat to learn your assignment, then commit what you own")
+        for topic, partition, offset in items:
+            count = self.logs.partition_count(topic)
+            if count is None:
+                raise UnknownTopic(f"unknown topic {topic!r}")
+            _, end = self.logs.bounds(topic, partition)
+            if offset > end:
+                raise OffsetOutOfRange(
+                    f"cannot commit {topic}[{partition}] at {offset}: the log ends at {end}")
+        self.offsets.commit(group_name, items)
+
+    def seek(self, group: Group, member_id: str, tp: TP, offset: int) -> None:
+        if group.owners.get(tp) != member_id:
+            raise StaleGeneration(f"{tp[0]}[{tp[1]}] is not assigned to {member_id}")
+        start, end = self.logs.bounds(*tp)
+        if not start <= offset <= end:
+            raise OffsetOutOfRange(f"{tp[0]}[{tp[1]}] holds offsets {start}..{end}, not {offset}")
+        group.positions[tp] = offset
+
+    def known_groups(self) -> list[str]:
+        return sorted(set(self.groups) | self.offsets.groups())

@@ -1,0 +1,400 @@
+"""One ``handle_<op>`` per request: decode once at the edge, then typed objects only.
+
+``handle_frames`` turns ROUTER frames into a typed request (or a clear error reply), and
+``dispatch`` matches it to its handler.  A handler returns the reply to send now, or None
+when the reply is deferred (parked long poll, produce waiting for an fsync, acks=0).
+Mixed into ``Broker``; runs on the loop thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import zmq
+
+from brokerd import protocol as p
+from brokerd.errors import (
+    BadRequest,
+    MessageTooLarge,
+    RailError,
+    StorageError,
+    TooManyWaiting,
+    UnknownOp,
+)
+from brokerd.log.batch import HEADER_SIZE, Record, decode_records, encode_records, key_content
+from brokerd.log.partition import now_ms
+from brokerd.log.producers import DuplicateBatch
+from brokerd.waiters import Client, DurableAck, Waiter
+
+if TYPE_CHECKING:
+    from brokerd.server import Broker
+    from brokerd.topics import Topic
+
+log = logging.getLogger("brokerd")
+REQUEST = msgspec.msgpack.Decoder(p.Request)
+_STR_OR_BIN = frozenset(range(0xA0, 0xC0)) | {0xD9, 0xDA, 0xDB, 0xC4, 0xC5, 0xC6}
+
+
+class _Envelope(msgspec.Struct):
+    """Just enough of a bad request to answer it: its id and op, if it has them."""
+
+    id: Any = 0
+    op: Any = None
+
+
+ENVELOPE = msgspec.msgpack.Decoder(_Envelope)
+
+
+def peek_envelope(body: bytes | memoryview) -> tuple[int, Any]:
+    try:
+        env = ENVELOPE.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return 0, None
+    request_id = env.id if isinstance(env.id, int) and -2**63 <= env.id < 2**64 else 0
+    return request_id, env.op
+
+
+class Handlers:
+    # -- frames to typed requests -----------------------------------------------------
+    def handle_frames(self: Broker, frames: list[zmq.Frame]) -> None:
+        identity = frames[0].bytes
+        if len(frames) == 2:
+            client, body = (identity, False), frames[1].buffer
+        elif len(frames) == 3 and len(frames[1]) == 0:
+            client, body = (identity, True), frames[2].buffer
+        else:
+            self.stats.count("bad_frames")
+            self.send_error((identity, False), 0, BadRequest(
+                f"expected [body] (DEALER) or ['', body] (REQ), got {len(frames) - 1} frames"))
+            return
+        self.stats.count("requests")
+        if len(body) > self.config.max_request_bytes:
+            request_id, _ = peek_envelope(body)
+            self.send_error(client, request_id, MessageTooLarge(
+                f"request of {len(body)} bytes is over the {self.config.max_request_bytes}"
+                "-byte limit: send smaller batches"))
+            return
+        try:
+            request = REQUEST.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, ValueError) as exc:
+            self._reject(client, body, exc)
+            return
+        try:
+            reply = self.dispatch(request, client)
+        except RailError as exc:
+            self.send_error(client, request.id, exc)
+            return
+        except Exception as exc:  # a bug must not take the broker down for everyone
+            log.exception("internal error handling %s", type(request).__name__)
+            self.send_error(client, request.id, RailError(f"internal error: {exc!r}"))
+            return
+        if reply is not None:
+            self.send(client, reply)
+
+    def _reject(self: Broker, client: Client, body: Any, exc: Exception) -> None:
+        request_id, op = peek_envelope(body)
+        if isinstance(op, str) and op not in p.OPS:
+            error: RailError = UnknownOp(
+                f"unknown op {op[:40]!r}; known ops: {', '.join(p.OPS)}")
+        elif isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+            error = BadRequest(f"body is not valid msgpack: {exc}")
+        else:
+            error = BadRequest(f"invalid {op if isinstance(op, str) else 'request'}: {exc}")
+        self.send_error(client, request_id, error)
+
+    def dispatch(self: Broker, request: p.Request, client: Client) -> p.Reply | None:
+        match request:
+            case p.Produce():
+                return self.handle_produce(request, client)
+            case p.Fetch():
+                return self.handle_fetch(request, client)
+            case p.Poll():
+                return self.handle_poll(request, client)
+            case p.Commit():
+                return self.handle_commit(request)
+            case p.Heartbeat():
+                return self.handle_heartbeat(request)
+            case p.Join():
+                return self.handle_join(request)
+            case p.Leave():
+                return self.handle_leave(request)
+            case p.Seek():
+                return self.handle_seek(request)
+            case p.CreateTopic():
+                return self.handle_create_topic(request)
+            case p.DeleteTopic():
+                return self.handle_delete_topic(request)
+            case p.Metadata():
+                return self.handle_metadata(request)
+            case p.ListOffsets():
+                return self.handle_list_offsets(request)
+            case p.DescribeGroup():
+                return self.handle_describe_group(request)
+            case p.ListGroups():
+                return p.ListGroupsReply(id=request.id, groups=self.coordinator.known_groups())
+            case p.Stats():
+                return p.StatsReply(id=request.id, stats=self.stats.report(self))
+            case p.Ping():
+                return p.PingReply(id=request.id, time_ms=now_ms())
+        raise UnknownOp(f"unhandled op {type(request).__name__}")
+
+    # -- produce ----------------------------------------------------------------------
+    def handle_produce(self: Broker, req: p.Produce, client: Client) -> p.Reply | None:
+        topic, created = self.topics.get_or_create(req.topic)
+        if created:
+            self.coordinator.topics_changed({topic.name})
+        records = _decode_batch(req.records, topic.config.max_batch_bytes)
+        if req.producer_id and req.partition is None:
+            raise BadRequest("an idempotent produce (producer_id) must name its partition")
+        now = now_ms()
+        if req.partition is not None:
+            split = {req.partition: (req.records, records)}
+        else:
+            split = _split(topic, records)
+        offsets, needs, duplicate = [], [], False
+        for index, (payload, recs) in split.items():
+            plog = topic.partition(index)
+            first, highest = _timestamps(recs, now)
+            try:
+                base = plog.append(payload, len(recs), first, highest, req.producer_id,
+                                   req.sequence, now)
+            except DuplicateBatch as dup:
+                duplicate = True
+                if dup.base_offset is not None:
+                    offsets.append((index, dup.base_offset, len(recs)))
+                continue
+            offsets.append((index, base, len(recs)))
+            counters = topic.counters[index]
+            counters.records_in += len(recs)
+            counters.bytes_in += HEADER_SIZE + len(payload)
+            needs.append((plog, plog.end_offset))
+            self.waiting.data_arrived((topic.name, index))
+        if req.acks == 0:
+            return None
+        reply = p.ProduceReply(id=req.id, topic=topic.name, offsets=offsets, duplicate=duplicate)
+        if needs and (req.acks == "all" or topic.config.fsync == "always"):
+            self.acks.add(DurableAck(client, reply, needs))
+            return None
+        return reply
+
+    # -- fetch and poll ---------------------------------------------------------------
+    def handle_fetch(self: Broker, req: p.Fetch, client: Client) -> p.Reply | None:
+        topic = self.topics.get(req.topic)
+        reply = self._fetch_reply(topic, req)
+        if req.max_wait_ms == 0 or _reply_bytes(reply.batches) >= max(req.min_bytes, 1):
+            return reply
+        def answer(final: bool) -> bool:
+            try:
+                again = self._fetch_reply(topic, req)
+            except RailError as exc:
+                self.send_error(client, req.id, exc)
+                return True
+            if final or _reply_bytes(again.batches) >= req.min_bytes:
+                self.send(client, again)
+                return True
+            return False
+        self._park(client, req.max_wait_ms, answer, [(topic.name, req.partition)], None)
+        return None
+
+    def _fetch_reply(self: Broker, topic: Topic, req: p.Fetch) -> p.FetchReply:
+        plog = topic.partition(req.partition)
+        batches = plog.read(req.offset, req.max_bytes)
+        wire = _wire(batches)
+        counters = topic.counters[req.partition]
+        counters.records_out += sum(b.header.record_count for b in batches)
+        counters.bytes_out += _reply_bytes(wire)
+        return p.FetchReply(id=req.id, topic=topic.name, partition=req.partition,
+                            offset=req.offset, start_offset=plog.start_offset,
+                            end_offset=plog.end_offset, batches=wire)
+
+    def handle_poll(self: Broker, req: p.Poll, client: Client) -> p.Reply | None:
+        group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
+        reply = self._poll_reply(req)
+        if reply.partitions or req.max_wait_ms == 0:
+            return reply
+        generation = group.generation
+        def answer(final: bool) -> bool:
+            try:
+                again = self._poll_reply(req)
+            except RailError as exc:
+                self.send_error(client, req.id, exc)
+                return True
+            if final or again.partitions or again.generation != generation:
+                self.send(client, again)
+                return True
+            return False
+        keys = group.assignment_of(member.member_id)
+        self._park(client, req.max_wait_ms, answer, keys, group.name)
+        return None
+
+    def _poll_reply(self: Broker, req: p.Poll) -> p.PollReply:
+        group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
+        assignment = group.assignment_of(member.member_id)
+        budget = req.max_bytes
+        out: list[p.PartitionData] = []
+        if assignment:
+            turn = self.stats.next_turn() % len(assignment)
+            assignment_order = assignment[turn:] + assignment[:turn]
+        else:
+            assignment_order = []
+        for tp in assignment_order:
+            if budget <= 0:
+                break
+            topic = self.topics.get(tp[0])
+            plog = topic.partition(tp[1])
+            pos = self.coordinator.position(group, tp)
+            if pos >= plog.end_offset:
+                continue
+            batches = plog.read(pos, budget)
+            if not batches:
+                continue
+            wire = _wire(batches)
+            group.positions[tp] = batches[-1].header.next_offset
+            used = _reply_bytes(wire)
+            budget -= used
+            counters = topic.counters[tp[1]]
+            counters.records_out += sum(b.header.record_count for b in batches)
+            counters.bytes_out += used
+            out.append(p.PartitionData(topic=tp[0], partition=tp[1], offset=pos,
+                                       end_offset=plog.end_offset, batches=wire))
+        return p.PollReply(id=req.id, generation=group.generation, assignment=assignment,
+                           partitions=out)
+
+    def _park(self: Broker, client: Client, wait_ms: int, answer: Any, keys: list,
+              group: str | None) -> None:
+        if self.waiting.count(client[0]) >= self.config.max_waiting_per_client:
+            raise TooManyWaiting(
+                f"{self.config.max_waiting_per_client} requests of this client are already "
+                "parked: wait for their replies before sending more long polls")
+        deadline = time.monotonic() + wait_ms / 1000
+        self.waiting.park(Waiter(client, deadline, answer, keys, group))
+
+    # -- groups -----------------------------------------------------------------------
+    def handle_join(self: Broker, req: p.Join) -> p.Reply:
+        if not req.topics:
+            raise BadRequest("join needs at least one topic")
+        created = {name for name in req.topics if self.topics.get_or_create(name)[1]}
+        self.coordinator.topics_changed(created)
+        group, member = self.coordinator.join(
+            req.group, req.member_id, req.topics, req.session_timeout_ms, req.start,
+            req.client_id, _mono_ms())
+        return p.JoinReply(id=req.id, member_id=member.member_id, generation=group.generation,
+                           assignment=group.assignment_of(member.member_id),
+                           heartbeat_interval_ms=max(req.session_timeout_ms // 3, 50))
+
+    def handle_heartbeat(self: Broker, req: p.Heartbeat) -> p.Reply:
+        group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
+        return p.HeartbeatReply(id=req.id, generation=group.generation,
+                                assignment=group.assignment_of(member.member_id))
+
+    def handle_commit(self: Broker, req: p.Commit) -> p.Reply:
+        for topic, _, _ in req.offsets:
+            self.topics.get(topic)
+        try:
+            self.coordinator.commit(req.group, req.member_id, req.generation, req.offsets,
+                                    _mono_ms())
+        except OSError as exc:
+            raise StorageError(f"cannot store offsets: {exc}") from exc
+        return p.CommitReply(id=req.id)
+
+    def handle_seek(self: Broker, req: p.Seek) -> p.Reply:
+        group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
+        self.coordinator.seek(group, member.member_id, (req.topic, req.partition), req.offset)
+        return p.SeekReply(id=req.id)
+
+    def handle_leave(self: Broker, req: p.Leave) -> p.Reply:
+        self.coordinator.leave(req.group, req.member_id)
+        return p.LeaveReply(id=req.id)
+
+    def handle_describe_group(self: Broker, req: p.DescribeGroup) -> p.Reply:
+        from brokerd.describe import describe_group
+        return describe_group(self, req)
+
+    # -- topics -----------------------------------------------------------------------
+    def handle_create_topic(self: Broker, req: p.CreateTopic) -> p.Reply:
+        existing = self.topics.topics.get(req.topic)
+        if existing is not None and req.exist_ok:
+            return p.CreateTopicReply(id=req.id, topic=req.topic,
+                                      partitions=len(existing.partitions), created=False)
+        topic = self.topics.create(req.topic, req.partitions, req.config)
+        self.coordinator.topics_changed({topic.name})
+        return p.CreateTopicReply(id=req.id, topic=topic.name, partitions=len(topic.partitions))
+
+    def handle_delete_topic(self: Broker, req: p.DeleteTopic) -> p.Reply:
+        self.topics.delete(req.topic)
+        self.offsets.forget(topic=req.topic)
+        self.coordinator.topics_changed({req.topic})
+        return p.DeleteTopicReply(id=req.id, topic=req.topic)
+
+    def handle_metadata(self: Broker, req: p.Metadata) -> p.Reply:
+        from brokerd.describe import topic_info
+        names = req.topics if req.topics is not None else sorted(self.topics.topics)
+        return p.MetadataReply(id=req.id, topics=[topic_info(self.topics.get(n)) for n in names])
+
+    def handle_list_offsets(self: Broker, req: p.ListOffsets) -> p.Reply:
+        plog = self.topics.get(req.topic).partition(req.partition)
+        if req.timestamp == p.LATEST:
+            offset = plog.end_offset
+        elif req.timestamp == p.EARLIEST:
+            offset = plog.start_offset
+        else:
+            found = plog.offset_for_time(req.timestamp)
+            offset = plog.end_offset if found is None else found
+        return p.ListOffsetsReply(id=req.id, offset=offset)
+
+
+# -- helpers of the hot path ----------------------------------------------------------
+def _decode_batch(raw: msgspec.Raw, max_bytes: int) -> list[Record]:
+    if len(raw) > max_bytes:
+        raise MessageTooLarge(f"batch of {len(raw)} bytes is over the topic's "
+                              f"max_batch_bytes ({max_bytes})")
+    try:
+        records = decode_records(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        raise BadRequest(f"records must be an array of [value, key, headers, timestamp]: {exc}")
+    if not records:
+        raise BadRequest("records is empty: send at least one record")
+    for r in records:
+        if r.headers:
+            for name, value in r.headers.items():
+                if bytes(value)[:1] and bytes(value)[0] not in _STR_OR_BIN:
+                    raise BadRequest(f"header {name[:40]!r} must be a string or bytes")
+    return records
+
+
+def _timestamps(records: list[Record], now: int) -> tuple[int, int]:
+    stamps = [r.timestamp for r in records]
+    if None in stamps:
+        stamps = [now if t is None else t for t in stamps]
+    return stamps[0], max(stamps)  # type: ignore[type-var,return-value]
+
+
+def _split(topic: Topic, records: list[Record]) -> dict[int, tuple[bytes, list[Record]]]:
+    """Partition by key hash; keyless records of one request stay together (sticky)."""
+    count = len(topic.partitions)
+    sticky = topic.next_spread % count
+    topic.next_spread += 1
+    parts: dict[int, list[Record]] = {}
+    for r in records:
+        if bytes(r.key) == b"\xc0":
+            index = sticky
+        else:
+            index = p.partition_for_key(key_content(r.key), count)
+        parts.setdefault(index, []).append(r)
+    return {i: (encode_records(rs), rs) for i, rs in parts.items()}
+
+
+def _wire(batches: list[Any]) -> list[p.WireBatch]:
+    return [(b.header.base_offset, b.header.append_timestamp, msgspec.Raw(b.payload))
+            for b in batches]
+
+
+def _reply_bytes(wire: list[p.WireBatch]) -> int:
+    return sum(len(b[2]) for b in wire)
+
+
+def _mono_ms() -> int:
+    return int(time.monotonic() * 1000)

@@ -1,0 +1,353 @@
+"""Rail's wire contract: every request and reply, error codes, limits and exit codes.
+
+This is the one module shared by the broker and the runtime.  ``docs/protocol.md`` is its
+prose twin, written so that a client in another language can be built from it alone.
+
+Frames (ROUTER socket, default tcp://127.0.0.1:7400):
+    DEALER client -> [body]           broker replies [body]
+    REQ client    -> ["", body]       broker replies ["", body]
+A body is a msgpack map with an ``op`` string and an ``id`` integer; the reply carries the
+same ``id``.  Requests may be pipelined.  A failed request gets ``{"op": "error", ...}``.
+
+The schema only grows by adding fields with defaults; ``PROTOCOL_VERSION`` counts changes
+that a client may need to know about.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+# Limits (the broker's defaults; see BrokerConfig for the knobs).
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+DEFAULT_FETCH_BYTES = 1024 * 1024
+MAX_WAIT_MS = 60_000
+
+# Consumer-group timing defaults.
+DEFAULT_SESSION_TIMEOUT_MS = 10_000
+MIN_SESSION_TIMEOUT_MS = 100
+MAX_SESSION_TIMEOUT_MS = 300_000
+
+# Offsets accepted by list_offsets instead of a timestamp.
+LATEST = -1
+EARLIEST = -2
+
+# Process exit codes, so a supervisor does not restart what will only fail again.
+EXIT_OK = 0
+EXIT_CONFIG = 78  # sysexits EX_CONFIG: bad flags or config file
+EXIT_BIND = 76  # cannot bind a socket (address in use, bad endpoint)
+EXIT_STORAGE = 74  # sysexits EX_IOERR: the data dir is unusable or a log is corrupt
+
+ERROR_CODES = (
+    "BAD_REQUEST", "UNKNOWN_OP", "UNKNOWN_TOPIC", "UNKNOWN_PARTITION", "INVALID_TOPIC",
+    "TOPIC_EXISTS", "OFFSET_OUT_OF_RANGE", "MESSAGE_TOO_LARGE", "NOT_MEMBER",
+    "STALE_GENERATION", "OUT_OF_ORDER_SEQUENCE", "STORAGE_ERROR", "TOO_MANY_WAITING",
+    "SHUTTING_DOWN", "INTERNAL",
+)
+
+NonNeg = Annotated[int, msgspec.Meta(ge=0)]
+Partition = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+WaitMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_WAIT_MS)]
+FetchBytes = Annotated[int, msgspec.Meta(ge=1, le=MAX_REQUEST_BYTES)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=249)]
+Acks = Literal[0, 1, "all"]
+
+
+class _Request(msgspec.Struct, tag_field="op", kw_only=True):
+    id: int = 0
+
+
+# -- requests -------------------------------------------------------------------------
+class Produce(_Request, tag="produce"):
+    """Append records.  ``records`` is a msgpack array of ``[value, key, headers, ts]``."""
+
+    topic: str
+    records: msgspec.Raw
+    partition: Partition | None = None
+    acks: Acks = 1
+    producer_id: NonNeg = 0
+    sequence: int = -1
+
+
+class Fetch(_Request, tag="fetch"):
+    topic: str
+    partition: Partition
+    offset: NonNeg
+    max_bytes: FetchBytes = DEFAULT_FETCH_BYTES
+    max_wait_ms: WaitMs = 0
+    min_bytes: NonNeg = 1
+
+
+class Join(_Request, tag="join"):
+    group: Name
+    topics: list[str]
+    member_id: str = ""
+    session_timeout_ms: Annotated[int, msgspec.Meta(
+        ge=MIN_SESSION_TIMEOUT_MS, le=MAX_SESSION_TIMEOUT_MS)] = DEFAULT_SESSION_TIMEOUT_MS
+    start: Literal["earliest", "latest"] = "earliest"
+    client_id: str = ""
+
+
+class Heartbeat(_Request, tag="heartbeat"):
+    group: str
+    member_id: str
+    generation: int = -1
+
+
+class Poll(_Request, tag="poll"):
+    group: str
+    member_id: str
+    max_bytes: FetchBytes = DEFAULT_FETCH_BYTES
+    max_wait_ms: WaitMs = 0
+
+
+class Commit(_Request, tag="commit"):
+    """Commit the next offsets to consume, as ``[topic, partition, offset]`` triples."""
+
+    group: str
+    offsets: list[tuple[str, Partition, NonNeg]]
+    member_id: str = ""
+    generation: int = -1
+
+
+class Seek(_Request, tag="seek"):
+    """Move a member's server-side position in one of its partitions."""
+
+    group: str
+    member_id: str
+    topic: str
+    partition: Partition
+    offset: NonNeg
+
+
+class Leave(_Request, tag="leave"):
+    group: str
+    member_id: str
+
+
+class CreateTopic(_Request, tag="create_topic"):
+    topic: str
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    config: dict[str, Any] = {}
+    exist_ok: bool = False
+
+
+class DeleteTopic(_Request, tag="delete_topic"):
+    topic: str
+
+
+class Metadata(_Request, tag="metadata"):
+    topics: list[str] | None = None
+
+
+class ListOffsets(_Request, tag="list_offsets"):
+    """The first offset with a timestamp >= ``timestamp`` (or LATEST=-1 / EARLIEST=-2)."""
+
+    topic: str
+    partition: Partition
+    timestamp: Annotated[int, msgspec.Meta(ge=-2)]
+
+
+class DescribeGroup(_Request, tag="describe_group"):
+    group: str
+
+
+class ListGroups(_Request, tag="list_groups"):
+    pass
+
+
+class Stats(_Request, tag="stats"):
+    pass
+
+
+class Ping(_Request, tag="ping"):
+    pass
+
+
+Request = Union[
+    Produce, Fetch, Join, Heartbeat, Poll, Commit, Seek, Leave, CreateTopic, DeleteTopic,
+    Metadata, ListOffsets, DescribeGroup, ListGroups, Stats, Ping,
+]
+OPS = tuple(t.__struct_config__.tag for t in Request.__args__)  # type: ignore[attr-defined]
+
+
+# -- replies --------------------------------------------------------------------------
+class _Reply(msgspec.Struct, tag_field="op", kw_only=True, omit_defaults=True):
+    id: int = 0
+
+
+class ErrorReply(_Reply, tag="error"):
+    code: str
+    message: str
+
+
+class ProduceReply(_Reply, tag="produce"):
+    """``offsets``: ``[partition, base_offset, record_count]`` for each batch appended."""
+
+    topic: str
+    offsets: list[tuple[int, int, int]]
+    duplicate: bool = False
+
+
+# A stored batch as sent: [base_offset, append_timestamp, records].
+WireBatch = tuple[int, int, msgspec.Raw]
+
+
+class PartitionData(msgspec.Struct, kw_only=True):
+    topic: str
+    partition: int
+    offset: int
+    end_offset: int
+    batches: list[WireBatch]
+
+
+class FetchReply(_Reply, tag="fetch"):
+    topic: str
+    partition: int
+    offset: int
+    start_offset: int
+    end_offset: int
+    batches: list[WireBatch]
+
+
+class JoinReply(_Reply, tag="join"):
+    member_id: str
+    generation: int
+    assignment: list[tuple[str, int]]
+    heartbeat_interval_ms: int
+
+
+class HeartbeatReply(_Reply, tag="heartbeat"):
+    generation: int
+    assignment: list[tuple[str, int]]
+
+
+class PollReply(_Reply, tag="poll"):
+    generation: int
+    assignment: list[tuple[str, int]]
+    partitions: list[PartitionData]
+
+
+class CommitReply(_Reply, tag="commit"):
+    pass
+
+
+class SeekReply(_Reply, tag="seek"):
+    pass
+
+
+class LeaveReply(_Reply, tag="leave"):
+    pass
+
+
+class CreateTopicReply(_Reply, tag="create_topic"):
+    topic: str
+    partitions: int
+    created: bool = True
+
+
+class DeleteTopicReply(_Reply, tag="delete_topic"):
+    topic: str
+
+
+class PartitionInfo(msgspec.Struct, kw_only=True):
+    partition: int
+    start_offset: int
+    end_offset: int
+    size_bytes: int
+
+
+class TopicInfo(msgspec.Struct, kw_only=True):
+    name: str
+    partitions: list[PartitionInfo]
+    config: dict[str, Any]
+
+
+class MetadataReply(_Reply, tag="metadata"):
+    topics: list[TopicInfo]
+
+
+class ListOffsetsReply(_Reply, tag="list_offsets"):
+    offset: int
+
+
+class MemberInfo(msgspec.Struct, kw_only=True):
+    member_id: str
+    client_id: str
+    topics: list[str]
+    assignment: list[tuple[str, int]]
+    last_seen_ms_ago: int
+
+
+class GroupPartition(msgspec.Struct, kw_only=True):
+    topic: str
+    partition: int
+    committed: int | None
+    position: int | None
+    end_offset: int
+    lag: int
+    owner: str | None
+
+
+class DescribeGroupReply(_Reply, tag="describe_group"):
+    group: str
+    state: str
+    generation: int
+    members: list[MemberInfo]
+    partitions: list[GroupPartition]
+
+
+class ListGroupsReply(_Reply, tag="list_groups"):
+    groups: list[str]
+
+
+class StatsReply(_Reply, tag="stats"):
+    stats: dict[str, Any]
+
+
+class PingReply(_Reply, tag="ping"):
+    version: int = PROTOCOL_VERSION
+    time_ms: int = 0
+
+
+Reply = Union[
+    ErrorReply, ProduceReply, FetchReply, JoinReply, HeartbeatReply, PollReply, CommitReply,
+    SeekReply, LeaveReply, CreateTopicReply, DeleteTopicReply, MetadataReply,
+    ListOffsetsReply, DescribeGroupReply, ListGroupsReply, StatsReply, PingReply,
+]
+
+
+# -- records as consumers see them ----------------------------------------------------
+class WireRecord(msgspec.Struct, array_like=True):
+    """A record inside a batch's ``records`` array: ``[value, key, headers, timestamp]``."""
+
+    value: Any
+    key: Any = None
+    headers: dict[str, Any] | None = None
+    timestamp: int | None = None
+
+
+# -- the key hash, the same in every client -------------------------------------------
+def key_bytes(key: Any) -> bytes:
+    """The bytes a key hashes by: UTF-8 of a str, a bytes key itself, else its msgpack."""
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    return msgspec.msgpack.encode(key)
+
+
+def partition_for_key(key: Any, partitions: int) -> int:
+    """``crc32(key_bytes(key)) % partitions`` (CRC-32 as in zlib, unsigned)."""
+    return zlib.crc32(key_bytes(key)) % partitions
+
+
+def valid_topic_name(name: str) -> bool:
+    """``[A-Za-z0-9._-]{1,249}``, and never ``.`` or ``..``."""
+    return (0 < len(name) <= 249 and name not in (".", "..")
+            and all(c.isascii() and (c.isalnum() or c in "._-") for c in name))

@@ -1,0 +1,255 @@
+"""The broker process: one ZeroMQ event loop over the API, the ingest socket and the flusher.
+
+The loop blocks in ``zmq.Poller.poll`` until a socket is readable or the next timer (a
+long-poll deadline, a session expiry, an interval fsync) is due, so an idle broker uses no
+CPU.  Signals only write to a wake-up pipe; the loop sees the flag and shuts down: stop
+reading, answer what is parked, fsync everything, close the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import msgspec
+import zmq
+
+from brokerd.config import BrokerConfig
+from brokerd.errors import RailError, StorageError
+from brokerd.flusher import Flusher, Round
+from brokerd.groups import Coordinator, Group
+from brokerd.handlers import Handlers
+from brokerd.ingest import Ingest
+from brokerd.log.offsets import OffsetStore
+from brokerd.log.partition import PartitionLog
+from brokerd.protocol import ErrorReply, Reply
+from brokerd.stats import Stats
+from brokerd.topics import TopicRegistry
+from brokerd.waiters import AckQueue, Client, WaitingRoom
+
+log = logging.getLogger("brokerd")
+DRAIN = 256  # messages taken from one socket per loop turn before looking at the others
+
+
+class Broker(Handlers):
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        data = Path(config.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.topics = TopicRegistry(data, config.topic_defaults, config.auto_create_topics)
+        self.topics.load()
+        self.offsets = OffsetStore(data)
+        self.coordinator = Coordinator(self.offsets, self, self._rebalanced)
+        self.waiting = WaitingRoom()
+        self.acks = AckQueue()
+        self.stats = Stats()
+        self.encoder = msgspec.msgpack.Encoder()
+        self.context = zmq.Context()
+        self.flusher = Flusher(self.context)
+        self.ingest = Ingest(self)
+        self.api = self._socket(zmq.ROUTER, config.bind)
+        self.pull = self._socket(zmq.PULL, config.ingest)
+        self.endpoints = (self.api.getsockopt_string(zmq.LAST_ENDPOINT),
+                          self.pull.getsockopt_string(zmq.LAST_ENDPOINT))
+        self._stopping = False
+        self._next_interval_flush = time.monotonic()
+        self._next_retention = time.monotonic() + config.retention_check_ms / 1000
+
+    def _socket(self, kind: int, endpoint: str) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame_bytes)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.bind(endpoint)
+        return sock
+
+    # -- LogView for the coordinator --------------------------------------------------
+    def partition_count(self, topic: str) -> int | None:
+        t = self.topics.topics.get(topic)
+        return len(t.partitions) if t else None
+
+    def bounds(self, topic: str, partition: int) -> tuple[int, int]:
+        p = self.topics.get(topic).partition(partition)
+        return p.start_offset, p.end_offset
+
+    def _rebalanced(self, group: Group) -> None:
+        log.info("group %s generation %d: %d member(s)", group.name, group.generation,
+                 len(group.members))
+        self.waiting.group_changed(group.name)
+
+    # -- sending ----------------------------------------------------------------------
+    def send(self, client: Client, reply: Reply) -> None:
+        identity, req = client
+        body = self.encoder.encode(reply)
+        frames = [identity, b"", body] if req else [identity, body]
+        try:
+            self.api.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(body) < 65536)
+        except zmq.Again:
+            self.stats.count("replies_dropped")
+
+    def send_error(self, client: Client, request_id: int, exc: RailError) -> None:
+        self.stats.count(f"error.{exc.code}")
+        self.send(client, ErrorReply(id=request_id, code=exc.code, message=exc.message))
+
+    # -- the loop ---------------------------------------------------------------------
+    def serve(self) -> None:
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.flusher.start()
+        poller = zmq.Poller()
+        poller.register(self.api, zmq.POLLIN)
+        poller.register(self.pull, zmq.POLLIN)
+        poller.register(self.flusher.wake, zmq.POLLIN)
+        poller.register(wake_r.fileno(), zmq.POLLIN)
+        try:
+            while not self._stopping:
+                ready = dict(poller.poll(self._timeout_ms()))
+                if self.flusher.wake in ready:
+                    self._round_done(self.flusher.finished())
+                if self.api in ready:
+                    self._drain_api()
+                if self.pull in ready:
+                    self.ingest.drain(self.pull)
+                if wake_r.fileno() in ready:
+                    self._drain_wakeups(wake_r)
+                self._timers()
+                self._maybe_flush()
+        finally:
+            self._shutdown()
+            signal.set_wakeup_fd(-1)
+            wake_r.close()
+            wake_w.close()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stopping = True
+
+    @staticmethod
+    def _drain_wakeups(sock: socket.socket) -> None:
+        try:
+            while sock.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _drain_api(self) -> None:
+        for _ in range(DRAIN):
+            try:
+                frames = self.api.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.handle_frames(frames)
+
+    def _timeout_ms(self) -> int | None:
+        now = time.monotonic()
+        deadlines = [self._next_retention]
+        if self._dirty_logs() and not self.flusher.in_flight:
+            deadlines.append(self._next_interval_flush)
+        waiter = self.waiting.next_deadline()
+        if waiter is not None:
+            deadlines.append(waiter)
+        expiry = self.coordinator.next_expiry()
+        if expiry is not None:
+            deadlines.append(expiry / 1000)
+        return max(0, int((min(deadlines) - now) * 1000) + 1)
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        self.waiting.expire(now)
+        for group, member in self.coordinator.expire(int(now * 1000)):
+            log.info("group %s: member %s session expired", group, member)
+        if now >= self._next_retention:
+            self._next_retention = now + self.config.retention_check_ms / 1000
+            self.housekeeping()
+
+    # -- durability -------------------------------------------------------------------
+    def _dirty_logs(self) -> list[PartitionLog]:
+        return [p for t in self.topics.topics.values() for p in t.partitions if p.needs_flush]
+
+    def _maybe_flush(self) -> None:
+        """Start an fsync round when producers wait for one or the interval is due."""
+        if self.flusher.in_flight is not None:
+            return
+        now = time.monotonic()
+        urgent = bool(self.acks.pending)
+        due = now >= self._next_interval_flush
+        if not (urgent or due):
+            return
+        jobs, covered = [], {}
+        for topic in self.topics.topics.values():
+            if topic.config.fsync == "never" and not urgent:
+                continue
+            for p in topic.partitions:
+                if p.needs_flush:
+                    ticket = p.begin_flush()
+                    covered[p] = ticket.end_offset
+                    jobs.append(ticket.run)
+        if self.offsets.needs_flush:
+            fd = self.offsets.begin_flush()
+            jobs.append(lambda: _fsync_and_close(fd))
+        if due:
+            self._next_interval_flush = now + self.config.topic_defaults.fsync_interval_ms / 1000
+        if jobs:
+            self._covered = covered
+            self.flusher.submit(jobs)
+        elif urgent:
+            self._settle(covered_all(self.acks.logs()), None)
+
+    def _round_done(self, rnd: Round | None) -> None:
+        if rnd is not None:
+            self._settle(self._covered, rnd.error)
+
+    def _settle(self, covered: dict[PartitionLog, int], error: str | None) -> None:
+        for ack in self.acks.settle(covered):
+            if error:
+                self.send_error(ack.client, ack.reply.id, StorageError(
+                    f"{error}; the batch was appended but may not be durable: retry it"))
+            else:
+                self.send(ack.client, ack.reply)
+
+    def housekeeping(self) -> None:
+        """Retention and compaction: whole segments, at most once a check interval."""
+        from brokerd.log.compaction import clean
+        for topic in self.topics.topics.values():
+            for p in topic.partitions:
+                try:
+                    p.enforce_retention()
+                    if topic.config.cleanup_policy == "compact" and len(p.segments) > 1:
+                        clean(p)
+                except (OSError, RailError) as exc:
+                    log.error("housekeeping of %s failed: %s", p.directory, exc)
+
+    def _shutdown(self) -> None:
+        log.info("shutting down: answering parked requests and flushing")
+        self.waiting.answer_all()
+        if self.flusher.in_flight is not None:
+            self._round_done(self.flusher.finished())
+        for topic in self.topics.topics.values():
+            for p in topic.partitions:
+                p.flush()
+        self.offsets.flush()
+        self._settle(covered_all(self.acks.logs()), None)
+        self.flusher.stop()
+        self.api.close()
+        self.pull.close()
+        self.topics.close()
+        self.offsets.close()
+        self.context.term()
+        log.info("stopped")
+
+
+def covered_all(logs: set[PartitionLog]) -> dict[PartitionLog, int]:
+    return {p: p.end_offset for p in logs}
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

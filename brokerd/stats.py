@@ -1,0 +1,76 @@
+"""Counters for ``stats``: totals, and rates over the last ten seconds or so."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections import Counter, deque
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from brokerd.server import Broker
+
+SAMPLE_EVERY_S = 1.0
+WINDOW = 10
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.counts: Counter[str] = Counter()
+        self._turn = 0
+        self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=WINDOW + 1)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counts[name] += n
+
+    def next_turn(self) -> int:
+        self._turn += 1
+        return self._turn
+
+    def report(self, broker: Broker) -> dict[str, Any]:
+        topics = {}
+        totals = {"records_in": 0, "bytes_in": 0, "records_out": 0, "bytes_out": 0}
+        for name, topic in sorted(broker.topics.topics.items()):
+            parts = []
+            for i, (plog, c) in enumerate(zip(topic.partitions, topic.counters)):
+                parts.append({"partition": i, "start_offset": plog.start_offset,
+                              "end_offset": plog.end_offset, "size_bytes": plog.size_bytes,
+                              "segments": len(plog.segments), "records_in": c.records_in,
+                              "bytes_in": c.bytes_in, "records_out": c.records_out,
+                              "bytes_out": c.bytes_out})
+                for k in totals:
+                    totals[k] += getattr(c, k)
+            topics[name] = parts
+        return {
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "pid": os.getpid(),
+            "rss_bytes": _rss_bytes(),
+            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "counts": dict(self.counts),
+            "totals": totals,
+            "rates_per_s": self._rates(totals),
+            "topics": topics,
+            "groups": len(broker.coordinator.groups),
+            "waiting_durable": len(broker.acks.pending),
+            "endpoints": {"api": broker.endpoints[0], "ingest": broker.endpoints[1]},
+        }
+
+    def _rates(self, totals: dict[str, int]) -> dict[str, float]:
+        now = time.monotonic()
+        if not self._samples or now - self._samples[-1][0] >= SAMPLE_EVERY_S:
+            self._samples.append((now, dict(totals)))
+        then, old = self._samples[0]
+        span = now - then
+        if span <= 0:
+            return {k: 0.0 for k in totals}
+        return {k: round((totals[k] - old[k]) / span, 1) for k in totals}
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
