@@ -1,0 +1,490 @@
+"""Rail's Python client: ``Producer`` and ``Consumer``.
+
+    from runtime.client import Producer, Consumer
+
+    with Producer("tcp://127.0.0.1:7400") as producer:
+        producer.send("orders", {"pizza": 2}, key="table-7")
+
+    with Consumer("tcp://127.0.0.1:7400", group="kitchen", topics=["orders"]) as consumer:
+        for event in consumer.poll(timeout_s=1.0):
+            print(event.offset, event.value)
+        consumer.commit()
+
+The producer batches records per partition (up to ``batch_size`` records or ``linger_ms``),
+keeps several batches in flight, and is idempotent by default: every batch carries a
+producer id and sequence number, so a batch retried after a timeout or a broker restart is
+never written twice.  The consumer is a group member: the broker assigns it partitions and
+remembers its position; ``commit`` makes progress durable.  Each object is used from one
+thread (the producer has its own lock for its linger thread).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgspec
+
+from brokerd import protocol as p
+from runtime.connection import DEFAULT_BROKER, BrokerError, BrokerUnavailable, Connection, check
+
+__all__ = ["Producer", "Consumer", "Event", "BrokerError", "BrokerUnavailable", "DEFAULT_BROKER"]
+
+_encode = msgspec.msgpack.Encoder().encode
+RETRIABLE = {"STORAGE_ERROR", "UNAVAILABLE", "SHUTTING_DOWN"}
+Callback = Callable[[int, int, "BrokerError | None"], None]
+
+
+@dataclass
+class _Batch:
+    topic: str
+    partition: int
+    records: list[tuple[Any, ...]]
+    sequence: int
+    callbacks: list[Callback] = field(default_factory=list)
+    body: bytes = b""
+    request_id: int = 0
+    sent_at: float = 0.0
+    attempts: int = 0
+
+
+class Producer:
+    """Send events to topics; see the module docstring.  ``acks``: 0, 1 or "all"."""
+
+    def __init__(self, broker: str = DEFAULT_BROKER, *, acks: int | str = 1,
+                 batch_size: int = 1000, linger_ms: float = 5.0, max_in_flight: int = 5,
+                 idempotent: bool = True, request_timeout_s: float = 10.0,
+                 delivery_timeout_s: float = 120.0) -> None:
+        if acks not in (0, 1, "all"):
+            raise ValueError("acks must be 0, 1 or 'all'")
+        self.conn = Connection(broker, timeout_s=request_timeout_s)
+        self.acks = acks
+        self.batch_size = batch_size
+        self.linger_s = linger_ms / 1000
+        self.max_in_flight = max_in_flight
+        self.producer_id = random.getrandbits(62) + 1 if idempotent and acks != 0 else 0
+        self.request_timeout_s = request_timeout_s
+        self.delivery_timeout_s = delivery_timeout_s
+        self._partitions: dict[str, int] = {}
+        self._buffers: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+        self._buffer_since: dict[tuple[str, int], float] = {}
+        self._callbacks: dict[tuple[str, int], list[Callback]] = {}
+        self._sequences: dict[tuple[str, int], int] = {}
+        self._sticky: dict[str, int] = {}
+        self._in_flight: dict[int, _Batch] = {}
+        self._unacked: dict[tuple[str, int], deque[_Batch]] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+        self.errors: list[BrokerError] = []
+        self._linger = threading.Thread(target=self._linger_loop, daemon=True, name="rail-linger")
+        self._linger.start()
+
+    # -- sending ----------------------------------------------------------------------
+    def send(self, topic: str, value: Any, key: Any = None, headers: dict[str, Any] | None = None,
+             partition: int | None = None, timestamp: int | None = None,
+             callback: Callback | None = None) -> None:
+        """Queue one event.  ``callback(partition, offset, error)`` runs once it is acked."""
+        if key is None and headers is None and timestamp is None:
+            record: tuple[Any, ...] = (value,)
+        else:
+            record = (value, key, headers, timestamp)
+        with self._lock:
+            if partition is None:
+                partition = self._pick(topic, key)
+            tp = (topic, partition)
+            buf = self._buffers.get(tp)
+            if buf is None:
+                buf = self._buffers[tp] = []
+                self._buffer_since[tp] = time.monotonic()
+            buf.append(record)
+            if callback is not None:
+                self._callbacks.setdefault(tp, []).append(callback)
+            if len(buf) >= self.batch_size:
+                self._ship(tp)
+
+    def send_many(self, topic: str, values: list[Any], key: Any = None,
+                  partition: int | None = None) -> None:
+        """Queue many events with the same key (or none) in one call."""
+        with self._lock:
+            if partition is None:
+                partition = self._pick(topic, key)
+            tp = (topic, partition)
+            records = [(v,) for v in values] if key is None else [(v, key) for v in values]
+            for start in range(0, len(records), self.batch_size):
+                buf = self._buffers.setdefault(tp, [])
+                self._buffer_since.setdefault(tp, time.monotonic())
+                buf.extend(records[start:start + self.batch_size])
+                if len(buf) >= self.batch_size:
+                    self._ship(tp)
+
+    def partitions_for(self, topic: str) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            with self._lock:
+                count = self._partitions[topic] = self._lookup_partitions(topic)
+        return count
+
+    def _lookup_partitions(self, topic: str) -> int:
+        try:
+            meta = self._call(p.Metadata(topics=[topic]))
+            return len(meta.topics[0].partitions)
+        except BrokerError as exc:
+            if exc.code != "UNKNOWN_TOPIC":
+                raise
+        return self._call(p.CreateTopic(topic=topic, exist_ok=True)).partitions
+
+    def _pick(self, topic: str, key: Any) -> int:
+        count = self._partitions.get(topic) or self.partitions_for(topic)
+        if key is not None:
+            return p.partition_for_key(key, count)
+        sticky = self._sticky.get(topic)
+        if sticky is None:
+            sticky = self._sticky[topic] = random.randrange(count)
+        return sticky
+
+    def _ship(self, tp: tuple[str, int]) -> None:
+        """Turn the buffer of ``tp`` into an in-flight batch (lock held)."""
+        records = self._buffers.pop(tp, None)
+        self._buffer_since.pop(tp, None)
+        if not records:
+            return
+        if tp[0] in self._sticky and self._partitions.get(tp[0], 1) > 1:
+            self._sticky[tp[0]] = (tp[1] + 1) % self._partitions[tp[0]]
+        seq = self._sequences.get(tp, 0)
+        self._sequences[tp] = seq + len(records)
+        batch = _Batch(tp[0], tp[1], records, seq if self.producer_id else -1,
+                       self._callbacks.pop(tp, []))
+        while len(self._in_flight) >= self.max_in_flight * max(1, len(self._unacked)):
+            self._receive(self.request_timeout_s)
+        self._transmit(batch)
+        if self.acks != 0:
+            self._unacked.setdefault(tp, deque()).append(batch)
+
+    def _transmit(self, batch: _Batch) -> None:
+        batch.request_id = self.conn.next_id()
+        batch.attempts += 1
+        batch.sent_at = time.monotonic()
+        self.conn.send_raw(_encode({
+            "op": "produce", "id": batch.request_id, "topic": batch.topic,
+            "partition": batch.partition, "records": batch.records, "acks": self.acks,
+            "producer_id": self.producer_id, "sequence": batch.sequence,
+        }))
+        if self.acks != 0:
+            self._in_flight[batch.request_id] = batch
+
+    # -- acknowledgements -------------------------------------------------------------
+    def _receive(self, timeout_s: float) -> bool:
+        got = self.conn.recv(timeout_s)
+        if got is None:
+            self._retry_stale()
+            return False
+        request_id, body = got
+        batch = self._in_flight.pop(request_id, None)
+        if batch is None:
+            self.conn.keep(request_id, body)
+            return True
+        reply = msgspec.msgpack.decode(body, type=p.Reply)
+        if isinstance(reply, p.ErrorReply):
+            self._failed(batch, BrokerError(reply.code, reply.message))
+        else:
+            self._acked(batch, reply)
+        return True
+
+    def _acked(self, batch: _Batch, reply: p.ProduceReply) -> None:
+        queue = self._unacked.get((batch.topic, batch.partition))
+        if queue and batch in queue:
+            queue.remove(batch)
+        base = reply.offsets[0][1] if reply.offsets else -1
+        for i, callback in enumerate(batch.callbacks):
+            callback(batch.partition, base + i if base >= 0 else -1, None)
+
+    def _failed(self, batch: _Batch, error: BrokerError) -> None:
+        tp = (batch.topic, batch.partition)
+        queue = self._unacked.get(tp, deque())
+        if error.code == "OUT_OF_ORDER_SEQUENCE" or (error.code in RETRIABLE and self._may_retry(batch)):
+            self._resend_from(tp)
+            return
+        if batch in queue:
+            queue.remove(batch)
+        self.errors.append(error)
+        for callback in batch.callbacks:
+            callback(batch.partition, -1, error)
+
+    def _may_retry(self, batch: _Batch) -> bool:
+        return time.monotonic() - batch.sent_at < self.delivery_timeout_s
+
+    def _resend_from(self, tp: tuple[str, int]) -> None:
+        """Resend every unacked batch of ``tp`` in order (the broker drops duplicates)."""
+        for batch in self._unacked.get(tp, ()):
+            self._in_flight.pop(batch.request_id, None)
+            self._transmit(batch)
+
+    def _retry_stale(self) -> None:
+        now = time.monotonic()
+        stale = {(b.topic, b.partition) for b in self._in_flight.values()
+                 if now - b.sent_at > self.request_timeout_s}
+        for tp in stale:
+            self._resend_from(tp)
+
+    # -- flushing ---------------------------------------------------------------------
+    def _linger_loop(self) -> None:
+        while not self._closed:
+            time.sleep(self.linger_s or 0.005)
+            with self._lock:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                for tp, since in list(self._buffer_since.items()):
+                    if now - since >= self.linger_s:
+                        self._ship(tp)
+                while self._in_flight and self._receive(0):
+                    pass
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Send everything queued and wait until the broker acknowledged it all."""
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.delivery_timeout_s)
+        with self._lock:
+            for tp in list(self._buffers):
+                self._ship(tp)
+            while self._in_flight:
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(self.conn.endpoint, timeout_s or self.delivery_timeout_s)
+                self._receive(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def _call(self, request: Any) -> Any:
+        rid = self.conn.send(request)
+        deadline = time.monotonic() + self.request_timeout_s
+        while rid not in self.conn._stash:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(self.conn.endpoint, self.request_timeout_s)
+            self._receive(0.05)
+        return check(msgspec.msgpack.decode(self.conn._stash.pop(rid), type=p.Reply))
+
+    def close(self, timeout_s: float | None = None) -> None:
+        try:
+            self.flush(timeout_s)
+        finally:
+            with self._lock:
+                self._closed = True
+            self._linger.join(timeout=1)
+            self.conn.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- consuming ------------------------------------------------------------------------
+class Event(msgspec.Struct):
+    """One record as a consumer sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: Any
+    key: Any = None
+    headers: dict[str, Any] | None = None
+    timestamp: int = 0
+
+
+class _Batch3(msgspec.Struct, array_like=True):
+    base_offset: int
+    append_timestamp: int
+    records: list[p.WireRecord]
+
+
+class _PartitionData(msgspec.Struct):
+    topic: str
+    partition: int
+    offset: int
+    end_offset: int
+    batches: list[_Batch3]
+
+
+class _PollReply(msgspec.Struct, tag_field="op", tag="poll"):
+    generation: int
+    assignment: list[tuple[str, int]]
+    partitions: list[_PartitionData]
+    id: int = 0
+
+
+_poll_decoder = msgspec.msgpack.Decoder(_PollReply | p.ErrorReply)
+
+
+def events_of(data: _PartitionData) -> list[Event]:
+    """Flatten a partition's batches into events, skipping records before ``offset``."""
+    out = []
+    topic, part, first = data.topic, data.partition, data.offset
+    for batch in data.batches:
+        offset = batch.base_offset
+        for r in batch.records:
+            if offset >= first:
+                out.append(Event(topic, part, offset, r.value, r.key, r.headers,
+                                 batch.append_timestamp if r.timestamp is None else r.timestamp))
+            offset += 1
+    return out
+
+
+class Consumer:
+    """A member of consumer group ``group`` reading ``topics``; see the module docstring."""
+
+    def __init__(self, broker: str = DEFAULT_BROKER, *, group: str, topics: list[str],
+                 member_id: str = "", start: str = "earliest", session_timeout_ms: int = 10_000,
+                 client_id: str = "", max_bytes: int = 1024 * 1024,
+                 on_assign: Callable[[list[tuple[str, int]]], None] | None = None,
+                 timeout_s: float = 10.0) -> None:
+        self.broker = broker
+        self.group = group
+        self.topics = list(topics)
+        self.start = start
+        self.session_timeout_ms = session_timeout_ms
+        self.client_id = client_id
+        self.max_bytes = max_bytes
+        self.on_assign = on_assign
+        self.conn = Connection(broker, timeout_s=timeout_s)
+        self.member_id = member_id
+        self.generation = -1
+        self.assignment: list[tuple[str, int]] = []
+        self.positions: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}
+        self._poll_id: int | None = None
+        self._closed = threading.Event()
+        self._heartbeat_ok = threading.Event()
+        self._join()
+        self._heart = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                       name="rail-heartbeat")
+        self._heart.start()
+
+    def _join(self) -> None:
+        reply = self.conn.call(p.Join(group=self.group, topics=self.topics,
+                                      member_id=self.member_id, start=self.start,
+                                      session_timeout_ms=self.session_timeout_ms,
+                                      client_id=self.client_id))
+        self.member_id = reply.member_id
+        self._heartbeat_interval_s = reply.heartbeat_interval_ms / 1000
+        self._set_assignment(reply.generation, reply.assignment)
+
+    def _set_assignment(self, generation: int, assignment: list[tuple[str, int]]) -> None:
+        if generation == self.generation:
+            return
+        self.generation = generation
+        new = [tuple(tp) for tp in assignment]
+        gone = set(self.assignment) - set(new)  # type: ignore[arg-type]
+        for tp in gone:
+            self.positions.pop(tp, None)
+        self.assignment = new  # type: ignore[assignment]
+        if self.on_assign is not None:
+            self.on_assign(list(self.assignment))
+
+    def _heartbeat_loop(self) -> None:
+        conn = Connection(self.broker, context=self.conn.context, timeout_s=self._heartbeat_interval_s * 2)
+        try:
+            while not self._closed.wait(self._heartbeat_interval_s):
+                try:
+                    conn.call(p.Heartbeat(group=self.group, member_id=self.member_id))
+                except BrokerError:
+                    continue
+        finally:
+            conn.close()
+
+    # -- polling ----------------------------------------------------------------------
+    def poll(self, timeout_s: float = 1.0) -> list[Event]:
+        """Return the next events of the assigned partitions (maybe none after timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if self._poll_id is None:
+                self._send_poll(max(0, min(int(remaining * 1000), p.MAX_WAIT_MS)))
+            reply = self._await_poll(max(remaining, 0) + 5.0)
+            events = [] if reply is None else self._take(reply)
+            if events:
+                self._send_poll(0)  # prefetch while the caller works
+                return events
+            if time.monotonic() >= deadline:
+                return []
+
+    def _send_poll(self, wait_ms: int) -> None:
+        self._poll_id = self.conn.send(p.Poll(group=self.group, member_id=self.member_id,
+                                              max_bytes=self.max_bytes, max_wait_ms=wait_ms))
+
+    def _await_poll(self, timeout_s: float) -> _PollReply | None:
+        rid = self._poll_id
+        assert rid is not None
+        try:
+            reply = self.conn.wait(rid, timeout_s, decoder=_poll_decoder)
+        except BrokerError as exc:
+            self._poll_id = None
+            if exc.code == "NOT_MEMBER":
+                self._join()
+                return None
+            raise
+        self._poll_id = None
+        return reply
+
+    def _take(self, reply: _PollReply) -> list[Event]:
+        self._set_assignment(reply.generation, reply.assignment)
+        owned = set(self.assignment)
+        events: list[Event] = []
+        for data in reply.partitions:
+            tp = (data.topic, data.partition)
+            if tp not in owned:
+                continue
+            got = events_of(data)
+            if got:
+                self.positions[tp] = got[-1].offset + 1
+                events.extend(got)
+        return events
+
+    # -- committing -------------------------------------------------------------------
+    def commit(self, offsets: dict[tuple[str, int], int] | None = None, sync: bool = True) -> None:
+        """Commit ``offsets`` (next offset to read) or everything polled so far."""
+        todo = dict(self.positions if offsets is None else offsets)
+        items = [(t, part, o) for (t, part), o in todo.items()
+                 if self._committed.get((t, part)) != o and (t, part) in set(self.assignment)]
+        if not items:
+            return
+        rid = self.conn.send(p.Commit(group=self.group, member_id=self.member_id,
+                                      generation=self.generation, offsets=items))
+        if sync:
+            self.conn.wait(rid)
+        else:
+            self.conn.unwatched(rid)
+        for t, part, o in items:
+            self._committed[(t, part)] = o
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read ``topic[partition]`` from ``offset`` next (it must be assigned to us)."""
+        self._drop_prefetch()
+        self.conn.call(p.Seek(group=self.group, member_id=self.member_id, topic=topic,
+                              partition=partition, offset=offset))
+        self.positions[(topic, partition)] = offset
+
+    def _drop_prefetch(self) -> None:
+        if self._poll_id is not None:
+            try:
+                self.conn.wait(self._poll_id, decoder=_poll_decoder)
+            except BrokerError:
+                pass
+            self._poll_id = None
+
+    def close(self) -> None:
+        """Leave the group (its partitions move to the others at once) and close."""
+        self._closed.set()
+        self._heart.join(timeout=2)
+        try:
+            self.conn.call(p.Leave(group=self.group, member_id=self.member_id), timeout_s=2)
+        except BrokerError:
+            pass
+        self.conn.close()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,120 @@
+"""One pipelined request/reply connection to the broker (a ZeroMQ DEALER socket).
+
+Requests carry increasing ids; replies are matched by id, so many may be in flight.  Not
+thread-safe: one thread owns a Connection (ZeroMQ sockets are single-threaded).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import msgspec
+import zmq
+
+from brokerd import protocol as p
+
+DEFAULT_BROKER = "tcp://127.0.0.1:7400"
+_encoder = msgspec.msgpack.Encoder()
+_replies = msgspec.msgpack.Decoder(p.Reply)
+
+
+class BrokerError(Exception):
+    """The broker refused a request: ``code`` is stable, ``message`` says what to do."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class BrokerUnavailable(BrokerError):
+    def __init__(self, endpoint: str, timeout_s: float) -> None:
+        super().__init__("UNAVAILABLE", f"no reply from the broker at {endpoint} within "
+                         f"{timeout_s:g} s: is it running (rail up, or python -m brokerd)?")
+
+
+class Connection:
+    def __init__(self, endpoint: str = DEFAULT_BROKER, context: zmq.Context | None = None,
+                 timeout_s: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        self._ids = itertools.count(1)
+        self._stash: dict[int, Any] = {}
+        self._unwatched: set[int] = set()
+        self.async_errors: list[BrokerError] = []
+
+    def send(self, request: Any) -> int:
+        """Send without waiting; return the request id to ``wait`` for."""
+        request.id = next(self._ids)
+        self.socket.send(_encoder.encode(request), copy=False)
+        return request.id
+
+    def send_raw(self, body: bytes) -> None:
+        self.socket.send(body, copy=False)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def recv(self, timeout_s: float | None) -> tuple[int, bytes] | None:
+        """Receive one reply body (any id) or None on timeout."""
+        ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
+        if not self.socket.poll(ms):
+            return None
+        body = self.socket.recv(copy=False).bytes
+        return reply_id(body), body
+
+    def wait(self, request_id: int, timeout_s: float | None = None,
+             decoder: msgspec.msgpack.Decoder = _replies) -> Any:
+        """Wait for the reply to ``request_id``; other replies are kept for their waiters."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        while request_id not in self._stash:
+            got = self.recv(deadline - time.monotonic())
+            if got is None:
+                raise BrokerUnavailable(self.endpoint, timeout_s)
+            self.keep(*got)
+        return check(decoder.decode(self._stash.pop(request_id)))
+
+    def unwatched(self, request_id: int) -> None:
+        """Nobody waits for this reply: drop it when it comes, keeping only an error."""
+        self._unwatched.add(request_id)
+
+    def keep(self, request_id: int, body: bytes) -> None:
+        """File a reply for its waiter (or drop an unwatched one)."""
+        if request_id in self._unwatched:
+            self._unwatched.discard(request_id)
+            reply = _replies.decode(body)
+            if isinstance(reply, p.ErrorReply):
+                self.async_errors.append(BrokerError(reply.code, reply.message))
+            return
+        self._stash[request_id] = body
+
+    def call(self, request: Any, timeout_s: float | None = None) -> Any:
+        return self.wait(self.send(request), timeout_s)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class _Id(msgspec.Struct):
+    id: int = 0
+
+
+_id_only = msgspec.msgpack.Decoder(_Id)
+
+
+def reply_id(body: bytes) -> int:
+    return _id_only.decode(body).id
+
+
+def check(reply: Any) -> Any:
+    """Raise BrokerError for an error reply, else return it."""
+    if isinstance(reply, p.ErrorReply):
+        raise BrokerError(reply.code, reply.message)
+    return reply
