@@ -451,12 +451,32 @@ class Consumer:
             return
         rid = self.conn.send(p.Commit(group=self.group, member_id=self.member_id,
                                       generation=self.generation, offsets=items))
-        if sync:
-            self.conn.wait(rid)
-        else:
+        if not sync:
             self.conn.unwatched(rid)
+        else:
+            try:
+                self.conn.wait(rid)
+            except BrokerError as exc:
+                if exc.code not in ("STALE_GENERATION", "NOT_MEMBER"):
+                    raise
+                self._refresh_assignment()  # a rebalance moved some partitions away
+                owned = set(self.assignment)
+                items = [i for i in items if (i[0], i[1]) in owned]
+                if items:
+                    self.conn.call(p.Commit(group=self.group, member_id=self.member_id,
+                                            generation=self.generation, offsets=items))
         for t, part, o in items:
             self._committed[(t, part)] = o
+
+    def _refresh_assignment(self) -> None:
+        try:
+            reply = self.conn.call(p.Heartbeat(group=self.group, member_id=self.member_id))
+        except BrokerError as exc:
+            if exc.code != "NOT_MEMBER":
+                raise
+            self._join()
+            return
+        self._set_assignment(reply.generation, reply.assignment)
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         """Read ``topic[partition]`` from ``offset`` next (it must be assigned to us)."""
