@@ -11,7 +11,7 @@ from brokerd import protocol as p
 from brokerd.topics import Topic
 
 if TYPE_CHECKING:
-    from brokerd.server import Broker
+    from brokerd.handlers import Handlers as Broker
 
 
 def topic_info(topic: Topic) -> p.TopicInfo:

@@ -30,8 +30,12 @@ from brokerd.log.producers import DuplicateBatch
 from brokerd.waiters import Client, DurableAck, Waiter
 
 if TYPE_CHECKING:
-    from brokerd.server import Broker
-    from brokerd.topics import Topic
+    from brokerd.config import BrokerConfig
+    from brokerd.groups import Coordinator
+    from brokerd.log.offsets import OffsetStore
+    from brokerd.stats import Stats
+    from brokerd.topics import Topic, TopicRegistry
+    from brokerd.waiters import AckQueue, WaitingRoom
 
 log = logging.getLogger("brokerd")
 REQUEST = msgspec.msgpack.Decoder(p.Request)
@@ -58,8 +62,25 @@ def peek_envelope(body: bytes | memoryview) -> tuple[int, Any]:
 
 
 class Handlers:
+    """The request handlers of ``Broker``, which provides the state declared here."""
+
+    config: BrokerConfig
+    topics: TopicRegistry
+    offsets: OffsetStore
+    coordinator: Coordinator
+    waiting: WaitingRoom
+    acks: AckQueue
+    stats: Stats
+    endpoints: tuple[str, str]
+
+    def send(self, client: Client, reply: p.Reply) -> None:
+        raise NotImplementedError
+
+    def send_error(self, client: Client, request_id: int, exc: RailError) -> None:
+        raise NotImplementedError
+
     # -- frames to typed requests -----------------------------------------------------
-    def handle_frames(self: Broker, frames: list[zmq.Frame]) -> None:
+    def handle_frames(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
         if len(frames) == 2:
             client, body = (identity, False), frames[1].buffer
@@ -94,7 +115,7 @@ class Handlers:
         if reply is not None:
             self.send(client, reply)
 
-    def _reject(self: Broker, client: Client, body: Any, exc: Exception) -> None:
+    def _reject(self, client: Client, body: Any, exc: Exception) -> None:
         request_id, op = peek_envelope(body)
         if isinstance(op, str) and op not in p.OPS:
             error: RailError = UnknownOp(
@@ -105,7 +126,7 @@ class Handlers:
             error = BadRequest(f"invalid {op if isinstance(op, str) else 'request'}: {exc}")
         self.send_error(client, request_id, error)
 
-    def dispatch(self: Broker, request: p.Request, client: Client) -> p.Reply | None:
+    def dispatch(self, request: p.Request, client: Client) -> p.Reply | None:
         match request:
             case p.Produce():
                 return self.handle_produce(request, client)
@@ -142,7 +163,7 @@ class Handlers:
         raise UnknownOp(f"unhandled op {type(request).__name__}")
 
     # -- produce ----------------------------------------------------------------------
-    def handle_produce(self: Broker, req: p.Produce, client: Client) -> p.Reply | None:
+    def handle_produce(self, req: p.Produce, client: Client) -> p.Reply | None:
         topic, created = self.topics.get_or_create(req.topic)
         if created:
             self.coordinator.topics_changed({topic.name})
@@ -150,6 +171,7 @@ class Handlers:
         if req.producer_id and req.partition is None:
             raise BadRequest("an idempotent produce (producer_id) must name its partition")
         now = now_ms()
+        split: dict[int, tuple[bytes | msgspec.Raw, list[Record]]]
         if req.partition is not None:
             split = {req.partition: (req.records, records)}
         else:
@@ -181,7 +203,7 @@ class Handlers:
         return reply
 
     # -- fetch and poll ---------------------------------------------------------------
-    def handle_fetch(self: Broker, req: p.Fetch, client: Client) -> p.Reply | None:
+    def handle_fetch(self, req: p.Fetch, client: Client) -> p.Reply | None:
         topic = self.topics.get(req.topic)
         reply = self._fetch_reply(topic, req)
         if req.max_wait_ms == 0 or _reply_bytes(reply.batches) >= max(req.min_bytes, 1):
@@ -199,7 +221,7 @@ class Handlers:
         self._park(client, req.max_wait_ms, answer, [(topic.name, req.partition)], None)
         return None
 
-    def _fetch_reply(self: Broker, topic: Topic, req: p.Fetch) -> p.FetchReply:
+    def _fetch_reply(self, topic: Topic, req: p.Fetch) -> p.FetchReply:
         plog = topic.partition(req.partition)
         batches = plog.read(req.offset, req.max_bytes)
         wire = _wire(batches)
@@ -210,7 +232,7 @@ class Handlers:
                             offset=req.offset, start_offset=plog.start_offset,
                             end_offset=plog.end_offset, batches=wire)
 
-    def handle_poll(self: Broker, req: p.Poll, client: Client) -> p.Reply | None:
+    def handle_poll(self, req: p.Poll, client: Client) -> p.Reply | None:
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         reply = self._poll_reply(req)
         if reply.partitions or req.max_wait_ms == 0:
@@ -230,7 +252,7 @@ class Handlers:
         self._park(client, req.max_wait_ms, answer, keys, group.name)
         return None
 
-    def _poll_reply(self: Broker, req: p.Poll) -> p.PollReply:
+    def _poll_reply(self, req: p.Poll) -> p.PollReply:
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         assignment = group.assignment_of(member.member_id)
         budget = req.max_bytes
@@ -263,7 +285,7 @@ class Handlers:
         return p.PollReply(id=req.id, generation=group.generation, assignment=assignment,
                            partitions=out)
 
-    def _park(self: Broker, client: Client, wait_ms: int, answer: Any, keys: list,
+    def _park(self, client: Client, wait_ms: int, answer: Any, keys: list,
               group: str | None) -> None:
         if self.waiting.count(client[0]) >= self.config.max_waiting_per_client:
             raise TooManyWaiting(
@@ -273,7 +295,7 @@ class Handlers:
         self.waiting.park(Waiter(client, deadline, answer, keys, group))
 
     # -- groups -----------------------------------------------------------------------
-    def handle_join(self: Broker, req: p.Join) -> p.Reply:
+    def handle_join(self, req: p.Join) -> p.Reply:
         if not req.topics:
             raise BadRequest("join needs at least one topic")
         created = {name for name in req.topics if self.topics.get_or_create(name)[1]}
@@ -285,12 +307,12 @@ class Handlers:
                            assignment=group.assignment_of(member.member_id),
                            heartbeat_interval_ms=max(req.session_timeout_ms // 3, 50))
 
-    def handle_heartbeat(self: Broker, req: p.Heartbeat) -> p.Reply:
+    def handle_heartbeat(self, req: p.Heartbeat) -> p.Reply:
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         return p.HeartbeatReply(id=req.id, generation=group.generation,
                                 assignment=group.assignment_of(member.member_id))
 
-    def handle_commit(self: Broker, req: p.Commit) -> p.Reply:
+    def handle_commit(self, req: p.Commit) -> p.Reply:
         for topic, _, _ in req.offsets:
             self.topics.get(topic)
         try:
@@ -300,21 +322,21 @@ class Handlers:
             raise StorageError(f"cannot store offsets: {exc}") from exc
         return p.CommitReply(id=req.id)
 
-    def handle_seek(self: Broker, req: p.Seek) -> p.Reply:
+    def handle_seek(self, req: p.Seek) -> p.Reply:
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         self.coordinator.seek(group, member.member_id, (req.topic, req.partition), req.offset)
         return p.SeekReply(id=req.id)
 
-    def handle_leave(self: Broker, req: p.Leave) -> p.Reply:
+    def handle_leave(self, req: p.Leave) -> p.Reply:
         self.coordinator.leave(req.group, req.member_id)
         return p.LeaveReply(id=req.id)
 
-    def handle_describe_group(self: Broker, req: p.DescribeGroup) -> p.Reply:
+    def handle_describe_group(self, req: p.DescribeGroup) -> p.Reply:
         from brokerd.describe import describe_group
         return describe_group(self, req)
 
     # -- topics -----------------------------------------------------------------------
-    def handle_create_topic(self: Broker, req: p.CreateTopic) -> p.Reply:
+    def handle_create_topic(self, req: p.CreateTopic) -> p.Reply:
         existing = self.topics.topics.get(req.topic)
         if existing is not None and req.exist_ok:
             return p.CreateTopicReply(id=req.id, topic=req.topic,
@@ -323,18 +345,18 @@ class Handlers:
         self.coordinator.topics_changed({topic.name})
         return p.CreateTopicReply(id=req.id, topic=topic.name, partitions=len(topic.partitions))
 
-    def handle_delete_topic(self: Broker, req: p.DeleteTopic) -> p.Reply:
+    def handle_delete_topic(self, req: p.DeleteTopic) -> p.Reply:
         self.topics.delete(req.topic)
         self.offsets.forget(topic=req.topic)
         self.coordinator.topics_changed({req.topic})
         return p.DeleteTopicReply(id=req.id, topic=req.topic)
 
-    def handle_metadata(self: Broker, req: p.Metadata) -> p.Reply:
+    def handle_metadata(self, req: p.Metadata) -> p.Reply:
         from brokerd.describe import topic_info
         names = req.topics if req.topics is not None else sorted(self.topics.topics)
         return p.MetadataReply(id=req.id, topics=[topic_info(self.topics.get(n)) for n in names])
 
-    def handle_list_offsets(self: Broker, req: p.ListOffsets) -> p.Reply:
+    def handle_list_offsets(self, req: p.ListOffsets) -> p.Reply:
         plog = self.topics.get(req.topic).partition(req.partition)
         if req.timestamp == p.LATEST:
             offset = plog.end_offset
@@ -372,7 +394,7 @@ def _timestamps(records: list[Record], now: int) -> tuple[int, int]:
     return stamps[0], max(stamps)  # type: ignore[type-var,return-value]
 
 
-def _split(topic: Topic, records: list[Record]) -> dict[int, tuple[bytes, list[Record]]]:
+def _split(topic: Topic, records: list[Record]) -> dict[int, tuple[bytes | msgspec.Raw, list[Record]]]:
     """Partition by key hash; keyless records of one request stay together (sticky)."""
     count = len(topic.partitions)
     sticky = topic.next_spread % count

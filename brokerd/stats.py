@@ -9,7 +9,7 @@ from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from brokerd.server import Broker
+    from brokerd.handlers import Handlers as Broker
 
 SAMPLE_EVERY_S = 1.0
 WINDOW = 10

@@ -11,7 +11,7 @@ import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from brokerd.errors import CorruptLogError, StorageError
 from brokerd.log.batch import (
@@ -77,24 +77,32 @@ class Segment:
         result = ScanResult(start, next_offset, max_ts)
         if self.size <= start:
             return result
-        with mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ) as buf:
-            pos = start
-            while pos < self.size:
-                problem = self._check_at(buf, pos, result.next_offset, dense)
-                if problem:
-                    result.problem = problem
-                    break
-                header = decode_header(buf, pos)
-                if keep_headers:
-                    result.headers.append((pos, header))
-                pos += header.size
-                result.valid_end = pos
-                result.next_offset = header.next_offset
-                result.max_timestamp = max(result.max_timestamp, header.max_timestamp)
-                result.batches += 1
+        with mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ) as mapped:
+            buf = memoryview(mapped)
+            try:
+                self._scan_into(buf, result, dense, keep_headers)
+            finally:
+                buf.release()
         return result
 
-    def _check_at(self, buf: mmap.mmap, pos: int, expected: int, dense: bool) -> str | None:
+    def _scan_into(self, buf: memoryview, result: ScanResult, dense: bool,
+                   keep_headers: bool) -> None:
+        pos = result.valid_end
+        while pos < self.size:
+            problem = self._check_at(buf, pos, result.next_offset, dense)
+            if problem:
+                result.problem = problem
+                return
+            header = decode_header(buf, pos)
+            if keep_headers:
+                result.headers.append((pos, header))
+            pos += header.size
+            result.valid_end = pos
+            result.next_offset = header.next_offset
+            result.max_timestamp = max(result.max_timestamp, header.max_timestamp)
+            result.batches += 1
+
+    def _check_at(self, buf: Any, pos: int, expected: int, dense: bool) -> str | None:
         if pos + HEADER_SIZE > self.size:
             return "torn header"
         header = decode_header(buf, pos)
@@ -167,7 +175,10 @@ class Segment:
             if consumed == 0:
                 if out:
                     break
-                chunk = memoryview(os.pread(self.fd, self._batch_size_at(pos), pos))
+                size = self._batch_size_at(pos)
+                if pos + size > end:  # a damaged length; re-reading would loop for ever
+                    raise CorruptLogError(str(self.log_path), pos, "batch runs past the end")
+                chunk = memoryview(os.pread(self.fd, size, pos))
                 consumed, used = self._walk(chunk, pos, offset, max_bytes + len(chunk),
                                             used, out, verify)
             pos += consumed
