@@ -86,6 +86,10 @@ class Coordinator:
             group.members[member_id] = member
             self.rebalance(group)
         else:
+            # A join under a live member id is a new incarnation (a restarted process): what
+            # the old one was delivered but did not commit must be delivered again.
+            for tp in group.assignment_of(member_id):
+                group.positions.pop(tp, None)
             member.last_seen_ms = now_ms
             member.session_timeout_ms = session_timeout_ms
             if sorted(set(topics)) != member.topics:
