@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from brokerd.errors import OffsetOutOfRange, StorageError
+from brokerd.errors import MessageTooLarge, OffsetOutOfRange, StorageError
 from brokerd.log.batch import HEADER_SIZE, decode_header, decode_records, encode_header, BatchHeader
 from brokerd.log.config import LogConfig
 from brokerd.log.files import fsync_dir, replace_atomically
@@ -100,7 +100,7 @@ class PartitionLog:
         """Trust a closed segment's index, checking only from its last entry onward."""
         start, offset, max_ts = 0, seg.base_offset, NO_TIMESTAMP
         loaded = seg.index.load(seg.index_path, seg.size) and (len(seg.index) > 0 or seg.size == 0)
-        if loaded:
+        if loaded and len(seg.index):  # an empty segment (all compacted away) has none
             start, offset = seg.index.positions[-1], seg.index.offsets[-1]
             max_ts = seg.index.max_ts_before[-1]
         result = seg.scan(start, offset, max_ts, dense=False)
@@ -183,6 +183,9 @@ class PartitionLog:
         With a producer id, a retried batch raises ``DuplicateBatch`` (holding the offset it
         got the first time) and a gap raises ``OutOfOrderSequence``; nothing is written.
         """
+        if len(payload) > self.config.max_batch_bytes:  # recovery would take it for damage
+            raise MessageTooLarge(f"batch of {len(payload)} bytes is over max_batch_bytes "
+                                  f"({self.config.max_batch_bytes})")
         if producer_id:
             self.producers.check(producer_id, base_sequence, record_count)
         appended = now_ms() if append_timestamp is None else append_timestamp
