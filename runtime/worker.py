@@ -1,0 +1,399 @@
+"""The worker host: runs a script's ``handle(event, ctx)`` as a consumer-group member.
+
+    python -m runtime.worker SCRIPT --broker tcp://127.0.0.1:7400 --group G --topics T1,T2 \\
+        --name NAME [--member-id ID] [--health tcp://127.0.0.1:PORT] [--retries N] \\
+        [--start earliest|latest] [--session-timeout-ms MS]
+
+A script is plain Python defining ``handle(event, ctx)`` (sync or ``async def``) and
+optionally ``setup(ctx)`` / ``teardown(ctx)``.  Events of one partition reach ``handle`` one
+at a time, in offset order.  An offset is committed only after ``handle`` returned for it
+(at-least-once), and only after everything the handler sent with ``ctx.send`` is acked.  A
+handler that raises is retried ``--retries`` times with a doubling backoff, then the event
+goes to ``<topic>.dlq`` with ``rail.*`` headers and the worker moves on.
+
+The same script runs alone with ``run``::
+
+    from runtime.worker import run
+
+    def handle(event, ctx):
+        print(event.value)
+
+    if __name__ == "__main__":
+        run(handle)          # python my_worker.py --topics orders
+
+Exit codes (``brokerd.protocol``): 0 after SIGTERM/SIGINT (event in hand finished, sends
+flushed, offsets committed, group left); ``EXIT_CONFIG`` (78) when the script is unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import inspect
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import msgspec
+import zmq
+
+from brokerd.protocol import EXIT_CONFIG, EXIT_OK
+from runtime.client import DEFAULT_BROKER, Consumer, Event, Producer
+from runtime.connection import BrokerError
+from runtime.dlq import send_to_dlq
+
+__all__ = ["Context", "Worker", "Script", "ScriptError", "load_script", "run", "main"]
+
+HEALTH_INTERVAL_S = 1.0
+FIRST_BACKOFF_S = 0.05
+POLL_TIMEOUT_S = 0.5
+Handler = Callable[[Event, "Context"], Any]
+
+
+class ScriptError(Exception):
+    """The worker script cannot be used (missing, does not import, no ``handle``)."""
+
+
+@dataclass
+class Script:
+    handle: Handler
+    setup: Callable[[Context], Any] | None = None
+    teardown: Callable[[Context], Any] | None = None
+
+
+def load_script(path: str) -> Script:
+    """Import the script at ``path``; raise ScriptError with a one-line reason."""
+    file = Path(path)
+    if not file.is_file():
+        raise ScriptError(f"worker script {path} not found: check the path (relative to the "
+                          f"current folder {os.getcwd()})")
+    sys.path.insert(0, str(file.resolve().parent))
+    spec = importlib.util.spec_from_file_location(f"rail_script_{file.stem}", file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ScriptError(f"worker script {path} has a syntax error at line {exc.lineno}: "
+                          f"{exc.msg}") from exc
+    except BaseException as exc:  # noqa: BLE001 - any import failure makes it unusable
+        raise ScriptError(f"worker script {path} failed to import: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    return script_of(module, path)
+
+
+def script_of(module: ModuleType | dict[str, Any], path: str) -> Script:
+    names = module if isinstance(module, dict) else vars(module)
+    handle = names.get("handle")
+    if not callable(handle):
+        raise ScriptError(f"worker script {path} defines no handle(event, ctx) function: "
+                          "add one")
+    return Script(handle, names.get("setup"), names.get("teardown"))
+
+
+@dataclass
+class Context:
+    """What a handler gets besides the event: ``send``, ``log``, ``name``, ``state``."""
+
+    name: str
+    member_id: str
+    log: logging.Logger
+    producer: Producer
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def send(self, topic: str, value: Any, key: Any = None,
+             headers: dict[str, Any] | None = None) -> None:
+        """Send an event; it is acked before the offset of the event in hand is committed."""
+        self.producer.send(topic, value, key=key, headers=headers)
+
+
+@dataclass
+class Options:
+    broker: str
+    group: str
+    topics: list[str]
+    name: str
+    member_id: str = ""
+    health: str | None = None
+    retries: int = 3
+    start: str = "earliest"
+    session_timeout_ms: int = 10_000
+
+
+class Worker:
+    """Consumes, calls the handler, commits; one thread does all of it (the main one).
+
+    ``processed``/``failed``/``state`` are read by the health thread without a lock: each
+    is a single attribute written by the main thread only.
+    """
+
+    def __init__(self, script: Script, options: Options) -> None:
+        self.script = script
+        self.options = options
+        self.stopping = False
+        self.state = "starting"
+        self.processed = 0
+        self.failed = 0
+        self.idle = True
+        self.log = logging.getLogger(f"rail.worker.{options.name}")
+        self.is_async = inspect.iscoroutinefunction(script.handle)
+        self.loop = asyncio.new_event_loop() if self.is_async else None
+        self.producer = Producer(options.broker)
+        self.consumer: Consumer | None = None
+        self.ctx = Context(options.name, options.member_id, self.log, self.producer)
+
+    # -- lifecycle --------------------------------------------------------------------
+    def run(self) -> int:
+        opts = self.options
+        self.consumer = Consumer(opts.broker, group=opts.group, topics=opts.topics,
+                                 member_id=opts.member_id, start=opts.start,
+                                 session_timeout_ms=opts.session_timeout_ms,
+                                 client_id=opts.name)
+        self.ctx.member_id = self.consumer.member_id
+        self._call_hook(self.script.setup)
+        self.state = "running"
+        self.log.info("worker %s joined group %s for %s as %s", opts.name, opts.group,
+                      ",".join(opts.topics), self.consumer.member_id)
+        try:
+            while not self.stopping:
+                self._step(self.consumer)
+        finally:
+            self.state = "stopping"
+            self._shutdown()
+        return EXIT_OK
+
+    def _step(self, consumer: Consumer) -> None:
+        self.idle = True
+        events = consumer.poll(POLL_TIMEOUT_S)
+        if not events:
+            return
+        self.idle = False
+        done = self._handle_all_async(events) if self.loop else self._handle_all(events)
+        self.producer.flush()
+        if done == len(events):
+            consumer.commit(sync=False)
+        else:  # stopped inside the batch: commit exactly what was handled
+            consumer.commit(handled_offsets(events[:done]), sync=True)
+            consumer.positions.clear()
+
+    def _handle_all(self, events: list[Event]) -> int:
+        """Call the handler on each event; return how many were handled before a stop."""
+        handle, ctx = self.script.handle, self.ctx
+        for i, event in enumerate(events):
+            if self.stopping:
+                return i
+            try:
+                handle(event, ctx)
+            except Exception as exc:  # noqa: BLE001 - the handler's error goes to the DLQ
+                self._retry(event, exc)
+            self.processed += 1
+        return len(events)
+
+    def _handle_all_async(self, events: list[Event]) -> int:
+        assert self.loop is not None
+        return self.loop.run_until_complete(self._handle_coroutines(events))
+
+    async def _handle_coroutines(self, events: list[Event]) -> int:
+        handle, ctx = self.script.handle, self.ctx
+        for i, event in enumerate(events):
+            if self.stopping:
+                return i
+            try:
+                await handle(event, ctx)
+            except Exception as exc:  # noqa: BLE001
+                await self._retry_async(event, exc)
+            self.processed += 1
+        return len(events)
+
+    # -- failures ---------------------------------------------------------------------
+    def _retry(self, event: Event, error: Exception) -> None:
+        backoff = FIRST_BACKOFF_S
+        for attempt in range(2, self.options.retries + 2):
+            time.sleep(backoff)
+            backoff *= 2
+            try:
+                self.script.handle(event, self.ctx)
+                return
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+        self._dead_letter(event, error, self.options.retries + 1)
+
+    async def _retry_async(self, event: Event, error: Exception) -> None:
+        backoff = FIRST_BACKOFF_S
+        for attempt in range(2, self.options.retries + 2):
+            await asyncio.sleep(backoff)
+            backoff *= 2
+            try:
+                await self.script.handle(event, self.ctx)
+                return
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+        self._dead_letter(event, error, self.options.retries + 1)
+
+    def _dead_letter(self, event: Event, error: Exception, attempts: int) -> None:
+        self.log.error("event %s[%d]@%d failed %d times, sent to %s.dlq: %s: %s", event.topic,
+                       event.partition, event.offset, attempts, event.topic,
+                       type(error).__name__, error)
+        send_to_dlq(self.producer, event, error, attempts)
+        self.failed += 1
+        self.processed -= 1  # the caller counts it; a dead-lettered event is not "processed"
+
+    def _call_hook(self, hook: Callable[[Context], Any] | None) -> None:
+        if hook is None:
+            return
+        result = hook(self.ctx)
+        if inspect.isawaitable(result):
+            (self.loop or asyncio.new_event_loop()).run_until_complete(result)  # type: ignore[arg-type]
+
+    def _shutdown(self) -> None:
+        try:
+            self._call_hook(self.script.teardown)
+        except Exception:  # noqa: BLE001 - a failing teardown must not lose the commit
+            self.log.exception("teardown failed")
+        try:
+            self.producer.close(timeout_s=10)
+            if self.consumer is not None:
+                self.consumer.commit(sync=True)
+                self.consumer.close()
+        except BrokerError as exc:
+            self.log.error("could not commit at stop: %s", exc)
+        self.log.info("worker %s stopped after %d events (%d to the DLQ)", self.options.name,
+                      self.processed, self.failed)
+
+    def request_stop(self, *_: object) -> None:
+        """Signal handler: only set the flag; the loop finishes the event in hand."""
+        self.stopping = True
+
+
+def handled_offsets(events: list[Event]) -> dict[tuple[str, int], int]:
+    """The next offset to read per partition after handling ``events``."""
+    return {(e.topic, e.partition): e.offset + 1 for e in events}
+
+
+# -- health ---------------------------------------------------------------------------
+class HealthReporter(threading.Thread):
+    """PUSHes a health map every second; stops the worker if its parent (supervisor) died."""
+
+    def __init__(self, worker: Worker, endpoint: str | None) -> None:
+        super().__init__(daemon=True, name="rail-health")
+        self.worker = worker
+        self.endpoint = endpoint
+        self.parent = os.getppid()
+        self._last: tuple[int, int] = (-1, -1)
+        self._busy_since = 0.0
+
+    def run(self) -> None:
+        sock = None
+        if self.endpoint:
+            sock = zmq.Context.instance().socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, 2)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+        orphaned_at = 0.0
+        while True:
+            now = time.monotonic()
+            if sock is not None:
+                try:
+                    sock.send(msgspec.msgpack.encode(self.report(now)), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # nobody listening right now: never block the worker
+            if os.getppid() != self.parent:
+                if not orphaned_at:
+                    orphaned_at = now
+                    self.worker.log.warning("parent %d is gone: stopping", self.parent)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                elif now - orphaned_at > 15:
+                    os._exit(1)
+            time.sleep(HEALTH_INTERVAL_S)
+
+    def report(self, now: float) -> dict[str, Any]:
+        w = self.worker
+        return {"name": w.options.name, "member_id": w.ctx.member_id, "pid": os.getpid(),
+                "processed": w.processed, "failed": w.failed, "busy_ms": self.busy_ms(now),
+                "state": w.state, "ts_ms": int(time.time() * 1000)}
+
+    def busy_ms(self, now: float) -> int:
+        """How long the handler has been on one event, seen from here (no per-event clock)."""
+        w = self.worker
+        seen = (w.processed, w.failed)
+        if w.idle or seen != self._last:
+            self._last, self._busy_since = seen, now
+            return 0
+        return int((now - self._busy_since) * 1000)
+
+
+# -- command line ---------------------------------------------------------------------
+def parser(script_required: bool = True, group_default: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m runtime.worker",
+                                 description="Run a worker script's handle(event, ctx) "
+                                 "as a member of a consumer group.")
+    if script_required:
+        ap.add_argument("script", help="a .py file defining handle(event, ctx)")
+    ap.add_argument("--broker", default=os.environ.get("RAIL_BROKER", DEFAULT_BROKER))
+    ap.add_argument("--group", default=group_default, required=group_default is None)
+    ap.add_argument("--topics", required=True, help="comma-separated topic names")
+    ap.add_argument("--name", default=os.environ.get("RAIL_WORKER_NAME"))
+    ap.add_argument("--member-id", default="")
+    ap.add_argument("--health", help="PUSH endpoint for health reports")
+    ap.add_argument("--retries", type=int, default=3, help="retries before the DLQ (default 3)")
+    ap.add_argument("--start", choices=("earliest", "latest"), default="earliest")
+    ap.add_argument("--session-timeout-ms", type=int, default=10_000)
+    return ap
+
+
+def options_of(args: argparse.Namespace) -> Options:
+    topics = [t for t in args.topics.split(",") if t]
+    return Options(broker=args.broker, group=args.group, topics=topics,
+                   name=args.name or args.group, member_id=args.member_id or "",
+                   health=args.health, retries=max(0, args.retries), start=args.start,
+                   session_timeout_ms=args.session_timeout_ms)
+
+
+def serve(script: Script, options: Options) -> int:
+    """Run ``script`` until SIGTERM/SIGINT; return the exit code."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {options.name} %(levelname)s: %(message)s")
+    worker = Worker(script, options)
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
+    HealthReporter(worker, options.health).start()
+    try:
+        return worker.run()
+    except BrokerError as exc:
+        print(f"rail worker {options.name}: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        script = load_script(args.script)
+    except ScriptError as exc:
+        print(f"rail worker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return serve(script, options_of(args))
+
+
+def run(handle: Handler, setup: Callable[[Context], Any] | None = None,
+        teardown: Callable[[Context], Any] | None = None, argv: list[str] | None = None) -> None:
+    """Run ``handle`` as a worker from a standalone script's ``__main__``; exits the process.
+
+    ``setup``/``teardown`` default to the functions of those names in ``handle``'s module.
+    """
+    names = getattr(handle, "__globals__", {})
+    script_name = Path(sys.argv[0]).stem or "worker"
+    script = Script(handle, setup or names.get("setup"), teardown or names.get("teardown"))
+    args = parser(script_required=False, group_default=script_name).parse_args(argv)
+    sys.exit(serve(script, options_of(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
