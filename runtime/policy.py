@@ -1,0 +1,111 @@
+"""Supervision policy, after Erlang/OTP: when to restart, how long to wait, when to give up,
+and when a live process counts as hung.
+
+Pure classes with an explicit ``now`` (monotonic seconds): tested without processes.  None
+of them is thread-safe; the supervisor's single loop owns them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from brokerd.protocol import EXIT_CONFIG, EXIT_OK
+
+POLICIES = ("permanent", "transient", "temporary")
+
+
+class RestartPolicy:
+    """``permanent`` always restarts, ``transient`` only after an abnormal exit,
+    ``temporary`` never.  Nobody restarts a process that exited with EXIT_CONFIG: it would
+    only fail again."""
+
+    def __init__(self, kind: str = "permanent") -> None:
+        if kind not in POLICIES:
+            raise ValueError(f"unknown restart policy {kind!r}: use one of {', '.join(POLICIES)}")
+        self.kind = kind
+
+    def should_restart(self, exit_code: int) -> bool:
+        if exit_code == EXIT_CONFIG:
+            return False
+        if self.kind == "permanent":
+            return True
+        if self.kind == "transient":
+            return exit_code != EXIT_OK
+        return False
+
+
+class Backoff:
+    """Exponential restart delay: ``initial_s``, doubled per consecutive crash, capped at
+    ``max_s``; a run that lasted ``stable_s`` or more resets it."""
+
+    def __init__(self, initial_s: float = 0.1, max_s: float = 10.0, stable_s: float = 10.0) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.stable_s = stable_s
+        self.attempt = 0
+        self._started_at: float | None = None
+
+    def started(self, now: float) -> None:
+        self._started_at = now
+
+    def next_delay(self, now: float) -> float:
+        """The delay before the next start, given that the process exited at ``now``."""
+        if self._started_at is not None and now - self._started_at >= self.stable_s:
+            self.attempt = 0
+        delay = min(self.max_s, self.initial_s * (2 ** self.attempt))
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Intensity:
+    """Restart intensity: more than ``max_restarts`` restarts within ``within_s`` seconds
+    means the process is flapping and is marked failed instead of restarted again."""
+
+    def __init__(self, max_restarts: int = 5, within_s: float = 60.0) -> None:
+        self.max_restarts = max_restarts
+        self.within_s = within_s
+        self._times: list[float] = []
+
+    def record(self, now: float) -> bool:
+        """Count one restart at ``now``; True if that exceeds the limit (give up)."""
+        self._times = [t for t in self._times if now - t < self.within_s]
+        self._times.append(now)
+        return len(self._times) > self.max_restarts
+
+    def reset(self) -> None:
+        self._times.clear()
+
+
+class Health:
+    """Liveness from a worker's heartbeats: hung when the last one is older than
+    ``hang_timeout_s`` or when it reports a handle() call running past ``handler_timeout_s``."""
+
+    def __init__(self, now: float, hang_timeout_s: float = 30.0,
+                 handler_timeout_s: float = 60.0) -> None:
+        self.hang_timeout_s = hang_timeout_s
+        self.handler_timeout_s = handler_timeout_s
+        self.last_beat = now  # the start counts as a beat: a worker gets hang_timeout_s to speak
+        self.busy_ms = 0
+        self.processed = 0
+        self.failed = 0
+        self.state = "starting"
+
+    def beat(self, now: float, message: dict[str, Any]) -> None:
+        self.last_beat = now
+        self.busy_ms = int(message.get("busy_ms", 0))
+        self.processed = int(message.get("processed", self.processed))
+        self.failed = int(message.get("failed", self.failed))
+        self.state = str(message.get("state", self.state))
+
+    def hung(self, now: float) -> str | None:
+        """Why the worker counts as hung, or None while it is healthy."""
+        silent = now - self.last_beat
+        if silent > self.hang_timeout_s:
+            return f"no heartbeat for {silent:.0f} s (hang_timeout_s={self.hang_timeout_s:g})"
+        if self.busy_ms > self.handler_timeout_s * 1000:
+            return (f"handle() busy for {self.busy_ms / 1000:.0f} s "
+                    f"(handler_timeout_s={self.handler_timeout_s:g})")
+        return None
