@@ -1,0 +1,129 @@
+"""``rail.toml``: the broker, the supervisor, the topics and the workers to run.
+
+Relative paths (``[broker].data_dir``, ``[workers.*].script``) are resolved against the
+folder holding the toml file.  Errors are one line naming the bad key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+DEFAULT_CONTROL = "tcp://127.0.0.1:7402"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class ConfigError(Exception):
+    """rail.toml (or a registration) is unusable; the message names the key and the fix."""
+
+
+class BrokerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    data_dir: str = "./data"
+    bind: str = "tcp://127.0.0.1:7400"
+    ingest: str = "tcp://127.0.0.1:7401"
+    endpoint: str = ""  # a running broker to use instead of starting one
+
+
+class SupervisorSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    control: str = DEFAULT_CONTROL
+    grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    hang_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+
+class TopicSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+
+
+class WorkerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One worker: a script run as ``replicas`` processes in consumer group ``group``."""
+
+    script: str
+    topics: Annotated[list[str], msgspec.Meta(min_length=1)]
+    group: str = ""  # default: the worker's name
+    replicas: Annotated[int, msgspec.Meta(ge=0, le=256)] = 1
+    policy: Literal["permanent", "transient", "temporary"] = "permanent"
+    retries: Annotated[int, msgspec.Meta(ge=0)] = 3
+    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
+    within_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 0.1
+    backoff_max_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    max_rss_mb: Annotated[float, msgspec.Meta(ge=0)] = 0
+    handler_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+
+
+class RailConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
+    supervisor: SupervisorSection = msgspec.field(default_factory=SupervisorSection)
+    topics: dict[str, TopicSection] = {}
+    workers: dict[str, WorkerSpec] = {}
+
+
+def load_config(path: str | Path | None) -> tuple[RailConfig, Path]:
+    """Read ``path`` (default ``./rail.toml``; missing default = empty config) and return
+    it with paths made absolute, plus the folder relative paths were resolved against."""
+    explicit = path is not None
+    file = Path(path if explicit else "rail.toml").resolve()
+    if not file.exists():
+        if explicit:
+            raise ConfigError(f"{file}: no such file: pass -c with the path of your rail.toml")
+        return resolve(RailConfig(), file.parent), file.parent
+    try:
+        raw = tomllib.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    return resolve(convert(raw, RailConfig, str(file)), file.parent), file.parent
+
+
+def convert(raw: dict[str, object], kind: type, where: str) -> RailConfig:
+    """Convert section by section so an error names the table (msgspec hides dict keys)."""
+    tables = {key: raw.pop(key) for key in ("topics", "workers") if isinstance(raw.get(key), dict)}
+    config = typed(raw, kind, where, "")
+    config.topics = {name: typed(body, TopicSection, where, f"topics.{name}.")
+                     for name, body in tables.get("topics", {}).items()}  # type: ignore[union-attr]
+    config.workers = {name: typed(body, WorkerSpec, where, f"workers.{name}.")
+                      for name, body in tables.get("workers", {}).items()}  # type: ignore[union-attr]
+    return config
+
+
+def typed(raw: object, kind: type, where: str, prefix: str) -> Any:
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        message = readable(str(exc))
+        key = prefix.rstrip(".") if message.startswith("object ") else prefix
+        raise ConfigError(f"{where}: {key}{': ' if key == prefix.rstrip('.') and key else ''}"
+                          f"{message}") from None
+
+
+def readable(message: str) -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.workers.pizza.replicas`" as
+    "workers.pizza.replicas: expected int, got str"."""
+    problem, _, at = message.partition(" - at `")
+    key = at.rstrip("`").removeprefix("$").lstrip(".")
+    problem = problem.replace("`", "")
+    problem = problem[:1].lower() + problem[1:]
+    return f"{key}: {problem}" if key else problem
+
+
+def resolve(config: RailConfig, base: Path) -> RailConfig:
+    config.broker.data_dir = str((base / config.broker.data_dir).resolve())
+    for name, spec in config.workers.items():
+        check_name(name)
+        resolve_worker(name, spec, base)
+    return config
+
+
+def resolve_worker(name: str, spec: WorkerSpec, base: Path) -> WorkerSpec:
+    spec.script = str((base / spec.script).resolve())
+    spec.group = spec.group or name
+    return spec
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise ConfigError(f"workers.{name}: a worker name is letters, digits, '_', '.', '-' "
+                          "(up to 100, starting with a letter or digit)")

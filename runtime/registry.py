@@ -1,0 +1,100 @@
+"""Run-time worker registrations (``rail register``), persisted in
+``<data_dir>/registrations.json`` so they come back on the next ``rail up``.
+
+Written temp -> fsync -> rename -> fsync(dir): a crash leaves the old or the new file,
+never half of one.  Not thread-safe; the supervisor's loop owns it.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import msgspec
+
+from runtime.config import ConfigError, WorkerSpec
+
+FILE_NAME = "registrations.json"
+
+
+class Registrations(msgspec.Struct, kw_only=True):
+    version: int = 1
+    workers: dict[str, WorkerSpec] = {}
+
+
+class Registry:
+    def __init__(self, data_dir: str | Path) -> None:
+        self.path = Path(data_dir) / FILE_NAME
+        self.workers: dict[str, WorkerSpec] = self._load()
+
+    def _load(self) -> dict[str, WorkerSpec]:
+        if not self.path.exists():
+            return {}
+        try:
+            return msgspec.json.decode(self.path.read_bytes(), type=Registrations).workers
+        except (OSError, msgspec.DecodeError) as exc:
+            raise ConfigError(f"{self.path}: unreadable registrations ({exc}): fix or remove "
+                              "the file") from None
+
+    def put(self, name: str, spec: WorkerSpec) -> None:
+        self.workers[name] = spec
+        self._save()
+
+    def remove(self, name: str) -> bool:
+        if self.workers.pop(name, None) is None:
+            return False
+        self._save()
+        return True
+
+    def _save(self) -> None:
+        body = msgspec.json.format(msgspec.json.encode(Registrations(workers=self.workers)))
+        replace_atomically(self.path, body)
+
+
+def replace_atomically(path: Path, body: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def validate_script(script: str) -> None:
+    """Refuse a script the worker host could not run: missing, not Python, or no handle().
+    Only compiles it; the supervisor never runs user code."""
+    path = Path(script)
+    if not path.is_file():
+        raise ConfigError(f"script {script}: no such file: give the path of a .py file")
+    try:
+        source = path.read_text()
+        tree = compile(source, str(path), "exec", ast.PyCF_ONLY_AST)
+        compile(tree, str(path), "exec")
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as exc:
+        raise ConfigError(f"script {script} does not compile: {exc}") from None
+    if not defines_handle(tree):
+        raise ConfigError(f"script {script} defines no handle(event, ctx): add one")
+
+
+def defines_handle(tree: ast.AST) -> bool:
+    for node in getattr(tree, "body", []):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "handle":
+            return True
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "handle" for t in node.targets):
+            return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                (a.asname or a.name) == "handle" for a in node.names):
+            return True
+    return False
