@@ -251,7 +251,7 @@ class Worker:
             return
         result = hook(self.ctx)
         if inspect.isawaitable(result):
-            (self.loop or asyncio.new_event_loop()).run_until_complete(result)  # type: ignore[arg-type]
+            (self.loop or asyncio.new_event_loop()).run_until_complete(result)
 
     def _shutdown(self) -> None:
         try:
@@ -291,7 +291,7 @@ class HealthReporter(threading.Thread):
         self._busy_since = 0.0
 
     def run(self) -> None:
-        sock = None
+        sock: zmq.Socket[bytes] | None = None
         if self.endpoint:
             sock = zmq.Context.instance().socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, 2)
