@@ -1,0 +1,191 @@
+"""``rail``: run the supervisor (``rail up``) and drive it (status, register, scale, ...).
+
+The data commands (send, tail, topics, groups, ...) come from ``runtime.commands_data``.
+Errors are one line naming the problem and the fix, with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+
+from brokerd.protocol import EXIT_CONFIG
+from runtime import control
+from runtime.config import ConfigError, load_config
+from runtime.policy import POLICIES
+
+DOWN_WAIT_S = 120.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rail", description="Rail: a durable event log and supervised workers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    up = sub.add_parser("up", help="run the broker and every worker in the foreground",
+                        description="Start brokerd (unless --broker) and every worker of "
+                        "rail.toml and of the run-time registrations; Ctrl-C stops them all.")
+    up.add_argument("-c", "--config", help="the rail.toml to use (default ./rail.toml)")
+    up.add_argument("--broker", help="use the running broker at this endpoint instead of "
+                    "starting one")
+    up.add_argument("--data-dir", help="broker data, logs and registrations "
+                    "(default [broker].data_dir)")
+    up.add_argument("--control", help="control socket to bind (default [supervisor].control)")
+    up.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING")
+    up.set_defaults(run=cmd_up)
+
+    down = control_parser(sub, "down", "stop the supervisor gracefully and wait for it")
+    down.set_defaults(run=cmd_down)
+    status = control_parser(sub, "status", "show every worker: pids, state, CPU, RSS, lag")
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.set_defaults(run=cmd_status)
+
+    register = control_parser(sub, "register", "run a worker script (kept across rail up)")
+    register.add_argument("name", help="the worker's name")
+    register.add_argument("script", help="a .py file defining handle(event, ctx)")
+    register.add_argument("--topics", required=True, help="comma-separated topics to read")
+    register.add_argument("--group", default="", help="consumer group (default: the name)")
+    register.add_argument("--replicas", type=int, default=1, help="processes (default 1)")
+    register.add_argument("--policy", choices=POLICIES, default="permanent",
+                          help="restart policy (default permanent)")
+    register.set_defaults(run=cmd_register)
+
+    unregister = control_parser(sub, "unregister", "stop a worker and forget it")
+    unregister.add_argument("name")
+    unregister.set_defaults(run=lambda a: show(control.call(a.control, control.Unregister(
+        name=a.name)), f"unregistered {a.name}"))
+    scale = control_parser(sub, "scale", "change a worker's number of replicas")
+    scale.add_argument("name")
+    scale.add_argument("replicas", type=int)
+    scale.set_defaults(run=lambda a: show(control.call(a.control, control.Scale(
+        name=a.name, replicas=a.replicas)), f"{a.name} scaled to {a.replicas}"))
+    restart = control_parser(sub, "restart", "restart a worker's replicas (also a failed one)")
+    restart.add_argument("name")
+    restart.set_defaults(run=lambda a: show(control.call(a.control, control.Restart(
+        name=a.name)), f"restarting {a.name}"))
+
+    try:
+        from runtime.commands_data import add_data_commands
+    except ImportError:
+        pass
+    else:
+        add_data_commands(sub)
+    return parser
+
+
+def control_parser(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
+    parser.add_argument("--control", default=control.default_endpoint(),
+                        help="the supervisor's control socket (default %(default)s; "
+                        "env RAIL_CONTROL)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except control.ControlError as exc:
+        print(f"rail: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"rail: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from runtime.supervisor import Supervisor
+    config, base = load_config(args.config)
+    if args.data_dir:
+        config.broker.data_dir = str(Path(args.data_dir).resolve())
+    if args.control:
+        config.supervisor.control = args.control
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s rail %(levelname)s %(message)s")
+    return Supervisor(config, base, broker_endpoint=args.broker or "").run()
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    pid = control.call(args.control, control.Down())["pid"]
+    print(f"stopping the supervisor (pid {pid})")
+    deadline = time.monotonic() + DOWN_WAIT_S
+    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.Error:
+            break
+        time.sleep(0.1)
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    topics = [t for t in args.topics.split(",") if t]
+    if not topics:
+        raise control.ControlError("--topics is empty: give at least one topic, e.g. --topics orders")
+    request = control.Register(name=args.name, script=str(Path(args.script).resolve()),
+                               topics=topics, group=args.group, replicas=args.replicas,
+                               policy=args.policy)
+    result = control.call(args.control, request)
+    print(f"registered {result['name']} ({result['replicas']} replicas)")
+    return 0
+
+
+def show(result: Any, line: str) -> int:
+    print(line)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = control.call(args.control, control.Status())
+    if args.json:
+        print(msgspec.json.format(msgspec.json.encode(status)).decode())
+        return 0
+    broker = status["broker"]
+    print(f"supervisor pid {status['pid']} up {duration(status['uptime_s'])}; broker "
+          f"{broker['endpoint']} {broker['state']}"
+          + (f" pid {broker['pid']}" if broker["pid"] else "")
+          + (f" restarts {broker['restarts']}" if broker["restarts"] else ""))
+    rows = [("NAME", "REPLICAS", "PIDS", "STATE", "RESTARTS", "UPTIME", "CPU%", "RSS",
+             "PROCESSED", "LAG")]
+    for w in status["workers"]:
+        rows.append((w["name"], f"{len(w['pids'])}/{w['replicas']}",
+                     ",".join(map(str, w["pids"])) or "-", w["state"], str(w["restarts"]),
+                     duration(w["uptime_s"]), "-" if w["cpu_percent"] is None
+                     else f"{w['cpu_percent']:.1f}", size(w["rss"]), str(w["processed"]),
+                     "-" if w["lag"] is None else str(w["lag"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for w in status["workers"]:
+        if w["error"]:
+            print(f"{w['name']}: {w['error']}")
+    return 0
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def size(rss: int | None) -> str:
+    return "-" if rss is None else f"{rss / 2**20:.0f}M"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,710 @@
+"""The supervisor behind ``rail up``: brokerd and every worker's replicas as supervised
+children, after uvicorn's multiprocess supervisor and circus's arbiter -> watcher -> process.
+
+One thread, one loop: signal handlers only enqueue (the wakeup fd wakes the loop), the loop
+polls the control socket, the health PULL socket and the wakeup fd with a bounded timeout,
+reaps children, restarts them per policy (runtime.policy), kills hung ones and recycles
+ones past their memory limit.  Every child gets PR_SET_PDEATHSIG=SIGKILL, so a supervisor
+killed by SIGKILL leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import psutil
+import zmq
+
+from brokerd import protocol as p
+from brokerd.protocol import EXIT_BIND, EXIT_CONFIG
+from runtime.config import ConfigError, RailConfig, WorkerSpec, check_name
+from runtime.connection import BrokerError, Connection
+from runtime.control import (ControlReply, ControlServer, Down, Register, Request, Restart,
+                             Scale, Status, Unregister)
+from runtime.policy import Backoff, Health, Intensity, RestartPolicy
+from runtime.registry import Registry, validate_script
+
+LOG = logging.getLogger("rail.supervisor")
+ROOT = Path(__file__).resolve().parent.parent
+PR_SET_PDEATHSIG = 1
+TICK_S = 1.0  # health checks, escalations and samples happen at most this often when idle
+SAMPLE_EVERY_S = 2.0
+STATUS_INTEREST_S = 10.0  # keep sampling CPU/RSS this long after the last status request
+BROKER_READY_S = 20.0
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when its parent dies (and dies now if it already
+    did: the parent may have gone between fork and prctl)."""
+    def preexec() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+    return preexec
+
+
+class Child:
+    """One OS process the supervisor started; ``sample`` keeps psutil's CPU baseline."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> None:
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         env=env, cwd=cwd, process_group=0,
+                                         preexec_fn=die_with(os.getpid()))
+        self.pid = self.proc.pid
+        self.started_at = time.monotonic()
+        self.cpu_percent = 0.0
+        self.rss = 0
+        self._sample: psutil.Process | None = None
+
+    def sample(self) -> None:
+        try:
+            if self._sample is None:
+                self._sample = psutil.Process(self.pid)
+            self.cpu_percent = self._sample.cpu_percent(None)
+            self.rss = self._sample.memory_info().rss
+        except psutil.Error:
+            pass
+
+    def signal(self, signum: int) -> None:
+        if self.proc.returncode is None:
+            try:
+                self.proc.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+
+class Replica:
+    """Slot ``index`` of a worker: its current process (if any) and its restart state."""
+
+    def __init__(self, index: int, member_id: str, backoff: Backoff) -> None:
+        self.index = index
+        self.member_id = member_id
+        self.backoff = backoff
+        self.child: Child | None = None
+        self.health: Health | None = None
+        self.restart_at: float | None = None
+        self.kill_at: float | None = None  # SIGKILL if still alive then (after a SIGTERM)
+        self.then = ""  # after the next exit: "" = per policy, "restart", "retire"
+
+
+class Watcher:
+    """One worker name: ``spec.replicas`` processes of one script in one group."""
+
+    def __init__(self, name: str, spec: WorkerSpec, registered: bool) -> None:
+        self.name = name
+        self.spec = spec
+        self.registered = registered
+        self.policy = RestartPolicy(spec.policy)
+        self.intensity = Intensity(spec.max_restarts, spec.within_s)
+        self.replicas: dict[int, Replica] = {}
+        self.restarts = 0
+        self.processed_before = 0
+        self.failed_before = 0
+        self.failed = ""  # why it was given up on; "" while supervised
+        self.removing = False
+
+    def new_replica(self, index: int) -> Replica:
+        backoff = Backoff(self.spec.backoff_s, self.spec.backoff_max_s,
+                          stable_s=max(10.0, self.spec.backoff_max_s))
+        replica = Replica(index, f"{self.name}-{index}", backoff)
+        self.replicas[index] = replica
+        return replica
+
+    def alive(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if r.child is not None]
+
+    def state(self) -> str:
+        if self.failed:
+            return "failed"
+        alive = len(self.alive())
+        if self.removing or any(r.then == "retire" for r in self.replicas.values()):
+            return "stopping"
+        if alive >= self.spec.replicas:
+            return "running" if alive else "stopped"
+        if any(r.restart_at is not None for r in self.replicas.values()):
+            return "restarting"
+        return "degraded" if alive else "exited"
+
+
+class Broker:
+    """brokerd as a supervised child (or a running broker we only talk to)."""
+
+    def __init__(self, config: RailConfig, endpoint: str) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.external = bool(endpoint)
+        self.child: Child | None = None
+        self.backoff = Backoff(0.2, 5.0, stable_s=10.0)
+        self.intensity = Intensity(5, 60.0)
+        self.restart_at: float | None = None
+        self.restarts = 0
+        self.failed = ""
+
+    def argv(self) -> list[str]:
+        b = self.config.broker
+        return [sys.executable, "-m", "brokerd", "--data-dir", b.data_dir, "--bind", b.bind,
+                "--ingest", b.ingest]
+
+
+class Supervisor:
+    def __init__(self, config: RailConfig, base_dir: Path, broker_endpoint: str = "") -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.data_dir = Path(config.broker.data_dir)
+        self.logs = self.data_dir / "logs"
+        self.registry = Registry(self.data_dir)
+        self.broker = Broker(config, broker_endpoint or config.broker.endpoint)
+        self.watchers: dict[str, Watcher] = {}
+        for name, spec in config.workers.items():
+            self.watchers[name] = Watcher(name, spec, registered=False)
+        for name, spec in self.registry.workers.items():
+            self.watchers[name] = Watcher(name, spec, registered=True)
+        self.context = zmq.Context()
+        self.signals: list[int] = []
+        self.stopping = False
+        self.started_at = time.monotonic()
+        self.status_asked_at = -STATUS_INTEREST_S
+        self.sampled_at = 0.0
+        self.ticked_at = 0.0
+        self._conn: Connection | None = None
+
+    # -- life cycle -------------------------------------------------------------------
+    def run(self) -> int:
+        """Start everything, supervise until asked to stop, stop gracefully; exit code."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            self.control = ControlServer(self.config.supervisor.control, self.context)
+        except zmq.ZMQError as exc:
+            print(f"rail: cannot bind the control socket {self.config.supervisor.control}: "
+                  f"{exc}: is another rail up running? (rail status, or set "
+                  "[supervisor].control)", file=sys.stderr)
+            return EXIT_BIND
+        self.health = self.context.socket(zmq.PULL)
+        self.health.setsockopt(zmq.LINGER, 0)
+        self.health.bind("tcp://127.0.0.1:*")
+        self.health_endpoint = self.health.getsockopt_string(zmq.LAST_ENDPOINT)
+        wake_r, wake_w = self.install_signals()
+        try:
+            code = self.start_broker_and_topics()
+            if code:
+                return code
+            for watcher in self.watchers.values():
+                self.start_watcher(watcher)
+            self.loop(wake_r)
+            self.stop_broker()
+            return 0
+        finally:
+            signal.set_wakeup_fd(-1)
+            wake_r.close()
+            wake_w.close()
+            self.close()
+
+    def install_signals(self) -> tuple[socket.socket, socket.socket]:
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(signum, lambda signum, frame: self.signals.append(signum))
+        return wake_r, wake_w
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self.control.close()
+        self.health.close()
+        self.context.term()
+
+    def loop(self, wake: socket.socket) -> None:
+        poller = zmq.Poller()
+        poller.register(self.control.socket, zmq.POLLIN)
+        poller.register(self.health, zmq.POLLIN)
+        poller.register(wake.fileno(), zmq.POLLIN)
+        while not (self.stopping and not self.any_worker_alive()):
+            ready = dict(poller.poll(self.poll_timeout_ms()))
+            if wake.fileno() in ready:
+                drain(wake)
+            self.handle_signals()
+            if self.health in ready:
+                self.read_health()
+            if self.control.socket in ready:
+                self.serve_control()
+            self.reap()
+            self.tick(time.monotonic())
+
+    def poll_timeout_ms(self) -> int:
+        now = time.monotonic()
+        due = [now + TICK_S]
+        for replica in self.all_replicas():
+            due += [t for t in (replica.restart_at, replica.kill_at) if t is not None]
+        if self.broker.restart_at is not None:
+            due.append(self.broker.restart_at)
+        return max(0, int((min(due) - now) * 1000) + 1)
+
+    def handle_signals(self) -> None:
+        signals, self.signals = self.signals, []
+        for signum in signals:
+            if signum in (signal.SIGINT, signal.SIGTERM):
+                if self.stopping:
+                    LOG.warning("second %s: killing every worker now", signal.Signals(signum).name)
+                    for replica in self.all_replicas():
+                        if replica.child is not None:
+                            replica.child.signal(signal.SIGKILL)
+                else:
+                    LOG.info("%s: stopping gracefully", signal.Signals(signum).name)
+                    self.begin_stop()
+
+    def begin_stop(self) -> None:
+        self.stopping = True
+        for watcher in self.watchers.values():
+            for replica in watcher.replicas.values():
+                replica.restart_at = None
+                self.terminate(replica, "retire")
+
+    def any_worker_alive(self) -> bool:
+        return any(r.child is not None for r in self.all_replicas())
+
+    def all_replicas(self) -> list[Replica]:
+        return [r for w in self.watchers.values() for r in w.replicas.values()]
+
+    # -- the broker -------------------------------------------------------------------
+    def start_broker_and_topics(self) -> int:
+        if self.broker.external:
+            try:
+                self.conn().call(p.Ping(), timeout_s=3.0)
+            except BrokerError:
+                print(f"rail: no broker answers at {self.broker.endpoint}: start it, or drop "
+                      "--broker / [broker].endpoint to let rail up start one", file=sys.stderr)
+                return 1
+            LOG.info("using the running broker at %s", self.broker.endpoint)
+        else:
+            offset = self.broker_log().stat().st_size if self.broker_log().exists() else 0
+            self.spawn_broker()
+            endpoint = self.wait_broker_ready(offset)
+            if endpoint is None:
+                return 1
+            self.broker.endpoint = endpoint
+        try:
+            for topic, section in self.config.topics.items():
+                self.conn().call(p.CreateTopic(topic=topic, partitions=section.partitions,
+                                               exist_ok=True))
+        except BrokerError as exc:
+            print(f"rail: cannot create the topics of rail.toml: {exc}", file=sys.stderr)
+            self.stop_broker()
+            return 1
+        return 0
+
+    def broker_log(self) -> Path:
+        return self.logs / "brokerd.log"
+
+    def spawn_broker(self) -> None:
+        child = Child(self.broker.argv(), child_env({}), self.broker_log(), self.base_dir)
+        self.broker.child = child
+        self.broker.restart_at = None
+        self.broker.backoff.started(child.started_at)
+        print(f"started brokerd pid {child.pid}", flush=True)
+
+    def wait_broker_ready(self, offset: int) -> str | None:
+        """The broker's api endpoint from its ready line, within BROKER_READY_S."""
+        child = self.broker.child
+        assert child is not None
+        deadline = time.monotonic() + BROKER_READY_S
+        while time.monotonic() < deadline:
+            with open(self.broker_log(), "rb") as f:
+                f.seek(offset)
+                for line in f.read().decode(errors="replace").splitlines():
+                    if line.startswith("brokerd ready api="):
+                        return line.split("api=", 1)[1].split()[0]
+            if child.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        code = child.proc.poll()
+        if code is None:
+            child.signal(signal.SIGKILL)
+            child.proc.wait(5)
+        self.broker.child = None
+        print(f"rail: brokerd did not become ready (exit code {code}): see "
+              f"{self.broker_log()}", file=sys.stderr)
+        return None
+
+    def on_broker_exit(self, code: int, now: float) -> None:
+        self.broker.child = None
+        self._drop_conn()
+        LOG.error("brokerd exited with code %s", code)
+        if code in (EXIT_CONFIG, EXIT_BIND) or self.broker.intensity.record(now):
+            self.broker.failed = f"exit code {code}: see {self.broker_log()}"
+            LOG.error("brokerd failed (%s); the workers keep retrying it", self.broker.failed)
+            return
+        self.broker.restarts += 1
+        self.broker.restart_at = now + self.broker.backoff.next_delay(now)
+
+    def stop_broker(self) -> None:
+        child = self.broker.child
+        if child is None:
+            return
+        child.signal(signal.SIGTERM)
+        try:
+            child.proc.wait(max(self.config.supervisor.grace_s, 5.0))
+        except subprocess.TimeoutExpired:
+            LOG.warning("brokerd did not stop in time: SIGKILL")
+            child.signal(signal.SIGKILL)
+            child.proc.wait(5)
+        self.broker.child = None
+        LOG.info("brokerd stopped (exit code %s)", child.proc.returncode)
+
+    def conn(self) -> Connection:
+        if self._conn is None:
+            self._conn = Connection(self.broker.endpoint, context=self.context, timeout_s=2.0)
+        return self._conn
+
+    def _drop_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def broker_call(self, request: Any) -> Any:
+        """One request, or None if the broker does not answer (the connection is renewed
+        so a late reply cannot be mistaken for the next one)."""
+        try:
+            return self.conn().call(request)
+        except BrokerError as exc:
+            if exc.code == "UNAVAILABLE":
+                self._drop_conn()
+            LOG.debug("broker refused %s: %s", type(request).__name__, exc)
+            return None
+
+    # -- workers ----------------------------------------------------------------------
+    def start_watcher(self, watcher: Watcher) -> None:
+        for index in range(watcher.spec.replicas):
+            replica = watcher.replicas.get(index) or watcher.new_replica(index)
+            if replica.child is None:
+                self.spawn(watcher, replica)
+
+    def worker_argv(self, watcher: Watcher, replica: Replica) -> list[str]:
+        spec = watcher.spec
+        return [sys.executable, "-m", "runtime.worker", spec.script,
+                "--broker", self.broker.endpoint, "--group", spec.group,
+                "--topics", ",".join(spec.topics), "--name", watcher.name,
+                "--member-id", replica.member_id, "--health", self.health_endpoint,
+                "--retries", str(spec.retries)]
+
+    def spawn(self, watcher: Watcher, replica: Replica) -> None:
+        env = child_env({"RAIL_BROKER": self.broker.endpoint, "RAIL_WORKER_NAME": watcher.name})
+        try:
+            child = Child(self.worker_argv(watcher, replica), env,
+                          self.logs / f"{watcher.name}.log", self.base_dir)
+        except OSError as exc:
+            self.give_up(watcher, f"cannot start: {exc}")
+            return
+        replica.child = child
+        replica.restart_at = replica.kill_at = None
+        replica.then = ""
+        replica.health = Health(child.started_at, self.config.supervisor.hang_timeout_s,
+                                watcher.spec.handler_timeout_s)
+        replica.backoff.started(child.started_at)
+        print(f"started {watcher.name}[{replica.index}] pid {child.pid}", flush=True)
+
+    def terminate(self, replica: Replica, then: str) -> None:
+        """SIGTERM now, SIGKILL after grace_s; ``then`` says what follows its exit."""
+        replica.then = then
+        replica.restart_at = None
+        if replica.child is not None:
+            replica.child.signal(signal.SIGTERM)
+            replica.kill_at = time.monotonic() + self.config.supervisor.grace_s
+
+    def give_up(self, watcher: Watcher, why: str) -> None:
+        watcher.failed = why
+        LOG.error("%s failed: %s", watcher.name, why)
+        for replica in watcher.replicas.values():
+            replica.restart_at = None
+            if replica.child is not None:
+                self.terminate(replica, "retire")
+
+    def reap(self) -> None:
+        now = time.monotonic()
+        if self.broker.child is not None:
+            code = self.broker.child.proc.poll()
+            if code is not None:
+                self.on_broker_exit(code, now)
+        for watcher in list(self.watchers.values()):
+            for replica in list(watcher.replicas.values()):
+                if replica.child is not None:
+                    code = replica.child.proc.poll()
+                    if code is not None:
+                        self.on_worker_exit(watcher, replica, code, now)
+            if watcher.removing and not watcher.replicas:
+                del self.watchers[watcher.name]
+                LOG.info("%s unregistered", watcher.name)
+
+    def on_worker_exit(self, watcher: Watcher, replica: Replica, code: int, now: float) -> None:
+        child, replica.child, replica.kill_at = replica.child, None, None
+        assert child is not None
+        if replica.health is not None:
+            watcher.processed_before += replica.health.processed
+            watcher.failed_before += replica.health.failed
+        LOG.log(logging.INFO if code == 0 else logging.WARNING, "%s[%d] pid %d exited with %s",
+                watcher.name, replica.index, child.pid, describe_exit(code))
+        if code != 0 and (self.broker.child is not None or self.broker.external):
+            # crash-aware handover: its partitions move to the survivors now, not after the
+            # session timeout
+            self.broker_call(p.Leave(group=watcher.spec.group, member_id=replica.member_id))
+        then = replica.then
+        if self.stopping or then == "retire" or watcher.failed:
+            watcher.replicas.pop(replica.index, None)
+        elif then == "restart":
+            replica.restart_at = now
+        elif code == EXIT_CONFIG:
+            self.give_up(watcher, f"the script is unusable (exit code {EXIT_CONFIG}): see "
+                         f"{self.logs / (watcher.name + '.log')}")
+        elif not watcher.policy.should_restart(code):
+            LOG.info("%s[%d] not restarted (policy %s)", watcher.name, replica.index,
+                     watcher.policy.kind)
+        elif watcher.intensity.record(now):
+            self.give_up(watcher, f"more than {watcher.spec.max_restarts} restarts within "
+                         f"{watcher.spec.within_s:g} s")
+        else:
+            watcher.restarts += 1
+            replica.restart_at = now + replica.backoff.next_delay(now)
+
+    # -- periodic work ----------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        for watcher in list(self.watchers.values()):
+            for replica in list(watcher.replicas.values()):
+                if replica.restart_at is not None and now >= replica.restart_at \
+                        and not self.stopping:
+                    self.spawn(watcher, replica)
+                elif replica.kill_at is not None and now >= replica.kill_at and replica.child:
+                    LOG.warning("%s[%d] did not stop within grace_s: SIGKILL", watcher.name,
+                                replica.index)
+                    replica.child.signal(signal.SIGKILL)
+                    replica.kill_at = None
+        if self.broker.restart_at is not None and now >= self.broker.restart_at \
+                and not self.stopping:
+            self.spawn_broker()
+        if now - self.ticked_at >= TICK_S:
+            self.ticked_at = now
+            self.check_health(now)
+        if self.wants_samples(now) and now - self.sampled_at >= SAMPLE_EVERY_S:
+            self.sample(now)
+
+    def check_health(self, now: float) -> None:
+        for watcher in self.watchers.values():
+            for replica in watcher.alive():
+                if replica.kill_at is not None or replica.health is None:
+                    continue
+                reason = replica.health.hung(now)
+                if reason and replica.child is not None:
+                    LOG.error("%s[%d] is hung (%s): SIGKILL", watcher.name, replica.index, reason)
+                    replica.child.signal(signal.SIGKILL)
+                    replica.kill_at = None
+
+    def wants_samples(self, now: float) -> bool:
+        return now - self.status_asked_at < STATUS_INTEREST_S or any(
+            w.spec.max_rss_mb > 0 for w in self.watchers.values())
+
+    def sample(self, now: float) -> None:
+        self.sampled_at = now
+        if self.broker.child is not None:
+            self.broker.child.sample()
+        for watcher in self.watchers.values():
+            limit = watcher.spec.max_rss_mb * 1024 * 1024
+            for replica in watcher.alive():
+                assert replica.child is not None
+                replica.child.sample()
+                if limit and replica.child.rss > limit and not replica.then:
+                    LOG.warning("%s[%d] uses %.0f MB > max_rss_mb=%g: recycling", watcher.name,
+                                replica.index, replica.child.rss / 2**20, watcher.spec.max_rss_mb)
+                    self.terminate(replica, "restart")
+
+    def read_health(self) -> None:
+        for _ in range(1000):  # bounded: the loop gets back to its other work
+            try:
+                body = self.health.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message = msgspec.msgpack.decode(body)
+                watcher = self.watchers.get(str(message.get("name")))
+            except (msgspec.DecodeError, AttributeError):
+                continue
+            for replica in watcher.alive() if watcher else []:
+                if replica.member_id == message.get("member_id") and replica.child is not None \
+                        and replica.child.pid == message.get("pid") and replica.health:
+                    replica.health.beat(time.monotonic(), message)
+
+    # -- control requests -------------------------------------------------------------
+    def serve_control(self) -> None:
+        for _ in range(100):
+            if not self.control.socket.poll(0):
+                return
+            route, request, error = self.control.receive()
+            if request is None:
+                self.control.reply(route, ControlReply(ok=False, error=error))
+                continue
+            try:
+                result = self.handle_control(request)
+                self.control.reply(route, ControlReply(ok=True, result=result))
+            except (ConfigError, ValueError) as exc:
+                self.control.reply(route, ControlReply(ok=False, error=str(exc)))
+
+    def handle_control(self, request: Request) -> Any:
+        match request:
+            case Status():
+                return self.handle_status()
+            case Register():
+                return self.handle_register(request)
+            case Unregister(name=name):
+                return self.handle_unregister(name)
+            case Scale(name=name, replicas=replicas):
+                return self.handle_scale(name, replicas)
+            case Restart(name=name):
+                return self.handle_restart(name)
+            case Down():
+                LOG.info("rail down: stopping gracefully")
+                self.begin_stop()
+                return {"pid": os.getpid()}
+        raise ValueError(f"unknown control request {request!r}")
+
+    def watcher(self, name: str) -> Watcher:
+        watcher = self.watchers.get(name)
+        if watcher is None or watcher.removing:
+            known = ", ".join(sorted(self.watchers)) or "none"
+            raise ValueError(f"no worker named {name!r} (workers: {known}): see rail status")
+        return watcher
+
+    def handle_status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if now - self.status_asked_at >= STATUS_INTEREST_S:
+            self.sample(now)  # first sample after a quiet spell: CPU % needs a baseline
+        self.status_asked_at = now
+        broker = self.broker.child
+        return {
+            "pid": os.getpid(), "uptime_s": now - self.started_at, "stopping": self.stopping,
+            "broker": {"endpoint": self.broker.endpoint, "external": self.broker.external,
+                       "pid": broker.pid if broker else None, "restarts": self.broker.restarts,
+                       "state": "failed" if self.broker.failed else
+                       "running" if broker or self.broker.external else "restarting",
+                       "cpu_percent": broker.cpu_percent if broker else None,
+                       "rss": broker.rss if broker else None},
+            "workers": [self.worker_status(w, now) for w in self.watchers.values()],
+        }
+
+    def worker_status(self, watcher: Watcher, now: float) -> dict[str, Any]:
+        alive = [r for r in watcher.alive() if r.child is not None]
+        children = [r.child for r in alive if r.child is not None]
+        healths = [r.health for r in alive if r.health is not None]
+        lag = None
+        reply = self.broker_call(p.DescribeGroup(group=watcher.spec.group)) if alive else None
+        if isinstance(reply, p.DescribeGroupReply):
+            lag = sum(part.lag for part in reply.partitions)
+        return {
+            "name": watcher.name, "group": watcher.spec.group, "topics": watcher.spec.topics,
+            "script": watcher.spec.script, "registered": watcher.registered,
+            "replicas": watcher.spec.replicas, "pids": [c.pid for c in children],
+            "state": watcher.state(), "error": watcher.failed, "restarts": watcher.restarts,
+            "uptime_s": min((now - c.started_at for c in children), default=None),
+            "cpu_percent": sum(c.cpu_percent for c in children) if children else None,
+            "rss": sum(c.rss for c in children) if children else None,
+            "processed": watcher.processed_before + sum(h.processed for h in healths),
+            "failed": watcher.failed_before + sum(h.failed for h in healths),
+            "lag": lag,
+        }
+
+    def handle_register(self, r: Register) -> dict[str, Any]:
+        check_name(r.name)
+        if r.name in self.watchers:
+            raise ValueError(f"a worker named {r.name!r} is already registered: pick another "
+                             "name, or rail unregister it first")
+        if self.stopping:
+            raise ValueError("the supervisor is stopping")
+        script = str(Path(r.script).resolve())
+        validate_script(script)
+        spec = msgspec.convert({"script": script, "topics": r.topics,
+                                "group": r.group or r.name, "replicas": r.replicas,
+                                "policy": r.policy}, WorkerSpec)
+        for topic in spec.topics:
+            if self.broker_call(p.CreateTopic(topic=topic, exist_ok=True)) is None:
+                raise ValueError(f"the broker at {self.broker.endpoint} did not create topic "
+                                 f"{topic!r}: see rail status")
+        self.registry.put(r.name, spec)
+        watcher = self.watchers[r.name] = Watcher(r.name, spec, registered=True)
+        self.start_watcher(watcher)
+        return {"name": r.name, "replicas": spec.replicas}
+
+    def handle_unregister(self, name: str) -> dict[str, Any]:
+        watcher = self.watcher(name)
+        self.registry.remove(name)
+        watcher.removing = True
+        for replica in list(watcher.replicas.values()):
+            if replica.child is None:
+                watcher.replicas.pop(replica.index)
+            else:
+                self.terminate(replica, "retire")
+        return {"name": name, "from_rail_toml": not watcher.registered}
+
+    def handle_scale(self, name: str, replicas: int) -> dict[str, Any]:
+        watcher = self.watcher(name)
+        if not 0 <= replicas <= 256:
+            raise ValueError(f"replicas must be 0..256, not {replicas}")
+        watcher.spec.replicas = replicas
+        if watcher.registered:
+            self.registry.put(name, watcher.spec)
+        for replica in list(watcher.replicas.values()):
+            if replica.index >= replicas:
+                if replica.child is None:
+                    watcher.replicas.pop(replica.index)
+                else:
+                    self.terminate(replica, "retire")
+        if not watcher.failed:
+            self.start_watcher(watcher)
+        return {"name": name, "replicas": replicas}
+
+    def handle_restart(self, name: str) -> dict[str, Any]:
+        watcher = self.watcher(name)
+        watcher.failed = ""
+        watcher.intensity.reset()
+        for replica in watcher.replicas.values():
+            replica.backoff.reset()
+            if replica.child is not None:
+                self.terminate(replica, "restart")
+        self.start_watcher(watcher)
+        return {"name": name}
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                     else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+def drain(sock: socket.socket) -> None:
+    for _ in range(64):
+        try:
+            if not sock.recv(4096):
+                return
+        except BlockingIOError:
+            return
