@@ -255,6 +255,8 @@ class PartitionLog:
             batches = seg.read(offset, max_bytes - used, self.config.verify_reads)
             out.extend(batches)
             used += sum(HEADER_SIZE + len(b.payload) for b in batches)
+            if batches and batches[-1].header.next_offset < seg.next_offset:
+                break  # stopped inside this segment: going on to the next would skip the rest
         return out
 
     def _segments_from(self, offset: int) -> list[Segment]:

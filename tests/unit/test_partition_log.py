@@ -109,6 +109,38 @@ def test_a_batch_larger_than_max_bytes_is_still_returned_whole(log: PartitionLog
     assert read_all(log, base, max_bytes=10)[0].value == big[0]
 
 
+def test_a_read_does_not_skip_a_batch_that_does_not_fit_into_the_next_segment(
+        tmp_path: Path) -> None:
+    log = PartitionLog(tmp_path, LogConfig(segment_bytes=300_000))
+    try:
+        append(log, [b"small"])
+        append(log, [b"B" * 200_000])
+        while len(log.segments) < 2:
+            append(log, [b"c" * 1000])
+        append(log, [b"in the next segment"])
+        offsets = [b.header.base_offset for b in log.read(0, 50_000)]
+        assert offsets == list(range(len(offsets)))
+        assert [r.offset for r in read_all(log, 0, max_bytes=50_000)] == list(
+            range(log.end_offset))
+    finally:
+        log.close()
+
+
+@pytest.mark.parametrize("max_bytes", [1, 700, 5_000, 40_000, 1 << 20])
+def test_reads_of_any_size_see_every_record_once_with_mixed_batch_sizes(
+        tmp_path: Path, max_bytes: int) -> None:
+    log = PartitionLog(tmp_path, LogConfig(segment_bytes=64 * 1024, index_interval_bytes=512))
+    try:
+        for n in range(150):
+            size = 30_000 if n % 17 == 3 else n * 37 % 900
+            append(log, [b"%d:" % n + b"v" * size] * (n % 3 + 1))
+        assert len(log.segments) > 4
+        got = read_all(log, max_bytes=max_bytes)
+        assert [r.offset for r in got] == list(range(log.end_offset))
+    finally:
+        log.close()
+
+
 def test_a_segment_rolls_when_it_is_older_than_segment_ms(tmp_path: Path) -> None:
     log = PartitionLog(tmp_path, LogConfig(segment_ms=1_000))
     try:
