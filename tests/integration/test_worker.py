@@ -219,3 +219,28 @@ def test_a_killed_worker_restarts_from_its_commits_and_loses_nothing(workers: Wo
         # events handled but not yet committed are handled again
         assert min(runs[1][part]) == at_kill.get(part, 0)
         assert runs[0][part] & runs[1][part] == {o for o in runs[0][part] if o >= at_kill.get(part, 0)}
+
+
+def test_the_jsonl_sink_appends_every_event(workers: Workers, tmp_path: Path) -> None:
+    out = tmp_path / "sink" / "orders.jsonl"
+    produce(workers.broker, 40)
+    workers.start(ROOT / "workers" / "jsonl_sink.py", env={"RAIL_SINK_PATH": str(out)})
+    wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 40, timeout=20,
+             what="40 lines in the sink")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["value"]["n"] for r in rows) == list(range(40))
+
+
+def test_a_standalone_script_runs_with_run(workers: Workers, tmp_path: Path) -> None:
+    produce(workers.broker, 5)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "workers" / "printer.py"), "--topics", "orders"],
+        env={**python_env(), "RAIL_BROKER": workers.broker.api}, cwd=tmp_path, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    workers.procs.append(proc)
+    assert proc.stdout is not None
+    seen = [proc.stdout.readline() for _ in range(5)]
+    assert all(line.startswith("orders[") for line in seen)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    wait_for(lambda: zero_lag(workers.broker, "printer"), timeout=10, what="printer lag 0")
