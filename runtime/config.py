@@ -66,7 +66,7 @@ def load_config(path: str | Path | None) -> tuple[RailConfig, Path]:
     """Read ``path`` (default ``./rail.toml``; missing default = empty config) and return
     it with paths made absolute, plus the folder relative paths were resolved against."""
     explicit = path is not None
-    file = Path(path if explicit else "rail.toml").resolve()
+    file = Path(path if path is not None else "rail.toml").resolve()
     if not file.exists():
         if explicit:
             raise ConfigError(f"{file}: no such file: pass -c with the path of your rail.toml")
@@ -80,12 +80,14 @@ def load_config(path: str | Path | None) -> tuple[RailConfig, Path]:
 
 def convert(raw: dict[str, object], kind: type, where: str) -> RailConfig:
     """Convert section by section so an error names the table (msgspec hides dict keys)."""
-    tables = {key: raw.pop(key) for key in ("topics", "workers") if isinstance(raw.get(key), dict)}
+    tables: dict[str, dict[str, object]] = {
+        key: raw.pop(key) for key in ("topics", "workers")  # type: ignore[misc]
+        if isinstance(raw.get(key), dict)}
     config = typed(raw, kind, where, "")
     config.topics = {name: typed(body, TopicSection, where, f"topics.{name}.")
-                     for name, body in tables.get("topics", {}).items()}  # type: ignore[union-attr]
+                     for name, body in tables.get("topics", {}).items()}
     config.workers = {name: typed(body, WorkerSpec, where, f"workers.{name}.")
-                      for name, body in tables.get("workers", {}).items()}  # type: ignore[union-attr]
+                      for name, body in tables.get("workers", {}).items()}
     return config
 
 

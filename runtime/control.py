@@ -100,8 +100,7 @@ class ControlServer:
 def call(endpoint: str, request: Request, timeout_s: float = 5.0) -> Any:
     """Send one request to the supervisor at ``endpoint``; return its result or raise
     ControlError with a one-line message."""
-    context = zmq.Context.instance()
-    sock = context.socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(endpoint)

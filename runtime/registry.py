@@ -79,7 +79,7 @@ def validate_script(script: str) -> None:
         raise ConfigError(f"script {script}: no such file: give the path of a .py file")
     try:
         source = path.read_text()
-        tree = compile(source, str(path), "exec", ast.PyCF_ONLY_AST)
+        tree = ast.parse(source, str(path))
         compile(tree, str(path), "exec")
     except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as exc:
         raise ConfigError(f"script {script} does not compile: {exc}") from None

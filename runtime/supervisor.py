@@ -110,6 +110,7 @@ class Watcher:
         self.intensity = Intensity(spec.max_restarts, spec.within_s)
         self.replicas: dict[int, Replica] = {}
         self.restarts = 0
+        self.recycles = 0  # graceful restarts past max_rss_mb (not counted as crashes)
         self.processed_before = 0
         self.failed_before = 0
         self.failed = ""  # why it was given up on; "" while supervised
@@ -526,6 +527,7 @@ class Supervisor:
                 if limit and replica.child.rss > limit and not replica.then:
                     LOG.warning("%s[%d] uses %.0f MB > max_rss_mb=%g: recycling", watcher.name,
                                 replica.index, replica.child.rss / 2**20, watcher.spec.max_rss_mb)
+                    watcher.recycles += 1
                     self.terminate(replica, "restart")
 
     def read_health(self) -> None:
@@ -614,6 +616,7 @@ class Supervisor:
             "script": watcher.spec.script, "registered": watcher.registered,
             "replicas": watcher.spec.replicas, "pids": [c.pid for c in children],
             "state": watcher.state(), "error": watcher.failed, "restarts": watcher.restarts,
+            "recycles": watcher.recycles,
             "uptime_s": min((now - c.started_at for c in children), default=None),
             "cpu_percent": sum(c.cpu_percent for c in children) if children else None,
             "rss": sum(c.rss for c in children) if children else None,

@@ -252,3 +252,40 @@ def test_rail_without_a_supervisor_says_how_to_start_one(tmp_path: Path) -> None
                           env=python_env(), cwd=ROOT, timeout=30)
     assert done.returncode == 1
     assert "no supervisor at" in done.stderr and "rail up" in done.stderr
+
+
+def test_a_hung_handler_is_killed_and_restarted(rail: Rail) -> None:
+    rail.script("stuck.py", "import time\n\ndef handle(event, ctx):\n    time.sleep(600)\n")
+    rail.write_toml('[workers.stuck]\nscript = "stuck.py"\ntopics = ["orders"]\n'
+                    "handler_timeout_s = 1\nbackoff_s = 0.05\n")
+    rail.up()
+    first = wait_for(lambda: rail.running("stuck", 1), 20, what="stuck running")
+    rail.send(range(1))
+    again = wait_for(lambda: (w := rail.worker("stuck"))["restarts"] >= 1 and w, 20,
+                     what="the hung replica restarted")
+    assert first["pids"][0] not in again["pids"]
+    assert "is hung" in rail.log() and "handle() busy" in rail.log()
+
+
+def test_a_worker_past_max_rss_is_recycled_gracefully(rail: Rail) -> None:
+    rail.script("fat.py", "blob = b'x' * (80 * 2**20)\n\ndef handle(event, ctx):\n    pass\n")
+    rail.write_toml('[workers.fat]\nscript = "fat.py"\ntopics = ["orders"]\nmax_rss_mb = 60\n')
+    rail.up()
+    first = wait_for(lambda: rail.running("fat", 1), 20, what="fat running")
+    wait_for(lambda: rail.worker("fat")["recycles"] >= 1, 20, what="fat recycled")
+    assert "max_rss_mb=60: recycling" in rail.log()
+    wait_for(lambda: f"pid {first['pids'][0]} exited with code 0" in rail.log(), 10,
+             what="the first process stopped cleanly")
+    assert rail.worker("fat")["restarts"] == 0
+
+
+def test_the_broker_is_restarted_when_it_dies(rail: Rail) -> None:
+    rail.write_toml(appender_toml(rail, replicas=1))
+    rail.up()
+    wait_for(lambda: rail.running("pizza", 1), 20, what="pizza running")
+    broker = rail.status()["broker"]["pid"]
+    os.kill(broker, signal.SIGKILL)
+    wait_for(lambda: (b := rail.status()["broker"])["pid"] not in (None, broker)
+             and b["restarts"] == 1, 20, what="brokerd restarted")
+    rail.send(range(10))
+    wait_for(lambda: set(rail.seen()) == set(range(10)), 30, what="events flow again")
