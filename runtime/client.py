@@ -428,7 +428,8 @@ class Consumer:
         return reply
 
     def _take(self, reply: _PollReply) -> list[Event]:
-        self._set_assignment(reply.generation, reply.assignment)
+        if reply.generation >= self.generation:  # a prefetched reply may predate a rebalance
+            self._set_assignment(reply.generation, reply.assignment)
         owned = set(self.assignment)
         events: list[Event] = []
         for data in reply.partitions:
