@@ -282,11 +282,11 @@ def handled_offsets(events: list[Event]) -> dict[tuple[str, int], int]:
 class HealthReporter(threading.Thread):
     """PUSHes a health map every second; stops the worker if its parent (supervisor) died."""
 
-    def __init__(self, worker: Worker, endpoint: str | None) -> None:
+    def __init__(self, worker: Worker, endpoint: str | None, parent: int) -> None:
         super().__init__(daemon=True, name="rail-health")
         self.worker = worker
         self.endpoint = endpoint
-        self.parent = os.getppid()
+        self.parent = parent
         self._last: tuple[int, int] = (-1, -1)
         self._busy_since = 0.0
 
@@ -357,14 +357,14 @@ def options_of(args: argparse.Namespace) -> Options:
                    session_timeout_ms=args.session_timeout_ms)
 
 
-def serve(script: Script, options: Options) -> int:
-    """Run ``script`` until SIGTERM/SIGINT; return the exit code."""
+def serve(script: Script, options: Options, parent: int | None = None) -> int:
+    """Run ``script`` until SIGTERM/SIGINT (or its parent dies); return the exit code."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {options.name} %(levelname)s: %(message)s")
     worker = Worker(script, options)
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
-    HealthReporter(worker, options.health).start()
+    HealthReporter(worker, options.health, parent or os.getppid()).start()
     try:
         return worker.run()
     except BrokerError as exc:
@@ -373,13 +373,14 @@ def serve(script: Script, options: Options) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parent = os.getppid()  # first thing: the supervisor may die while the script loads
     args = parser().parse_args(argv)
     try:
         script = load_script(args.script)
     except ScriptError as exc:
         print(f"rail worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    return serve(script, options_of(args))
+    return serve(script, options_of(args), parent)
 
 
 def run(handle: Handler, setup: Callable[[Context], Any] | None = None,
@@ -388,11 +389,12 @@ def run(handle: Handler, setup: Callable[[Context], Any] | None = None,
 
     ``setup``/``teardown`` default to the functions of those names in ``handle``'s module.
     """
+    parent = os.getppid()
     names = getattr(handle, "__globals__", {})
     script_name = Path(sys.argv[0]).stem or "worker"
     script = Script(handle, setup or names.get("setup"), teardown or names.get("teardown"))
     args = parser(script_required=False, group_default=script_name).parse_args(argv)
-    sys.exit(serve(script, options_of(args)))
+    sys.exit(serve(script, options_of(args), parent))
 
 
 if __name__ == "__main__":

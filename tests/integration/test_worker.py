@@ -244,3 +244,58 @@ def test_a_standalone_script_runs_with_run(workers: Workers, tmp_path: Path) -> 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     wait_for(lambda: zero_lag(workers.broker, "printer"), timeout=10, what="printer lag 0")
+
+
+def test_health_reports_progress_and_a_busy_handler(workers: Workers, tmp_path: Path) -> None:
+    import msgspec
+    import zmq
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        produce(workers.broker, 3, partitions=1)
+        script = workers.script("""
+            import time
+            def handle(event, ctx):
+                if event.offset == 2:
+                    time.sleep(4)
+            """)
+        workers.start(script, "--health", f"tcp://127.0.0.1:{port}", "--member-id", "g-0")
+        reports = []
+
+        def busy() -> bool:
+            if pull.poll(200):
+                reports.append(msgspec.msgpack.decode(pull.recv()))
+            return bool(reports) and reports[-1]["busy_ms"] >= 1500
+        wait_for(busy, timeout=10, what="a health report with busy_ms >= 1500")
+        last = reports[-1]
+        assert (last["name"], last["member_id"], last["state"]) == ("g", "g-0", "running")
+        assert last["processed"] == 2 and last["failed"] == 0 and last["pid"] > 0
+    finally:
+        pull.close()
+
+
+def test_a_worker_whose_parent_dies_stops(workers: Workers, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    produce(workers.broker, 10)
+    shell = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -m runtime.worker "{workers.script(RECORDER)}" '
+         f'--broker {workers.broker.api} --group g --topics orders --name g '
+         '>/dev/null 2>&1 & echo $!; sleep 3'],
+        env={**python_env(), "OUT": str(out)}, cwd=ROOT, text=True, capture_output=True,
+        timeout=20)
+    pid = int(shell.stdout.split()[0])
+    import os
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    try:
+        wait_for(gone, timeout=10, what="the orphaned worker to exit")
+    finally:
+        if not gone():
+            os.kill(pid, signal.SIGKILL)
+    assert len(lines(out)) == 10
