@@ -166,10 +166,13 @@ class Segment:
             return []
         _, pos = self.index.lookup(offset)
         end = self.size if self.corrupt_at is None else self.corrupt_at
-        want = max_bytes + self.index.interval + HEADER_SIZE
+        slack = self.index.interval + HEADER_SIZE  # the index entry may lie this far back
         out: list[StoredBatch] = []
         used = 0
         while pos < end and used < max_bytes:
+            # Read only what the budget still allows: a second full-size pread would copy
+            # max_bytes again to add one batch, then discard the rest.
+            want = max_bytes - used + slack
             chunk = memoryview(os.pread(self.fd, min(want, end - pos), pos))
             consumed, used = self._walk(chunk, pos, offset, max_bytes, used, out, verify)
             if consumed == 0:
