@@ -201,8 +201,9 @@ class Supervisor:
             code = self.start_broker_and_topics()
             if code:
                 return code
-            for watcher in self.watchers.values():
-                self.start_watcher(watcher)
+            if not any(s in (signal.SIGINT, signal.SIGTERM) for s in self.signals):
+                for watcher in self.watchers.values():
+                    self.start_watcher(watcher)
             self.loop(wake_r)
             self.stop_broker()
             return 0
@@ -608,7 +609,9 @@ class Supervisor:
         children = [r.child for r in alive if r.child is not None]
         healths = [r.health for r in alive if r.health is not None]
         lag = None
-        reply = self.broker_call(p.DescribeGroup(group=watcher.spec.group)) if alive else None
+        broker_up = self.broker.child is not None or self.broker.external
+        reply = self.broker_call(p.DescribeGroup(group=watcher.spec.group)) \
+            if alive and broker_up else None
         if isinstance(reply, p.DescribeGroupReply):
             lag = sum(part.lag for part in reply.partitions)
         return {

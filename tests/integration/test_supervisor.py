@@ -289,3 +289,30 @@ def test_the_broker_is_restarted_when_it_dies(rail: Rail) -> None:
              and b["restarts"] == 1, 20, what="brokerd restarted")
     rail.send(range(10))
     wait_for(lambda: set(rail.seen()) == set(range(10)), 30, what="events flow again")
+
+
+def test_a_failed_worker_comes_back_with_rail_restart_once_its_script_is_fixed(
+        rail: Rail) -> None:
+    script = rail.script("pizza.py", "def hand(event, ctx):\n    pass\n")
+    rail.write_toml('[workers.pizza]\nscript = "pizza.py"\ntopics = ["orders"]\n')
+    rail.up()
+    wait_for(lambda: rail.worker("pizza")["state"] == "failed", 20, what="pizza failed")
+    script.write_text(APPENDER.format(out=str(rail.out)))
+    assert rail.rail("restart", "pizza").returncode == 0
+    wait_for(lambda: rail.running("pizza", 1), 20, what="pizza running again")
+    rail.send(range(5))
+    wait_for(lambda: sorted(rail.seen()) == list(range(5)), 20, what="pizza handles events")
+
+
+def test_unregister_stops_a_worker_and_forgets_it_across_rail_up(rail: Rail) -> None:
+    rail.write_toml("")
+    rail.up()
+    script = rail.script("late.py", APPENDER.format(out=str(rail.out)))
+    assert rail.rail("register", "late", str(script), "--topics", "orders").returncode == 0
+    late = wait_for(lambda: rail.running("late", 1), 20, what="late running")
+    assert rail.rail("unregister", "late").returncode == 0
+    wait_for(lambda: not rail.status()["workers"], 20, what="late gone from status")
+    assert all_gone(late["pids"])
+    assert rail.stop() == 0
+    rail.up()
+    assert rail.status()["workers"] == []
