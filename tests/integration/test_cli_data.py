@@ -116,3 +116,25 @@ def test_an_unreachable_broker_is_one_line_and_nonzero(broker: BrokerProcess) ->
         env=python_env(), cwd=ROOT, text=True, capture_output=True, timeout=60)
     assert done.returncode != 0
     assert len(done.stderr.strip().splitlines()) == 1 and "is it running" in done.stderr
+
+
+def test_rail_run_runs_a_worker_in_the_foreground(broker: BrokerProcess) -> None:
+    import signal
+    rail(broker, "send", "orders", '{"pizza": 1}')
+    entry = (["-m", "runtime.cli"] if (ROOT / "runtime" / "cli.py").exists()
+             else ["-c", HARNESS])
+    proc = subprocess.Popen(
+        [sys.executable, *entry, "run", str(ROOT / "workers" / "printer.py"), "--topics",
+         "orders"], env={**python_env(), "RAIL_BROKER": broker.api}, cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith('orders[')
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    described = json.loads(rail(broker, "groups", "describe", "printer", "--json").stdout)
+    assert described["lag"] == 0
