@@ -39,7 +39,7 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_waiting_per_client: int = 64
     retention_check_ms: int = 60_000
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
 
 
 class ConfigError(Exception):

@@ -107,6 +107,12 @@ class Coordinator:
         member.last_seen_ms = now_ms
         return group, member
 
+    def _require_member_commit(self, group_name: str, member_id: str) -> None:
+        group = self.groups.get(group_name)
+        if not member_id and group and group.members:
+            raise NotMember(f"group {group_name!r} has live members: commit as one of them "
+                            "(join, then send member_id), or wait until the group is empty")
+
     def leave(self, group_name: str, member_id: str) -> bool:
         group = self.groups.get(group_name)
         if group is None or group.members.pop(member_id, None) is None:
@@ -154,6 +160,8 @@ class Coordinator:
                 del group.positions[tp]
         group.owners = owners
         group.generation += 1
+        for tp in owners:  # fix where each new owner starts now, not at its first poll
+            self.position(group, tp)
         self.on_rebalance(group)
 
     # -- positions and commits --------------------------------------------------------
@@ -174,8 +182,9 @@ class Coordinator:
 
     def commit(self, group_name: str, member_id: str, generation: int,
                items: list[tuple[str, int, int]], now_ms: int) -> None:
+        self._require_member_commit(group_name, member_id)
         group = self.groups.get(group_name)
-        if member_id or (group and group.members):
+        if member_id:
             group, _ = self.member(group_name, member_id, now_ms)
             for topic, partition, _offset in items:
                 owner = group.owners.get((topic, partition))

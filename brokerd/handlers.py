@@ -24,9 +24,10 @@ from brokerd.errors import (
     TooManyWaiting,
     UnknownOp,
 )
-from brokerd.log.batch import HEADER_SIZE, Record, decode_records, encode_records, key_content
+from brokerd.log.batch import HEADER_SIZE, Record, decode_records, key_content
 from brokerd.log.partition import now_ms
 from brokerd.log.producers import DuplicateBatch
+from brokerd.topics import check_name
 from brokerd.waiters import Client, DurableAck, Waiter
 
 if TYPE_CHECKING:
@@ -159,23 +160,28 @@ class Handlers:
             case p.Stats():
                 return p.StatsReply(id=request.id, stats=self.stats.report(self))
             case p.Ping():
-                return p.PingReply(id=request.id, time_ms=now_ms())
+                return p.PingReply(id=request.id, version=p.PROTOCOL_VERSION, time_ms=now_ms())
         raise UnknownOp(f"unhandled op {type(request).__name__}")
 
     # -- produce ----------------------------------------------------------------------
     def handle_produce(self, req: p.Produce, client: Client) -> p.Reply | None:
+        check_name(req.topic)
+        if req.producer_id and (req.partition is None or req.sequence < 0):
+            raise BadRequest("an idempotent produce (producer_id) must name its partition "
+                             "and carry its sequence number (>= 0)")
+        existing = self.topics.topics.get(req.topic)
+        config = existing.config if existing else self.config.topic_defaults
+        records = _decode_batch(req.records, config.max_batch_bytes)
         topic, created = self.topics.get_or_create(req.topic)
         if created:
             self.coordinator.topics_changed({topic.name})
-        records = _decode_batch(req.records, topic.config.max_batch_bytes)
-        if req.producer_id and req.partition is None:
-            raise BadRequest("an idempotent produce (producer_id) must name its partition")
-        now = now_ms()
         split: dict[int, tuple[bytes | msgspec.Raw, list[Record]]]
         if req.partition is not None:
+            topic.partition(req.partition)
             split = {req.partition: (req.records, records)}
         else:
-            split = _split(topic, records)
+            split = _split(topic, req.records, records)
+        now = now_ms()
         offsets, needs, duplicate = [], [], False
         for index, (payload, recs) in split.items():
             plog = topic.partition(index)
@@ -187,6 +193,7 @@ class Handlers:
                 duplicate = True
                 if dup.base_offset is not None:
                     offsets.append((index, dup.base_offset, len(recs)))
+                    needs.append((plog, dup.base_offset + len(recs)))
                 continue
             offsets.append((index, base, len(recs)))
             counters = topic.counters[index]
@@ -237,6 +244,8 @@ class Handlers:
         reply = self._poll_reply(req)
         if reply.partitions or req.max_wait_ms == 0:
             return reply
+        # A parked poll is not a heartbeat: answer it well before the session could expire.
+        wait_ms = min(req.max_wait_ms, member.session_timeout_ms // 2)
         generation = group.generation
         def answer(final: bool) -> bool:
             try:
@@ -249,7 +258,7 @@ class Handlers:
                 return True
             return False
         keys = group.assignment_of(member.member_id)
-        self._park(client, req.max_wait_ms, answer, keys, group.name)
+        self._park(client, wait_ms, answer, keys, group.name)
         return None
 
     def _poll_reply(self, req: p.Poll) -> p.PollReply:
@@ -298,6 +307,8 @@ class Handlers:
     def handle_join(self, req: p.Join) -> p.Reply:
         if not req.topics:
             raise BadRequest("join needs at least one topic")
+        for name in req.topics:
+            check_name(name)
         created = {name for name in req.topics if self.topics.get_or_create(name)[1]}
         self.coordinator.topics_changed(created)
         group, member = self.coordinator.join(
@@ -394,19 +405,42 @@ def _timestamps(records: list[Record], now: int) -> tuple[int, int]:
     return stamps[0], max(stamps)  # type: ignore[type-var,return-value]
 
 
-def _split(topic: Topic, records: list[Record]) -> dict[int, tuple[bytes | msgspec.Raw, list[Record]]]:
-    """Partition by key hash; keyless records of one request stay together (sticky)."""
+def _split(topic: Topic, raw: msgspec.Raw,
+           records: list[Record]) -> dict[int, tuple[bytes | msgspec.Raw, list[Record]]]:
+    """Partition by key hash, keeping each record's bytes as the producer encoded them.
+
+    Keyless records of one request stay together (sticky).  Every part is checked against
+    the topic's batch limit before anything is appended.
+    """
     count = len(topic.partitions)
     sticky = topic.next_spread % count
     topic.next_spread += 1
-    parts: dict[int, list[Record]] = {}
-    for r in records:
+    encoded = _RAW_LIST.decode(raw)
+    parts: dict[int, tuple[list[msgspec.Raw], list[Record]]] = {}
+    for r, r_bytes in zip(records, encoded):
         if bytes(r.key) == b"\xc0":
             index = sticky
         else:
             index = p.partition_for_key(key_content(r.key), count)
-        parts.setdefault(index, []).append(r)
-    return {i: (encode_records(rs), rs) for i, rs in parts.items()}
+        part = parts.setdefault(index, ([], []))
+        part[0].append(r_bytes)
+        part[1].append(r)
+    if len(parts) == 1:
+        index, (_, recs) = parts.popitem()
+        return {index: (raw, recs)}
+    return {i: (_array_header(len(rs)) + b"".join(bytes(b) for b in bs), rs)
+            for i, (bs, rs) in parts.items()}
+
+
+_RAW_LIST = msgspec.msgpack.Decoder(list[msgspec.Raw])
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 65536:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def _wire(batches: list[Any]) -> list[p.WireBatch]:

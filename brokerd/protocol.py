@@ -70,8 +70,8 @@ class Produce(_Request, tag="produce"):
     records: msgspec.Raw
     partition: Partition | None = None
     acks: Acks = 1
-    producer_id: NonNeg = 0
-    sequence: int = -1
+    producer_id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+    sequence: Annotated[int, msgspec.Meta(ge=-1, le=2**31 - 1)] = -1
 
 
 class Fetch(_Request, tag="fetch"):
@@ -177,7 +177,7 @@ OPS = tuple(t.__struct_config__.tag for t in Request.__args__)  # type: ignore[a
 
 
 # -- replies --------------------------------------------------------------------------
-class _Reply(msgspec.Struct, tag_field="op", kw_only=True, omit_defaults=True):
+class _Reply(msgspec.Struct, tag_field="op", kw_only=True):
     id: int = 0
 
 
@@ -311,8 +311,8 @@ class StatsReply(_Reply, tag="stats"):
 
 
 class PingReply(_Reply, tag="ping"):
-    version: int = PROTOCOL_VERSION
-    time_ms: int = 0
+    version: int
+    time_ms: int
 
 
 Reply = Union[

@@ -56,7 +56,9 @@ class Broker(Handlers):
         self.endpoints = (self.api.getsockopt_string(zmq.LAST_ENDPOINT),
                           self.pull.getsockopt_string(zmq.LAST_ENDPOINT))
         self._stopping = False
-        self._next_interval_flush = time.monotonic()
+        self._next_flush: dict[str, float] = {}
+        self._next_offsets_flush = 0.0
+        self._covered: dict[PartitionLog, int] = {}
         self._next_retention = time.monotonic() + config.retention_check_ms / 1000
 
     def _socket(self, kind: int, endpoint: str) -> zmq.Socket:
@@ -149,8 +151,9 @@ class Broker(Handlers):
     def _timeout_ms(self) -> int | None:
         now = time.monotonic()
         deadlines = [self._next_retention]
-        if self._dirty_logs() and not self.flusher.in_flight:
-            deadlines.append(self._next_interval_flush)
+        flush = None if self.flusher.in_flight else self._flush_deadline()
+        if flush is not None:
+            deadlines.append(flush)
         waiter = self.waiting.next_deadline()
         if waiter is not None:
             deadlines.append(waiter)
@@ -169,37 +172,43 @@ class Broker(Handlers):
             self.housekeeping()
 
     # -- durability -------------------------------------------------------------------
-    def _dirty_logs(self) -> list[PartitionLog]:
-        return [p for t in self.topics.topics.values() for p in t.partitions if p.needs_flush]
+    def _flush_deadline(self) -> float | None:
+        """When the next interval fsync is due (None when nothing waits for one)."""
+        deadlines = [self._next_flush.get(t.name, 0.0) for t in self.topics.topics.values()
+                     if t.config.fsync != "never" and any(p.needs_flush for p in t.partitions)]
+        if self.offsets.needs_flush:
+            deadlines.append(self._next_offsets_flush)
+        return min(deadlines, default=None)
 
     def _maybe_flush(self) -> None:
-        """Start an fsync round when producers wait for one or the interval is due."""
+        """Start an fsync round when producers wait for one or an interval is due."""
         if self.flusher.in_flight is not None:
             return
         now = time.monotonic()
         urgent = bool(self.acks.pending)
-        due = now >= self._next_interval_flush
-        if not (urgent or due):
+        deadline = self._flush_deadline()
+        if not urgent and (deadline is None or now < deadline):
             return
+        waiting = self.acks.logs()
         jobs, covered = [], {}
         for topic in self.topics.topics.values():
-            if topic.config.fsync == "never" and not urgent:
-                continue
-            for p in topic.partitions:
-                if p.needs_flush:
-                    ticket = p.begin_flush()
-                    covered[p] = ticket.end_offset
+            due = topic.config.fsync != "never" and now >= self._next_flush.get(topic.name, 0.0)
+            if due:
+                self._next_flush[topic.name] = now + topic.config.fsync_interval_ms / 1000
+            for plog in topic.partitions:
+                if plog.needs_flush and (due or plog in waiting):
+                    ticket = plog.begin_flush()
+                    covered[plog] = ticket.end_offset
                     jobs.append(ticket.run)
-        if self.offsets.needs_flush:
+        if self.offsets.needs_flush and (urgent or now >= self._next_offsets_flush):
+            self._next_offsets_flush = now + self.config.topic_defaults.fsync_interval_ms / 1000
             fd = self.offsets.begin_flush()
             jobs.append(lambda: _fsync_and_close(fd))
-        if due:
-            self._next_interval_flush = now + self.config.topic_defaults.fsync_interval_ms / 1000
         if jobs:
             self._covered = covered
             self.flusher.submit(jobs)
         elif urgent:
-            self._settle(covered_all(self.acks.logs()), None)
+            self._settle(covered_all(waiting), None)
 
     def _round_done(self, rnd: Round | None) -> None:
         if rnd is not None:

@@ -24,6 +24,7 @@ from brokerd.log.batch import (
     encode_header,
     encode_records,
     is_nil,
+    key_content,
 )
 from brokerd.log.files import fsync_dir, write_all
 from brokerd.log.index import NO_TIMESTAMP
@@ -46,7 +47,7 @@ def latest_offsets(log: PartitionLog) -> dict[bytes, int]:
         for batch in seg.read(seg.base_offset, max(seg.size, 1), verify=False):
             for i, record in enumerate(decode_records(batch.payload)):
                 if not is_nil(record.key):
-                    latest[bytes(record.key)] = batch.header.base_offset + i
+                    latest[key_content(record.key)] = batch.header.base_offset + i
     return latest
 
 
@@ -78,7 +79,7 @@ def _survivors(seg: Segment, latest: dict[bytes, int], horizon: int) -> tuple[Ke
         records = decode_records(batch.payload)
         alive = [
             (header.base_offset + i, r) for i, r in enumerate(records)
-            if is_nil(r.key) or (latest.get(bytes(r.key)) == header.base_offset + i
+            if is_nil(r.key) or (latest.get(key_content(r.key)) == header.base_offset + i
                                  and not (is_nil(r.value) and header.append_timestamp < horizon))
         ]
         dropped += len(records) - len(alive)

@@ -244,7 +244,7 @@ class PartitionLog:
         """
         if offset < self.start_offset or offset > self.end_offset:
             raise OffsetOutOfRange(
-                f"offset {offset} is outside {self.directory.name}'s range "
+                f"offset {offset} is outside {self.directory.parent.name}[{self.directory.name}]'s range "
                 f"[{self.start_offset}, {self.end_offset}]"
             )
         out: list[StoredBatch] = []
