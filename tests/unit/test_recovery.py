@@ -7,6 +7,7 @@ import os
 import random
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -247,6 +248,16 @@ def test_an_empty_directory_opens_as_an_empty_log(tmp_path: Path) -> None:
         assert log.recovery.clean
     finally:
         log.close()
+
+
+def test_the_stored_crc_is_zlib_crc32_of_header_bytes_16_on_and_the_payload(
+        tmp_path: Path) -> None:
+    log = reopen(tmp_path)
+    append(log, [b"a" * 300, b"b"], keys=["k", None], timestamps=[5, None], at=9)
+    log.close()
+    data = log_files(tmp_path)[0].read_bytes()
+    (stored,) = struct.unpack_from(">I", data, 12)
+    assert stored == zlib.crc32(data[16:])  # the on-disk format, whichever crc32 wrote it
 
 
 def test_records_keep_their_content_and_timestamps_across_reopen(tmp_path: Path) -> None:
