@@ -59,13 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     unregister = control_parser(sub, "unregister", "stop a worker and forget it")
     unregister.add_argument("name")
-    unregister.set_defaults(run=lambda a: show(control.call(a.control, control.Unregister(
-        name=a.name)), f"unregistered {a.name}"))
+    unregister.set_defaults(run=cmd_unregister)
     scale = control_parser(sub, "scale", "change a worker's number of replicas")
     scale.add_argument("name")
     scale.add_argument("replicas", type=int)
-    scale.set_defaults(run=lambda a: show(control.call(a.control, control.Scale(
-        name=a.name, replicas=a.replicas)), f"{a.name} scaled to {a.replicas}"))
+    scale.set_defaults(run=cmd_scale)
     restart = control_parser(sub, "restart", "restart a worker's replicas (also a failed one)")
     restart.add_argument("name")
     restart.set_defaults(run=lambda a: show(control.call(a.control, control.Restart(
@@ -137,6 +135,23 @@ def cmd_register(args: argparse.Namespace) -> int:
                                policy=args.policy)
     result = control.call(args.control, request)
     print(f"registered {result['name']} ({result['replicas']} replicas)")
+    return 0
+
+
+def cmd_unregister(args: argparse.Namespace) -> int:
+    result = control.call(args.control, control.Unregister(name=args.name))
+    if result["from_rail_toml"]:
+        print(f"stopped {args.name}; it is declared in rail.toml and comes back on the next "
+              "rail up: remove it there to drop it for good")
+    else:
+        print(f"unregistered {args.name}")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    result = control.call(args.control, control.Scale(name=args.name, replicas=args.replicas))
+    note = "" if result["persisted"] else " (until the next rail up: set replicas in rail.toml)"
+    print(f"{args.name} scaled to {args.replicas} replicas{note}")
     return 0
 
 

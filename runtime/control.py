@@ -7,13 +7,23 @@ Neither class is thread-safe.
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import zmq
 
-from runtime.config import DEFAULT_CONTROL
+from brokerd import protocol as p
+from runtime.config import DEFAULT_CONTROL, ConfigError, WorkerSpec, check_name, typed
+from runtime.registry import validate_script
+
+if TYPE_CHECKING:
+    from runtime.supervisor import Supervisor, Watcher
+
+LOG = logging.getLogger("rail.supervisor")
 
 
 class _Request(msgspec.Struct, tag_field="op", kw_only=True):
@@ -95,6 +105,150 @@ class ControlServer:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+
+
+class ControlHandlers:
+    """One ``handle_<op>`` per request, run by the supervisor's loop (so never concurrent
+    with supervision itself)."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def serve(self, server: ControlServer) -> None:
+        for _ in range(100):
+            if not server.socket.poll(0):
+                return
+            route, request, error = server.receive()
+            if request is None:
+                server.reply(route, ControlReply(ok=False, error=error))
+                continue
+            try:
+                result = self.handle_control(request)
+                server.reply(route, ControlReply(ok=True, result=result))
+            except (ConfigError, ValueError, msgspec.ValidationError) as exc:
+                server.reply(route, ControlReply(ok=False, error=str(exc)))
+
+    def handle_control(self, request: Request) -> Any:
+        match request:
+            case Status():
+                return self.handle_status()
+            case Register():
+                return self.handle_register(request)
+            case Unregister(name=name):
+                return self.handle_unregister(name)
+            case Scale(name=name, replicas=replicas):
+                return self.handle_scale(name, replicas)
+            case Restart(name=name):
+                return self.handle_restart(name)
+            case Down():
+                LOG.info("rail down: stopping gracefully")
+                self.sup.begin_stop()
+                return {"pid": os.getpid()}
+        raise ValueError(f"unknown control request {request!r}")
+
+    def watcher(self, name: str) -> Watcher:
+        watcher = self.sup.watchers.get(name)
+        if watcher is None or watcher.removing:
+            known = ", ".join(sorted(self.sup.watchers)) or "none"
+            raise ValueError(f"no worker named {name!r} (workers: {known}): see rail status")
+        return watcher
+
+    def handle_status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        self.sup.note_status_interest(now)
+        broker = self.sup.broker.child
+        return {
+            "pid": os.getpid(), "uptime_s": now - self.sup.started_at, "stopping": self.sup.stopping,
+            "broker": {"endpoint": self.sup.broker.endpoint, "external": self.sup.broker.external,
+                       "pid": broker.pid if broker else None, "restarts": self.sup.broker.restarts,
+                       "state": "failed" if self.sup.broker.failed else
+                       "running" if broker or self.sup.broker.external else "restarting",
+                       "cpu_percent": broker.cpu_percent if broker else None,
+                       "rss": broker.rss if broker else None},
+            "workers": [self.worker_status(w, now) for w in self.sup.watchers.values()],
+        }
+
+    def worker_status(self, watcher: Watcher, now: float) -> dict[str, Any]:
+        alive = [r for r in watcher.alive() if r.child is not None]
+        children = [r.child for r in alive if r.child is not None]
+        healths = [r.health for r in alive if r.health is not None]
+        lag = None
+        broker_up = self.sup.broker.child is not None or self.sup.broker.external
+        reply = self.sup.broker_call(p.DescribeGroup(group=watcher.spec.group)) \
+            if alive and broker_up else None
+        if isinstance(reply, p.DescribeGroupReply):
+            lag = sum(part.lag for part in reply.partitions)
+        return {
+            "name": watcher.name, "group": watcher.spec.group, "topics": watcher.spec.topics,
+            "script": watcher.spec.script, "registered": watcher.registered,
+            "replicas": watcher.spec.replicas, "pids": [c.pid for c in children],
+            "state": watcher.state(), "error": watcher.failed, "restarts": watcher.restarts,
+            "recycles": watcher.recycles,
+            "uptime_s": min((now - c.started_at for c in children), default=None),
+            "cpu_percent": sum(c.cpu_percent for c in children) if children else None,
+            "rss": sum(c.rss for c in children) if children else None,
+            "processed": watcher.processed_before + sum(h.processed for h in healths),
+            "failed": watcher.failed_before + sum(h.failed for h in healths),
+            "lag": lag,
+        }
+
+    def handle_register(self, r: Register) -> dict[str, Any]:
+        check_name(r.name)
+        if r.name in self.sup.watchers:
+            raise ValueError(f"a worker named {r.name!r} is already registered: pick another "
+                             "name, or rail unregister it first")
+        if self.sup.stopping:
+            raise ValueError("the supervisor is stopping")
+        script = str(Path(r.script).resolve())
+        validate_script(script)
+        spec = typed({"script": script, "topics": r.topics, "group": r.group or r.name,
+                      "replicas": r.replicas, "policy": r.policy}, WorkerSpec,
+                     f"register {r.name}", "")
+        for topic in spec.topics:
+            if self.sup.broker_call(p.CreateTopic(topic=topic, exist_ok=True)) is None:
+                raise ValueError(f"the broker at {self.sup.broker.endpoint} did not create topic "
+                                 f"{topic!r}: see rail status")
+        self.sup.adopt(r.name, spec)
+        return {"name": r.name, "replicas": spec.replicas}
+
+    def handle_unregister(self, name: str) -> dict[str, Any]:
+        watcher = self.watcher(name)
+        self.sup.registry.remove(name)
+        watcher.removing = True
+        for replica in list(watcher.replicas.values()):
+            if replica.child is None:
+                watcher.replicas.pop(replica.index)
+            else:
+                self.sup.terminate(replica, "retire")
+        return {"name": name, "from_rail_toml": not watcher.registered}
+
+    def handle_scale(self, name: str, replicas: int) -> dict[str, Any]:
+        watcher = self.watcher(name)
+        if not 0 <= replicas <= 256:
+            raise ValueError(f"replicas must be 0..256, not {replicas}")
+        watcher.spec.replicas = replicas
+        if watcher.registered:
+            self.sup.registry.put(name, watcher.spec)
+        for replica in list(watcher.replicas.values()):
+            if replica.index >= replicas:
+                if replica.child is None:
+                    watcher.replicas.pop(replica.index)
+                else:
+                    self.sup.terminate(replica, "retire")
+        if not watcher.failed:
+            self.sup.start_watcher(watcher)
+        return {"name": name, "replicas": replicas, "persisted": watcher.registered}
+
+    def handle_restart(self, name: str) -> dict[str, Any]:
+        watcher = self.watcher(name)
+        watcher.failed = ""
+        watcher.intensity.reset()
+        for replica in watcher.replicas.values():
+            replica.backoff.reset()
+            if replica.child is not None:
+                self.sup.terminate(replica, "restart")
+        self.sup.start_watcher(watcher)
+        return {"name": name}
 
 
 def call(endpoint: str, request: Request, timeout_s: float = 5.0) -> Any:

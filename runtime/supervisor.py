@@ -27,12 +27,11 @@ import zmq
 
 from brokerd import protocol as p
 from brokerd.protocol import EXIT_BIND, EXIT_CONFIG
-from runtime.config import ConfigError, RailConfig, WorkerSpec, check_name
+from runtime.config import RailConfig, WorkerSpec
 from runtime.connection import BrokerError, Connection
-from runtime.control import (ControlReply, ControlServer, Down, Register, Request, Restart,
-                             Scale, Status, Unregister)
+from runtime.control import ControlHandlers, ControlServer
 from runtime.policy import Backoff, Health, Intensity, RestartPolicy
-from runtime.registry import Registry, validate_script
+from runtime.registry import Registry
 
 LOG = logging.getLogger("rail.supervisor")
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,6 +179,7 @@ class Supervisor:
         self.sampled_at = 0.0
         self.ticked_at = 0.0
         self._conn: Connection | None = None
+        self.handlers = ControlHandlers(self)
 
     # -- life cycle -------------------------------------------------------------------
     def run(self) -> int:
@@ -242,7 +242,7 @@ class Supervisor:
             if self.health in ready:
                 self.read_health()
             if self.control.socket in ready:
-                self.serve_control()
+                self.handlers.serve(self.control)
             self.reap()
             self.tick(time.monotonic())
 
@@ -547,146 +547,18 @@ class Supervisor:
                         and replica.child.pid == message.get("pid") and replica.health:
                     replica.health.beat(time.monotonic(), message)
 
-    # -- control requests -------------------------------------------------------------
-    def serve_control(self) -> None:
-        for _ in range(100):
-            if not self.control.socket.poll(0):
-                return
-            route, request, error = self.control.receive()
-            if request is None:
-                self.control.reply(route, ControlReply(ok=False, error=error))
-                continue
-            try:
-                result = self.handle_control(request)
-                self.control.reply(route, ControlReply(ok=True, result=result))
-            except (ConfigError, ValueError) as exc:
-                self.control.reply(route, ControlReply(ok=False, error=str(exc)))
-
-    def handle_control(self, request: Request) -> Any:
-        match request:
-            case Status():
-                return self.handle_status()
-            case Register():
-                return self.handle_register(request)
-            case Unregister(name=name):
-                return self.handle_unregister(name)
-            case Scale(name=name, replicas=replicas):
-                return self.handle_scale(name, replicas)
-            case Restart(name=name):
-                return self.handle_restart(name)
-            case Down():
-                LOG.info("rail down: stopping gracefully")
-                self.begin_stop()
-                return {"pid": os.getpid()}
-        raise ValueError(f"unknown control request {request!r}")
-
-    def watcher(self, name: str) -> Watcher:
-        watcher = self.watchers.get(name)
-        if watcher is None or watcher.removing:
-            known = ", ".join(sorted(self.watchers)) or "none"
-            raise ValueError(f"no worker named {name!r} (workers: {known}): see rail status")
-        return watcher
-
-    def handle_status(self) -> dict[str, Any]:
-        now = time.monotonic()
+    # -- used by the control handlers -------------------------------------------------
+    def note_status_interest(self, now: float) -> None:
+        """Someone watches: sample CPU/RSS for the next STATUS_INTEREST_S seconds."""
         if now - self.status_asked_at >= STATUS_INTEREST_S:
             self.sample(now)  # first sample after a quiet spell: CPU % needs a baseline
         self.status_asked_at = now
-        broker = self.broker.child
-        return {
-            "pid": os.getpid(), "uptime_s": now - self.started_at, "stopping": self.stopping,
-            "broker": {"endpoint": self.broker.endpoint, "external": self.broker.external,
-                       "pid": broker.pid if broker else None, "restarts": self.broker.restarts,
-                       "state": "failed" if self.broker.failed else
-                       "running" if broker or self.broker.external else "restarting",
-                       "cpu_percent": broker.cpu_percent if broker else None,
-                       "rss": broker.rss if broker else None},
-            "workers": [self.worker_status(w, now) for w in self.watchers.values()],
-        }
 
-    def worker_status(self, watcher: Watcher, now: float) -> dict[str, Any]:
-        alive = [r for r in watcher.alive() if r.child is not None]
-        children = [r.child for r in alive if r.child is not None]
-        healths = [r.health for r in alive if r.health is not None]
-        lag = None
-        broker_up = self.broker.child is not None or self.broker.external
-        reply = self.broker_call(p.DescribeGroup(group=watcher.spec.group)) \
-            if alive and broker_up else None
-        if isinstance(reply, p.DescribeGroupReply):
-            lag = sum(part.lag for part in reply.partitions)
-        return {
-            "name": watcher.name, "group": watcher.spec.group, "topics": watcher.spec.topics,
-            "script": watcher.spec.script, "registered": watcher.registered,
-            "replicas": watcher.spec.replicas, "pids": [c.pid for c in children],
-            "state": watcher.state(), "error": watcher.failed, "restarts": watcher.restarts,
-            "recycles": watcher.recycles,
-            "uptime_s": min((now - c.started_at for c in children), default=None),
-            "cpu_percent": sum(c.cpu_percent for c in children) if children else None,
-            "rss": sum(c.rss for c in children) if children else None,
-            "processed": watcher.processed_before + sum(h.processed for h in healths),
-            "failed": watcher.failed_before + sum(h.failed for h in healths),
-            "lag": lag,
-        }
-
-    def handle_register(self, r: Register) -> dict[str, Any]:
-        check_name(r.name)
-        if r.name in self.watchers:
-            raise ValueError(f"a worker named {r.name!r} is already registered: pick another "
-                             "name, or rail unregister it first")
-        if self.stopping:
-            raise ValueError("the supervisor is stopping")
-        script = str(Path(r.script).resolve())
-        validate_script(script)
-        spec = msgspec.convert({"script": script, "topics": r.topics,
-                                "group": r.group or r.name, "replicas": r.replicas,
-                                "policy": r.policy}, WorkerSpec)
-        for topic in spec.topics:
-            if self.broker_call(p.CreateTopic(topic=topic, exist_ok=True)) is None:
-                raise ValueError(f"the broker at {self.broker.endpoint} did not create topic "
-                                 f"{topic!r}: see rail status")
-        self.registry.put(r.name, spec)
-        watcher = self.watchers[r.name] = Watcher(r.name, spec, registered=True)
+    def adopt(self, name: str, spec: WorkerSpec) -> None:
+        """Supervise a worker registered at run time (and persist it)."""
+        self.registry.put(name, spec)
+        watcher = self.watchers[name] = Watcher(name, spec, registered=True)
         self.start_watcher(watcher)
-        return {"name": r.name, "replicas": spec.replicas}
-
-    def handle_unregister(self, name: str) -> dict[str, Any]:
-        watcher = self.watcher(name)
-        self.registry.remove(name)
-        watcher.removing = True
-        for replica in list(watcher.replicas.values()):
-            if replica.child is None:
-                watcher.replicas.pop(replica.index)
-            else:
-                self.terminate(replica, "retire")
-        return {"name": name, "from_rail_toml": not watcher.registered}
-
-    def handle_scale(self, name: str, replicas: int) -> dict[str, Any]:
-        watcher = self.watcher(name)
-        if not 0 <= replicas <= 256:
-            raise ValueError(f"replicas must be 0..256, not {replicas}")
-        watcher.spec.replicas = replicas
-        if watcher.registered:
-            self.registry.put(name, watcher.spec)
-        for replica in list(watcher.replicas.values()):
-            if replica.index >= replicas:
-                if replica.child is None:
-                    watcher.replicas.pop(replica.index)
-                else:
-                    self.terminate(replica, "retire")
-        if not watcher.failed:
-            self.start_watcher(watcher)
-        return {"name": name, "replicas": replicas}
-
-    def handle_restart(self, name: str) -> dict[str, Any]:
-        watcher = self.watcher(name)
-        watcher.failed = ""
-        watcher.intensity.reset()
-        for replica in watcher.replicas.values():
-            replica.backoff.reset()
-            if replica.child is not None:
-                self.terminate(replica, "restart")
-        self.start_watcher(watcher)
-        return {"name": name}
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:

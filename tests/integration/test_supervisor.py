@@ -237,6 +237,8 @@ def test_bad_register_input_gets_one_clear_line_and_a_non_zero_exit(rail: Rail) 
         ("register", "c", str(broken), "--topics", "orders"): "does not compile",
         ("register", "pizza", str(nohandle), "--topics", "orders"): "already registered",
         ("scale", "nobody", "2"): "no worker named 'nobody'",
+        ("register", "d", str(rail.folder / "pizza.py"), "--topics", "orders",
+         "--replicas", "-1"): "replicas: expected int >= 0",
     }
     for args, expected in cases.items():
         done = rail.rail(*args)
