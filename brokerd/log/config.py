@@ -7,6 +7,7 @@ from typing import Literal
 import msgspec
 
 MiB = 1024 * 1024
+MAX_SEGMENT_BYTES = 2**32 - 1  # an index entry stores a batch's byte position in 32 bits
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -29,8 +30,8 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
     def problem(self) -> str | None:
         """Say which setting is out of range, or None."""
-        if self.segment_bytes < 1024:
-            return "segment_bytes must be at least 1024"
+        if not 1024 <= self.segment_bytes <= MAX_SEGMENT_BYTES:
+            return "segment_bytes must be between 1024 and 4 GiB - 1 (32-bit index positions)"
         if self.segment_ms < 1:
             return "segment_ms must be positive"
         if self.index_interval_bytes < 1:

@@ -9,7 +9,8 @@ import pytest
 
 from brokerd.errors import MessageTooLarge, OffsetOutOfRange
 from brokerd.log.batch import HEADER_SIZE
-from brokerd.log.config import LogConfig
+from brokerd.log.config import MAX_SEGMENT_BYTES, LogConfig
+from brokerd.log.index import ENTRY, OffsetIndex
 from brokerd.log.partition import PartitionLog
 from tests.log_helpers import Stored, append, batch_payload, log_files, read_all
 
@@ -169,6 +170,14 @@ def test_a_batch_over_max_batch_bytes_is_refused_and_nothing_is_written(tmp_path
         assert reopened.recovery.clean and reopened.end_offset == 1
     finally:
         reopened.close()
+
+
+def test_a_segment_size_the_index_cannot_address_is_refused() -> None:
+    assert "segment_bytes" in (LogConfig(segment_bytes=2**32).problem() or "")
+    assert LogConfig(segment_bytes=MAX_SEGMENT_BYTES).problem() is None
+    index = OffsetIndex(0, 1)
+    index.maybe_add(7, MAX_SEGMENT_BYTES - 100, 100, 0)
+    assert ENTRY.unpack(index.to_bytes()) == (7, MAX_SEGMENT_BYTES - 100, 0)
 
 
 def test_an_append_needs_a_flush_and_a_flush_clears_it(log: PartitionLog) -> None:
