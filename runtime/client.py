@@ -79,6 +79,7 @@ class Producer:
         self._unacked: dict[tuple[str, int], deque[_Batch]] = {}
         self._lock = threading.RLock()
         self._closed = False
+        self._work = threading.Event()  # set while something is buffered or in flight
         self.errors: list[BrokerError] = []
         self._linger = threading.Thread(target=self._linger_loop, daemon=True, name="rail-linger")
         self._linger.start()
@@ -100,6 +101,7 @@ class Producer:
             if buf is None:
                 buf = self._buffers[tp] = []
                 self._buffer_since[tp] = time.monotonic()
+                self._work.set()
             buf.append(record)
             if callback is not None:
                 self._callbacks.setdefault(tp, []).append(callback)
@@ -117,6 +119,7 @@ class Producer:
             for start in range(0, len(records), self.batch_size):
                 buf = self._buffers.setdefault(tp, [])
                 self._buffer_since.setdefault(tp, time.monotonic())
+                self._work.set()
                 buf.extend(records[start:start + self.batch_size])
                 if len(buf) >= self.batch_size:
                     self._ship(tp)
@@ -232,8 +235,10 @@ class Producer:
 
     # -- flushing ---------------------------------------------------------------------
     def _linger_loop(self) -> None:
+        """Ship batches older than ``linger_ms``; sleeps without waking while idle."""
         while not self._closed:
-            time.sleep(self.linger_s or 0.005)
+            self._work.wait()
+            time.sleep(self.linger_s or 0.001)
             with self._lock:
                 if self._closed:
                     return
@@ -243,6 +248,8 @@ class Producer:
                         self._ship(tp)
                 while self._in_flight and self._receive(0):
                     pass
+                if not self._buffers and not self._in_flight:
+                    self._work.clear()
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Send everything queued and wait until the broker acknowledged it all."""
@@ -270,6 +277,7 @@ class Producer:
         finally:
             with self._lock:
                 self._closed = True
+                self._work.set()
             self._linger.join(timeout=1)
             self.conn.close()
 
