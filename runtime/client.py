@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import msgspec
 
@@ -350,7 +350,9 @@ class Consumer:
         self.broker = broker
         self.group = group
         self.topics = list(topics)
-        self.start = start
+        if start not in ("earliest", "latest"):
+            raise ValueError("start must be 'earliest' or 'latest'")
+        self.start: Literal["earliest", "latest"] = "latest" if start == "latest" else "earliest"
         self.session_timeout_ms = session_timeout_ms
         self.client_id = client_id
         self.max_bytes = max_bytes
@@ -382,11 +384,10 @@ class Consumer:
         if generation == self.generation:
             return
         self.generation = generation
-        new = [tuple(tp) for tp in assignment]
-        gone = set(self.assignment) - set(new)  # type: ignore[arg-type]
-        for tp in gone:
+        new = [(topic, partition) for topic, partition in assignment]
+        for tp in set(self.assignment) - set(new):
             self.positions.pop(tp, None)
-        self.assignment = new  # type: ignore[assignment]
+        self.assignment = new
         if self.on_assign is not None:
             self.on_assign(list(self.assignment))
 
