@@ -1,0 +1,84 @@
+"""Limits and costs: an idle broker sleeps, parked requests and batches are bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import msgspec
+import psutil
+
+from brokerd import protocol as p
+from runtime.client import Consumer
+from tests.helpers import BrokerProcess, wait_for
+from tests.integration.wire import RawClient, assert_clear_error
+
+MEASURE_S = 2.0
+
+
+def test_an_idle_broker_with_a_long_polling_consumer_uses_almost_no_cpu(
+        broker: BrokerProcess) -> None:
+    with RawClient(broker.api) as raw:
+        raw.ok("create_topic", topic="night", partitions=4)
+        raw.send_frames([msgspec.msgpack.encode({  # parked until it times out in a minute
+            "op": "fetch", "id": 1, "topic": "night", "partition": 0, "offset": 0,
+            "max_wait_ms": p.MAX_WAIT_MS})])
+        consumer = Consumer(broker.api, group="night-shift", topics=["night"])
+        stop = threading.Event()
+        polled: list[int] = []
+
+        def long_poll() -> None:
+            while not stop.is_set():
+                polled.append(len(consumer.poll(timeout_s=2.5)))
+
+        poller = threading.Thread(target=long_poll, daemon=True)
+        poller.start()
+        try:
+            wait_for(lambda: consumer._poll_id is not None, 5, what="the poll to be parked")
+            broker_proc = psutil.Process(broker.pid)
+            before, started = broker_proc.cpu_times(), time.monotonic()
+            stop.wait(MEASURE_S)  # the measuring window itself, not a wait for an event
+            after, elapsed = broker_proc.cpu_times(), time.monotonic() - started
+        finally:
+            stop.set()
+            poller.join(10)
+            consumer.close()
+        stats = raw.ok("stats")["stats"]
+
+    used = (after.user - before.user) + (after.system - before.system)
+    assert used / elapsed < 0.05, f"an idle broker used {used / elapsed:.1%} of a core"
+    assert stats["groups"] == 1 and sum(polled) == 0
+
+
+def test_too_many_parked_requests_from_one_client_are_refused_and_the_rest_answered(
+        broker: BrokerProcess) -> None:
+    limit = 64  # BrokerConfig.max_waiting_per_client
+    with RawClient(broker.api) as raw, RawClient(broker.api) as other:
+        raw.ok("create_topic", topic="queue", partitions=1)
+        for request_id in range(1000, 1000 + limit):
+            raw.send_frames([msgspec.msgpack.encode({
+                "op": "fetch", "id": request_id, "topic": "queue", "partition": 0,
+                "offset": 0, "max_wait_ms": 30_000})])
+        refused = raw.call("fetch", topic="queue", partition=0, offset=0, max_wait_ms=30_000)
+        assert_clear_error(refused)
+        assert refused["code"] == "TOO_MANY_WAITING"
+
+        other.ok("produce", topic="queue", partition=0, records=[["wake up"]])
+        answered = [raw.recv_reply(timeout_s=10) for _ in range(limit)]
+
+    assert sorted(r["id"] for r in answered if r) == list(range(1000, 1000 + limit))
+    assert all(r["op"] == "fetch" and r["batches"] for r in answered if r)
+
+
+def test_a_batch_over_max_batch_bytes_is_refused_and_nothing_is_appended(
+        broker: BrokerProcess) -> None:
+    with RawClient(broker.api) as raw:
+        raw.ok("create_topic", topic="menu", partitions=1)
+        code = raw.error_code("produce", topic="menu", partition=0,
+                              records=[[b"m" * (9 * 1024 * 1024)]])
+        assert code == "MESSAGE_TOO_LARGE"
+        code = raw.error_code("produce", topic="menu", partition=0, records=[])
+        assert code == "BAD_REQUEST"
+        assert raw.ok("list_offsets", topic="menu", partition=0, timestamp=-1)["offset"] == 0
+        raw.ok("produce", topic="menu", partition=0, records=[[b"m" * (1024 * 1024)]])
+        assert raw.ok("list_offsets", topic="menu", partition=0, timestamp=-1)["offset"] == 1
