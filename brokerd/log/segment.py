@@ -174,7 +174,7 @@ class Segment:
             # max_bytes again to add one batch, then discard the rest.
             want = max_bytes - used + slack
             chunk = memoryview(os.pread(self.fd, min(want, end - pos), pos))
-            consumed, used = self._walk(chunk, pos, offset, max_bytes, used, out, verify)
+            consumed, used, cut = self._walk(chunk, pos, offset, max_bytes, used, out, verify)
             if consumed == 0:
                 if out:
                     break
@@ -182,15 +182,19 @@ class Segment:
                 if pos + size > end:  # a damaged length; re-reading would loop for ever
                     raise CorruptLogError(str(self.log_path), pos, "batch runs past the end")
                 chunk = memoryview(os.pread(self.fd, size, pos))
-                consumed, used = self._walk(chunk, pos, offset, max_bytes + len(chunk),
-                                            used, out, verify)
+                consumed, used, cut = self._walk(chunk, pos, offset, max_bytes + len(chunk),
+                                                 used, out, verify)
             pos += consumed
+            if out and cut > max_bytes - used + slack:
+                break  # the next read would be too short for the cut batch: skip making it
         if self.corrupt_at is not None and pos >= self.corrupt_at and used < max_bytes:
             raise CorruptLogError(str(self.log_path), self.corrupt_at, self.corrupt_why)
         return out
 
     def _walk(self, chunk: memoryview, file_pos: int, offset: int, max_bytes: int,
-              used: int, out: list[StoredBatch], verify: bool) -> tuple[int, int]:
+              used: int, out: list[StoredBatch], verify: bool) -> tuple[int, int, int]:
+        """Collect the whole batches of ``chunk``; return (bytes walked, budget used, size of
+        a batch the chunk cut short that the read would return, or 0)."""
         p = 0
         while p + HEADER_SIZE <= len(chunk) and used < max_bytes:
             header = decode_header(chunk, p)
@@ -198,14 +202,14 @@ class Segment:
             if problem:
                 raise CorruptLogError(str(self.log_path), file_pos + p, problem)
             if p + header.size > len(chunk):
-                break
+                return p, used, header.size if header.next_offset > offset else 0
             if verify and not crc_ok(chunk, p, header):
                 raise CorruptLogError(str(self.log_path), file_pos + p, "CRC mismatch")
             if header.next_offset > offset:
                 out.append(StoredBatch(header, chunk[p + HEADER_SIZE:p + header.size]))
                 used += header.size
             p += header.size
-        return p, used
+        return p, used, 0
 
     def _batch_size_at(self, pos: int) -> int:
         raw = os.pread(self.fd, HEADER_SIZE, pos)
