@@ -109,8 +109,8 @@ def test_reopening_keeps_exactly_the_batches_before_any_cut(sizes: list[int],
         log = reopen(directory)
         try:
             intact = [e for e in ends if e <= size]
-            kept_in_active = sum(sizes[len(sizes) - len(ends):][:len(intact)])
-            kept = len(records) - sum(sizes[len(sizes) - len(ends):]) + kept_in_active
+            in_active = sizes[len(sizes) - len(ends):]  # record counts of the active batches
+            kept = len(records) - sum(in_active) + sum(in_active[:len(intact)])
             assert read_all(log) == records[:kept]
             assert log.recovery.dropped_bytes == size - (intact[-1] if intact else 0)
             assert append(log, [b"next"]) == kept
