@@ -113,9 +113,14 @@ DOC_PRODUCE = bytes.fromhex(
     "84a26f70a770726f64756365a2696407a5746f706963a66f7264657273a77265636f726473"
     "929481a570697a7a6102a77461626c652d3781a6736f75726365a3776562cf0000018bcfe56800"
     "91a66e6f206b6579")
+DOC_CREATE_REPLY = bytes.fromhex(
+    "85a26f70ac6372656174655f746f706963a5746f706963a66f7264657273"
+    "aa706172746974696f6e7303a763726561746564c3a2696401")
 DOC_PRODUCE_REPLY = bytes.fromhex(
-    "84a26f70a770726f64756365a5746f706963a66f7264657273a76f666673657473"
-    "929302000193000001a2696407")
+    "85a26f70a770726f64756365a5746f706963a66f7264657273a76f666673657473"
+    "929302000193000001a96475706c6963617465c2a2696407")
+DOC_RECORD_1 = bytes.fromhex(  # record 1 of DOC_PRODUCE, stored and fetched unchanged
+    "9481a570697a7a6102a77461626c652d3781a6736f75726365a3776562cf0000018bcfe56800")
 
 
 def test_the_byte_level_example_of_the_document_is_exact(broker: BrokerProcess,
@@ -126,11 +131,19 @@ def test_the_byte_level_example_of_the_document_is_exact(broker: BrokerProcess,
     try:
         sock.send(DOC_CREATE)
         assert sock.poll(10_000)
-        assert unpack(sock.recv()) == {"op": "create_topic", "id": 1, "topic": "orders",
-                                       "partitions": 3}
+        assert sock.recv() == DOC_CREATE_REPLY
         sock.send(DOC_PRODUCE)
         assert sock.poll(10_000)
         assert sock.recv() == DOC_PRODUCE_REPLY
+        sock.send(msgpack.packb({"op": "fetch", "id": 8, "topic": "orders", "partition": 2,
+                                 "offset": 0}))
+        assert sock.poll(10_000)
+        body = sock.recv()
+        # batches -> one batch [0, append_ts (uint64), records]; records = 91 + record 1 as sent
+        assert bytes.fromhex("a762617463686573" "91" "93" "00" "cf") in body
+        assert b"\x91" + DOC_RECORD_1 + bytes.fromhex("a2696408") in body
+        assert unpack(body)["batches"][0][2] == [
+            [{"pizza": 2}, "table-7", {"source": "web"}, 1_700_000_000_000]]
     finally:
         sock.close(linger=0)
 
@@ -140,7 +153,8 @@ def test_dealer_and_req_clients_get_replies_in_their_own_shape(broker: BrokerPro
                                                                context: zmq.Context,
                                                                client: RawClient) -> None:
     ping = client.ok("ping")
-    assert ping.get("version", 1) == 1 and ping["time_ms"] > 1_600_000_000_000
+    assert set(ping) == {"op", "id", "version", "time_ms"}  # every field, always
+    assert ping["version"] == 1 and ping["time_ms"] > 1_600_000_000_000
 
     req = context.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
@@ -180,16 +194,15 @@ def test_produce_stores_keys_headers_and_timestamps_and_fetch_returns_batches(
         [b"\xff\x00 raw value", "table-7", None, 1_700_000_000_500],
     ])
     assert reply == {"op": "produce", "id": reply["id"], "topic": "orders",
-                     "offsets": [[2, 0, 3]]}
+                     "offsets": [[2, 0, 3]], "duplicate": False}
 
     fetched = client.ok("fetch", topic="orders", partition=2, offset=0)
     assert (fetched["start_offset"], fetched["end_offset"], fetched["offset"]) == (0, 3, 0)
     [[base_offset, append_ts, records]] = fetched["batches"]
     assert base_offset == 0 and append_ts > 1_700_000_000_500
-    padded = [r + [None] * (4 - len(r)) for r in records]  # trailing elements may be left out
-    assert padded == [
+    assert records == [  # each record exactly as sent: nothing padded or re-encoded
         [{"pizza": 2}, "table-7", {"source": "web", "raw": b"\x01"}, 1_700_000_000_000],
-        ["dessert", "table-7", None, None],  # nil timestamp: the batch's append_timestamp
+        ["dessert", "table-7"],  # no timestamp: the batch's append_timestamp
         [b"\xff\x00 raw value", "table-7", None, 1_700_000_000_500],
     ]
 
@@ -234,22 +247,57 @@ def test_a_mixed_request_reports_one_offsets_entry_per_partition(client: RawClie
     assert sorted(reply["offsets"]) == [[1, 0, 1], [2, 0, 2]]
 
 
+def str8(text: bytes) -> bytes:
+    """A str in the str8 encoding (d9 len ...), which msgpack.packb uses only from 32 bytes."""
+    return b"\xd9" + bytes([len(text)]) + text
+
+
+def test_a_split_produce_stores_each_records_bytes_as_the_producer_encoded_them(
+        client: RawClient) -> None:
+    client.ok("create_topic", topic="asis", partitions=3)
+    first = b"\x95" + str8(b"first") + str8(b"table-7") + b"\xc0\xc0\x2a"  # 5 elements
+    user = b"\x92" + b"\xcd\x00\x05" + str8(b"user-42")  # value 5 as uint16
+    keyless = b"\x91" + b"\xa4last"
+    second = b"\x92" + str8(b"second") + b"\xa7table-7"  # the same key as fixstr
+    body = (b"\x84" + msgpack.packb("op") + msgpack.packb("produce")
+            + msgpack.packb("id") + msgpack.packb(77)
+            + msgpack.packb("topic") + msgpack.packb("asis")
+            + msgpack.packb("records") + b"\x94" + first + user + keyless + second)
+    client.socket.send(body)
+    reply = client.wait(77)
+    # The first keyless request of the topic goes to partition 0 (docs, "Partitioning").
+    assert reply["offsets"] == [[2, 0, 2], [1, 0, 1], [0, 0, 1]]
+    expected = {2: b"\x92" + first + second, 1: b"\x91" + user, 0: b"\x91" + keyless}
+    for partition, records_bytes in expected.items():
+        client.socket.send(msgpack.packb({"op": "fetch", "id": 100 + partition, "topic": "asis",
+                                          "partition": partition, "offset": 0}))
+        assert client.socket.poll(10_000)
+        fetched = client.socket.recv()
+        assert records_bytes in fetched, partition
+    got = client.ok("fetch", topic="asis", partition=2, offset=0)["batches"][0][2]
+    assert got == [["first", "table-7", None, None, 42], ["second", "table-7"]]
+
+
 def test_acks_zero_gets_no_reply_and_acks_all_gets_one(client: RawClient) -> None:
     client.ok("create_topic", topic="acks", partitions=1, config={"fsync": "never"})
     client.send("produce", topic="acks", records=[["fire"]], acks=0)
     durable = client.ok("produce", topic="acks", records=[["durable"]], acks="all")
-    assert durable["offsets"] == [[0, 1, 1]]
+    assert durable["offsets"] == [[0, 1, 1]] and durable["duplicate"] is False
     assert not client.socket.poll(200), "acks=0 must not be answered"
 
 
 def test_an_idempotent_retry_gets_the_original_offsets(client: RawClient) -> None:
-    client.ok("create_topic", topic="idem", partitions=2)
+    client.ok("create_topic", topic="idem", partitions=2, config={"fsync": "never"})
     first = client.ok("produce", topic="idem", partition=1, producer_id=77, sequence=0,
                       records=[["a"], ["b"]])
-    assert first["offsets"] == [[1, 0, 2]] and "duplicate" not in first
+    assert first["offsets"] == [[1, 0, 2]] and first["duplicate"] is False
     again = client.ok("produce", topic="idem", partition=1, producer_id=77, sequence=0,
                       records=[["a"], ["b"]])
     assert again["offsets"] == [[1, 0, 2]] and again["duplicate"] is True
+    # acks "all": answered (after the fsync that covers the original append), still a duplicate
+    durable = client.ok("produce", topic="idem", partition=1, producer_id=77, sequence=0,
+                        records=[["a"], ["b"]], acks="all")
+    assert durable["offsets"] == [[1, 0, 2]] and durable["duplicate"] is True
     gap = client.call("produce", topic="idem", partition=1, producer_id=77, sequence=5,
                       records=[["z"]])
     assert gap["code"] == "OUT_OF_ORDER_SEQUENCE"
@@ -258,6 +306,33 @@ def test_an_idempotent_retry_gets_the_original_offsets(client: RawClient) -> Non
     assert nxt["offsets"] == [[1, 2, 1]]
     unnamed = client.call("produce", topic="idem", producer_id=77, sequence=3, records=[["d"]])
     assert unnamed["code"] == "BAD_REQUEST"
+    unnumbered = client.call("produce", topic="idem", partition=1, producer_id=77,
+                             records=[["d"]])  # sequence left out: -1
+    assert unnumbered["code"] == "BAD_REQUEST"
+    assert client.ok("fetch", topic="idem", partition=1, offset=0)["end_offset"] == 3
+
+
+def test_producer_fields_and_timestamps_out_of_range_are_bad_requests_that_create_nothing(
+        client: RawClient) -> None:
+    refused = [
+        dict(partition=0, producer_id=5, records=[["x"]]),  # no sequence
+        dict(producer_id=5, sequence=0, records=[["x"]]),  # no partition
+        dict(partition=0, producer_id=5, sequence=-1, records=[["x"]]),
+        dict(partition=0, producer_id=2**63, sequence=0, records=[["x"]]),
+        dict(partition=0, producer_id=-1, sequence=0, records=[["x"]]),
+        dict(partition=0, producer_id=5, sequence=2**31, records=[["x"]]),
+        dict(partition=0, sequence=-2, records=[["x"]]),
+        dict(records=[["x", None, None, 2**63]]),
+        dict(records=[["x", None, None, -1]]),
+    ]
+    for fields in refused:
+        reply = client.call("produce", topic="fresh", **fields)
+        assert reply["op"] == "error" and reply["code"] == "BAD_REQUEST", (fields, reply)
+    assert client.call("metadata", topics=["fresh"])["code"] == "UNKNOWN_TOPIC"
+
+    edges = client.ok("produce", topic="fresh", partition=0, producer_id=2**63 - 1,
+                      sequence=2**31 - 1, records=[["x", None, None, 2**63 - 1]])
+    assert edges["offsets"] == [[0, 0, 1]]
 
 
 def test_a_long_poll_fetch_is_answered_when_data_arrives(broker: BrokerProcess,
@@ -355,7 +430,7 @@ def test_a_new_member_rebalances_wakes_a_parked_poll_and_fences_commits(
         stale = client.call("commit", group="pair", member_id="a-1", offsets=[["shared", 1, 0]])
         assert stale["code"] == "STALE_GENERATION"
         anonymous = client.call("commit", group="pair", offsets=[["shared", 0, 0]])
-        assert anonymous["code"] == "NOT_MEMBER"
+        assert anonymous["code"] == "NOT_MEMBER" and "live members" in anonymous["message"]
         client.ok("commit", group="pair", member_id="a-1", offsets=[["shared", 0, 0]])
 
         other.ok("leave", group="pair", member_id="b-1")
@@ -364,6 +439,33 @@ def test_a_new_member_rebalances_wakes_a_parked_poll_and_fences_commits(
         assert back["assignment"] == [["shared", 0], ["shared", 1]]
     finally:
         other.close()
+
+
+def test_a_parked_poll_is_answered_within_half_the_session_and_the_member_stays(
+        client: RawClient) -> None:
+    client.ok("create_topic", topic="quiet", partitions=1)
+    client.ok("join", group="short", topics=["quiet"], member_id="s-1", session_timeout_ms=1000)
+    for _ in range(3):  # three long polls in a row, each longer than the session itself
+        started = time.monotonic()
+        reply = client.ok("poll", group="short", member_id="s-1", max_wait_ms=20_000)
+        waited = time.monotonic() - started
+        assert 0.4 <= waited < 0.95, waited  # min(20000, 1000 // 2) ms
+        assert reply["partitions"] == [] and reply["assignment"] == [["quiet", 0]]
+    assert client.ok("heartbeat", group="short", member_id="s-1")["generation"] == 1
+
+
+def test_start_latest_is_fixed_when_the_partition_is_assigned(client: RawClient) -> None:
+    client.ok("create_topic", topic="late", partitions=1)
+    client.ok("produce", topic="late", records=[["before the join"]])
+    joined = client.ok("join", group="tail", topics=["late"], member_id="t-1", start="latest")
+    assert joined["assignment"] == [["late", 0]]
+    [part] = client.ok("describe_group", group="tail")["partitions"]
+    assert (part["position"], part["committed"], part["owner"]) == (1, None, "t-1")
+    client.ok("produce", topic="late", records=[["after the join"]])
+    polled = client.ok("poll", group="tail", member_id="t-1")
+    [data] = polled["partitions"]
+    assert data["offset"] == 1
+    assert [record[0] for _, record in records_of(data["batches"], 1)] == ["after the join"]
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -378,21 +480,29 @@ def test_bad_requests_get_error_replies_with_a_stable_code(client: RawClient) ->
     assert error(client.call("produce", topic="e", records=[])) == "BAD_REQUEST"
     assert error(client.call("produce", topic="e", records=[["v", None, {"h": 1}]])) == \
         "BAD_REQUEST"
+    assert error(client.call("produce", topic="bad name", records=[["v"]])) == "INVALID_TOPIC"
+    assert error(client.call("join", group="g", topics=["e", "bad/name"])) == "INVALID_TOPIC"
+    # A refused produce or join auto-creates nothing, not even its valid topic names.
+    assert error(client.call("metadata", topics=["e"])) == "UNKNOWN_TOPIC"
+    assert client.ok("metadata")["topics"] == []
+    assert client.ok("create_topic", topic="e")["created"] is True
     assert error(client.call("fetch", topic="e", partition=0, offset=0,
                              max_wait_ms=60_001)) == "BAD_REQUEST"
     assert error(client.call("fetch", topic="absent", partition=0, offset=0)) == \
         "UNKNOWN_TOPIC"
     assert error(client.call("fetch", topic="..", partition=0, offset=0)) == "INVALID_TOPIC"
     assert error(client.call("fetch", topic="e", partition=3, offset=0)) == "UNKNOWN_PARTITION"
-    assert error(client.call("fetch", topic="e", partition=0, offset=99)) == \
-        "OFFSET_OUT_OF_RANGE"
+    out_of_range = client.call("fetch", topic="e", partition=0, offset=99)
+    assert error(out_of_range) == "OFFSET_OUT_OF_RANGE" and "e[0]" in out_of_range["message"]
     assert error(client.call("create_topic", topic="e")) == "TOPIC_EXISTS"
+    assert client.ok("create_topic", topic="e", exist_ok=True)["created"] is False
     assert error(client.call("create_topic", topic="f", config={"nope": 1})) == "BAD_REQUEST"
     assert error(client.call("poll", group="nobody", member_id="x")) == "NOT_MEMBER"
 
-    client.socket.send(b"\xc1")  # not msgpack: the id cannot be read, so it is absent (0)
+    client.socket.send(b"\xc1")  # not msgpack: the id cannot be read, so it is 0 (and sent)
     garbled = client.recv()
-    assert error(garbled) == "BAD_REQUEST" and garbled.get("id", 0) == 0
+    assert error(garbled) == "BAD_REQUEST" and garbled["id"] == 0
+    assert set(garbled) == {"op", "id", "code", "message"}
     client.socket.send_multipart([b"not empty", b"body"])
     assert error(client.recv()) == "BAD_REQUEST"
     assert client.ok("ping")  # the broker keeps serving
