@@ -90,6 +90,7 @@ class Coordinator:
             # the old one was delivered but did not commit must be delivered again.
             for tp in group.assignment_of(member_id):
                 group.positions.pop(tp, None)
+                self.position(group, tp)
             member.last_seen_ms = now_ms
             member.session_timeout_ms = session_timeout_ms
             if sorted(set(topics)) != member.topics:

@@ -23,6 +23,7 @@ from brokerd.errors import (
     StorageError,
     TooManyWaiting,
     UnknownOp,
+    UnknownPartition,
 )
 from brokerd.log.batch import HEADER_SIZE, Record, decode_records, key_content
 from brokerd.log.partition import now_ms
@@ -171,6 +172,9 @@ class Handlers:
                              "and carry its sequence number (>= 0)")
         existing = self.topics.topics.get(req.topic)
         config = existing.config if existing else self.config.topic_defaults
+        if req.partition is not None and req.partition >= config.partitions:
+            raise UnknownPartition(f"topic {req.topic!r} has partitions "
+                                   f"0..{config.partitions - 1}, not {req.partition}")
         records = _decode_batch(req.records, config.max_batch_bytes)
         topic, created = self.topics.get_or_create(req.topic)
         if created:

@@ -208,19 +208,27 @@ class Broker(Handlers):
             self._covered = covered
             self.flusher.submit(jobs)
         elif urgent:
-            self._settle(covered_all(waiting), None)
+            self._settle()
 
     def _round_done(self, rnd: Round | None) -> None:
-        if rnd is not None:
-            self._settle(self._covered, rnd.error)
-
-    def _settle(self, covered: dict[PartitionLog, int], error: str | None) -> None:
-        for ack in self.acks.settle(covered):
-            if error:
+        if rnd is None:
+            return
+        if rnd.error:
+            failed = set(self._covered)
+            for plog in failed:
+                plog.flush_failed()
+            for ack in self.acks.fail(failed):
                 self.send_error(ack.client, ack.reply.id, StorageError(
-                    f"{error}; the batch was appended but may not be durable: retry it"))
-            else:
-                self.send(ack.client, ack.reply)
+                    f"{rnd.error}; the batch was appended but may not be durable: retry it"))
+        else:
+            for plog, end in self._covered.items():
+                plog.durable_offset = max(plog.durable_offset, end)
+        self._covered = {}
+        self._settle()
+
+    def _settle(self) -> None:
+        for ack in self.acks.settle():
+            self.send(ack.client, ack.reply)
 
     def housekeeping(self) -> None:
         """Retention and compaction: whole segments, at most once a check interval."""
@@ -243,7 +251,7 @@ class Broker(Handlers):
             for p in topic.partitions:
                 p.flush()
         self.offsets.flush()
-        self._settle(covered_all(self.acks.logs()), None)
+        self._settle()
         self.flusher.stop()
         self.api.close()
         self.pull.close()
@@ -251,10 +259,6 @@ class Broker(Handlers):
         self.offsets.close()
         self.context.term()
         log.info("stopped")
-
-
-def covered_all(logs: set[PartitionLog]) -> dict[PartitionLog, int]:
-    return {p: p.end_offset for p in logs}
 
 
 def _fsync_and_close(fd: int) -> None:

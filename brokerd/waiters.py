@@ -121,16 +121,22 @@ class AckQueue:
     def add(self, ack: DurableAck) -> None:
         self.pending.append(ack)
 
-    def settle(self, covered: dict[PartitionLog, int]) -> list[DurableAck]:
-        """Remove and return the acks whose every need ``covered`` satisfies."""
-        ready, waiting = [], []
+    def settle(self) -> list[DurableAck]:
+        """Remove and return the acks whose every partition is durable far enough."""
+        return self._take(lambda ack: all(log.durable_offset >= needed
+                                          for log, needed in ack.needs))
+
+    def fail(self, logs: set[PartitionLog]) -> list[DurableAck]:
+        """Remove and return the acks waiting on any of ``logs`` (their fsync failed)."""
+        return self._take(lambda ack: any(log in logs for log, _ in ack.needs))
+
+    def _take(self, ready: Callable[[DurableAck], bool]) -> list[DurableAck]:
+        taken: list[DurableAck] = []
+        waiting: list[DurableAck] = []
         for ack in self.pending:
-            if all(covered.get(log, -1) >= needed for log, needed in ack.needs):
-                ready.append(ack)
-            else:
-                waiting.append(ack)
+            (taken if ready(ack) else waiting).append(ack)
         self.pending = waiting
-        return ready
+        return taken
 
     def logs(self) -> set[PartitionLog]:
         return {log for ack in self.pending for log, _ in ack.needs}

@@ -75,6 +75,8 @@ class PartitionLog:
         self.producers = ProducerTable()
         self.recovery = RecoveryReport()
         self._dir_dirty = False
+        self.durable_offset = 0
+        """Every offset below this is fsynced (kept by whoever runs the flushes)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._open()
 
@@ -128,13 +130,14 @@ class PartitionLog:
             log.warning("%s: %s at byte %d; dropped %d bytes", seg.log_path, result.problem,
                         result.valid_end, dropped)
             seg.truncate(result.valid_end)
-            os.fsync(seg.fd)
         seg.rebuild_index(result.headers)
         seg.next_offset = result.next_offset
         seg.max_timestamp = result.max_timestamp
         if result.headers:
             seg.first_append_ms = result.headers[0][1].append_timestamp
+        os.fsync(seg.fd)  # what a killed broker left in the page cache is durable from here
         seg.dirty = False
+        self.durable_offset = seg.next_offset
         self._load_producers(result.headers)
 
     @staticmethod
@@ -331,7 +334,13 @@ class PartitionLog:
 
     def flush(self) -> None:
         """fsync every appended byte (and the folder when files came or went)."""
-        self.begin_flush().run()
+        ticket = self.begin_flush()
+        ticket.run()
+        self.durable_offset = max(self.durable_offset, ticket.end_offset)
+
+    def flush_failed(self) -> None:
+        """An fsync handed out by ``begin_flush`` failed: the next flush must retry it."""
+        self.segments[-1].dirty = True
 
     def close(self) -> None:
         for seg in self.segments:
