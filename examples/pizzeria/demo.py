@@ -1,9 +1,10 @@
 """The whole pizzeria in one command, on free ports in a temp folder:
 
-    python examples/pizzeria/demo.py [--orders 200] [--keep]
+    python examples/pizzeria/demo.py [--orders 200] [--keep] [--hall python|node]
 
 Starts ``rail up`` with a copy of rail.toml, waits for every station to join, takes the
-orders with hall.py, waits until the tally has counted every ordered item, prints what each
+orders with hall.py (or, with ``--hall node``, the Node producer of
+examples/node), waits until the tally has counted every ordered item, prints what each
 station made, checks the counts and every group's lag, then stops ``rail up`` (SIGTERM,
 SIGKILL after a grace period).  Exits 1 with a FAIL line if any check fails.
 """
@@ -154,9 +155,10 @@ def check_kitchen(args: argparse.Namespace, config: dict[str, Any], api: str, da
         print("pizzeria: every station is at its post")
         started = time.monotonic()
         expected_path = data / "expected.json"
-        subprocess.run([sys.executable, str(HERE / "hall.py"), "--broker", api, "--orders",
-                        str(args.orders), "--expected", str(expected_path)], check=True,
-                       env=env())
+        hall = [sys.executable, str(HERE / "hall.py")] if args.hall == "python" else \
+            ["node", str(ROOT / "examples" / "node" / "producer.js")]  # npm ci there first
+        subprocess.run([*hall, "--broker", api, "--orders", str(args.orders), "--expected",
+                        str(expected_path)], check=True, env=env())
         expected = json.loads(expected_path.read_text())
         tally_path = data / "tally.json"
         tally = wait(lambda: (t := read_json(tally_path)) and t["dishes"] >= expected["total"]
@@ -219,6 +221,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="seconds to wait for the kitchen (default 120)")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (data, logs)")
+    ap.add_argument("--hall", choices=["python", "node"], default="python",
+                    help="who takes the orders: hall.py, or examples/node/producer.js")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rail-pizzeria-"))
     try:
