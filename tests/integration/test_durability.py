@@ -57,6 +57,13 @@ def produce_everything(producer: Producer, acks: AckLog, failure: list[BaseExcep
         failure.append(exc)
 
 
+def poll_until(consumer: Consumer, events: list[Any], count: int) -> None:
+    def enough() -> bool:
+        events.extend(consumer.poll(timeout_s=0.2))
+        return len(events) >= count
+    wait_for(enough, 20, what=f"{count} events")
+
+
 def read_log(broker: BrokerProcess) -> dict[int, list[tuple[int, int]]]:
     """Event number -> every (partition, offset) holding it; checks offsets have no gap."""
     where: dict[int, list[tuple[int, int]]] = {}
@@ -86,7 +93,7 @@ def test_acked_events_survive_kill_9_and_the_idempotent_retry_duplicates_nothing
     data = tmp_path / "data"
     broker = start_broker(data, "--config", str(config))
     api_port, ingest_port = port_of(broker.api), port_of(broker.ingest)
-    acks, failure = AckLog(), []
+    acks, failure = AckLog(), list[BaseException]()
     producer = Producer(broker.api, acks="all", request_timeout_s=2.0, delivery_timeout_s=90)
     sender = threading.Thread(target=produce_everything, args=(producer, acks, failure),
                               daemon=True)
@@ -142,9 +149,7 @@ def test_committed_offsets_survive_a_broker_restart(tmp_path: Path, how: str) ->
             for n in range(300):
                 producer.send("tickets", n, partition=n % 3)
         with Consumer(broker.api, group="bar", topics=["tickets"]) as consumer:
-            taken: list[int] = []
-            wait_for(lambda: taken.extend(e.value for e in consumer.poll(0.2)) or len(taken) >= 300,
-                     20, what="all 300 tickets")
+            poll_until(consumer, [], 300)
             consumer.commit({("tickets", 0): 40, ("tickets", 1): 57, ("tickets", 2): 1})
         expected = {("tickets", 0): 40, ("tickets", 1): 57, ("tickets", 2): 1}
 
@@ -160,8 +165,7 @@ def test_committed_offsets_survive_a_broker_restart(tmp_path: Path, how: str) ->
         assert committed == expected
         with Consumer(broker.api, group="bar", topics=["tickets"]) as consumer:
             resumed: list[Any] = []
-            wait_for(lambda: resumed.extend(consumer.poll(0.2)) or len(resumed) >= 202, 20,
-                     what="the uncommitted rest")
+            poll_until(consumer, resumed, 202)
         firsts = {p: min(e.offset for e in resumed if e.partition == p) for p in range(3)}
         assert firsts == {0: 40, 1: 57, 2: 1}, "a restarted group resumes at its commits"
         assert len(resumed) == 300 - 98

@@ -146,6 +146,7 @@ def test_members_split_partitions_and_survivors_take_over_a_killed_member_at_its
             return split if all(ids[mid].assignment() == parts
                                 for mid, parts in split.items()) else None
         split = wait_for(settled, 30, what="three members to agree on an assignment")
+        assert split is not None
         dealt = sorted(part for parts in split.values() for part in parts)
         assert dealt == list(range(PARTITIONS)), f"assignments overlap or miss: {split}"
         assert all(len(parts) == 2 for parts in split.values())

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import pytest
+import zmq
 
 from brokerd import protocol as p
-from runtime.client import Consumer, Event, Producer
+from runtime.client import BrokerError, Consumer, Event, Producer
 from tests.helpers import BrokerProcess, wait_for
 from tests.integration.wire import RawClient, read_partition
 
@@ -105,13 +106,17 @@ def test_a_key_lands_in_the_same_partition_from_the_client_the_broker_and_ingest
     with RawClient(broker.api) as raw:
         raw.ok("create_topic", topic="keyed", partitions=7)
         acked: dict[int, int] = {}
+
+        def on_ack(i: int) -> Callable[[int, int, BrokerError | None], None]:
+            def record(partition: int, _offset: int, error: BrokerError | None) -> None:
+                assert error is None
+                acked[i] = partition
+            return record
         with Producer(broker.api) as producer:
             for i, key in enumerate(keys):
-                producer.send("keyed", i, key=key,
-                              callback=lambda part, _off, err, i=i: acked.__setitem__(i, part))
+                producer.send("keyed", i, key=key, callback=on_ack(i))
         for i, key in enumerate(keys):  # unpartitioned: the broker hashes the key
             raw.ok("produce", topic="keyed", records=[[1000 + i, key]])
-        import zmq
         push = raw.context.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 1000)
         push.connect(broker.ingest)
@@ -129,6 +134,7 @@ def test_a_key_lands_in_the_same_partition_from_the_client_the_broker_and_ingest
                     found[number] = part
             return found if len(found) == 2 * len(keys) + ingested else None
         placed = wait_for(where, 15, what="every keyed record")
+        assert placed is not None
 
     for i, key in enumerate(keys):
         expected = p.partition_for_key(key, 7)
