@@ -235,7 +235,7 @@ class Handlers:
     def _fetch_reply(self, topic: Topic, req: p.Fetch) -> p.FetchReply:
         plog = topic.partition(req.partition)
         batches = plog.read(req.offset, req.max_bytes)
-        wire = _wire(batches)
+        wire = _wire(batches, req.raw_records)
         counters = topic.counters[req.partition]
         counters.records_out += sum(b.header.record_count for b in batches)
         counters.bytes_out += _reply_bytes(wire)
@@ -286,7 +286,7 @@ class Handlers:
             batches = plog.read(pos, budget)
             if not batches:
                 continue
-            wire = _wire(batches)
+            wire = _wire(batches, req.raw_records)
             group.positions[tp] = batches[-1].header.next_offset
             used = _reply_bytes(wire)
             budget -= used
@@ -447,7 +447,10 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def _wire(batches: list[Any]) -> list[p.WireBatch]:
+def _wire(batches: list[Any], as_bin: bool) -> list[p.WireBatch]:
+    if as_bin:
+        return [(b.header.base_offset, b.header.append_timestamp, bytes(b.payload))
+                for b in batches]
     return [(b.header.base_offset, b.header.append_timestamp, msgspec.Raw(b.payload))
             for b in batches]
 

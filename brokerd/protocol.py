@@ -81,6 +81,8 @@ class Fetch(_Request, tag="fetch"):
     max_bytes: FetchBytes = DEFAULT_FETCH_BYTES
     max_wait_ms: WaitMs = 0
     min_bytes: NonNeg = 1
+    raw_records: bool = False
+    """Send each batch's records as one bin of the stored msgpack bytes, not inline."""
 
 
 class Join(_Request, tag="join"):
@@ -104,6 +106,8 @@ class Poll(_Request, tag="poll"):
     member_id: str
     max_bytes: FetchBytes = DEFAULT_FETCH_BYTES
     max_wait_ms: WaitMs = 0
+    raw_records: bool = False
+    """As for fetch: records as one bin per batch, for clients that decode record by record."""
 
 
 class Commit(_Request, tag="commit"):
@@ -194,8 +198,9 @@ class ProduceReply(_Reply, tag="produce"):
     duplicate: bool = False
 
 
-# A stored batch as sent: [base_offset, append_timestamp, records].
-WireBatch = tuple[int, int, msgspec.Raw]
+# A stored batch as sent: [base_offset, append_timestamp, records], where records is the
+# msgpack array inline, or (raw_records) a bin holding that array's bytes.
+WireBatch = tuple[int, int, msgspec.Raw | bytes]
 
 
 class PartitionData(msgspec.Struct, kw_only=True):
