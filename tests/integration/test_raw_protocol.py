@@ -543,3 +543,24 @@ def test_ingest_over_push_stores_raw_frames_as_bin(broker: BrokerProcess,
     assert [b"no key here"] in everything
     counts = client.ok("stats")["stats"]["counts"]
     assert counts.get("ingest_invalid") == 1 and counts.get("ingest_records") == 2
+
+
+def test_raw_records_lets_a_client_skip_a_value_its_library_cannot_decode(
+        client: RawClient) -> None:
+    records = [[{b"bytes-key": 1}], ["fine"]]
+    stored = msgpack.packb(records, use_bin_type=True)
+    client.ok("create_topic", topic="odd", partitions=1)
+    client.ok("produce", topic="odd", partition=0, records=records)
+    fetched = client.ok("fetch", topic="odd", partition=0, offset=0, raw_records=True)
+    [[base, _, raw]] = fetched["batches"]
+    assert base == 0 and raw == stored, "one bin holding the stored bytes exactly"
+    joined = client.ok("join", group="odd-readers", topics=["odd"])
+    polled = client.ok("poll", group="odd-readers", member_id=joined["member_id"],
+                       raw_records=True)
+    [data] = polled["partitions"]
+    assert data["batches"][0][2] == stored
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(raw)
+    assert unpacker.read_array_header() == 2, "the bin is the records array, record by record"
+    assert unpacker.unpack() == [{b"bytes-key": 1}]
+    assert unpacker.unpack() == ["fine"]
