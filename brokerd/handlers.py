@@ -449,10 +449,13 @@ def _array_header(n: int) -> bytes:
 
 def _wire(batches: list[Any], as_bin: bool) -> list[p.WireBatch]:
     if as_bin:
-        return [(b.header.base_offset, b.header.append_timestamp, bytes(b.payload))
-                for b in batches]
+        return [(b.header.base_offset, b.header.append_timestamp,
+                 msgspec.Raw(_encode_bin(b.payload))) for b in batches]
     return [(b.header.base_offset, b.header.append_timestamp, msgspec.Raw(b.payload))
             for b in batches]
+
+
+_encode_bin = msgspec.msgpack.Encoder().encode
 
 
 def _reply_bytes(wire: list[p.WireBatch]) -> int:

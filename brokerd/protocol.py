@@ -200,7 +200,7 @@ class ProduceReply(_Reply, tag="produce"):
 
 # A stored batch as sent: [base_offset, append_timestamp, records], where records is the
 # msgpack array inline, or (raw_records) a bin holding that array's bytes.
-WireBatch = tuple[int, int, msgspec.Raw | bytes]
+WireBatch = tuple[int, int, msgspec.Raw]
 
 
 class PartitionData(msgspec.Struct, kw_only=True):
