@@ -36,6 +36,7 @@ __all__ = ["Producer", "Consumer", "Event", "BrokerError", "BrokerUnavailable", 
 
 _encode = msgspec.msgpack.Encoder().encode
 RETRIABLE = {"STORAGE_ERROR", "UNAVAILABLE", "SHUTTING_DOWN"}
+WINDOW = 5  # batches per partition the broker remembers for duplicate detection
 Callback = Callable[[int, int, "BrokerError | None"], None]
 
 
@@ -65,7 +66,7 @@ class Producer:
         self.acks = acks
         self.batch_size = batch_size
         self.linger_s = linger_ms / 1000
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = min(max_in_flight, WINDOW)
         self.producer_id = random.getrandbits(62) + 1 if idempotent and acks != 0 else 0
         self.request_timeout_s = request_timeout_s
         self.delivery_timeout_s = delivery_timeout_s
@@ -161,7 +162,9 @@ class Producer:
         self._sequences[tp] = seq + len(records)
         batch = _Batch(tp[0], tp[1], records, seq if self.producer_id else -1,
                        self._callbacks.pop(tp, []))
-        while len(self._in_flight) >= self.max_in_flight * max(1, len(self._unacked)):
+        # At most WINDOW batches in flight per partition: the broker recognises a retry only
+        # among a producer's last five batches of a partition.
+        while len(self._unacked.get(tp, ())) >= self.max_in_flight:
             self._receive(self.request_timeout_s)
         self._transmit(batch)
         if self.acks != 0:
@@ -223,7 +226,8 @@ class Producer:
     def _resend_from(self, tp: tuple[str, int]) -> None:
         """Resend every unacked batch of ``tp`` in order (the broker drops duplicates)."""
         for batch in self._unacked.get(tp, ()):
-            self._in_flight.pop(batch.request_id, None)
+            if self._in_flight.pop(batch.request_id, None) is not None:
+                self.conn.unwatched(batch.request_id)  # its late reply is dropped on arrival
             self._transmit(batch)
 
     def _retry_stale(self) -> None:
