@@ -21,7 +21,8 @@ from runtime.config import DEFAULT_CONTROL, ConfigError, WorkerSpec, check_name,
 from runtime.registry import validate_script
 
 if TYPE_CHECKING:
-    from runtime.supervisor import Supervisor, Watcher
+    from runtime.process import Watcher
+    from runtime.supervisor import Supervisor
 
 LOG = logging.getLogger("rail.supervisor")
 

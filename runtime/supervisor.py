@@ -10,19 +10,16 @@ killed by SIGKILL leaves no orphans.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
-import psutil
 import zmq
 
 from brokerd import protocol as p
@@ -30,132 +27,15 @@ from brokerd.protocol import EXIT_BIND, EXIT_CONFIG
 from runtime.config import RailConfig, WorkerSpec
 from runtime.connection import BrokerError, Connection
 from runtime.control import ControlHandlers, ControlServer
-from runtime.policy import Backoff, Health, Intensity, RestartPolicy
+from runtime.policy import Health
+from runtime.process import BrokerChild, Child, Replica, Watcher, child_env, describe_exit
 from runtime.registry import Registry
 
 LOG = logging.getLogger("rail.supervisor")
-ROOT = Path(__file__).resolve().parent.parent
-PR_SET_PDEATHSIG = 1
 TICK_S = 1.0  # health checks, escalations and samples happen at most this often when idle
 SAMPLE_EVERY_S = 2.0
 STATUS_INTEREST_S = 10.0  # keep sampling CPU/RSS this long after the last status request
 BROKER_READY_S = 20.0
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def die_with(parent_pid: int) -> Callable[[], None]:
-    """A preexec_fn: the child gets SIGKILL when its parent dies (and dies now if it already
-    did: the parent may have gone between fork and prctl)."""
-    def preexec() -> None:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-    return preexec
-
-
-class Child:
-    """One OS process the supervisor started; ``sample`` keeps psutil's CPU baseline."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> None:
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         env=env, cwd=cwd, process_group=0,
-                                         preexec_fn=die_with(os.getpid()))
-        self.pid = self.proc.pid
-        self.started_at = time.monotonic()
-        self.cpu_percent = 0.0
-        self.rss = 0
-        self._sample: psutil.Process | None = None
-
-    def sample(self) -> None:
-        try:
-            if self._sample is None:
-                self._sample = psutil.Process(self.pid)
-            self.cpu_percent = self._sample.cpu_percent(None)
-            self.rss = self._sample.memory_info().rss
-        except psutil.Error:
-            pass
-
-    def signal(self, signum: int) -> None:
-        if self.proc.returncode is None:
-            try:
-                self.proc.send_signal(signum)
-            except ProcessLookupError:
-                pass
-
-
-class Replica:
-    """Slot ``index`` of a worker: its current process (if any) and its restart state."""
-
-    def __init__(self, index: int, member_id: str, backoff: Backoff) -> None:
-        self.index = index
-        self.member_id = member_id
-        self.backoff = backoff
-        self.child: Child | None = None
-        self.health: Health | None = None
-        self.restart_at: float | None = None
-        self.kill_at: float | None = None  # SIGKILL if still alive then (after a SIGTERM)
-        self.then = ""  # after the next exit: "" = per policy, "restart", "retire"
-
-
-class Watcher:
-    """One worker name: ``spec.replicas`` processes of one script in one group."""
-
-    def __init__(self, name: str, spec: WorkerSpec, registered: bool) -> None:
-        self.name = name
-        self.spec = spec
-        self.registered = registered
-        self.policy = RestartPolicy(spec.policy)
-        self.intensity = Intensity(spec.max_restarts, spec.within_s)
-        self.replicas: dict[int, Replica] = {}
-        self.restarts = 0
-        self.recycles = 0  # graceful restarts past max_rss_mb (not counted as crashes)
-        self.processed_before = 0
-        self.failed_before = 0
-        self.failed = ""  # why it was given up on; "" while supervised
-        self.removing = False
-
-    def new_replica(self, index: int) -> Replica:
-        backoff = Backoff(self.spec.backoff_s, self.spec.backoff_max_s,
-                          stable_s=max(10.0, self.spec.backoff_max_s))
-        replica = Replica(index, f"{self.name}-{index}", backoff)
-        self.replicas[index] = replica
-        return replica
-
-    def alive(self) -> list[Replica]:
-        return [r for r in self.replicas.values() if r.child is not None]
-
-    def state(self) -> str:
-        if self.failed:
-            return "failed"
-        alive = len(self.alive())
-        if self.removing or any(r.then == "retire" for r in self.replicas.values()):
-            return "stopping"
-        if alive >= self.spec.replicas:
-            return "running" if alive else "stopped"
-        if any(r.restart_at is not None for r in self.replicas.values()):
-            return "restarting"
-        return "degraded" if alive else "exited"
-
-
-class Broker:
-    """brokerd as a supervised child (or a running broker we only talk to)."""
-
-    def __init__(self, config: RailConfig, endpoint: str) -> None:
-        self.config = config
-        self.endpoint = endpoint
-        self.external = bool(endpoint)
-        self.child: Child | None = None
-        self.backoff = Backoff(0.2, 5.0, stable_s=10.0)
-        self.intensity = Intensity(5, 60.0)
-        self.restart_at: float | None = None
-        self.restarts = 0
-        self.failed = ""
-
-    def argv(self) -> list[str]:
-        b = self.config.broker
-        return [sys.executable, "-m", "brokerd", "--data-dir", b.data_dir, "--bind", b.bind,
-                "--ingest", b.ingest]
 
 
 class Supervisor:
@@ -165,7 +45,7 @@ class Supervisor:
         self.data_dir = Path(config.broker.data_dir)
         self.logs = self.data_dir / "logs"
         self.registry = Registry(self.data_dir)
-        self.broker = Broker(config, broker_endpoint or config.broker.endpoint)
+        self.broker = BrokerChild(config, broker_endpoint or config.broker.endpoint)
         self.watchers: dict[str, Watcher] = {}
         for name, spec in config.workers.items():
             self.watchers[name] = Watcher(name, spec, registered=False)
@@ -559,24 +439,6 @@ class Supervisor:
         self.registry.put(name, spec)
         watcher = self.watchers[name] = Watcher(name, spec, registered=True)
         self.start_watcher(watcher)
-
-
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                     else "")
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"code {code}"
 
 
 def drain(sock: socket.socket) -> None:

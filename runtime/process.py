@@ -1,0 +1,159 @@
+"""What the supervisor supervises: OS processes (``Child``), a worker's replica slots
+(``Replica``), one worker name with its policy (``Watcher``), and brokerd (``BrokerChild``).
+
+Plain state and small behaviour; the supervisor's loop decides.  Used from that loop's
+thread only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from runtime.config import RailConfig, WorkerSpec
+from runtime.policy import Backoff, Health, Intensity, RestartPolicy
+
+ROOT = Path(__file__).resolve().parent.parent
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when its parent dies (and dies now if it already
+    did: the parent may have gone between fork and prctl)."""
+    def preexec() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+    return preexec
+
+
+class Child:
+    """One OS process the supervisor started; ``sample`` keeps psutil's CPU baseline."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> None:
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         env=env, cwd=cwd, process_group=0,
+                                         preexec_fn=die_with(os.getpid()))
+        self.pid = self.proc.pid
+        self.started_at = time.monotonic()
+        self.cpu_percent = 0.0
+        self.rss = 0
+        self._sample: psutil.Process | None = None
+
+    def sample(self) -> None:
+        try:
+            if self._sample is None:
+                self._sample = psutil.Process(self.pid)
+            self.cpu_percent = self._sample.cpu_percent(None)
+            self.rss = self._sample.memory_info().rss
+        except psutil.Error:
+            pass
+
+    def signal(self, signum: int) -> None:
+        if self.proc.returncode is None:
+            try:
+                self.proc.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+
+class Replica:
+    """Slot ``index`` of a worker: its current process (if any) and its restart state."""
+
+    def __init__(self, index: int, member_id: str, backoff: Backoff) -> None:
+        self.index = index
+        self.member_id = member_id
+        self.backoff = backoff
+        self.child: Child | None = None
+        self.health: Health | None = None
+        self.restart_at: float | None = None
+        self.kill_at: float | None = None  # SIGKILL if still alive then (after a SIGTERM)
+        self.then = ""  # after the next exit: "" = per policy, "restart", "retire"
+
+
+class Watcher:
+    """One worker name: ``spec.replicas`` processes of one script in one group."""
+
+    def __init__(self, name: str, spec: WorkerSpec, registered: bool) -> None:
+        self.name = name
+        self.spec = spec
+        self.registered = registered
+        self.policy = RestartPolicy(spec.policy)
+        self.intensity = Intensity(spec.max_restarts, spec.within_s)
+        self.replicas: dict[int, Replica] = {}
+        self.restarts = 0
+        self.recycles = 0  # graceful restarts past max_rss_mb (not counted as crashes)
+        self.processed_before = 0
+        self.failed_before = 0
+        self.failed = ""  # why it was given up on; "" while supervised
+        self.removing = False
+
+    def new_replica(self, index: int) -> Replica:
+        backoff = Backoff(self.spec.backoff_s, self.spec.backoff_max_s,
+                          stable_s=max(10.0, self.spec.backoff_max_s))
+        replica = Replica(index, f"{self.name}-{index}", backoff)
+        self.replicas[index] = replica
+        return replica
+
+    def alive(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if r.child is not None]
+
+    def state(self) -> str:
+        if self.failed:
+            return "failed"
+        alive = len(self.alive())
+        if self.removing or any(r.then == "retire" for r in self.replicas.values()):
+            return "stopping"
+        if alive >= self.spec.replicas:
+            return "running" if alive else "stopped"
+        if any(r.restart_at is not None for r in self.replicas.values()):
+            return "restarting"
+        return "degraded" if alive else "exited"
+
+
+class BrokerChild:
+    """brokerd as a supervised child (or a running broker we only talk to)."""
+
+    def __init__(self, config: RailConfig, endpoint: str) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.external = bool(endpoint)
+        self.child: Child | None = None
+        self.backoff = Backoff(0.2, 5.0, stable_s=10.0)
+        self.intensity = Intensity(5, 60.0)
+        self.restart_at: float | None = None
+        self.restarts = 0
+        self.failed = ""
+
+    def argv(self) -> list[str]:
+        b = self.config.broker
+        return [sys.executable, "-m", "brokerd", "--data-dir", b.data_dir, "--bind", b.bind,
+                "--ingest", b.ingest]
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                     else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
