@@ -233,7 +233,8 @@ def one_run(folder: Path, script: Path, sizes: dict[str, Any]) -> dict[str, Any]
     run["load_avg_1m"] = os.getloadavg()[0]
     if stall is not None and after is not None:
         run["cpu_wait_pct"] = (after - stall) / 1e4 / seconds
-    run.update(solo_over_raw=run["solo"] / run["raw"], solo_over_dramatiq=run["solo"] / run["dramatiq"],
+    run.update(solo_over_raw=run["solo"] / run["raw"], overhead_us=1e6 / run["solo"] - 1e6 / run["raw"],
+               solo_over_dramatiq=run["solo"] / run["dramatiq"],
                live_over_dramatiq=run["live"] / run["dramatiq"])
     restarts = run["restarts"]
     run["restart_ms"] = median(r["first_event_ms"] for r in restarts)
@@ -274,7 +275,7 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {"figure": "  of which: kill -> new process started", "value": f"{median(spawns):.0f} ms"},
         {"figure": "raw group consume (Consumer poll + commit)", "value": rate(m["raw"])},
         {"figure": "1 worker / raw consume (runtime overhead)",
-         "value": f"{m['solo_over_raw']:.0%} ({1e6 / m['solo'] - 1e6 / m['raw']:+.2f} µs/event)"},
+         "value": f"{m['solo_over_raw']:.0%} ({m['overhead_us']:+.2f} µs/event)"},
         {"figure": "2 replicas x 2 partitions under rail up", "value": rate(m["two"])},
         {"figure": "  events handled twice (2nd replica joins late)", "value": f"{m['two_redelivered']:,.0f}"},
         {"figure": "1 worker, producer send()ing concurrently", "value": rate(m["live"])},
@@ -285,7 +286,7 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def report(runs: list[dict[str, Any]], sizes: dict[str, Any], command: str) -> str:
-    columns = ["run", ("raw", "raw consume"), ("solo", "1 worker"), ("two", "2x2"), ("two_redelivered", "2x2 redeliv."),
+    columns = ["run", ("raw", "raw consume"), ("solo", "1 worker"), ("solo_over_raw", "1 worker/raw"), ("two", "2x2"), ("two_redelivered", "2x2 redeliv."),
                ("live", "live"), ("live_producer", "live producer"), "dramatiq", ("sup_rss", "sup MB"),
                ("worker_rss_max", "worker MB"), ("broker_rss", "broker MB"), ("tree_cpu_pct", "idle CPU %"),
                ("supervisor_cpu_pct", "sup %"), ("broker_cpu_pct", "broker %"), ("workers_cpu_pct", "workers %"),
