@@ -54,7 +54,8 @@ __all__ = ["Context", "Worker", "Script", "ScriptError", "load_script", "run", "
 
 HEALTH_INTERVAL_S = 1.0
 FIRST_BACKOFF_S = 0.05
-POLL_TIMEOUT_S = 0.5
+POLL_TIMEOUT_S = 5.0  # a stop interrupts an idle poll at once (request_stop), so wait long
+HEALTH_IDLE_EVERY_S = 5.0  # while idle and unchanged, report this often instead
 Handler = Callable[[Event, "Context"], Any]
 
 
@@ -172,10 +173,14 @@ class Worker:
 
     def _step(self, consumer: Consumer) -> None:
         self.idle = True
-        events = consumer.poll(POLL_TIMEOUT_S)
+        try:
+            events = consumer.poll(POLL_TIMEOUT_S)
+        except StopPolling:
+            return  # nothing in hand: what was polled is delivered again after the restart
+        finally:
+            self.idle = False
         if not events:
             return
-        self.idle = False
         done = self._handle_all_async(events) if self.loop else self._handle_all(events)
         self.producer.flush()
         if done == len(events):
@@ -269,8 +274,18 @@ class Worker:
                       self.processed, self.failed)
 
     def request_stop(self, *_: object) -> None:
-        """Signal handler: only set the flag; the loop finishes the event in hand."""
+        """Signal handler: set the flag; the loop finishes the event in hand.
+
+        While the loop only waits in a poll, nothing is in hand: interrupt the wait.
+        """
         self.stopping = True
+        if self.idle:
+            self.idle = False
+            raise StopPolling
+
+
+class StopPolling(Exception):
+    """Raised by the stop signal into an idle poll, so that a stop needs no short timeout."""
 
 
 def handled_offsets(events: list[Event]) -> dict[tuple[str, int], int]:
@@ -297,12 +312,17 @@ class HealthReporter(threading.Thread):
             sock.setsockopt(zmq.SNDHWM, 2)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self.endpoint)
-        orphaned_at = 0.0
+        orphaned_at = sent_at = 0.0
+        sent: tuple[int, int, str] | None = None
         while True:
             now = time.monotonic()
-            if sock is not None:
+            w = self.worker
+            mark = (w.processed, w.failed, w.state)
+            busy = not w.idle
+            if sock is not None and (busy or mark != sent or now - sent_at >= HEALTH_IDLE_EVERY_S):
                 try:
                     sock.send(msgspec.msgpack.encode(self.report(now)), zmq.NOBLOCK)
+                    sent, sent_at = mark, now
                 except zmq.ZMQError:
                     pass  # nobody listening right now: never block the worker
             if os.getppid() != self.parent:
