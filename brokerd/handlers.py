@@ -340,6 +340,7 @@ class Handlers:
     def handle_seek(self, req: p.Seek) -> p.Reply:
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         self.coordinator.seek(group, member.member_id, (req.topic, req.partition), req.offset)
+        self.waiting.group_changed(group.name)  # a parked poll answers from the new position
         return p.SeekReply(id=req.id)
 
     def handle_leave(self, req: p.Leave) -> p.Reply:

@@ -106,7 +106,7 @@ class Producer:
             buf.append(record)
             if callback is not None:
                 self._callbacks.setdefault(tp, []).append(callback)
-            if len(buf) >= self.batch_size:
+            if len(buf) >= self.batch_size or not self.linger_s:
                 self._ship(tp)
 
     def send_many(self, topic: str, values: list[Any], key: Any = None,
@@ -368,6 +368,8 @@ class Consumer:
         self.positions: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
         self._poll_id: int | None = None
+        self._poll_sent_at = 0.0
+        self._floors: dict[tuple[str, int], int] = {}  # after a seek: drop events below
         self._closed = threading.Event()
         self._heartbeat_ok = threading.Event()
         self._join()
@@ -408,37 +410,51 @@ class Consumer:
 
     # -- polling ----------------------------------------------------------------------
     def poll(self, timeout_s: float = 1.0) -> list[Event]:
-        """Return the next events of the assigned partitions (maybe none after timeout)."""
+        """Return the next events of the assigned partitions (maybe none after timeout).
+
+        One poll request is always parked at the broker, even between calls, so events
+        that arrive while the caller works are on their way at once.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
-            remaining = deadline - time.monotonic()
             if self._poll_id is None:
-                self._send_poll(max(0, min(int(remaining * 1000), p.MAX_WAIT_MS)))
-            reply = self._await_poll(max(remaining, 0) + 5.0)
+                self._send_poll()
+            reply = self._await_poll(max(0.0, deadline - time.monotonic()))
             events = [] if reply is None else self._take(reply)
             if events:
-                self._send_poll(0)  # prefetch while the caller works
+                self._send_poll()
                 return events
             if time.monotonic() >= deadline:
                 return []
 
-    def _send_poll(self, wait_ms: int) -> None:
+    @property
+    def _long_wait_ms(self) -> int:
+        return min(5000, self.session_timeout_ms // 2)
+
+    def _send_poll(self) -> None:
+        self._poll_sent_at = time.monotonic()
         self._poll_id = self.conn.send(p.Poll(group=self.group, member_id=self.member_id,
-                                              max_bytes=self.max_bytes, max_wait_ms=wait_ms))
+                                              max_bytes=self.max_bytes,
+                                              max_wait_ms=self._long_wait_ms))
 
     def _await_poll(self, timeout_s: float) -> _PollReply | None:
+        """The parked poll's reply if it comes within ``timeout_s``, else None (still parked)."""
         rid = self._poll_id
         assert rid is not None
+        if not self.conn.arrived(rid, timeout_s):
+            overdue = time.monotonic() - self._poll_sent_at - self._long_wait_ms / 1000
+            if overdue > self.conn.timeout_s:
+                self._poll_id = None
+                raise BrokerUnavailable(self.conn.endpoint, self.conn.timeout_s)
+            return None
+        self._poll_id = None
         try:
-            reply = self.conn.wait(rid, timeout_s, decoder=_poll_decoder)
+            return self.conn.wait(rid, 0, decoder=_poll_decoder)
         except BrokerError as exc:
-            self._poll_id = None
             if exc.code == "NOT_MEMBER":
                 self._join()
                 return None
             raise
-        self._poll_id = None
-        return reply
 
     def _take(self, reply: _PollReply) -> list[Event]:
         if reply.generation >= self.generation:  # a prefetched reply may predate a rebalance
@@ -450,6 +466,9 @@ class Consumer:
             if tp not in owned:
                 continue
             got = events_of(data)
+            floor = self._floors.pop(tp, None)
+            if floor is not None:
+                got = [e for e in got if e.offset >= floor]
             if got:
                 self.positions[tp] = got[-1].offset + 1
                 events.extend(got)
@@ -493,19 +512,15 @@ class Consumer:
         self._set_assignment(reply.generation, reply.assignment)
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
-        """Read ``topic[partition]`` from ``offset`` next (it must be assigned to us)."""
-        self._drop_prefetch()
+        """Read ``topic[partition]`` from ``offset`` next (it must be assigned to us).
+
+        A reply already on its way may still carry events from before the seek: those
+        below ``offset`` are dropped; after a seek backwards, some may come twice.
+        """
         self.conn.call(p.Seek(group=self.group, member_id=self.member_id, topic=topic,
                               partition=partition, offset=offset))
         self.positions[(topic, partition)] = offset
-
-    def _drop_prefetch(self) -> None:
-        if self._poll_id is not None:
-            try:
-                self.conn.wait(self._poll_id, decoder=_poll_decoder)
-            except BrokerError:
-                pass
-            self._poll_id = None
+        self._floors[(topic, partition)] = offset
 
     def close(self) -> None:
         """Leave the group (its partitions move to the others at once) and close."""

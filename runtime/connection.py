@@ -81,6 +81,16 @@ class Connection:
             self.keep(*got)
         return check(decoder.decode(self._stash.pop(request_id)))
 
+    def arrived(self, request_id: int, timeout_s: float) -> bool:
+        """Receive until the reply to ``request_id`` is in, or ``timeout_s`` passed."""
+        deadline = time.monotonic() + timeout_s
+        while request_id not in self._stash:
+            got = self.recv(max(0.0, deadline - time.monotonic()))
+            if got is None:
+                return False
+            self.keep(*got)
+        return True
+
     def unwatched(self, request_id: int) -> None:
         """Nobody waits for this reply: drop it when it comes, keeping only an error."""
         self._unwatched.add(request_id)
