@@ -66,6 +66,9 @@ class Segment:
         self.corrupt_at: int | None = None
         self.corrupt_why = ""
         self.dirty = False
+        # Where recent reads ended and the last append ended (offset -> byte position), so a
+        # consumer at the tail starts there instead of walking from the last index entry.
+        self._starts: dict[int, int] = {}
 
     # -- scanning -------------------------------------------------------------------
     def scan(self, start: int, next_offset: int, max_ts: int, dense: bool,
@@ -138,6 +141,7 @@ class Segment:
         self.index.maybe_add(header.base_offset, pos, header.size, self.max_timestamp)
         self.size = pos + header.size
         self.next_offset = header.next_offset
+        self._remember(header.next_offset, self.size)
         self.max_timestamp = max(self.max_timestamp, header.max_timestamp)
         if self.first_append_ms is None:
             self.first_append_ms = header.append_timestamp
@@ -154,6 +158,7 @@ class Segment:
         os.ftruncate(self.fd, pos)
         self.size = pos
         self.index.truncate_after(pos)
+        self._starts.clear()
         self.dirty = True
 
     # -- reading --------------------------------------------------------------------
@@ -164,7 +169,9 @@ class Segment:
         """
         if offset >= self.next_offset:
             return []
-        _, pos = self.index.lookup(offset)
+        pos = self._starts.get(offset)
+        if pos is None:
+            _, pos = self.index.lookup(offset)
         end = self.size if self.corrupt_at is None else self.corrupt_at
         slack = self.index.interval + HEADER_SIZE  # the index entry may lie this far back
         out: list[StoredBatch] = []
@@ -187,9 +194,16 @@ class Segment:
             pos += consumed
             if out and cut > max_bytes - used + slack:
                 break  # the next read would be too short for the cut batch: skip making it
+        if out:
+            self._remember(out[-1].header.next_offset, pos)
         if self.corrupt_at is not None and pos >= self.corrupt_at and used < max_bytes:
             raise CorruptLogError(str(self.log_path), self.corrupt_at, self.corrupt_why)
         return out
+
+    def _remember(self, offset: int, pos: int) -> None:
+        if len(self._starts) >= 1024:
+            self._starts.clear()
+        self._starts[offset] = pos
 
     def _walk(self, chunk: memoryview, file_pos: int, offset: int, max_bytes: int,
               used: int, out: list[StoredBatch], verify: bool) -> tuple[int, int, int]:
@@ -244,3 +258,4 @@ class Segment:
         self.close()
         self.fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND)
         self.size = os.fstat(self.fd).st_size
+        self._starts.clear()
