@@ -81,6 +81,9 @@ class Handlers:
     def send_error(self, client: Client, request_id: int, exc: RailError) -> None:
         raise NotImplementedError
 
+    def sessions_changed(self) -> None:
+        raise NotImplementedError
+
     # -- frames to typed requests -----------------------------------------------------
     def handle_frames(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
@@ -318,6 +321,7 @@ class Handlers:
         group, member = self.coordinator.join(
             req.group, req.member_id, req.topics, req.session_timeout_ms, req.start,
             req.client_id, _mono_ms())
+        self.sessions_changed()
         return p.JoinReply(id=req.id, member_id=member.member_id, generation=group.generation,
                            assignment=group.assignment_of(member.member_id),
                            heartbeat_interval_ms=max(req.session_timeout_ms // 3, 50))

@@ -33,6 +33,8 @@ from brokerd.waiters import AckQueue, Client, WaitingRoom
 
 log = logging.getLogger("brokerd")
 DRAIN = 256  # messages taken from one socket per loop turn before looking at the others
+# Plain ints: pyzmq's flag enums cost a microsecond per | on the hot path.
+NOBLOCK, EVENTS, POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class Broker(Handlers):
@@ -57,6 +59,7 @@ class Broker(Handlers):
                           self.pull.getsockopt_string(zmq.LAST_ENDPOINT))
         self._stopping = False
         self._next_flush: dict[str, float] = {}
+        self._expiry_at: float | None = None
         self._next_offsets_flush = 0.0
         self._covered: dict[PartitionLog, int] = {}
         self._next_retention = time.monotonic() + config.retention_check_ms / 1000
@@ -77,6 +80,14 @@ class Broker(Handlers):
         p = self.topics.get(topic).partition(partition)
         return p.start_offset, p.end_offset
 
+    def sessions_changed(self) -> None:
+        """Recompute when the next session may expire (after a join or an expiry).
+
+        Heartbeats only push expiries later, so a stale, earlier time costs one early check.
+        """
+        expiry = self.coordinator.next_expiry()
+        self._expiry_at = None if expiry is None else expiry / 1000
+
     def _rebalanced(self, group: Group) -> None:
         log.info("group %s generation %d: %d member(s)", group.name, group.generation,
                  len(group.members))
@@ -88,7 +99,7 @@ class Broker(Handlers):
         body = self.encoder.encode(reply)
         frames = [identity, b"", body] if req else [identity, body]
         try:
-            self.api.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(body) < 65536)
+            self.api.send_multipart(frames, flags=NOBLOCK, copy=len(body) < 65536)
         except zmq.Again:
             self.stats.count("replies_dropped")
 
@@ -141,12 +152,11 @@ class Broker(Handlers):
             pass
 
     def _drain_api(self) -> None:
+        api = self.api
         for _ in range(DRAIN):
-            try:
-                frames = self.api.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not int(api.getsockopt(EVENTS)) & POLLIN:  # cheaper than ending on zmq.Again
                 return
-            self.handle_frames(frames)
+            self.handle_frames(api.recv_multipart(flags=NOBLOCK, copy=False))
 
     def _timeout_ms(self) -> int | None:
         now = time.monotonic()
@@ -157,16 +167,17 @@ class Broker(Handlers):
         waiter = self.waiting.next_deadline()
         if waiter is not None:
             deadlines.append(waiter)
-        expiry = self.coordinator.next_expiry()
-        if expiry is not None:
-            deadlines.append(expiry / 1000)
+        if self._expiry_at is not None:
+            deadlines.append(self._expiry_at)
         return max(0, int((min(deadlines) - now) * 1000) + 1)
 
     def _timers(self) -> None:
         now = time.monotonic()
         self.waiting.expire(now)
-        for group, member in self.coordinator.expire(int(now * 1000)):
-            log.info("group %s: member %s session expired", group, member)
+        if self._expiry_at is not None and now >= self._expiry_at:
+            for group, member in self.coordinator.expire(int(now * 1000)):
+                log.info("group %s: member %s session expired", group, member)
+            self.sessions_changed()
         if now >= self._next_retention:
             self._next_retention = now + self.config.retention_check_ms / 1000
             self.housekeeping()
