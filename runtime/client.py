@@ -166,6 +166,8 @@ class Producer:
         # among a producer's last five batches of a partition.
         while len(self._unacked.get(tp, ())) >= self.max_in_flight:
             self._receive(self.request_timeout_s)
+        while self._in_flight and self.conn.readable():
+            self._receive(0)
         self._transmit(batch)
         if self.acks != 0:
             self._unacked.setdefault(tp, deque()).append(batch)
@@ -242,7 +244,9 @@ class Producer:
         """Ship batches older than ``linger_ms``; sleeps without waking while idle."""
         while not self._closed:
             self._work.wait()
-            time.sleep(self.linger_s or 0.001)
+            # With linger 0 every send ships at once and collects acks itself (_ship): this
+            # thread only picks up the last acks, so it need not wake (and take the GIL) often.
+            time.sleep(self.linger_s or 0.005)
             with self._lock:
                 if self._closed:
                     return

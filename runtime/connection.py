@@ -16,6 +16,7 @@ import zmq
 from brokerd import protocol as p
 
 DEFAULT_BROKER = "tcp://127.0.0.1:7400"
+_POLLIN = int(zmq.POLLIN)
 _encoder = msgspec.msgpack.Encoder()
 _replies = msgspec.msgpack.Decoder(p.Reply)
 
@@ -80,6 +81,10 @@ class Connection:
                 raise BrokerUnavailable(self.endpoint, timeout_s)
             self.keep(*got)
         return check(decoder.decode(self._stash.pop(request_id)))
+
+    def readable(self) -> bool:
+        """A reply is waiting (checked without a system call when possible)."""
+        return bool(int(self.socket.getsockopt(zmq.EVENTS)) & _POLLIN)
 
     def arrived(self, request_id: int, timeout_s: float) -> bool:
         """Receive until the reply to ``request_id`` is in, or ``timeout_s`` passed."""
