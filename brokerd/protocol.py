@@ -33,6 +33,10 @@ DEFAULT_SESSION_TIMEOUT_MS = 10_000
 MIN_SESSION_TIMEOUT_MS = 100
 MAX_SESSION_TIMEOUT_MS = 300_000
 
+# Batches per (producer, partition) the broker remembers to recognise a retry: a producer
+# may have this many batches of one partition in flight.
+IDEMPOTENCE_WINDOW = 16
+
 # Offsets accepted by list_offsets instead of a timestamp.
 LATEST = -1
 EARLIEST = -2

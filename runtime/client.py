@@ -36,7 +36,7 @@ __all__ = ["Producer", "Consumer", "Event", "BrokerError", "BrokerUnavailable", 
 
 _encode = msgspec.msgpack.Encoder().encode
 RETRIABLE = {"STORAGE_ERROR", "UNAVAILABLE", "SHUTTING_DOWN"}
-WINDOW = 5  # batches per partition the broker remembers for duplicate detection
+WINDOW = p.IDEMPOTENCE_WINDOW  # batches per partition the broker recognises retries among
 Callback = Callable[[int, int, "BrokerError | None"], None]
 
 
@@ -57,7 +57,7 @@ class Producer:
     """Send events to topics; see the module docstring.  ``acks``: 0, 1 or "all"."""
 
     def __init__(self, broker: str = DEFAULT_BROKER, *, acks: int | str = 1,
-                 batch_size: int = 1000, linger_ms: float = 5.0, max_in_flight: int = 5,
+                 batch_size: int = 1000, linger_ms: float = 5.0, max_in_flight: int = 16,
                  idempotent: bool = True, request_timeout_s: float = 10.0,
                  delivery_timeout_s: float = 120.0) -> None:
         if acks not in (0, 1, "all"):
@@ -163,7 +163,7 @@ class Producer:
         batch = _Batch(tp[0], tp[1], records, seq if self.producer_id else -1,
                        self._callbacks.pop(tp, []))
         # At most WINDOW batches in flight per partition: the broker recognises a retry only
-        # among a producer's last five batches of a partition.
+        # among a producer's last WINDOW batches of a partition.
         while len(self._unacked.get(tp, ())) >= self.max_in_flight:
             self._receive(self.request_timeout_s)
         while self._in_flight and self.conn.readable():

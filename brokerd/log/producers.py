@@ -15,8 +15,9 @@ from typing import NamedTuple
 import msgspec
 
 from brokerd.errors import OutOfOrderSequence
+from brokerd.protocol import IDEMPOTENCE_WINDOW
 
-WINDOW = 5
+WINDOW = IDEMPOTENCE_WINDOW
 MAX_PRODUCERS = 10_000
 
 
