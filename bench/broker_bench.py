@@ -41,11 +41,11 @@ if str(ROOT) not in sys.path:  # spawned children inherit sys.path: they import 
     sys.path.insert(0, str(ROOT))
 
 if __package__:
-    from .common import (Timer, latency_summary_ms, median, print_table, proc_rss_mb, spawn, stop_popen,
+    from .common import (Timer, cpu_stall_us, latency_summary_ms, median, print_table, proc_rss_mb, spawn, stop_popen,
                          wait_until)
     from .peers import RedisServer, raw_zmq_pushpull, redis_consume, redis_latency, redis_produce
 else:  # run as a script
-    from common import (Timer, latency_summary_ms, median, print_table, proc_rss_mb, spawn, stop_popen,
+    from common import (Timer, cpu_stall_us, latency_summary_ms, median, print_table, proc_rss_mb, spawn, stop_popen,
                         wait_until)
     from peers import RedisServer, raw_zmq_pushpull, redis_consume, redis_latency, redis_produce
 
@@ -407,15 +407,6 @@ def report(runs: list[dict[str, dict[str, float]]], sizes: dict[str, Any], comma
 
 
 # --- main ----------------------------------------------------------------------
-
-
-def cpu_stall_us() -> int | None:
-    """Total µs some task waited for a CPU (Linux PSI); None where PSI is missing."""
-    try:
-        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return None
-    return int(first.rsplit("total=", 1)[1])
 
 
 def measured_run(sizes: dict[str, Any]) -> dict[str, dict[str, float]]:

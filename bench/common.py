@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from pathlib import Path
+
 import psutil
 
 Row = Mapping[str, Any]
@@ -305,3 +307,12 @@ def proc_rss_mb(pid: int, include_children: bool = False) -> float:
             except psutil.NoSuchProcess:
                 pass
     return total / 2**20
+
+
+def cpu_stall_us() -> int | None:
+    """Total µs some task waited for a CPU (Linux PSI); None where PSI is missing."""
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return int(first.rsplit("total=", 1)[1])

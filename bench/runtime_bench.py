@@ -49,13 +49,13 @@ if str(ROOT) not in sys.path:  # spawned children inherit sys.path: they import 
     sys.path.insert(0, str(ROOT))
 
 if __package__:
-    from .common import free_port, median, print_table, spawn, stop_popen, wait_until
+    from .common import cpu_stall_us, free_port, median, print_table, spawn, stop_popen, wait_until
     from .peers import RedisServer, dramatiq_trivial
     from .pizzeria import pizzeria_session
     from .processes import (BrokerView, RailUp, ensure_running, first_event, leftovers, popen, remember,
                             stop_resource_tracker, worker_argv)
 else:  # run as a script
-    from common import free_port, median, print_table, spawn, stop_popen, wait_until
+    from common import cpu_stall_us, free_port, median, print_table, spawn, stop_popen, wait_until
     from peers import RedisServer, dramatiq_trivial
     from pizzeria import pizzeria_session
     from processes import (BrokerView, RailUp, ensure_running, first_event, leftovers, popen, remember,
@@ -212,15 +212,6 @@ def dramatiq_session(n: int) -> dict[str, float]:
 
 
 # --- runs and report ---------------------------------------------------------
-
-
-def cpu_stall_us() -> int | None:
-    """Total µs some task waited for a CPU (Linux PSI); None where PSI is missing."""
-    try:
-        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return None
-    return int(first.rsplit("total=", 1)[1])
 
 
 def one_run(folder: Path, script: Path, sizes: dict[str, Any]) -> dict[str, Any]:
