@@ -172,11 +172,16 @@ class Worker:
         return EXIT_OK
 
     def _step(self, consumer: Consumer) -> None:
+        handled = dict(consumer.positions)
         self.idle = True
         try:
             events = consumer.poll(POLL_TIMEOUT_S)
         except StopPolling:
-            return  # nothing in hand: what was polled is delivered again after the restart
+            # The stop may land after the consumer advanced its positions for events it had
+            # not returned yet: commit only what was handled; the rest comes again later.
+            consumer.positions.clear()
+            consumer.positions.update(handled)
+            return
         finally:
             self.idle = False
         if not events:
