@@ -1,0 +1,260 @@
+"""A consumer-group member with a parked poll and a heartbeat thread: see ``runtime.client``.
+
+Not thread-safe: one thread polls and commits (the heartbeat thread has its own socket).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Literal
+
+import msgspec
+
+from brokerd import protocol as p
+from runtime.connection import DEFAULT_BROKER, BrokerError, BrokerUnavailable, Connection
+
+class Event(msgspec.Struct):
+    """One record as a consumer sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: Any
+    key: Any = None
+    headers: dict[str, Any] | None = None
+    timestamp: int = 0
+
+
+class _Batch3(msgspec.Struct, array_like=True):
+    base_offset: int
+    append_timestamp: int
+    records: list[p.WireRecord]
+
+
+class _PartitionData(msgspec.Struct):
+    topic: str
+    partition: int
+    offset: int
+    end_offset: int
+    batches: list[_Batch3]
+
+
+class _PollReply(msgspec.Struct, tag_field="op", tag="poll"):
+    generation: int
+    assignment: list[tuple[str, int]]
+    partitions: list[_PartitionData]
+    id: int = 0
+
+
+_poll_decoder = msgspec.msgpack.Decoder(_PollReply | p.ErrorReply)
+
+
+def events_of(data: _PartitionData) -> list[Event]:
+    """Flatten a partition's batches into events, skipping records before ``offset``."""
+    out = []
+    topic, part, first = data.topic, data.partition, data.offset
+    for batch in data.batches:
+        offset = batch.base_offset
+        for r in batch.records:
+            if offset >= first:
+                out.append(Event(topic, part, offset, r.value, r.key, r.headers,
+                                 batch.append_timestamp if r.timestamp is None else r.timestamp))
+            offset += 1
+    return out
+
+
+class Consumer:
+    """A member of consumer group ``group`` reading ``topics``; see the module docstring."""
+
+    def __init__(self, broker: str = DEFAULT_BROKER, *, group: str, topics: list[str],
+                 member_id: str = "", start: str = "earliest", session_timeout_ms: int = 10_000,
+                 client_id: str = "", max_bytes: int = 1024 * 1024,
+                 on_assign: Callable[[list[tuple[str, int]]], None] | None = None,
+                 timeout_s: float = 10.0) -> None:
+        self.broker = broker
+        self.group = group
+        self.topics = list(topics)
+        if start not in ("earliest", "latest"):
+            raise ValueError("start must be 'earliest' or 'latest'")
+        self.start: Literal["earliest", "latest"] = "latest" if start == "latest" else "earliest"
+        self.session_timeout_ms = session_timeout_ms
+        self.client_id = client_id
+        self.max_bytes = max_bytes
+        self.on_assign = on_assign
+        self.conn = Connection(broker, timeout_s=timeout_s)
+        self.member_id = member_id
+        self.generation = -1
+        self.assignment: list[tuple[str, int]] = []
+        self.positions: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}
+        self._poll_id: int | None = None
+        self._poll_sent_at = 0.0
+        self._floors: dict[tuple[str, int], int] = {}  # after a seek: drop events below
+        self._closed = threading.Event()
+        self._heartbeat_ok = threading.Event()
+        self._join()
+        self._heart = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                       name="rail-heartbeat")
+        self._heart.start()
+
+    def _join(self) -> None:
+        reply = self.conn.call(p.Join(group=self.group, topics=self.topics,
+                                      member_id=self.member_id, start=self.start,
+                                      session_timeout_ms=self.session_timeout_ms,
+                                      client_id=self.client_id))
+        self.member_id = reply.member_id
+        self._heartbeat_interval_s = reply.heartbeat_interval_ms / 1000
+        self._set_assignment(reply.generation, reply.assignment)
+
+    def _set_assignment(self, generation: int, assignment: list[tuple[str, int]]) -> None:
+        if generation == self.generation:
+            return
+        self.generation = generation
+        new = [(topic, partition) for topic, partition in assignment]
+        for tp in set(self.assignment) - set(new):
+            self.positions.pop(tp, None)
+        self.assignment = new
+        if self.on_assign is not None:
+            self.on_assign(list(self.assignment))
+
+    def _heartbeat_loop(self) -> None:
+        conn = Connection(self.broker, context=self.conn.context, timeout_s=self._heartbeat_interval_s * 2)
+        try:
+            while not self._closed.wait(self._heartbeat_interval_s):
+                try:
+                    conn.call(p.Heartbeat(group=self.group, member_id=self.member_id))
+                except BrokerError:
+                    continue
+        finally:
+            conn.close()
+
+    # -- polling ----------------------------------------------------------------------
+    def poll(self, timeout_s: float = 1.0) -> list[Event]:
+        """Return the next events of the assigned partitions (maybe none after timeout).
+
+        One poll request is always parked at the broker, even between calls, so events
+        that arrive while the caller works are on their way at once.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._poll_id is None:
+                self._send_poll()
+            reply = self._await_poll(max(0.0, deadline - time.monotonic()))
+            events = [] if reply is None else self._take(reply)
+            if events:
+                self._send_poll()
+                return events
+            if time.monotonic() >= deadline:
+                return []
+
+    @property
+    def _long_wait_ms(self) -> int:
+        return min(5000, self.session_timeout_ms // 2)
+
+    def _send_poll(self) -> None:
+        self._poll_sent_at = time.monotonic()
+        self._poll_id = self.conn.send(p.Poll(group=self.group, member_id=self.member_id,
+                                              max_bytes=self.max_bytes,
+                                              max_wait_ms=self._long_wait_ms))
+
+    def _await_poll(self, timeout_s: float) -> _PollReply | None:
+        """The parked poll's reply if it comes within ``timeout_s``, else None (still parked)."""
+        rid = self._poll_id
+        assert rid is not None
+        if not self.conn.arrived(rid, timeout_s):
+            overdue = time.monotonic() - self._poll_sent_at - self._long_wait_ms / 1000
+            if overdue > self.conn.timeout_s:
+                self._poll_id = None
+                raise BrokerUnavailable(self.conn.endpoint, self.conn.timeout_s)
+            return None
+        self._poll_id = None
+        try:
+            return self.conn.wait(rid, 0, decoder=_poll_decoder)
+        except BrokerError as exc:
+            if exc.code == "NOT_MEMBER":
+                self._join()
+                return None
+            raise
+
+    def _take(self, reply: _PollReply) -> list[Event]:
+        if reply.generation >= self.generation:  # a prefetched reply may predate a rebalance
+            self._set_assignment(reply.generation, reply.assignment)
+        owned = set(self.assignment)
+        events: list[Event] = []
+        for data in reply.partitions:
+            tp = (data.topic, data.partition)
+            if tp not in owned:
+                continue
+            got = events_of(data)
+            floor = self._floors.pop(tp, None)
+            if floor is not None:
+                got = [e for e in got if e.offset >= floor]
+            if got:
+                self.positions[tp] = got[-1].offset + 1
+                events.extend(got)
+        return events
+
+    # -- committing -------------------------------------------------------------------
+    def commit(self, offsets: dict[tuple[str, int], int] | None = None, sync: bool = True) -> None:
+        """Commit ``offsets`` (next offset to read) or everything polled so far."""
+        todo = dict(self.positions if offsets is None else offsets)
+        items = [(t, part, o) for (t, part), o in todo.items()
+                 if self._committed.get((t, part)) != o and (t, part) in set(self.assignment)]
+        if not items:
+            return
+        rid = self.conn.send(p.Commit(group=self.group, member_id=self.member_id,
+                                      generation=self.generation, offsets=items))
+        if not sync:
+            self.conn.unwatched(rid)
+        else:
+            try:
+                self.conn.wait(rid)
+            except BrokerError as exc:
+                if exc.code not in ("STALE_GENERATION", "NOT_MEMBER"):
+                    raise
+                self._refresh_assignment()  # a rebalance moved some partitions away
+                owned = set(self.assignment)
+                items = [i for i in items if (i[0], i[1]) in owned]
+                if items:
+                    self.conn.call(p.Commit(group=self.group, member_id=self.member_id,
+                                            generation=self.generation, offsets=items))
+        for t, part, o in items:
+            self._committed[(t, part)] = o
+
+    def _refresh_assignment(self) -> None:
+        try:
+            reply = self.conn.call(p.Heartbeat(group=self.group, member_id=self.member_id))
+        except BrokerError as exc:
+            if exc.code != "NOT_MEMBER":
+                raise
+            self._join()
+            return
+        self._set_assignment(reply.generation, reply.assignment)
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read ``topic[partition]`` from ``offset`` next (it must be assigned to us).
+
+        A reply already on its way may still carry events from before the seek: those
+        below ``offset`` are dropped; after a seek backwards, some may come twice.
+        """
+        self.conn.call(p.Seek(group=self.group, member_id=self.member_id, topic=topic,
+                              partition=partition, offset=offset))
+        self.positions[(topic, partition)] = offset
+        self._floors[(topic, partition)] = offset
+
+    def close(self) -> None:
+        """Leave the group (its partitions move to the others at once) and close."""
+        self._closed.set()
+        self._heart.join(timeout=2)
+        try:
+            self.conn.call(p.Leave(group=self.group, member_id=self.member_id), timeout_s=2)
+        except BrokerError:
+            pass
+        self.conn.close()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,279 @@
+"""The batching, pipelined, idempotent producer: see ``runtime.client``.
+
+Used from one thread at a time; its own lock guards it against its linger thread.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgspec
+
+from brokerd import protocol as p
+from runtime.connection import DEFAULT_BROKER, BrokerError, BrokerUnavailable, Connection, check
+
+_encode = msgspec.msgpack.Encoder().encode
+RETRIABLE = {"STORAGE_ERROR", "UNAVAILABLE", "SHUTTING_DOWN"}
+WINDOW = p.IDEMPOTENCE_WINDOW  # batches per partition the broker recognises retries among
+Callback = Callable[[int, int, "BrokerError | None"], None]
+
+
+@dataclass
+class _Batch:
+    topic: str
+    partition: int
+    records: list[tuple[Any, ...]]
+    sequence: int
+    callbacks: list[Callback] = field(default_factory=list)
+    body: bytes = b""
+    request_id: int = 0
+    sent_at: float = 0.0
+    attempts: int = 0
+
+
+class Producer:
+    """Send events to topics; see the module docstring.  ``acks``: 0, 1 or "all"."""
+
+    def __init__(self, broker: str = DEFAULT_BROKER, *, acks: int | str = 1,
+                 batch_size: int = 1000, linger_ms: float = 5.0, max_in_flight: int = 16,
+                 idempotent: bool = True, request_timeout_s: float = 10.0,
+                 delivery_timeout_s: float = 120.0) -> None:
+        if acks not in (0, 1, "all"):
+            raise ValueError("acks must be 0, 1 or 'all'")
+        self.conn = Connection(broker, timeout_s=request_timeout_s)
+        self.acks = acks
+        self.batch_size = batch_size
+        self.linger_s = linger_ms / 1000
+        self.max_in_flight = min(max_in_flight, WINDOW)
+        self.producer_id = random.getrandbits(62) + 1 if idempotent and acks != 0 else 0
+        self.request_timeout_s = request_timeout_s
+        self.delivery_timeout_s = delivery_timeout_s
+        self._partitions: dict[str, int] = {}
+        self._buffers: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+        self._buffer_since: dict[tuple[str, int], float] = {}
+        self._callbacks: dict[tuple[str, int], list[Callback]] = {}
+        self._sequences: dict[tuple[str, int], int] = {}
+        self._sticky: dict[str, int] = {}
+        self._in_flight: dict[int, _Batch] = {}
+        self._unacked: dict[tuple[str, int], deque[_Batch]] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+        self._work = threading.Event()  # set while something is buffered or in flight
+        self.errors: list[BrokerError] = []
+        self._linger = threading.Thread(target=self._linger_loop, daemon=True, name="rail-linger")
+        self._linger.start()
+
+    # -- sending ----------------------------------------------------------------------
+    def send(self, topic: str, value: Any, key: Any = None, headers: dict[str, Any] | None = None,
+             partition: int | None = None, timestamp: int | None = None,
+             callback: Callback | None = None) -> None:
+        """Queue one event.  ``callback(partition, offset, error)`` runs once it is acked."""
+        if key is None and headers is None and timestamp is None:
+            record: tuple[Any, ...] = (value,)
+        else:
+            record = (value, key, headers, timestamp)
+        with self._lock:
+            if partition is None:
+                partition = self._pick(topic, key)
+            tp = (topic, partition)
+            buf = self._buffers.get(tp)
+            if buf is None:
+                buf = self._buffers[tp] = []
+                self._buffer_since[tp] = time.monotonic()
+                self._work.set()
+            buf.append(record)
+            if callback is not None:
+                self._callbacks.setdefault(tp, []).append(callback)
+            if len(buf) >= self.batch_size or not self.linger_s:
+                self._ship(tp)
+
+    def send_many(self, topic: str, values: list[Any], key: Any = None,
+                  partition: int | None = None) -> None:
+        """Queue many events with the same key (or none) in one call."""
+        with self._lock:
+            if partition is None:
+                partition = self._pick(topic, key)
+            tp = (topic, partition)
+            records = [(v,) for v in values] if key is None else [(v, key) for v in values]
+            for start in range(0, len(records), self.batch_size):
+                buf = self._buffers.setdefault(tp, [])
+                self._buffer_since.setdefault(tp, time.monotonic())
+                self._work.set()
+                buf.extend(records[start:start + self.batch_size])
+                if len(buf) >= self.batch_size:
+                    self._ship(tp)
+
+    def partitions_for(self, topic: str) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            with self._lock:
+                count = self._partitions[topic] = self._lookup_partitions(topic)
+        return count
+
+    def _lookup_partitions(self, topic: str) -> int:
+        try:
+            meta = self._call(p.Metadata(topics=[topic]))
+            return len(meta.topics[0].partitions)
+        except BrokerError as exc:
+            if exc.code != "UNKNOWN_TOPIC":
+                raise
+        return self._call(p.CreateTopic(topic=topic, exist_ok=True)).partitions
+
+    def _pick(self, topic: str, key: Any) -> int:
+        count = self._partitions.get(topic) or self.partitions_for(topic)
+        if key is not None:
+            return p.partition_for_key(key, count)
+        sticky = self._sticky.get(topic)
+        if sticky is None:
+            sticky = self._sticky[topic] = random.randrange(count)
+        return sticky
+
+    def _ship(self, tp: tuple[str, int]) -> None:
+        """Turn the buffer of ``tp`` into an in-flight batch (lock held)."""
+        records = self._buffers.pop(tp, None)
+        self._buffer_since.pop(tp, None)
+        if not records:
+            return
+        if tp[0] in self._sticky and self._partitions.get(tp[0], 1) > 1:
+            self._sticky[tp[0]] = (tp[1] + 1) % self._partitions[tp[0]]
+        seq = self._sequences.get(tp, 0)
+        self._sequences[tp] = seq + len(records)
+        batch = _Batch(tp[0], tp[1], records, seq if self.producer_id else -1,
+                       self._callbacks.pop(tp, []))
+        # At most WINDOW batches in flight per partition: the broker recognises a retry only
+        # among a producer's last WINDOW batches of a partition.
+        while len(self._unacked.get(tp, ())) >= self.max_in_flight:
+            self._receive(self.request_timeout_s)
+        while self._in_flight and self.conn.readable():
+            self._receive(0)
+        self._transmit(batch)
+        if self.acks != 0:
+            self._unacked.setdefault(tp, deque()).append(batch)
+
+    def _transmit(self, batch: _Batch) -> None:
+        batch.request_id = self.conn.next_id()
+        batch.attempts += 1
+        batch.sent_at = time.monotonic()
+        self.conn.send_raw(_encode({
+            "op": "produce", "id": batch.request_id, "topic": batch.topic,
+            "partition": batch.partition, "records": batch.records, "acks": self.acks,
+            "producer_id": self.producer_id, "sequence": batch.sequence,
+        }))
+        if self.acks != 0:
+            self._in_flight[batch.request_id] = batch
+
+    # -- acknowledgements -------------------------------------------------------------
+    def _receive(self, timeout_s: float) -> bool:
+        got = self.conn.recv(timeout_s)
+        if got is None:
+            self._retry_stale()
+            return False
+        request_id, body = got
+        batch = self._in_flight.pop(request_id, None)
+        if batch is None:
+            self.conn.keep(request_id, body)
+            return True
+        reply = msgspec.msgpack.decode(body, type=p.Reply)
+        if isinstance(reply, p.ErrorReply):
+            self._failed(batch, BrokerError(reply.code, reply.message))
+        else:
+            self._acked(batch, reply)
+        return True
+
+    def _acked(self, batch: _Batch, reply: p.ProduceReply) -> None:
+        queue = self._unacked.get((batch.topic, batch.partition))
+        if queue and batch in queue:
+            queue.remove(batch)
+        base = reply.offsets[0][1] if reply.offsets else -1
+        for i, callback in enumerate(batch.callbacks):
+            callback(batch.partition, base + i if base >= 0 else -1, None)
+
+    def _failed(self, batch: _Batch, error: BrokerError) -> None:
+        tp = (batch.topic, batch.partition)
+        queue = self._unacked.get(tp, deque())
+        if error.code == "OUT_OF_ORDER_SEQUENCE" or (error.code in RETRIABLE and self._may_retry(batch)):
+            self._resend_from(tp)
+            return
+        if batch in queue:
+            queue.remove(batch)
+        self.errors.append(error)
+        for callback in batch.callbacks:
+            callback(batch.partition, -1, error)
+
+    def _may_retry(self, batch: _Batch) -> bool:
+        return time.monotonic() - batch.sent_at < self.delivery_timeout_s
+
+    def _resend_from(self, tp: tuple[str, int]) -> None:
+        """Resend every unacked batch of ``tp`` in order (the broker drops duplicates)."""
+        for batch in self._unacked.get(tp, ()):
+            if self._in_flight.pop(batch.request_id, None) is not None:
+                self.conn.unwatched(batch.request_id)  # its late reply is dropped on arrival
+            self._transmit(batch)
+
+    def _retry_stale(self) -> None:
+        now = time.monotonic()
+        stale = {(b.topic, b.partition) for b in self._in_flight.values()
+                 if now - b.sent_at > self.request_timeout_s}
+        for tp in stale:
+            self._resend_from(tp)
+
+    # -- flushing ---------------------------------------------------------------------
+    def _linger_loop(self) -> None:
+        """Ship batches older than ``linger_ms``; sleeps without waking while idle."""
+        while not self._closed:
+            self._work.wait()
+            # With linger 0 every send ships at once and collects acks itself (_ship): this
+            # thread only picks up the last acks, so it need not wake (and take the GIL) often.
+            time.sleep(self.linger_s or 0.005)
+            with self._lock:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                for tp, since in list(self._buffer_since.items()):
+                    if now - since >= self.linger_s:
+                        self._ship(tp)
+                while self._in_flight and self._receive(0):
+                    pass
+                if not self._buffers and not self._in_flight:
+                    self._work.clear()
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Send everything queued and wait until the broker acknowledged it all."""
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.delivery_timeout_s)
+        with self._lock:
+            for tp in list(self._buffers):
+                self._ship(tp)
+            while self._in_flight:
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(self.conn.endpoint, timeout_s or self.delivery_timeout_s)
+                self._receive(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def _call(self, request: Any) -> Any:
+        rid = self.conn.send(request)
+        deadline = time.monotonic() + self.request_timeout_s
+        while rid not in self.conn._stash:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(self.conn.endpoint, self.request_timeout_s)
+            self._receive(0.05)
+        return check(msgspec.msgpack.decode(self.conn._stash.pop(rid), type=p.Reply))
+
+    def close(self, timeout_s: float | None = None) -> None:
+        try:
+            self.flush(timeout_s)
+        finally:
+            with self._lock:
+                self._closed = True
+                self._work.set()
+            self._linger.join(timeout=1)
+            self.conn.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
