@@ -16,6 +16,7 @@ import msgspec
 import zmq
 
 from brokerd import protocol as p
+from brokerd.describe import describe_group, topic_info
 from brokerd.errors import (
     BadRequest,
     MessageTooLarge,
@@ -352,7 +353,6 @@ class Handlers:
         return p.LeaveReply(id=req.id)
 
     def handle_describe_group(self, req: p.DescribeGroup) -> p.Reply:
-        from brokerd.describe import describe_group
         return describe_group(self, req)
 
     # -- topics -----------------------------------------------------------------------
@@ -372,7 +372,6 @@ class Handlers:
         return p.DeleteTopicReply(id=req.id, topic=req.topic)
 
     def handle_metadata(self, req: p.Metadata) -> p.Reply:
-        from brokerd.describe import topic_info
         names = req.topics if req.topics is not None else sorted(self.topics.topics)
         return p.MetadataReply(id=req.id, topics=[topic_info(self.topics.get(n)) for n in names])
 

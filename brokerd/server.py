@@ -24,6 +24,7 @@ from brokerd.flusher import Flusher, Round
 from brokerd.groups import Coordinator, Group
 from brokerd.handlers import Handlers
 from brokerd.ingest import Ingest
+from brokerd.log.compaction import clean
 from brokerd.log.offsets import OffsetStore
 from brokerd.log.partition import PartitionLog
 from brokerd.protocol import ErrorReply, Reply
@@ -243,7 +244,6 @@ class Broker(Handlers):
 
     def housekeeping(self) -> None:
         """Retention and compaction: whole segments, at most once a check interval."""
-        from brokerd.log.compaction import clean
         for topic in self.topics.topics.values():
             for p in topic.partitions:
                 try:
