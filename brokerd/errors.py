@@ -68,10 +68,6 @@ class TooManyWaiting(RailError):
     code = "TOO_MANY_WAITING"
 
 
-class ShuttingDown(RailError):
-    code = "SHUTTING_DOWN"
-
-
 class StorageError(RailError):
     """The disk refused a write (full, read-only, I/O error); nothing was appended."""
 

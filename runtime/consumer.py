@@ -92,7 +92,6 @@ class Consumer:
         self._poll_sent_at = 0.0
         self._floors: dict[tuple[str, int], int] = {}  # after a seek: drop events below
         self._closed = threading.Event()
-        self._heartbeat_ok = threading.Event()
         self._join()
         self._heart = threading.Thread(target=self._heartbeat_loop, daemon=True,
                                        name="rail-heartbeat")

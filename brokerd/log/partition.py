@@ -201,11 +201,6 @@ class PartitionLog:
             self.producers.record(producer_id, base_sequence, record_count, base)
         return base
 
-    def append_stored(self, header: BatchHeader, header_bytes: bytes,
-                      payload: bytes | memoryview) -> None:
-        """Append an already-framed batch (the compaction cleaner's output path)."""
-        self.segments[-1].append(header, header_bytes, payload)
-
     def _maybe_roll(self, batch_size: int, now: int) -> None:
         active = self.segments[-1]
         if active.size == 0:
