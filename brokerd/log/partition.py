@@ -218,6 +218,7 @@ class PartitionLog:
             os.fsync(active.fd)
             active.write_index()
             active.dirty = False
+            active.drop_tail()
             base = active.next_offset
             replace_atomically(self.directory / segment_name(base, ".snapshot"),
                                self.producers.to_bytes())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +25,12 @@ from brokerd.log.batch import (
 )
 from brokerd.log.files import write_all
 from brokerd.log.index import NO_TIMESTAMP, OffsetIndex
+
+
+# The in-memory tail of the active segment: at most this many batches and (beyond one
+# batch) this many bytes.
+TAIL_BATCHES = 64
+TAIL_BYTES = 1024 * 1024
 
 
 def segment_name(base_offset: int, suffix: str) -> str:
@@ -69,6 +76,10 @@ class Segment:
         # Where recent reads ended and the last append ended (offset -> byte position), so a
         # consumer at the tail starts there instead of walking from the last index entry.
         self._starts: dict[int, int] = {}
+        # The last batches appended, kept in memory: a consumer at the tail (the common
+        # case, and the one that is latency-bound) is served without a pread.
+        self._tail: deque[StoredBatch] = deque()
+        self._tail_bytes = 0
 
     # -- scanning -------------------------------------------------------------------
     def scan(self, start: int, next_offset: int, max_ts: int, dense: bool,
@@ -139,6 +150,7 @@ class Segment:
             self._cut_back(pos)
             raise StorageError(f"cannot append to {self.log_path}: {exc.strerror}") from exc
         self.index.maybe_add(header.base_offset, pos, header.size, self.max_timestamp)
+        self._keep_tail(StoredBatch(header, memoryview(payload)))
         self.size = pos + header.size
         self.next_offset = header.next_offset
         self._remember(header.next_offset, self.size)
@@ -146,6 +158,36 @@ class Segment:
         if self.first_append_ms is None:
             self.first_append_ms = header.append_timestamp
         self.dirty = True
+
+    def _keep_tail(self, batch: StoredBatch) -> None:
+        tail = self._tail
+        tail.append(batch)
+        self._tail_bytes += batch.header.size
+        while len(tail) > TAIL_BATCHES or (self._tail_bytes > TAIL_BYTES and len(tail) > 1):
+            self._tail_bytes -= tail.popleft().header.size
+
+    def drop_tail(self) -> None:
+        """Forget the in-memory tail (the segment was rolled, cut or replaced)."""
+        self._tail.clear()
+        self._tail_bytes = 0
+
+    def _read_tail(self, offset: int, max_bytes: int) -> list[StoredBatch] | None:
+        """The batches from ``offset`` on if the tail holds them all, else None."""
+        tail = self._tail
+        if not tail or offset < tail[0].header.base_offset or self.corrupt_at is not None:
+            return None
+        out: list[StoredBatch] = []
+        used = 0
+        for batch in reversed(tail):  # a consumer at the tail wants the last few
+            if batch.header.next_offset <= offset:
+                break
+            out.append(batch)
+        out.reverse()
+        for i, batch in enumerate(out):
+            used += batch.header.size
+            if used >= max_bytes:
+                return out[:i + 1]
+        return out
 
     def _cut_back(self, pos: int) -> None:
         try:
@@ -159,6 +201,7 @@ class Segment:
         self.size = pos
         self.index.truncate_after(pos)
         self._starts.clear()
+        self.drop_tail()
         self.dirty = True
 
     # -- reading --------------------------------------------------------------------
@@ -169,6 +212,9 @@ class Segment:
         """
         if offset >= self.next_offset:
             return []
+        cached = self._read_tail(offset, max_bytes)
+        if cached is not None:
+            return cached
         pos = self._starts.get(offset)
         if pos is None:
             _, pos = self.index.lookup(offset)
@@ -244,6 +290,7 @@ class Segment:
         self.index.write(self.index_path)
 
     def close(self) -> None:
+        self.drop_tail()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -255,7 +302,7 @@ class Segment:
 
     def reopen(self) -> None:
         """Reopen the file after the cleaner replaced it."""
-        self.close()
+        self.close()  # drops the in-memory tail too
         self.fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND)
         self.size = os.fstat(self.fd).st_size
         self._starts.clear()
