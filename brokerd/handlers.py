@@ -214,8 +214,9 @@ class Handlers:
         reply = p.ProduceReply(id=req.id, topic=topic.name, offsets=offsets, duplicate=duplicate)
         if needs and (req.acks == "all" or topic.config.fsync == "always"):
             self.acks.add(DurableAck(client, reply, needs))
-            return None
-        return reply
+        else:  # sent once the loop has answered the polls this produce woke: they go first
+            self.acks.after_delivery.append((client, reply))
+        return None
 
     # -- fetch and poll ---------------------------------------------------------------
     def handle_fetch(self, req: p.Fetch, client: Client) -> p.Reply | None:
@@ -249,30 +250,39 @@ class Handlers:
 
     def handle_poll(self, req: p.Poll, client: Client) -> p.Reply | None:
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
-        reply = self._poll_reply(req)
+        if req.replies > 1 and client[1]:
+            raise BadRequest("a streaming poll (replies > 1) needs a DEALER socket: a REQ "
+                             "socket takes one reply per request")
+        stream = _Stream(req.replies, req.max_bytes)
+        reply = self._poll_reply(req, stream.budget)
         if reply.partitions or req.max_wait_ms == 0:
-            return reply
+            if req.max_wait_ms == 0 or not stream.take(reply):
+                return reply
+            self.send(client, reply)
         # A parked poll is not a heartbeat: answer it well before the session could expire.
         wait_ms = min(req.max_wait_ms, member.session_timeout_ms // 2)
         generation = group.generation
         def answer(final: bool) -> bool:
             try:
-                again = self._poll_reply(req)
+                again = self._poll_reply(req, stream.budget)
             except RailError as exc:
                 self.send_error(client, req.id, exc)
                 return True
-            if final or again.partitions or again.generation != generation:
+            if final or again.generation != generation:
                 self.send(client, again)
                 return True
-            return False
+            if not again.partitions:
+                return False
+            more = stream.take(again)
+            self.send(client, again)
+            return not more
         keys = group.assignment_of(member.member_id)
         self._park(client, wait_ms, answer, keys, group.name)
         return None
 
-    def _poll_reply(self, req: p.Poll) -> p.PollReply:
+    def _poll_reply(self, req: p.Poll, budget: int) -> p.PollReply:
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         assignment = group.assignment_of(member.member_id)
-        budget = req.max_bytes
         out: list[p.PartitionData] = []
         if assignment:
             turn = self.stats.next_turn() % len(assignment)
@@ -464,6 +474,23 @@ _encode_bin = msgspec.msgpack.Encoder().encode
 
 def _reply_bytes(wire: list[p.WireBatch]) -> int:
     return sum(len(b[2]) for b in wire)
+
+
+class _Stream:
+    """What a poll may still send: replies and bytes (a plain poll: one reply)."""
+
+    __slots__ = ("replies", "budget")
+
+    def __init__(self, replies: int, budget: int) -> None:
+        self.replies = replies
+        self.budget = budget
+
+    def take(self, reply: p.PollReply) -> bool:
+        """Count ``reply`` against the stream; True (and ``reply.more``) if more may follow."""
+        self.replies -= 1
+        self.budget -= sum(_reply_bytes(data.batches) for data in reply.partitions)
+        reply.more = self.replies > 0 and self.budget > 0
+        return reply.more
 
 
 def _mono_ms() -> int:

@@ -15,6 +15,7 @@ that a client may need to know about.
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Annotated, Any, Literal, Union
 
@@ -27,6 +28,7 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 DEFAULT_FETCH_BYTES = 1024 * 1024
 MAX_WAIT_MS = 60_000
+MAX_POLL_REPLIES = 100_000  # replies one streaming poll may get
 
 # Consumer-group timing defaults.
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
@@ -58,6 +60,7 @@ NonNeg = Annotated[int, msgspec.Meta(ge=0)]
 Partition = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 WaitMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_WAIT_MS)]
 FetchBytes = Annotated[int, msgspec.Meta(ge=1, le=MAX_REQUEST_BYTES)]
+Replies = Annotated[int, msgspec.Meta(ge=1, le=MAX_POLL_REPLIES)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=249)]
 Acks = Literal[0, 1, "all"]
 
@@ -112,6 +115,9 @@ class Poll(_Request, tag="poll"):
     max_wait_ms: WaitMs = 0
     raw_records: bool = False
     """As for fetch: records as one bin per batch, for clients that decode record by record."""
+    replies: Replies = 1
+    """A streaming poll: up to this many replies, each sent as soon as data arrives, while
+    the poll stays parked (DEALER clients only; see docs/protocol.md)."""
 
 
 class Commit(_Request, tag="commit"):
@@ -240,6 +246,8 @@ class PollReply(_Reply, tag="poll"):
     generation: int
     assignment: list[tuple[str, int]]
     partitions: list[PartitionData]
+    more: bool = False
+    """True while a streaming poll stays parked: more replies with this id will follow."""
 
 
 class CommitReply(_Reply, tag="commit"):
@@ -356,7 +364,9 @@ def partition_for_key(key: Any, partitions: int) -> int:
     return zlib.crc32(key_bytes(key)) % partitions
 
 
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
 def valid_topic_name(name: str) -> bool:
     """``[A-Za-z0-9._-]{1,249}``, and never ``.`` or ``..``."""
-    return (0 < len(name) <= 249 and name not in (".", "..")
-            and all(c.isascii() and (c.isalnum() or c in "._-") for c in name))
+    return _TOPIC_NAME.fullmatch(name) is not None and name not in (".", "..")

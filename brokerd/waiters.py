@@ -37,6 +37,7 @@ class WaitingRoom:
         self._per_client: dict[bytes, int] = defaultdict(int)
         self._deadlines: list[tuple[float, int, Waiter]] = []
         self._seq = itertools.count()
+        self._arrived: set[TP] = set()
 
     def count(self, identity: bytes) -> int:
         return self._per_client.get(identity, 0)
@@ -75,8 +76,20 @@ class WaitingRoom:
                 self._unpark(waiter)
 
     def data_arrived(self, tp: TP) -> None:
+        """Note new data in ``tp``; ``deliver`` answers its waiters."""
         if tp in self._by_tp:
-            self._try(self._by_tp[tp], final=False)
+            self._arrived.add(tp)
+
+    def deliver(self) -> None:
+        """Answer the waiters of every partition that got data since the last call.
+
+        The loop calls this once it has read what its sockets held, so a burst of produces
+        reaches a parked poll as one reply, not one reply per produce.
+        """
+        while self._arrived:
+            tp = self._arrived.pop()
+            if tp in self._by_tp:
+                self._try(self._by_tp[tp], final=False)
 
     def group_changed(self, group: str) -> None:
         if group in self._by_group:
@@ -113,10 +126,14 @@ class DurableAck:
 
 
 class AckQueue:
-    """Produces waiting for the fsync that covers them (group commit)."""
+    """Produces waiting for the fsync that covers them (group commit), or for the end of
+    the loop turn."""
 
     def __init__(self) -> None:
         self.pending: list[DurableAck] = []
+        # acks=1 replies of this loop turn, sent right after the turn's deliveries (a
+        # consumer waiting for the data is further along the critical path than the ack)
+        self.after_delivery: list[tuple[Client, Any]] = []
 
     def add(self, ack: DurableAck) -> None:
         self.pending.append(ack)

@@ -454,6 +454,72 @@ def test_a_parked_poll_is_answered_within_half_the_session_and_the_member_stays(
     assert client.ok("heartbeat", group="short", member_id="s-1")["generation"] == 1
 
 
+def test_a_streaming_poll_answers_each_arrival_until_its_replies_run_out(
+        broker: BrokerProcess, context: zmq.Context, client: RawClient) -> None:
+    client.ok("create_topic", topic="ticker", partitions=1)
+    client.ok("join", group="live", topics=["ticker"], member_id="l-1")
+    streaming = client.send("poll", group="live", member_id="l-1", max_wait_ms=20_000,
+                            replies=3)
+    producer = RawClient(broker.api, context)
+    try:
+        seen = []
+        for i in range(3):  # one produce at a time: each is one more reply to the same poll
+            producer.ok("produce", topic="ticker", records=[[f"tick {i}"]])
+            reply = client.recv()
+            assert reply["op"] == "poll" and reply["id"] == streaming
+            assert reply["more"] is (i < 2)  # the third reply is the last one
+            seen.extend(r[0] for _, r in records_of(reply["partitions"][0]["batches"], 0))
+        assert seen == ["tick 0", "tick 1", "tick 2"]
+
+        producer.ok("produce", topic="ticker", records=[["tick 3"]])
+        assert not client.socket.poll(300), "a finished stream must not answer again"
+        plain = client.ok("poll", group="live", member_id="l-1")
+        assert plain["more"] is False
+        assert [r[0] for _, r in records_of(plain["partitions"][0]["batches"], 0)] == ["tick 3"]
+    finally:
+        producer.close()
+
+
+def test_a_streaming_poll_ends_at_its_deadline_and_when_its_bytes_are_spent(
+        client: RawClient) -> None:
+    client.ok("create_topic", topic="brook", partitions=1)
+    client.ok("join", group="bank", topics=["brook"], member_id="b-1", session_timeout_ms=1000)
+    started = time.monotonic()
+    streaming = client.send("poll", group="bank", member_id="b-1", max_wait_ms=20_000,
+                            replies=100)
+    client.ok("produce", topic="brook", records=[["one"]])
+    first = client.wait(streaming)
+    assert first["more"] is True and first["partitions"]
+    last = client.wait(streaming)  # nothing more arrives: the deadline ends the stream
+    assert last["more"] is False and last["partitions"] == []
+    assert 0.4 <= time.monotonic() - started < 0.95  # min(20000, 1000 // 2) ms from arrival
+
+    client.ok("produce", topic="brook", records=[["two"], ["three"]])
+    spent = client.ok("poll", group="bank", member_id="b-1", max_wait_ms=20_000, replies=100,
+                      max_bytes=1)  # the first batch spends the whole budget
+    assert spent["more"] is False
+    assert [r[0] for _, r in records_of(spent["partitions"][0]["batches"], 0)] == ["two", "three"]
+
+
+def test_a_req_socket_cannot_stream(broker: BrokerProcess, context: zmq.Context,
+                                    client: RawClient) -> None:
+    client.ok("create_topic", topic="once", partitions=1)
+    client.ok("join", group="solo", topics=["once"], member_id="o-1")
+    req = context.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(broker.api)
+    try:
+        req.send(msgpack.packb({"op": "poll", "id": 5, "group": "solo", "member_id": "o-1",
+                                "replies": 2}))
+        assert req.poll(10_000)
+        refused = unpack(req.recv())
+        assert refused["code"] == "BAD_REQUEST" and "DEALER" in refused["message"]
+    finally:
+        req.close(linger=0)
+    too_many = client.call("poll", group="solo", member_id="o-1", replies=100_001)
+    assert too_many["code"] == "BAD_REQUEST"
+
+
 def test_start_latest_is_fixed_when_the_partition_is_assigned(client: RawClient) -> None:
     client.ok("create_topic", topic="late", partitions=1)
     client.ok("produce", topic="late", records=[["before the join"]])
