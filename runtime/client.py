@@ -14,8 +14,11 @@ The producer batches records per partition (up to ``batch_size`` records or ``li
 keeps several batches in flight, and is idempotent by default: every batch carries a
 producer id and sequence number, so a batch retried after a timeout or a broker restart is
 never written twice.  The consumer is a group member: the broker assigns it partitions and
-remembers its position; ``commit`` makes progress durable.  Each object is used from one
-thread (the producer has its own lock for its linger thread).
+remembers its position, and a streaming poll parked at the broker sends each new event as
+it arrives.  ``commit`` makes progress durable: a sync commit waits for the broker; async
+commits go out at most once per ``commit_interval_ms`` (default 100), the ones in between
+merged into the next (``close`` sends what is held).  Each object is used from one thread
+(the producer has its own lock for its linger thread).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ thread-safe: one thread owns a Connection (ZeroMQ sockets are single-threaded).
 from __future__ import annotations
 
 import itertools
+import math
 import time
+from collections import deque
 from typing import Any
 
 import msgspec
@@ -47,6 +49,7 @@ class Connection:
         self.socket.connect(endpoint)
         self._ids = itertools.count(1)
         self._stash: dict[int, Any] = {}
+        self._streams: dict[int, deque[bytes]] = {}  # ids that get many replies, in order
         self._unwatched: set[int] = set()
         self.async_errors: list[BrokerError] = []
 
@@ -64,8 +67,13 @@ class Connection:
 
     def recv(self, timeout_s: float | None) -> tuple[int, bytes] | None:
         """Receive one reply body (any id) or None on timeout."""
-        ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
-        if not self.socket.poll(ms):
+        if timeout_s is None:
+            ready = self.socket.poll(-1)
+        elif timeout_s <= 0:
+            ready = self.readable()  # no system call when nothing is pending
+        else:  # rounded up: a 0.4 ms wait must not become a busy loop of 0 ms polls
+            ready = self.socket.poll(math.ceil(timeout_s * 1000))
+        if not ready:
             return None
         body = self.socket.recv(copy=False).bytes
         return reply_id(body), body
@@ -74,13 +82,11 @@ class Connection:
              decoder: msgspec.msgpack.Decoder = _replies) -> Any:
         """Wait for the reply to ``request_id``; other replies are kept for their waiters."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + timeout_s
-        while request_id not in self._stash:
-            got = self.recv(deadline - time.monotonic())
-            if got is None:
-                raise BrokerUnavailable(self.endpoint, timeout_s)
-            self.keep(*got)
-        return check(decoder.decode(self._stash.pop(request_id)))
+        if not self.arrived(request_id, timeout_s):
+            raise BrokerUnavailable(self.endpoint, timeout_s)
+        queue = self._streams.get(request_id)
+        body = queue.popleft() if queue else self._stash.pop(request_id)
+        return check(decoder.decode(body))
 
     def readable(self) -> bool:
         """A reply is waiting (checked without a system call when possible)."""
@@ -89,12 +95,20 @@ class Connection:
     def arrived(self, request_id: int, timeout_s: float) -> bool:
         """Receive until the reply to ``request_id`` is in, or ``timeout_s`` passed."""
         deadline = time.monotonic() + timeout_s
-        while request_id not in self._stash:
+        while not (self._streams.get(request_id) or request_id in self._stash):
             got = self.recv(max(0.0, deadline - time.monotonic()))
             if got is None:
                 return False
             self.keep(*got)
         return True
+
+    def stream(self, request_id: int) -> None:
+        """Expect many replies to ``request_id`` (a streaming poll), taken in order."""
+        self._streams[request_id] = deque()
+
+    def end_stream(self, request_id: int) -> None:
+        """The last reply to ``request_id`` was taken (or nobody waits for more)."""
+        self._streams.pop(request_id, None)
 
     def unwatched(self, request_id: int) -> None:
         """Nobody waits for this reply: drop it when it comes, keeping only an error."""
@@ -102,6 +116,10 @@ class Connection:
 
     def keep(self, request_id: int, body: bytes) -> None:
         """File a reply for its waiter (or drop an unwatched one)."""
+        queue = self._streams.get(request_id)
+        if queue is not None:
+            queue.append(body)
+            return
         if request_id in self._unwatched:
             self._unwatched.discard(request_id)
             reply = _replies.decode(body)

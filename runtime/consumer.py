@@ -45,9 +45,14 @@ class _PollReply(msgspec.Struct, tag_field="op", tag="poll"):
     assignment: list[tuple[str, int]]
     partitions: list[_PartitionData]
     id: int = 0
+    more: bool = False
 
 
 _poll_decoder = msgspec.msgpack.Decoder(_PollReply | p.ErrorReply)
+# A parked poll streams up to this many replies (within max_bytes in all) before the
+# consumer sends the next: one request per ~STREAM_REPLIES small deliveries, not per one.
+STREAM_REPLIES = 1000
+GATHER_REPLIES = 64  # stream replies already received that one poll() call returns together
 
 
 def events_of(data: _PartitionData) -> list[Event]:
@@ -71,7 +76,7 @@ class Consumer:
                  member_id: str = "", start: str = "earliest", session_timeout_ms: int = 10_000,
                  client_id: str = "", max_bytes: int = 1024 * 1024,
                  on_assign: Callable[[list[tuple[str, int]]], None] | None = None,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, commit_interval_ms: int = 100) -> None:
         self.broker = broker
         self.group = group
         self.topics = list(topics)
@@ -88,6 +93,9 @@ class Consumer:
         self.assignment: list[tuple[str, int]] = []
         self.positions: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
+        self.commit_interval_s = commit_interval_ms / 1000
+        self._pending: dict[tuple[str, int], int] = {}  # async commits not sent yet
+        self._last_commit_at = float("-inf")
         self._poll_id: int | None = None
         self._poll_sent_at = 0.0
         self._floors: dict[tuple[str, int], int] = {}  # after a seek: drop events below
@@ -139,10 +147,25 @@ class Consumer:
         while True:
             if self._poll_id is None:
                 self._send_poll()
-            reply = self._await_poll(max(0.0, deadline - time.monotonic()))
+            wait_until = deadline
+            if self._pending:  # wake up for an async commit that falls due while we wait
+                due = self._last_commit_at + self.commit_interval_s
+                if time.monotonic() >= due:
+                    self._send_pending()
+                else:
+                    wait_until = min(deadline, due)
+            reply = self._await_poll(max(0.0, wait_until - time.monotonic()))
             events = [] if reply is None else self._take(reply)
+            # Stream replies that are already here come along (a backlog is one batch).
+            for _ in range(GATHER_REPLIES):
+                if self._poll_id is None or not self.conn.arrived(self._poll_id, 0):
+                    break
+                reply = self._await_poll(0)
+                if reply is not None:
+                    events.extend(self._take(reply))
             if events:
-                self._send_poll()
+                if self._poll_id is None:
+                    self._send_poll()
                 return events
             if time.monotonic() >= deadline:
                 return []
@@ -155,7 +178,9 @@ class Consumer:
         self._poll_sent_at = time.monotonic()
         self._poll_id = self.conn.send(p.Poll(group=self.group, member_id=self.member_id,
                                               max_bytes=self.max_bytes,
-                                              max_wait_ms=self._long_wait_ms))
+                                              max_wait_ms=self._long_wait_ms,
+                                              replies=STREAM_REPLIES))
+        self.conn.stream(self._poll_id)
 
     def _await_poll(self, timeout_s: float) -> _PollReply | None:
         """The parked poll's reply if it comes within ``timeout_s``, else None (still parked)."""
@@ -164,17 +189,24 @@ class Consumer:
         if not self.conn.arrived(rid, timeout_s):
             overdue = time.monotonic() - self._poll_sent_at - self._long_wait_ms / 1000
             if overdue > self.conn.timeout_s:
-                self._poll_id = None
+                self._end_poll(rid)
                 raise BrokerUnavailable(self.conn.endpoint, self.conn.timeout_s)
             return None
-        self._poll_id = None
         try:
-            return self.conn.wait(rid, 0, decoder=_poll_decoder)
+            reply = self.conn.wait(rid, 0, decoder=_poll_decoder)
         except BrokerError as exc:
+            self._end_poll(rid)
             if exc.code == "NOT_MEMBER":
                 self._join()
                 return None
             raise
+        if not reply.more:
+            self._end_poll(rid)
+        return reply
+
+    def _end_poll(self, rid: int) -> None:
+        self._poll_id = None
+        self.conn.end_stream(rid)
 
     def _take(self, reply: _PollReply) -> list[Event]:
         if reply.generation >= self.generation:  # a prefetched reply may predate a rebalance
@@ -196,12 +228,27 @@ class Consumer:
 
     # -- committing -------------------------------------------------------------------
     def commit(self, offsets: dict[tuple[str, int], int] | None = None, sync: bool = True) -> None:
-        """Commit ``offsets`` (next offset to read) or everything polled so far."""
-        todo = dict(self.positions if offsets is None else offsets)
-        items = [(t, part, o) for (t, part), o in todo.items()
-                 if self._committed.get((t, part)) != o and (t, part) in set(self.assignment)]
+        """Commit ``offsets`` (next offset to read) or everything polled so far.
+
+        A sync commit waits for the broker (and takes along what async commits left
+        pending).  An async commit goes out at once unless one went out less than
+        ``commit_interval_ms`` ago; then it waits, merged with later ones, and goes out when
+        that interval ends (from ``poll`` or ``commit``) or at ``close``.
+        """
+        self._pending.update(self.positions if offsets is None else offsets)
+        if sync:
+            self._send_pending(sync=True)
+        elif time.monotonic() - self._last_commit_at >= self.commit_interval_s:
+            self._send_pending()
+
+    def _send_pending(self, sync: bool = False) -> None:
+        owned = set(self.assignment)
+        items = [(t, part, o) for (t, part), o in self._pending.items()
+                 if self._committed.get((t, part)) != o and (t, part) in owned]
+        self._pending.clear()
         if not items:
             return
+        self._last_commit_at = time.monotonic()
         rid = self.conn.send(p.Commit(group=self.group, member_id=self.member_id,
                                       generation=self.generation, offsets=items))
         if not sync:
@@ -243,7 +290,13 @@ class Consumer:
         self._floors[(topic, partition)] = offset
 
     def close(self) -> None:
-        """Leave the group (its partitions move to the others at once) and close."""
+        """Send pending async commits, leave the group (its partitions move to the others at
+        once) and close."""
+        if self._pending:
+            try:
+                self._send_pending(sync=True)
+            except BrokerError:
+                pass
         self._closed.set()
         self._heart.join(timeout=2)
         try:

@@ -210,3 +210,58 @@ def test_an_unknown_topic_is_reported_as_unknown_topic(
     with RawClient(broker.api) as raw:
         assert raw.error_code(op, **fields) == "UNKNOWN_TOPIC"
         assert raw.ok("metadata")["topics"] == [], "asking created nothing"
+
+
+def committed(raw: RawClient, group: str) -> dict[int, int]:
+    return {part["partition"]: part["committed"]
+            for part in raw.ok("describe_group", group=group)["partitions"]}
+
+
+def test_a_consumer_streams_one_at_a_time_events_with_few_poll_requests(
+        broker: BrokerProcess) -> None:
+    with RawClient(broker.api) as raw:
+        raw.ok("create_topic", topic="drip", partitions=1)
+        with Consumer(broker.api, group="sip", topics=["drip"]) as consumer, \
+                Producer(broker.api, linger_ms=0) as producer:
+            assert consumer.poll(timeout_s=0.3) == []
+            before = raw.ok("stats")["stats"]["counts"]["requests"]
+            got: list[Event] = []
+            for i in range(100):  # each event alone: the parked poll answers it
+                producer.send("drip", i, partition=0)
+                producer.flush()
+                while len(got) <= i:
+                    got.extend(consumer.poll(timeout_s=5))
+            requests = raw.ok("stats")["stats"]["counts"]["requests"] - before
+    assert [e.value for e in got] == list(range(100))
+    # 100 produces and one stats; a poll per event would add 100 more, and commits none here
+    assert requests < 120, requests
+
+
+def test_async_commits_within_the_interval_are_merged_and_sent_by_poll_or_close(
+        broker: BrokerProcess) -> None:
+    with RawClient(broker.api) as raw, Producer(broker.api) as producer:
+        raw.ok("create_topic", topic="ledger", partitions=1)
+        for i in range(3):
+            producer.send("ledger", i, partition=0)
+        producer.flush()
+        consumer = Consumer(broker.api, group="clerks", topics=["ledger"],
+                            commit_interval_ms=400)
+        try:
+            first = consumer.poll(timeout_s=5)
+            consumer.commit(sync=False)  # nothing sent for 400 ms yet: it goes at once
+            wait_for(lambda: committed(raw, "clerks") == {0: len(first)}, 5,
+                     what="the first async commit")
+            producer.send("ledger", 3, partition=0)
+            producer.flush()
+            more = consumer.poll(timeout_s=5)
+            consumer.commit(sync=False)  # within 400 ms of the first: held back
+            assert committed(raw, "clerks") == {0: len(first)}
+            assert consumer.poll(timeout_s=1.0) == []  # its wait sends the held commit
+            assert committed(raw, "clerks") == {0: len(first) + len(more)}
+            producer.send("ledger", 4, partition=0)
+            producer.flush()
+            consumer.poll(timeout_s=5)
+            consumer.commit(sync=False)
+        finally:
+            consumer.close()  # sends what is still held before leaving
+        assert committed(raw, "clerks") == {0: 5}
