@@ -57,8 +57,19 @@ class Group:
     owners: dict[TP, str] = field(default_factory=dict)
     positions: dict[TP, int] = field(default_factory=dict)
 
+    _assigned: dict[str, list[TP]] = field(default_factory=dict, repr=False)
+    _assigned_generation: int = -1
+
     def assignment_of(self, member_id: str) -> list[TP]:
-        return sorted(tp for tp, owner in self.owners.items() if owner == member_id)
+        """The member's partitions, sorted (worked out once a generation: do not modify)."""
+        if self._assigned_generation != self.generation:
+            self._assigned = {}
+            self._assigned_generation = self.generation
+        got = self._assigned.get(member_id)
+        if got is None:
+            got = self._assigned[member_id] = sorted(
+                tp for tp, owner in self.owners.items() if owner == member_id)
+        return got
 
     @property
     def state(self) -> str:

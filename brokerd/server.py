@@ -129,9 +129,10 @@ class Broker(Handlers):
         poller.register(self.pull, zmq.POLLIN)
         poller.register(self.flusher.wake, zmq.POLLIN)
         poller.register(wake_r.fileno(), zmq.POLLIN)
+        flush_at = self._flush_deadline()
         try:
             while not self._stopping:
-                ready = dict(poller.poll(self._timeout_ms()))
+                ready = dict(poller.poll(self._timeout_ms(flush_at)))
                 if self.flusher.wake in ready:
                     self._round_done(self.flusher.finished())
                 if self.api in ready:
@@ -142,7 +143,7 @@ class Broker(Handlers):
                 if wake_r.fileno() in ready:
                     self._drain_wakeups(wake_r)
                 self._timers()
-                self._maybe_flush()
+                flush_at = self._maybe_flush()
         finally:
             self._shutdown()
             signal.set_wakeup_fd(-1)
@@ -178,12 +179,11 @@ class Broker(Handlers):
             for client, reply in acks:
                 self.send(client, reply)
 
-    def _timeout_ms(self) -> int | None:
+    def _timeout_ms(self, flush_at: float | None) -> int | None:
         now = time.monotonic()
         deadlines = [self._next_retention]
-        flush = None if self.flusher.in_flight else self._flush_deadline()
-        if flush is not None:
-            deadlines.append(flush)
+        if flush_at is not None:
+            deadlines.append(flush_at)
         waiter = self.waiting.next_deadline()
         if waiter is not None:
             deadlines.append(waiter)
@@ -211,15 +211,19 @@ class Broker(Handlers):
             deadlines.append(self._next_offsets_flush)
         return min(deadlines, default=None)
 
-    def _maybe_flush(self) -> None:
-        """Start an fsync round when producers wait for one or an interval is due."""
+    def _maybe_flush(self) -> float | None:
+        """Start an fsync round when producers wait for one or an interval is due.
+
+        Returns when the loop must wake for the next one (None: a round is running, whose
+        end wakes the loop, or nothing waits for one).
+        """
         if self.flusher.in_flight is not None:
-            return
+            return None
         now = time.monotonic()
         urgent = bool(self.acks.pending)
         deadline = self._flush_deadline()
         if not urgent and (deadline is None or now < deadline):
-            return
+            return deadline
         waiting = self.acks.logs()
         jobs, covered = [], {}
         for topic in self.topics.topics.values():
@@ -238,8 +242,10 @@ class Broker(Handlers):
         if jobs:
             self._covered = covered
             self.flusher.submit(jobs)
-        elif urgent:
+            return None
+        if urgent:
             self._settle()
+        return self._flush_deadline()
 
     def _round_done(self, rnd: Round | None) -> None:
         if rnd is None:
