@@ -88,7 +88,8 @@ class Producer:
             if buf is None:
                 buf = self._buffers[tp] = []
                 self._buffer_since[tp] = time.monotonic()
-                self._work.set()
+                if not self._work.is_set():  # Event.set takes a lock even when set
+                    self._work.set()
             buf.append(record)
             if callback is not None:
                 self._callbacks.setdefault(tp, []).append(callback)
@@ -150,13 +151,15 @@ class Producer:
                        self._callbacks.pop(tp, []))
         # At most WINDOW batches in flight per partition: the broker recognises a retry only
         # among a producer's last WINDOW batches of a partition.
+        if len(self._in_flight) >= self.max_in_flight // 2:
+            # Collect the acks that came meanwhile now and then, not after every send: each
+            # look at the socket is a system call, right when its I/O thread wants the CPU.
+            self._collect()
         while len(self._unacked.get(tp, ())) >= self.max_in_flight:
             self._receive(self.request_timeout_s)
         self._transmit(batch)
         if self.acks != 0:
             self._unacked.setdefault(tp, deque()).append(batch)
-        while self._in_flight and self.conn.readable():  # acks that came meanwhile, after the send
-            self._receive(0)
 
     def _transmit(self, batch: _Batch) -> None:
         batch.request_id = self.conn.next_id()
@@ -171,22 +174,29 @@ class Producer:
             self._in_flight[batch.request_id] = batch
 
     # -- acknowledgements -------------------------------------------------------------
+    def _collect(self) -> None:
+        """Take the replies that are already here, without waiting."""
+        while self._in_flight and self.conn.readable():
+            self._take(*self.conn.recv_ready())
+
     def _receive(self, timeout_s: float) -> bool:
         got = self.conn.recv(timeout_s)
         if got is None:
             self._retry_stale()
             return False
-        request_id, body = got
+        self._take(*got)
+        return True
+
+    def _take(self, request_id: int, body: bytes) -> None:
         batch = self._in_flight.pop(request_id, None)
         if batch is None:
             self.conn.keep(request_id, body)
-            return True
+            return
         reply = _decode_reply(body)
         if isinstance(reply, p.ErrorReply):
             self._failed(batch, BrokerError(reply.code, reply.message))
         else:
             self._acked(batch, reply)
-        return True
 
     def _acked(self, batch: _Batch, reply: p.ProduceReply) -> None:
         queue = self._unacked.get((batch.topic, batch.partition))
@@ -240,8 +250,8 @@ class Producer:
                 for tp, since in list(self._buffer_since.items()):
                     if now - since >= self.linger_s:
                         self._ship(tp)
-                while self._in_flight and self._receive(0):
-                    pass
+                self._collect()
+                self._retry_stale()
                 if not self._buffers and not self._in_flight:
                     self._work.clear()
 
