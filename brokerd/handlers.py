@@ -259,26 +259,40 @@ class Handlers:
             if req.max_wait_ms == 0 or not stream.take(reply):
                 return reply
             self.send(client, reply)
+            if self._stream_on(req, client, stream):
+                return None
         # A parked poll is not a heartbeat: answer it well before the session could expire.
         wait_ms = min(req.max_wait_ms, member.session_timeout_ms // 2)
         generation = group.generation
         def answer(final: bool) -> bool:
             try:
                 again = self._poll_reply(req, stream.budget)
+                if final or again.generation != generation:
+                    self.send(client, again)
+                    return True
+                if not again.partitions:
+                    return False
+                more = stream.take(again)
+                self.send(client, again)
+                return not more or self._stream_on(req, client, stream)
             except RailError as exc:
                 self.send_error(client, req.id, exc)
                 return True
-            if final or again.generation != generation:
-                self.send(client, again)
-                return True
+        keys = group.assignment_of(member.member_id)
+        self._park(client, wait_ms, answer, keys, group.name)
+        return None
+
+    def _stream_on(self, req: p.Poll, client: Client, stream: _Stream) -> bool:
+        """Send what the log already holds past a stream's last reply (a read may stop
+        short of the budget, at a segment's end); True once the stream is over."""
+        while True:
+            again = self._poll_reply(req, stream.budget)
             if not again.partitions:
                 return False
             more = stream.take(again)
             self.send(client, again)
-            return not more
-        keys = group.assignment_of(member.member_id)
-        self._park(client, wait_ms, answer, keys, group.name)
-        return None
+            if not more:
+                return True
 
     def _poll_reply(self, req: p.Poll, budget: int) -> p.PollReply:
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())

@@ -501,6 +501,23 @@ def test_a_streaming_poll_ends_at_its_deadline_and_when_its_bytes_are_spent(
     assert [r[0] for _, r in records_of(spent["partitions"][0]["batches"], 0)] == ["two", "three"]
 
 
+def test_a_streaming_poll_sends_at_once_what_the_log_already_holds(client: RawClient) -> None:
+    client.ok("create_topic", topic="backlog", partitions=1)
+    for i in range(100):  # ~10 KiB batches: a read from the file stops short of the budget
+        client.ok("produce", topic="backlog", records=[[f"{i:03d}" + "x" * 1000]] * 10)
+    client.ok("join", group="catchup", topics=["backlog"], member_id="c-1")
+    started = time.monotonic()
+    streaming = client.send("poll", group="catchup", member_id="c-1", max_wait_ms=20_000,
+                            replies=1000, max_bytes=35_000)
+    replies = [client.wait(streaming, timeout_s=3)]
+    while replies[-1]["more"]:  # each read that stopped short is followed at once
+        replies.append(client.wait(streaming, timeout_s=3))
+    assert time.monotonic() - started < 2.0, "the backlog waited for new data to arrive"
+    seen = [r[0][:3] for reply in replies
+            for _, r in records_of(reply["partitions"][0]["batches"], 0)]
+    assert 35 <= len(seen) <= 50 and seen == sorted(seen)  # the budget, within one batch
+
+
 def test_a_req_socket_cannot_stream(broker: BrokerProcess, context: zmq.Context,
                                     client: RawClient) -> None:
     client.ok("create_topic", topic="once", partitions=1)
