@@ -27,10 +27,12 @@ from brokerd.log.files import write_all
 from brokerd.log.index import NO_TIMESTAMP, OffsetIndex
 
 
-# The in-memory tail of the active segment: at most this many batches and (beyond one
-# batch) this many bytes.
+# The in-memory tail of the active segment, for consumers at the end of the log: at most
+# this many batches and bytes, of batches up to TAIL_MAX_BATCH bytes (a bigger one empties
+# it).  It holds at most TAIL_BYTES per partition that is being written to.
 TAIL_BATCHES = 64
-TAIL_BYTES = 1024 * 1024
+TAIL_BYTES = 128 * 1024
+TAIL_MAX_BATCH = 32 * 1024
 
 
 def segment_name(base_offset: int, suffix: str) -> str:
@@ -160,10 +162,13 @@ class Segment:
         self.dirty = True
 
     def _keep_tail(self, batch: StoredBatch) -> None:
+        if batch.header.size > TAIL_MAX_BATCH:
+            self.drop_tail()  # the tail must end at the end of the log
+            return
         tail = self._tail
         tail.append(batch)
         self._tail_bytes += batch.header.size
-        while len(tail) > TAIL_BATCHES or (self._tail_bytes > TAIL_BYTES and len(tail) > 1):
+        while len(tail) > TAIL_BATCHES or self._tail_bytes > TAIL_BYTES:
             self._tail_bytes -= tail.popleft().header.size
 
     def drop_tail(self) -> None:
