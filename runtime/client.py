@@ -17,7 +17,8 @@ never written twice.  The consumer is a group member: the broker assigns it part
 remembers its position, and a streaming poll parked at the broker sends each new event as
 it arrives.  ``commit`` makes progress durable: a sync commit waits for the broker; async
 commits go out at most once per ``commit_interval_ms`` (default 100), the ones in between
-merged into the next (``close`` sends what is held).  Each object is used from one thread
+merged into the next, which goes out at the end of the interval or once ``poll`` has been
+quiet for 5 ms (``close`` sends what is held).  Each object is used from one thread
 (the producer has its own lock for its linger thread).
 """
 

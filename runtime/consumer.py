@@ -53,6 +53,7 @@ _poll_decoder = msgspec.msgpack.Decoder(_PollReply | p.ErrorReply)
 # consumer sends the next: one request per ~STREAM_REPLIES small deliveries, not per one.
 STREAM_REPLIES = 1000
 GATHER_REPLIES = 64  # stream replies already received that one poll() call returns together
+COMMIT_WHEN_QUIET_S = 0.005  # a held async commit goes out once no event came for this long
 
 
 def events_of(data: _PartitionData) -> list[Event]:
@@ -149,12 +150,17 @@ class Consumer:
                 self._send_poll()
             wait_until = deadline
             if self._pending:  # wake up for an async commit that falls due while we wait
+                now = time.monotonic()
                 due = self._last_commit_at + self.commit_interval_s
-                if time.monotonic() >= due:
+                if now >= due:
                     self._send_pending()
                 else:
-                    wait_until = min(deadline, due)
+                    wait_until = min(deadline, due, now + COMMIT_WHEN_QUIET_S)
             reply = self._await_poll(max(0.0, wait_until - time.monotonic()))
+            if reply is None and self._pending:
+                # Nothing came for a moment: send what is held now rather than at the end
+                # of the interval, so that a rebalance soon after replays less.
+                self._send_pending()
             events = [] if reply is None else self._take(reply)
             # Stream replies that are already here come along (a backlog is one batch).
             for _ in range(GATHER_REPLIES):
@@ -233,7 +239,8 @@ class Consumer:
         A sync commit waits for the broker (and takes along what async commits left
         pending).  An async commit goes out at once unless one went out less than
         ``commit_interval_ms`` ago; then it waits, merged with later ones, and goes out when
-        that interval ends (from ``poll`` or ``commit``) or at ``close``.
+        that interval ends, when ``poll`` has had nothing to return for 5 ms, or at
+        ``close``.
         """
         self._pending.update(self.positions if offsets is None else offsets)
         if sync:
