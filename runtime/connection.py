@@ -48,14 +48,20 @@ class Connection:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
         self._ids = itertools.count(1)
+        self._last_id = 0
         self._stash: dict[int, Any] = {}
         self._streams: dict[int, deque[bytes]] = {}  # ids that get many replies, in order
         self._unwatched: set[int] = set()
         self.async_errors: list[BrokerError] = []
 
+    @property
+    def last_id(self) -> int:
+        """The id of the last request sent (0 before any)."""
+        return self._last_id
+
     def send(self, request: Any) -> int:
         """Send without waiting; return the request id to ``wait`` for."""
-        request.id = next(self._ids)
+        request.id = self.next_id()
         self.socket.send(_encoder.encode(request), copy=False)
         return request.id
 
@@ -63,7 +69,8 @@ class Connection:
         self.socket.send(body, copy=False)
 
     def next_id(self) -> int:
-        return next(self._ids)
+        self._last_id = next(self._ids)
+        return self._last_id
 
     def recv(self, timeout_s: float | None) -> tuple[int, bytes] | None:
         """Receive one reply body (any id) or None on timeout."""

@@ -99,7 +99,9 @@ class Consumer:
         self._last_commit_at = float("-inf")
         self._poll_id: int | None = None
         self._poll_sent_at = 0.0
-        self._floors: dict[tuple[str, int], int] = {}  # after a seek: drop events below
+        # After a seek: (offset, id of the last poll sent before it); replies to that poll
+        # or an earlier one may predate the seek, so their events below offset are dropped.
+        self._floors: dict[tuple[str, int], tuple[int, int]] = {}
         self._closed = threading.Event()
         self._join()
         self._heart = threading.Thread(target=self._heartbeat_loop, daemon=True,
@@ -224,9 +226,12 @@ class Consumer:
             if tp not in owned:
                 continue
             got = events_of(data)
-            floor = self._floors.pop(tp, None)
+            floor = self._floors.get(tp)
             if floor is not None:
-                got = [e for e in got if e.offset >= floor]
+                if reply.id > floor[1]:  # a poll sent after the seek reads from its offset
+                    del self._floors[tp]
+                else:
+                    got = [e for e in got if e.offset >= floor[0]]
             if got:
                 self.positions[tp] = got[-1].offset + 1
                 events.extend(got)
@@ -294,7 +299,7 @@ class Consumer:
         self.conn.call(p.Seek(group=self.group, member_id=self.member_id, topic=topic,
                               partition=partition, offset=offset))
         self.positions[(topic, partition)] = offset
-        self._floors[(topic, partition)] = offset
+        self._floors[(topic, partition)] = (offset, self.conn.last_id)
 
     def close(self) -> None:
         """Send pending async commits, leave the group (its partitions move to the others at

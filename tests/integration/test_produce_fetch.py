@@ -265,3 +265,22 @@ def test_async_commits_within_the_interval_are_held_until_a_quiet_poll_or_close(
         finally:
             consumer.close()  # sends what is still held before leaving
         assert committed(raw, "clerks") == {0: 5}
+
+
+def test_a_seek_drops_every_stream_reply_sent_before_it(broker: BrokerProcess) -> None:
+    with RawClient(broker.api) as raw:
+        raw.ok("create_topic", topic="reel", partitions=1)
+    with Consumer(broker.api, group="editors", topics=["reel"]) as consumer, \
+            Producer(broker.api, linger_ms=0) as producer:
+        assert consumer.poll(timeout_s=0.3) == []  # its streaming poll is parked now
+        for i in range(5):  # one reply each, queued at the consumer: nobody polls
+            producer.send("reel", i, partition=0)
+            producer.flush()
+        time.sleep(0.3)
+        consumer.seek("reel", 0, 5)  # forward, past all five
+        producer.send("reel", 5, partition=0)
+        producer.flush()
+        got: list[Event] = []
+        wait_for(lambda: got.extend(consumer.poll(timeout_s=0.2)) or bool(got), 5,
+                 what="the event after the seek")
+        assert [e.value for e in got] == [5]
