@@ -253,7 +253,7 @@ class Consumer:
         elif time.monotonic() - self._last_commit_at >= self.commit_interval_s:
             self._send_pending()
 
-    def _send_pending(self, sync: bool = False) -> None:
+    def _send_pending(self, sync: bool = False, timeout_s: float | None = None) -> None:
         owned = set(self.assignment)
         items = [(t, part, o) for (t, part), o in self._pending.items()
                  if self._committed.get((t, part)) != o and (t, part) in owned]
@@ -267,7 +267,7 @@ class Consumer:
             self.conn.unwatched(rid)
         else:
             try:
-                self.conn.wait(rid)
+                self.conn.wait(rid, timeout_s)
             except BrokerError as exc:
                 if exc.code not in ("STALE_GENERATION", "NOT_MEMBER"):
                     raise
@@ -306,7 +306,7 @@ class Consumer:
         once) and close."""
         if self._pending:
             try:
-                self._send_pending(sync=True)
+                self._send_pending(sync=True, timeout_s=2)
             except BrokerError:
                 pass
         self._closed.set()
