@@ -47,6 +47,8 @@ class Connection:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
+        self._poller = zmq.Poller()  # kept: Socket.poll builds a new one on every call
+        self._poller.register(self.socket, zmq.POLLIN)
         self._ids = itertools.count(1)
         self._last_id = 0
         self._stash: dict[int, Any] = {}
@@ -75,11 +77,11 @@ class Connection:
     def recv(self, timeout_s: float | None) -> tuple[int, bytes] | None:
         """Receive one reply body (any id) or None on timeout."""
         if timeout_s is None:
-            ready = self.socket.poll(-1)
+            ready = self._poller.poll(-1)
         elif timeout_s <= 0:
-            ready = self.readable()  # no system call when nothing is pending
+            ready = self.readable()
         else:  # rounded up: a 0.4 ms wait must not become a busy loop of 0 ms polls
-            ready = self.socket.poll(math.ceil(timeout_s * 1000))
+            ready = self._poller.poll(math.ceil(timeout_s * 1000))
         if not ready:
             return None
         body = self.socket.recv(copy=False).bytes
