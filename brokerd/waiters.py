@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from brokerd.log.partition import PartitionLog
+
+log = logging.getLogger("brokerd")
 
 Client = tuple[bytes, bool]  # (ZeroMQ routing identity, sent as REQ with a delimiter)
 TP = tuple[str, int]
@@ -72,7 +75,7 @@ class WaitingRoom:
 
     def _try(self, waiters: set[Waiter] | None, final: bool) -> None:
         for waiter in list(waiters or ()):
-            if not waiter.done and waiter.answer(final):
+            if not waiter.done and _answer(waiter, final):
                 self._unpark(waiter)
 
     def data_arrived(self, tp: TP) -> None:
@@ -99,7 +102,7 @@ class WaitingRoom:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, waiter = heapq.heappop(self._deadlines)
             if not waiter.done:
-                waiter.answer(True)
+                _answer(waiter, True)
                 self._unpark(waiter)
 
     def next_deadline(self) -> float | None:
@@ -111,9 +114,19 @@ class WaitingRoom:
         """Answer everyone now (shutdown)."""
         for _, _, waiter in list(self._deadlines):
             if not waiter.done:
-                waiter.answer(True)
+                _answer(waiter, True)
                 self._unpark(waiter)
         self._deadlines.clear()
+
+
+def _answer(waiter: Waiter, final: bool) -> bool:
+    """``waiter.answer(final)``; a bug in it drops that request (its client times out)
+    instead of taking the broker down for everyone."""
+    try:
+        return waiter.answer(final)
+    except Exception:  # noqa: BLE001
+        log.exception("internal error answering a parked request; dropping it")
+        return True
 
 
 @dataclass
