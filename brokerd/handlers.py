@@ -254,27 +254,21 @@ class Handlers:
             raise BadRequest("a streaming poll (replies > 1) needs a DEALER socket: a REQ "
                              "socket takes one reply per request")
         stream = _Stream(req.replies, req.max_bytes)
-        reply = self._poll_reply(req, stream.budget)
-        if reply.partitions or req.max_wait_ms == 0:
-            if req.max_wait_ms == 0 or not stream.take(reply):
-                return reply
-            self.send(client, reply)
-            if self._stream_on(req, client, stream):
-                return None
+        reply, used = self._poll_reply(req, stream.budget)
+        if req.max_wait_ms == 0:
+            return reply
+        if self._stream_on(req, client, stream, reply, used):
+            return None
         # A parked poll is not a heartbeat: answer it well before the session could expire.
         wait_ms = min(req.max_wait_ms, member.session_timeout_ms // 2)
         generation = group.generation
         def answer(final: bool) -> bool:
             try:
-                again = self._poll_reply(req, stream.budget)
+                again, used = self._poll_reply(req, stream.budget)
                 if final or again.generation != generation:
                     self.send(client, again)
                     return True
-                if not again.partitions:
-                    return False
-                more = stream.take(again)
-                self.send(client, again)
-                return not more or self._stream_on(req, client, stream)
+                return self._stream_on(req, client, stream, again, used)
             except RailError as exc:
                 self.send_error(client, req.id, exc)
                 return True
@@ -282,19 +276,23 @@ class Handlers:
         self._park(client, wait_ms, answer, keys, group.name)
         return None
 
-    def _stream_on(self, req: p.Poll, client: Client, stream: _Stream) -> bool:
-        """Send what the log already holds past a stream's last reply (a read may stop
-        short of the budget, at a segment's end); True once the stream is over."""
-        while True:
-            again = self._poll_reply(req, stream.budget)
-            if not again.partitions:
-                return False
-            more = stream.take(again)
-            self.send(client, again)
+    def _stream_on(self, req: p.Poll, client: Client, stream: _Stream, reply: p.PollReply,
+                   used: int) -> bool:
+        """Send ``reply`` if it has data, then what the log already holds past it (a read may
+        stop short of the budget, at a segment's end); True once the poll is answered for
+        good, False while it waits for more."""
+        while reply.partitions:
+            more = stream.take(reply, used)
+            self.send(client, reply)
             if not more:
                 return True
+            reply, used = self._poll_reply(req, stream.budget)
+        return False
 
-    def _poll_reply(self, req: p.Poll, budget: int) -> p.PollReply:
+    def _poll_reply(self, req: p.Poll, budget: int) -> tuple[p.PollReply, int]:
+        """The next records of the member's partitions within ``budget``, and the payload
+        bytes they take."""
+        left = budget
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         assignment = group.assignment_of(member.member_id)
         out: list[p.PartitionData] = []
@@ -304,27 +302,28 @@ class Handlers:
         else:
             assignment_order = []
         for tp in assignment_order:
-            if budget <= 0:
+            if left <= 0:
                 break
             topic = self.topics.get(tp[0])
             plog = topic.partition(tp[1])
             pos = self.coordinator.position(group, tp)
             if pos >= plog.end_offset:
                 continue
-            batches = plog.read(pos, budget)
+            batches = plog.read(pos, left)
             if not batches:
                 continue
             wire = _wire(batches, req.raw_records)
             group.positions[tp] = batches[-1].header.next_offset
             used = _reply_bytes(wire)
-            budget -= used
+            left -= used
             counters = topic.counters[tp[1]]
             counters.records_out += sum(b.header.record_count for b in batches)
             counters.bytes_out += used
             out.append(p.PartitionData(topic=tp[0], partition=tp[1], offset=pos,
                                        end_offset=plog.end_offset, batches=wire))
-        return p.PollReply(id=req.id, generation=group.generation, assignment=assignment,
-                           partitions=out)
+        reply = p.PollReply(id=req.id, generation=group.generation, assignment=assignment,
+                            partitions=out)
+        return reply, budget - left
 
     def _park(self, client: Client, wait_ms: int, answer: Any, keys: list,
               group: str | None) -> None:
@@ -499,10 +498,11 @@ class _Stream:
         self.replies = replies
         self.budget = budget
 
-    def take(self, reply: p.PollReply) -> bool:
-        """Count ``reply`` against the stream; True (and ``reply.more``) if more may follow."""
+    def take(self, reply: p.PollReply, used: int) -> bool:
+        """Count ``reply`` (``used`` payload bytes) against the stream; True (and
+        ``reply.more``) if more may follow."""
         self.replies -= 1
-        self.budget -= sum(_reply_bytes(data.batches) for data in reply.partitions)
+        self.budget -= used
         reply.more = self.replies > 0 and self.budget > 0
         return reply.more
 
