@@ -77,18 +77,17 @@ class Connection:
     def recv(self, timeout_s: float | None) -> tuple[int, bytes] | None:
         """Receive one reply body (any id) or None on timeout."""
         if timeout_s is None:
-            ready = self._poller.poll(-1)
+            ready = bool(self._poller.poll(-1))
         elif timeout_s <= 0:
             ready = self.readable()
         else:  # rounded up: a 0.4 ms wait must not become a busy loop of 0 ms polls
-            ready = self._poller.poll(math.ceil(timeout_s * 1000))
+            ready = bool(self._poller.poll(math.ceil(timeout_s * 1000)))
         if not ready:
             return None
-        body = self.socket.recv(copy=False).bytes
-        return reply_id(body), body
+        return self.recv_ready()
 
     def recv_ready(self) -> tuple[int, bytes]:
-        """Receive one reply that ``readable`` said is there."""
+        """Receive one reply that ``readable`` (or a poll) said is there."""
         body = self.socket.recv(copy=False).bytes
         return reply_id(body), body
 
