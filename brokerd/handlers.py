@@ -85,6 +85,9 @@ class Handlers:
     def sessions_changed(self) -> None:
         raise NotImplementedError
 
+    def appended(self, topic: Topic, partition: int) -> None:
+        raise NotImplementedError
+
     # -- frames to typed requests -----------------------------------------------------
     def handle_frames(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
@@ -170,11 +173,12 @@ class Handlers:
 
     # -- produce ----------------------------------------------------------------------
     def handle_produce(self, req: p.Produce, client: Client) -> p.Reply | None:
-        check_name(req.topic)
+        existing = self.topics.topics.get(req.topic)
+        if existing is None:  # a topic's name was checked when it was created
+            check_name(req.topic)
         if req.producer_id and (req.partition is None or req.sequence < 0):
             raise BadRequest("an idempotent produce (producer_id) must name its partition "
                              "and carry its sequence number (>= 0)")
-        existing = self.topics.topics.get(req.topic)
         config = existing.config if existing else self.config.topic_defaults
         if req.partition is not None and req.partition >= config.partitions:
             raise UnknownPartition(f"topic {req.topic!r} has partitions "
@@ -208,7 +212,7 @@ class Handlers:
             counters.records_in += len(recs)
             counters.bytes_in += HEADER_SIZE + len(payload)
             needs.append((plog, plog.end_offset))
-            self.waiting.data_arrived((topic.name, index))
+            self.appended(topic, index)
         if req.acks == 0:
             return None
         reply = p.ProduceReply(id=req.id, topic=topic.name, offsets=offsets, duplicate=duplicate)
@@ -254,21 +258,21 @@ class Handlers:
             raise BadRequest("a streaming poll (replies > 1) needs a DEALER socket: a REQ "
                              "socket takes one reply per request")
         stream = _Stream(req.replies, req.max_bytes)
-        reply, used = self._poll_reply(req, stream.budget)
+        read = self._poll_reply(req, stream.budget)
         if req.max_wait_ms == 0:
-            return reply
-        if self._stream_on(req, client, stream, reply, used):
+            return read[0]
+        if self._stream_on(req, client, stream, read):
             return None
         # A parked poll is not a heartbeat: answer it well before the session could expire.
         wait_ms = min(req.max_wait_ms, member.session_timeout_ms // 2)
         generation = group.generation
         def answer(final: bool) -> bool:
             try:
-                again, used = self._poll_reply(req, stream.budget)
-                if final or again.generation != generation:
-                    self.send(client, again)
+                read = self._poll_reply(req, stream.budget)
+                if final or read[0].generation != generation:
+                    self.send(client, read[0])
                     return True
-                return self._stream_on(req, client, stream, again, used)
+                return self._stream_on(req, client, stream, read)
             except RailError as exc:
                 self.send_error(client, req.id, exc)
                 return True
@@ -276,22 +280,25 @@ class Handlers:
         self._park(client, wait_ms, answer, keys, group.name)
         return None
 
-    def _stream_on(self, req: p.Poll, client: Client, stream: _Stream, reply: p.PollReply,
-                   used: int) -> bool:
-        """Send ``reply`` if it has data, then what the log already holds past it (a read may
-        stop short of the budget, at a segment's end); True once the poll is answered for
-        good, False while it waits for more."""
+    def _stream_on(self, req: p.Poll, client: Client, stream: _Stream,
+                   read: tuple[p.PollReply, int, bool]) -> bool:
+        """Send the reply of ``read`` if it has data, then what the log already holds past
+        it (a read may stop short of the budget, at a segment's end); True once the poll is
+        answered for good, False while it waits for more."""
+        reply, used, behind = read
         while reply.partitions:
             more = stream.take(reply, used)
             self.send(client, reply)
             if not more:
                 return True
-            reply, used = self._poll_reply(req, stream.budget)
+            if not behind:  # every partition was read to its end: nothing to look for
+                return False
+            reply, used, behind = self._poll_reply(req, stream.budget)
         return False
 
-    def _poll_reply(self, req: p.Poll, budget: int) -> tuple[p.PollReply, int]:
-        """The next records of the member's partitions within ``budget``, and the payload
-        bytes they take."""
+    def _poll_reply(self, req: p.Poll, budget: int) -> tuple[p.PollReply, int, bool]:
+        """The next records of the member's partitions within ``budget``, the payload bytes
+        they take, and whether some partition holds more than was read."""
         left = budget
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         assignment = group.assignment_of(member.member_id)
@@ -301,29 +308,33 @@ class Handlers:
             assignment_order = assignment[turn:] + assignment[:turn]
         else:
             assignment_order = []
+        behind = False
         for tp in assignment_order:
             if left <= 0:
+                behind = True  # not looked at: maybe more
                 break
             topic = self.topics.get(tp[0])
             plog = topic.partition(tp[1])
             pos = self.coordinator.position(group, tp)
-            if pos >= plog.end_offset:
+            end = plog.end_offset
+            if pos >= end:
                 continue
             batches = plog.read(pos, left)
             if not batches:
                 continue
             wire = _wire(batches, req.raw_records)
-            group.positions[tp] = batches[-1].header.next_offset
+            group.positions[tp] = after = batches[-1].header.next_offset
+            behind = behind or after < end
             used = _reply_bytes(wire)
             left -= used
             counters = topic.counters[tp[1]]
             counters.records_out += sum(b.header.record_count for b in batches)
             counters.bytes_out += used
             out.append(p.PartitionData(topic=tp[0], partition=tp[1], offset=pos,
-                                       end_offset=plog.end_offset, batches=wire))
+                                       end_offset=end, batches=wire))
         reply = p.PollReply(id=req.id, generation=group.generation, assignment=assignment,
                             partitions=out)
-        return reply, budget - left
+        return reply, budget - left, behind
 
     def _park(self, client: Client, wait_ms: int, answer: Any, keys: list,
               group: str | None) -> None:

@@ -101,4 +101,4 @@ class Ingest:
             counters.records_in += len(records)
             counters.bytes_in += HEADER_SIZE + len(payload)
             broker.stats.count("ingest_records", len(records))
-            broker.waiting.data_arrived((name, index))
+            broker.appended(topic, index)

@@ -29,7 +29,7 @@ from brokerd.log.offsets import OffsetStore
 from brokerd.log.partition import PartitionLog
 from brokerd.protocol import ErrorReply, Reply
 from brokerd.stats import Stats
-from brokerd.topics import TopicRegistry
+from brokerd.topics import Topic, TopicRegistry
 from brokerd.waiters import AckQueue, Client, WaitingRoom
 
 log = logging.getLogger("brokerd")
@@ -38,7 +38,7 @@ DRAIN = 256  # messages taken from one socket per loop turn before looking at th
 # and, within a long burst, after every DELIVER_EVERY requests.
 DELIVER_EVERY = 16
 # Plain ints: pyzmq's flag enums cost a microsecond per | on the hot path.
-NOBLOCK, EVENTS, POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
+NOBLOCK = int(zmq.NOBLOCK)
 SNDMORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
 
 
@@ -60,10 +60,16 @@ class Broker(Handlers):
         self.ingest = Ingest(self)
         self.api = self._socket(zmq.ROUTER, config.bind)
         self.pull = self._socket(zmq.PULL, config.ingest)
+        self._api_poller = zmq.Poller()
+        self._api_poller.register(self.api, zmq.POLLIN)
         self.endpoints = (self.api.getsockopt_string(zmq.LAST_ENDPOINT),
                           self.pull.getsockopt_string(zmq.LAST_ENDPOINT))
         self._stopping = False
         self._next_flush: dict[str, float] = {}
+        # When the next interval fsync of a topic is due (None: no topic waits for one).
+        # Appends only bring it forward (``appended``); a full scan redoes it whenever a
+        # round starts or ends and after housekeeping.
+        self._topics_flush_at: float | None = None
         self._expiry_at: float | None = None
         self._next_offsets_flush = 0.0
         self._covered: dict[PartitionLog, int] = {}
@@ -84,6 +90,15 @@ class Broker(Handlers):
     def bounds(self, topic: str, partition: int) -> tuple[int, int]:
         p = self.topics.get(topic).partition(partition)
         return p.start_offset, p.end_offset
+
+    def appended(self, topic: Topic, partition: int) -> None:
+        """``topic[partition]`` got a batch: wake its parked polls, and keep the flush
+        deadline (the topic's next interval fsync may be the soonest now)."""
+        self.waiting.data_arrived((topic.name, partition))
+        if topic.config.fsync != "never":
+            due = self._next_flush.get(topic.name, 0.0)
+            if self._topics_flush_at is None or due < self._topics_flush_at:
+                self._topics_flush_at = due
 
     def sessions_changed(self) -> None:
         """Recompute when the next session may expire (after a join or an expiry).
@@ -129,6 +144,7 @@ class Broker(Handlers):
         poller.register(self.pull, zmq.POLLIN)
         poller.register(self.flusher.wake, zmq.POLLIN)
         poller.register(wake_r.fileno(), zmq.POLLIN)
+        self._topics_flush_at = self._scan_flush_deadline()
         flush_at = self._flush_deadline()
         try:
             while not self._stopping:
@@ -162,13 +178,27 @@ class Broker(Handlers):
             pass
 
     def _drain_api(self) -> None:
-        api = self.api
+        """Handle the requests on the API socket, which the loop's poll found readable.
+
+        Frame by frame (recv_multipart asks for RCVMORE through an enum lookup per frame),
+        and a one-socket poll to see if another waits: cheaper than the EVENTS option or
+        ending on zmq.Again.
+        """
+        api, more_waiting = self.api, self._api_poller.poll
         for n in range(1, DRAIN + 1):
-            if not int(api.getsockopt(EVENTS)) & POLLIN:  # cheaper than ending on zmq.Again
+            try:
+                frame = api.recv(NOBLOCK, copy=False)
+            except zmq.Again:
                 return
-            self.handle_frames(api.recv_multipart(flags=NOBLOCK, copy=False))
+            frames = [frame]
+            while frame.more:  # the parts of a message arrive together
+                frame = api.recv(NOBLOCK, copy=False)
+                frames.append(frame)
+            self.handle_frames(frames)
             if n % DELIVER_EVERY == 0:  # a long backlog must not hold back what it brought
                 self._deliver()
+            if not more_waiting(0):
+                return
 
     def _deliver(self) -> None:
         """Answer the polls that new data woke, then the produces that brought it."""
@@ -201,15 +231,21 @@ class Broker(Handlers):
         if now >= self._next_retention:
             self._next_retention = now + self.config.retention_check_ms / 1000
             self.housekeeping()
+            self._topics_flush_at = self._scan_flush_deadline()
 
     # -- durability -------------------------------------------------------------------
     def _flush_deadline(self) -> float | None:
         """When the next interval fsync is due (None when nothing waits for one)."""
-        deadlines = [self._next_flush.get(t.name, 0.0) for t in self.topics.topics.values()
-                     if t.config.fsync != "never" and any(p.needs_flush for p in t.partitions)]
-        if self.offsets.needs_flush:
-            deadlines.append(self._next_offsets_flush)
-        return min(deadlines, default=None)
+        topics = self._topics_flush_at
+        if not self.offsets.needs_flush:
+            return topics
+        return self._next_offsets_flush if topics is None else min(topics, self._next_offsets_flush)
+
+    def _scan_flush_deadline(self) -> float | None:
+        """The topics' part of ``_flush_deadline``, worked out from every partition."""
+        return min((self._next_flush.get(t.name, 0.0) for t in self.topics.topics.values()
+                    if t.config.fsync != "never" and any(p.needs_flush for p in t.partitions)),
+                   default=None)
 
     def _maybe_flush(self) -> float | None:
         """Start an fsync round when producers wait for one or an interval is due.
@@ -239,6 +275,7 @@ class Broker(Handlers):
             self._next_offsets_flush = now + self.config.topic_defaults.fsync_interval_ms / 1000
             fd = self.offsets.begin_flush()
             jobs.append(lambda: _fsync_and_close(fd))
+        self._topics_flush_at = self._scan_flush_deadline()
         if jobs:
             self._covered = covered
             self.flusher.submit(jobs)
@@ -261,6 +298,7 @@ class Broker(Handlers):
             for plog, end in self._covered.items():
                 plog.durable_offset = max(plog.durable_offset, end)
         self._covered = {}
+        self._topics_flush_at = self._scan_flush_deadline()
         self._settle()
 
     def _settle(self) -> None:
