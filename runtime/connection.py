@@ -97,6 +97,10 @@ class Connection:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         if not self.arrived(request_id, timeout_s):
             raise BrokerUnavailable(self.endpoint, timeout_s)
+        return self.take(request_id, decoder)
+
+    def take(self, request_id: int, decoder: msgspec.msgpack.Decoder = _replies) -> Any:
+        """The reply to ``request_id`` that ``arrived`` said is in (the next one of a stream)."""
         queue = self._streams.get(request_id)
         body = queue.popleft() if queue else self._stash.pop(request_id)
         return check(decoder.decode(body))

@@ -56,6 +56,16 @@ GATHER_REPLIES = 64  # stream replies already received that one poll() call retu
 COMMIT_WHEN_QUIET_S = 0.005  # a held async commit goes out once no event came for this long
 
 
+def _caught_up(reply: _PollReply) -> bool:
+    """Every partition in ``reply`` was read up to its end offset when it was sent."""
+    for data in reply.partitions:
+        if data.batches:
+            last = data.batches[-1]
+            if last.base_offset + len(last.records) < data.end_offset:
+                return False
+    return True
+
+
 def events_of(data: _PartitionData) -> list[Event]:
     """Flatten a partition's batches into events, skipping records before ``offset``."""
     out = []
@@ -92,6 +102,7 @@ class Consumer:
         self.member_id = member_id
         self.generation = -1
         self.assignment: list[tuple[str, int]] = []
+        self._owned: set[tuple[str, int]] = set()
         self.positions: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
         self.commit_interval_s = commit_interval_ms / 1000
@@ -125,6 +136,7 @@ class Consumer:
         for tp in set(self.assignment) - set(new):
             self.positions.pop(tp, None)
         self.assignment = new
+        self._owned = set(new)
         if self.on_assign is not None:
             self.on_assign(list(self.assignment))
 
@@ -165,8 +177,11 @@ class Consumer:
                 self._send_pending()
             events = [] if reply is None else self._take(reply)
             # Stream replies that are already here come along (a backlog is one batch).
+            # A reply that read every partition to its end was the last one when the
+            # broker sent it: looking for another would cost a system call for nothing.
             for _ in range(GATHER_REPLIES):
-                if self._poll_id is None or not self.conn.arrived(self._poll_id, 0):
+                if (reply is None or _caught_up(reply) or self._poll_id is None
+                        or not self.conn.arrived(self._poll_id, 0)):
                     break
                 reply = self._await_poll(0)
                 if reply is not None:
@@ -201,7 +216,7 @@ class Consumer:
                 raise BrokerUnavailable(self.conn.endpoint, self.conn.timeout_s)
             return None
         try:
-            reply = self.conn.wait(rid, 0, decoder=_poll_decoder)
+            reply = self.conn.take(rid, decoder=_poll_decoder)
         except BrokerError as exc:
             self._end_poll(rid)
             if exc.code == "NOT_MEMBER":
@@ -219,7 +234,7 @@ class Consumer:
     def _take(self, reply: _PollReply) -> list[Event]:
         if reply.generation >= self.generation:  # a prefetched reply may predate a rebalance
             self._set_assignment(reply.generation, reply.assignment)
-        owned = set(self.assignment)
+        owned = self._owned
         events: list[Event] = []
         for data in reply.partitions:
             tp = (data.topic, data.partition)
