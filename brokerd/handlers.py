@@ -244,10 +244,10 @@ class Handlers:
     def _fetch_reply(self, topic: Topic, req: p.Fetch) -> p.FetchReply:
         plog = topic.partition(req.partition)
         batches = plog.read(req.offset, req.max_bytes)
-        wire = _wire(batches, req.raw_records)
+        wire, size, records = _wire(batches, req.raw_records)
         counters = topic.counters[req.partition]
-        counters.records_out += sum(b.header.record_count for b in batches)
-        counters.bytes_out += _reply_bytes(wire)
+        counters.records_out += records
+        counters.bytes_out += size
         return p.FetchReply(id=req.id, topic=topic.name, partition=req.partition,
                             offset=req.offset, start_offset=plog.start_offset,
                             end_offset=plog.end_offset, batches=wire)
@@ -302,33 +302,33 @@ class Handlers:
         left = budget
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         assignment = group.assignment_of(member.member_id)
-        out: list[p.PartitionData] = []
-        if assignment:
+        order = assignment
+        if len(assignment) > 1:  # take turns at who goes first, so none starves
             turn = self.stats.next_turn() % len(assignment)
-            assignment_order = assignment[turn:] + assignment[:turn]
-        else:
-            assignment_order = []
+            order = assignment[turn:] + assignment[:turn]
+        out: list[p.PartitionData] = []
         behind = False
-        for tp in assignment_order:
+        for tp in order:
             if left <= 0:
                 behind = True  # not looked at: maybe more
                 break
             topic = self.topics.get(tp[0])
             plog = topic.partition(tp[1])
-            pos = self.coordinator.position(group, tp)
             end = plog.end_offset
+            pos = group.positions.get(tp)
+            if pos is None or not plog.start_offset <= pos <= end:
+                pos = self.coordinator.position(group, tp)  # first poll, or retention/cut
             if pos >= end:
                 continue
             batches = plog.read(pos, left)
             if not batches:
                 continue
-            wire = _wire(batches, req.raw_records)
+            wire, used, records = _wire(batches, req.raw_records)
             group.positions[tp] = after = batches[-1].header.next_offset
             behind = behind or after < end
-            used = _reply_bytes(wire)
             left -= used
             counters = topic.counters[tp[1]]
-            counters.records_out += sum(b.header.record_count for b in batches)
+            counters.records_out += records
             counters.bytes_out += used
             out.append(p.PartitionData(topic=tp[0], partition=tp[1], offset=pos,
                                        end_offset=end, batches=wire))
@@ -485,12 +485,17 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def _wire(batches: list[Any], as_bin: bool) -> list[p.WireBatch]:
-    if as_bin:
-        return [(b.header.base_offset, b.header.append_timestamp,
-                 msgspec.Raw(_encode_bin(b.payload))) for b in batches]
-    return [(b.header.base_offset, b.header.append_timestamp, msgspec.Raw(b.payload))
-            for b in batches]
+def _wire(batches: list[Any], as_bin: bool) -> tuple[list[p.WireBatch], int, int]:
+    """Stored batches as the wire carries them, their payload bytes and their records."""
+    wire: list[p.WireBatch] = []
+    size = records = 0
+    for b in batches:
+        header = b.header
+        payload = msgspec.Raw(_encode_bin(b.payload) if as_bin else b.payload)
+        wire.append((header.base_offset, header.append_timestamp, payload))
+        size += len(payload)
+        records += header.record_count
+    return wire, size, records
 
 
 _encode_bin = msgspec.msgpack.Encoder().encode

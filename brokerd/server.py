@@ -209,17 +209,13 @@ class Broker(Handlers):
             for client, reply in acks:
                 self.send(client, reply)
 
-    def _timeout_ms(self, flush_at: float | None) -> int | None:
-        now = time.monotonic()
-        deadlines = [self._next_retention]
-        if flush_at is not None:
-            deadlines.append(flush_at)
-        waiter = self.waiting.next_deadline()
-        if waiter is not None:
-            deadlines.append(waiter)
-        if self._expiry_at is not None:
-            deadlines.append(self._expiry_at)
-        return max(0, int((min(deadlines) - now) * 1000) + 1)
+    def _timeout_ms(self, flush_at: float | None) -> int:
+        """How long the loop may sleep: until the soonest timer (1 ms late rather than early)."""
+        soonest = self._next_retention
+        for deadline in (flush_at, self.waiting.next_deadline(), self._expiry_at):
+            if deadline is not None and deadline < soonest:
+                soonest = deadline
+        return max(0, int((soonest - time.monotonic()) * 1000) + 1)
 
     def _timers(self) -> None:
         now = time.monotonic()

@@ -246,6 +246,9 @@ class PartitionLog:
                 f"offset {offset} is outside {self.directory.parent.name}[{self.directory.name}]'s range "
                 f"[{self.start_offset}, {self.end_offset}]"
             )
+        active = self.segments[-1]
+        if offset >= active.base_offset:  # at the tail, where consumers mostly read
+            return active.read(offset, max_bytes, self.config.verify_reads)
         out: list[StoredBatch] = []
         used = 0
         for seg in self._segments_from(offset):
