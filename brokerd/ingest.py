@@ -33,12 +33,15 @@ class Ingest:
         self.broker = broker
         self._last_complaint = 0.0
 
-    def drain(self, sock: zmq.Socket) -> None:
+    def drain(self, sock: zmq.Socket) -> bool:
+        """Append what waits on ``sock``; True if it stopped at its limit with more waiting."""
         pending: dict[str, list[list[bytes]]] = {}
+        more = True
         for _ in range(DRAIN):
             try:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
+                more = False
                 break
             problem = self._problem(frames)
             if problem:
@@ -48,6 +51,7 @@ class Ingest:
             pending.setdefault(topic, []).append(frames[1:])
         for topic, items in pending.items():
             self._append(topic, items)
+        return more
 
     @staticmethod
     def _problem(frames: list[bytes]) -> str | None:
