@@ -184,12 +184,13 @@ class Handlers:
             raise UnknownPartition(f"topic {req.topic!r} has partitions "
                                    f"0..{config.partitions - 1}, not {req.partition}")
         records = _decode_batch(req.records, config.max_batch_bytes)
-        topic, created = self.topics.get_or_create(req.topic)
-        if created:
-            self.coordinator.topics_changed({topic.name})
+        topic = existing
+        if topic is None:
+            topic, created = self.topics.get_or_create(req.topic)
+            if created:
+                self.coordinator.topics_changed({topic.name})
         split: dict[int, tuple[bytes | msgspec.Raw, list[Record]]]
         if req.partition is not None:
-            topic.partition(req.partition)
             split = {req.partition: (req.records, records)}
         else:
             split = _split(topic, req.records, records)
@@ -441,6 +442,10 @@ def _decode_batch(raw: msgspec.Raw, max_bytes: int) -> list[Record]:
 
 
 def _timestamps(records: list[Record], now: int) -> tuple[int, int]:
+    """The first and the largest timestamp (``now`` for records without one)."""
+    if len(records) == 1:  # the common case of a producer that does not linger
+        stamp = records[0].timestamp
+        return (now, now) if stamp is None else (stamp, stamp)
     stamps = [r.timestamp for r in records]
     if None in stamps:
         stamps = [now if t is None else t for t in stamps]
