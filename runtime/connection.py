@@ -47,8 +47,7 @@ class Connection:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
-        self._poller = zmq.Poller()  # kept: Socket.poll builds a new one on every call
-        self._poller.register(self.socket, zmq.POLLIN)
+        self._timeout_ms = -1  # the socket's RCVTIMEO
         self._ids = itertools.count(1)
         self._last_id = 0
         self._stash: dict[int, Any] = {}
@@ -76,15 +75,20 @@ class Connection:
 
     def recv(self, timeout_s: float | None) -> tuple[int, bytes] | None:
         """Receive one reply body (any id) or None on timeout."""
-        if timeout_s is None:
-            ready = bool(self._poller.poll(-1))
-        elif timeout_s <= 0:
-            ready = self.readable()
-        else:  # rounded up: a 0.4 ms wait must not become a busy loop of 0 ms polls
-            ready = bool(self._poller.poll(math.ceil(timeout_s * 1000)))
-        if not ready:
+        if timeout_s is not None and timeout_s <= 0:
+            return self.recv_ready() if self.readable() else None
+        # A blocking recv with a receive timeout wakes up once per reply, where a poll and
+        # then a recv pass through libzmq twice.  Rounded up: a 0.4 ms wait must not
+        # become a busy loop of 0 ms waits.
+        timeout_ms = -1 if timeout_s is None else math.ceil(timeout_s * 1000)
+        if timeout_ms != self._timeout_ms:
+            self.socket.setsockopt(zmq.RCVTIMEO, timeout_ms)
+            self._timeout_ms = timeout_ms
+        try:
+            body = self.socket.recv(copy=False).bytes
+        except zmq.Again:
             return None
-        return self.recv_ready()
+        return reply_id(body), body
 
     def recv_ready(self) -> tuple[int, bytes]:
         """Receive one reply that ``readable`` (or a poll) said is there."""

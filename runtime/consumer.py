@@ -232,7 +232,7 @@ class Consumer:
         self.conn.end_stream(rid)
 
     def _take(self, reply: _PollReply) -> list[Event]:
-        if reply.generation >= self.generation:  # a prefetched reply may predate a rebalance
+        if reply.generation > self.generation:  # a prefetched reply may predate a rebalance
             self._set_assignment(reply.generation, reply.assignment)
         owned = self._owned
         events: list[Event] = []
