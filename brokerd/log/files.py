@@ -36,7 +36,7 @@ def replace_atomically(path: str | Path, data: bytes) -> None:
 
 def write_all(fd: int, *chunks: bytes | memoryview) -> None:
     """Write every byte of ``chunks`` to ``fd`` in order (one syscall when possible)."""
-    total = sum(len(c) for c in chunks)
+    total = sum(map(len, chunks))
     written = os.writev(fd, chunks)
     if written == total:
         return

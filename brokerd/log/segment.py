@@ -151,23 +151,25 @@ class Segment:
         except OSError as exc:
             self._cut_back(pos)
             raise StorageError(f"cannot append to {self.log_path}: {exc.strerror}") from exc
-        self.index.maybe_add(header.base_offset, pos, header.size, self.max_timestamp)
-        self._keep_tail(StoredBatch(header, memoryview(payload)))
-        self.size = pos + header.size
+        size = header.size
+        self.index.maybe_add(header.base_offset, pos, size, self.max_timestamp)
+        self._keep_tail(StoredBatch(header, memoryview(payload)), size)
+        self.size = pos + size
         self.next_offset = header.next_offset
-        self._remember(header.next_offset, self.size)
-        self.max_timestamp = max(self.max_timestamp, header.max_timestamp)
+        self._remember(self.next_offset, self.size)
+        if header.max_timestamp > self.max_timestamp:
+            self.max_timestamp = header.max_timestamp
         if self.first_append_ms is None:
             self.first_append_ms = header.append_timestamp
         self.dirty = True
 
-    def _keep_tail(self, batch: StoredBatch) -> None:
-        if batch.header.size > TAIL_MAX_BATCH:
+    def _keep_tail(self, batch: StoredBatch, size: int) -> None:
+        if size > TAIL_MAX_BATCH:
             self.drop_tail()  # the tail must end at the end of the log
             return
         tail = self._tail
         tail.append(batch)
-        self._tail_bytes += batch.header.size
+        self._tail_bytes += size
         while len(tail) > TAIL_BATCHES or self._tail_bytes > TAIL_BYTES:
             self._tail_bytes -= tail.popleft().header.size
 
