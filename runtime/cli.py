@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("name")
     scale.add_argument("replicas", type=int)
     scale.set_defaults(run=cmd_scale)
-    restart = control_parser(sub, "restart", "restart a worker's replicas (also a failed one)")
+    restart = control_parser(sub, "restart", "restart a worker's replicas, or brokerd (also a "
+                             "failed one)")
     restart.add_argument("name")
     restart.set_defaults(run=lambda a: show(control.call(a.control, control.Restart(
         name=a.name)), f"restarting {a.name}"))

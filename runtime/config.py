@@ -15,6 +15,7 @@ import msgspec
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:7402"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+BROKER_NAME = "brokerd"  # what rail status calls the broker; no worker may take it
 
 
 class ConfigError(Exception):
@@ -129,3 +130,6 @@ def check_name(name: str) -> None:
     if not NAME_RE.match(name):
         raise ConfigError(f"workers.{name}: a worker name is letters, digits, '_', '.', '-' "
                           "(up to 100, starting with a letter or digit)")
+    if name == BROKER_NAME:
+        raise ConfigError(f"workers.{name}: {BROKER_NAME!r} is the broker's name in rail status "
+                          "and rail restart: pick another")

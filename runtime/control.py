@@ -17,7 +17,8 @@ import msgspec
 import zmq
 
 from brokerd import protocol as p
-from runtime.config import DEFAULT_CONTROL, ConfigError, WorkerSpec, check_name, typed
+from runtime.config import (BROKER_NAME, DEFAULT_CONTROL, ConfigError, WorkerSpec, check_name,
+                            typed)
 from runtime.registry import validate_script
 
 if TYPE_CHECKING:
@@ -241,6 +242,9 @@ class ControlHandlers:
         return {"name": name, "replicas": replicas, "persisted": watcher.registered}
 
     def handle_restart(self, name: str) -> dict[str, Any]:
+        if name == BROKER_NAME:
+            self.sup.restart_broker()
+            return {"name": name}
         watcher = self.watcher(name)
         watcher.failed = ""
         watcher.intensity.reset()

@@ -132,6 +132,8 @@ class BrokerChild:
         self.backoff = Backoff(0.2, 5.0, stable_s=10.0)
         self.intensity = Intensity(5, 60.0)
         self.restart_at: float | None = None
+        self.kill_at: float | None = None  # SIGKILL then, if a stop asked for is not done
+        self.restart_asked = False  # rail restart brokerd: its exit is not a crash
         self.restarts = 0
         self.failed = ""
 

@@ -131,8 +131,7 @@ class Supervisor:
         due = [now + TICK_S]
         for replica in self.all_replicas():
             due += [t for t in (replica.restart_at, replica.kill_at) if t is not None]
-        if self.broker.restart_at is not None:
-            due.append(self.broker.restart_at)
+        due += [t for t in (self.broker.restart_at, self.broker.kill_at) if t is not None]
         return max(0, int((min(due) - now) * 1000) + 1)
 
     def handle_signals(self) -> None:
@@ -223,7 +222,14 @@ class Supervisor:
 
     def on_broker_exit(self, code: int, now: float) -> None:
         self.broker.child = None
+        self.broker.kill_at = None
         self._drop_conn()
+        if self.broker.restart_asked:
+            LOG.info("brokerd exited with code %s for rail restart", code)
+            self.broker.restart_asked = False
+            self.broker.restarts += 1
+            self.broker.restart_at = now
+            return
         LOG.error("brokerd exited with code %s", code)
         if code in (EXIT_CONFIG, EXIT_BIND) or self.broker.intensity.record(now):
             self.broker.failed = f"exit code {code}: see {self.broker_log()}"
@@ -231,6 +237,23 @@ class Supervisor:
             return
         self.broker.restarts += 1
         self.broker.restart_at = now + self.broker.backoff.next_delay(now)
+
+    def restart_broker(self) -> None:
+        """Stop brokerd (SIGTERM, SIGKILL after grace_s) and start it again; a failed one is
+        started at once.  Workers reconnect by themselves."""
+        if self.broker.external:
+            raise ValueError(f"the broker at {self.broker.endpoint} was not started by rail up: "
+                             "restart it where it runs")
+        self.broker.failed = ""
+        self.broker.intensity.reset()
+        self.broker.backoff.reset()
+        now = time.monotonic()
+        if self.broker.child is None:
+            self.broker.restart_at = now
+            return
+        self.broker.restart_asked = True
+        self.broker.child.signal(signal.SIGTERM)
+        self.broker.kill_at = now + max(self.config.supervisor.grace_s, 5.0)
 
     def stop_broker(self) -> None:
         child = self.broker.child
@@ -375,6 +398,10 @@ class Supervisor:
         if self.broker.restart_at is not None and now >= self.broker.restart_at \
                 and not self.stopping:
             self.spawn_broker()
+        if self.broker.kill_at is not None and now >= self.broker.kill_at and self.broker.child:
+            LOG.warning("brokerd did not stop within grace_s: SIGKILL")
+            self.broker.child.signal(signal.SIGKILL)
+            self.broker.kill_at = None
         if now - self.ticked_at >= TICK_S:
             self.ticked_at = now
             self.check_health(now)

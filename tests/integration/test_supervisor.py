@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -293,6 +294,55 @@ def test_the_broker_is_restarted_when_it_dies(rail: Rail) -> None:
              and b["restarts"] == 1, 20, what="brokerd restarted")
     rail.send(range(10))
     wait_for(lambda: set(rail.seen()) == set(range(10)), 30, what="events flow again")
+
+
+def test_a_broker_that_failed_comes_back_with_rail_restart_brokerd(rail: Rail) -> None:
+    rail.write_toml(appender_toml(rail, replicas=1))
+    rail.up()
+    wait_for(lambda: rail.running("pizza", 1), 20, what="pizza running")
+    port = int(rail.api.rsplit(":", 1)[1])
+    broker = rail.status()["broker"]["pid"]
+    os.kill(broker, signal.SIGKILL)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        # Take the broker's port before its restart (0.2 s backoff): the new brokerd cannot
+        # bind, exits with its bind error code, and is marked failed, not retried.
+        wait_for(lambda: _try_bind(squatter, port), 5, what="the broker's port to free up")
+        squatter.listen()
+        wait_for(lambda: rail.status()["broker"]["state"] == "failed", 20, what="broker failed")
+    finally:
+        squatter.close()
+    assert rail.rail("restart", "brokerd").returncode == 0
+    wait_for(lambda: rail.status()["broker"]["state"] == "running", 20, what="broker back")
+    rail.send(range(10))
+    wait_for(lambda: set(rail.seen()) == set(range(10)), 30, what="events flow again")
+
+
+def test_rail_restart_brokerd_restarts_a_running_broker_and_no_worker_is_named_so(
+        rail: Rail) -> None:
+    rail.write_toml(appender_toml(rail, replicas=1))
+    rail.up()
+    wait_for(lambda: rail.running("pizza", 1), 20, what="pizza running")
+    before = rail.status()["broker"]
+    assert rail.rail("restart", "brokerd").returncode == 0
+    wait_for(lambda: (b := rail.status()["broker"])["pid"] not in (None, before["pid"])
+             and b["state"] == "running", 20, what="a new brokerd")
+    assert rail.status()["broker"]["restarts"] == before["restarts"] + 1
+    assert not psutil.pid_exists(before["pid"])
+    rail.send(range(10))
+    wait_for(lambda: set(rail.seen()) == set(range(10)), 30, what="events flow again")
+    script = rail.script("b.py", APPENDER.format(out=str(rail.out)))
+    refused = rail.rail("register", "brokerd", str(script), "--topics", "orders")
+    assert refused.returncode != 0 and "the broker's name" in refused.stderr
+
+
+def _try_bind(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
 
 
 def test_a_failed_worker_comes_back_with_rail_restart_once_its_script_is_fixed(
