@@ -114,12 +114,18 @@ class Consumer:
         # or an earlier one may predate the seek, so their events below offset are dropped.
         self._floors: dict[tuple[str, int], tuple[int, int]] = {}
         self._closed = threading.Event()
+        # When the last join was sent, and when a heartbeat sent later than that was told
+        # NOT_MEMBER (the broker restarted or expired us): then the parked poll will not
+        # be answered, and poll() joins again instead of waiting out its timeout.
+        self._joined_at = 0.0
+        self._forgotten_at = 0.0
         self._join()
         self._heart = threading.Thread(target=self._heartbeat_loop, daemon=True,
                                        name="rail-heartbeat")
         self._heart.start()
 
     def _join(self) -> None:
+        self._joined_at = time.monotonic()
         reply = self.conn.call(p.Join(group=self.group, topics=self.topics,
                                       member_id=self.member_id, start=self.start,
                                       session_timeout_ms=self.session_timeout_ms,
@@ -144,9 +150,12 @@ class Consumer:
         conn = Connection(self.broker, context=self.conn.context, timeout_s=self._heartbeat_interval_s * 2)
         try:
             while not self._closed.wait(self._heartbeat_interval_s):
+                sent_at = time.monotonic()
                 try:
                     conn.call(p.Heartbeat(group=self.group, member_id=self.member_id))
-                except BrokerError:
+                except BrokerError as exc:
+                    if exc.code == "NOT_MEMBER":
+                        self._forgotten_at = sent_at
                     continue
         finally:
             conn.close()
@@ -210,6 +219,10 @@ class Consumer:
         rid = self._poll_id
         assert rid is not None
         if not self.conn.arrived(rid, timeout_s):
+            if self._forgotten_at > self._joined_at:  # this poll will not be answered
+                self._end_poll(rid)
+                self._join()
+                return None
             overdue = time.monotonic() - self._poll_sent_at - self._long_wait_ms / 1000
             if overdue > self.conn.timeout_s:
                 self._end_poll(rid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import msgspec
@@ -12,7 +13,7 @@ import zmq
 
 from brokerd import protocol as p
 from runtime.client import BrokerError, Consumer, Event, Producer
-from tests.helpers import BrokerProcess, wait_for
+from tests.helpers import BrokerProcess, free_port, start_broker, wait_for
 from tests.integration.wire import RawClient, read_partition
 
 VALUES: list[Any] = [
@@ -284,3 +285,29 @@ def test_a_seek_drops_every_stream_reply_sent_before_it(broker: BrokerProcess) -
         wait_for(lambda: got.extend(consumer.poll(timeout_s=0.2)) or bool(got), 5,
                  what="the event after the seek")
         assert [e.value for e in got] == [5]
+
+
+def test_a_consumer_rejoins_within_seconds_when_the_broker_restarts_under_it(
+        tmp_path: Path) -> None:
+    api_port, ingest_port = free_port(), free_port()
+    broker = start_broker(tmp_path / "data", api_port=api_port, ingest_port=ingest_port)
+    try:
+        with Consumer(broker.api, group="g", topics=["t"], session_timeout_ms=3000,
+                      timeout_s=30) as consumer:
+            with Producer(broker.api) as producer:
+                producer.send("t", "before", partition=0)
+            assert [e.value for e in consumer.poll(timeout_s=5)] == ["before"]
+            consumer.commit()
+            broker.kill9()
+            broker = start_broker(tmp_path / "data", api_port=api_port, ingest_port=ingest_port)
+            restarted_at = time.monotonic()
+            with Producer(broker.api) as producer:
+                producer.send("t", "after", partition=0)
+            got: list[Event] = []
+            # Its parked poll died with the old broker: without the heartbeat's NOT_MEMBER
+            # the consumer would wait out the poll and its 30 s timeout before joining again.
+            while not got and time.monotonic() - restarted_at < 15:
+                got = consumer.poll(timeout_s=1)
+            assert [e.value for e in got] == ["after"]
+    finally:
+        broker.stop()
