@@ -9,7 +9,7 @@ reading, answer what is parked, fsync everything, close the files.
 A ZeroMQ socket's file descriptor only says that something may have changed, and a send
 can take in the wake-up meant for an incoming request; so the loop asks the API socket
 itself whether a request waits before it sleeps.  (``zmq.Poller`` does that for every
-socket twice per call, a system call each: eight per loop turn instead of two.)
+socket twice per call, a system call each: about eight per loop turn, now about four.)
 """
 
 from __future__ import annotations
