@@ -33,6 +33,8 @@ class SupervisorSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     control: str = DEFAULT_CONTROL
     grace_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     hang_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    log_max_mb: Annotated[float, msgspec.Meta(ge=0)] = 10.0  # 0: logs grow without a cap
+    log_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
 
 
 class TopicSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

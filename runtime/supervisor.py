@@ -27,6 +27,7 @@ from brokerd.protocol import EXIT_BIND, EXIT_CONFIG
 from runtime.config import RailConfig, WorkerSpec
 from runtime.connection import BrokerError, Connection
 from runtime.control import ControlHandlers, ControlServer
+from runtime.logfiles import LogRotation
 from runtime.policy import Health
 from runtime.process import BrokerChild, Child, Replica, Watcher, child_env, describe_exit
 from runtime.registry import Registry
@@ -44,6 +45,8 @@ class Supervisor:
         self.base_dir = base_dir
         self.data_dir = Path(config.broker.data_dir)
         self.logs = self.data_dir / "logs"
+        self.log_rotation = LogRotation(self.logs, int(config.supervisor.log_max_mb * 1024 * 1024),
+                                        config.supervisor.log_backups)
         self.registry = Registry(self.data_dir)
         self.broker = BrokerChild(config, broker_endpoint or config.broker.endpoint)
         self.watchers: dict[str, Watcher] = {}
@@ -405,6 +408,7 @@ class Supervisor:
         if now - self.ticked_at >= TICK_S:
             self.ticked_at = now
             self.check_health(now)
+            self.log_rotation.check()
         if self.wants_samples(now) and now - self.sampled_at >= SAMPLE_EVERY_S:
             self.sample(now)
 

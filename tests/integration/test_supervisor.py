@@ -337,6 +337,26 @@ def test_rail_restart_brokerd_restarts_a_running_broker_and_no_worker_is_named_s
     assert refused.returncode != 0 and "the broker's name" in refused.stderr
 
 
+def test_a_chatty_worker_log_is_rotated_at_its_cap(rail: Rail) -> None:
+    rail.script("chatty.py", "def handle(event, ctx):\n    print('x' * 1000, event.value)\n")
+    rail.write_toml('[workers.chatty]\nscript = "chatty.py"\ntopics = ["orders"]\n',
+                    topics="log_max_mb = 0.05\nlog_backups = 2\n"  # still [supervisor]
+                    "[topics.orders]\npartitions = 3\n")
+    rail.up()
+    wait_for(lambda: rail.running("chatty", 1), 20, what="chatty running")
+    logs = rail.folder / "data" / "logs"
+    for round_ in range(3):  # ~100 KB of output a round against a 51 KB cap
+        rail.send(range(round_ * 100, (round_ + 1) * 100))
+        wait_for(lambda: rail.worker("chatty")["processed"] == (round_ + 1) * 100, 20,
+                 what=f"round {round_} handled")
+        # the supervisor looks at the sizes once a second
+        wait_for(lambda: (logs / "chatty.log").stat().st_size < 50 * 1024, 5,
+                 what=f"the log of round {round_} rotated")
+    assert (logs / "chatty.log.1").stat().st_size > 90 * 1024
+    assert (logs / "chatty.log.2").stat().st_size > 90 * 1024
+    assert not (logs / "chatty.log.3").exists()  # log_backups = 2
+
+
 def _try_bind(sock: socket.socket, port: int) -> bool:
     try:
         sock.bind(("127.0.0.1", port))
