@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from brokerd import protocol as p
 
@@ -40,7 +41,7 @@ class BrokerUnavailable(BrokerError):
 
 class Connection:
     def __init__(self, endpoint: str = DEFAULT_BROKER, context: zmq.Context | None = None,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, watch_reconnects: bool = False) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.context = context or zmq.Context.instance()
@@ -54,6 +55,13 @@ class Connection:
         self._streams: dict[int, deque[bytes]] = {}  # ids that get many replies, in order
         self._unwatched: set[int] = set()
         self.async_errors: list[BrokerError] = []
+        # With watch_reconnects, ZeroMQ's monitor events say when the TCP connection was
+        # lost and made again: requests written to the lost one will get no reply.
+        self._monitor: zmq.Socket | None = None
+        self._lost = False
+        if watch_reconnects:
+            self._monitor = self.socket.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
     @property
     def last_id(self) -> int:
@@ -152,7 +160,22 @@ class Connection:
     def call(self, request: Any, timeout_s: float | None = None) -> Any:
         return self.wait(self.send(request), timeout_s)
 
+    def came_back(self) -> bool:
+        """True (once) when the connection was lost and is up again since the last call
+        (only with ``watch_reconnects``)."""
+        monitor, back = self._monitor, False
+        while monitor is not None and int(monitor.getsockopt(_EVENTS)) & _POLLIN:
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self._lost = True
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._lost:
+                self._lost, back = False, True
+        return back
+
     def close(self) -> None:
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
         self.socket.close(linger=0)
 
 

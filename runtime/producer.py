@@ -24,6 +24,7 @@ _decode_reply = msgspec.msgpack.Decoder(p.Reply).decode
 RETRIABLE = {"STORAGE_ERROR", "UNAVAILABLE", "SHUTTING_DOWN"}
 WINDOW = p.IDEMPOTENCE_WINDOW  # batches per partition the broker recognises retries among
 Callback = Callable[[int, int, "BrokerError | None"], None]
+RECHECK_S = 0.1  # a wait for acks looks this often whether the connection came back
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Producer:
                  delivery_timeout_s: float = 120.0) -> None:
         if acks not in (0, 1, "all"):
             raise ValueError("acks must be 0, 1 or 'all'")
-        self.conn = Connection(broker, timeout_s=request_timeout_s)
+        self.conn = Connection(broker, timeout_s=request_timeout_s, watch_reconnects=acks != 0)
         self.acks = acks
         self.batch_size = batch_size
         self.linger_s = linger_ms / 1000
@@ -180,7 +181,9 @@ class Producer:
             self._take(*self.conn.recv_ready())
 
     def _receive(self, timeout_s: float) -> bool:
-        got = self.conn.recv(timeout_s)
+        """Take one reply within ``timeout_s`` (at most RECHECK_S: then look for stale or
+        lost requests; callers wait in a loop)."""
+        got = self.conn.recv(min(timeout_s, RECHECK_S))
         if got is None:
             self._retry_stale()
             return False
@@ -229,9 +232,13 @@ class Producer:
             self._transmit(batch)
 
     def _retry_stale(self) -> None:
+        """Resend what waited past the request timeout, or everything in flight when the
+        connection to the broker was lost and made again (a restarted broker never saw it
+        or lost its reply; one it did store is recognised by its sequence number)."""
         now = time.monotonic()
+        back = self.conn.came_back()
         stale = {(b.topic, b.partition) for b in self._in_flight.values()
-                 if now - b.sent_at > self.request_timeout_s}
+                 if back or now - b.sent_at > self.request_timeout_s}
         for tp in stale:
             self._resend_from(tp)
 

@@ -6,6 +6,7 @@ import contextlib
 import random
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,44 @@ def test_a_commit_for_a_partition_that_moved_away_is_refused_as_stale(
 
     committed = {(g["topic"], g["partition"]): g["committed"] for g in described["partitions"]}
     assert committed == {("tables", 0): 0, ("tables", 1): 1}, "the stale commit moved nothing"
+
+
+def test_a_producer_resends_what_was_in_flight_as_soon_as_a_restarted_broker_is_back(
+        tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    api_port, ingest_port = free_port(), free_port()
+    broker = start_broker(data, api_port=api_port, ingest_port=ingest_port)
+    # A 60 s request timeout: without noticing the reconnection, the batches lost with the
+    # old connection would wait that long before their retry.
+    producer = Producer(broker.api, linger_ms=0, request_timeout_s=60)
+    sent = 0
+    stop = threading.Event()
+
+    def send_steadily() -> None:
+        nonlocal sent
+        while not stop.is_set():
+            producer.send("steady", sent, partition=0)
+            sent += 1
+
+    sender = threading.Thread(target=send_steadily, daemon=True)
+    try:
+        producer.partitions_for("steady")
+        sender.start()
+        wait_for(lambda: sent >= 2000, 30, what="2000 sends")
+        broker.kill9()
+        broker = start_broker(data, api_port=api_port, ingest_port=ingest_port)
+        back_at = time.monotonic()
+        wait_for(lambda: sent >= 4000 or not sender.is_alive(), 30, what="sends after the restart")
+        stop.set()
+        sender.join(timeout=30)
+        producer.flush(timeout_s=30)
+        assert time.monotonic() - back_at < 20, "in-flight batches waited out the request timeout"
+        assert not producer.errors
+        with RawClient(broker.api) as raw:
+            values = [record[0] for _, record in read_partition(raw, "steady", 0)]
+        assert sorted(values) == list(range(sent)), "an event lost or stored twice"
+    finally:
+        stop.set()
+        with contextlib.suppress(BrokerError):
+            producer.close(timeout_s=1)
+        broker.stop()
