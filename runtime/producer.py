@@ -34,8 +34,10 @@ class _Batch:
     records: list[tuple[Any, ...]]
     sequence: int
     callbacks: list[Callback] = field(default_factory=list)
+    producer_id: int = 0  # fixed at its first send: a retry must be recognisable
     body: bytes = b""
     request_id: int = 0
+    first_sent_at: float = 0.0
     sent_at: float = 0.0
     attempts: int = 0
 
@@ -149,7 +151,7 @@ class Producer:
         seq = self._sequences.get(tp, 0)
         self._sequences[tp] = seq + len(records)
         batch = _Batch(tp[0], tp[1], records, seq if self.producer_id else -1,
-                       self._callbacks.pop(tp, []))
+                       self._callbacks.pop(tp, []), self.producer_id)
         # At most WINDOW batches in flight per partition: the broker recognises a retry only
         # among a producer's last WINDOW batches of a partition.
         if len(self._in_flight) >= self.max_in_flight // 2:
@@ -166,10 +168,12 @@ class Producer:
         batch.request_id = self.conn.next_id()
         batch.attempts += 1
         batch.sent_at = time.monotonic()
+        if batch.attempts == 1:
+            batch.first_sent_at = batch.sent_at
         self.conn.send_raw(_encode({
             "op": "produce", "id": batch.request_id, "topic": batch.topic,
             "partition": batch.partition, "records": batch.records, "acks": self.acks,
-            "producer_id": self.producer_id, "sequence": batch.sequence,
+            "producer_id": batch.producer_id, "sequence": batch.sequence,
         }))
         if self.acks != 0:
             self._in_flight[batch.request_id] = batch
@@ -222,7 +226,7 @@ class Producer:
             callback(batch.partition, -1, error)
 
     def _may_retry(self, batch: _Batch) -> bool:
-        return time.monotonic() - batch.sent_at < self.delivery_timeout_s
+        return time.monotonic() - batch.first_sent_at < self.delivery_timeout_s
 
     def _resend_from(self, tp: tuple[str, int]) -> None:
         """Resend every unacked batch of ``tp`` in order (the broker drops duplicates)."""
@@ -237,10 +241,35 @@ class Producer:
         or lost its reply; one it did store is recognised by its sequence number)."""
         now = time.monotonic()
         back = self.conn.came_back()
+        expired = {(b.topic, b.partition) for b in self._in_flight.values()
+                   if now - b.first_sent_at > self.delivery_timeout_s}
+        for tp in expired:
+            self._expire(tp)
         stale = {(b.topic, b.partition) for b in self._in_flight.values()
                  if back or now - b.sent_at > self.request_timeout_s}
         for tp in stale:
             self._resend_from(tp)
+
+    def _expire(self, tp: tuple[str, int]) -> None:
+        """Give up on every unacked batch of ``tp``: the oldest waited past
+        ``delivery_timeout_s`` and the later ones cannot be stored before it.
+
+        The broker may have stored some of them.  Later batches go out under a new producer
+        id (sequences from 0, as after Kafka's epoch bump), so none is taken for a retry of
+        a batch given up on; batches already in flight keep their id.
+        """
+        error = BrokerError("UNAVAILABLE", f"no acknowledgement from {self.conn.endpoint} "
+                            f"within delivery_timeout_s ({self.delivery_timeout_s:g} s): "
+                            "the batch may or may not be stored")
+        for batch in self._unacked.pop(tp, deque()):
+            if self._in_flight.pop(batch.request_id, None) is not None:
+                self.conn.unwatched(batch.request_id)
+            self.errors.append(error)
+            for callback in batch.callbacks:
+                callback(batch.partition, -1, error)
+        if self.producer_id:
+            self.producer_id = random.getrandbits(62) + 1
+            self._sequences.clear()
 
     # -- flushing ---------------------------------------------------------------------
     def _linger_loop(self) -> None:

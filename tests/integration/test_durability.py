@@ -238,3 +238,45 @@ def test_a_producer_resends_what_was_in_flight_as_soon_as_a_restarted_broker_is_
         with contextlib.suppress(BrokerError):
             producer.close(timeout_s=1)
         broker.stop()
+
+
+def test_a_producer_gives_up_after_its_delivery_timeout_while_the_broker_is_down(
+        tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    api_port, ingest_port = free_port(), free_port()
+    broker = start_broker(data, api_port=api_port, ingest_port=ingest_port)
+    producer = Producer(broker.api, linger_ms=0, request_timeout_s=0.5, delivery_timeout_s=2)
+    outcome: dict[int, str] = {}
+
+    def send(value: int) -> None:
+        def done(partition: int, offset: int, error: BrokerError | None) -> None:
+            outcome[value] = error.code if error else "acked"
+        producer.send("gone", value, partition=0, callback=done)
+
+    try:
+        for v in range(10):
+            send(v)
+        producer.flush()
+        broker.kill9()
+        started = time.monotonic()
+        for v in range(10, 40):  # 16 in flight at most: then send() waits for acks
+            send(v)
+        producer.flush(timeout_s=10)
+        assert time.monotonic() - started < 8, "send() or flush() waited without a bound"
+        assert [outcome[v] for v in range(40)] == ["acked"] * 10 + ["UNAVAILABLE"] * 30
+
+        broker = start_broker(data, api_port=api_port, ingest_port=ingest_port)
+        for v in range(40, 50):
+            send(v)
+        producer.flush(timeout_s=10)
+        assert [outcome[v] for v in range(40, 50)] == ["acked"] * 10
+        with RawClient(broker.api) as raw:
+            values = [record[0] for _, record in read_partition(raw, "gone", 0)]
+        # Given-up events may or may not be stored (ZeroMQ may still deliver the ones it
+        # queued while the broker was down); none twice, and every acked one is there.
+        assert len(values) == len(set(values))
+        assert set(range(10)) | set(range(40, 50)) <= set(values) <= set(range(50))
+    finally:
+        with contextlib.suppress(BrokerError):
+            producer.close(timeout_s=1)
+        broker.stop()
