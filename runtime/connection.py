@@ -20,6 +20,7 @@ from brokerd import protocol as p
 
 DEFAULT_BROKER = "tcp://127.0.0.1:7400"
 _POLLIN, _EVENTS = int(zmq.POLLIN), int(zmq.EVENTS)  # plain ints: enums cost microseconds
+_NOBLOCK = int(zmq.NOBLOCK)
 _encoder = msgspec.msgpack.Encoder()
 _replies = msgspec.msgpack.Decoder(p.Reply)
 
@@ -47,6 +48,7 @@ class Connection:
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDTIMEO, max(1, int(timeout_s * 1000)))  # send(): a bound
         self.socket.connect(endpoint)
         self._timeout_ms = -1  # the socket's RCVTIMEO
         self._ids = itertools.count(1)
@@ -69,13 +71,25 @@ class Connection:
         return self._last_id
 
     def send(self, request: Any) -> int:
-        """Send without waiting; return the request id to ``wait`` for."""
+        """Send without waiting for the reply; return the request id to ``wait`` for.
+
+        ZeroMQ queues requests while the broker is away; if its queue is full (the broker
+        has been gone long), this waits up to ``timeout_s``, then raises BrokerUnavailable.
+        """
         request.id = self.next_id()
-        self.socket.send(_encoder.encode(request), copy=False)
+        try:
+            self.socket.send(_encoder.encode(request), copy=False)
+        except zmq.Again:
+            raise BrokerUnavailable(self.endpoint, self.timeout_s) from None
         return request.id
 
-    def send_raw(self, body: bytes) -> None:
-        self.socket.send(body, copy=False)
+    def send_raw(self, body: bytes) -> bool:
+        """Send a request already encoded; False, at once, if ZeroMQ's queue is full."""
+        try:
+            self.socket.send(body, _NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
 
     def next_id(self) -> int:
         self._last_id = next(self._ids)

@@ -170,6 +170,8 @@ class Producer:
         batch.sent_at = time.monotonic()
         if batch.attempts == 1:
             batch.first_sent_at = batch.sent_at
+        # Not sent if ZeroMQ's queue is full (the broker long gone): then it counts as a
+        # request without a reply, retried or given up like one.
         self.conn.send_raw(_encode({
             "op": "produce", "id": batch.request_id, "topic": batch.topic,
             "partition": batch.partition, "records": batch.records, "acks": self.acks,

@@ -12,7 +12,8 @@ import pytest
 import zmq
 
 from brokerd import protocol as p
-from runtime.client import BrokerError, Consumer, Event, Producer
+from runtime.client import BrokerError, BrokerUnavailable, Consumer, Event, Producer
+from runtime.connection import Connection
 from tests.helpers import BrokerProcess, free_port, start_broker, wait_for
 from tests.integration.wire import RawClient, read_partition
 
@@ -311,3 +312,29 @@ def test_a_consumer_rejoins_within_seconds_when_the_broker_restarts_under_it(
             assert [e.value for e in got] == ["after"]
     finally:
         broker.stop()
+
+
+def test_requests_to_a_broker_long_gone_fail_within_a_bound_instead_of_blocking() -> None:
+    dead = f"tcp://127.0.0.1:{free_port()}"  # nothing listens: ZeroMQ queues until its limit
+    conn = Connection(dead, timeout_s=0.2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            for _ in range(5000):  # the send queue holds 1000
+                conn.send(p.Ping())
+        assert time.monotonic() - started < 5
+    finally:
+        conn.close()
+    # The producer keeps retrying into that full queue, then gives up on its batches.
+    producer = Producer(dead, linger_ms=0, request_timeout_s=0.01, delivery_timeout_s=1.5)
+    try:
+        producer._partitions["gone"] = 1  # no metadata request to a dead broker
+        started = time.monotonic()
+        for v in range(40):  # 16 in flight, resent every 10 ms: the queue fills in ~1 s
+            producer.send("gone", v, partition=0)
+        producer.flush(timeout_s=10)
+        assert time.monotonic() - started < 20
+        assert len(producer.errors) == 40
+        assert {e.code for e in producer.errors} == {"UNAVAILABLE"}
+    finally:
+        producer.close(timeout_s=1)
