@@ -85,7 +85,10 @@ class Producer:
             record = (value, key, headers, timestamp)
         with self._lock:
             if partition is None:
-                partition = self._pick(topic, key)
+                # keyless: the topic's sticky partition, once known (saves a call per event)
+                partition = self._sticky.get(topic) if key is None else None
+                if partition is None:
+                    partition = self._pick(topic, key)
             tp = (topic, partition)
             buf = self._buffers.get(tp)
             if buf is None:
