@@ -47,13 +47,14 @@ import zmq
 
 from brokerd.protocol import EXIT_CONFIG, EXIT_OK
 from runtime.client import DEFAULT_BROKER, Consumer, Event, Producer
-from runtime.connection import BrokerError
+from runtime.connection import BrokerError, BrokerUnavailable
 from runtime.dlq import send_to_dlq
 
 __all__ = ["Context", "Worker", "Script", "ScriptError", "load_script", "run", "main"]
 
 HEALTH_INTERVAL_S = 1.0
 FIRST_BACKOFF_S = 0.05
+BROKER_RETRY_S = 1.0  # pause between tries while the broker does not answer
 POLL_TIMEOUT_S = 5.0  # a stop interrupts an idle poll at once (request_stop), so wait long
 HEALTH_IDLE_EVERY_S = 5.0  # while idle and unchanged, report this often instead
 Handler = Callable[[Event, "Context"], Any]
@@ -143,21 +144,29 @@ class Worker:
         self.state = "starting"
         self.processed = 0
         self.failed = 0
-        self.idle = True
+        self.idle = True  # waiting, not handling: what the health reports call not busy
+        self.in_poll = False  # inside consumer.poll, where a stop signal interrupts the wait
         self.log = logging.getLogger(f"rail.worker.{options.name}")
         self.is_async = inspect.iscoroutinefunction(script.handle)
         self.loop = asyncio.new_event_loop() if self.is_async else None
         self.producer = Producer(options.broker)
         self.consumer: Consumer | None = None
+        self.broker_away_since: float | None = None
         self.ctx = Context(options.name, options.member_id, self.log, self.producer)
 
     # -- lifecycle --------------------------------------------------------------------
     def run(self) -> int:
         opts = self.options
-        self.consumer = Consumer(opts.broker, group=opts.group, topics=opts.topics,
-                                 member_id=opts.member_id, start=opts.start,
-                                 session_timeout_ms=opts.session_timeout_ms,
-                                 client_id=opts.name)
+        while self.consumer is None:
+            try:
+                self.consumer = Consumer(opts.broker, group=opts.group, topics=opts.topics,
+                                         member_id=opts.member_id, start=opts.start,
+                                         session_timeout_ms=opts.session_timeout_ms,
+                                         client_id=opts.name)
+            except BrokerUnavailable as exc:
+                if self.stopping:
+                    return EXIT_OK
+                self._broker_away(exc)
         self.ctx.member_id = self.consumer.member_id
         self._call_hook(self.script.setup)
         self.state = "running"
@@ -173,7 +182,7 @@ class Worker:
 
     def _step(self, consumer: Consumer) -> None:
         handled = dict(consumer.positions)
-        self.idle = True
+        self.idle = self.in_poll = True
         try:
             events = consumer.poll(POLL_TIMEOUT_S)
         except StopPolling:
@@ -182,8 +191,16 @@ class Worker:
             consumer.positions.clear()
             consumer.positions.update(handled)
             return
+        except BrokerUnavailable as exc:
+            self.in_poll = False  # a stop now only sets the flag, which the wait checks
+            self._broker_away(exc)
+            return
         finally:
-            self.idle = False
+            self.idle = self.in_poll = False
+        if self.broker_away_since is not None:
+            self.log.info("the broker answers again after %.0f s",
+                          time.monotonic() - self.broker_away_since)
+            self.broker_away_since = None
         if not events:
             return
         done = self._handle_all_async(events) if self.loop else self._handle_all(events)
@@ -256,6 +273,17 @@ class Worker:
         self.failed += 1
         self.processed -= 1  # the caller counts it; a dead-lettered event is not "processed"
 
+    def _broker_away(self, exc: BrokerUnavailable) -> None:
+        """Wait a moment and let the caller try again: a broker that is down or restarting
+        is waited for, as Kafka's consumers do, not a reason to exit (a supervisor would
+        count every such exit as a crash and soon mark the worker failed)."""
+        if self.broker_away_since is None:
+            self.broker_away_since = time.monotonic()
+            self.log.warning("%s; waiting for it", exc)
+        deadline = time.monotonic() + BROKER_RETRY_S
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def _call_hook(self, hook: Callable[[Context], Any] | None) -> None:
         if hook is None:
             return
@@ -284,8 +312,8 @@ class Worker:
         While the loop only waits in a poll, nothing is in hand: interrupt the wait.
         """
         self.stopping = True
-        if self.idle:
-            self.idle = False
+        if self.in_poll:
+            self.in_poll = False
             raise StopPolling
 
 

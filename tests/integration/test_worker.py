@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from brokerd.protocol import EXIT_CONFIG
 from runtime.client import Producer
 from runtime.connection import Connection
 from runtime.dlq import read_all
-from tests.helpers import ROOT, BrokerProcess, python_env, wait_for
+from tests.helpers import ROOT, BrokerProcess, free_port, python_env, start_broker, wait_for
 
 RECORDER = """
 import json, os, time
@@ -299,3 +300,36 @@ def test_a_worker_whose_parent_dies_stops(workers: Workers, tmp_path: Path) -> N
         if not gone():
             os.kill(pid, signal.SIGKILL)
     assert len(lines(out)) == 10
+
+
+def test_a_worker_waits_out_a_broker_outage_and_goes_on_with_the_same_process(
+        tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    api_port, ingest_port = free_port(), free_port()
+    broker = start_broker(tmp_path / "data", api_port=api_port, ingest_port=ingest_port)
+    workers = Workers(broker, tmp_path)
+    try:
+        produce(broker, 5)
+        proc = workers.start(workers.script(RECORDER), "--session-timeout-ms", "2000",
+                             env={"OUT": str(out)})
+        wait_for(lambda: len(lines(out)) == 5, 20, what="5 events handled")
+        broker.kill9()
+        # Longer than its poll's wait plus its request timeout, noticed at the end of a 5 s
+        # poll (about 15 s): the worker used to exit there, and a supervisor counts each
+        # such exit as a crash.
+        down_until = time.monotonic() + 17
+        while time.monotonic() < down_until:
+            assert proc.poll() is None, "the worker exited while the broker was down"
+            time.sleep(0.25)
+        broker = start_broker(tmp_path / "data", api_port=api_port, ingest_port=ingest_port)
+        workers.broker = broker
+        produce(broker, 5, start=5)
+        wait_for(lambda: {line[2]["n"] for line in lines(out)} == set(range(10)), 30,
+                 what="the 5 events sent after the outage handled")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert proc.stderr is not None and "waiting for it" in proc.stderr.read()
+    finally:
+        workers.stop_all()
+        broker.stop()
