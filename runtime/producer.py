@@ -151,10 +151,7 @@ class Producer:
             return
         if tp[0] in self._sticky and self._partitions.get(tp[0], 1) > 1:
             self._sticky[tp[0]] = (tp[1] + 1) % self._partitions[tp[0]]
-        seq = self._sequences.get(tp, 0)
-        self._sequences[tp] = seq + len(records)
-        batch = _Batch(tp[0], tp[1], records, seq if self.producer_id else -1,
-                       self._callbacks.pop(tp, []), self.producer_id)
+        callbacks = self._callbacks.pop(tp, [])
         # At most WINDOW batches in flight per partition: the broker recognises a retry only
         # among a producer's last WINDOW batches of a partition.
         if len(self._in_flight) >= self.max_in_flight // 2:
@@ -163,6 +160,12 @@ class Producer:
             self._collect()
         while len(self._unacked.get(tp, ())) >= self.max_in_flight:
             self._receive(self.request_timeout_s)
+        # Numbered only now: the wait may have given up on earlier batches and changed the
+        # producer id (_expire).
+        seq = self._sequences.get(tp, 0)
+        self._sequences[tp] = seq + len(records)
+        batch = _Batch(tp[0], tp[1], records, seq if self.producer_id else -1, callbacks,
+                       self.producer_id)
         self._transmit(batch)
         if self.acks != 0:
             self._unacked.setdefault(tp, deque()).append(batch)
