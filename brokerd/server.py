@@ -286,11 +286,11 @@ class Broker(Handlers):
             self._next_offsets_flush = now + self.config.topic_defaults.fsync_interval_ms / 1000
             fd = self.offsets.begin_flush()
             jobs.append(lambda: _fsync_and_close(fd))
-        self._topics_flush_at = self._scan_flush_deadline()
-        if jobs:
+        if jobs:  # its end rescans the deadline (_round_done)
             self._covered = covered
             self.flusher.submit(jobs)
             return None
+        self._topics_flush_at = self._scan_flush_deadline()
         if urgent:
             self._settle()
         return self._flush_deadline()
