@@ -139,10 +139,10 @@ class Consumer:
             return
         self.generation = generation
         new = [(topic, partition) for topic, partition in assignment]
-        for tp in set(self.assignment) - set(new):
+        owned = set(new)
+        for tp in self._owned - owned:
             self.positions.pop(tp, None)
-        self.assignment = new
-        self._owned = set(new)
+        self.assignment, self._owned = new, owned
         if self.on_assign is not None:
             self.on_assign(list(self.assignment))
 
@@ -282,9 +282,8 @@ class Consumer:
             self._send_pending()
 
     def _send_pending(self, sync: bool = False, timeout_s: float | None = None) -> None:
-        owned = set(self.assignment)
         items = [(t, part, o) for (t, part), o in self._pending.items()
-                 if self._committed.get((t, part)) != o and (t, part) in owned]
+                 if self._committed.get((t, part)) != o and (t, part) in self._owned]
         self._pending.clear()
         if not items:
             return
@@ -300,8 +299,7 @@ class Consumer:
                 if exc.code not in ("STALE_GENERATION", "NOT_MEMBER"):
                     raise
                 self._refresh_assignment()  # a rebalance moved some partitions away
-                owned = set(self.assignment)
-                items = [i for i in items if (i[0], i[1]) in owned]
+                items = [i for i in items if (i[0], i[1]) in self._owned]
                 if items:
                     self.conn.call(p.Commit(group=self.group, member_id=self.member_id,
                                             generation=self.generation, offsets=items))
