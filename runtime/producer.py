@@ -229,6 +229,10 @@ class Producer:
             return
         if batch in queue:
             queue.remove(batch)
+        self._report(batch, error)
+
+    def _report(self, batch: _Batch, error: BrokerError) -> None:
+        """A batch failed for good: ``producer.errors`` and its callbacks say so."""
         self.errors.append(error)
         for callback in batch.callbacks:
             callback(batch.partition, -1, error)
@@ -272,9 +276,7 @@ class Producer:
         for batch in self._unacked.pop(tp, deque()):
             if self._in_flight.pop(batch.request_id, None) is not None:
                 self.conn.unwatched(batch.request_id)
-            self.errors.append(error)
-            for callback in batch.callbacks:
-                callback(batch.partition, -1, error)
+            self._report(batch, error)
         if self.producer_id:
             self.producer_id = random.getrandbits(62) + 1
             self._sequences.clear()
