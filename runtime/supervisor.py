@@ -241,6 +241,11 @@ class Supervisor:
         self.broker.restarts += 1
         self.broker.restart_at = now + self.broker.backoff.next_delay(now)
 
+    @property
+    def broker_grace_s(self) -> float:
+        """How long brokerd gets to stop (flushing every log) before SIGKILL."""
+        return max(self.config.supervisor.grace_s, 5.0)
+
     def restart_broker(self) -> None:
         """Stop brokerd (SIGTERM, SIGKILL after grace_s) and start it again; a failed one is
         started at once.  Workers reconnect by themselves."""
@@ -256,7 +261,7 @@ class Supervisor:
             return
         self.broker.restart_asked = True
         self.broker.child.signal(signal.SIGTERM)
-        self.broker.kill_at = now + max(self.config.supervisor.grace_s, 5.0)
+        self.broker.kill_at = now + self.broker_grace_s
 
     def stop_broker(self) -> None:
         child = self.broker.child
@@ -264,7 +269,7 @@ class Supervisor:
             return
         child.signal(signal.SIGTERM)
         try:
-            child.proc.wait(max(self.config.supervisor.grace_s, 5.0))
+            child.proc.wait(self.broker_grace_s)
         except subprocess.TimeoutExpired:
             LOG.warning("brokerd did not stop in time: SIGKILL")
             child.signal(signal.SIGKILL)
