@@ -13,17 +13,9 @@ from runtime.dlq import dead_letter_headers
 from runtime.client import Event
 from tests.helpers import ROOT, BrokerProcess, python_env
 
-# Until runtime.cli exists, the same commands through a minimal argparse harness.
-HARNESS = ("import argparse, sys; from runtime.commands_data import add_data_commands; "
-           "ap = argparse.ArgumentParser(prog='rail'); "
-           "add_data_commands(ap.add_subparsers(dest='command', required=True)); "
-           "a = ap.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
-
-
 def rail(broker: BrokerProcess, *args: str, input: str | None = None,
          check: bool = True) -> subprocess.CompletedProcess[str]:
-    entry = (["-m", "runtime.cli"] if (ROOT / "runtime" / "cli.py").exists()
-             else ["-c", HARNESS])
+    entry = ["-m", "runtime.cli"]
     env = {**python_env(), "RAIL_BROKER": broker.api}
     done = subprocess.run([sys.executable, *entry, *args], env=env, cwd=ROOT, text=True,
                           capture_output=True, input=input, timeout=60)
@@ -112,7 +104,7 @@ def test_dlq_list_and_replay_send_events_back_without_rail_headers(
 
 def test_an_unreachable_broker_is_one_line_and_nonzero(broker: BrokerProcess) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", HARNESS, "topics", "--broker", "tcp://127.0.0.1:1"],
+        [sys.executable, "-m", "runtime.cli", "topics", "--broker", "tcp://127.0.0.1:1"],
         env=python_env(), cwd=ROOT, text=True, capture_output=True, timeout=60)
     assert done.returncode != 0
     assert len(done.stderr.strip().splitlines()) == 1 and "is it running" in done.stderr
@@ -121,8 +113,7 @@ def test_an_unreachable_broker_is_one_line_and_nonzero(broker: BrokerProcess) ->
 def test_rail_run_runs_a_worker_in_the_foreground(broker: BrokerProcess) -> None:
     import signal
     rail(broker, "send", "orders", '{"pizza": 1}')
-    entry = (["-m", "runtime.cli"] if (ROOT / "runtime" / "cli.py").exists()
-             else ["-c", HARNESS])
+    entry = ["-m", "runtime.cli"]
     proc = subprocess.Popen(
         [sys.executable, *entry, "run", str(ROOT / "workers" / "printer.py"), "--topics",
          "orders"], env={**python_env(), "RAIL_BROKER": broker.api}, cwd=ROOT, text=True,

@@ -1,15 +1,9 @@
-"""The data subcommands of ``rail``: send, tail, topics, groups, dlq, run.
-
-``runtime.cli`` builds the parser and calls ``add_data_commands(subparsers)``; each command
-sets ``func`` to a handler taking the parsed Namespace and returning an exit code.
-"""
+"""``rail send``, ``tail``, ``topics``, ``groups`` and ``run``: Kafka's console tools."""
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -17,108 +11,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 from brokerd import protocol as p
-from runtime.client import DEFAULT_BROKER, Consumer, Event, Producer
-from runtime.connection import BrokerError, Connection
 from runtime import dlq
+from runtime.cli.common import (
+    connect, event_json, event_line, guarded, parse_pairs, parse_value, print_json,
+    set_handler, with_broker,
+)
+from runtime.client import Consumer, Event, Producer
+from runtime.connection import Connection
 
 TAIL_LAST = 10  # without --from-beginning, tail shows this many last events per partition
 PROGRESS_EVERY_S = 0.5
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add send, tail, topics, groups, dlq and run to the ``rail`` parser."""
-    for add in (_add_send, _add_tail, _add_topics, _add_groups, _add_dlq, _add_run):
+    """Add send, tail, topics, groups and run to the ``rail`` parser."""
+    for add in (_add_send, _add_tail, _add_topics, _add_groups, _add_run):
         add(subparsers)
-
-
-def _set_handler(parser: argparse.ArgumentParser,
-                 handler: Callable[[argparse.Namespace], int]) -> None:
-    """The handler under both names a ``rail`` main may call: ``func`` and ``run``."""
-    parser.set_defaults(func=handler, run=handler)
-
-
-def _with_broker(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--broker", default=os.environ.get("RAIL_BROKER", DEFAULT_BROKER),
-                        help="broker API endpoint (default: $RAIL_BROKER or %(default)s)")
-    return parser
-
-
-def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn a broker error or Ctrl-C into one line on stderr and an exit code."""
-    name = func.__name__.removeprefix("cmd_").replace("_", " ")
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except BrokerError as exc:
-            print(f"rail {name}: {exc.code}: {exc.message}", file=sys.stderr)
-            return 1
-        except OSError as exc:
-            print(f"rail {name}: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
-    run.__name__ = func.__name__
-    return run
-
-
-def _connect(args: argparse.Namespace) -> Connection:
-    return Connection(args.broker, timeout_s=5.0)
-
-
-# -- values ---------------------------------------------------------------------------
-def parse_value(text: str) -> Any:
-    """JSON if ``text`` parses as JSON, else its UTF-8 bytes."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text.encode()
-
-
-def parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"rail: {what} {pair!r} is not k=v: write it as name=value")
-        out[name] = value
-    return out
-
-
-def jsonable(value: Any) -> Any:
-    """Bytes as text when they are UTF-8, else ``{"base64": ...}``; the rest unchanged."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raw = bytes(value)
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            return {"base64": base64.b64encode(raw).decode()}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def event_json(event: Event) -> dict[str, Any]:
-    return {"topic": event.topic, "partition": event.partition, "offset": event.offset,
-            "timestamp": event.timestamp, "key": jsonable(event.key),
-            "value": jsonable(event.value), "headers": jsonable(event.headers or {})}
-
-
-def event_line(event: Event) -> str:
-    key = "" if event.key is None else f" key={json.dumps(jsonable(event.key))}"
-    return (f"{event.topic}[{event.partition}]@{event.offset}{key} "
-            f"{json.dumps(jsonable(event.value), ensure_ascii=False)}")
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 # -- send -----------------------------------------------------------------------------
 def _add_send(sub: argparse._SubParsersAction) -> None:
-    ap = _with_broker(sub.add_parser("send", help="send one event, or one per line of a file",
+    ap = with_broker(sub.add_parser("send", help="send one event, or one per line of a file",
                                      description="Send VALUE (JSON if it parses, else bytes) "
                                      "or each line of --file to TOPIC."))
     ap.add_argument("topic")
@@ -126,7 +39,7 @@ def _add_send(sub: argparse._SubParsersAction) -> None:
     ap.add_argument("--key", help="event key (events with one key keep their order)")
     ap.add_argument("--header", action="append", default=[], metavar="K=V")
     ap.add_argument("--file", help="send each line of this file ('-' for stdin)")
-    _set_handler(ap, _guarded(cmd_send))
+    set_handler(ap, guarded(cmd_send))
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -194,7 +107,7 @@ def _progress(count: int, elapsed: float, end: str, topic: str = "") -> None:
 
 # -- tail -----------------------------------------------------------------------------
 def _add_tail(sub: argparse._SubParsersAction) -> None:
-    ap = _with_broker(sub.add_parser("tail", help="print a topic's events",
+    ap = with_broker(sub.add_parser("tail", help="print a topic's events",
                                      description="Print the last events of TOPIC (all of "
                                      "them with --from-beginning); --follow waits for more."))
     ap.add_argument("topic")
@@ -202,7 +115,7 @@ def _add_tail(sub: argparse._SubParsersAction) -> None:
     ap.add_argument("--from-beginning", action="store_true")
     ap.add_argument("--follow", "-f", action="store_true")
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
-    _set_handler(ap, _guarded(cmd_tail))
+    set_handler(ap, guarded(cmd_tail))
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -211,7 +124,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                                                                         flush=True)))
     if args.group:
         return _tail_group(args, show)
-    conn = _connect(args)
+    conn = connect(args)
     try:
         meta = conn.call(p.Metadata(topics=[args.topic])).topics[0]
         positions = {i.partition: (i.start_offset if args.from_beginning
@@ -259,7 +172,7 @@ def _tail_group(args: argparse.Namespace, show: Callable[[Event], None]) -> int:
 
 # -- topics ---------------------------------------------------------------------------
 def _add_topics(sub: argparse._SubParsersAction) -> None:
-    ap = _with_broker(sub.add_parser("topics", help="list, create, delete, describe topics"))
+    ap = with_broker(sub.add_parser("topics", help="list, create, delete, describe topics"))
     ap.add_argument("action", nargs="?", default="list",
                     choices=("list", "create", "delete", "describe"))
     ap.add_argument("name", nargs="?")
@@ -267,7 +180,7 @@ def _add_topics(sub: argparse._SubParsersAction) -> None:
     ap.add_argument("--config", action="append", default=[], metavar="K=V",
                     help="for create: a topic setting, e.g. retention_ms=3600000")
     ap.add_argument("--json", action="store_true")
-    _set_handler(ap, _guarded(cmd_topics))
+    set_handler(ap, guarded(cmd_topics))
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -275,7 +188,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
         print(f"rail topics {args.action}: name the topic: rail topics {args.action} NAME",
               file=sys.stderr)
         return 2
-    conn = _connect(args)
+    conn = connect(args)
     try:
         if args.action == "create":
             config = {k: _config_value(v) for k, v in parse_pairs(args.config, "config").items()}
@@ -310,7 +223,7 @@ def topic_json(info: p.TopicInfo) -> dict[str, Any]:
 def _show_topics(topics: list[p.TopicInfo], args: argparse.Namespace) -> None:
     data = [topic_json(t) for t in topics]
     if args.json:
-        _print_json(data if args.action == "list" else data[0])
+        print_json(data if args.action == "list" else data[0])
         return
     if args.action == "list":
         print(f"{'TOPIC':30} {'PARTITIONS':>10} {'EVENTS':>12} {'BYTES':>14}")
@@ -330,11 +243,11 @@ def _show_topics(topics: list[p.TopicInfo], args: argparse.Namespace) -> None:
 
 # -- groups ---------------------------------------------------------------------------
 def _add_groups(sub: argparse._SubParsersAction) -> None:
-    ap = _with_broker(sub.add_parser("groups", help="list groups, describe one with its lag"))
+    ap = with_broker(sub.add_parser("groups", help="list groups, describe one with its lag"))
     ap.add_argument("action", nargs="?", default="list", choices=("list", "describe"))
     ap.add_argument("name", nargs="?")
     ap.add_argument("--json", action="store_true")
-    _set_handler(ap, _guarded(cmd_groups))
+    set_handler(ap, guarded(cmd_groups))
 
 
 def group_json(reply: p.DescribeGroupReply) -> dict[str, Any]:
@@ -349,13 +262,13 @@ def group_json(reply: p.DescribeGroupReply) -> dict[str, Any]:
 
 
 def cmd_groups(args: argparse.Namespace) -> int:
-    conn = _connect(args)
+    conn = connect(args)
     try:
         if args.action == "list":
             names = conn.call(p.ListGroups()).groups
             described = [group_json(conn.call(p.DescribeGroup(group=g))) for g in names]
             if args.json:
-                _print_json(described)
+                print_json(described)
             else:
                 print(f"{'GROUP':30} {'STATE':12} {'MEMBERS':>7} {'LAG':>10}")
                 for g in described:
@@ -374,7 +287,7 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 def _show_group(g: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _print_json(g)
+        print_json(g)
         return
     print(f"group {g['group']}: {g['state']}, generation {g['generation']}, "
           f"{len(g['members'])} members, lag {g['lag']}")
@@ -388,65 +301,15 @@ def _show_group(g: dict[str, Any], as_json: bool) -> None:
               f"{x['lag']:>8}  {x['owner'] or '-'}")
 
 
-# -- dlq ------------------------------------------------------------------------------
-def _add_dlq(sub: argparse._SubParsersAction) -> None:
-    ap = sub.add_parser("dlq", help="inspect or replay a topic's dead letters")
-    inner = ap.add_subparsers(dest="dlq_action", required=True)
-    listing = _with_broker(inner.add_parser("list", help="show TOPIC.dlq with the errors"))
-    listing.add_argument("topic")
-    listing.add_argument("--json", action="store_true")
-    _set_handler(listing, _guarded(cmd_dlq_list))
-    again = _with_broker(inner.add_parser("replay", help="send TOPIC.dlq back to TOPIC"))
-    again.add_argument("topic")
-    _set_handler(again, _guarded(cmd_dlq_replay))
-
-
-def _dlq_name(topic: str) -> str:
-    return topic if topic.endswith(dlq.SUFFIX) else dlq.dlq_topic(topic)
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def cmd_dlq_list(args: argparse.Namespace) -> int:
-    conn = _connect(args)
-    try:
-        name = _dlq_name(args.topic)
-        if name not in {t.name for t in conn.call(p.Metadata()).topics}:
-            events: list[Event] = []
-        else:
-            events = dlq.read_all(conn, name)
-    finally:
-        conn.close()
-    if args.json:
-        _print_json([event_json(e) for e in events])
-        return 0
-    print(f"{len(events)} dead letters in {name}")
-    for e in events:
-        h = e.headers or {}
-        src = (f"{_text(h.get('rail.source.topic', '?'))}[{_text(h.get('rail.source.partition', '?'))}]"
-               f"@{_text(h.get('rail.source.offset', '?'))}")
-        print(f"  {src} after {_text(h.get('rail.attempts', '?'))} attempts: "
-              f"{_text(h.get('rail.error', '?'))}  value={json.dumps(jsonable(e.value))}")
-    return 0
-
-
-def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    count = dlq.replay(args.broker, _dlq_name(args.topic))
-    print(f"replayed {count} events from {_dlq_name(args.topic)}", file=sys.stderr)
-    return 0
-
-
 # -- run ------------------------------------------------------------------------------
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    ap = _with_broker(sub.add_parser("run", help="run a worker script in the foreground"))
+    ap = with_broker(sub.add_parser("run", help="run a worker script in the foreground"))
     ap.add_argument("script")
     ap.add_argument("--topics", required=True, help="comma-separated topics")
     ap.add_argument("--group", help="consumer group (default: the script's name)")
     ap.add_argument("--retries", type=int, default=3)
     ap.add_argument("--start", choices=("earliest", "latest"), default="earliest")
-    _set_handler(ap, cmd_run)
+    set_handler(ap, cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -1,8 +1,4 @@
-"""``rail``: run the supervisor (``rail up``) and drive it (status, register, scale, ...).
-
-The data commands (send, tail, topics, groups, ...) come from ``runtime.commands_data``.
-Errors are one line naming the problem and the fix, with a non-zero exit code.
-"""
+"""``rail up`` and the commands that drive a running supervisor (status, register, scale, ...)."""
 
 from __future__ import annotations
 
@@ -16,19 +12,15 @@ from typing import Any
 import msgspec
 import psutil
 
-from brokerd.protocol import EXIT_CONFIG
 from runtime import control
-from runtime.config import ConfigError, load_config
+from runtime.config import load_config
 from runtime.policy import POLICIES
 
 DOWN_WAIT_S = 120.0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rail", description="Rail: a durable event log and supervised workers.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def add_supervisor_commands(sub: argparse._SubParsersAction) -> None:
+    """Add up, down, status, register, unregister, scale and restart."""
     up = sub.add_parser("up", help="run the broker and every worker in the foreground",
                         description="Start brokerd (unless --broker) and every worker of "
                         "rail.toml and of the run-time registrations; Ctrl-C stops them all.")
@@ -70,14 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     restart.set_defaults(run=lambda a: show(control.call(a.control, control.Restart(
         name=a.name)), f"restarting {a.name}"))
 
-    try:
-        from runtime.commands_data import add_data_commands
-    except ImportError:
-        pass
-    else:
-        add_data_commands(sub)
-    return parser
-
 
 def control_parser(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
@@ -85,20 +69,6 @@ def control_parser(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
                         help="the supervisor's control socket (default %(default)s; "
                         "env RAIL_CONTROL)")
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except control.ControlError as exc:
-        print(f"rail: {exc}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:
-        print(f"rail: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except KeyboardInterrupt:
-        return 130
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -202,6 +172,3 @@ def duration(seconds: float | None) -> str:
 def size(rss: int | None) -> str:
     return "-" if rss is None else f"{rss / 2**20:.0f}M"
 
-
-if __name__ == "__main__":
-    sys.exit(main())
