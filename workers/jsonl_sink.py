@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from runtime.client import Event
-from runtime.commands_data import event_json
+from runtime.cli.common import event_json
 from runtime.worker import Context, run
 
 

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from runtime.client import Event
-from runtime.commands_data import event_line
+from runtime.cli.common import event_line
 from runtime.worker import Context, run
 
 
