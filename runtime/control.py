@@ -163,6 +163,7 @@ class ControlHandlers:
             "pid": os.getpid(), "uptime_s": now - self.sup.started_at, "stopping": self.sup.stopping,
             "broker": {"endpoint": self.sup.broker.endpoint, "external": self.sup.broker.external,
                        "pid": broker.pid if broker else None, "restarts": self.sup.broker.restarts,
+                       "error": self.sup.broker.failed,
                        "state": "failed" if self.sup.broker.failed else
                        "running" if broker or self.sup.broker.external else "restarting",
                        "cpu_percent": broker.cpu_percent if broker else None,
@@ -207,9 +208,7 @@ class ControlHandlers:
                       "replicas": r.replicas, "policy": r.policy}, WorkerSpec,
                      f"register {r.name}", "")
         for topic in spec.topics:
-            if self.sup.broker_call(p.CreateTopic(topic=topic, exist_ok=True)) is None:
-                raise ValueError(f"the broker at {self.sup.broker.endpoint} did not create topic "
-                                 f"{topic!r}: see rail status")
+            self.sup.create_topic(topic)
         self.sup.adopt(r.name, spec)
         return {"name": r.name, "replicas": spec.replicas}
 

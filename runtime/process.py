@@ -136,6 +136,7 @@ class BrokerChild:
         self.restart_asked = False  # rail restart brokerd: its exit is not a crash
         self.restarts = 0
         self.failed = ""
+        self.log_offset = 0  # where brokerd.log stood when this child started
 
     def argv(self) -> list[str]:
         b = self.config.broker

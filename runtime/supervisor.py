@@ -23,7 +23,7 @@ import msgspec
 import zmq
 
 from brokerd import protocol as p
-from brokerd.protocol import EXIT_BIND, EXIT_CONFIG
+from brokerd.protocol import EXIT_BIND, EXIT_CONFIG, EXIT_STORAGE
 from runtime.config import RailConfig, WorkerSpec
 from runtime.connection import BrokerError, Connection
 from runtime.control import ControlHandlers, ControlServer
@@ -174,11 +174,11 @@ class Supervisor:
                 return 1
             LOG.info("using the running broker at %s", self.broker.endpoint)
         else:
-            offset = self.broker_log().stat().st_size if self.broker_log().exists() else 0
             self.spawn_broker()
-            endpoint = self.wait_broker_ready(offset)
+            endpoint, code = self.wait_broker_ready()
             if endpoint is None:
-                return 1
+                # its own exit code when it names the cause (bind, config, storage)
+                return code if code in (EXIT_BIND, EXIT_CONFIG, EXIT_STORAGE) else 1
             self.broker.endpoint = endpoint
         try:
             for topic, section in self.config.topics.items():
@@ -194,14 +194,18 @@ class Supervisor:
         return self.logs / "brokerd.log"
 
     def spawn_broker(self) -> None:
-        child = Child(self.broker.argv(), child_env({}), self.broker_log(), self.base_dir)
+        log = self.broker_log()
+        self.broker.log_offset = log.stat().st_size if log.exists() else 0
+        child = Child(self.broker.argv(), child_env({}), log, self.base_dir)
         self.broker.child = child
         self.broker.restart_at = None
         self.broker.backoff.started(child.started_at)
         print(f"started brokerd pid {child.pid}", flush=True)
 
-    def wait_broker_ready(self, offset: int) -> str | None:
-        """The broker's api endpoint from its ready line, within BROKER_READY_S."""
+    def wait_broker_ready(self) -> tuple[str | None, int | None]:
+        """The broker's api endpoint from its ready line, within BROKER_READY_S; else None
+        and its exit code."""
+        offset = self.broker.log_offset
         child = self.broker.child
         assert child is not None
         deadline = time.monotonic() + BROKER_READY_S
@@ -210,7 +214,7 @@ class Supervisor:
                 f.seek(offset)
                 for line in f.read().decode(errors="replace").splitlines():
                     if line.startswith("brokerd ready api="):
-                        return line.split("api=", 1)[1].split()[0]
+                        return line.split("api=", 1)[1].split()[0], None
             if child.proc.poll() is not None:
                 break
             time.sleep(0.05)
@@ -219,9 +223,19 @@ class Supervisor:
             child.signal(signal.SIGKILL)
             child.proc.wait(5)
         self.broker.child = None
-        print(f"rail: brokerd did not become ready (exit code {code}): see "
-              f"{self.broker_log()}", file=sys.stderr)
-        return None
+        print(f"rail: brokerd did not become ready (exit code {code}): "
+              f"{self.broker_cause()} (log: {self.broker_log()})", file=sys.stderr)
+        return None, code
+
+    def broker_cause(self) -> str:
+        """The line of brokerd's log (since its last start) that says why it stopped."""
+        try:
+            with open(self.broker_log(), "rb") as f:
+                f.seek(self.broker.log_offset)
+                tail = f.read()[-65536:].decode(errors="replace")
+        except OSError as exc:
+            return f"cannot read its log: {exc}"
+        return cause_line(tail.splitlines()) or "it wrote nothing"
 
     def on_broker_exit(self, code: int, now: float) -> None:
         self.broker.child = None
@@ -235,7 +249,7 @@ class Supervisor:
             return
         LOG.error("brokerd exited with code %s", code)
         if code in (EXIT_CONFIG, EXIT_BIND) or self.broker.intensity.record(now):
-            self.broker.failed = f"exit code {code}: see {self.broker_log()}"
+            self.broker.failed = f"exit code {code}: {self.broker_cause()}"
             LOG.error("brokerd failed (%s); the workers keep retrying it", self.broker.failed)
             return
         self.broker.restarts += 1
@@ -286,6 +300,17 @@ class Supervisor:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def create_topic(self, topic: str, partitions: int | None = None) -> None:
+        """Create ``topic`` unless it exists; ValueError with the broker's reason if not."""
+        try:
+            self.conn().call(p.CreateTopic(topic=topic, partitions=partitions, exist_ok=True))
+        except BrokerError as exc:
+            if exc.code == "UNAVAILABLE":
+                self._drop_conn()
+                raise ValueError(f"the broker at {self.broker.endpoint} does not answer, so "
+                                 f"topic {topic!r} cannot be created: see rail status") from None
+            raise ValueError(f"cannot create topic {topic!r}: {exc.code}: {exc.message}") from None
 
     def broker_call(self, request: Any) -> Any:
         """One request, or None if the broker does not answer (the connection is renewed
@@ -475,6 +500,16 @@ class Supervisor:
         self.registry.put(name, spec)
         watcher = self.watchers[name] = Watcher(name, spec, registered=True)
         self.start_watcher(watcher)
+
+
+def cause_line(lines: list[str]) -> str:
+    """From a dead process's output, the line that names the cause: its own one-line error
+    (``brokerd: ...``), else a traceback's last line, else the last line."""
+    lines = [line.strip() for line in lines if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("brokerd:"):
+            return line
+    return lines[-1] if lines else ""
 
 
 def drain(sock: socket.socket) -> None:

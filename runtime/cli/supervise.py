@@ -152,6 +152,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if broker.get("error"):
+        print(f"brokerd: {broker['error']}")
     for w in status["workers"]:
         if w["error"]:
             print(f"{w['name']}: {w['error']}")

@@ -184,7 +184,7 @@ def test_a_killed_supervisor_leaves_no_orphans_and_up_resumes_from_committed_off
     rail.up()
     wait_for(lambda: rail.running("pizza", 2), 20, what="2 pizza replicas")
     rail.send(range(100))
-    wait_for(lambda: (w := rail.worker("pizza"))["lag"] == 0 and len(rail.seen()) >= 100, 20,
+    wait_for(lambda: rail.worker("pizza")["lag"] == 0 and len(rail.seen()) >= 100, 20,
              what="100 events handled and committed")
     status = rail.status()
     children = rail.worker("pizza")["pids"] + [status["broker"]["pid"]]
@@ -313,6 +313,8 @@ def test_a_broker_that_failed_comes_back_with_rail_restart_brokerd(rail: Rail) -
         wait_for(lambda: rail.status()["broker"]["state"] == "failed", 20, what="broker failed")
     finally:
         squatter.close()
+    assert "Address already in use" in rail.status()["broker"]["error"]
+    assert "Address already in use" in rail.rail("status").stdout
     assert rail.rail("restart", "brokerd").returncode == 0
     wait_for(lambda: rail.status()["broker"]["state"] == "running", 20, what="broker back")
     rail.send(range(10))
