@@ -54,6 +54,14 @@ class NotMember(RailError):
     code = "NOT_MEMBER"
 
 
+class UnknownGroup(RailError):
+    code = "UNKNOWN_GROUP"
+
+
+class GroupNotEmpty(RailError):
+    code = "GROUP_NOT_EMPTY"
+
+
 class StaleGeneration(RailError):
     code = "STALE_GENERATION"
 

@@ -17,7 +17,7 @@ import logging
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 log = logging.getLogger("brokerd.flusher")
@@ -25,11 +25,13 @@ log = logging.getLogger("brokerd.flusher")
 
 @dataclass
 class Round:
-    """One round of fsyncs; ``error`` is set by the thread when one failed."""
+    """One round of fsyncs; ``error`` is set by the thread when one failed, and ``failed``
+    holds the indexes of the jobs that failed."""
 
     number: int
     jobs: list[Callable[[], None]]
     error: str | None = None
+    failed: list[int] = field(default_factory=list)
 
 
 class Flusher:
@@ -67,11 +69,12 @@ class Flusher:
 
     def _run(self) -> None:
         while (rnd := self._queue.get()) is not None:
-            for job in rnd.jobs:
+            for index, job in enumerate(rnd.jobs):
                 try:
                     job()
                 except OSError as exc:
                     rnd.error = f"fsync failed: {os.strerror(exc.errno or 0)}"
+                    rnd.failed.append(index)
                     log.error("%s", rnd.error)
             self._done.put(rnd)
             os.write(self._notify_fd, b"!")

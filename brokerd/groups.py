@@ -20,7 +20,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from brokerd.errors import NotMember, OffsetOutOfRange, StaleGeneration, UnknownTopic
+from brokerd.errors import (
+    GroupNotEmpty,
+    NotMember,
+    OffsetOutOfRange,
+    StaleGeneration,
+    UnknownGroup,
+    UnknownTopic,
+)
 
 TP = tuple[str, int]
 
@@ -29,6 +36,7 @@ class OffsetsBackend(Protocol):
     def get(self, group: str, topic: str, partition: int) -> int | None: ...
     def commit(self, group: str, items: list[tuple[str, int, int]]) -> None: ...
     def groups(self) -> set[str]: ...
+    def forget(self, group: str | None = None, topic: str | None = None) -> None: ...
 
 
 class LogView(Protocol):
@@ -43,6 +51,9 @@ class Member:
     topics: list[str]
     session_timeout_ms: int
     last_seen_ms: int
+    incarnation: int = 0
+    """Counts joins under this member id: a poll parked by an earlier incarnation (a
+    process that died without leaving) must not read for the new one."""
 
     def expires_at(self) -> int:
         return self.last_seen_ms + self.session_timeout_ms
@@ -99,6 +110,7 @@ class Coordinator:
         else:
             # A join under a live member id is a new incarnation (a restarted process): what
             # the old one was delivered but did not commit must be delivered again.
+            member.incarnation += 1
             for tp in group.assignment_of(member_id):
                 group.positions.pop(tp, None)
                 self.position(group, tp)
@@ -131,6 +143,18 @@ class Coordinator:
             return False
         self.rebalance(group)
         return True
+
+    def delete(self, group_name: str) -> None:
+        """Forget a group without live members, and its committed offsets."""
+        group = self.groups.get(group_name)
+        if group is None and group_name not in self.offsets.groups():
+            raise UnknownGroup(f"unknown group {group_name!r}: see list_groups")
+        if group is not None and group.members:
+            raise GroupNotEmpty(f"group {group_name!r} has {len(group.members)} live "
+                                "member(s): stop them (or wait for their sessions to expire) "
+                                "before deleting it")
+        self.groups.pop(group_name, None)
+        self.offsets.forget(group=group_name)
 
     def expire(self, now_ms: int) -> list[tuple[str, str]]:
         """Remove members whose session ran out; return (group, member_id) of each."""

@@ -169,6 +169,12 @@ class Handlers:
                 return p.StatsReply(id=request.id, stats=self.stats.report(self))
             case p.Ping():
                 return p.PingReply(id=request.id, version=p.PROTOCOL_VERSION, time_ms=now_ms())
+            case p.CreatePartitions():
+                return self.handle_create_partitions(request)
+            case p.DeleteRecords():
+                return self.handle_delete_records(request)
+            case p.DeleteGroup():
+                return self.handle_delete_group(request)
         raise UnknownOp(f"unhandled op {type(request).__name__}")
 
     # -- produce ----------------------------------------------------------------------
@@ -266,8 +272,16 @@ class Handlers:
             return None
         # A parked poll is not a heartbeat: answer it well before the session could expire.
         wait_ms = min(req.max_wait_ms, member.session_timeout_ms // 2)
-        generation = group.generation
+        generation, incarnation = group.generation, member.incarnation
         def answer(final: bool) -> bool:
+            if (member.incarnation != incarnation
+                    or group.members.get(member.member_id) is not member):
+                # A new join under this member id (or the member is gone): this poll's
+                # process is an earlier incarnation, and what it would read here would
+                # move the new one's positions past records it never sees.
+                self.send(client, p.PollReply(id=req.id, generation=group.generation,
+                                              assignment=[], partitions=[]))
+                return True
             try:
                 read = self._poll_reply(req, stream.budget)
                 if final or read[0].generation != generation:
@@ -357,6 +371,8 @@ class Handlers:
         group, member = self.coordinator.join(
             req.group, req.member_id, req.topics, req.session_timeout_ms, req.start,
             req.client_id, _mono_ms())
+        if member.incarnation:  # a re-join: end what the earlier incarnation left parked
+            self.waiting.group_changed(group.name)
         self.sessions_changed()
         return p.JoinReply(id=req.id, member_id=member.member_id, generation=group.generation,
                            assignment=group.assignment_of(member.member_id),
@@ -405,6 +421,26 @@ class Handlers:
         self.offsets.forget(topic=req.topic)
         self.coordinator.topics_changed({req.topic})
         return p.DeleteTopicReply(id=req.id, topic=req.topic)
+
+    def handle_create_partitions(self, req: p.CreatePartitions) -> p.Reply:
+        topic = self.topics.grow(req.topic, req.partitions)
+        self.coordinator.topics_changed({topic.name})
+        return p.CreatePartitionsReply(id=req.id, topic=topic.name,
+                                       partitions=len(topic.partitions))
+
+    def handle_delete_records(self, req: p.DeleteRecords) -> p.Reply:
+        plog = self.topics.get(req.topic).partition(req.partition)
+        offset = plog.end_offset if req.offset == -1 else req.offset
+        start = plog.delete_records(offset)
+        return p.DeleteRecordsReply(id=req.id, topic=req.topic, partition=req.partition,
+                                    start_offset=start)
+
+    def handle_delete_group(self, req: p.DeleteGroup) -> p.Reply:
+        try:
+            self.coordinator.delete(req.group)
+        except OSError as exc:
+            raise StorageError(f"cannot forget the offsets of {req.group!r}: {exc}") from exc
+        return p.DeleteGroupReply(id=req.id, group=req.group)
 
     def handle_metadata(self, req: p.Metadata) -> p.Reply:
         names = req.topics if req.topics is not None else sorted(self.topics.topics)

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: create_partitions, delete_records, delete_group
 
 # Limits (the broker's defaults; see BrokerConfig for the knobs).
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -53,7 +53,7 @@ ERROR_CODES = (
     "BAD_REQUEST", "UNKNOWN_OP", "UNKNOWN_TOPIC", "UNKNOWN_PARTITION", "INVALID_TOPIC",
     "TOPIC_EXISTS", "OFFSET_OUT_OF_RANGE", "MESSAGE_TOO_LARGE", "NOT_MEMBER",
     "STALE_GENERATION", "OUT_OF_ORDER_SEQUENCE", "STORAGE_ERROR", "TOO_MANY_WAITING",
-    "SHUTTING_DOWN", "INTERNAL",
+    "SHUTTING_DOWN", "INTERNAL", "UNKNOWN_GROUP", "GROUP_NOT_EMPTY",
 )
 
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
@@ -155,6 +155,27 @@ class DeleteTopic(_Request, tag="delete_topic"):
     topic: str
 
 
+class CreatePartitions(_Request, tag="create_partitions"):
+    """Grow a topic to ``partitions`` partitions in all (never shrink)."""
+
+    topic: str
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)]
+
+
+class DeleteRecords(_Request, tag="delete_records"):
+    """Move a partition's start offset up to ``offset`` (-1: its end): older records go."""
+
+    topic: str
+    partition: Partition
+    offset: Annotated[int, msgspec.Meta(ge=-1)]
+
+
+class DeleteGroup(_Request, tag="delete_group"):
+    """Forget a group with no live members, and its committed offsets."""
+
+    group: str
+
+
 class Metadata(_Request, tag="metadata"):
     topics: list[str] | None = None
 
@@ -185,7 +206,8 @@ class Ping(_Request, tag="ping"):
 
 Request = Union[
     Produce, Fetch, Join, Heartbeat, Poll, Commit, Seek, Leave, CreateTopic, DeleteTopic,
-    Metadata, ListOffsets, DescribeGroup, ListGroups, Stats, Ping,
+    Metadata, ListOffsets, DescribeGroup, ListGroups, Stats, Ping, CreatePartitions,
+    DeleteRecords, DeleteGroup,
 ]
 OPS = tuple(t.__struct_config__.tag for t in Request.__args__)  # type: ignore[attr-defined]
 
@@ -272,6 +294,21 @@ class DeleteTopicReply(_Reply, tag="delete_topic"):
     topic: str
 
 
+class CreatePartitionsReply(_Reply, tag="create_partitions"):
+    topic: str
+    partitions: int
+
+
+class DeleteRecordsReply(_Reply, tag="delete_records"):
+    topic: str
+    partition: int
+    start_offset: int
+
+
+class DeleteGroupReply(_Reply, tag="delete_group"):
+    group: str
+
+
 class PartitionInfo(msgspec.Struct, kw_only=True):
     partition: int
     start_offset: int
@@ -336,6 +373,7 @@ Reply = Union[
     ErrorReply, ProduceReply, FetchReply, JoinReply, HeartbeatReply, PollReply, CommitReply,
     SeekReply, LeaveReply, CreateTopicReply, DeleteTopicReply, MetadataReply,
     ListOffsetsReply, DescribeGroupReply, ListGroupsReply, StatsReply, PingReply,
+    CreatePartitionsReply, DeleteRecordsReply, DeleteGroupReply,
 ]
 
 

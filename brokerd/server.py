@@ -34,7 +34,7 @@ from brokerd.ingest import Ingest
 from brokerd.log.compaction import clean
 from brokerd.log.offsets import OffsetStore
 from brokerd.log.partition import PartitionLog
-from brokerd.protocol import ErrorReply, Reply
+from brokerd.protocol import EXIT_STORAGE, ErrorReply, Reply
 from brokerd.stats import Stats
 from brokerd.topics import Topic, TopicRegistry
 from brokerd.waiters import AckQueue, Client, WaitingRoom
@@ -298,19 +298,33 @@ class Broker(Handlers):
     def _round_done(self, rnd: Round | None) -> None:
         if rnd is None:
             return
-        if rnd.error:
-            failed = set(self._covered)
-            for plog in failed:
-                plog.flush_failed()
+        covered = list(self._covered.items())  # in the order of the round's first jobs
+        failed = {covered[i][0] for i in rnd.failed if i < len(covered)}
+        for plog, end in covered:
+            if plog not in failed:
+                plog.durable_offset = max(plog.durable_offset, end)
+        if failed:
+            self._discard_unsynced(failed)
             for ack in self.acks.fail(failed):
                 self.send_error(ack.client, ack.reply.id, StorageError(
-                    f"{rnd.error}; the batch was appended but may not be durable: retry it"))
-        else:
-            for plog, end in self._covered.items():
-                plog.durable_offset = max(plog.durable_offset, end)
+                    f"{rnd.error}; the batch was not stored: retry it"))
         self._covered = {}
         self._topics_flush_at = self._scan_flush_deadline()
         self._settle()
+
+    def _discard_unsynced(self, failed: set[PartitionLog]) -> None:
+        """Cut each partition whose fsync failed back to its durable offset; a partition
+        that cannot be cut back leaves its state unknown, so the broker stops at once with
+        the storage exit code and a restart recovers from what is on disk."""
+        for plog in failed:
+            try:
+                self.stats.count("fsync_failures")
+                self.stats.count("records_discarded", plog.discard_unsynced())
+            except (OSError, RailError) as exc:
+                log.critical("cannot cut %s back after a failed fsync: %s; stopping",
+                             plog.directory, exc)
+                logging.shutdown()
+                os._exit(EXIT_STORAGE)
 
     def _settle(self) -> None:
         for ack in self.acks.settle():

@@ -8,17 +8,24 @@ import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
+from brokerd.protocol import ERROR_CODES
+
 if TYPE_CHECKING:
     from brokerd.handlers import Handlers as Broker
 
 SAMPLE_EVERY_S = 1.0
 WINDOW = 10
+# Every counter ``stats`` reports, present from the start (at 0) so dashboards and
+# clients never have to tell "absent" from "none yet".
+COUNTERS = ("requests", "bad_frames", "replies_dropped", "ingest_records", "ingest_invalid",
+            "ingest_failed", "fsync_failures", "records_discarded",
+            *(f"error.{code}" for code in ERROR_CODES))
 
 
 class Stats:
     def __init__(self) -> None:
         self.started = time.monotonic()
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self._turn = 0
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=WINDOW + 1)
 

@@ -1,8 +1,13 @@
 """Topics on disk: ``<data>/topics/<name>/topic.json`` plus one folder per partition.
 
-A topic is built under a hidden ``.creating-`` name and renamed into place once complete;
-it is deleted by a rename to ``.deleting-`` and then removed, so a crash never leaves half a
-topic visible.  Names are checked before they touch a path.  Not thread-safe: owned by the
+A topic is built under a hidden ``.creating-<random>`` name and renamed into place once
+complete; it is deleted by a rename to ``.deleting-<random>`` and then removed, so a crash
+never leaves half a topic visible.  The hidden names do not contain the topic's name: a
+valid name of 249 characters plus a prefix would pass the file system's 255-byte limit.
+Names are checked before they touch a path; a file system error on one topic is a
+``StorageError`` for that request, never a crash.  Growing a topic writes the new
+partitions' folders first and ``topic.json`` last, so a crash in between leaves the old
+count (the stray folders are reused by the next attempt).  Not thread-safe: owned by the
 broker loop.
 """
 
@@ -10,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,14 @@ from typing import Any
 import msgspec
 
 from brokerd.config import TopicDefaults, topic_config
-from brokerd.errors import BadRequest, InvalidTopic, TopicExists, UnknownPartition, UnknownTopic
+from brokerd.errors import (
+    BadRequest,
+    InvalidTopic,
+    StorageError,
+    TopicExists,
+    UnknownPartition,
+    UnknownTopic,
+)
 from brokerd.log.files import fsync_dir, replace_atomically
 from brokerd.log.partition import PartitionLog
 from brokerd.protocol import valid_topic_name
@@ -110,27 +122,55 @@ class TopicRegistry:
             config = topic_config(self.defaults, overrides)
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
-        building = self.root / f".creating-{name}"
-        shutil.rmtree(building, ignore_errors=True)
-        building.mkdir()
-        for i in range(config.partitions):
-            PartitionLog(building / str(i), config).close()
-        replace_atomically(building / CONFIG_FILE, msgspec.json.encode(config))
-        final = self.root / name
-        building.rename(final)
-        fsync_dir(self.root)
-        topic = self._open(final)
+        building = self.root / f".creating-{uuid.uuid4().hex}"
+        try:
+            building.mkdir()
+            for i in range(config.partitions):
+                PartitionLog(building / str(i), config).close()
+            replace_atomically(building / CONFIG_FILE, msgspec.json.encode(config))
+            final = self.root / name
+            building.rename(final)
+            fsync_dir(self.root)
+            topic = self._open(final)
+        except OSError as exc:
+            shutil.rmtree(building, ignore_errors=True)
+            raise StorageError(f"cannot create topic {name!r}: {exc}") from exc
         self.topics[name] = topic
         log.info("created topic %s with %d partition(s)", name, config.partitions)
         return topic
 
+    def grow(self, name: str, partitions: int) -> Topic:
+        """Give ``name`` ``partitions`` partitions in all (more than it has)."""
+        topic = self.get(name)
+        have = len(topic.partitions)
+        if partitions <= have:
+            raise BadRequest(f"topic {name!r} has {have} partition(s): give a larger count "
+                             f"(partitions only grow), not {partitions}")
+        config = msgspec.structs.replace(topic.config, partitions=partitions)
+        try:
+            added = [PartitionLog(topic.directory / str(i), config)
+                     for i in range(have, partitions)]
+            replace_atomically(topic.directory / CONFIG_FILE, msgspec.json.encode(config))
+        except OSError as exc:
+            raise StorageError(f"cannot add partitions to {name!r}: {exc}") from exc
+        for plog in topic.partitions:
+            plog.config = config
+        topic.config = config
+        topic.partitions.extend(added)
+        topic.counters.extend(Counters() for _ in added)
+        log.info("topic %s grew from %d to %d partitions", name, have, partitions)
+        return topic
+
     def delete(self, name: str) -> None:
         topic = self.get(name)
+        doomed = self.root / f".deleting-{uuid.uuid4().hex}"
+        try:
+            topic.directory.rename(doomed)
+            fsync_dir(self.root)
+        except OSError as exc:
+            raise StorageError(f"cannot delete topic {name!r}: {exc}") from exc
         topic.close()
         del self.topics[name]
-        doomed = self.root / f".deleting-{name}-{time.time_ns()}"
-        topic.directory.rename(doomed)
-        fsync_dir(self.root)
         shutil.rmtree(doomed, ignore_errors=True)
         log.info("deleted topic %s", name)
 

@@ -79,7 +79,8 @@ class BrokerProcess:
 
 
 def start_broker(data_dir: Path, *extra: str, api_port: int | None = None,
-                 ingest_port: int | None = None, timeout: float = 15.0) -> BrokerProcess:
+                 ingest_port: int | None = None, timeout: float = 15.0,
+                 env: dict[str, str] | None = None) -> BrokerProcess:
     """Start ``python -m brokerd`` on free loopback ports and wait for its ready line."""
     data_dir.mkdir(parents=True, exist_ok=True)
     api = f"tcp://127.0.0.1:{api_port}" if api_port else "tcp://127.0.0.1:*"
@@ -88,7 +89,8 @@ def start_broker(data_dir: Path, *extra: str, api_port: int | None = None,
     proc = subprocess.Popen(
         [sys.executable, "-m", "brokerd", "--data-dir", str(data_dir), "--bind", api,
          "--ingest", ingest, *extra],
-        stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True, env=python_env(),
+        stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True,
+        env={**python_env(), **(env or {})},
         cwd=ROOT)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@
     <dir>/00000000000000000000.log       batches (see batch.py)
     <dir>/00000000000000000000.index     sparse index of a closed segment (see index.py)
     <dir>/00000000000000004096.snapshot  producer state as of that segment's start
+    <dir>/start-offset                   the start offset moved by delete_records, if ever
 
 Not thread-safe: the broker loop owns a partition.  The one exception is ``FlushTicket.run``,
 which the flusher thread calls on descriptors duplicated for it by ``begin_flush``.
@@ -27,6 +28,7 @@ from brokerd.log.producers import ProducerTable
 from brokerd.log.segment import Segment, StoredBatch, segment_name
 
 log = logging.getLogger("brokerd.log")
+START_FILE = "start-offset"
 
 
 def now_ms() -> int:
@@ -77,8 +79,11 @@ class PartitionLog:
         self._dir_dirty = False
         self.durable_offset = 0
         """Every offset below this is fsynced (kept by whoever runs the flushes)."""
+        self._deleted_below = 0
+        """The start offset ``delete_records`` set (records below it are gone)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._open()
+        self._load_start()
 
     # -- opening and recovery ---------------------------------------------------------
     def _open(self) -> None:
@@ -163,10 +168,20 @@ class PartitionLog:
                 self.producers.record(h.producer_id, h.base_sequence, h.record_count,
                                       h.base_offset)
 
+    def _load_start(self) -> None:
+        try:
+            text = (self.directory / START_FILE).read_text()
+        except FileNotFoundError:
+            return
+        try:
+            self._deleted_below = min(int(text), self.end_offset)
+        except ValueError:
+            log.error("%s: ignoring a malformed %s (%r)", self.directory, START_FILE, text[:40])
+
     # -- offsets ----------------------------------------------------------------------
     @property
     def start_offset(self) -> int:
-        return self.segments[0].base_offset
+        return max(self.segments[0].base_offset, self._deleted_below)
 
     @property
     def end_offset(self) -> int:
@@ -317,6 +332,25 @@ class PartitionLog:
                      self.directory, deleted, self.start_offset)
         return deleted
 
+    def delete_records(self, offset: int) -> int:
+        """Move the start offset up to ``offset`` (at most the end) for good; whole segments
+        below it are deleted, the rest is hidden.  Returns the new start offset."""
+        if offset > self.end_offset:
+            raise OffsetOutOfRange(f"cannot delete records of {self.directory.parent.name}"
+                                   f"[{self.directory.name}] up to {offset}: it ends at "
+                                   f"{self.end_offset}")
+        if offset <= self.start_offset:
+            return self.start_offset
+        try:
+            replace_atomically(self.directory / START_FILE, str(offset).encode())
+        except OSError as exc:
+            raise StorageError(f"cannot store the start offset of {self.directory}: {exc}") from exc
+        self._deleted_below = offset
+        while len(self.segments) > 1 and self.segments[1].base_offset <= offset:
+            self.segments.pop(0).delete()
+            self._dir_dirty = True
+        return self.start_offset
+
     # -- durability -------------------------------------------------------------------
     @property
     def needs_flush(self) -> bool:
@@ -337,9 +371,33 @@ class PartitionLog:
         ticket.run()
         self.durable_offset = max(self.durable_offset, ticket.end_offset)
 
-    def flush_failed(self) -> None:
-        """An fsync handed out by ``begin_flush`` failed: the next flush must retry it."""
-        self.segments[-1].dirty = True
+    def discard_unsynced(self) -> int:
+        """After a failed fsync: cut the log back to its durable offset and return how many
+        records that dropped.
+
+        On Linux a failed fsync may have dropped the dirty pages, and a later fsync that
+        succeeds says nothing about them (PostgreSQL's "fsyncgate"): nothing past the last
+        offset known durable may be acknowledged, or answered as a duplicate of an earlier
+        append.  So the active segment is re-read and truncated there, and the index and
+        the producer state are rebuilt from what is left: a producer's retry then appends
+        the batch again.  Closed segments were fsynced when they were rolled.
+        """
+        seg = self.segments[-1]
+        target = max(self.durable_offset, seg.base_offset)
+        dropped = self.end_offset - target
+        result = seg.scan(0, seg.base_offset, NO_TIMESTAMP, dense=True, keep_headers=True)
+        kept = [(pos, h) for pos, h in result.headers if h.base_offset < target]
+        cut = next((pos for pos, h in result.headers if h.base_offset >= target),
+                   result.valid_end)
+        seg.truncate(cut)
+        seg.rebuild_index(kept)
+        seg.next_offset = kept[-1][1].next_offset if kept else seg.base_offset
+        seg.max_timestamp = max((h.max_timestamp for _, h in kept), default=NO_TIMESTAMP)
+        self._load_producers(kept)
+        self._deleted_below = min(self._deleted_below, self.end_offset)
+        log.error("%s: an fsync failed; dropped the %d record(s) past durable offset %d",
+                  self.directory, dropped, target)
+        return dropped
 
     def close(self) -> None:
         for seg in self.segments:

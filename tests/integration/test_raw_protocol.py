@@ -154,7 +154,7 @@ def test_dealer_and_req_clients_get_replies_in_their_own_shape(broker: BrokerPro
                                                                client: RawClient) -> None:
     ping = client.ok("ping")
     assert set(ping) == {"op", "id", "version", "time_ms"}  # every field, always
-    assert ping["version"] == 1 and ping["time_ms"] > 1_600_000_000_000
+    assert ping["version"] == 2 and ping["time_ms"] > 1_600_000_000_000
 
     req = context.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
