@@ -1,4 +1,4 @@
-"""``rail dlq``: a topic's dead letters."""
+"""``rail dlq list|replay|purge``: a topic's dead letters (see docs/dlq.md)."""
 
 from __future__ import annotations
 
@@ -7,64 +7,211 @@ import json
 import sys
 from typing import Any
 
-from brokerd import protocol as p
 from runtime import dlq
-from runtime.cli.common import connect, event_json, guarded, jsonable, print_json, set_handler, with_broker
+from runtime.cli.common import connect, event_json, guarded, print_json, set_handler, with_broker
 from runtime.client import Event
 
 
 def add_dlq_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``rail dlq list|replay``."""
-    _add_dlq(sub)
+    """Add ``rail dlq list|replay|purge``."""
+    ap = sub.add_parser("dlq", help="inspect, replay or purge a topic's dead letters",
+                        description="Dead letters of TOPIC live in TOPIC.dlq; see docs/dlq.md.")
+    inner = ap.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
+    _add_list(inner)
+    _add_replay(inner)
+    _add_purge(inner)
 
 
-# -- dlq ------------------------------------------------------------------------------
-def _add_dlq(sub: argparse._SubParsersAction) -> None:
-    ap = sub.add_parser("dlq", help="inspect or replay a topic's dead letters")
-    inner = ap.add_subparsers(dest="dlq_action", required=True)
-    listing = with_broker(inner.add_parser("list", help="show TOPIC.dlq with the errors"))
-    listing.add_argument("topic")
-    listing.add_argument("--json", action="store_true")
-    set_handler(listing, guarded(cmd_dlq_list))
-    again = with_broker(inner.add_parser("replay", help="send TOPIC.dlq back to TOPIC"))
-    again.add_argument("topic")
-    set_handler(again, guarded(cmd_dlq_replay))
+def _topic(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", help="the source topic (or its DLQ, NAME.dlq)")
+    parser.add_argument("-p", "--partition", type=int, metavar="N",
+                        help="only this partition of the DLQ")
 
 
-def _dlq_name(topic: str) -> str:
-    return topic if topic.endswith(dlq.SUFFIX) else dlq.dlq_topic(topic)
+def _add_list(inner: argparse._SubParsersAction) -> None:
+    ap = with_broker(inner.add_parser(
+        "list", help="show dead letters: source, attempts, error, value, replayed or not"))
+    _topic(ap)
+    ap.add_argument("--offset", "--offsets", dest="offsets", metavar="A..B",
+                    help="only DLQ offsets A to B, inclusive (A.., ..B and A work too)")
+    ap.add_argument("--grep", "--match", dest="match", metavar="TEXT",
+                    help="only dead letters whose key or value contains TEXT")
+    ap.add_argument("--error", metavar="TEXT", help="only dead letters whose error contains TEXT")
+    ap.add_argument("--pending", action="store_true", help="only those not replayed yet")
+    ap.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+    set_handler(ap, guarded(cmd_dlq_list))
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+def _add_replay(inner: argparse._SubParsersAction) -> None:
+    ap = with_broker(inner.add_parser(
+        "replay", help="send dead letters back to their source topic, each at most once",
+        description="Send the selected dead letters back to their source topic. A dead "
+                    "letter already replayed is skipped unless --again is given."))
+    _topic(ap)
+    ap.add_argument("--offsets", "--offset", dest="offsets", metavar="A..B",
+                    help="only DLQ offsets A to B, inclusive (A.., ..B and A work too)")
+    ap.add_argument("--error", metavar="SUBSTRING",
+                    help="only dead letters whose error contains SUBSTRING")
+    ap.add_argument("--match", "--grep", dest="match", metavar="TEXT",
+                    help="only dead letters whose key or value contains TEXT")
+    ap.add_argument("--again", action="store_true",
+                    help="replay dead letters that were replayed before too")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="show what would be replayed, send nothing")
+    set_handler(ap, guarded(cmd_dlq_replay))
+
+
+def _add_purge(inner: argparse._SubParsersAction) -> None:
+    ap = with_broker(inner.add_parser(
+        "purge", help="delete dead letters for good (moves the DLQ's start offset)"))
+    _topic(ap)
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--before", type=int, metavar="OFFSET",
+                       help="delete the dead letters below DLQ offset OFFSET")
+    which.add_argument("--all", action="store_true", help="delete every dead letter")
+    ap.add_argument("--yes", action="store_true", help="do it without asking")
+    set_handler(ap, guarded(cmd_dlq_purge))
+
+
+# -- list -------------------------------------------------------------------------------
+def _selection(args: argparse.Namespace) -> dlq.Selection:
+    try:
+        offsets = dlq.parse_offsets(args.offsets) if args.offsets else None
+    except ValueError as exc:
+        raise SystemExit(f"rail dlq: {exc}") from None
+    return dlq.Selection(partition=args.partition, offsets=offsets,
+                         error=args.error, match=args.match,
+                         again=getattr(args, "again", False))
+
+
+def _in_selection(event: Event, selection: dlq.Selection) -> bool:
+    if selection.partition is not None and event.partition != selection.partition:
+        return False
+    first, last = selection.offsets or (None, None)
+    if (first is not None and event.offset < first) or (last is not None and event.offset > last):
+        return False
+    return selection.matches(event)
+
+
+def _source(event: Event) -> dict[str, Any]:
+    h = dlq.header
+    part, off = h(event, "rail.source.partition"), h(event, "rail.source.offset")
+    return {"topic": dlq.source_topic(event),
+            "partition": int(part) if part and part.isdigit() else None,
+            "offset": int(off) if off and off.isdigit() else None}
+
+
+def dead_letter_json(event: Event, record: dlq.ReplayRecord) -> dict[str, Any]:
+    attempts = dlq.header(event, "rail.attempts")
+    return {**event_json(event), "source": _source(event),
+            "attempts": int(attempts) if attempts and attempts.isdigit() else None,
+            "error": dlq.header(event, "rail.error"),
+            "replayed": record.is_replayed(event.partition, event.offset),
+            "replayed_to": record.where(event.partition, event.offset),
+            "refailure_of": dlq.header(event, dlq.REPLAYED_FROM)}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def dead_letter_line(d: dict[str, Any]) -> str:
+    src = d["source"]
+    where = dlq.location(src["topic"], src["partition"] if src["partition"] is not None else -1,
+                         src["offset"] if src["offset"] is not None else -1)
+    line = (f"  {dlq.location(d['topic'], d['partition'], d['offset'])}  {where} after "
+            f"{d['attempts'] if d['attempts'] is not None else '?'} attempts: "
+            f"{d['error'] or '?'}  value={json.dumps(d['value'], ensure_ascii=False)}")
+    if d["refailure_of"]:
+        line += f"  (re-failure of {d['refailure_of']})"
+    if d["replayed"]:
+        line += f"  [replayed{' to ' + d['replayed_to'] if d['replayed_to'] else ''}]"
+    return line
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
+    selection = _selection(args)
+    name = dlq.dlq_name(args.topic)
     conn = connect(args)
     try:
-        name = _dlq_name(args.topic)
-        if name not in {t.name for t in conn.call(p.Metadata()).topics}:
-            events: list[Event] = []
-        else:
-            events = dlq.read_all(conn, name)
+        events = [e for e in dlq.read_all(conn, name) if _in_selection(e, selection)]
+        record = dlq.load_record(conn, name) if events else dlq.ReplayRecord(name)
     finally:
         conn.close()
+    shown = [dead_letter_json(e, record) for e in events]
+    if args.pending:
+        shown = [d for d in shown if not d["replayed"]]
     if args.json:
-        print_json([event_json(e) for e in events])
+        print_json(shown)
         return 0
-    print(f"{len(events)} dead letters in {name}")
-    for e in events:
-        h = e.headers or {}
-        src = (f"{_text(h.get('rail.source.topic', '?'))}[{_text(h.get('rail.source.partition', '?'))}]"
-               f"@{_text(h.get('rail.source.offset', '?'))}")
-        print(f"  {src} after {_text(h.get('rail.attempts', '?'))} attempts: "
-              f"{_text(h.get('rail.error', '?'))}  value={json.dumps(jsonable(e.value))}")
+    replayed = sum(d["replayed"] for d in shown)
+    refailed = sum(bool(d["refailure_of"]) for d in shown)
+    print(f"{_plural(len(shown), 'dead letter')} in {name}: {replayed} replayed, "
+          f"{len(shown) - replayed} not replayed"
+          + (f", {refailed} of them re-failures of a replayed one" if refailed else ""))
+    for d in shown:
+        print(dead_letter_line(d))
     return 0
 
 
+# -- replay -----------------------------------------------------------------------------
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    count = dlq.replay(args.broker, _dlq_name(args.topic))
-    print(f"replayed {count} events from {_dlq_name(args.topic)}", file=sys.stderr)
+    selection = _selection(args)
+    result = dlq.replay(args.broker, args.topic, selection, dry_run=args.dry_run)
+    if result.recovered:
+        print(f"an interrupted replay had sent {_plural(result.recovered, 'dead letter')}: "
+              "recorded them as replayed", file=sys.stderr)
+    skipped = (f" ({_plural(result.skipped, 'dead letter')} replayed before skipped: "
+               "--again replays them)") if result.skipped else ""
+    count = _plural(len(result.selected), "dead letter")
+    if args.dry_run:
+        record = dlq.ReplayRecord(result.dlq)
+        for event in result.selected:
+            print(dead_letter_line(dead_letter_json(event, record)))
+        print(f"would replay {count} from {result.dlq}{skipped}; dry run, nothing sent",
+              file=sys.stderr)
+        return 0
+    targets = sorted({dlq.source_topic(e) for e in result.selected})
+    print(f"replayed {count} from {result.dlq}"
+          + (f" to {', '.join(targets)}" if targets else "") + skipped, file=sys.stderr)
     return 0
 
 
+# -- purge ------------------------------------------------------------------------------
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def cmd_dlq_purge(args: argparse.Namespace) -> int:
+    name = dlq.dlq_name(args.topic)
+    conn = connect(args)
+    try:
+        infos = dlq.partitions(conn, name)
+        if infos is None:
+            print(f"rail dlq purge: there is no dead-letter topic {name}", file=sys.stderr)
+            return 1
+        doomed = sum(max(0, (i.end_offset if args.all else min(args.before, i.end_offset))
+                         - i.start_offset)
+                     for i in infos if args.partition in (None, i.partition))
+        what = f"{_plural(doomed, 'dead letter')} of {name}"
+        if not args.yes and not _confirm(f"delete {what} for good?"):
+            print(f"rail dlq purge: would delete {what}; nothing deleted: add --yes",
+                  file=sys.stderr)
+            return 1
+        moved = dlq.purge(conn, name, None if args.all else args.before, args.partition)
+    finally:
+        conn.close()
+    deleted = sum(new - old for old, new in moved.values())
+    print(f"purged {_plural(deleted, 'dead letter')} from {name}; start offsets now "
+          + ", ".join(f"[{part}]@{new}" for part, (_, new) in sorted(moved.items())),
+          file=sys.stderr)
+    return 0
+
+
+__all__ = ["add_dlq_commands", "cmd_dlq_list", "cmd_dlq_replay", "cmd_dlq_purge",
+           "dead_letter_json"]
