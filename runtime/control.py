@@ -80,6 +80,11 @@ _requests = msgspec.msgpack.Decoder(Request)
 _replies = msgspec.msgpack.Decoder(ControlReply)
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 replica``, ``2 replicas``: the count with its noun in the right number."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def default_endpoint() -> str:
     return os.environ.get("RAIL_CONTROL") or DEFAULT_CONTROL
 
@@ -210,7 +215,8 @@ class ControlHandlers:
         for topic in spec.topics:
             self.sup.create_topic(topic)
         self.sup.adopt(r.name, spec)
-        return {"name": r.name, "replicas": spec.replicas}
+        return {"name": r.name, "replicas": spec.replicas,
+                "warnings": self.sup.idle_replicas_warnings(spec)}
 
     def handle_unregister(self, name: str) -> dict[str, Any]:
         watcher = self.watcher(name)
@@ -238,7 +244,8 @@ class ControlHandlers:
                     self.sup.terminate(replica, "retire")
         if not watcher.failed:
             self.sup.start_watcher(watcher)
-        return {"name": name, "replicas": replicas, "persisted": watcher.registered}
+        return {"name": name, "replicas": replicas, "persisted": watcher.registered,
+                "warnings": self.sup.idle_replicas_warnings(watcher.spec)}
 
     def handle_restart(self, name: str) -> dict[str, Any]:
         if name == BROKER_NAME:

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 LOG = logging.getLogger("rail.supervisor")
 
@@ -49,3 +50,66 @@ class LogRotation:
                     os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
             shutil.copyfile(path, path.with_name(f"{path.name}.1"))
         os.truncate(path, 0)
+
+
+class PrefixedOutput:
+    """Relays a child's output pipe (stdout and stderr) to a log file that replicas share,
+    each line prefixed with the replica that wrote it (``b"pizza.1 | "``), so that
+    ``rail logs --replica`` can pick them apart.
+
+    The pipe is non-blocking and read by the supervisor's loop; a line is written whole
+    (one ``write`` of a file opened for appending), so lines of replicas never interleave
+    mid-line.  What a child wrote just before it died stays in the pipe until ``close``
+    drains it.  Not thread-safe.
+    """
+
+    READ_BYTES = 65536
+
+    def __init__(self, pipe: BinaryIO, path: Path, prefix: str) -> None:
+        self.pipe = pipe
+        self.fd = pipe.fileno()
+        self.path = path
+        self.prefix = prefix.encode()
+        self.partial = b""
+        self.eof = False
+        os.set_blocking(self.fd, False)
+        self.file = open(path, "ab", buffering=0)
+
+    def pump(self, max_reads: int = 16) -> bool:
+        """Copy what the pipe holds (bounded); False once the child closed its end."""
+        for _ in range(max_reads):
+            try:
+                data = os.read(self.fd, self.READ_BYTES)
+            except BlockingIOError:
+                return True
+            except OSError as exc:
+                LOG.error("cannot read the output of %s: %s", self.prefix.decode(), exc)
+                return False
+            if not data:
+                return False
+            self.write(data)
+        return True
+
+    def write(self, data: bytes) -> None:
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        if len(self.partial) > self.READ_BYTES:  # a very long line is cut, not held forever
+            lines.append(self.partial)
+            self.partial = b""
+        if lines:
+            self._append(b"".join(self.prefix + line + b"\n" for line in lines))
+
+    def close(self) -> None:
+        """Drain what is left (the child has exited), end a last partial line, close."""
+        self.pump(max_reads=1024)
+        if self.partial:
+            self._append(self.prefix + self.partial + b"\n")
+            self.partial = b""
+        self.pipe.close()
+        self.file.close()
+
+    def _append(self, body: bytes) -> None:
+        try:
+            self.file.write(body)
+        except OSError as exc:  # a full disk must not stop the supervisor
+            LOG.error("cannot write %s: %s", self.path, exc)

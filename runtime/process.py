@@ -19,6 +19,7 @@ from typing import Callable
 import psutil
 
 from runtime.config import RailConfig, WorkerSpec
+from runtime.logfiles import PrefixedOutput
 from runtime.policy import Backoff, Health, Intensity, RestartPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,11 +40,22 @@ def die_with(parent_pid: int) -> Callable[[], None]:
 class Child:
     """One OS process the supervisor started; ``sample`` keeps psutil's CPU baseline."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> None:
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         env=env, cwd=cwd, process_group=0,
-                                         preexec_fn=die_with(os.getpid()))
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path,
+                 prefix: str = "") -> None:
+        """Output goes straight to ``log_path``; with a ``prefix``, through a pipe the
+        supervisor relays (``output``), each line prefixed."""
+        self.output: PrefixedOutput | None = None
+        if prefix:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                         process_group=0, preexec_fn=die_with(os.getpid()))
+            assert self.proc.stdout is not None
+            self.output = PrefixedOutput(self.proc.stdout, log_path, prefix)
+        else:
+            with open(log_path, "ab") as log:
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=log, env=env, cwd=cwd, process_group=0,
+                                             preexec_fn=die_with(os.getpid()))
         self.pid = self.proc.pid
         self.started_at = time.monotonic()
         self.cpu_percent = 0.0

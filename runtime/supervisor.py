@@ -26,8 +26,8 @@ from brokerd import protocol as p
 from brokerd.protocol import EXIT_BIND, EXIT_CONFIG, EXIT_STORAGE
 from runtime.config import RailConfig, WorkerSpec
 from runtime.connection import BrokerError, Connection
-from runtime.control import ControlHandlers, ControlServer
-from runtime.logfiles import LogRotation
+from runtime.control import ControlHandlers, ControlServer, counted
+from runtime.logfiles import LogRotation, PrefixedOutput
 from runtime.policy import Health
 from runtime.process import BrokerChild, Child, Replica, Watcher, child_env, describe_exit
 from runtime.registry import Registry
@@ -63,6 +63,8 @@ class Supervisor:
         self.ticked_at = 0.0
         self._conn: Connection | None = None
         self.handlers = ControlHandlers(self)
+        self.poller = zmq.Poller()
+        self.outputs: dict[int, PrefixedOutput] = {}  # by pipe fd: what the workers print
 
     # -- life cycle -------------------------------------------------------------------
     def run(self) -> int:
@@ -86,6 +88,8 @@ class Supervisor:
                 return code
             if not any(s in (signal.SIGINT, signal.SIGTERM) for s in self.signals):
                 for watcher in self.watchers.values():
+                    for warning in self.idle_replicas_warnings(watcher.spec):
+                        LOG.warning("%s: %s", watcher.name, warning)
                     self.start_watcher(watcher)
             self.loop(wake_r)
             self.stop_broker()
@@ -113,7 +117,7 @@ class Supervisor:
         self.context.term()
 
     def loop(self, wake: socket.socket) -> None:
-        poller = zmq.Poller()
+        poller = self.poller
         poller.register(self.control.socket, zmq.POLLIN)
         poller.register(self.health, zmq.POLLIN)
         poller.register(wake.fileno(), zmq.POLLIN)
@@ -121,6 +125,10 @@ class Supervisor:
             ready = dict(poller.poll(self.poll_timeout_ms()))
             if wake.fileno() in ready:
                 drain(wake)
+            for fd in [fd for fd in ready if fd in self.outputs]:
+                if not self.outputs[fd].pump():  # EOF: closed at the child's exit
+                    poller.unregister(fd)
+                    self.outputs[fd].eof = True
             self.handle_signals()
             if self.health in ready:
                 self.read_health()
@@ -200,7 +208,7 @@ class Supervisor:
         self.broker.child = child
         self.broker.restart_at = None
         self.broker.backoff.started(child.started_at)
-        print(f"started brokerd pid {child.pid}", flush=True)
+        LOG.info("started brokerd pid %d", child.pid)
 
     def wait_broker_ready(self) -> tuple[str | None, int | None]:
         """The broker's api endpoint from its ready line, within BROKER_READY_S; else None
@@ -312,6 +320,24 @@ class Supervisor:
                                  f"topic {topic!r} cannot be created: see rail status") from None
             raise ValueError(f"cannot create topic {topic!r}: {exc.code}: {exc.message}") from None
 
+    def idle_replicas_warnings(self, spec: WorkerSpec) -> list[str]:
+        """Say so when some replicas will get no partition: the broker gives each partition
+        of the worker's topics to one member, so replicas past their count sit idle."""
+        reply = self.broker_call(p.Metadata(topics=spec.topics))
+        if not isinstance(reply, p.MetadataReply) or not reply.topics:
+            return []
+        partitions = sum(len(t.partitions) for t in reply.topics)
+        idle = spec.replicas - partitions
+        if idle <= 0:
+            return []
+        names = [t.name for t in reply.topics]
+        has = (f"{names[0]} has" if len(names) == 1 else
+               f"{', '.join(names[:-1])} and {names[-1]} have")
+        in_all = "" if len(names) == 1 else " in all"
+        return [f"{counted(spec.replicas, 'replica')} but {has} "
+                f"{counted(partitions, 'partition')}{in_all}: {counted(idle, 'replica')} will "
+                "be idle"]
+
     def broker_call(self, request: Any) -> Any:
         """One request, or None if the broker does not answer (the connection is renewed
         so a late reply cannot be mistaken for the next one)."""
@@ -342,7 +368,8 @@ class Supervisor:
         env = child_env({"RAIL_BROKER": self.broker.endpoint, "RAIL_WORKER_NAME": watcher.name})
         try:
             child = Child(self.worker_argv(watcher, replica), env,
-                          self.logs / f"{watcher.name}.log", self.base_dir)
+                          self.logs / f"{watcher.name}.log", self.base_dir,
+                          prefix=f"{watcher.name}.{replica.index} | ")
         except OSError as exc:
             self.give_up(watcher, f"cannot start: {exc}")
             return
@@ -352,7 +379,10 @@ class Supervisor:
         replica.health = Health(child.started_at, self.config.supervisor.hang_timeout_s,
                                 watcher.spec.handler_timeout_s)
         replica.backoff.started(child.started_at)
-        print(f"started {watcher.name}[{replica.index}] pid {child.pid}", flush=True)
+        if child.output is not None:
+            self.outputs[child.output.fd] = child.output
+            self.poller.register(child.output.fd, zmq.POLLIN)
+        LOG.info("started %s.%d pid %d", watcher.name, replica.index, child.pid)
 
     def terminate(self, replica: Replica, then: str) -> None:
         """SIGTERM now, SIGKILL after grace_s; ``then`` says what follows its exit."""
@@ -389,10 +419,11 @@ class Supervisor:
     def on_worker_exit(self, watcher: Watcher, replica: Replica, code: int, now: float) -> None:
         child, replica.child, replica.kill_at = replica.child, None, None
         assert child is not None
+        self.close_output(child)
         if replica.health is not None:
             watcher.processed_before += replica.health.processed
             watcher.failed_before += replica.health.failed
-        LOG.log(logging.INFO if code == 0 else logging.WARNING, "%s[%d] pid %d exited with %s",
+        LOG.log(logging.INFO if code == 0 else logging.WARNING, "%s.%d pid %d exited with %s",
                 watcher.name, replica.index, child.pid, describe_exit(code))
         if code != 0 and (self.broker.child is not None or self.broker.external):
             # crash-aware handover: its partitions move to the survivors now, not after the
@@ -407,14 +438,23 @@ class Supervisor:
             self.give_up(watcher, f"the script is unusable (exit code {EXIT_CONFIG}): see "
                          f"{self.logs / (watcher.name + '.log')}")
         elif not watcher.policy.should_restart(code):
-            LOG.info("%s[%d] not restarted (policy %s)", watcher.name, replica.index,
+            LOG.info("%s.%d not restarted (policy %s)", watcher.name, replica.index,
                      watcher.policy.kind)
         elif watcher.intensity.record(now):
-            self.give_up(watcher, f"more than {watcher.spec.max_restarts} restarts within "
-                         f"{watcher.spec.within_s:g} s")
+            self.give_up(watcher, f"more than {counted(watcher.spec.max_restarts, 'restart')} "
+                         f"within {watcher.spec.within_s:g} s")
         else:
             watcher.restarts += 1
             replica.restart_at = now + replica.backoff.next_delay(now)
+
+    def close_output(self, child: Child) -> None:
+        output = child.output
+        if output is None:
+            return
+        if not output.eof:
+            self.poller.unregister(output.fd)
+        del self.outputs[output.fd]
+        output.close()
 
     # -- periodic work ----------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -424,7 +464,7 @@ class Supervisor:
                         and not self.stopping:
                     self.spawn(watcher, replica)
                 elif replica.kill_at is not None and now >= replica.kill_at and replica.child:
-                    LOG.warning("%s[%d] did not stop within grace_s: SIGKILL", watcher.name,
+                    LOG.warning("%s.%d did not stop within grace_s: SIGKILL", watcher.name,
                                 replica.index)
                     replica.child.signal(signal.SIGKILL)
                     replica.kill_at = None
@@ -449,7 +489,7 @@ class Supervisor:
                     continue
                 reason = replica.health.hung(now)
                 if reason and replica.child is not None:
-                    LOG.error("%s[%d] is hung (%s): SIGKILL", watcher.name, replica.index, reason)
+                    LOG.error("%s.%d is hung (%s): SIGKILL", watcher.name, replica.index, reason)
                     replica.child.signal(signal.SIGKILL)
                     replica.kill_at = None
 
@@ -467,7 +507,7 @@ class Supervisor:
                 assert replica.child is not None
                 replica.child.sample()
                 if limit and replica.child.rss > limit and not replica.then:
-                    LOG.warning("%s[%d] uses %.0f MB > max_rss_mb=%g: recycling", watcher.name,
+                    LOG.warning("%s.%d uses %.0f MB > max_rss_mb=%g: recycling", watcher.name,
                                 replica.index, replica.child.rss / 2**20, watcher.spec.max_rss_mb)
                     watcher.recycles += 1
                     self.terminate(replica, "restart")

@@ -105,7 +105,8 @@ def cmd_register(args: argparse.Namespace) -> int:
                                topics=topics, group=args.group, replicas=args.replicas,
                                policy=args.policy)
     result = control.call(args.control, request)
-    print(f"registered {result['name']} ({result['replicas']} replicas)")
+    print(f"registered {result['name']} ({control.counted(result['replicas'], 'replica')})")
+    warn(result)
     return 0
 
 
@@ -122,8 +123,15 @@ def cmd_unregister(args: argparse.Namespace) -> int:
 def cmd_scale(args: argparse.Namespace) -> int:
     result = control.call(args.control, control.Scale(name=args.name, replicas=args.replicas))
     note = "" if result["persisted"] else " (until the next rail up: set replicas in rail.toml)"
-    print(f"{args.name} scaled to {args.replicas} replicas{note}")
+    print(f"{args.name} scaled to {control.counted(args.replicas, 'replica')}{note}")
+    warn(result)
     return 0
+
+
+def warn(result: dict[str, Any]) -> None:
+    """The supervisor's warnings about a request it carried out, one line each on stderr."""
+    for line in result.get("warnings", []):
+        print(f"rail: warning: {line}", file=sys.stderr)
 
 
 def show(result: Any, line: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -129,9 +130,9 @@ def test_rail_up_starts_the_broker_and_every_replica_and_status_lists_them(rail:
     wait_for(lambda: sorted(rail.seen()) == list(range(50)), 20, what="50 events handled")
     status = rail.status()
     assert status["broker"]["state"] == "running" and status["broker"]["pid"]
-    started = (rail.folder / "up-1.out").read_text()
-    for pid in pizza["pids"]:
-        assert f"pid {pid}" in started
+    for index, pid in enumerate(pizza["pids"]):
+        assert re.search(rf"^\d{{4}}-\d\d-\d\d [\d:,]+ rail INFO started pizza\.\d pid {pid}$",
+                         rail.log(), re.M), rail.log()
     table = rail.rail("status").stdout
     assert "pizza" in table and "running" in table and "LAG" in table
     assert rail.stop() == 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, python_env
+from tests.helpers import ROOT, python_env, wait_for
 from tests.integration.test_supervisor import APPENDER, Rail
 
 
@@ -48,3 +49,34 @@ def test_rail_up_with_the_broker_port_taken_prints_the_cause(rail: Rail) -> None
         squatter.close()
     assert done.returncode == 76, done.stderr
     assert "Address already in use" in done.stderr and rail.api in done.stderr, done.stderr
+
+
+def test_register_and_scale_warn_when_replicas_outnumber_partitions(rail: Rail) -> None:
+    rail.write_toml("", topics="[topics.orders]\npartitions = 2\n")
+    rail.up()
+    script = rail.script("w.py", APPENDER.format(out=str(rail.out)))
+    done = rail.rail("register", "x", str(script), "--topics", "orders", "--replicas", "3")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "registered x (3 replicas)\n"
+    assert done.stderr == ("rail: warning: 3 replicas but orders has 2 partitions: "
+                           "1 replica will be idle\n")
+    done = rail.rail("scale", "x", "1")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "x scaled to 1 replica\n", "")
+    done = rail.rail("scale", "x", "4")
+    assert "4 replicas but orders has 2 partitions: 2 replicas will be idle" in done.stderr
+
+
+def test_replicas_sharing_a_log_prefix_each_line_with_the_replica_that_wrote_it(
+        rail: Rail) -> None:
+    rail.script("talk.py", "def handle(event, ctx):\n    print('value', event.value)\n")
+    rail.write_toml('[workers.talk]\nscript = "talk.py"\ntopics = ["orders"]\nreplicas = 2\n')
+    rail.up()
+    wait_for(lambda: rail.running("talk", 2), 20, what="2 talk replicas")
+    rail.send(range(60))
+    log = rail.folder / "data" / "logs" / "talk.log"
+    wait_for(lambda: log.read_text().count(" value ") == 60, 20, what="60 values printed")
+    lines = log.read_text().splitlines()
+    assert all(re.match(r"talk\.[01] \| ", line) for line in lines), lines
+    values = [line for line in lines if " value " in line]
+    assert {line[:7] for line in values} == {"talk.0 ", "talk.1 "}
+    assert sorted(int(line.rsplit(" ", 1)[1]) for line in values) == list(range(60))
