@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 LOG = logging.getLogger("rail.supervisor")
 
@@ -65,7 +65,7 @@ class PrefixedOutput:
 
     READ_BYTES = 65536
 
-    def __init__(self, pipe: BinaryIO, path: Path, prefix: str) -> None:
+    def __init__(self, pipe: IO[bytes], path: Path, prefix: str) -> None:
         self.pipe = pipe
         self.fd = pipe.fileno()
         self.path = path
