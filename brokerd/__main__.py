@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import zmq
 
+from brokerd import logs
 from brokerd.config import ConfigError, load_config
 from brokerd.errors import StorageError
 from brokerd.protocol import EXIT_BIND, EXIT_CONFIG, EXIT_OK, EXIT_STORAGE
@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"brokerd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s brokerd %(levelname)s %(name)s: %(message)s")
+    logs.setup(config.log_level)
     from brokerd.server import Broker
     try:
         broker = Broker(config)

@@ -174,3 +174,18 @@ def test_a_group_is_deleted_only_when_it_has_no_members(broker: BrokerProcess) -
         member = raw.ok("join", group="g", topics=["t"])["member_id"]
         described = raw.ok("describe_group", group="g")
         assert described["partitions"][0]["committed"] is None, "its offsets went with it"
+
+
+def test_control_characters_in_client_strings_cannot_forge_log_lines(
+        broker: BrokerProcess) -> None:
+    forged = "g\n2026-01-01 00:00:00,000 brokerd ERROR forged: disk on fire\x00\x1b[2J"
+    with RawClient(broker.api) as raw:
+        member = raw.ok("join", group=forged, topics=["t"], member_id="m\r\nx")["member_id"]
+        raw.ok("leave", group=forged, member_id=member)
+        raw.ok("ping")
+    broker.stop()
+    text = broker.log()
+    assert "forged" in text, "the group's name is logged"
+    assert not any(line.startswith("2026-01-01") for line in text.splitlines())
+    assert "\x00" not in text and "\x1b" not in text and "\r" not in text
+    assert "g\\n2026-01-01" in text
