@@ -246,13 +246,19 @@ class ReplayRecord:
     replayed: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     intent: dict[str, Any] | None = None
 
-    def is_replayed(self, partition: int, offset: int) -> bool:
-        return offset < self.cursors.get(partition, 0) or (partition, offset) in self.replayed
+    def is_replayed(self, event: Event) -> bool:
+        """Below the cursor, or in the ledger.  A ledger entry names the dead letter's
+        timestamp too: a DLQ deleted and created again starts its offsets from 0 anew (its
+        cursor goes with it, the ledger topic does not)."""
+        return (event.offset < self.cursors.get(event.partition, 0)
+                or self.where(event) is not None)
 
-    def where(self, partition: int, offset: int) -> str | None:
-        """Where the dead letter went when replayed (None when unknown or not replayed)."""
-        entry = self.replayed.get((partition, offset))
-        return None if entry is None else entry.get("to")
+    def where(self, event: Event) -> str | None:
+        """Where the dead letter went when replayed ("?" when unknown), None if it was not."""
+        entry = self.replayed.get((event.partition, event.offset))
+        if entry is None or entry.get("ts", event.timestamp) != event.timestamp:
+            return None
+        return str(entry.get("to") or "?")
 
     @property
     def interrupted(self) -> bool:
@@ -281,10 +287,10 @@ def load_record(conn: Connection, dlq: str) -> ReplayRecord:
     return record
 
 
-def _ledger_entry(producer: Producer, dlq: str, partition: int, offset: int,
-                  to: str | None) -> None:
-    producer.send(ledger_topic(dlq), {"to": to, "at": int(time.time() * 1000)},
-                  key=f"{partition}@{offset}")
+def _ledger_entry(producer: Producer, dead: Event, to: str | None) -> dict[str, Any]:
+    entry = {"to": to, "ts": dead.timestamp, "at": int(time.time() * 1000)}
+    producer.send(ledger_topic(dead.topic), entry, key=f"{dead.partition}@{dead.offset}")
+    return entry
 
 
 def _ensure_ledger(conn: Connection, dlq: str) -> None:
@@ -306,23 +312,31 @@ def recover(conn: Connection, producer: Producer, record: ReplayRecord) -> int:
     sent; a record there whose ``rail.replayed-from`` names this DLQ was sent by that
     replay.  Returns how many dead letters were found sent."""
     assert record.intent is not None
-    found = 0
+    sent: dict[tuple[int, int], str] = {}
     for topic, ends in (record.intent.get("sources") or {}).items():
         for info in partitions(conn, topic) or []:
             start = max(int(ends.get(str(info.partition), 0)), info.start_offset)
             for event in fetch_range(conn, topic, info.partition, start, info.end_offset):
                 origin = parse_location(header(event, REPLAYED_FROM) or "")
-                if origin is None or origin[0] != record.dlq:
-                    continue
-                _ledger_entry(producer, record.dlq, origin[1], origin[2],
-                              location(topic, event.partition, event.offset))
-                record.replayed[origin[1], origin[2]] = {
-                    "to": location(topic, event.partition, event.offset)}
-                found += 1
-    producer.send(ledger_topic(record.dlq), {"state": "done", "recovered": found},
+                if origin is not None and origin[0] == record.dlq:
+                    sent[origin[1], origin[2]] = location(topic, event.partition, event.offset)
+    for dead in _dead_letters_at(conn, record.dlq, set(sent)):
+        record.replayed[dead.partition, dead.offset] = _ledger_entry(
+            producer, dead, sent[dead.partition, dead.offset])
+    producer.send(ledger_topic(record.dlq), {"state": "done", "recovered": len(sent)},
                   key=INTENT_KEY)
     _flush(producer)
     record.intent = {"state": "done"}
+    return len(sent)
+
+
+def _dead_letters_at(conn: Connection, dlq: str, places: set[tuple[int, int]]) -> list[Event]:
+    """The dead letters of ``dlq`` at these (partition, offset) places that still exist."""
+    found: list[Event] = []
+    for part in sorted({pl[0] for pl in places}):
+        offsets = [off for pt, off in places if pt == part]
+        found.extend(e for e in fetch_range(conn, dlq, part, min(offsets), max(offsets) + 1)
+                     if (part, e.offset) in places)
     return found
 
 
@@ -361,7 +375,7 @@ def candidates(conn: Connection, record: ReplayRecord, selection: Selection,
         for event in fetch_range(conn, record.dlq, info.partition, lo, hi):
             if not selection.matches(event):
                 continue
-            if not selection.again and record.is_replayed(event.partition, event.offset):
+            if not selection.again and record.is_replayed(event):
                 result.skipped += 1
                 continue
             result.selected.append(event)
@@ -427,8 +441,7 @@ def _send_replays(producer: Producer, result: ReplayResult) -> None:
 
 def _record_replays(producer: Producer, dlq: str, result: ReplayResult) -> None:
     for event in result.selected:
-        _ledger_entry(producer, dlq, event.partition, event.offset,
-                      result.sent_to.get((event.partition, event.offset)))
+        _ledger_entry(producer, event, result.sent_to.get((event.partition, event.offset)))
     producer.send(ledger_topic(dlq), {"state": "done"}, key=INTENT_KEY)
     _flush(producer)
 

@@ -106,8 +106,8 @@ def dead_letter_json(event: Event, record: dlq.ReplayRecord) -> dict[str, Any]:
     return {**event_json(event), "source": _source(event),
             "attempts": int(attempts) if attempts and attempts.isdigit() else None,
             "error": dlq.header(event, "rail.error"),
-            "replayed": record.is_replayed(event.partition, event.offset),
-            "replayed_to": record.where(event.partition, event.offset),
+            "replayed": record.is_replayed(event),
+            "replayed_to": record.where(event),
             "refailure_of": dlq.header(event, dlq.REPLAYED_FROM)}
 
 

@@ -324,3 +324,13 @@ def test_purge_all_empties_the_list_and_survives_a_broker_restart(tmp_path: Path
         assert replayed(broker)["orders.dlq[0]@2"] == 1
     finally:
         broker.stop()
+
+
+def test_a_dlq_deleted_and_created_again_is_not_taken_for_replayed(broker: BrokerProcess) -> None:
+    dead_letters(broker, 2)
+    rail(broker, "dlq", "replay", "orders")
+    rail(broker, "topics", "delete", "orders.dlq")
+    dead_letters(broker, 2, start=5)  # offsets 0 and 1 again, other dead letters
+    assert [d["replayed"] for d in listed(broker)] == [False, False]
+    rail(broker, "dlq", "replay", "orders")
+    assert replayed(broker) == Counter({"orders.dlq[0]@0": 2, "orders.dlq[0]@1": 2})
