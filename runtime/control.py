@@ -183,9 +183,17 @@ class ControlHandlers:
         lag = None
         broker_up = self.sup.broker.child is not None or self.sup.broker.external
         reply = self.sup.broker_call(p.DescribeGroup(group=watcher.spec.group)) \
-            if alive and broker_up else None
-        if isinstance(reply, p.DescribeGroupReply):
-            lag = sum(part.lag for part in reply.partitions)
+            if broker_up else None
+        group = reply if isinstance(reply, p.DescribeGroupReply) else None
+        if group is not None and alive:
+            lag = sum(part.lag for part in group.partitions)
+        processed = self.sup.processed(watcher, group)
+        if processed is not None:
+            watcher.processed_seen = processed
+        elif watcher.processed_seen is not None:  # the broker is away: the last count
+            processed = watcher.processed_seen
+        else:  # no baseline: what the replicas reported (work since their last beat is lost)
+            processed = watcher.processed_before + sum(h.processed for h in healths)
         return {
             "name": watcher.name, "group": watcher.spec.group, "topics": watcher.spec.topics,
             "script": watcher.spec.script, "registered": watcher.registered,
@@ -195,7 +203,7 @@ class ControlHandlers:
             "uptime_s": min((now - c.started_at for c in children), default=None),
             "cpu_percent": sum(c.cpu_percent for c in children) if children else None,
             "rss": sum(c.rss for c in children) if children else None,
-            "processed": watcher.processed_before + sum(h.processed for h in healths),
+            "processed": processed,
             "failed": watcher.failed_before + sum(h.failed for h in healths),
             "lag": lag,
         }
@@ -221,6 +229,7 @@ class ControlHandlers:
     def handle_unregister(self, name: str) -> dict[str, Any]:
         watcher = self.watcher(name)
         self.sup.registry.remove(name)
+        self.sup.baselines.remove(name)
         watcher.removing = True
         for replica in list(watcher.replicas.values()):
             if replica.child is None:

@@ -106,6 +106,7 @@ class Watcher:
         self.restarts = 0
         self.recycles = 0  # graceful restarts past max_rss_mb (not counted as crashes)
         self.processed_before = 0
+        self.processed_seen: int | None = None  # the last exact count (rail status)
         self.failed_before = 0
         self.failed = ""  # why it was given up on; "" while supervised
         self.removing = False

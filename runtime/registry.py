@@ -52,6 +52,45 @@ class Registry:
         replace_atomically(self.path, body)
 
 
+class Baseline(msgspec.Struct, kw_only=True):
+    """Where a worker's group stood when the worker was first started: per ``topic:partition``
+    its committed offset then (or the partition's start)."""
+
+    group: str
+    offsets: dict[str, int] = {}
+
+
+class Baselines:
+    """``<data_dir>/baselines.json``: each worker's Baseline, so that ``rail status`` can count
+    the events it processed exactly, from committed offsets, across crashes and restarts of
+    ``rail up``.  Written like the registrations; not thread-safe."""
+
+    FILE_NAME = "baselines.json"
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.path = Path(data_dir) / self.FILE_NAME
+        self.workers: dict[str, Baseline] = {}
+        if self.path.exists():
+            try:
+                self.workers = msgspec.json.decode(self.path.read_bytes(),
+                                                   type=dict[str, Baseline])
+            except (OSError, msgspec.DecodeError) as exc:
+                raise ConfigError(f"{self.path}: unreadable ({exc}): remove the file (rail "
+                                  "status then counts PROCESSED from now on)") from None
+
+    def get(self, name: str, group: str) -> Baseline | None:
+        base = self.workers.get(name)
+        return base if base is not None and base.group == group else None
+
+    def put(self, name: str, base: Baseline) -> None:
+        self.workers[name] = base
+        replace_atomically(self.path, msgspec.json.format(msgspec.json.encode(self.workers)))
+
+    def remove(self, name: str) -> None:
+        if self.workers.pop(name, None) is not None:
+            replace_atomically(self.path, msgspec.json.format(msgspec.json.encode(self.workers)))
+
+
 def replace_atomically(path: Path, body: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -30,7 +30,7 @@ from runtime.control import ControlHandlers, ControlServer, counted
 from runtime.logfiles import LogRotation, PrefixedOutput
 from runtime.policy import Health
 from runtime.process import BrokerChild, Child, Replica, Watcher, child_env, describe_exit
-from runtime.registry import Registry
+from runtime.registry import Baseline, Baselines, Registry
 
 LOG = logging.getLogger("rail.supervisor")
 TICK_S = 1.0  # health checks, escalations and samples happen at most this often when idle
@@ -48,6 +48,7 @@ class Supervisor:
         self.log_rotation = LogRotation(self.logs, int(config.supervisor.log_max_mb * 1024 * 1024),
                                         config.supervisor.log_backups)
         self.registry = Registry(self.data_dir)
+        self.baselines = Baselines(self.data_dir)
         self.broker = BrokerChild(config, broker_endpoint or config.broker.endpoint)
         self.watchers: dict[str, Watcher] = {}
         for name, spec in config.workers.items():
@@ -323,20 +324,56 @@ class Supervisor:
     def idle_replicas_warnings(self, spec: WorkerSpec) -> list[str]:
         """Say so when some replicas will get no partition: the broker gives each partition
         of the worker's topics to one member, so replicas past their count sit idle."""
-        reply = self.broker_call(p.Metadata(topics=spec.topics))
-        if not isinstance(reply, p.MetadataReply) or not reply.topics:
+        topics = self.topics_of(spec)
+        if not topics:
             return []
-        partitions = sum(len(t.partitions) for t in reply.topics)
+        partitions = sum(len(t.partitions) for t in topics)
         idle = spec.replicas - partitions
         if idle <= 0:
             return []
-        names = [t.name for t in reply.topics]
+        names = [t.name for t in topics]
         has = (f"{names[0]} has" if len(names) == 1 else
                f"{', '.join(names[:-1])} and {names[-1]} have")
         in_all = "" if len(names) == 1 else " in all"
         return [f"{counted(spec.replicas, 'replica')} but {has} "
                 f"{counted(partitions, 'partition')}{in_all}: {counted(idle, 'replica')} will "
                 "be idle"]
+
+    def topics_of(self, spec: WorkerSpec) -> list[p.TopicInfo] | None:
+        """The worker's topics that exist, or None if the broker does not answer."""
+        reply = self.broker_call(p.Metadata())
+        if not isinstance(reply, p.MetadataReply):
+            return None
+        return [t for t in reply.topics if t.name in spec.topics]
+
+    def ensure_baseline(self, watcher: Watcher) -> None:
+        """Note where the worker's group stands before the worker first runs: PROCESSED in
+        rail status is what the group committed since (exact after any crash)."""
+        spec = watcher.spec
+        if self.baselines.get(watcher.name, spec.group) is not None:
+            return
+        topics = self.topics_of(spec)
+        group = self.broker_call(p.DescribeGroup(group=spec.group))
+        if topics is None or not isinstance(group, p.DescribeGroupReply):
+            LOG.warning("%s: the broker did not answer: PROCESSED counts from a later start",
+                        watcher.name)
+            return
+        committed = {(g.topic, g.partition): g.committed for g in group.partitions
+                     if g.committed is not None}
+        self.baselines.put(watcher.name, Baseline(group=spec.group, offsets={
+            f"{t.name}:{part.partition}": committed.get((t.name, part.partition),
+                                                        part.start_offset)
+            for t in topics for part in t.partitions}))
+
+    def processed(self, watcher: Watcher, group: p.DescribeGroupReply | None) -> int | None:
+        """Events the worker's group committed since the worker was first started, from the
+        broker's committed offsets: None without a baseline or a reply."""
+        base = self.baselines.get(watcher.name, watcher.spec.group)
+        if base is None or group is None:
+            return None
+        return sum(max(0, part.committed - base.offsets.get(f"{part.topic}:{part.partition}", 0))
+                   for part in group.partitions
+                   if part.committed is not None and part.topic in watcher.spec.topics)
 
     def broker_call(self, request: Any) -> Any:
         """One request, or None if the broker does not answer (the connection is renewed
@@ -351,6 +388,7 @@ class Supervisor:
 
     # -- workers ----------------------------------------------------------------------
     def start_watcher(self, watcher: Watcher) -> None:
+        self.ensure_baseline(watcher)
         for index in range(watcher.spec.replicas):
             replica = watcher.replicas.get(index) or watcher.new_replica(index)
             if replica.child is None:

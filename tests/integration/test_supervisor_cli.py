@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, python_env, wait_for
-from tests.integration.test_supervisor import APPENDER, Rail
+from tests.integration.test_supervisor import APPENDER, Rail, appender_toml
 
 
 @pytest.fixture
@@ -80,3 +82,25 @@ def test_replicas_sharing_a_log_prefix_each_line_with_the_replica_that_wrote_it(
     values = [line for line in lines if " value " in line]
     assert {line[:7] for line in values} == {"talk.0 ", "talk.1 "}
     assert sorted(int(line.rsplit(" ", 1)[1]) for line in values) == list(range(60))
+
+
+def test_processed_is_exact_after_kill_9_and_survives_rail_up(rail: Rail) -> None:
+    rail.write_toml(appender_toml(rail, replicas=2))
+    rail.up()
+    pizza = wait_for(lambda: rail.running("pizza", 2), 20, what="2 pizza replicas")
+    rail.send(range(300))
+    # Kill both replicas the moment the work is committed: the health beat that would have
+    # reported the last events never comes.
+    wait_for(lambda: rail.worker("pizza")["lag"] == 0 and len(rail.seen()) >= 300, 20,
+             interval=0.005, what="300 events handled and committed")
+    for pid in pizza["pids"]:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (w := rail.running("pizza", 2)) and w["restarts"] == 2, 20,
+             what="both replicas restarted")
+    assert rail.worker("pizza")["processed"] == 300
+    assert rail.stop() == 0
+    rail.up()
+    wait_for(lambda: rail.running("pizza", 2), 20, what="2 pizza replicas again")
+    assert rail.worker("pizza")["processed"] == 300
+    rail.send(range(300, 350))
+    wait_for(lambda: rail.worker("pizza")["processed"] == 350, 20, what="350 processed")
