@@ -10,6 +10,7 @@ from typing import Any
 from runtime import dlq
 from runtime.cli.common import connect, event_json, guarded, print_json, set_handler, with_broker
 from runtime.client import Event
+from runtime.dlq.lease import WAIT_S
 
 
 def add_dlq_commands(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +59,9 @@ def _add_replay(inner: argparse._SubParsersAction) -> None:
                     help="replay dead letters that were replayed before too")
     ap.add_argument("--dry-run", action="store_true",
                     help="show what would be replayed, send nothing")
+    ap.add_argument("--wait", type=float, default=WAIT_S, metavar="SECONDS",
+                    help="how long to wait for another replay of the same DLQ to end "
+                         "(default %(default)g)")
     set_handler(ap, guarded(cmd_dlq_replay))
 
 
@@ -157,7 +161,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 # -- replay -----------------------------------------------------------------------------
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     selection = _selection(args)
-    result = dlq.replay(args.broker, args.topic, selection, dry_run=args.dry_run)
+    result = dlq.replay(args.broker, args.topic, selection, dry_run=args.dry_run,
+                        wait_s=args.wait)
     if result.recovered:
         print(f"an interrupted replay had sent {_plural(result.recovered, 'dead letter')}: "
               "recorded them as replayed", file=sys.stderr)

@@ -16,7 +16,7 @@ import pytest
 from brokerd import protocol as p
 from runtime.client import Event, Producer
 from runtime.connection import Connection
-from runtime.dlq import REPLAYED_FROM, dead_letter_headers, read_all
+from runtime.dlq import REPLAYED_FROM, Lease, dead_letter_headers, read_all
 from tests.helpers import ROOT, BrokerProcess, python_env, start_broker, wait_for
 
 
@@ -155,7 +155,7 @@ def test_a_replay_killed_after_sending_and_before_recording_sends_nothing_twice(
         broker: BrokerProcess) -> None:
     dead_letters(broker, 50)
     killed = rail(broker, "dlq", "replay", "orders", check=False,
-                  prelude=KILL + "import runtime.dlq as d\nd._record_replays = KILL")
+                  prelude=KILL + "import runtime.dlq.ledger as d\nd.record_replays = KILL")
     assert killed.returncode == -signal.SIGKILL
     assert len(replayed(broker)) == 50  # all sent, none recorded
     again = rail(broker, "dlq", "replay", "orders")
@@ -170,13 +170,13 @@ def test_a_replay_killed_half_way_through_sending_sends_the_rest_once(
         broker: BrokerProcess) -> None:
     dead_letters(broker, 40)
     half = KILL + textwrap.dedent("""
-        import runtime.dlq as d
-        send = d._send_replays
+        import runtime.dlq.replayer as d
+        send = d.send_replays
         def half(producer, result):
             result.selected = result.selected[:17]
             send(producer, result)
             KILL()
-        d._send_replays = half
+        d.send_replays = half
     """)
     killed = rail(broker, "dlq", "replay", "orders", check=False, prelude=half)
     assert killed.returncode == -signal.SIGKILL and len(replayed(broker)) == 17
@@ -189,7 +189,7 @@ def test_a_replay_killed_before_sending_anything_sends_all_once_when_rerun(
         broker: BrokerProcess) -> None:
     dead_letters(broker, 10)
     killed = rail(broker, "dlq", "replay", "orders", check=False,
-                  prelude=KILL + "import runtime.dlq as d\nd._send_replays = KILL")
+                  prelude=KILL + "import runtime.dlq.replayer as d\nd.send_replays = KILL")
     assert killed.returncode == -signal.SIGKILL and replayed(broker) == Counter()
     rail(broker, "dlq", "replay", "orders")
     sent = replayed(broker)
@@ -216,6 +216,44 @@ def test_a_replay_killed_with_kill_9_at_a_random_moment_then_rerun_sends_nothing
     rail(broker, "dlq", "replay", "orders")
     sent = replayed(broker)
     assert len(sent) == total and set(sent.values()) == {1}
+
+
+def test_two_replays_at_once_send_each_dead_letter_once(broker: BrokerProcess) -> None:
+    total = 5000
+    dead_letters(broker, total)
+    env = {**python_env(), "RAIL_BROKER": broker.api}
+    procs = [subprocess.Popen([sys.executable, "-m", "runtime.cli", "dlq", "replay", "orders"],
+                              env=env, cwd=ROOT, text=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for _ in range(2)]
+    try:
+        errors = [proc.communicate(timeout=60)[1] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+    assert [proc.returncode for proc in procs] == [0, 0], errors
+    assert sorted(e.splitlines()[-1].split(" from ")[0] for e in errors) == [
+        "replayed 0 dead letters", f"replayed {total} dead letters"]
+    sent = replayed(broker)
+    assert len(sent) == total and set(sent.values()) == {1}
+
+
+def test_a_replay_waits_for_a_running_one_then_gives_up_in_one_line(
+        broker: BrokerProcess) -> None:
+    dead_letters(broker, 2)
+    conn = Connection(broker.api)
+    lease = Lease(broker.api, "orders.dlq")
+    lease.acquire(conn)
+    try:
+        done = rail(broker, "dlq", "replay", "orders", "--wait", "1", check=False)
+    finally:
+        lease.release(conn)
+        conn.close()
+    assert done.returncode == 1 and replayed(broker) == Counter()
+    assert done.stderr.strip() == ("rail dlq replay: REPLAY_RUNNING: another replay of "
+                                   "orders.dlq is running: try again when it is done")
+    rail(broker, "dlq", "replay", "orders", "--wait", "0")
+    assert len(replayed(broker)) == 2
 
 
 # -- re-failures -------------------------------------------------------------------------
