@@ -22,7 +22,7 @@ from runtime.config import (BROKER_NAME, DEFAULT_CONTROL, ConfigError, WorkerSpe
 from runtime.registry import validate_script
 
 if TYPE_CHECKING:
-    from runtime.process import Watcher
+    from runtime.process import Replica, Watcher
     from runtime.supervisor import Supervisor
 
 LOG = logging.getLogger("rail.supervisor")
@@ -33,7 +33,7 @@ class _Request(msgspec.Struct, tag_field="op", kw_only=True):
 
 
 class Status(_Request, tag="status"):
-    pass
+    name: str = ""  # one worker only
 
 
 class Register(_Request, tag="register"):
@@ -137,8 +137,8 @@ class ControlHandlers:
 
     def handle_control(self, request: Request) -> Any:
         match request:
-            case Status():
-                return self.handle_status()
+            case Status(name=name):
+                return self.handle_status(name)
             case Register():
                 return self.handle_register(request)
             case Unregister(name=name):
@@ -160,7 +160,8 @@ class ControlHandlers:
             raise ValueError(f"no worker named {name!r} (workers: {known}): see rail status")
         return watcher
 
-    def handle_status(self) -> dict[str, Any]:
+    def handle_status(self, name: str = "") -> dict[str, Any]:
+        watchers = [self.watcher(name)] if name else list(self.sup.watchers.values())
         now = time.monotonic()
         self.sup.note_status_interest(now)
         broker = self.sup.broker.child
@@ -173,7 +174,7 @@ class ControlHandlers:
                        "running" if broker or self.sup.broker.external else "restarting",
                        "cpu_percent": broker.cpu_percent if broker else None,
                        "rss": broker.rss if broker else None},
-            "workers": [self.worker_status(w, now) for w in self.sup.watchers.values()],
+            "workers": [self.worker_status(w, now) for w in watchers],
         }
 
     def worker_status(self, watcher: Watcher, now: float) -> dict[str, Any]:
@@ -206,6 +207,8 @@ class ControlHandlers:
             "processed": processed,
             "failed": watcher.failed_before + sum(h.failed for h in healths),
             "lag": lag,
+            "processes": [replica_status(r, now) for r in sorted(watcher.replicas.values(),
+                                                                  key=lambda r: r.index)],
         }
 
     def handle_register(self, r: Register) -> dict[str, Any]:
@@ -269,6 +272,22 @@ class ControlHandlers:
                 self.sup.terminate(replica, "restart")
         self.sup.start_watcher(watcher)
         return {"name": name}
+
+
+def replica_status(replica: Replica, now: float) -> dict[str, Any]:
+    """One replica's row of ``rail status NAME``."""
+    child, health = replica.child, replica.health
+    handling = health.handling(now) if child is not None and health is not None else None
+    return {
+        "replica": replica.index, "member_id": replica.member_id,
+        "pid": child.pid if child else None, "state": replica.state(),
+        "uptime_s": now - child.started_at if child else None, "restarts": replica.restarts,
+        "cpu_percent": child.cpu_percent if child else None, "rss": child.rss if child else None,
+        "processed": health.processed if child and health else None,
+        "handling": None if handling is None else {
+            "topic": handling[0], "partition": handling[1], "offset": handling[2],
+            "for_s": handling[3]},
+    }
 
 
 def call(endpoint: str, request: Request, timeout_s: float = 5.0) -> Any:

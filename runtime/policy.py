@@ -92,6 +92,7 @@ class Health:
         self.processed = 0
         self.failed = 0
         self.state = "starting"
+        self.event: tuple[str, int, int] | None = None  # what handle() is on, if anything
 
     def beat(self, now: float, message: dict[str, Any]) -> None:
         self.last_beat = now
@@ -99,6 +100,18 @@ class Health:
         self.processed = int(message.get("processed", self.processed))
         self.failed = int(message.get("failed", self.failed))
         self.state = str(message.get("state", self.state))
+        event = message.get("event")
+        try:
+            self.event = (str(event[0]), int(event[1]), int(event[2])) if event else None
+        except (TypeError, ValueError, IndexError):
+            self.event = None
+
+    def handling(self, now: float) -> tuple[str, int, int, float] | None:
+        """The event handle() was on at the last beat and for how long by ``now``, in
+        seconds (if still on it)."""
+        if self.event is None:
+            return None
+        return (*self.event, self.busy_ms / 1000 + max(0.0, now - self.last_beat))
 
     def hung(self, now: float) -> str | None:
         """Why the worker counts as hung, or None while it is healthy."""

@@ -91,6 +91,14 @@ class Replica:
         self.restart_at: float | None = None
         self.kill_at: float | None = None  # SIGKILL if still alive then (after a SIGTERM)
         self.then = ""  # after the next exit: "" = per policy, "restart", "retire"
+        self.restarts = 0  # crash restarts of this slot (the watcher counts them all)
+
+    def state(self) -> str:
+        if self.child is None:
+            return "restarting" if self.restart_at is not None else "exited"
+        if self.then:
+            return "stopping" if self.then == "retire" else "restarting"
+        return self.health.state if self.health is not None else "running"
 
 
 class Watcher:

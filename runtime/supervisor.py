@@ -483,6 +483,7 @@ class Supervisor:
                          f"within {watcher.spec.within_s:g} s")
         else:
             watcher.restarts += 1
+            replica.restarts += 1
             replica.restart_at = now + replica.backoff.next_delay(now)
 
     def close_output(self, child: Child) -> None:

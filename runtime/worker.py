@@ -145,6 +145,8 @@ class Worker:
         self.processed = 0
         self.failed = 0
         self.idle = True  # waiting, not handling: what the health reports call not busy
+        # the event in hand and when handling it began (monotonic), for the health reports
+        self.current: tuple[str, int, int, float] | None = None
         self.in_poll = False  # inside consumer.poll, where a stop signal interrupts the wait
         self.log = logging.getLogger(f"rail.worker.{options.name}")
         self.is_async = inspect.iscoroutinefunction(script.handle)
@@ -216,12 +218,15 @@ class Worker:
         handle, ctx = self.script.handle, self.ctx
         for i, event in enumerate(events):
             if self.stopping:
+                self.current = None
                 return i
+            self.current = (event.topic, event.partition, event.offset, time.monotonic())
             try:
                 handle(event, ctx)
             except Exception as exc:  # noqa: BLE001 - the handler's error goes to the DLQ
                 self._retry(event, exc)
             self.processed += 1
+        self.current = None
         return len(events)
 
     def _handle_all_async(self, events: list[Event]) -> int:
@@ -232,12 +237,15 @@ class Worker:
         handle, ctx = self.script.handle, self.ctx
         for i, event in enumerate(events):
             if self.stopping:
+                self.current = None
                 return i
+            self.current = (event.topic, event.partition, event.offset, time.monotonic())
             try:
                 await handle(event, ctx)
             except Exception as exc:  # noqa: BLE001
                 await self._retry_async(event, exc)
             self.processed += 1
+        self.current = None
         return len(events)
 
     # -- failures ---------------------------------------------------------------------
@@ -335,8 +343,6 @@ class HealthReporter(threading.Thread):
         self.worker = worker
         self.endpoint = endpoint
         self.parent = parent
-        self._last: tuple[int, int] = (-1, -1)
-        self._busy_since = 0.0
 
     def run(self) -> None:
         sock: zmq.Socket[bytes] | None = None
@@ -369,18 +375,15 @@ class HealthReporter(threading.Thread):
 
     def report(self, now: float) -> dict[str, Any]:
         w = self.worker
-        return {"name": w.options.name, "member_id": w.ctx.member_id, "pid": os.getpid(),
-                "processed": w.processed, "failed": w.failed, "busy_ms": self.busy_ms(now),
-                "state": w.state, "ts_ms": int(time.time() * 1000)}
-
-    def busy_ms(self, now: float) -> int:
-        """How long the handler has been on one event, seen from here (no per-event clock)."""
-        w = self.worker
-        seen = (w.processed, w.failed)
-        if w.idle or seen != self._last:
-            self._last, self._busy_since = seen, now
-            return 0
-        return int((now - self._busy_since) * 1000)
+        current = w.current  # one read: the main thread replaces it, never mutates it
+        report = {"name": w.options.name, "member_id": w.ctx.member_id, "pid": os.getpid(),
+                  "processed": w.processed, "failed": w.failed, "busy_ms": 0,
+                  "state": w.state, "ts_ms": int(time.time() * 1000)}
+        if current is not None:
+            topic, partition, offset, since = current
+            report["busy_ms"] = int((now - since) * 1000)
+            report["event"] = [topic, partition, offset]
+        return report
 
 
 # -- command line ---------------------------------------------------------------------

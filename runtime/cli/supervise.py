@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -35,7 +36,9 @@ def add_supervisor_commands(sub: argparse._SubParsersAction) -> None:
 
     down = control_parser(sub, "down", "stop the supervisor gracefully and wait for it")
     down.set_defaults(run=cmd_down)
-    status = control_parser(sub, "status", "show every worker: pids, state, CPU, RSS, lag")
+    status = control_parser(sub, "status", "show every worker: pids, state, CPU, RSS, lag; "
+                            "with NAME, a row per replica and what each is handling now")
+    status.add_argument("name", nargs="?", default="", help="one worker: a row per replica")
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
     status.set_defaults(run=cmd_status)
 
@@ -140,9 +143,12 @@ def show(result: Any, line: str) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = control.call(args.control, control.Status())
+    status = control.call(args.control, control.Status(name=args.name))
     if args.json:
         print(msgspec.json.format(msgspec.json.encode(status)).decode())
+        return 0
+    if args.name:
+        print_replicas(status["workers"][0])
         return 0
     broker = status["broker"]
     print(f"supervisor pid {status['pid']} up {duration(status['uptime_s'])}; broker "
@@ -157,15 +163,37 @@ def cmd_status(args: argparse.Namespace) -> int:
                      duration(w["uptime_s"]), "-" if w["cpu_percent"] is None
                      else f"{w['cpu_percent']:.1f}", size(w["rss"]), str(w["processed"]),
                      "-" if w["lag"] is None else str(w["lag"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table(rows)
     if broker.get("error"):
         print(f"brokerd: {broker['error']}")
     for w in status["workers"]:
         if w["error"]:
             print(f"{w['name']}: {w['error']}")
     return 0
+
+
+def print_replicas(w: dict[str, Any]) -> None:
+    """``rail status NAME``: the worker's line, then a row per replica."""
+    print(f"{w['name']}: {w['state']}, {control.counted(w['replicas'], 'replica')}, group "
+          f"{w['group']}, topics {','.join(w['topics'])}, processed {w['processed']}, lag "
+          f"{'-' if w['lag'] is None else w['lag']}; script {w['script']}")
+    rows = [("REPLICA", "PID", "STATE", "UPTIME", "RESTARTS", "CPU%", "RSS", "HANDLING")]
+    for r in w["processes"]:
+        h = r["handling"]
+        rows.append((str(r["replica"]), str(r["pid"] or "-"), r["state"], duration(r["uptime_s"]),
+                     str(r["restarts"]),
+                     "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}",
+                     size(r["rss"]), "-" if h is None else
+                     f"{h['topic']}[{h['partition']}]@{h['offset']} for {h['for_s']:.1f}s"))
+    print_table(rows)
+    if w["error"]:
+        print(f"{w['name']}: {w['error']}")
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def duration(seconds: float | None) -> str:

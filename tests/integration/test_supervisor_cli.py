@@ -11,9 +11,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
+from runtime.client import Producer
 from tests.helpers import ROOT, python_env, wait_for
 from tests.integration.test_supervisor import APPENDER, Rail, appender_toml
 
@@ -104,3 +107,47 @@ def test_processed_is_exact_after_kill_9_and_survives_rail_up(rail: Rail) -> Non
     assert rail.worker("pizza")["processed"] == 300
     rail.send(range(300, 350))
     wait_for(lambda: rail.worker("pizza")["processed"] == 350, 20, what="350 processed")
+
+
+GATED = """
+import os, time
+
+def handle(event, ctx):
+    deadline = time.monotonic() + 60
+    while not os.path.exists({gate!r}) and time.monotonic() < deadline:
+        time.sleep(0.02)
+"""
+
+
+def test_status_name_shows_a_row_per_replica_with_what_it_is_handling_now(rail: Rail) -> None:
+    gate = rail.folder / "gate"
+    rail.script("slow.py", GATED.format(gate=str(gate)))
+    rail.write_toml('[workers.slow]\nscript = "slow.py"\ntopics = ["orders"]\nreplicas = 2\n'
+                    "backoff_s = 0.05\n")
+    rail.up()
+    slow = wait_for(lambda: rail.running("slow", 2), 20, what="2 slow replicas")
+    with Producer(rail.api) as producer:
+        producer.send("orders", b"x", partition=1)
+        producer.flush()
+
+    def handling() -> dict[str, Any] | None:
+        done = rail.rail("status", "slow", "--json")
+        assert done.returncode == 0, done.stderr
+        rows = msgspec.json.decode(done.stdout)["workers"][0]["processes"]
+        busy = [r for r in rows if r["handling"] and r["handling"]["for_s"] >= 1.0]
+        return busy[0] if busy else None
+    busy = wait_for(handling, 20, what="a replica handling orders[1]@0 for a second")
+    assert busy["handling"]["topic"] == "orders" and busy["handling"]["partition"] == 1
+    assert busy["handling"]["offset"] == 0 and busy["pid"] in slow["pids"]
+    table = rail.rail("status", "slow").stdout
+    assert re.search(rf"^{busy['replica']}\s+{busy['pid']}\s+running\s+\S+\s+0\s+[\d.]+\s+\d+M"
+                     r"\s+orders\[1\]@0 for \d+\.\ds$", table, re.M), table
+    gate.touch()
+    wait_for(lambda: rail.worker("slow")["processed"] == 1, 20, what="the event done")
+    os.kill(busy["pid"], signal.SIGKILL)
+    wait_for(lambda: rail.running("slow", 2), 20, what="the killed replica back")
+    rows = rail.worker("slow")["processes"]
+    assert [r["restarts"] for r in rows] == [int(r["replica"] == busy["replica"]) for r in rows]
+    assert all(r["handling"] is None for r in rows)
+    missing = rail.rail("status", "nobody")
+    assert missing.returncode == 1 and "no worker named 'nobody'" in missing.stderr
