@@ -11,7 +11,7 @@ import sys
 
 from brokerd.protocol import EXIT_CONFIG
 from runtime import control
-from runtime.cli.data import add_data_commands
+from runtime.cli.data import add_data_commands, add_version_option
 from runtime.cli.dlq import add_dlq_commands
 from runtime.cli.supervise import add_supervisor_commands
 from runtime.config import ConfigError
@@ -20,6 +20,7 @@ from runtime.config import ConfigError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rail", description="Rail: a durable event log and supervised workers.")
+    add_version_option(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_supervisor_commands(sub)
     add_data_commands(sub)

@@ -1,4 +1,5 @@
-"""What every ``rail`` data command shares: the broker flag, one-line errors, JSON output."""
+"""What every ``rail`` data command shares: the broker flag, one-line errors, exit codes,
+values from the command line, and how events and counts are written out."""
 
 from __future__ import annotations
 
@@ -7,10 +8,26 @@ import base64
 import json
 import os
 import sys
+from datetime import datetime
 from typing import Any, Callable
 
 from runtime.client import DEFAULT_BROKER, Event
 from runtime.connection import BrokerError, Connection
+
+# Exit codes of the data commands (docs/cli.md); 78 (config) belongs to ``rail up``.
+EXIT_OK = 0
+EXIT_ERROR = 1  # the broker refused, or the operation failed: the message says why
+EXIT_USAGE = 2  # bad flags or arguments (argparse uses 2 as well)
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_BROKEN_PIPE = 141  # the reader went away (``rail tail t | head``), as for a Unix tool
+
+
+class CommandError(Exception):
+    """An operation failed: one line on stderr and exit code 1."""
+
+
+class UsageError(CommandError):
+    """The command line asks for something impossible: one line and exit code 2."""
 
 
 def set_handler(parser: argparse.ArgumentParser,
@@ -19,54 +36,133 @@ def set_handler(parser: argparse.ArgumentParser,
     parser.set_defaults(func=handler, run=handler)
 
 
-def with_broker(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--broker", default=os.environ.get("RAIL_BROKER", DEFAULT_BROKER),
-                        help="broker API endpoint (default: $RAIL_BROKER or %(default)s)")
+def with_broker(parser: argparse.ArgumentParser, inherited: bool = False
+                ) -> argparse.ArgumentParser:
+    """Add ``--broker``.  ``inherited``: a sub-command whose parent has the flag too (its
+    default must not hide the value given before the sub-command's name)."""
+    default = argparse.SUPPRESS if inherited else os.environ.get("RAIL_BROKER", DEFAULT_BROKER)
+    parser.add_argument("--broker", default=default,
+                        help="broker API endpoint (default: $RAIL_BROKER or "
+                        f"{DEFAULT_BROKER})")
     return parser
 
 
-def guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn a broker error or Ctrl-C into one line on stderr and an exit code."""
-    name = func.__name__.removeprefix("cmd_").replace("_", " ")
+def with_json(parser: argparse.ArgumentParser, what: str, inherited: bool = False
+              ) -> argparse.ArgumentParser:
+    parser.add_argument("--json", action="store_true",
+                        default=argparse.SUPPRESS if inherited else False,
+                        help=f"print {what} as JSON instead of a table")
+    return parser
+
+
+def guarded(func: Callable[[argparse.Namespace], int],
+            name: str | None = None) -> Callable[[argparse.Namespace], int]:
+    """Turn an error, Ctrl-C or a closed pipe into one line on stderr and an exit code."""
+    name = name or func.__name__.removeprefix("cmd_").replace("_", " ")
 
     def run(args: argparse.Namespace) -> int:
         try:
-            return func(args)
+            code = func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return code
+        except BrokenPipeError:
+            return _quiet_broken_pipe()
+        except UsageError as exc:
+            print(f"rail {name}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except CommandError as exc:
+            print(f"rail {name}: {exc}", file=sys.stderr)
+            return EXIT_ERROR
         except BrokerError as exc:
             print(f"rail {name}: {exc.code}: {exc.message}", file=sys.stderr)
-            return 1
+            return EXIT_ERROR
+        except UnicodeError as exc:
+            print(f"rail {name}: not valid UTF-8 where text is needed ({exc})",
+                  file=sys.stderr)
+            return EXIT_ERROR
         except OSError as exc:
             print(f"rail {name}: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_ERROR
         except KeyboardInterrupt:
-            return 130
+            return EXIT_INTERRUPTED
     run.__name__ = func.__name__
     return run
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout is gone: point stdout at /dev/null so that the interpreter's
+    last flush at exit does not print "Exception ignored ... BrokenPipeError"."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def connect(args: argparse.Namespace) -> Connection:
     return Connection(args.broker, timeout_s=5.0)
 
 
-# -- values ---------------------------------------------------------------------------
-def parse_value(text: str) -> Any:
-    """JSON if ``text`` parses as JSON, else its UTF-8 bytes."""
+# -- words ----------------------------------------------------------------------------
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 event``, ``2 events``, ``1,000 events``."""
+    return f"{count:,} {word if count == 1 else (words or word + 's')}"
+
+
+# -- values from the command line -----------------------------------------------------
+def arg_bytes(text: str) -> bytes:
+    """The bytes the shell passed: argv that is not UTF-8 arrives as surrogate escapes."""
+    return os.fsencode(text)
+
+
+def arg_text(text: str) -> str | bytes:
+    """``text`` itself, or its raw bytes when the shell passed something that is not UTF-8."""
     try:
-        return json.loads(text)
-    except ValueError:
-        return text.encode()
+        text.encode()
+    except UnicodeEncodeError:
+        return arg_bytes(text)
+    return text
+
+
+def parse_value(text: str) -> Any:
+    """JSON if ``text`` parses as JSON, else its bytes (raw, even when not UTF-8)."""
+    return parse_value_bytes(arg_bytes(text))
+
+
+def parse_value_bytes(raw: bytes) -> Any:
+    """JSON if ``raw`` is UTF-8 that parses as JSON, else ``raw`` itself."""
+    try:
+        return json.loads(raw.decode())
+    except ValueError:  # UnicodeDecodeError is a ValueError too
+        return raw
 
 
 def parse_pairs(pairs: list[str], what: str) -> dict[str, Any]:
+    """``["k=v", ...]`` as a dict; a value that is not UTF-8 stays bytes."""
     out: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise SystemExit(f"rail: {what} {pair!r} is not k=v: write it as name=value")
-        out[name] = value
+            raise UsageError(f"{what} {pair!r} is not k=v: write it as name=value")
+        if isinstance(arg_text(name), bytes):
+            raise UsageError(f"{what} name {arg_bytes(name)!r} is not UTF-8")
+        out[name] = arg_text(value)
     return out
 
 
+def parse_time(text: str) -> int:
+    """Milliseconds since the epoch from ``text``: an integer (already ms) or ISO-8601
+    (``2026-11-29T20:00:00Z``; without a zone, local time)."""
+    if text.strip().isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"time {text!r} is neither ms since the epoch nor ISO-8601 "
+                         "(e.g. 2026-11-29T20:00:00Z)") from None
+    return int(when.timestamp() * 1000)
+
+
+# -- events and values on the way out ------------------------------------------------
 def jsonable(value: Any) -> Any:
     """Bytes as text when they are UTF-8, else ``{"base64": ...}``; the rest unchanged."""
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -88,13 +184,16 @@ def event_json(event: Event) -> dict[str, Any]:
             "value": jsonable(event.value), "headers": jsonable(event.headers or {})}
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(jsonable(value), ensure_ascii=False)
+
+
 def event_line(event: Event) -> str:
-    key = "" if event.key is None else f" key={json.dumps(jsonable(event.key))}"
-    return (f"{event.topic}[{event.partition}]@{event.offset}{key} "
-            f"{json.dumps(jsonable(event.value), ensure_ascii=False)}")
+    """``topic[partition]@offset key="k" headers={...} value``: one line a person reads."""
+    key = "" if event.key is None else f" key={_compact(event.key)}"
+    headers = f" headers={_compact(event.headers)}" if event.headers else ""
+    return f"{event.topic}[{event.partition}]@{event.offset}{key}{headers} {_compact(event.value)}"
 
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
-
-
