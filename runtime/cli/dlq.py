@@ -165,7 +165,8 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
                         wait_s=args.wait)
     if result.recovered:
         print(f"an interrupted replay had sent {_plural(result.recovered, 'dead letter')}: "
-              "recorded them as replayed", file=sys.stderr)
+              + ("a replay will record them as replayed" if args.dry_run
+                 else "recorded them as replayed"), file=sys.stderr)
     skipped = (f" ({_plural(result.skipped, 'dead letter')} replayed before skipped: "
                "--again replays them)") if result.skipped else ""
     count = _plural(len(result.selected), "dead letter")

@@ -96,29 +96,40 @@ def _source_ends(conn: Connection, topics: set[str]) -> dict[str, dict[str, int]
     return ends
 
 
-def recover(conn: Connection, producer: Producer, record: ReplayRecord) -> int:
-    """Finish an interrupted replay: record as replayed whatever of it reached its source.
+def interrupted_sends(conn: Connection, record: ReplayRecord) -> list[tuple[Event, str]]:
+    """The dead letters an interrupted replay had sent, with where each went.
 
     The source topics are read from the end offsets the intent noted before anything was
     sent; a record there whose ``rail.replayed-from`` names this DLQ was sent by that
-    replay.  Returns how many dead letters were found sent."""
-    assert record.intent is not None
+    replay (only the lease holder replays)."""
     sent: dict[tuple[int, int], str] = {}
-    for topic, ends in (record.intent.get("sources") or {}).items():
+    for topic, ends in ((record.intent or {}).get("sources") or {}).items():
         for info in partitions(conn, topic) or []:
             start = max(int(ends.get(str(info.partition), 0)), info.start_offset)
             for event in fetch_range(conn, topic, info.partition, start, info.end_offset):
                 origin = parse_location(header(event, REPLAYED_FROM) or "")
                 if origin is not None and origin[0] == record.dlq:
                     sent[origin[1], origin[2]] = location(topic, event.partition, event.offset)
-    for dead in _dead_letters_at(conn, record.dlq, set(sent)):
-        record.replayed[dead.partition, dead.offset] = ledger_entry(
-            producer, dead, sent[dead.partition, dead.offset])
-    producer.send(ledger_topic(record.dlq), {"state": "done", "recovered": len(sent)},
-                  key=INTENT_KEY)
-    flush(producer)
+    return [(dead, sent[dead.partition, dead.offset])
+            for dead in _dead_letters_at(conn, record.dlq, set(sent))]
+
+
+def recover(conn: Connection, producer: Producer | None, record: ReplayRecord) -> int:
+    """Finish an interrupted replay: record as replayed whatever of it reached its source
+    (in ``record``, and in the ledger unless ``producer`` is None, as on a dry run).
+    Returns how many dead letters were found sent."""
+    found = interrupted_sends(conn, record)
+    for dead, to in found:
+        entry = {"to": to, "ts": dead.timestamp}
+        if producer is not None:
+            entry = ledger_entry(producer, dead, to)
+        record.replayed[dead.partition, dead.offset] = entry
+    if producer is not None:
+        producer.send(ledger_topic(record.dlq), {"state": "done", "recovered": len(found)},
+                      key=INTENT_KEY)
+        flush(producer)
     record.intent = {"state": "done"}
-    return len(sent)
+    return len(found)
 
 
 def _dead_letters_at(conn: Connection, dlq: str, places: set[tuple[int, int]]) -> list[Event]:

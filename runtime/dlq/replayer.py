@@ -66,8 +66,10 @@ def replay(broker: str, topic: str, selection: Selection | None = None,
         if partitions(conn, dlq) is None:
             raise BrokerError("UNKNOWN_TOPIC", f"there is no dead-letter topic {dlq}")
         if dry_run:
-            result = ReplayResult(dlq)
-            candidates(conn, ledger.load_record(conn, dlq), selection, result)
+            result, record = ReplayResult(dlq), ledger.load_record(conn, dlq)
+            if record.interrupted:
+                result.recovered = ledger.recover(conn, None, record)
+            candidates(conn, record, selection, result)
             return result
         lease = Lease(broker, dlq)
         lease.acquire(conn, wait_s)

@@ -158,6 +158,8 @@ def test_a_replay_killed_after_sending_and_before_recording_sends_nothing_twice(
                   prelude=KILL + "import runtime.dlq.ledger as d\nd.record_replays = KILL")
     assert killed.returncode == -signal.SIGKILL
     assert len(replayed(broker)) == 50  # all sent, none recorded
+    dry = rail(broker, "dlq", "replay", "orders", "--dry-run")
+    assert "would replay 0 dead letters" in dry.stderr and "had sent 50" in dry.stderr
     again = rail(broker, "dlq", "replay", "orders")
     assert "an interrupted replay had sent 50 dead letters" in again.stderr
     assert "replayed 0 dead letters" in again.stderr
