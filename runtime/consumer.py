@@ -54,6 +54,10 @@ _poll_decoder = msgspec.msgpack.Decoder(_PollReply | p.ErrorReply)
 STREAM_REPLIES = 1000
 GATHER_REPLIES = 64  # stream replies already received that one poll() call returns together
 COMMIT_WHEN_QUIET_S = 0.005  # a held async commit goes out once no event came for this long
+SETTLE_EVERY_S = 0.1  # while async commits are unanswered, poll looks at their replies this often
+# Errors after which a commit is sent again (after a join, an assignment or a disk that
+# came back); any other error reply to an async commit goes to ``conn.async_errors``.
+RETRIED = frozenset({"NOT_MEMBER", "STALE_GENERATION", "STORAGE_ERROR", "UNAVAILABLE"})
 
 
 def _caught_up(reply: _PollReply) -> bool:
@@ -104,9 +108,15 @@ class Consumer:
         self.assignment: list[tuple[str, int]] = []
         self._owned: set[tuple[str, int]] = set()
         self.positions: dict[tuple[str, int], int] = {}
-        self._committed: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}  # acknowledged by the broker
         self.commit_interval_s = commit_interval_ms / 1000
         self._pending: dict[tuple[str, int], int] = {}  # async commits not sent yet
+        # The last commit sent of each partition, (request id, offset), while it is in
+        # flight or acknowledged: the same offset is not sent again.  A commit that fails
+        # or goes unanswered leaves here (and is sent again); a join forgets them all.
+        self._sent: dict[tuple[str, int], tuple[int, int]] = {}
+        # Async commits not answered yet: request id -> (when sent, offsets).
+        self._inflight: dict[int, tuple[float, list[tuple[str, int, int]]]] = {}
         self._last_commit_at = float("-inf")
         self._poll_id: int | None = None
         self._poll_sent_at = 0.0
@@ -125,6 +135,7 @@ class Consumer:
         self._heart.start()
 
     def _join(self) -> None:
+        self._forget_progress()
         self._joined_at = time.monotonic()
         reply = self.conn.call(p.Join(group=self.group, topics=self.topics,
                                       member_id=self.member_id, start=self.start,
@@ -132,7 +143,25 @@ class Consumer:
                                       client_id=self.client_id))
         self.member_id = reply.member_id
         self._heartbeat_interval_s = reply.heartbeat_interval_ms / 1000
+        # Adopted even when the generation is the one we had: a restarted broker counts
+        # generations from 1 again, with another assignment maybe.
+        self.generation = -1
         self._set_assignment(reply.generation, reply.assignment)
+
+    def _forget_progress(self) -> None:
+        """Before a join: the broker restarts our partitions from their committed offsets
+        (protocol §9.1), so what was polled, held or sent since then comes again and is
+        committed again.  Commits still unanswered are dropped: sent under the old
+        incarnation, they either landed (and the broker starts from them) or did not; sent
+        again now, they would land after the join and move offsets back once the events
+        delivered again are committed."""
+        self._settle_commits()
+        for rid in self._inflight:
+            self.conn.unwatched(rid)
+        self._inflight.clear()
+        self._sent.clear()
+        self._pending.clear()
+        self.positions.clear()
 
     def _set_assignment(self, generation: int, assignment: list[tuple[str, int]]) -> None:
         if generation == self.generation:
@@ -169,6 +198,8 @@ class Consumer:
         """
         deadline = time.monotonic() + timeout_s
         while True:
+            if self._inflight:
+                self._settle_commits()
             if self._poll_id is None:
                 self._send_poll()
             wait_until = deadline
@@ -179,6 +210,8 @@ class Consumer:
                     self._send_pending()
                 else:
                     wait_until = min(deadline, due, now + COMMIT_WHEN_QUIET_S)
+            if self._inflight:  # and to see that the commits in flight were accepted
+                wait_until = min(wait_until, time.monotonic() + SETTLE_EVERY_S)
             reply = self._await_poll(max(0.0, wait_until - time.monotonic()))
             if reply is None and self._pending:
                 # Nothing came for a moment: send what is held now rather than at the end
@@ -266,6 +299,13 @@ class Consumer:
         return events
 
     # -- committing -------------------------------------------------------------------
+    @property
+    def committed(self) -> dict[tuple[str, int], int]:
+        """The offsets the broker acknowledged as committed, by (topic, partition).
+
+        The replies to async commits are read by ``poll``, ``commit`` and ``close``."""
+        return dict(self._committed)
+
     def commit(self, offsets: dict[tuple[str, int], int] | None = None, sync: bool = True) -> None:
         """Commit ``offsets`` (next offset to read) or everything polled so far.
 
@@ -273,8 +313,13 @@ class Consumer:
         pending).  An async commit goes out at once unless one went out less than
         ``commit_interval_ms`` ago; then it waits, merged with later ones, and goes out when
         that interval ends, when ``poll`` has had nothing to return for 5 ms, or at
-        ``close``.
+        ``close``.  An async commit counts as done only once the broker accepted it: one
+        refused (``NOT_MEMBER``, ``STALE_GENERATION``, ``STORAGE_ERROR``) or unanswered
+        within ``timeout_s`` is sent again, unless a join came in between (the broker then
+        delivers again from the committed offsets, and those events are committed anew).
         """
+        if self._inflight:
+            self._settle_commits()
         self._pending.update(self.positions if offsets is None else offsets)
         if sync:
             self._send_pending(sync=True)
@@ -283,28 +328,90 @@ class Consumer:
 
     def _send_pending(self, sync: bool = False, timeout_s: float | None = None) -> None:
         items = [(t, part, o) for (t, part), o in self._pending.items()
-                 if self._committed.get((t, part)) != o and (t, part) in self._owned]
+                 if (t, part) in self._owned and self._sent.get((t, part), (0, -1))[1] != o]
         self._pending.clear()
         if not items:
             return
         self._last_commit_at = time.monotonic()
-        rid = self.conn.send(p.Commit(group=self.group, member_id=self.member_id,
-                                      generation=self.generation, offsets=items))
-        if not sync:
-            self.conn.unwatched(rid)
+        if sync:
+            self._commit_and_wait(items, timeout_s)
         else:
+            self._inflight[self._send_commit(items)] = (self._last_commit_at, items)
+
+    def _send_commit(self, items: list[tuple[str, int, int]]) -> int:
+        try:
+            rid = self.conn.send(p.Commit(group=self.group, member_id=self.member_id,
+                                          generation=self.generation, offsets=items))
+        except BrokerUnavailable:
+            self._retry_later(items)
+            raise
+        for t, part, o in items:
+            self._sent[(t, part)] = (rid, o)
+        return rid
+
+    def _commit_and_wait(self, items: list[tuple[str, int, int]], timeout_s: float | None) -> None:
+        rid = self._send_commit(items)
+        try:
+            self.conn.wait(rid, timeout_s)
+        except BrokerError as exc:
+            if isinstance(exc, BrokerUnavailable):
+                self.conn.unwatched(rid)  # its reply, if it ever comes, is not waited for
+            self._failed(rid, items, exc)
+            if exc.code not in ("STALE_GENERATION", "NOT_MEMBER"):
+                raise
+            self._refresh_assignment()  # a rebalance moved some partitions away
+            items = [i for i in items if (i[0], i[1]) in self._owned]
+            if not items:
+                return
+            rid = self._send_commit(items)
             try:
                 self.conn.wait(rid, timeout_s)
-            except BrokerError as exc:
-                if exc.code not in ("STALE_GENERATION", "NOT_MEMBER"):
-                    raise
-                self._refresh_assignment()  # a rebalance moved some partitions away
-                items = [i for i in items if (i[0], i[1]) in self._owned]
-                if items:
-                    self.conn.call(p.Commit(group=self.group, member_id=self.member_id,
-                                            generation=self.generation, offsets=items))
+            except BrokerError as again:
+                self._failed(rid, items, again)
+                raise
+        self._accepted(items)
+
+    def _settle_commits(self, timeout_s: float = 0.0) -> None:
+        """Take the replies to async commits that came (waiting up to ``timeout_s`` for
+        them), and give up on those unanswered for longer than the connection's timeout."""
+        deadline = time.monotonic() + timeout_s
+        for rid, (sent_at, items) in list(self._inflight.items()):
+            if self.conn.arrived(rid, max(0.0, deadline - time.monotonic())):
+                del self._inflight[rid]
+                try:
+                    self.conn.take(rid)
+                except BrokerError as exc:
+                    self._failed(rid, items, exc, sent_at)
+                else:
+                    self._accepted(items)
+            elif time.monotonic() - sent_at > self.conn.timeout_s:
+                del self._inflight[rid]
+                self.conn.unwatched(rid)  # lost with a connection, or a broker that hangs
+                self._failed(rid, items, BrokerUnavailable(self.conn.endpoint,
+                                                           self.conn.timeout_s), sent_at)
+
+    def _accepted(self, items: list[tuple[str, int, int]]) -> None:
         for t, part, o in items:
             self._committed[(t, part)] = o
+
+    def _failed(self, rid: int, items: list[tuple[str, int, int]], exc: BrokerError,
+                sent_at: float | None = None) -> None:
+        """Commit ``rid`` was refused or lost: send it again, unless a later commit of the
+        same partition went out since.  ``sent_at`` is given for an async commit."""
+        lost = [(t, part, o) for t, part, o in items if self._sent.get((t, part), (0, 0))[0] == rid]
+        for t, part, _ in lost:
+            del self._sent[(t, part)]
+        if exc.code not in RETRIED:
+            if sent_at is not None:  # a sync commit raises it instead
+                self.conn.async_errors.append(exc)
+            return
+        if exc.code == "NOT_MEMBER" and sent_at is not None and sent_at > self._joined_at:
+            self._forgotten_at = max(self._forgotten_at, sent_at)  # poll joins again
+        self._retry_later(lost)
+
+    def _retry_later(self, items: list[tuple[str, int, int]]) -> None:
+        for t, part, o in items:
+            self._pending.setdefault((t, part), o)  # one pending already is a later one
 
     def _refresh_assignment(self) -> None:
         try:
@@ -330,11 +437,13 @@ class Consumer:
     def close(self) -> None:
         """Send pending async commits, leave the group (its partitions move to the others at
         once) and close."""
-        if self._pending:
-            try:
-                self._send_pending(sync=True, timeout_s=2)
-            except BrokerError:
-                pass
+        deadline = time.monotonic() + 2
+        try:
+            self._settle_commits(timeout_s=2)  # a refused one is sent again just below
+            if self._pending:
+                self._send_pending(sync=True, timeout_s=max(0.1, deadline - time.monotonic()))
+        except BrokerError:
+            pass
         self._closed.set()
         self._heart.join(timeout=2)
         try:
