@@ -167,6 +167,7 @@ class ControlHandlers:
         broker = self.sup.broker.child
         return {
             "pid": os.getpid(), "uptime_s": now - self.sup.started_at, "stopping": self.sup.stopping,
+            "logs": str(self.sup.logs),
             "broker": {"endpoint": self.sup.broker.endpoint, "external": self.sup.broker.external,
                        "pid": broker.pid if broker else None, "restarts": self.sup.broker.restarts,
                        "error": self.sup.broker.failed,

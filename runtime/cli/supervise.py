@@ -14,6 +14,7 @@ import msgspec
 import psutil
 
 from runtime import control
+from runtime.cli.logs import add_logs_command
 from runtime.config import load_config
 from runtime.policy import POLICIES
 
@@ -59,6 +60,7 @@ def add_supervisor_commands(sub: argparse._SubParsersAction) -> None:
     scale.add_argument("name")
     scale.add_argument("replicas", type=int)
     scale.set_defaults(run=cmd_scale)
+    add_logs_command(sub, control_parser)
     restart = control_parser(sub, "restart", "restart a worker's replicas, or brokerd (also a "
                              "failed one)")
     restart.add_argument("name")

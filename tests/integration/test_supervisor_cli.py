@@ -151,3 +151,56 @@ def test_status_name_shows_a_row_per_replica_with_what_it_is_handling_now(rail: 
     assert all(r["handling"] is None for r in rows)
     missing = rail.rail("status", "nobody")
     assert missing.returncode == 1 and "no worker named 'nobody'" in missing.stderr
+
+
+CHATTY = """
+def handle(event, ctx):
+    print("value", event.value, "x" * 1000)
+    with open({out!r}, "a") as f:
+        f.write(f"{{ctx.member_id}} {{event.value}}\\n")
+"""
+
+
+def test_rail_logs_tails_one_replica_and_follows_it_across_rotation(rail: Rail) -> None:
+    rail.script("talk.py", CHATTY.format(out=str(rail.out)))
+    rail.write_toml('[workers.talk]\nscript = "talk.py"\ntopics = ["orders"]\nreplicas = 2\n',
+                    topics="log_max_mb = 0.05\nlog_backups = 1\n[topics.orders]\npartitions = 3\n")
+    rail.up()
+    wait_for(lambda: rail.running("talk", 2), 20, what="2 talk replicas")
+    followed = open(rail.folder / "followed.txt", "wb")
+    log = rail.folder / "data" / "logs" / "talk.log"
+    wait_for(lambda: "talk.0 | " in log.read_text(), 10, what="replica 0's first line")
+    follower = subprocess.Popen([sys.executable, "-m", "runtime.cli", "logs", "talk", "-f",
+                                 "--replica", "0", "-n", "1", "--control", rail.control],
+                                stdout=followed, stderr=subprocess.STDOUT, env=python_env(),
+                                cwd=ROOT)
+    try:  # it follows from the end of the line it printed first
+        wait_for(lambda: (rail.folder / "followed.txt").stat().st_size, 10,
+                 what="the follower's first line")
+        for round_ in range(4):  # ~100 KB a round against a 51 KB cap: rotated every round
+            rail.send(range(round_ * 100, (round_ + 1) * 100))
+            wait_for(lambda: rail.worker("talk")["processed"] == (round_ + 1) * 100, 20,
+                     what=f"round {round_} handled")
+        wait_for(lambda: (rail.folder / "data" / "logs" / "talk.log.1").exists(), 5,
+                 what="a rotation")
+        mine = {int(v) for m, v in (line.split() for line in rail.out.read_text().splitlines())
+                if m == "talk-0"}
+        assert mine, "replica 0 handled nothing"
+
+        def printed() -> set[int]:
+            text = (rail.folder / "followed.txt").read_text()
+            return {int(line.split()[3]) for line in text.splitlines() if " value " in line}
+        wait_for(lambda: printed() == mine, 10, what="every line of replica 0 followed")
+        assert all(line.startswith("talk.0 | ")
+                   for line in (rail.folder / "followed.txt").read_text().splitlines())
+    finally:
+        follower.kill()
+        follower.wait(5)
+        followed.close()
+    last = rail.rail("logs", "talk", "--replica", "1", "-n", "3")
+    assert last.returncode == 0 and len(last.stdout.splitlines()) == 3
+    assert all(line.startswith("talk.1 | ") for line in last.stdout.splitlines())
+    both = rail.rail("logs", "talk", "-n", "5").stdout.splitlines()
+    assert len(both) == 5 and all(re.match(r"talk\.[01] \| ", line) for line in both)
+    missing = rail.rail("logs", "nobody")
+    assert missing.returncode == 1 and "no log" in missing.stderr and "talk" in missing.stderr
