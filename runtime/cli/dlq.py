@@ -88,15 +88,6 @@ def _selection(args: argparse.Namespace) -> dlq.Selection:
                          again=getattr(args, "again", False))
 
 
-def _in_selection(event: Event, selection: dlq.Selection) -> bool:
-    if selection.partition is not None and event.partition != selection.partition:
-        return False
-    first, last = selection.offsets or (None, None)
-    if (first is not None and event.offset < first) or (last is not None and event.offset > last):
-        return False
-    return selection.matches(event)
-
-
 def _source(event: Event) -> dict[str, Any]:
     h = dlq.header
     part, off = h(event, "rail.source.partition"), h(event, "rail.source.offset")
@@ -138,7 +129,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     name = dlq.dlq_name(args.topic)
     conn = connect(args)
     try:
-        events = [e for e in dlq.read_all(conn, name) if _in_selection(e, selection)]
+        events = [e for e in dlq.read_all(conn, name) if selection.selects(e)]
         record = dlq.load_record(conn, name) if events else dlq.ReplayRecord(name)
     finally:
         conn.close()
@@ -198,20 +189,20 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     conn = connect(args)
     try:
         infos = dlq.partitions(conn, name)
-        if infos is None:
-            print(f"rail dlq purge: there is no dead-letter topic {name}", file=sys.stderr)
-            return 1
-        doomed = sum(max(0, (i.end_offset if args.all else min(args.before, i.end_offset))
-                         - i.start_offset)
-                     for i in infos if args.partition in (None, i.partition))
-        what = f"{_plural(doomed, 'dead letter')} of {name}"
-        if not args.yes and not _confirm(f"delete {what} for good?"):
-            print(f"rail dlq purge: would delete {what}; nothing deleted: add --yes",
-                  file=sys.stderr)
-            return 1
-        moved = dlq.purge(conn, name, None if args.all else args.before, args.partition)
     finally:
         conn.close()
+    if infos is None:
+        print(f"rail dlq purge: there is no dead-letter topic {name}", file=sys.stderr)
+        return 1
+    doomed = sum(max(0, (i.end_offset if args.all else min(args.before, i.end_offset))
+                     - i.start_offset)
+                 for i in infos if args.partition in (None, i.partition))
+    what = f"{_plural(doomed, 'dead letter')} of {name}"
+    if not args.yes and not _confirm(f"delete {what} for good?"):
+        print(f"rail dlq purge: would delete {what}; nothing deleted: add --yes",
+              file=sys.stderr)
+        return 1
+    moved = dlq.purge(args.broker, name, None if args.all else args.before, args.partition)
     deleted = sum(new - old for old, new in moved.values())
     print(f"purged {_plural(deleted, 'dead letter')} from {name}; start offsets now "
           + ", ".join(f"[{part}]@{new}" for part, (_, new) in sorted(moved.items())),

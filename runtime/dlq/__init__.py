@@ -4,8 +4,8 @@ An event of ``orders`` that fails every attempt goes to ``orders.dlq`` with its 
 key, value and headers, plus ``rail.*`` headers saying what went wrong and where it came
 from (``letters``).  ``replay`` sends selected dead letters (``selection``) back to their
 source topic, each at most once, keeping a durable record of what went (``ledger``) and
-letting one replay of a DLQ run at a time (``lease``).  ``purge`` deletes them for good.
-See docs/dlq.md.
+letting one replay of a DLQ run at a time (``lease``).  ``purge`` deletes them for good
+(``purger``).  See docs/dlq.md.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from runtime.dlq.ledger import ReplayRecord, load_record
 from runtime.dlq.letters import (HEADER_PREFIX, REPLAYED_FROM, SUFFIX, cursor_group,
                                  dead_letter_headers, dlq_name, dlq_topic, events_of_fetch,
                                  fetch_range, header, ledger_topic, location, original_headers,
-                                 parse_location, partitions, purge, read_all, replay_headers,
+                                 parse_location, partitions, read_all, replay_headers,
                                  send_to_dlq, source_topic, text)
+from runtime.dlq.purger import purge
 from runtime.dlq.replayer import ReplayResult, replay
 from runtime.dlq.selection import Selection, parse_offsets
 

@@ -26,6 +26,7 @@ from runtime.dlq.letters import (REPLAYED_FROM, cursor_group, fetch_range, heade
                                  text)
 
 INTENT_KEY = "intent"
+LEDGER_SEGMENT_BYTES = 1024 * 1024  # small: compaction cleans only rolled segments
 
 
 @dataclass
@@ -86,7 +87,8 @@ def ledger_entry(producer: Producer, dead: Event, to: str | None) -> dict[str, A
 
 def ensure_ledger(conn: Connection, dlq: str) -> None:
     conn.call(p.CreateTopic(topic=ledger_topic(dlq), partitions=1,
-                            config={"cleanup_policy": "compact", "retention_ms": -1}, exist_ok=True))
+                            config={"cleanup_policy": "compact", "retention_ms": -1,
+                                    "segment_bytes": LEDGER_SEGMENT_BYTES}, exist_ok=True))
 
 
 def _source_ends(conn: Connection, topics: set[str]) -> dict[str, dict[str, int]]:

@@ -159,27 +159,3 @@ def read_all(conn: Connection, topic: str) -> list[Event]:
         events.extend(fetch_range(conn, topic, info.partition, info.start_offset,
                                   info.end_offset))
     return events
-
-
-
-# -- purging ----------------------------------------------------------------------------
-def purge(conn: Connection, topic: str, before: int | None,
-          partition: int | None = None) -> dict[int, tuple[int, int]]:
-    """Delete the DLQ's dead letters below ``before`` (None: all) in each partition.
-
-    Returns ``{partition: (old start, new start)}``."""
-    dlq = dlq_name(topic)
-    infos = partitions(conn, dlq)
-    if infos is None:
-        raise BrokerError("UNKNOWN_TOPIC", f"there is no dead-letter topic {dlq}")
-    moved: dict[int, tuple[int, int]] = {}
-    for info in infos:
-        if partition is not None and info.partition != partition:
-            continue
-        target = -1 if before is None else min(before, info.end_offset)
-        if target != -1 and target <= info.start_offset:
-            moved[info.partition] = (info.start_offset, info.start_offset)
-            continue
-        reply = conn.call(p.DeleteRecords(topic=dlq, partition=info.partition, offset=target))
-        moved[info.partition] = (info.start_offset, reply.start_offset)
-    return moved

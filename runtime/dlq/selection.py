@@ -37,7 +37,18 @@ class Selection:
         hi = info.end_offset if last is None else min(last + 1, info.end_offset)
         return lo, max(lo, hi)
 
+    def selects(self, event: Event) -> bool:
+        """True when ``event`` is in the partition, offsets and content selected."""
+        if self.partition is not None and event.partition != self.partition:
+            return False
+        first, last = self.offsets or (None, None)
+        if (first is not None and event.offset < first) or (
+                last is not None and event.offset > last):
+            return False
+        return self.matches(event)
+
     def matches(self, event: Event) -> bool:
+        """True when ``event``'s content matches ``error`` and ``match``."""
         if self.error is not None and self.error not in (header(event, "rail.error") or ""):
             return False
         if self.match is not None:
