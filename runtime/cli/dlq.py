@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 from runtime import dlq
-from runtime.cli.common import connect, event_json, guarded, print_json, set_handler, with_broker
+from runtime.cli.common import (CommandError, UsageError, connect, event_json, guarded, plural,
+                                print_json, set_handler, with_broker)
 from runtime.client import Event
 from runtime.dlq.lease import WAIT_S
 
@@ -82,7 +83,9 @@ def _selection(args: argparse.Namespace) -> dlq.Selection:
     try:
         offsets = dlq.parse_offsets(args.offsets) if args.offsets else None
     except ValueError as exc:
-        raise SystemExit(f"rail dlq: {exc}") from None
+        raise UsageError(str(exc)) from None
+    if args.partition is not None and args.partition < 0:
+        raise UsageError(f"partition {args.partition}: need a number >= 0")
     return dlq.Selection(partition=args.partition, offsets=offsets,
                          error=args.error, match=args.match,
                          again=getattr(args, "again", False))
@@ -104,10 +107,6 @@ def dead_letter_json(event: Event, record: dlq.ReplayRecord) -> dict[str, Any]:
             "replayed": record.is_replayed(event),
             "replayed_to": record.where(event),
             "refailure_of": dlq.header(event, dlq.REPLAYED_FROM)}
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def dead_letter_line(d: dict[str, Any]) -> str:
@@ -141,7 +140,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
         return 0
     replayed = sum(d["replayed"] for d in shown)
     refailed = sum(bool(d["refailure_of"]) for d in shown)
-    print(f"{_plural(len(shown), 'dead letter')} in {name}: {replayed} replayed, "
+    print(f"{plural(len(shown), 'dead letter')} in {name}: {replayed} replayed, "
           f"{len(shown) - replayed} not replayed"
           + (f", {refailed} of them re-failures of a replayed one" if refailed else ""))
     for d in shown:
@@ -155,12 +154,12 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     result = dlq.replay(args.broker, args.topic, selection, dry_run=args.dry_run,
                         wait_s=args.wait)
     if result.recovered:
-        print(f"an interrupted replay had sent {_plural(result.recovered, 'dead letter')}: "
+        print(f"an interrupted replay had sent {plural(result.recovered, 'dead letter')}: "
               + ("a replay will record them as replayed" if args.dry_run
                  else "recorded them as replayed"), file=sys.stderr)
-    skipped = (f" ({_plural(result.skipped, 'dead letter')} replayed before skipped: "
+    skipped = (f" ({plural(result.skipped, 'dead letter')} replayed before skipped: "
                "--again replays them)") if result.skipped else ""
-    count = _plural(len(result.selected), "dead letter")
+    count = plural(len(result.selected), "dead letter")
     if args.dry_run:
         record = dlq.ReplayRecord(result.dlq)
         for event in result.selected:
@@ -192,19 +191,22 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     if infos is None:
-        print(f"rail dlq purge: there is no dead-letter topic {name}", file=sys.stderr)
-        return 1
+        raise CommandError(f"there is no dead-letter topic {name}")
+    if args.partition is not None and args.partition not in {i.partition for i in infos}:
+        raise UsageError(f"{name} has no partition {args.partition} (it has {len(infos)})")
+    if args.before is not None and args.before < 0:
+        raise UsageError(f"--before {args.before}: need an offset >= 0")
     doomed = sum(max(0, (i.end_offset if args.all else min(args.before, i.end_offset))
                      - i.start_offset)
                  for i in infos if args.partition in (None, i.partition))
-    what = f"{_plural(doomed, 'dead letter')} of {name}"
+    what = f"{plural(doomed, 'dead letter')} of {name}"
     if not args.yes and not _confirm(f"delete {what} for good?"):
         print(f"rail dlq purge: would delete {what}; nothing deleted: add --yes",
               file=sys.stderr)
         return 1
     moved = dlq.purge(args.broker, name, None if args.all else args.before, args.partition)
     deleted = sum(new - old for old, new in moved.values())
-    print(f"purged {_plural(deleted, 'dead letter')} from {name}; start offsets now "
+    print(f"purged {plural(deleted, 'dead letter')} from {name}; start offsets now "
           + ", ".join(f"[{part}]@{new}" for part, (_, new) in sorted(moved.items())),
           file=sys.stderr)
     return 0

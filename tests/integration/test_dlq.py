@@ -144,7 +144,10 @@ def test_bad_offsets_and_a_missing_dlq_are_one_line_errors(broker: BrokerProcess
     assert len(done.stderr.strip().splitlines()) == 1
     dead_letters(broker, 1)
     bad = rail(broker, "dlq", "replay", "orders", "--offsets", "5..2", check=False)
-    assert bad.returncode != 0 and "A <= B" in bad.stderr
+    assert bad.returncode == 2 and "A <= B" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    nowhere = rail(broker, "dlq", "purge", "orders", "-p", "3", "--all", "--yes", check=False)
+    assert nowhere.returncode == 2 and "orders.dlq has no partition 3" in nowhere.stderr
 
 
 # -- crash safety ------------------------------------------------------------------------
@@ -235,7 +238,7 @@ def test_two_replays_at_once_send_each_dead_letter_once(broker: BrokerProcess) -
             proc.wait(10)
     assert [proc.returncode for proc in procs] == [0, 0], errors
     assert sorted(e.splitlines()[-1].split(" from ")[0] for e in errors) == [
-        "replayed 0 dead letters", f"replayed {total} dead letters"]
+        "replayed 0 dead letters", f"replayed {total:,} dead letters"]
     sent = replayed(broker)
     assert len(sent) == total and set(sent.values()) == {1}
 
