@@ -9,7 +9,7 @@ from typing import Any
 from brokerd import protocol as p
 from runtime.client import Event
 from runtime.connection import Connection
-from runtime.dlq import read_all
+from runtime.cli.tail import events_of_fetch
 from tests.helpers import ROOT, BrokerProcess, python_env
 
 RAIL = [sys.executable, "-m", "runtime.cli"]
@@ -33,10 +33,18 @@ def rail(broker: BrokerProcess, *args: str | bytes, input: str | None = None,
 def events(broker: BrokerProcess, topic: str) -> list[Event]:
     """Every event of ``topic``, read with fetch (no group)."""
     conn = Connection(broker.api, timeout_s=5.0)
+    got: list[Event] = []
     try:
-        return read_all(conn, topic)
+        for info in conn.call(p.Metadata(topics=[topic])).topics[0].partitions:
+            offset = info.start_offset
+            while offset < info.end_offset:
+                batch = events_of_fetch(conn.call(p.Fetch(topic=topic, partition=info.partition,
+                                                          offset=offset)))
+                got.extend(batch)
+                offset = batch[-1].offset + 1
     finally:
         conn.close()
+    return got
 
 
 def create_topic(broker: BrokerProcess, topic: str, partitions: int = 1) -> None:
