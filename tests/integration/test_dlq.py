@@ -16,7 +16,8 @@ import pytest
 from brokerd import protocol as p
 from runtime.client import Event, Producer
 from runtime.connection import Connection
-from runtime.dlq import REPLAYED_FROM, Lease, dead_letter_headers, load_record, read_all
+from runtime.dlq import (REPLAYED_FROM, Lease, dead_letter_headers, dlq_topic, load_record,
+                         read_all, send_to_dlq)
 from tests.helpers import ROOT, BrokerProcess, python_env, start_broker, wait_for
 
 
@@ -148,6 +149,18 @@ def test_bad_offsets_and_a_missing_dlq_are_one_line_errors(broker: BrokerProcess
     assert len(bad.stderr.strip().splitlines()) == 1
     nowhere = rail(broker, "dlq", "purge", "orders", "-p", "3", "--all", "--yes", check=False)
     assert nowhere.returncode == 2 and "orders.dlq has no partition 3" in nowhere.stderr
+
+
+def test_a_topic_with_a_249_character_name_has_a_dlq_that_replays(broker: BrokerProcess) -> None:
+    topic = "t" * 249
+    with Producer(broker.api) as producer:
+        original = Event(topic, 0, 3, {"n": 1}, None, None, 0)
+        send_to_dlq(producer, original, ValueError("no oven"), 4)
+    dlq = dlq_topic(topic)
+    assert json.loads(rail(broker, "dlq", "list", topic, "--json").stdout)[0]["topic"] == dlq
+    rail(broker, "dlq", "replay", topic)
+    rail(broker, "dlq", "replay", dlq)
+    assert replayed(broker, topic) == Counter({f"{dlq}[0]@0": 1})
 
 
 # -- crash safety ------------------------------------------------------------------------

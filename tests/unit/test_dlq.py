@@ -6,9 +6,9 @@ import pytest
 
 from brokerd import protocol as p
 from runtime.client import Event
-from runtime.dlq import (REPLAYED_FROM, ReplayRecord, Selection, dead_letter_headers, dlq_name,
-                         dlq_topic, original_headers, parse_location, parse_offsets,
-                         replay_headers)
+from runtime.dlq import (REPLAYED_FROM, ReplayRecord, Selection, cursor_group,
+                         dead_letter_headers, dlq_name, dlq_topic, ledger_topic, original_headers,
+                         parse_location, parse_offsets, replay_headers)
 
 
 def dead(offset: int, value: object = None, error: str = "no oven", partition: int = 0,
@@ -21,6 +21,16 @@ def dead(offset: int, value: object = None, error: str = "no oven", partition: i
 def test_a_worker_always_appends_dlq_but_a_user_may_name_the_dlq_itself() -> None:
     assert dlq_topic("orders.dlq") == "orders.dlq.dlq"
     assert dlq_name("orders") == dlq_name("orders.dlq") == "orders.dlq"
+
+
+def test_names_near_the_limit_are_shortened_with_a_hash_and_stay_valid_and_distinct() -> None:
+    a, b = "a" * 248 + "x", "a" * 248 + "y"
+    names = [dlq_topic(a), dlq_topic(b), ledger_topic(dlq_topic(a)), cursor_group(dlq_topic(a))]
+    assert all(len(n) <= 249 for n in names) and dlq_topic(a) != dlq_topic(b)
+    assert all(p.valid_topic_name(n) for n in names[:3])
+    assert dlq_topic(a).endswith(".dlq") and dlq_name(a) == dlq_topic(a)
+    assert ledger_topic(dlq_topic(a)).endswith(".replayed")
+    assert ledger_topic("orders.dlq") == "orders.dlq.replayed"
 
 
 @pytest.mark.parametrize(("spec", "bounds"), [
