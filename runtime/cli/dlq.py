@@ -140,9 +140,9 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
         return 0
     replayed = sum(d["replayed"] for d in shown)
     refailed = sum(bool(d["refailure_of"]) for d in shown)
-    print(f"{plural(len(shown), 'dead letter')} in {name}: {replayed} replayed, "
-          f"{len(shown) - replayed} not replayed"
-          + (f", {refailed} of them re-failures of a replayed one" if refailed else ""))
+    print(f"{plural(len(shown), 'dead letter')} in {name}: {replayed:,} replayed, "
+          f"{len(shown) - replayed:,} not replayed"
+          + (f", {refailed:,} of them re-failures of a replayed one" if refailed else ""))
     for d in shown:
         print(dead_letter_line(d))
     return 0
