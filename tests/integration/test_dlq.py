@@ -395,3 +395,19 @@ def test_a_dlq_deleted_and_created_again_is_not_taken_for_replayed(broker: Broke
     assert [d["replayed"] for d in listed(broker)] == [False, False]
     rail(broker, "dlq", "replay", "orders")
     assert replayed(broker) == Counter({"orders.dlq[0]@0": 2, "orders.dlq[0]@1": 2})
+
+
+def test_a_cursor_group_deleted_by_hand_makes_nothing_replay_twice(broker: BrokerProcess) -> None:
+    dead_letters(broker, 3)
+    rail(broker, "dlq", "replay", "orders")
+    described = json.loads(rail(broker, "groups", "describe", "rail.dlq-replay.orders.dlq",
+                                "--json").stdout)
+    assert [(x["committed"], x["lag"]) for x in described["partitions"]] == [(3, 0)]
+    conn = Connection(broker.api)
+    try:
+        conn.call(p.DeleteGroup(group="rail.dlq-replay.orders.dlq"))
+    finally:
+        conn.close()
+    rail(broker, "dlq", "replay", "orders")
+    sent = replayed(broker)
+    assert len(sent) == 3 and set(sent.values()) == {1}
