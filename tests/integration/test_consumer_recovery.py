@@ -1,40 +1,71 @@
 """A group consumer across a kill -9 of its broker: commits reach the broker and lag clears.
 
-The consumer here works as the worker host does: poll, handle, async commit, in one thread.
+Each test handles a first lot of events, then a second, and kills the broker with kill -9
+in the middle of the second while a backlog is prefetched, then starts it again on the same
+ports and data.  With no new events, the group's lag as `describe_group` (what `rail
+status` and `rail groups describe` show) reports it must reach 0 within SETTLE_S of the
+last event handled, committed offsets never go backwards, and what the broker acknowledged
+before its death is still there.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from brokerd import protocol as p
 from runtime.client import Consumer, Producer
 from runtime.connection import BrokerError, BrokerUnavailable, Connection
-from tests.helpers import BrokerProcess, free_port, start_broker, wait_for
+from tests.helpers import ROOT, BrokerProcess, free_port, python_env, start_broker, wait_for
 
-TOPIC, GROUP, PARTITIONS, EVENTS = "orders", "kitchen", 3, 10_000  # EVENTS twice
+TOPIC, GROUP, PARTITIONS, EVENTS = "orders", "kitchen", 3, 10_000  # EVENTS in each lot
+KILL_AT = EVENTS + EVENTS // 2  # events handled when the broker is killed
 WORK_S = 100e-6  # what handling one event costs: a backlog is prefetched when the broker dies
 SETTLE_S = 2.0  # the lag must be 0 this soon after the last event was handled
 
 
-class Handler(threading.Thread):
-    """Polls, handles (records what it saw), commits async; kills the broker once, in the
-    middle of a batch, after handling ``kill_at`` events."""
+class Progress:
+    """What a consumer handled, in order, and when it last handled something."""
 
-    def __init__(self, broker: BrokerProcess) -> None:
-        super().__init__(daemon=True, name="handler")
-        self.broker = broker
-        self.stop = threading.Event()
-        self.killed = threading.Event()
+    def __init__(self) -> None:
         self.seen: dict[int, set[int]] = defaultdict(set)
         self.latest: dict[int, int] = {}  # partition: offset of the last event handled
         self.went_back: set[int] = set()  # partitions delivered again since the kill
         self.handled = 0
-        self.kill_at: int | None = None
-        self.last_handled_at = time.monotonic()
+        self.last_handled_at = time.time()
+
+    def record(self, partition: int, offset: int) -> None:
+        self.seen[partition].add(offset)
+        if offset <= self.latest.get(partition, -1):
+            self.went_back.add(partition)
+        self.latest[partition] = offset
+        self.handled += 1
+
+    def done_since_restart(self, ends: dict[int, int], after: dict[int, int | None]) -> bool:
+        """Every partition handled to its end since the broker came back (``after``:
+        its committed offsets then; a partition below its end is delivered again)."""
+        return all(self.latest.get(part) == end - 1
+                   and (after.get(part) == end or part in self.went_back)
+                   for part, end in ends.items())
+
+
+class Handler(threading.Thread):
+    """In this process, as the worker host does: poll, handle, async commit; kills the
+    broker once, in the middle of a batch, after handling KILL_AT events."""
+
+    def __init__(self, broker: BrokerProcess) -> None:
+        super().__init__(daemon=True, name="handler")
+        self.broker = broker
+        self.progress = Progress()
+        self.stop = threading.Event()
+        self.killed = threading.Event()
         self.acked_at_kill: dict[tuple[str, int], int] = {}
         self.error: BaseException | None = None
 
@@ -53,20 +84,19 @@ class Handler(threading.Thread):
         except BrokerUnavailable:
             return  # as the worker host does: try again
         for event in events:
-            self.seen[event.partition].add(event.offset)
-            if event.offset <= self.latest.get(event.partition, -1):
-                self.went_back.add(event.partition)
-            self.latest[event.partition] = event.offset
             time.sleep(WORK_S)  # the handler's work, not a wait
-            self.handled += 1
-            if self.handled == self.kill_at:
+            self.progress.record(event.partition, event.offset)
+            if self.progress.handled == KILL_AT:
                 self.broker.kill9()
                 self.acked_at_kill = consumer.committed
-                self.went_back.clear()
+                self.progress.went_back.clear()
                 self.killed.set()
         if events:
-            self.last_handled_at = time.monotonic()
+            self.progress.last_handled_at = time.time()
             consumer.commit(sync=False)
+
+    def check(self) -> None:
+        assert self.error is None, self.error
 
 
 class History:
@@ -93,6 +123,14 @@ class History:
         assert self.last is not None
         return {g.partition: g.lag for g in self.last.partitions}
 
+    def caught_up(self, ends: dict[int, int]) -> bool:
+        return self.sample() is not None and self.lags() == dict.fromkeys(ends, 0)
+
+    def assert_never_went_back(self) -> None:
+        for part in range(PARTITIONS):
+            seen = [s[part] for s in self.samples if s.get(part) is not None]
+            assert seen == sorted(seen), (part, seen)
+
     def close(self) -> None:
         self.conn.close()
 
@@ -108,6 +146,33 @@ def produce(api: str, start: int) -> dict[int, int]:
     return {part.partition: part.end_offset for part in meta.topics[0].partitions}
 
 
+def assert_lag_clears_after_the_work(progress: Progress, history: History,
+                                     ends: dict[int, int], after: dict[int, int | None],
+                                     check: Callable[[], None]) -> None:
+    def work_done() -> bool:
+        history.sample()
+        check()
+        return progress.done_since_restart(ends, after)
+
+    wait_for(work_done, 60, what="every event handled since the restart")
+    assert all(len(progress.seen[part]) == end for part, end in ends.items())
+
+    def lag_cleared() -> bool:
+        if history.caught_up(ends):
+            return True
+        check()
+        idle = time.time() - progress.last_handled_at
+        assert idle < SETTLE_S, (f"lag {history.lags()} {idle:.1f} s after the last event "
+                                 "was handled, with no new events")
+        return False
+
+    wait_for(lag_cleared, 60, what="the lag to clear")
+    final = history.sample()
+    assert final is not None
+    assert {g.partition: g.committed for g in final.partitions} == ends
+    history.assert_never_went_back()
+
+
 def test_lag_clears_within_seconds_of_the_work_after_a_kill_9_of_the_broker(
         tmp_path: Path) -> None:
     api_port, ingest_port = free_port(), free_port()
@@ -117,55 +182,99 @@ def test_lag_clears_within_seconds_of_the_work_after_a_kill_9_of_the_broker(
     try:
         ends = produce(broker.api, 0)
         handler.start()
-
-        def caught_up() -> bool:
-            assert handler.error is None, handler.error
-            return history.sample() is not None and history.lags() == dict.fromkeys(ends, 0)
-
-        wait_for(caught_up, 30, what="the first events handled and committed")
-        handler.kill_at = EVENTS + EVENTS // 2
+        wait_for(lambda: handler.check() or history.caught_up(ends), 30,
+                 what="the first events handled and committed")
         ends = produce(broker.api, EVENTS)
-        assert sum(ends.values()) == 2 * EVENTS
-        wait_for(lambda: handler.killed.is_set() or handler.error or not history.sample(),
+        wait_for(lambda: handler.check() or handler.killed.is_set() or not history.sample(),
                  30, what="the broker killed mid-way")
-        assert handler.error is None, handler.error
         broker = start_broker(tmp_path / "data", api_port=api_port, ingest_port=ingest_port)
         handler.broker = broker
         first = wait_for(history.sample, 10, what="the restarted broker")
-        # What the broker acknowledged before its kill -9 is still there.
         after = {g.partition: g.committed for g in first.partitions}
-        for (_, part), offset in handler.acked_at_kill.items():
+        assert handler.killed.is_set()
+        for (_, part), offset in handler.acked_at_kill.items():  # acknowledged: not lost
             assert (after.get(part) or 0) >= offset, (part, after.get(part), offset)
-
-        def work_done() -> bool:
-            """Every partition was handled to its end since the broker came back."""
-            history.sample()
-            assert handler.error is None, handler.error
-            return all(handler.latest.get(part) == end - 1
-                       and (after.get(part) == end or part in handler.went_back)
-                       for part, end in ends.items())
-
-        wait_for(work_done, 60, what="every event handled")
-        assert all(len(handler.seen[part]) == end for part, end in ends.items())
-
-        def lag_cleared() -> bool:
-            if history.sample() is not None and history.lags() == dict.fromkeys(ends, 0):
-                return True
-            idle = time.monotonic() - handler.last_handled_at
-            assert idle < SETTLE_S, (f"lag {history.lags()} {idle:.1f} s after the last event "
-                                     "was handled, with no new events")
-            return False
-
-        wait_for(lag_cleared, 60, what="the lag to clear")
-        final = history.sample()
-        assert final is not None
-        assert {g.partition: g.committed for g in final.partitions} == ends
-        for part in ends:  # no committed offset ever went backwards
-            seen = [s[part] for s in history.samples if s.get(part) is not None]
-            assert seen == sorted(seen), (part, seen)
+        assert_lag_clears_after_the_work(handler.progress, history, ends, after, handler.check)
     finally:
         handler.stop.set()
         handler.join(15)
         history.close()
         broker.stop()
     assert not handler.is_alive()
+
+
+RECORDER = """
+import os, time
+OUT, WORK_S = os.environ["OUT"], float(os.environ["WORK_S"])
+def setup(ctx):
+    ctx.state["out"] = open(OUT, "a", buffering=1)
+def handle(event, ctx):
+    time.sleep(WORK_S)
+    ctx.state["out"].write(f"{event.partition} {event.offset} {time.time()}\\n")
+"""
+
+
+class Journal:
+    """Reads what a worker process recorded, a line per event handled, as it grows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.progress = Progress()
+        self._read = 0
+
+    def update(self) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as f:
+            f.seek(self._read)
+            data = f.read()
+        complete = data[:data.rfind(b"\n") + 1]
+        self._read += len(complete)
+        for line in complete.decode().splitlines():
+            part, offset, stamp = line.split()
+            self.progress.record(int(part), int(offset))
+            self.progress.last_handled_at = float(stamp)
+
+
+def test_a_worker_process_leaves_no_lag_after_a_kill_9_of_the_broker(tmp_path: Path) -> None:
+    api_port, ingest_port = free_port(), free_port()
+    broker = start_broker(tmp_path / "data", api_port=api_port, ingest_port=ingest_port)
+    script = tmp_path / "recorder.py"
+    script.write_text(textwrap.dedent(RECORDER))
+    journal = Journal(tmp_path / "out.txt")
+    history = History(broker.api)
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        ends = produce(broker.api, 0)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "runtime.worker", str(script), "--broker", broker.api,
+             "--group", GROUP, "--topics", TOPIC, "--name", GROUP,
+             "--session-timeout-ms", "3000"],
+            env={**python_env(), "OUT": str(journal.path), "WORK_S": str(WORK_S)}, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.err", "wb"))
+
+        def alive() -> None:
+            assert worker is not None and worker.poll() is None, (
+                (tmp_path / "worker.err").read_text())
+            journal.update()
+
+        wait_for(lambda: alive() or history.caught_up(ends), 30,
+                 what="the first events handled and committed")
+        ends = produce(broker.api, EVENTS)
+        wait_for(lambda: alive() or journal.progress.handled >= KILL_AT, 30,
+                 what="half of the second lot handled")
+        broker.kill9()
+        journal.update()
+        journal.progress.went_back.clear()
+        broker = start_broker(tmp_path / "data", api_port=api_port, ingest_port=ingest_port)
+        first = wait_for(history.sample, 10, what="the restarted broker")
+        after = {g.partition: g.committed for g in first.partitions}
+        assert_lag_clears_after_the_work(journal.progress, history, ends, after, alive)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(15) == 0
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait(5)
+        history.close()
+        broker.stop()
