@@ -62,7 +62,11 @@ class Down(_Request, tag="down"):
     pass
 
 
-Request = Status | Register | Unregister | Scale | Restart | Down
+class Reload(_Request, tag="reload"):
+    pass
+
+
+Request = Status | Register | Unregister | Scale | Restart | Down | Reload
 
 
 class ControlReply(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -147,6 +151,8 @@ class ControlHandlers:
                 return self.handle_scale(name, replicas)
             case Restart(name=name):
                 return self.handle_restart(name)
+            case Reload():
+                return {"changes": self.sup.reload()}
             case Down():
                 LOG.info("rail down: stopping gracefully")
                 self.sup.begin_stop()
@@ -234,29 +240,16 @@ class ControlHandlers:
         watcher = self.watcher(name)
         self.sup.registry.remove(name)
         self.sup.baselines.remove(name)
-        watcher.removing = True
-        for replica in list(watcher.replicas.values()):
-            if replica.child is None:
-                watcher.replicas.pop(replica.index)
-            else:
-                self.sup.terminate(replica, "retire")
+        self.sup.retire(watcher)
         return {"name": name, "from_rail_toml": not watcher.registered}
 
     def handle_scale(self, name: str, replicas: int) -> dict[str, Any]:
         watcher = self.watcher(name)
         if not 0 <= replicas <= 256:
             raise ValueError(f"replicas must be 0..256, not {replicas}")
-        watcher.spec.replicas = replicas
+        self.sup.rescale(watcher, replicas)
         if watcher.registered:
             self.sup.registry.put(name, watcher.spec)
-        for replica in list(watcher.replicas.values()):
-            if replica.index >= replicas:
-                if replica.child is None:
-                    watcher.replicas.pop(replica.index)
-                else:
-                    self.sup.terminate(replica, "retire")
-        if not watcher.failed:
-            self.sup.start_watcher(watcher)
         return {"name": name, "replicas": replicas, "persisted": watcher.registered,
                 "warnings": self.sup.idle_replicas_warnings(watcher.spec)}
 

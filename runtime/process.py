@@ -119,10 +119,21 @@ class Watcher:
         self.failed = ""  # why it was given up on; "" while supervised
         self.removing = False
 
+    def respec(self, spec: WorkerSpec) -> None:
+        """New settings (rail reload): policy, intensity and backoff start afresh."""
+        self.spec = spec
+        self.policy = RestartPolicy(spec.policy)
+        self.intensity = Intensity(spec.max_restarts, spec.within_s)
+        self.failed = ""
+        for replica in self.replicas.values():
+            replica.backoff = self.backoff()
+
+    def backoff(self) -> Backoff:
+        return Backoff(self.spec.backoff_s, self.spec.backoff_max_s,
+                       stable_s=max(10.0, self.spec.backoff_max_s))
+
     def new_replica(self, index: int) -> Replica:
-        backoff = Backoff(self.spec.backoff_s, self.spec.backoff_max_s,
-                          stable_s=max(10.0, self.spec.backoff_max_s))
-        replica = Replica(index, f"{self.name}-{index}", backoff)
+        replica = Replica(index, f"{self.name}-{index}", self.backoff())
         self.replicas[index] = replica
         return replica
 

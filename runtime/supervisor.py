@@ -24,13 +24,14 @@ import zmq
 
 from brokerd import protocol as p
 from brokerd.protocol import EXIT_BIND, EXIT_CONFIG, EXIT_STORAGE
-from runtime.config import RailConfig, WorkerSpec
+from runtime.config import ConfigError, RailConfig, WorkerSpec, load_config
 from runtime.connection import BrokerError, Connection
 from runtime.control import ControlHandlers, ControlServer, counted
 from runtime.logfiles import LogRotation, PrefixedOutput
 from runtime.policy import Health
 from runtime.process import BrokerChild, Child, Replica, Watcher, child_env, describe_exit
-from runtime.registry import Baseline, Baselines, Registry
+from runtime.registry import Baseline, Baselines, Registry, validate_script
+from runtime.reload import Change, plan, script_digest
 
 LOG = logging.getLogger("rail.supervisor")
 TICK_S = 1.0  # health checks, escalations and samples happen at most this often when idle
@@ -40,9 +41,16 @@ BROKER_READY_S = 20.0
 
 
 class Supervisor:
-    def __init__(self, config: RailConfig, base_dir: Path, broker_endpoint: str = "") -> None:
+    def __init__(self, config: RailConfig, base_dir: Path, broker_endpoint: str = "",
+                 config_path: Path | None = None, toml: RailConfig | None = None) -> None:
+        """``config`` is what runs (flags applied); ``toml`` what ``config_path`` said when it
+        was read (default: ``config``), which ``rail reload`` compares the file with."""
         self.config = config
         self.base_dir = base_dir
+        self.config_path = config_path
+        self.toml = copy_config(toml or config)
+        self.digests = {name: script_digest(spec.script)
+                        for name, spec in self.toml.workers.items()}
         self.data_dir = Path(config.broker.data_dir)
         self.logs = self.data_dir / "logs"
         self.log_rotation = LogRotation(self.logs, int(config.supervisor.log_max_mb * 1024 * 1024),
@@ -51,8 +59,8 @@ class Supervisor:
         self.baselines = Baselines(self.data_dir)
         self.broker = BrokerChild(config, broker_endpoint or config.broker.endpoint)
         self.watchers: dict[str, Watcher] = {}
-        for name, spec in config.workers.items():
-            self.watchers[name] = Watcher(name, spec, registered=False)
+        for name, spec in config.workers.items():  # a copy: rail scale changes it
+            self.watchers[name] = Watcher(name, msgspec.structs.replace(spec), registered=False)
         for name, spec in self.registry.workers.items():
             self.watchers[name] = Watcher(name, spec, registered=True)
         self.context = zmq.Context()
@@ -574,11 +582,95 @@ class Supervisor:
             self.sample(now)  # first sample after a quiet spell: CPU % needs a baseline
         self.status_asked_at = now
 
+    def reload(self) -> list[str]:
+        """Read rail.toml again and apply what changed in its workers and topics; one line
+        per change.  Nothing is applied if the file or a new script is unusable."""
+        if self.config_path is None:
+            raise ValueError("this supervisor was not started from a rail.toml")
+        new, _ = load_config(self.config_path)
+        digests = {name: script_digest(spec.script) for name, spec in new.workers.items()}
+        registered = {name for name, w in self.watchers.items() if w.registered}
+        changes = plan(self.toml, self.digests, new, digests, registered)
+        for change in changes:
+            if change.spec is not None and change.kind in ("add", "restart"):
+                try:
+                    validate_script(change.spec.script)
+                except ConfigError as exc:
+                    raise ConfigError(f"workers.{change.name}: {exc}: nothing reloaded") from None
+        lines = [self.apply(change, new) for change in changes]
+        self.toml, self.digests = new, digests
+        for line in lines:
+            LOG.info("reload: %s", line)
+        return lines
+
+    def apply(self, change: Change, new: RailConfig) -> str:
+        name, spec = change.name, change.spec
+        match change.kind:
+            case "create":
+                self.create_topic(name, new.topics[name].partitions)
+                return f"created topic {name}"
+            case "add":
+                assert spec is not None
+                watcher = self.watchers[name] = Watcher(name, msgspec.structs.replace(spec),
+                                                        registered=False)
+                self.start_watcher(watcher)
+                return f"added {name} ({counted(spec.replicas, 'replica')})"
+            case "remove":
+                self.retire(self.watchers[name])
+                self.baselines.remove(name)
+                return f"removed {name}"
+            case "scale":
+                assert spec is not None
+                self.rescale(self.watchers[name], spec.replicas)
+                return f"scaled {name} to {counted(spec.replicas, 'replica')}"
+            case "restart":
+                assert spec is not None
+                self.respec(self.watchers[name], msgspec.structs.replace(spec))
+                return f"restarted {name} ({change.why} changed)"
+        return f"{name}: {change.why}"
+
+    def retire(self, watcher: Watcher) -> None:
+        """Stop every replica of ``watcher`` and drop it once they are gone."""
+        watcher.removing = True
+        for replica in list(watcher.replicas.values()):
+            if replica.child is None:
+                watcher.replicas.pop(replica.index)
+            else:
+                self.terminate(replica, "retire")
+
+    def rescale(self, watcher: Watcher, replicas: int) -> None:
+        watcher.spec.replicas = replicas
+        for replica in list(watcher.replicas.values()):
+            if replica.index >= replicas:
+                if replica.child is None:
+                    watcher.replicas.pop(replica.index)
+                else:
+                    self.terminate(replica, "retire")
+        if not watcher.failed:
+            self.start_watcher(watcher)
+
+    def respec(self, watcher: Watcher, spec: WorkerSpec) -> None:
+        """Run ``watcher`` with new settings: every replica is restarted gracefully."""
+        watcher.respec(spec)
+        for replica in list(watcher.replicas.values()):
+            if replica.index >= spec.replicas:
+                if replica.child is None:
+                    watcher.replicas.pop(replica.index)
+                else:
+                    self.terminate(replica, "retire")
+            elif replica.child is not None:
+                self.terminate(replica, "restart")
+        self.start_watcher(watcher)
+
     def adopt(self, name: str, spec: WorkerSpec) -> None:
         """Supervise a worker registered at run time (and persist it)."""
         self.registry.put(name, spec)
         watcher = self.watchers[name] = Watcher(name, spec, registered=True)
         self.start_watcher(watcher)
+
+
+def copy_config(config: RailConfig) -> RailConfig:
+    return msgspec.json.decode(msgspec.json.encode(config), type=RailConfig)
 
 
 def cause_line(lines: list[str]) -> str:

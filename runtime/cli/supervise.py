@@ -61,6 +61,9 @@ def add_supervisor_commands(sub: argparse._SubParsersAction) -> None:
     scale.add_argument("replicas", type=int)
     scale.set_defaults(run=cmd_scale)
     add_logs_command(sub, control_parser)
+    reload = control_parser(sub, "reload", "read rail.toml again: add, remove, rescale and "
+                            "restart the workers whose entries changed; print what changed")
+    reload.set_defaults(run=cmd_reload)
     restart = control_parser(sub, "restart", "restart a worker's replicas, or brokerd (also a "
                              "failed one)")
     restart.add_argument("name")
@@ -77,15 +80,18 @@ def control_parser(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from runtime.supervisor import Supervisor
+    from runtime.supervisor import Supervisor, copy_config
     config, base = load_config(args.config)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s rail %(levelname)s %(message)s")
+    toml = copy_config(config)  # as the file says, before the flags below
     if args.data_dir:
         config.broker.data_dir = str(Path(args.data_dir).resolve())
     if args.control:
         config.supervisor.control = args.control
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s rail %(levelname)s %(message)s")
-    return Supervisor(config, base, broker_endpoint=args.broker or "").run()
+    path = Path(args.config or "rail.toml").resolve()
+    return Supervisor(config, base, broker_endpoint=args.broker or "", config_path=path,
+                      toml=toml).run()
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -99,6 +105,15 @@ def cmd_down(args: argparse.Namespace) -> int:
         except psutil.Error:
             break
         time.sleep(0.1)
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    changes = control.call(args.control, control.Reload(), timeout_s=30.0)["changes"]
+    for line in changes:
+        print(line)
+    if not changes:
+        print("rail.toml unchanged: nothing to do")
     return 0
 
 

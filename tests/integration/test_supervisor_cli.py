@@ -16,9 +16,11 @@ from typing import Any
 import msgspec
 import pytest
 
+from brokerd import protocol as p
 from runtime.client import Producer
+from runtime.connection import Connection
 from tests.helpers import ROOT, python_env, wait_for
-from tests.integration.test_supervisor import APPENDER, Rail, appender_toml
+from tests.integration.test_supervisor import APPENDER, Rail, all_gone, appender_toml
 
 
 @pytest.fixture
@@ -204,3 +206,55 @@ def test_rail_logs_tails_one_replica_and_follows_it_across_rotation(rail: Rail) 
     assert len(both) == 5 and all(re.match(r"talk\.[01] \| ", line) for line in both)
     missing = rail.rail("logs", "nobody")
     assert missing.returncode == 1 and "no log" in missing.stderr and "talk" in missing.stderr
+
+
+def worker_toml(name: str, replicas: int = 1, extra: str = "") -> str:
+    return (f'[workers.{name}]\nscript = "{name}.py"\ntopics = ["orders"]\n'
+            f"replicas = {replicas}\nbackoff_s = 0.05\n{extra}")
+
+
+def test_rail_reload_applies_the_difference_and_leaves_the_rest_running(rail: Rail) -> None:
+    for name in ("keep", "grow", "gone", "edit", "fresh", "late"):
+        rail.script(f"{name}.py", APPENDER.format(out=str(rail.folder / f"{name}.txt")))
+    rail.write_toml(worker_toml("keep") + worker_toml("grow") + worker_toml("gone")
+                    + worker_toml("edit"))
+    rail.up()
+    assert rail.rail("register", "late", str(rail.folder / "late.py"), "--topics",
+                     "orders").returncode == 0
+    before = {name: wait_for(lambda: rail.running(name, 1), 20, what=f"{name} running")
+              for name in ("keep", "grow", "gone", "edit", "late")}
+    unchanged = rail.rail("reload")
+    assert (unchanged.returncode, unchanged.stdout) == (0, "rail.toml unchanged: nothing to do\n")
+
+    rail.script("edit.py", APPENDER.format(out=str(rail.folder / "edit.txt")) + "# edited\n")
+    rail.write_toml(worker_toml("keep") + worker_toml("grow", replicas=2) + worker_toml("edit")
+                    + worker_toml("fresh") + worker_toml("late"),
+                    topics="[topics.orders]\npartitions = 3\n[topics.extra]\npartitions = 2\n")
+    done = rail.rail("reload")
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == sorted([
+        "created topic extra", "added fresh (1 replica)", "removed gone",
+        "scaled grow to 2 replicas", "restarted edit (script's code changed)",
+        "late: registered at run time: its rail.toml entry is ignored (rail unregister it "
+        "first)"])
+    wait_for(lambda: rail.running("grow", 2) and rail.running("fresh", 1)
+             and (e := rail.running("edit", 1)) and e["pids"] != before["edit"]["pids"]
+             and "gone" not in [w["name"] for w in rail.status()["workers"]], 20,
+             what="the reload carried out")
+    assert rail.worker("keep")["pids"] == before["keep"]["pids"]
+    assert rail.worker("late")["pids"] == before["late"]["pids"]
+    assert before["grow"]["pids"][0] in rail.worker("grow")["pids"]
+    assert all_gone(before["gone"]["pids"])
+    conn = Connection(rail.api)
+    try:
+        topics = {t.name: len(t.partitions) for t in conn.call(p.Metadata()).topics}
+    finally:
+        conn.close()
+    assert topics["extra"] == 2
+
+    rail.script("broken.py", "def handle(event, ctx)\n")
+    rail.write_toml(worker_toml("keep") + worker_toml("broken"))
+    refused = rail.rail("reload")
+    assert refused.returncode == 1 and "does not compile" in refused.stderr
+    assert "nothing reloaded" in refused.stderr
+    assert rail.running("grow", 2) and rail.running("fresh", 1)
