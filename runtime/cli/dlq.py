@@ -119,8 +119,21 @@ def dead_letter_line(d: dict[str, Any]) -> str:
     if d["refailure_of"]:
         line += f"  (re-failure of {d['refailure_of']})"
     if d["replayed"]:
-        line += f"  [replayed{' to ' + d['replayed_to'] if d['replayed_to'] else ''}]"
+        again = ", failed again as " + ", ".join(d["failed_again_as"]) if d.get(
+            "failed_again_as") else ""
+        line += f"  [replayed{' to ' + d['replayed_to'] if d['replayed_to'] else ''}{again}]"
     return line
+
+
+def _link_refailures(shown: list[dict[str, Any]]) -> None:
+    """Give each dead letter ``failed_again_as``: the dead letters its replays became."""
+    by_place = {dlq.location(d["topic"], d["partition"], d["offset"]): d for d in shown}
+    for d in shown:
+        d["failed_again_as"] = []
+    for d in shown:
+        earlier = by_place.get(d["refailure_of"] or "")
+        if earlier is not None:
+            earlier["failed_again_as"].append(dlq.location(d["topic"], d["partition"], d["offset"]))
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
@@ -133,6 +146,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     shown = [dead_letter_json(e, record) for e in events]
+    _link_refailures(shown)
     if args.pending:
         shown = [d for d in shown if not d["replayed"]]
     if args.json:

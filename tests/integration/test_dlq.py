@@ -325,9 +325,13 @@ def test_a_replay_that_fails_again_is_listed_as_a_refailure_of_the_first(
     wait_for(lambda: dlq_size(broker) == 2, timeout=30, what="the re-failure")
     first, second = listed(broker)
     assert first["replayed"] and first["refailure_of"] is None
+    assert first["failed_again_as"] == ["orders.dlq[0]@1"]
     assert second["refailure_of"] == "orders.dlq[0]@0" and not second["replayed"]
     text = rail(broker, "dlq", "list", "orders").stdout
     assert "1 of them re-failures" in text and "(re-failure of orders.dlq[0]@0)" in text
+    assert "failed again as orders.dlq[0]@1]" in text
+    [pending] = listed(broker, "--pending")  # what is left to do: one event, not two
+    assert pending["offset"] == 1
 
 
 def test_an_event_fixed_then_replayed_twice_is_handled_once_more(
