@@ -61,8 +61,10 @@ class Child:
         self.cpu_percent = 0.0
         self.rss = 0
         self._sample: psutil.Process | None = None
+        self.sampled = False
 
     def sample(self) -> None:
+        self.sampled = True
         try:
             if self._sample is None:
                 self._sample = psutil.Process(self.pid)

@@ -580,6 +580,10 @@ class Supervisor:
         """Someone watches: sample CPU/RSS for the next STATUS_INTEREST_S seconds."""
         if now - self.status_asked_at >= STATUS_INTEREST_S:
             self.sample(now)  # first sample after a quiet spell: CPU % needs a baseline
+        else:  # processes started since the last sample get their first one now
+            for replica in self.all_replicas():
+                if replica.child is not None and not replica.child.sampled:
+                    replica.child.sample()
         self.status_asked_at = now
 
     def reload(self) -> list[str]:
