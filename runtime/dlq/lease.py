@@ -30,6 +30,7 @@ class Lease:
         self.member_id = ""
         self.generation = -1
         self.waited = False
+        self.lost = False
         self._stop = threading.Event()
         self._beats: threading.Thread | None = None
 
@@ -59,10 +60,20 @@ class Lease:
                 try:
                     beat = conn.call(p.Heartbeat(group=self.group, member_id=self.member_id))
                     self.generation = beat.generation
-                except BrokerError:
+                except BrokerError as exc:
+                    if exc.code == "NOT_MEMBER":
+                        self.lost = True
+                        return
                     continue  # a late beat is not fatal; the session allows a few
         finally:
             conn.close()
+
+    def check(self) -> None:
+        """Raise ``BrokerError("REPLAY_RUNNING")`` if the lease was lost (the session expired:
+        this process was frozen past it), since another replay may be running now."""
+        if self.lost:
+            raise BrokerError("REPLAY_RUNNING", f"this replay of {self.dlq} lost its lease "
+                              f"(silent past {SESSION_MS} ms): run it again")
 
     def commit(self, conn: Connection, offsets: list[tuple[str, int, int]]) -> None:
         """Commit ``offsets`` to the group as its member."""

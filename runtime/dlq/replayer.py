@@ -91,6 +91,7 @@ def _replay(lease: Lease, conn: Connection, producer: Producer, dlq: str,
     moves = candidates(conn, record, selection, result)
     if result.selected:
         ledger.ensure_ledger(conn, dlq)
+        lease.check()
         ledger.send_intent(conn, producer, dlq, result.selected)
         send_replays(producer, result)
         ledger.record_replays(producer, dlq, result.selected, result.sent_to)

@@ -15,7 +15,7 @@ import pytest
 
 from brokerd import protocol as p
 from runtime.client import Event, Producer
-from runtime.connection import Connection
+from runtime.connection import BrokerError, Connection
 from runtime.dlq import (REPLAYED_FROM, Lease, dead_letter_headers, dlq_topic, load_record,
                          read_all, send_to_dlq)
 from tests.helpers import ROOT, BrokerProcess, python_env, start_broker, wait_for
@@ -272,6 +272,26 @@ def test_a_replay_waits_for_a_running_one_then_gives_up_in_one_line(
                                    "orders.dlq is running: try again when it is done")
     rail(broker, "dlq", "replay", "orders", "--wait", "0")
     assert len(replayed(broker)) == 2
+
+
+def test_a_replay_that_lost_its_lease_stops_before_sending(broker: BrokerProcess) -> None:
+    dead_letters(broker, 1)
+    conn = Connection(broker.api)
+    lease = Lease(broker.api, "orders.dlq")
+    try:
+        lease.acquire(conn)
+        lease._stop.set()  # freeze its heartbeats, as a SIGSTOP would
+        assert lease._beats is not None
+        lease._beats.join(5)
+        wait_for(lambda: not conn.call(p.DescribeGroup(group=lease.group)).members,
+                 timeout=15, what="the lease's session to expire")
+        lease._stop.clear()
+        lease._beat()  # woken up: the first beat learns the lease is gone
+        with pytest.raises(BrokerError, match="lost its lease"):
+            lease.check()
+    finally:
+        lease.release(conn)
+        conn.close()
 
 
 # -- re-failures -------------------------------------------------------------------------
