@@ -274,8 +274,8 @@ class Worker:
         self._dead_letter(event, error, self.options.retries + 1)
 
     def _dead_letter(self, event: Event, error: Exception, attempts: int) -> None:
-        self.log.error("event %s[%d]@%d failed %d times, sent to %s.dlq: %s: %s", event.topic,
-                       event.partition, event.offset, attempts, event.topic,
+        self.log.error("event %s[%d]@%d failed %s, sent to %s.dlq: %s: %s", event.topic,
+                       event.partition, event.offset, counted(attempts, "time"), event.topic,
                        type(error).__name__, error)
         send_to_dlq(self.producer, event, error, attempts)
         self.failed += 1
@@ -311,8 +311,8 @@ class Worker:
                 self.consumer.close()
         except BrokerError as exc:
             self.log.error("could not commit at stop: %s", exc)
-        self.log.info("worker %s stopped after %d events (%d to the DLQ)", self.options.name,
-                      self.processed, self.failed)
+        self.log.info("worker %s stopped after %s (%d to the DLQ)", self.options.name,
+                      counted(self.processed, "event"), self.failed)
 
     def request_stop(self, *_: object) -> None:
         """Signal handler: set the flag; the loop finishes the event in hand.
@@ -327,6 +327,10 @@ class Worker:
 
 class StopPolling(Exception):
     """Raised by the stop signal into an idle poll, so that a stop needs no short timeout."""
+
+
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def handled_offsets(events: list[Event]) -> dict[tuple[str, int], int]:
