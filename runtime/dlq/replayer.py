@@ -93,15 +93,19 @@ def _replay(lease: Lease, conn: Connection, producer: Producer, dlq: str,
         ledger.ensure_ledger(conn, dlq)
         lease.check()
         ledger.send_intent(conn, producer, dlq, result.selected)
-        send_replays(producer, result)
+        send_replays(producer, result, lease)
         ledger.record_replays(producer, dlq, result.selected, result.sent_to)
     ledger.move_cursor(lease, conn, record, moves)
     return result
 
 
-def send_replays(producer: Producer, result: ReplayResult) -> None:
-    """Send every selected dead letter back to its source and wait for the acks."""
-    for event in result.selected:
+def send_replays(producer: Producer, result: ReplayResult, lease: Lease | None = None) -> None:
+    """Send every selected dead letter back to its source and wait for the acks; stop
+    early if the lease is lost (what went is found by the next replay's recovery)."""
+    for i, event in enumerate(result.selected):
+        if lease is not None and i % 100 == 0 and lease.lost:
+            producer.flush()
+            lease.check()
         def sent(partition: int, offset: int, error: BrokerError | None,
                  event: Event = event) -> None:
             if error is None:

@@ -190,9 +190,9 @@ def test_a_replay_killed_half_way_through_sending_sends_the_rest_once(
     half = KILL + textwrap.dedent("""
         import runtime.dlq.replayer as d
         send = d.send_replays
-        def half(producer, result):
+        def half(producer, result, lease=None):
             result.selected = result.selected[:17]
-            send(producer, result)
+            send(producer, result, lease)
             KILL()
         d.send_replays = half
     """)
