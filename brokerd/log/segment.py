@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,10 +29,46 @@ from brokerd.log.index import NO_TIMESTAMP, OffsetIndex
 
 # The in-memory tail of the active segment, for consumers at the end of the log: at most
 # this many batches and bytes, of batches up to TAIL_MAX_BATCH bytes (a bigger one empties
-# it).  It holds at most TAIL_BYTES per partition that is being written to.
+# it).  It holds at most TAIL_BYTES per partition that is being written to, and all tails
+# together at most TAILS_TOTAL_BYTES: past that, the tails written to least recently go.
 TAIL_BATCHES = 64
 TAIL_BYTES = 128 * 1024
 TAIL_MAX_BATCH = 32 * 1024
+TAILS_TOTAL_BYTES = 32 * 1024 * 1024
+TAIL_OVERHEAD = 512  # what a kept batch costs besides its bytes (header tuple, views, allocator)
+# Byte positions of recent read and append ends a segment remembers (a few per consumer).
+STARTS_KEPT = 64
+
+
+class TailBudget:
+    """The bytes every segment's in-memory tail holds, bounded for the whole process.
+
+    With thousands of partitions, 128 KiB of tail each would be hundreds of MB; the
+    segments appended to least recently give theirs up first (a read of theirs then goes
+    to the file, as it would without the tail).  Owned by the broker loop, like segments.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._holders: OrderedDict[Segment, None] = OrderedDict()
+
+    def grew(self, segment: Segment, size: int) -> None:
+        self.used += size
+        holders = self._holders
+        holders[segment] = None
+        holders.move_to_end(segment)
+        while self.used > self.limit and len(holders) > 1:
+            oldest = next(iter(holders))
+            oldest.drop_tail()
+
+    def shrank(self, segment: Segment, size: int, emptied: bool) -> None:
+        self.used -= size
+        if emptied:
+            self._holders.pop(segment, None)
+
+
+TAILS = TailBudget(TAILS_TOTAL_BYTES)
 
 
 def segment_name(base_offset: int, suffix: str) -> str:
@@ -153,7 +189,7 @@ class Segment:
             raise StorageError(f"cannot append to {self.log_path}: {exc.strerror}") from exc
         size = header.size
         self.index.maybe_add(header.base_offset, pos, size, self.max_timestamp)
-        self._keep_tail(StoredBatch(header, memoryview(payload)), size)
+        self._keep_tail(header, payload, size)
         self.size = pos + size
         self.next_offset = header.next_offset
         self._remember(self.next_offset, self.size)
@@ -163,18 +199,27 @@ class Segment:
             self.first_append_ms = header.append_timestamp
         self.dirty = True
 
-    def _keep_tail(self, batch: StoredBatch, size: int) -> None:
+    def _keep_tail(self, header: BatchHeader, payload: bytes | memoryview, size: int) -> None:
         if size > TAIL_MAX_BATCH:
             self.drop_tail()  # the tail must end at the end of the log
             return
         tail = self._tail
-        tail.append(batch)
-        self._tail_bytes += size
+        # A copy: a view would keep the whole request's ZeroMQ frame alive with it.
+        tail.append(StoredBatch(header, memoryview(bytes(payload))))
+        cost = size + TAIL_OVERHEAD
+        self._tail_bytes += cost
+        freed = 0
         while len(tail) > TAIL_BATCHES or self._tail_bytes > TAIL_BYTES:
-            self._tail_bytes -= tail.popleft().header.size
+            gone = tail.popleft().header.size + TAIL_OVERHEAD
+            self._tail_bytes -= gone
+            freed += gone
+        TAILS.grew(self, cost - freed)
 
     def drop_tail(self) -> None:
-        """Forget the in-memory tail (the segment was rolled, cut or replaced)."""
+        """Forget the in-memory tail (the segment was rolled, cut or replaced, or the
+        process-wide budget of tails needs the room)."""
+        if self._tail:
+            TAILS.shrank(self, self._tail_bytes, emptied=True)
         self._tail.clear()
         self._tail_bytes = 0
 
@@ -254,7 +299,7 @@ class Segment:
         return out
 
     def _remember(self, offset: int, pos: int) -> None:
-        if len(self._starts) >= 1024:
+        if len(self._starts) >= STARTS_KEPT:
             self._starts.clear()
         self._starts[offset] = pos
 
