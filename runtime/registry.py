@@ -1,5 +1,7 @@
-"""Run-time worker registrations (``rail register``), persisted in
-``<data_dir>/registrations.json`` so they come back on the next ``rail up``.
+"""What the supervisor keeps about workers in the data dir: run-time registrations
+(``rail register``) in ``registrations.json``, so they come back on the next ``rail up``, and
+each worker's baseline offsets in ``baselines.json``, from which ``rail status`` counts the
+events it processed.
 
 Written temp -> fsync -> rename -> fsync(dir): a crash leaves the old or the new file,
 never half of one.  Not thread-safe; the supervisor's loop owns it.
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 
+from brokerd import protocol as p
 from runtime.config import ConfigError, WorkerSpec
 
 FILE_NAME = "registrations.json"
@@ -58,6 +61,24 @@ class Baseline(msgspec.Struct, kw_only=True):
 
     group: str
     offsets: dict[str, int] = {}
+
+    def processed(self, group: p.DescribeGroupReply, topics: list[str]) -> int:
+        """Events of ``topics`` the group committed since: a partition the baseline does not
+        know is new (it started empty); a commit below the baseline (an offset reset) counts
+        as none."""
+        return sum(max(0, part.committed - self.offsets.get(f"{part.topic}:{part.partition}", 0))
+                   for part in group.partitions
+                   if part.committed is not None and part.topic in topics)
+
+
+def baseline(group_name: str, topics: list[p.TopicInfo], group: p.DescribeGroupReply) -> Baseline:
+    """Where ``group`` stands on ``topics`` now: its committed offset per partition, else the
+    partition's start (where a new group begins)."""
+    committed = {(g.topic, g.partition): g.committed for g in group.partitions
+                 if g.committed is not None}
+    return Baseline(group=group_name, offsets={
+        f"{t.name}:{part.partition}": committed.get((t.name, part.partition), part.start_offset)
+        for t in topics for part in t.partitions})
 
 
 class Baselines:

@@ -24,14 +24,14 @@ import zmq
 
 from brokerd import protocol as p
 from brokerd.protocol import EXIT_BIND, EXIT_CONFIG, EXIT_STORAGE
-from runtime.config import ConfigError, RailConfig, WorkerSpec, load_config
+from runtime.config import RailConfig, WorkerSpec
 from runtime.connection import BrokerError, Connection
 from runtime.control import ControlHandlers, ControlServer, counted
 from runtime.logfiles import LogRotation, PrefixedOutput
 from runtime.policy import Health
 from runtime.process import BrokerChild, Child, Replica, Watcher, child_env, describe_exit
-from runtime.registry import Baseline, Baselines, Registry, validate_script
-from runtime.reload import Change, plan, script_digest
+from runtime.registry import Baselines, Registry, baseline
+from runtime.reload import Reloader, script_digest
 
 LOG = logging.getLogger("rail.supervisor")
 TICK_S = 1.0  # health checks, escalations and samples happen at most this often when idle
@@ -366,22 +366,15 @@ class Supervisor:
             LOG.warning("%s: the broker did not answer: PROCESSED counts from a later start",
                         watcher.name)
             return
-        committed = {(g.topic, g.partition): g.committed for g in group.partitions
-                     if g.committed is not None}
-        self.baselines.put(watcher.name, Baseline(group=spec.group, offsets={
-            f"{t.name}:{part.partition}": committed.get((t.name, part.partition),
-                                                        part.start_offset)
-            for t in topics for part in t.partitions}))
+        self.baselines.put(watcher.name, baseline(spec.group, topics, group))
 
     def processed(self, watcher: Watcher, group: p.DescribeGroupReply | None) -> int | None:
-        """Events the worker's group committed since the worker was first started, from the
-        broker's committed offsets: None without a baseline or a reply."""
+        """Events the worker's group committed since the worker was first started: None
+        without a baseline or a reply."""
         base = self.baselines.get(watcher.name, watcher.spec.group)
         if base is None or group is None:
             return None
-        return sum(max(0, part.committed - base.offsets.get(f"{part.topic}:{part.partition}", 0))
-                   for part in group.partitions
-                   if part.committed is not None and part.topic in watcher.spec.topics)
+        return base.processed(group, watcher.spec.topics)
 
     def broker_call(self, request: Any) -> Any:
         """One request, or None if the broker does not answer (the connection is renewed
@@ -587,54 +580,13 @@ class Supervisor:
         self.status_asked_at = now
 
     def reload(self) -> list[str]:
-        """Read rail.toml again and apply what changed in its workers and topics; one line
-        per change.  Nothing is applied if the file or a new script is unusable."""
-        if self.config_path is None:
-            raise ValueError("this supervisor was not started from a rail.toml")
-        new, _ = load_config(self.config_path)
-        digests = {name: script_digest(spec.script) for name, spec in new.workers.items()}
-        registered = {name for name, w in self.watchers.items() if w.registered}
-        changes = plan(self.toml, self.digests, new, digests, registered)
-        for change in changes:
-            if change.spec is not None and change.kind in ("add", "restart"):
-                try:
-                    validate_script(change.spec.script)
-                except ConfigError as exc:
-                    raise ConfigError(f"workers.{change.name}: {exc}: nothing reloaded") from None
-        lines = [self.apply(change, new) for change in changes]
-        self.toml, self.digests = new, digests
-        for line in lines:
-            LOG.info("reload: %s", line)
-        return lines
-
-    def apply(self, change: Change, new: RailConfig) -> str:
-        name, spec = change.name, change.spec
-        match change.kind:
-            case "create":
-                self.create_topic(name, new.topics[name].partitions)
-                return f"created topic {name}"
-            case "add":
-                assert spec is not None
-                watcher = self.watchers[name] = Watcher(name, msgspec.structs.replace(spec),
-                                                        registered=False)
-                self.start_watcher(watcher)
-                return f"added {name} ({counted(spec.replicas, 'replica')})"
-            case "remove":
-                self.retire(self.watchers[name])
-                self.baselines.remove(name)
-                return f"removed {name}"
-            case "scale":
-                assert spec is not None
-                self.rescale(self.watchers[name], spec.replicas)
-                return f"scaled {name} to {counted(spec.replicas, 'replica')}"
-            case "restart":
-                assert spec is not None
-                self.respec(self.watchers[name], msgspec.structs.replace(spec))
-                return f"restarted {name} ({change.why} changed)"
-        return f"{name}: {change.why}"
+        """Read rail.toml again and apply what changed (runtime.reload); one line each."""
+        return Reloader(self).reload()
 
     def retire(self, watcher: Watcher) -> None:
         """Stop every replica of ``watcher`` and drop it once they are gone."""
+        if watcher.removing:
+            return
         watcher.removing = True
         for replica in list(watcher.replicas.values()):
             if replica.child is None:

@@ -258,3 +258,20 @@ def test_rail_reload_applies_the_difference_and_leaves_the_rest_running(rail: Ra
     assert refused.returncode == 1 and "does not compile" in refused.stderr
     assert "nothing reloaded" in refused.stderr
     assert rail.running("grow", 2) and rail.running("fresh", 1)
+
+
+def test_reload_brings_back_a_changed_worker_that_was_unregistered_at_run_time(
+        rail: Rail) -> None:
+    rail.script("a.py", APPENDER.format(out=str(rail.out)))
+    rail.write_toml(worker_toml("a"))
+    rail.up()
+    first = wait_for(lambda: rail.running("a", 1), 20, what="a running")
+    assert rail.rail("unregister", "a").returncode == 0
+    wait_for(lambda: not rail.status()["workers"] and all_gone(first["pids"]), 20,
+             what="a stopped")
+    assert rail.rail("reload").stdout == "rail.toml unchanged: nothing to do\n"
+    assert rail.status()["workers"] == []
+    rail.write_toml(worker_toml("a", replicas=2))
+    done = rail.rail("reload")
+    assert (done.returncode, done.stdout) == (0, "added a (2 replicas)\n"), done.stderr
+    wait_for(lambda: rail.running("a", 2), 20, what="a back with 2 replicas")
