@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import resource
 import sys
 
 import zmq
@@ -26,6 +28,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def raise_open_files_limit() -> None:
+    """Take the hard limit of open files as the soft one: every segment of every partition
+    holds a descriptor, so the common soft limit of 1,024 ends at about 1,000 partitions."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger("brokerd").warning("cannot raise the open-files limit from %d "
+                                                 "to %d: %s", soft, hard, exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -35,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"brokerd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.setup(config.log_level)
+    raise_open_files_limit()
     from brokerd.server import Broker
     try:
         broker = Broker(config)

@@ -7,6 +7,9 @@ exception: it means a storage invariant broke, and it names the file and positio
 
 from __future__ import annotations
 
+import errno
+import resource
+
 
 class RailError(Exception):
     """Base of every error the broker reports to a client."""
@@ -80,6 +83,16 @@ class StorageError(RailError):
     """The disk refused a write (full, read-only, I/O error); nothing was appended."""
 
     code = "STORAGE_ERROR"
+
+    @classmethod
+    def of(cls, what: str, exc: OSError) -> StorageError:
+        """``what`` failed with ``exc``; out of descriptors, say which limit to raise."""
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            return cls(f"{what}: the broker is out of file descriptors (limit {soft}; each "
+                       "segment of each partition holds one): raise LimitNOFILE or ulimit -n "
+                       "(docs/operations.md), or use fewer partitions")
+        return cls(f"{what}: {exc.strerror or exc}")
 
 
 class CorruptLogError(StorageError):

@@ -61,6 +61,8 @@ class Stats:
             "topics": topics,
             "groups": len(broker.coordinator.groups),
             "waiting_durable": len(broker.acks.pending),
+            "open_files": _open_files(),
+            "max_open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             "endpoints": {"api": broker.endpoints[0], "ingest": broker.endpoints[1]},
         }
 
@@ -73,6 +75,13 @@ class Stats:
         if span <= 0:
             return {k: 0.0 for k in totals}
         return {k: round((totals[k] - old[k]) / span, 1) for k in totals}
+
+
+def _open_files() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
 
 
 def _rss_bytes() -> int:

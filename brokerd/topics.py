@@ -79,6 +79,7 @@ class TopicRegistry:
         self.defaults = defaults
         self.auto_create = auto_create
         self.topics: dict[str, Topic] = {}
+        self._strays: list[Path] = []  # hidden folders a failed create or delete left
         self.root.mkdir(parents=True, exist_ok=True)
 
     def load(self) -> None:
@@ -122,6 +123,7 @@ class TopicRegistry:
             config = topic_config(self.defaults, overrides)
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
+        self._remove_strays()
         building = self.root / f".creating-{uuid.uuid4().hex}"
         try:
             building.mkdir()
@@ -133,8 +135,9 @@ class TopicRegistry:
             fsync_dir(self.root)
             topic = self._open(final)
         except OSError as exc:
-            shutil.rmtree(building, ignore_errors=True)
-            raise StorageError(f"cannot create topic {name!r}: {exc}") from exc
+            self._strays.append(building)
+            self._remove_strays()
+            raise StorageError.of(f"cannot create topic {name!r}", exc) from exc
         self.topics[name] = topic
         log.info("created topic %s with %d partition(s)", name, config.partitions)
         return topic
@@ -152,7 +155,7 @@ class TopicRegistry:
                      for i in range(have, partitions)]
             replace_atomically(topic.directory / CONFIG_FILE, msgspec.json.encode(config))
         except OSError as exc:
-            raise StorageError(f"cannot add partitions to {name!r}: {exc}") from exc
+            raise StorageError.of(f"cannot add partitions to {name!r}", exc) from exc
         for plog in topic.partitions:
             plog.config = config
         topic.config = config
@@ -163,16 +166,26 @@ class TopicRegistry:
 
     def delete(self, name: str) -> None:
         topic = self.get(name)
+        topic.close()  # first: its descriptors may be what the rename and fsync need
         doomed = self.root / f".deleting-{uuid.uuid4().hex}"
         try:
             topic.directory.rename(doomed)
             fsync_dir(self.root)
         except OSError as exc:
-            raise StorageError(f"cannot delete topic {name!r}: {exc}") from exc
-        topic.close()
+            if topic.directory.exists():
+                self.topics[name] = self._open(topic.directory)
+            raise StorageError.of(f"cannot delete topic {name!r}", exc) from exc
         del self.topics[name]
-        shutil.rmtree(doomed, ignore_errors=True)
+        self._strays.append(doomed)
+        self._remove_strays()
         log.info("deleted topic %s", name)
+
+    def _remove_strays(self) -> None:
+        """Remove what a create or delete left behind; what cannot go yet (no descriptors
+        left, say) is tried again at the next create or delete, and at the next start."""
+        for path in self._strays:
+            shutil.rmtree(path, ignore_errors=True)
+        self._strays = [path for path in self._strays if path.exists()]
 
     def close(self) -> None:
         for topic in self.topics.values():

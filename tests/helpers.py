@@ -80,14 +80,17 @@ class BrokerProcess:
 
 def start_broker(data_dir: Path, *extra: str, api_port: int | None = None,
                  ingest_port: int | None = None, timeout: float = 15.0,
-                 env: dict[str, str] | None = None) -> BrokerProcess:
-    """Start ``python -m brokerd`` on free loopback ports and wait for its ready line."""
+                 env: dict[str, str] | None = None,
+                 prefix: tuple[str, ...] = ()) -> BrokerProcess:
+    """Start ``python -m brokerd`` on free loopback ports and wait for its ready line.
+
+    ``prefix`` runs it under another command, e.g. ``("prlimit", "--nofile=64:64")``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     api = f"tcp://127.0.0.1:{api_port}" if api_port else "tcp://127.0.0.1:*"
     ingest = f"tcp://127.0.0.1:{ingest_port}" if ingest_port else "tcp://127.0.0.1:*"
     log_path = data_dir.parent / f"{data_dir.name}-broker-{time.time_ns()}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "brokerd", "--data-dir", str(data_dir), "--bind", api,
+        [*prefix, sys.executable, "-m", "brokerd", "--data-dir", str(data_dir), "--bind", api,
          "--ingest", ingest, *extra],
         stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True,
         env={**python_env(), **(env or {})},

@@ -82,8 +82,12 @@ class PartitionLog:
         self._deleted_below = 0
         """The start offset ``delete_records`` set (records below it are gone)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._open()
-        self._load_start()
+        try:
+            self._open()
+            self._load_start()
+        except BaseException:
+            self.close()  # what failed must not keep descriptors open
+            raise
 
     # -- opening and recovery ---------------------------------------------------------
     def _open(self) -> None:
@@ -240,7 +244,7 @@ class PartitionLog:
             self.segments.append(self._new_segment(base))
             fsync_dir(self.directory)
         except OSError as exc:
-            raise StorageError(f"cannot roll a segment in {self.directory}: {exc}") from exc
+            raise StorageError.of(f"cannot roll a segment in {self.directory}", exc) from exc
         self._drop_old_snapshots()
 
     def _drop_old_snapshots(self) -> None:

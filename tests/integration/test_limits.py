@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import msgspec
 import psutil
+import pytest
 
 from brokerd import protocol as p
 from runtime.client import Consumer
-from tests.helpers import BrokerProcess, wait_for
+from tests.helpers import BrokerProcess, start_broker, wait_for
 from tests.integration.wire import RawClient, assert_clear_error
 
 MEASURE_S = 2.0
@@ -82,3 +85,30 @@ def test_a_batch_over_max_batch_bytes_is_refused_and_nothing_is_appended(
         assert raw.ok("list_offsets", topic="menu", partition=0, timestamp=-1)["offset"] == 0
         raw.ok("produce", topic="menu", partition=0, records=[[b"m" * (1024 * 1024)]])
         assert raw.ok("list_offsets", topic="menu", partition=0, timestamp=-1)["offset"] == 1
+
+
+def test_running_out_of_file_descriptors_is_a_clear_error_not_a_crash(tmp_path: Path) -> None:
+    if shutil.which("prlimit") is None:
+        pytest.skip("needs prlimit (util-linux) to start the broker under a low limit")
+    broker = start_broker(tmp_path / "data", prefix=("prlimit", "--nofile=64:64"))
+    try:
+        with RawClient(broker.api) as raw:
+            stats = raw.ok("stats")["stats"]
+            assert stats["max_open_files"] == 64 and 0 < stats["open_files"] < 64
+            failed = None
+            for i in range(64):
+                reply = raw.call("create_topic", topic=f"t{i}", partitions=4)
+                if reply["op"] == "error":
+                    failed = reply
+                    break
+            assert failed is not None, "64 descriptors cannot hold 256 partitions"
+            assert failed["code"] == "STORAGE_ERROR"
+            assert "file descriptors" in failed["message"] and "ulimit" in failed["message"]
+            assert raw.ok("ping")["version"] >= 2
+            raw.ok("delete_topic", topic="t0")
+            assert raw.ok("create_topic", topic="again", partitions=1)["created"]
+            names = {t["name"] for t in raw.ok("metadata")["topics"]}
+            assert f"t{i}" not in names, "a topic that could not be built is not half there"
+    finally:
+        broker.stop()
+    assert not [p for p in (broker.data_dir / "topics").iterdir() if p.name.startswith(".")]
