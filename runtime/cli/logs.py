@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from runtime import control
+from runtime.cli.common import guarded
 
 FOLLOW_EVERY_S = 0.2  # how often -f looks for new lines
 TAIL_READ_BYTES = 16 * 2**20  # the most of one file read to find the last lines
@@ -30,7 +31,8 @@ def add_logs_command(sub: argparse._SubParsersAction,
                       help="how many lines to show first (default 20; 0: none)")
     logs.add_argument("--data-dir", help="read the logs of this data dir without asking the "
                       "supervisor (when rail up is not running)")
-    logs.set_defaults(run=cmd_logs)
+    # a closed pipe (rail logs x | head) or Ctrl-C ends it quietly, as for tail
+    logs.set_defaults(run=guarded(cmd_logs, "logs"))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -41,19 +43,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
         known = sorted(p.stem for p in folder.glob("*.log"))
         raise control.ControlError(f"no log {path}: logs there: {', '.join(known) or 'none'}")
     prefix = f"{args.name}.{args.replica} | " if args.replica is not None else ""
-    try:
-        lines, end = tail(path, max(0, args.lines), prefix)
-        for line in lines:
+    lines, end = tail(path, max(0, args.lines), prefix)
+    for line in lines:
+        sys.stdout.write(line)
+    sys.stdout.flush()
+    if args.follow:
+        for line in follow(path, prefix, end):
             sys.stdout.write(line)
-        sys.stdout.flush()
-        if args.follow:
-            for line in follow(path, prefix, end):
-                sys.stdout.write(line)
-                sys.stdout.flush()
-    except BrokenPipeError:  # rail logs x | head: stop quietly, as tail does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except KeyboardInterrupt:
-        return 0
+            sys.stdout.flush()
     return 0
 
 

@@ -14,6 +14,7 @@ import msgspec
 import psutil
 
 from runtime import control
+from runtime.cli.common import guarded
 from runtime.cli.logs import add_logs_command
 from runtime.config import load_config
 from runtime.policy import POLICIES
@@ -41,7 +42,7 @@ def add_supervisor_commands(sub: argparse._SubParsersAction) -> None:
                             "with NAME, a row per replica and what each is handling now")
     status.add_argument("name", nargs="?", default="", help="one worker: a row per replica")
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
-    status.set_defaults(run=cmd_status)
+    status.set_defaults(run=guarded(cmd_status, "status"))  # rail status | head: quiet
 
     register = control_parser(sub, "register", "run a worker script (kept across rail up)")
     register.add_argument("name", help="the worker's name")

@@ -87,6 +87,14 @@ def test_replicas_sharing_a_log_prefix_each_line_with_the_replica_that_wrote_it(
     values = [line for line in lines if " value " in line]
     assert {line[:7] for line in values} == {"talk.0 ", "talk.1 "}
     assert sorted(int(line.rsplit(" ", 1)[1]) for line in values) == list(range(60))
+    for args in (("status",), ("status", "talk"), ("logs", "talk")):  # as in: rail ... | head
+        reader_gone = subprocess.Popen([sys.executable, "-m", "runtime.cli", *args, "--control",
+                                        rail.control], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, env=python_env(), cwd=ROOT)
+        assert reader_gone.stdout is not None and reader_gone.stderr is not None
+        reader_gone.stdout.close()
+        assert reader_gone.stderr.read() == b""
+        assert reader_gone.wait(30) == 141, args
 
 
 def test_processed_is_exact_after_kill_9_and_survives_rail_up(rail: Rail) -> None:
