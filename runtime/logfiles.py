@@ -99,12 +99,15 @@ class PrefixedOutput:
         if lines:
             self._append(b"".join(self.prefix + line + b"\n" for line in lines))
 
-    def close(self) -> None:
-        """Drain what is left (the child has exited), end a last partial line, close."""
+    def close(self, last_line: str = "") -> None:
+        """Drain what is left (the child has exited), end a last partial line, add
+        ``last_line`` if any, close."""
         self.pump(max_reads=1024)
         if self.partial:
             self._append(self.prefix + self.partial + b"\n")
             self.partial = b""
+        if last_line:
+            self._append(self.prefix + last_line.encode() + b"\n")
         self.pipe.close()
         self.file.close()
 

@@ -458,7 +458,7 @@ class Supervisor:
     def on_worker_exit(self, watcher: Watcher, replica: Replica, code: int, now: float) -> None:
         child, replica.child, replica.kill_at = replica.child, None, None
         assert child is not None
-        self.close_output(child)
+        self.close_output(child, f"rail: pid {child.pid} exited with {describe_exit(code)}")
         if replica.health is not None:
             watcher.processed_before += replica.health.processed
             watcher.failed_before += replica.health.failed
@@ -487,14 +487,16 @@ class Supervisor:
             replica.restarts += 1
             replica.restart_at = now + replica.backoff.next_delay(now)
 
-    def close_output(self, child: Child) -> None:
+    def close_output(self, child: Child, last_word: str) -> None:
+        """Relay what the child still had to say, then ``last_word`` (so that rail logs
+        shows why a replica's lines stop)."""
         output = child.output
         if output is None:
             return
         if not output.eof:
             self.poller.unregister(output.fd)
         del self.outputs[output.fd]
-        output.close()
+        output.close(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {last_word}")
 
     # -- periodic work ----------------------------------------------------------------
     def tick(self, now: float) -> None:

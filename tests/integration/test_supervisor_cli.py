@@ -156,6 +156,9 @@ def test_status_name_shows_a_row_per_replica_with_what_it_is_handling_now(rail: 
     wait_for(lambda: rail.worker("slow")["processed"] == 1, 20, what="the event done")
     os.kill(busy["pid"], signal.SIGKILL)
     wait_for(lambda: rail.running("slow", 2), 20, what="the killed replica back")
+    last = rail.rail("logs", "slow", "--replica", str(busy["replica"]), "-n", "100").stdout
+    assert re.search(rf"^slow\.{busy['replica']} \| [\d: -]+ rail: pid {busy['pid']} exited "
+                     r"with signal SIGKILL$", last, re.M), last
     rows = rail.worker("slow")["processes"]
     assert [r["restarts"] for r in rows] == [int(r["replica"] == busy["replica"]) for r in rows]
     assert all(r["handling"] is None for r in rows)
