@@ -83,10 +83,11 @@ class Connection:
             raise BrokerUnavailable(self.endpoint, self.timeout_s) from None
         return request.id
 
-    def send_raw(self, body: bytes) -> bool:
-        """Send a request already encoded; False, at once, if ZeroMQ's queue is full."""
+    def send_raw(self, body: bytes, block: bool = False) -> bool:
+        """Send a request already encoded; False if ZeroMQ's queue is full: at once, or
+        with ``block`` once it stayed full for ``timeout_s``."""
         try:
-            self.socket.send(body, _NOBLOCK, copy=False)
+            self.socket.send(body, 0 if block else _NOBLOCK, copy=False)
         except zmq.Again:
             return False
         return True

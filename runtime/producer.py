@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import msgspec
 
@@ -23,6 +23,11 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_reply = msgspec.msgpack.Decoder(p.Reply).decode
 RETRIABLE = {"STORAGE_ERROR", "UNAVAILABLE", "SHUTTING_DOWN"}
 WINDOW = p.IDEMPOTENCE_WINDOW  # batches per partition the broker recognises retries among
+# Produce requests in flight on the connection, all partitions together.  Each is one
+# message in ZeroMQ's queues, which hold 1,000 (SNDHWM, RCVHWM): past that the producer's
+# DEALER refuses a send (a hole in its partition's sequence) and the broker's ROUTER drops
+# a reply (a wait for the request timeout).  Resends may leave old copies queued: half.
+MAX_REQUESTS = 500
 Callback = Callable[[int, int, "BrokerError | None"], None]
 RECHECK_S = 0.1  # a wait for acks looks this often whether the connection came back
 
@@ -67,6 +72,12 @@ class Producer:
         self._sticky: dict[str, int] = {}
         self._in_flight: dict[int, _Batch] = {}
         self._unacked: dict[tuple[str, int], deque[_Batch]] = {}
+        # Partitions whose unacked batches, from one on, could not be queued (ZeroMQ's queue
+        # was full): none is sent before that one; _retry_stale tries them again, in order.
+        self._held: set[tuple[str, int]] = set()
+        # A partition's producer id, when it is not ``producer_id``: a new one starts its
+        # sequences from 0 (_renumber, _expire).
+        self._ids: dict[tuple[str, int], int] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._work = threading.Event()  # set while something is buffered or in flight
@@ -152,39 +163,48 @@ class Producer:
         if tp[0] in self._sticky and self._partitions.get(tp[0], 1) > 1:
             self._sticky[tp[0]] = (tp[1] + 1) % self._partitions[tp[0]]
         callbacks = self._callbacks.pop(tp, [])
-        # At most WINDOW batches in flight per partition: the broker recognises a retry only
-        # among a producer's last WINDOW batches of a partition.
         if len(self._in_flight) >= self.max_in_flight // 2:
             # Collect the acks that came meanwhile now and then, not after every send: each
             # look at the socket is a system call, right when its I/O thread wants the CPU.
             self._collect()
-        while len(self._unacked.get(tp, ())) >= self.max_in_flight:
+        # At most WINDOW batches in flight per partition (the broker recognises a retry only
+        # among a producer's last WINDOW batches of a partition), MAX_REQUESTS in all.
+        while (len(self._unacked.get(tp, ())) >= self.max_in_flight
+               or len(self._in_flight) >= MAX_REQUESTS):
             self._receive(self.request_timeout_s)
         # Numbered only now: the wait may have given up on earlier batches and changed the
-        # producer id (_expire).
+        # partition's producer id (_expire).
         seq = self._sequences.get(tp, 0)
         self._sequences[tp] = seq + len(records)
         batch = _Batch(tp[0], tp[1], records, seq if self.producer_id else -1, callbacks,
-                       self.producer_id)
-        self._transmit(batch)
-        if self.acks != 0:
-            self._unacked.setdefault(tp, deque()).append(batch)
+                       self._ids.get(tp, self.producer_id))
+        if self.acks == 0:
+            if not self._transmit(batch, block=True):
+                self._report(batch, BrokerUnavailable(self.conn.endpoint, self.request_timeout_s))
+            return
+        self._unacked.setdefault(tp, deque()).append(batch)
+        if tp in self._held:
+            return  # after the batch of tp that could not be queued, never before it
+        if not self._transmit(batch):
+            self._held.add(tp)
 
-    def _transmit(self, batch: _Batch) -> None:
+    def _transmit(self, batch: _Batch, block: bool = False) -> bool:
+        """Queue ``batch`` for the broker; False if ZeroMQ's queue is full (the broker has
+        been away long), at once or, with ``block``, after the request timeout."""
         batch.request_id = self.conn.next_id()
-        batch.attempts += 1
         batch.sent_at = time.monotonic()
-        if batch.attempts == 1:
+        if not batch.first_sent_at:  # the delivery timeout runs from the first try
             batch.first_sent_at = batch.sent_at
-        # Not sent if ZeroMQ's queue is full (the broker long gone): then it counts as a
-        # request without a reply, retried or given up like one.
-        self.conn.send_raw(_encode({
+        if not self.conn.send_raw(_encode({
             "op": "produce", "id": batch.request_id, "topic": batch.topic,
             "partition": batch.partition, "records": batch.records, "acks": self.acks,
             "producer_id": batch.producer_id, "sequence": batch.sequence,
-        }))
+        }), block):
+            return False
+        batch.attempts += 1
         if self.acks != 0:
             self._in_flight[batch.request_id] = batch
+        return True
 
     # -- acknowledgements -------------------------------------------------------------
     def _collect(self) -> None:
@@ -211,7 +231,7 @@ class Producer:
         if isinstance(reply, p.ErrorReply):
             self._failed(batch, BrokerError(reply.code, reply.message))
         else:
-            self._acked(batch, reply)
+            self._acked(batch, cast(p.ProduceReply, reply))
 
     def _acked(self, batch: _Batch, reply: p.ProduceReply) -> None:
         queue = self._unacked.get((batch.topic, batch.partition))
@@ -224,6 +244,9 @@ class Producer:
     def _failed(self, batch: _Batch, error: BrokerError) -> None:
         tp = (batch.topic, batch.partition)
         queue = self._unacked.get(tp, deque())
+        if error.code == "OUT_OF_ORDER_SEQUENCE" and queue and queue[0] is batch:
+            self._renumber(tp)
+            return
         if error.code == "OUT_OF_ORDER_SEQUENCE" or (error.code in RETRIABLE and self._may_retry(batch)):
             self._resend_from(tp)
             return
@@ -241,11 +264,29 @@ class Producer:
         return time.monotonic() - batch.first_sent_at < self.delivery_timeout_s
 
     def _resend_from(self, tp: tuple[str, int]) -> None:
-        """Resend every unacked batch of ``tp`` in order (the broker drops duplicates)."""
+        """Resend every unacked batch of ``tp`` in order, at once (the broker drops
+        duplicates).  If one cannot be queued, it and the ones after it wait (_held)."""
+        self._held.discard(tp)
+        queued = True
         for batch in self._unacked.get(tp, ()):
             if self._in_flight.pop(batch.request_id, None) is not None:
                 self.conn.unwatched(batch.request_id)  # its late reply is dropped on arrival
-            self._transmit(batch)
+            queued = queued and self._transmit(batch)
+        if not queued:
+            self._held.add(tp)
+
+    def _renumber(self, tp: tuple[str, int]) -> None:
+        """The broker refused the first unacked batch of ``tp`` as out of order: it lost
+        batches it had acknowledged (a crash before their fsync), so resending cannot fill
+        the gap.  It stored none of the unacked ones (it appends in sequence order only):
+        send them again under a new producer id for ``tp``, sequences from 0."""
+        self._ids[tp] = pid = random.getrandbits(62) + 1
+        seq = 0
+        for batch in self._unacked.get(tp, ()):
+            batch.producer_id, batch.sequence = pid, seq
+            seq += len(batch.records)
+        self._sequences[tp] = seq
+        self._resend_from(tp)
 
     def _retry_stale(self) -> None:
         """Resend what waited past the request timeout, or everything in flight when the
@@ -255,31 +296,33 @@ class Producer:
         back = self.conn.came_back()
         expired = {(b.topic, b.partition) for b in self._in_flight.values()
                    if now - b.first_sent_at > self.delivery_timeout_s}
-        for tp in expired:
+        for tp in expired | {tp for tp in self._held
+                             if now - self._unacked[tp][0].first_sent_at > self.delivery_timeout_s}:
             self._expire(tp)
         stale = {(b.topic, b.partition) for b in self._in_flight.values()
                  if back or now - b.sent_at > self.request_timeout_s}
-        for tp in stale:
+        for tp in stale | self._held:
             self._resend_from(tp)
 
     def _expire(self, tp: tuple[str, int]) -> None:
         """Give up on every unacked batch of ``tp``: the oldest waited past
         ``delivery_timeout_s`` and the later ones cannot be stored before it.
 
-        The broker may have stored some of them.  Later batches go out under a new producer
-        id (sequences from 0, as after Kafka's epoch bump), so none is taken for a retry of
-        a batch given up on; batches already in flight keep their id.
+        The broker may have stored some of them.  Later batches of ``tp`` go out under a
+        new producer id (sequences from 0, as after Kafka's epoch bump), so none is taken
+        for a retry of a batch given up on.
         """
         error = BrokerError("UNAVAILABLE", f"no acknowledgement from {self.conn.endpoint} "
                             f"within delivery_timeout_s ({self.delivery_timeout_s:g} s): "
                             "the batch may or may not be stored")
+        self._held.discard(tp)
         for batch in self._unacked.pop(tp, deque()):
             if self._in_flight.pop(batch.request_id, None) is not None:
                 self.conn.unwatched(batch.request_id)
             self._report(batch, error)
         if self.producer_id:
-            self.producer_id = random.getrandbits(62) + 1
-            self._sequences.clear()
+            self._ids[tp] = random.getrandbits(62) + 1
+            self._sequences.pop(tp, None)
 
     # -- flushing ---------------------------------------------------------------------
     def _linger_loop(self) -> None:
@@ -298,7 +341,7 @@ class Producer:
                         self._ship(tp)
                 self._collect()
                 self._retry_stale()
-                if not self._buffers and not self._in_flight:
+                if not self._buffers and not self._in_flight and not self._held:
                     self._work.clear()
 
     def flush(self, timeout_s: float | None = None) -> None:
@@ -307,7 +350,7 @@ class Producer:
         with self._lock:
             for tp in list(self._buffers):
                 self._ship(tp)
-            while self._in_flight:
+            while self._in_flight or self._held:
                 if time.monotonic() > deadline:
                     raise BrokerUnavailable(self.conn.endpoint, timeout_s or self.delivery_timeout_s)
                 self._receive(min(0.1, max(0.0, deadline - time.monotonic())))

@@ -1,0 +1,214 @@
+"""The producer sends a partition's batches in sequence order, whatever ZeroMQ's queue and
+the broker do: a batch that could not be queued holds back the later ones of its partition,
+an OUT_OF_ORDER_SEQUENCE resends the partition's batches at once, and no more requests are
+in flight than the queues between producer and broker hold (issue 11).
+
+The broker is a fake connection that checks sequences the way the broker does (docs/
+protocol.md §8), so these run without processes."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from brokerd import protocol as p
+from runtime import producer as producer_module
+from runtime.producer import MAX_REQUESTS, Producer
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+class FakeBroker:
+    """Stands in for the producer's Connection: answers produce requests as the broker's
+    idempotence check does.  Replies become visible when the producer waits for one."""
+
+    endpoint = "tcp://fake"
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self.sent: list[dict[str, Any]] = []
+        self.stored: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        self.expected: dict[tuple[int, str, int], int] = {}
+        self.pending: list[tuple[int, bytes]] = []  # answered, not yet readable
+        self.replies: deque[tuple[int, bytes]] = deque()
+        self.full = False  # ZeroMQ's send queue refuses every message
+        self.lose = 0  # this many next requests are lost (a dropped connection)
+        self.most_outstanding = 0
+        self.superseded: set[int] = set()
+
+    # -- what the producer calls ------------------------------------------------------
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def send_raw(self, body: bytes, block: bool = False) -> bool:
+        if self.full:
+            return False
+        request = msgspec.msgpack.decode(body)
+        self.sent.append(request)
+        if self.lose:
+            self.lose -= 1
+            return True
+        self.pending.append((request["id"], _encode(self.answer(request))))
+        self.most_outstanding = max(self.most_outstanding, len(self.pending) + len(self.replies))
+        return True
+
+    def readable(self) -> bool:
+        return bool(self.replies)
+
+    def recv_ready(self) -> tuple[int, bytes]:
+        return self.replies.popleft()
+
+    def recv(self, timeout_s: float | None) -> tuple[int, bytes] | None:
+        self.replies.extend(self.pending)
+        self.pending.clear()
+        return self.replies.popleft() if self.replies else None
+
+    def unwatched(self, request_id: int) -> None:
+        self.superseded.add(request_id)
+
+    def keep(self, request_id: int, body: bytes) -> None:
+        assert request_id in self.superseded, f"a reply to {request_id} nobody asked for"
+
+    def came_back(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    # -- the broker's side ------------------------------------------------------------
+    def answer(self, request: dict[str, Any]) -> p.ProduceReply | p.ErrorReply:
+        topic, partition, records = request["topic"], request["partition"], request["records"]
+        key = (request["producer_id"], topic, partition)
+        sequence, expected = request["sequence"], self.expected.get(key)
+        if expected is not None and sequence > expected:
+            return p.ErrorReply(id=request["id"], code="OUT_OF_ORDER_SEQUENCE",
+                                message=f"sequence {sequence} arrived, {expected} expected")
+        if expected is not None and sequence < expected:
+            return p.ProduceReply(id=request["id"], topic=topic, offsets=[], duplicate=True)
+        log = self.stored[(topic, partition)]
+        base = len(log)
+        log.extend(record[0] for record in records)
+        self.expected[key] = sequence + len(records)
+        return p.ProduceReply(id=request["id"], topic=topic,
+                              offsets=[(partition, base, len(records))])
+
+    def sequences(self, partition: int) -> list[int]:
+        return [r["sequence"] for r in self.sent if r["partition"] == partition]
+
+    def release(self) -> None:
+        self.replies.extend(self.pending)
+        self.pending.clear()
+
+
+@pytest.fixture
+def fake() -> FakeBroker:
+    return FakeBroker()
+
+
+@pytest.fixture
+def producer(fake: FakeBroker) -> Iterator[Producer]:
+    """A producer (linger 0: every send ships at once) on the fake broker, its linger
+    thread stopped so that only the test drives it."""
+    producer = Producer("tcp://127.0.0.1:9", linger_ms=0, request_timeout_s=60)
+    with producer._lock:
+        producer._closed = True
+        producer._work.set()
+    producer._linger.join(timeout=5)
+    producer.conn.close()
+    producer.conn = fake  # type: ignore[assignment]
+    yield producer
+
+
+def test_a_batch_that_could_not_be_queued_holds_back_the_later_ones_of_its_partition(
+        producer: Producer, fake: FakeBroker) -> None:
+    producer.send("t", 0, partition=0)
+    fake.full = True
+    producer.send("t", 1, partition=0)  # not queued
+    fake.full = False
+    producer.send("t", 2, partition=0)  # must not overtake 1
+    producer.send("t", 0, partition=1)  # another partition is not held back
+
+    assert fake.sequences(0) == [0]
+    assert fake.sequences(1) == [0]
+
+    producer.flush(timeout_s=5)
+
+    assert fake.sequences(0) == [0, 1, 2]
+    assert fake.stored[("t", 0)] == [0, 1, 2]
+    assert not producer.errors
+
+
+def test_an_out_of_order_sequence_resends_the_partitions_batches_in_order_at_once(
+        producer: Producer, fake: FakeBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    producer.send("t", 0, partition=0)
+    producer.flush(timeout_s=5)  # the broker knows the producer: it checks its sequences
+    fake.lose = 1
+    for value in range(1, 4):
+        producer.send("t", value, partition=0)  # 1 is lost: 2 and 3 are out of order
+    # Recovered from the replies alone: no wait for the request timeout, no look for stale
+    # requests.
+    monkeypatch.setattr(producer, "_retry_stale", lambda: pytest.fail("waited for a timeout"))
+    while fake.pending or fake.replies:
+        fake.release()
+        producer._collect()
+
+    assert fake.sequences(0) == [0, 1, 2, 3, 1, 2, 3]
+    assert fake.stored[("t", 0)] == [0, 1, 2, 3]
+    assert not producer._in_flight and not producer._unacked[("t", 0)]
+    assert not producer.errors
+
+
+def test_an_out_of_order_first_batch_goes_again_under_a_new_producer_id(
+        producer: Producer, fake: FakeBroker) -> None:
+    producer.send("t", 0, partition=0)
+    producer.send("t", 1, partition=0)
+    producer.flush(timeout_s=5)
+    # The broker lost the acknowledged second batch (a crash before its fsync): resending
+    # cannot fill that gap, starting a new sequence can.
+    fake.expected[(producer.producer_id, "t", 0)] = 1
+    fake.stored[("t", 0)].pop()
+
+    producer.send("t", 2, partition=0)
+    producer.flush(timeout_s=5)
+    producer.send("t", 3, partition=0)
+    producer.flush(timeout_s=5)
+
+    again = [r for r in fake.sent if r["records"][0][0] in (2, 3)]
+    assert [(r["producer_id"] == producer.producer_id, r["sequence"]) for r in again] == [
+        (True, 2), (False, 0), (False, 1)]
+    assert fake.stored[("t", 0)] == [0, 2, 3]
+    assert not producer.errors
+
+
+def test_no_more_requests_are_in_flight_than_zeromqs_queues_hold(
+        producer: Producer, fake: FakeBroker) -> None:
+    for partition in range(3 * MAX_REQUESTS):
+        producer.send("t", partition, partition=partition)
+    producer.flush(timeout_s=5)
+
+    assert fake.most_outstanding == MAX_REQUESTS
+    # With the superseded copies of resent requests: within the 1,000 messages a ZeroMQ
+    # queue holds (SNDHWM, RCVHWM).
+    assert 2 * MAX_REQUESTS <= 1000
+    assert all(fake.stored[("t", n)] == [n] for n in range(3 * MAX_REQUESTS))
+    assert not producer.errors
+
+
+def test_a_partition_held_past_the_delivery_timeout_is_given_up(
+        producer: Producer, fake: FakeBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    failed: list[str] = []
+    fake.full = True
+    producer.send("t", 0, partition=0,
+                  callback=lambda partition, offset, error: failed.append(error.code if error else ""))
+    now = producer_module.time.monotonic()
+    monkeypatch.setattr(producer_module.time, "monotonic",
+                        lambda: now + producer.delivery_timeout_s + 1)
+    producer.flush(timeout_s=5)
+
+    assert failed == ["UNAVAILABLE"]
+    assert not producer._held
