@@ -255,7 +255,7 @@ class ControlHandlers:
 
     def handle_restart(self, name: str) -> dict[str, Any]:
         if name == BROKER_NAME:
-            self.sup.restart_broker()
+            self.sup.broker.restart()
             return {"name": name}
         watcher = self.watcher(name)
         watcher.failed = ""

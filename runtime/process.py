@@ -1,5 +1,6 @@
 """What the supervisor supervises: OS processes (``Child``), a worker's replica slots
-(``Replica``), one worker name with its policy (``Watcher``), and brokerd (``BrokerChild``).
+(``Replica``) and one worker name with its policy (``Watcher``); brokerd is in
+runtime.brokerchild.
 
 Plain state and small behaviour; the supervisor's loop decides.  Used from that loop's
 thread only.
@@ -11,14 +12,13 @@ import ctypes
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import psutil
 
-from runtime.config import RailConfig, WorkerSpec
+from runtime.config import WorkerSpec
 from runtime.logfiles import PrefixedOutput
 from runtime.policy import Backoff, Health, Intensity, RestartPolicy
 
@@ -153,29 +153,6 @@ class Watcher:
         if any(r.restart_at is not None for r in self.replicas.values()):
             return "restarting"
         return "degraded" if alive else "exited"
-
-
-class BrokerChild:
-    """brokerd as a supervised child (or a running broker we only talk to)."""
-
-    def __init__(self, config: RailConfig, endpoint: str) -> None:
-        self.config = config
-        self.endpoint = endpoint
-        self.external = bool(endpoint)
-        self.child: Child | None = None
-        self.backoff = Backoff(0.2, 5.0, stable_s=10.0)
-        self.intensity = Intensity(5, 60.0)
-        self.restart_at: float | None = None
-        self.kill_at: float | None = None  # SIGKILL then, if a stop asked for is not done
-        self.restart_asked = False  # rail restart brokerd: its exit is not a crash
-        self.restarts = 0
-        self.failed = ""
-        self.log_offset = 0  # where brokerd.log stood when this child started
-
-    def argv(self) -> list[str]:
-        b = self.config.broker
-        return [sys.executable, "-m", "brokerd", "--data-dir", b.data_dir, "--bind", b.bind,
-                "--ingest", b.ingest]
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ from runtime.connection import BrokerError, Connection
 from runtime.control import ControlHandlers, ControlServer, counted
 from runtime.logfiles import LogRotation, PrefixedOutput
 from runtime.policy import Health
-from runtime.process import BrokerChild, Child, Replica, Watcher, child_env, describe_exit
+from runtime.brokerchild import BrokerChild
+from runtime.process import Child, Replica, Watcher, child_env, describe_exit
 from runtime.registry import Baselines, Registry, baseline
 from runtime.reload import Reloader, script_digest
 
@@ -37,7 +37,6 @@ LOG = logging.getLogger("rail.supervisor")
 TICK_S = 1.0  # health checks, escalations and samples happen at most this often when idle
 SAMPLE_EVERY_S = 2.0
 STATUS_INTEREST_S = 10.0  # keep sampling CPU/RSS this long after the last status request
-BROKER_READY_S = 20.0
 
 
 class Supervisor:
@@ -57,7 +56,8 @@ class Supervisor:
                                         config.supervisor.log_backups)
         self.registry = Registry(self.data_dir)
         self.baselines = Baselines(self.data_dir)
-        self.broker = BrokerChild(config, broker_endpoint or config.broker.endpoint)
+        self.broker = BrokerChild(config, broker_endpoint or config.broker.endpoint, self.logs,
+                                  base_dir)
         self.watchers: dict[str, Watcher] = {}
         for name, spec in config.workers.items():  # a copy: rail scale changes it
             self.watchers[name] = Watcher(name, msgspec.structs.replace(spec), registered=False)
@@ -101,7 +101,7 @@ class Supervisor:
                         LOG.warning("%s: %s", watcher.name, warning)
                     self.start_watcher(watcher)
             self.loop(wake_r)
-            self.stop_broker()
+            self.broker.stop()
             return 0
         finally:
             signal.set_wakeup_fd(-1)
@@ -191,8 +191,8 @@ class Supervisor:
                 return 1
             LOG.info("using the running broker at %s", self.broker.endpoint)
         else:
-            self.spawn_broker()
-            endpoint, code = self.wait_broker_ready()
+            self.broker.spawn()
+            endpoint, code = self.broker.wait_ready()
             if endpoint is None:
                 # its own exit code when it names the cause (bind, config, storage)
                 return code if code in (EXIT_BIND, EXIT_CONFIG, EXIT_STORAGE) else 1
@@ -203,110 +203,9 @@ class Supervisor:
                                                exist_ok=True))
         except BrokerError as exc:
             print(f"rail: cannot create the topics of rail.toml: {exc}", file=sys.stderr)
-            self.stop_broker()
+            self.broker.stop()
             return 1
         return 0
-
-    def broker_log(self) -> Path:
-        return self.logs / "brokerd.log"
-
-    def spawn_broker(self) -> None:
-        log = self.broker_log()
-        self.broker.log_offset = log.stat().st_size if log.exists() else 0
-        child = Child(self.broker.argv(), child_env({}), log, self.base_dir)
-        self.broker.child = child
-        self.broker.restart_at = None
-        self.broker.backoff.started(child.started_at)
-        LOG.info("started brokerd pid %d", child.pid)
-
-    def wait_broker_ready(self) -> tuple[str | None, int | None]:
-        """The broker's api endpoint from its ready line, within BROKER_READY_S; else None
-        and its exit code."""
-        offset = self.broker.log_offset
-        child = self.broker.child
-        assert child is not None
-        deadline = time.monotonic() + BROKER_READY_S
-        while time.monotonic() < deadline:
-            with open(self.broker_log(), "rb") as f:
-                f.seek(offset)
-                for line in f.read().decode(errors="replace").splitlines():
-                    if line.startswith("brokerd ready api="):
-                        return line.split("api=", 1)[1].split()[0], None
-            if child.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        code = child.proc.poll()
-        if code is None:
-            child.signal(signal.SIGKILL)
-            child.proc.wait(5)
-        self.broker.child = None
-        print(f"rail: brokerd did not become ready (exit code {code}): "
-              f"{self.broker_cause()} (log: {self.broker_log()})", file=sys.stderr)
-        return None, code
-
-    def broker_cause(self) -> str:
-        """The line of brokerd's log (since its last start) that says why it stopped."""
-        try:
-            with open(self.broker_log(), "rb") as f:
-                f.seek(self.broker.log_offset)
-                tail = f.read()[-65536:].decode(errors="replace")
-        except OSError as exc:
-            return f"cannot read its log: {exc}"
-        return cause_line(tail.splitlines()) or "it wrote nothing"
-
-    def on_broker_exit(self, code: int, now: float) -> None:
-        self.broker.child = None
-        self.broker.kill_at = None
-        self._drop_conn()
-        if self.broker.restart_asked:
-            LOG.info("brokerd exited with code %s for rail restart", code)
-            self.broker.restart_asked = False
-            self.broker.restarts += 1
-            self.broker.restart_at = now
-            return
-        LOG.error("brokerd exited with code %s", code)
-        if code in (EXIT_CONFIG, EXIT_BIND) or self.broker.intensity.record(now):
-            self.broker.failed = f"exit code {code}: {self.broker_cause()}"
-            LOG.error("brokerd failed (%s); the workers keep retrying it", self.broker.failed)
-            return
-        self.broker.restarts += 1
-        self.broker.restart_at = now + self.broker.backoff.next_delay(now)
-
-    @property
-    def broker_grace_s(self) -> float:
-        """How long brokerd gets to stop (flushing every log) before SIGKILL."""
-        return max(self.config.supervisor.grace_s, 5.0)
-
-    def restart_broker(self) -> None:
-        """Stop brokerd (SIGTERM, SIGKILL after grace_s) and start it again; a failed one is
-        started at once.  Workers reconnect by themselves."""
-        if self.broker.external:
-            raise ValueError(f"the broker at {self.broker.endpoint} was not started by rail up: "
-                             "restart it where it runs")
-        self.broker.failed = ""
-        self.broker.intensity.reset()
-        self.broker.backoff.reset()
-        now = time.monotonic()
-        if self.broker.child is None:
-            self.broker.restart_at = now
-            return
-        self.broker.restart_asked = True
-        self.broker.child.signal(signal.SIGTERM)
-        self.broker.kill_at = now + self.broker_grace_s
-
-    def stop_broker(self) -> None:
-        child = self.broker.child
-        if child is None:
-            return
-        child.signal(signal.SIGTERM)
-        try:
-            child.proc.wait(self.broker_grace_s)
-        except subprocess.TimeoutExpired:
-            LOG.warning("brokerd did not stop in time: SIGKILL")
-            child.signal(signal.SIGKILL)
-            child.proc.wait(5)
-        self.broker.child = None
-        LOG.info("brokerd stopped (exit code %s)", child.proc.returncode)
 
     def conn(self) -> Connection:
         if self._conn is None:
@@ -444,7 +343,8 @@ class Supervisor:
         if self.broker.child is not None:
             code = self.broker.child.proc.poll()
             if code is not None:
-                self.on_broker_exit(code, now)
+                self._drop_conn()
+                self.broker.on_exit(code, now)
         for watcher in list(self.watchers.values()):
             for replica in list(watcher.replicas.values()):
                 if replica.child is not None:
@@ -512,7 +412,7 @@ class Supervisor:
                     replica.kill_at = None
         if self.broker.restart_at is not None and now >= self.broker.restart_at \
                 and not self.stopping:
-            self.spawn_broker()
+            self.broker.spawn()
         if self.broker.kill_at is not None and now >= self.broker.kill_at and self.broker.child:
             LOG.warning("brokerd did not stop within grace_s: SIGKILL")
             self.broker.child.signal(signal.SIGKILL)
@@ -629,16 +529,6 @@ class Supervisor:
 
 def copy_config(config: RailConfig) -> RailConfig:
     return msgspec.json.decode(msgspec.json.encode(config), type=RailConfig)
-
-
-def cause_line(lines: list[str]) -> str:
-    """From a dead process's output, the line that names the cause: its own one-line error
-    (``brokerd: ...``), else a traceback's last line, else the last line."""
-    lines = [line.strip() for line in lines if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("brokerd:"):
-            return line
-    return lines[-1] if lines else ""
 
 
 def drain(sock: socket.socket) -> None:
