@@ -93,6 +93,8 @@ class Reloader:
         per change.  Nothing is applied if the file or a new script is unusable."""
         if self.sup.config_path is None:
             raise ValueError("this supervisor was not started from a rail.toml")
+        if self.sup.stopping:
+            raise ValueError("the supervisor is stopping")
         new, _ = load_config(self.sup.config_path)
         digests = {name: script_digest(spec.script) for name, spec in new.workers.items()}
         registered = {name for name, w in self.sup.watchers.items() if w.registered}
