@@ -265,7 +265,11 @@ class Supervisor:
             LOG.warning("%s: the broker did not answer: PROCESSED counts from a later start",
                         watcher.name)
             return
-        self.baselines.put(watcher.name, baseline(spec.group, topics, group))
+        try:
+            self.baselines.put(watcher.name, baseline(spec.group, topics, group))
+        except OSError as exc:  # a full disk must not stop the supervisor
+            LOG.error("%s: cannot write %s (%s): PROCESSED counts from a later start",
+                      watcher.name, self.baselines.path, exc)
 
     def processed(self, watcher: Watcher, group: p.DescribeGroupReply | None) -> int | None:
         """Events the worker's group committed since the worker was first started: None
