@@ -136,7 +136,7 @@ class ControlHandlers:
             try:
                 result = self.handle_control(request)
                 server.reply(route, ControlReply(ok=True, result=result))
-            except (ConfigError, ValueError, msgspec.ValidationError) as exc:
+            except (ConfigError, ValueError, msgspec.ValidationError, OSError) as exc:
                 server.reply(route, ControlReply(ok=False, error=str(exc)))
 
     def handle_control(self, request: Request) -> Any:
