@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from brokerd.config import BrokerConfig
     from brokerd.groups import Coordinator
     from brokerd.log.offsets import OffsetStore
+    from brokerd.memory import Trimmer
     from brokerd.stats import Stats
     from brokerd.topics import Topic, TopicRegistry
     from brokerd.waiters import AckQueue, WaitingRoom
@@ -74,6 +75,7 @@ class Handlers:
     waiting: WaitingRoom
     acks: AckQueue
     stats: Stats
+    memory: Trimmer
     endpoints: tuple[str, str]
 
     def send(self, client: Client, reply: p.Reply) -> None:

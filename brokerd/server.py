@@ -34,6 +34,7 @@ from brokerd.ingest import Ingest
 from brokerd.log.compaction import clean
 from brokerd.log.offsets import OffsetStore
 from brokerd.log.partition import PartitionLog
+from brokerd.memory import Trimmer
 from brokerd.protocol import EXIT_STORAGE, ErrorReply, Reply
 from brokerd.stats import Stats
 from brokerd.topics import Topic, TopicRegistry
@@ -81,6 +82,7 @@ class Broker(Handlers):
         self._next_offsets_flush = 0.0
         self._covered: dict[PartitionLog, int] = {}
         self._next_retention = time.monotonic() + config.retention_check_ms / 1000
+        self.memory = Trimmer(time.monotonic())
 
     def _socket(self, kind: int, endpoint: str) -> zmq.Socket:
         sock = self.context.socket(kind)
@@ -226,7 +228,7 @@ class Broker(Handlers):
 
     def _timeout_ms(self, flush_at: float | None) -> int:
         """How long the loop may sleep: until the soonest timer (1 ms late rather than early)."""
-        soonest = self._next_retention
+        soonest = min(self._next_retention, self.memory.next_check)
         for deadline in (flush_at, self.waiting.next_deadline(), self._expiry_at):
             if deadline is not None and deadline < soonest:
                 soonest = deadline
@@ -239,6 +241,8 @@ class Broker(Handlers):
             for group, member in self.coordinator.expire(int(now * 1000)):
                 log.info("group %s: member %s session expired", group, member)
             self.sessions_changed()
+        if now >= self.memory.next_check:
+            self.memory.check(now)
         if now >= self._next_retention:
             self._next_retention = now + self.config.retention_check_ms / 1000
             self.housekeeping()

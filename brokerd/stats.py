@@ -8,6 +8,7 @@ import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
+from brokerd.memory import rss_bytes
 from brokerd.protocol import ERROR_CODES
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ class Stats:
         return {
             "uptime_s": round(time.monotonic() - self.started, 3),
             "pid": os.getpid(),
-            "rss_bytes": _rss_bytes(),
+            "rss_bytes": rss_bytes(),
             "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "counts": dict(self.counts),
             "totals": totals,
@@ -63,6 +64,7 @@ class Stats:
             "waiting_durable": len(broker.acks.pending),
             "open_files": _open_files(),
             "max_open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            "memory_trims": broker.memory.trims,
             "endpoints": {"api": broker.endpoints[0], "ingest": broker.endpoints[1]},
         }
 
@@ -82,11 +84,3 @@ def _open_files() -> int:
         return len(os.listdir("/proc/self/fd"))
     except OSError:
         return -1
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0

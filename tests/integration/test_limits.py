@@ -112,3 +112,38 @@ def test_running_out_of_file_descriptors_is_a_clear_error_not_a_crash(tmp_path: 
     finally:
         broker.stop()
     assert not [p for p in (broker.data_dir / "topics").iterdir() if p.name.startswith(".")]
+
+
+def test_storms_of_short_connections_give_their_memory_back(broker: BrokerProcess) -> None:
+    import socket
+    import zmq
+    proc = psutil.Process(broker.pid)
+    port = int(broker.api.rsplit(":", 1)[1])
+    with RawClient(broker.api) as raw:
+        raw.ok("ping")
+    baseline = proc.memory_info().rss
+    context = zmq.Context()
+    try:
+        for _ in range(5):
+            dealers = []
+            for i in range(1000):
+                s = context.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 0)
+                s.connect(broker.api)
+                s.send(msgspec.msgpack.encode({"op": "ping", "id": i}))
+                dealers.append(s)
+            for s in dealers:
+                assert s.poll(10_000), "every ping is answered during the storm"
+                s.recv()
+                s.close()
+            for i in range(1000):
+                with socket.create_connection(("127.0.0.1", port)) as garbage:
+                    garbage.sendall(b"\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f" if i % 2
+                                    else b"GET / HTTP/1.1\r\n\r\n" * 10)
+    finally:
+        context.term()
+    limit = baseline + 32 * 2**20
+    wait_for(lambda: proc.memory_info().rss <= limit, timeout=15.0,
+             what=f"RSS back within 32 MB of its {baseline / 2**20:.0f} MB baseline")
+    with RawClient(broker.api) as raw:
+        assert raw.ok("ping")["version"] >= 2
