@@ -76,9 +76,10 @@ def guarded(func: Callable[[argparse.Namespace], int],
         except BrokerError as exc:
             print(f"rail {name}: {exc.code}: {exc.message}", file=sys.stderr)
             return EXIT_ERROR
-        except UnicodeError as exc:
-            print(f"rail {name}: not valid UTF-8 where text is needed ({exc})",
-                  file=sys.stderr)
+        except UnicodeEncodeError as exc:  # a name from argv that is not UTF-8
+            bad = arg_bytes(exc.object[exc.start:exc.end])
+            print(f"rail {name}: {arg_bytes(exc.object)!r} is not UTF-8 (byte {bad[0]:#x}): "
+                  "topic and group names must be UTF-8 text", file=sys.stderr)
             return EXIT_ERROR
         except OSError as exc:
             print(f"rail {name}: {exc}", file=sys.stderr)

@@ -153,3 +153,23 @@ def test_a_reader_gone_before_the_first_line_gets_no_traceback(broker: BrokerPro
         err = proc.stderr.read()
         assert proc.wait(30) == 141 and err == b"", (args, err)
     assert len(events(broker, "small")) == 3
+
+
+def test_ctrl_c_stops_a_following_tail_with_130_and_no_traceback(broker: BrokerProcess) -> None:
+    import signal
+    create_topic(broker, "quiet", 1)
+    for extra in ([], ["--group", "watchers"]):
+        others = requests_by_others(broker)
+        before = others()
+        proc = subprocess.Popen([*RAIL, "tail", "quiet", "-f", *extra], env=rail_env(broker),
+                                cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: others() >= before + 2, what="tail to wait for events")
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        assert (proc.returncode, out, err) == (130, "", ""), extra
