@@ -145,7 +145,8 @@ def test_tail_into_head_exits_quietly(broker: BrokerProcess) -> None:
 
 def test_a_reader_gone_before_the_first_line_gets_no_traceback(broker: BrokerProcess) -> None:
     fill(broker, "small", 1, 3)
-    for args in (["tail", "small"], ["topics"], ["groups"], ["topics", "describe", "small"]):
+    for args in (["tail", "small"], ["tail", "small", "--group", "g", "--from-beginning"],
+                 ["topics"], ["groups"], ["topics", "describe", "small"]):
         proc = subprocess.Popen([*RAIL, *args], env=rail_env(broker), cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdout is not None and proc.stderr is not None
