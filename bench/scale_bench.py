@@ -1,0 +1,466 @@
+"""Rail at scale: partitions, consumer groups and connections, with Redis Streams alongside.
+
+    python bench/scale_bench.py --quick    # smoke test: small sizes, 1 run (~3 min)
+    python bench/scale_bench.py            # full: 3 runs, medians (~15 min on 2 cores)
+
+Three sweeps, each point on a fresh broker (``python -m brokerd``, free loopback ports,
+temp data dir, fsync "interval"), every client in a process of its own:
+
+  partitions   10 / 100 / 1,000 / 10,000 (10 topics x 1,000: a topic holds at most 1,024).
+               Keyed produce: one ``Producer``, ``send()`` with a distinct key per event,
+               round robin over the topics, one flush.  Group consume: one ``Consumer`` of a
+               new group polls and commits them all.  Redis, same run: as many streams,
+               XADD pipelined to the stream each key hashes to, then one XREADGROUP
+               consumer over all the streams (XACK per read).
+  groups       1 / 100 / 1,000 groups of one member each, all held by one process on a
+               DEALER socket per 250 members, heartbeating at the interval the broker gives
+               (default session).  Each group drains a 10-partition topic of
+               group-events / G events and commits; keyed produce to another topic runs
+               while they heartbeat; idle CPU is measured while they heartbeat.
+  connections  1 / 1,000 DEALER connections held by one process, which produces the keyed
+               events over all of them (raw produce requests of 100 records, 8 in flight
+               per connection); the group consume runs with them open; idle CPU with them
+               open; the kill -9 restart with them reconnecting.
+
+At each point: events/s, broker CPU per event (all its threads, from /proc), RSS, idle CPU
+(psutil cpu_times over the idle window), open descriptors, the time of ``metadata`` (every
+topic) and ``describe_group``, and the restart after kill -9 (from ``Popen`` to the first
+``ping`` reply, same data and ports).  ``OUT_OF_ORDER_SEQUENCE`` is read from the broker's
+``stats`` counts around each produce.  Targets (issue 11) are checked on the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # spawned children inherit sys.path: they import runtime/
+    sys.path.insert(0, str(ROOT))
+
+if __package__:
+    from .common import cpu_stall_us, median_row, print_table, run_in_process, spawn, wait_until
+    from .peers import RedisServer
+    from .scale_broker import STARTED, ScaleBroker, schedstat_cpu_s
+    from .scale_clients import (group_consume, hold_connections, hold_members, keyed_produce,
+                                redis_create_groups, redis_group_consume, redis_keyed_produce)
+else:  # run as a script
+    from common import cpu_stall_us, median_row, print_table, run_in_process, spawn, wait_until
+    from peers import RedisServer
+    from scale_broker import STARTED, ScaleBroker, schedstat_cpu_s
+    from scale_clients import (group_consume, hold_connections, hold_members, keyed_produce,
+                               redis_create_groups, redis_group_consume, redis_keyed_produce)
+
+from brokerd import protocol as p  # noqa: E402
+
+SIZE = 100  # bytes per event
+MAX_PARTITIONS = 1000  # per topic here (the broker allows 1,024)
+GROUP_TOPIC_PARTITIONS = 10  # topic of the groups and connections sweeps
+OOO = "error.OUT_OF_ORDER_SEQUENCE"
+SETTLE_S = 2.0  # quiet before an idle measurement: the interval flush and trims run out
+REDIS_IDLE_S = 3.0
+CHILD_TIMEOUT_S = 900.0
+FULL: dict[str, Any] = {"partitions": [10, 100, 1000, 10000], "groups": [1, 100, 1000],
+                        "connections": [1, 1000], "events": 200_000, "group_events": 200_000,
+                        "idle_s": 10.0, "idle_target_s": 30.0, "runs": 3}
+QUICK: dict[str, Any] = {**FULL, "events": 20_000, "group_events": 20_000, "idle_s": 3.0,
+                         "idle_target_s": 5.0, "runs": 1}
+
+
+# --- measurements on one broker ---------------------------------------------------
+
+
+def _produce(broker: ScaleBroker, topics: list[str], n: int) -> dict[str, Any]:
+    """Keyed ``Producer.send`` in a child process; rate, broker CPU per event, OOO errors."""
+    before = broker.counts()
+    cpu = broker.cpu_s()
+    with spawn(keyed_produce, broker.api, topics, n, SIZE) as child:
+        out = child.result(CHILD_TIMEOUT_S)
+    cpu = broker.cpu_s() - cpu
+    after = broker.counts()
+    if out["errors"]:
+        print(f"  producer errors: {out['errors']} {out['first_errors']}", flush=True)
+    return {"produce": n / out["seconds"], "produce_us": cpu / n * 1e6, "ooo": after[OOO] - before[OOO],
+            "producer_errors": out["errors"], "replies_dropped": after["replies_dropped"] - before["replies_dropped"]}
+
+
+def _consume(broker: ScaleBroker, topics: list[str], n: int, group: str) -> dict[str, Any]:
+    """One ``Consumer`` drains n events in a child process; rate, broker CPU per event."""
+    cpu = broker.cpu_s()
+    with spawn(group_consume, broker.api, topics, n, group) as child:
+        out = child.result(CHILD_TIMEOUT_S)
+    cpu = broker.cpu_s() - cpu
+    return {"consume": n / out["seconds"], "consume_us": cpu / n * 1e6}
+
+
+def _steady(broker: ScaleBroker, idle_s: float, group: str) -> dict[str, Any]:
+    """RSS, descriptors, idle CPU over ``idle_s``, and two admin requests, timed."""
+    time.sleep(SETTLE_S)
+    idle = broker.idle_cpu_pct(idle_s)
+    metadata = broker.request_ms(lambda: p.Metadata())
+    describe = broker.request_ms(lambda: p.DescribeGroup(group=group))
+    return {"idle_cpu_pct": idle, "idle_s": idle_s, "rss_mb": broker.rss_mb(), "fds": broker.fds(),
+            "metadata_ms": metadata[0], "metadata_decoded_ms": metadata[1],
+            "describe_ms": describe[0], "describe_decoded_ms": describe[1]}
+
+
+def _restart(broker: ScaleBroker) -> dict[str, Any]:
+    seconds = broker.kill9_restart()
+    return {"restart_s": seconds, "rss_restart_mb": broker.rss_mb()}
+
+
+def _await_phase(flags: Path, phase: str, child: Any, timeout: float) -> dict[str, Any]:
+    path = flags / f"{phase}.json"
+    wait_until(lambda: child.ensure_alive() or path.exists(), timeout, interval=0.02, what=phase)
+    return dict(json.loads(path.read_text()))
+
+
+def _idle_for(size: int, target_size: int, sizes: dict[str, Any]) -> float:
+    """The idle window: the targets' points get the long one (>= 30 s in a full run)."""
+    return sizes["idle_target_s"] if size == target_size else sizes["idle_s"]
+
+
+# --- the three sweeps --------------------------------------------------------------
+
+
+def partitions_point(count: int, sizes: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``count`` partitions in ceil(count / 1000) topics; Rail, then Redis with as many streams."""
+    topics = [f"keyed{t}" for t in range(math.ceil(count / MAX_PARTITIONS))]
+    n, group = sizes["events"], "scale-consumer"
+    row: dict[str, Any] = {"sweep": "partitions", "size": count}
+    with ScaleBroker(folder) as broker:
+        started = time.perf_counter()
+        for topic in topics:
+            broker.call(p.CreateTopic(topic=topic, partitions=count // len(topics)), timeout_s=300.0)
+        row["setup_s"] = time.perf_counter() - started
+        row.update(_produce(broker, topics, n))
+        row.update(_consume(broker, topics, n, group))
+        row.update(_steady(broker, _idle_for(count, 10_000, sizes), group))
+        row.update(_restart(broker))
+    row.update({f"redis_{k}": v for k, v in redis_streams(count, n).items()})
+    return row
+
+
+def groups_point(count: int, sizes: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``count`` one-member groups draining a shared topic, then heartbeating."""
+    per_group = max(sizes["group_events"] // count, 100)
+    row: dict[str, Any] = {"sweep": "groups", "size": count}
+    flags = folder / "flags"
+    flags.mkdir(parents=True)
+    with ScaleBroker(folder) as broker:
+        for topic in ("shared", "keyed"):
+            broker.call(p.CreateTopic(topic=topic, partitions=GROUP_TOPIC_PARTITIONS))
+        run_in_process(keyed_produce, broker.api, ["shared"], per_group, SIZE, timeout=CHILD_TIMEOUT_S)
+        with spawn(hold_members, broker.api, "shared", count, per_group, str(flags), CHILD_TIMEOUT_S) as holder:
+            joined = _await_phase(flags, "joined", holder, CHILD_TIMEOUT_S)
+            row["setup_s"] = joined["seconds"]
+            cpu = broker.cpu_s()
+            (flags / "go").touch()
+            drained = _await_phase(flags, "drained", holder, CHILD_TIMEOUT_S)
+            events = drained["events"]
+            row.update(consume=events / drained["seconds"], consume_us=(broker.cpu_s() - cpu) / events * 1e6)
+            row.update(_produce(broker, ["keyed"], sizes["events"]))
+            row.update(_steady(broker, _idle_for(count, 1000, sizes), "scale-g0"))
+            beats_per_s = count / joined["interval_s"]  # broker CPU per heartbeat, if all idle CPU were theirs
+            row.update(heartbeats_per_s=beats_per_s, idle_us_per_heartbeat=row["idle_cpu_pct"] / 100 / beats_per_s * 1e6)
+            (flags / "stop").touch()
+            held = holder.result(60.0)
+        row["heartbeats_idle"] = held["heartbeats_idle"]
+        row["client_errors"] = sum(held["errors"].values())
+        if held["errors"]:
+            print(f"  member errors: {held['errors']}", flush=True)
+        row.update(_restart(broker))
+    row.update({f"redis_{k}": v for k, v in redis_groups(count, per_group).items()})
+    return row
+
+
+def connections_point(count: int, sizes: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``count`` connections producing together, then open and idle."""
+    n = sizes["events"]
+    row: dict[str, Any] = {"sweep": "connections", "size": count}
+    flags = folder / "flags"
+    flags.mkdir(parents=True)
+    with ScaleBroker(folder) as broker:
+        broker.call(p.CreateTopic(topic="keyed", partitions=GROUP_TOPIC_PARTITIONS))
+        with spawn(hold_connections, broker.api, "keyed", count, n, SIZE, str(flags), CHILD_TIMEOUT_S) as holder:
+            row["setup_s"] = _await_phase(flags, "connected", holder, CHILD_TIMEOUT_S)["seconds"]
+            cpu = broker.cpu_s()
+            (flags / "go").touch()
+            produced = _await_phase(flags, "produced", holder, CHILD_TIMEOUT_S)
+            row.update(produce=n / produced["seconds"], produce_us=(broker.cpu_s() - cpu) / n * 1e6,
+                       client_errors=sum(produced["errors"].values()))
+            row.update(_consume(broker, ["keyed"], n, "scale-consumer"))
+            row.update(_steady(broker, _idle_for(count, 1000, sizes), "scale-consumer"))
+            row.update(_restart(broker))  # with the connections open: they reconnect
+            (flags / "stop").touch()
+            holder.result(60.0)
+    return row
+
+
+# --- Redis, same run ----------------------------------------------------------------
+
+
+def _redis_restart(server: RedisServer) -> float:
+    """SIGKILL redis-server, start it on the same dir and port; seconds to PONG (it answers
+    LOADING until the AOF is read).  RedisServer has no public restart: its internals."""
+    os.kill(server.pid, signal.SIGKILL)
+    assert server._proc is not None
+    server._proc.wait(30)
+    binary = shutil.which("redis-server") or "redis-server"
+    started = time.perf_counter()
+    server._proc = subprocess.Popen(server._command(binary), stdin=subprocess.DEVNULL, stdout=server._log,
+                                    stderr=subprocess.STDOUT)
+    STARTED.append(server.pid)
+    server._wait_ready()
+    return time.perf_counter() - started
+
+
+def _redis_idle_pct(pid: int) -> float:
+    before, started = schedstat_cpu_s(pid), time.perf_counter()
+    time.sleep(REDIS_IDLE_S)
+    return (schedstat_cpu_s(pid) - before) / (time.perf_counter() - started) * 100
+
+
+def redis_streams(count: int, n: int) -> dict[str, Any]:
+    """``count`` streams (AOF everysec): keyed XADD of n entries, one group consumer."""
+    keys = [f"s{i}" for i in range(count)]
+    out: dict[str, Any] = {}
+    with RedisServer(appendfsync="everysec") as server:
+        STARTED.append(server.pid)
+        run_in_process(redis_create_groups, server.port, keys, ["g"], timeout=CHILD_TIMEOUT_S)
+        cpu = schedstat_cpu_s(server.pid)
+        produced = run_in_process(redis_keyed_produce, server.port, keys, n, SIZE, timeout=CHILD_TIMEOUT_S)
+        out.update(produce=n / produced["seconds"], produce_us=(schedstat_cpu_s(server.pid) - cpu) / n * 1e6)
+        cpu = schedstat_cpu_s(server.pid)
+        consumed = run_in_process(redis_group_consume, server.port, keys, n, "g", timeout=CHILD_TIMEOUT_S)
+        out.update(consume=n / consumed["seconds"], consume_us=(schedstat_cpu_s(server.pid) - cpu) / n * 1e6)
+        time.sleep(1.0)  # the everysec fsync
+        process = psutil.Process(server.pid)
+        out.update(idle_cpu_pct=_redis_idle_pct(server.pid), rss_mb=process.memory_info().rss / 2**20,
+                   fds=process.num_fds())
+        out["restart_s"] = _redis_restart(server)
+    return out
+
+
+def redis_groups(count: int, per_group: int) -> dict[str, Any]:
+    """``count`` consumer groups on 10 streams of per_group entries; each group read whole
+    by one consumer, one group after the other (Redis runs commands one at a time anyway)."""
+    keys = [f"s{i}" for i in range(GROUP_TOPIC_PARTITIONS)]
+    groups = [f"g{i}" for i in range(count)]
+    with RedisServer(appendfsync="everysec") as server:
+        STARTED.append(server.pid)
+        run_in_process(redis_create_groups, server.port, keys, groups, timeout=CHILD_TIMEOUT_S)
+        run_in_process(redis_keyed_produce, server.port, keys, per_group, SIZE, timeout=CHILD_TIMEOUT_S)
+        cpu = schedstat_cpu_s(server.pid)
+        with spawn(_redis_drain_groups, server.port, keys, per_group, groups) as child:
+            seconds = child.result(CHILD_TIMEOUT_S)
+        events = count * per_group
+        return {"consume": events / seconds, "consume_us": (schedstat_cpu_s(server.pid) - cpu) / events * 1e6,
+                "rss_mb": psutil.Process(server.pid).memory_info().rss / 2**20}
+
+
+def _redis_drain_groups(port: int, keys: list[str], per_group: int, groups: list[str]) -> float:
+    started = time.perf_counter()
+    for group in groups:
+        redis_group_consume(port, keys, per_group, group)
+    return time.perf_counter() - started
+
+
+# --- runs, report, targets -----------------------------------------------------------
+
+SWEEPS = {"partitions": partitions_point, "groups": groups_point, "connections": connections_point}
+
+
+def one_run(sizes: dict[str, Any], sweeps: list[str], folder: Path) -> list[dict[str, Any]]:
+    rows = []
+    for sweep in sweeps:
+        for size in sizes[sweep]:
+            stall, started = cpu_stall_us(), time.perf_counter()
+            row = SWEEPS[sweep](size, sizes, folder / f"{sweep}-{size}")
+            seconds = time.perf_counter() - started
+            after = cpu_stall_us()
+            row.update(point_s=seconds, load_avg_1m=os.getloadavg()[0])
+            if stall is not None and after is not None:
+                row["cpu_wait_pct"] = (after - stall) / 1e4 / seconds
+            shutil.rmtree(folder / f"{sweep}-{size}", ignore_errors=True)
+            print(f"  {sweep} {size:,}: {seconds:.0f} s, produce {row.get('produce', 0):,.0f}/s, "
+                  f"consume {row.get('consume', 0):,.0f}/s, idle {row['idle_cpu_pct']:.2f} %, "
+                  f"RSS {row['rss_mb']:.0f} MB, restart {row['restart_s']:.2f} s, OOO {row.get('ooo', 0)}",
+                  flush=True)
+            rows.append(row)
+    return rows
+
+
+def medians(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per (sweep, size): the median of each figure over the runs."""
+    rows = [median_row([run[i] for run in runs]) for i in range(len(runs[0]))]
+    for row in rows:
+        row["size"] = int(row["size"])
+    return rows
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+THROUGHPUT = [("sweep", "sweep"), ("size", "size"), ("produce", "produce/s"), ("redis_produce", "redis produce/s"),
+              ("produce_x", "x redis"), ("consume", "consume/s"), ("redis_consume", "redis consume/s"),
+              ("consume_x", "x redis"), ("produce_us", "µs/ev produce"), ("consume_us", "µs/ev consume"),
+              ("redis_produce_us", "redis µs/ev prod"), ("redis_consume_us", "redis µs/ev cons"), ("ooo", "OOO")]
+RESOURCES = [("sweep", "sweep"), ("size", "size"), ("rss_mb", "RSS MB"), ("rss_restart_mb", "RSS restarted"),
+             ("redis_rss_mb", "redis RSS"), ("idle_cpu_pct", "idle CPU %"), ("idle_s", "idle s"),
+             ("redis_idle_cpu_pct", "redis idle %"), ("fds", "fds"), ("redis_fds", "redis fds"),
+             ("restart_s", "restart s"), ("redis_restart_s", "redis restart s"), ("metadata_ms", "metadata ms"),
+             ("metadata_decoded_ms", "+decode ms"), ("describe_ms", "describe ms"),
+             ("describe_decoded_ms", "+decode ms"), ("heartbeats_per_s", "heartbeats/s"),
+             ("idle_us_per_heartbeat", "idle µs/hb"), ("setup_s", "setup s"), ("cpu_wait_pct", "CPU wait %")]
+
+
+def _find(rows: list[dict[str, Any]], sweep: str, size: int) -> dict[str, Any] | None:
+    return next((r for r in rows if r["sweep"] == sweep and r["size"] == size), None)
+
+
+def targets(rows: list[dict[str, Any]], runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Issue 11's targets on the medians; a point that was not run is "-"."""
+    out = []
+
+    def check(name: str, value: float | None, limit: str, ok: bool | None, shown: str) -> None:
+        out.append({"target": name, "value": shown if value is not None else "-", "limit": limit,
+                    "result": "-" if ok is None else "PASS" if ok else "FAIL"})
+
+    p10, p1k, p10k, g1k = (_find(rows, "partitions", 10), _find(rows, "partitions", 1000),
+                           _find(rows, "partitions", 10_000), _find(rows, "groups", 1000))
+    share = p10 and p1k and p1k["produce"] / p10["produce"]
+    check("keyed produce, 1,000 / 10 partitions", share, ">= 50%", None if not share else share >= 0.5,
+          f"{share:.0%}" if share else "")
+    ooo = sum(r.get("ooo", 0) for run in runs for r in run)
+    check("OUT_OF_ORDER_SEQUENCE, every produce of every run", ooo, "0", ooo == 0, f"{ooo}")
+    for key, name, limit, bound, fmt in (("idle_cpu_pct", "10,000 partitions: idle CPU", "< 0.5 %", 0.5, "{:.2f} %"),
+                                         ("rss_mb", "10,000 partitions: RSS", "< 150 MB", 150, "{:.0f} MB"),
+                                         ("restart_s", "10,000 partitions: restart after kill -9", "<= 3 s", 3.0,
+                                          "{:.2f} s"),
+                                         ("metadata_ms", "10,000 partitions: metadata", "<= 50 ms", 50, "{:.1f} ms")):
+        value = p10k[key] if p10k else None
+        ok = None if value is None else value <= bound if limit.startswith("<=") else value < bound
+        check(name + (f" (over {p10k['idle_s']:g} s)" if p10k and key == "idle_cpu_pct" else ""), value, limit, ok,
+              fmt.format(value) if value is not None else "")
+    value = g1k["idle_cpu_pct"] if g1k else None
+    check("1,000 groups heartbeating: idle CPU" + (f" (over {g1k['idle_s']:g} s)" if g1k else ""), value, "< 2 %",
+          None if value is None else value < 2.0, f"{value:.2f} %" if value is not None else "")
+    return out
+
+
+def report(runs: list[list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    rows = medians(runs)
+    for row in rows:
+        row["produce_x"] = _ratio(row.get("produce"), row.get("redis_produce"))
+        row["consume_x"] = _ratio(row.get("consume"), row.get("redis_consume"))
+    n = len(runs)
+    md = print_table(rows, THROUGHPUT, title=f"throughput and CPU per event, medians of {n} run(s)")
+    md += "\n" + print_table(rows, RESOURCES, title=f"resources, medians of {n} run(s)")
+    checks = targets(rows, runs)
+    md += "\n" + print_table(checks, ["target", "value", "limit", "result"], title="targets (issue 11)")
+    every = [{"run": i, **r} for i, run in enumerate(runs, 1) for r in run]
+    md += "\n" + print_table(every, [("run", "run"), *THROUGHPUT[:3], THROUGHPUT[5], ("idle_cpu_pct", "idle %"),
+                                     ("rss_mb", "RSS MB"), ("restart_s", "restart s"), ("metadata_ms", "meta ms"),
+                                     ("ooo", "OOO"), ("load_avg_1m", "load"), ("cpu_wait_pct", "CPU wait %")],
+                             title="every run")
+    return rows, checks, md
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def leftovers() -> list[str]:
+    """Command lines of brokers and redis-servers this run started that still live."""
+    found = subprocess.run(["pgrep", "-f", "brokerd|redis-server"], capture_output=True, text=True).stdout
+    alive = {int(pid) for pid in found.split()} & set(STARTED)
+    out = []
+    for pid in alive:
+        try:
+            out.append(f"{pid} {' '.join(psutil.Process(pid).cmdline())}")
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Rail at scale: partitions, groups, connections; Redis alongside.")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 20,000 events, short idle windows, 1 run")
+    parser.add_argument("--runs", type=int, help="runs to take medians over (default 3, quick 1)")
+    parser.add_argument("--only", default="partitions,groups,connections", help="sweeps to run, comma separated")
+    parser.add_argument("--partitions", help="partition counts, e.g. 10,1000 (default 10,100,1000,10000)")
+    parser.add_argument("--groups", help="group counts (default 1,100,1000)")
+    parser.add_argument("--connections", help="connection counts (default 1,1000)")
+    parser.add_argument("--events", type=int, help="events per produce and consume (default 200,000; quick 20,000)")
+    parser.add_argument("--json", help="write every figure here (default bench/results/scale-<date>.json)")
+    parser.add_argument("--markdown", help="also write the tables, as markdown, to this file")
+    return parser.parse_args(argv)
+
+
+def _sizes(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = dict(QUICK if args.quick else FULL)
+    for sweep in SWEEPS:
+        if getattr(args, sweep):
+            sizes[sweep] = [int(x) for x in getattr(args, sweep).split(",")]
+    if args.events:
+        sizes["events"] = sizes["group_events"] = args.events
+    sizes["runs"] = args.runs or sizes["runs"]
+    return sizes
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds every `with`, so each process is stopped by pid
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    sizes, sweeps = _sizes(args), args.only.split(",")
+    command = "python bench/scale_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
+    json_path = Path(args.json) if args.json else ROOT / "bench" / "results" / f"scale-{stamp}.json"
+    print(f"{command.strip()}: {sizes}", flush=True)
+    folder = Path(tempfile.mkdtemp(prefix="rail-scale-"))
+    runs: list[list[dict[str, Any]]] = []
+    failed = False
+    try:
+        for run in range(1, sizes["runs"] + 1):
+            print(f"run {run}/{sizes['runs']}", flush=True)
+            runs.append(one_run(sizes, sweeps, folder / f"run{run}"))
+        rows, checks, md = report(runs)
+        failed = any(c["result"] == "FAIL" for c in checks)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"command": command.strip(), "commit": _commit(), "date": stamp,
+                                         "sizes": sizes, "medians": rows, "targets": checks, "runs": runs},
+                                        indent=1, default=str))
+        print(f"\nfigures written to {json_path}")
+        if args.markdown:
+            Path(args.markdown).write_text(f"`{command.strip()}` at {_commit()}\n\n{md}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        left = leftovers()
+        print("left running: " + ("; ".join(left) if left else "nothing (no brokerd or redis-server of this run)"))
+    return 1 if left else 2 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
