@@ -73,7 +73,7 @@ class Producer:
         self._in_flight: dict[int, _Batch] = {}
         self._unacked: dict[tuple[str, int], deque[_Batch]] = {}
         # Partitions whose unacked batches, from one on, could not be queued (ZeroMQ's queue
-        # was full): none is sent before that one; _retry_stale tries them again, in order.
+        # was full): none is sent before that one; _retry_stale sends them, in order (_send_held).
         self._held: set[tuple[str, int]] = set()
         # A partition's producer id, when it is not ``producer_id``: a new one starts its
         # sequences from 0 (_renumber, _expire).
@@ -275,6 +275,15 @@ class Producer:
         if not queued:
             self._held.add(tp)
 
+    def _send_held(self, tp: tuple[str, int]) -> None:
+        """Send the batches of ``tp`` that could not be queued, in order.  The ones before
+        them are queued already, ahead of them: they are not sent again."""
+        self._held.discard(tp)
+        for batch in self._unacked.get(tp, ()):
+            if self._in_flight.get(batch.request_id) is not batch and not self._transmit(batch):
+                self._held.add(tp)
+                return
+
     def _renumber(self, tp: tuple[str, int]) -> None:
         """The broker refused the first unacked batch of ``tp`` as out of order: it lost
         batches it had acknowledged (a crash before their fsync), so resending cannot fill
@@ -301,8 +310,11 @@ class Producer:
             self._expire(tp)
         stale = {(b.topic, b.partition) for b in self._in_flight.values()
                  if back or now - b.sent_at > self.request_timeout_s}
-        for tp in stale | self._held:
+        held = self._held - stale
+        for tp in stale:
             self._resend_from(tp)
+        for tp in held:
+            self._send_held(tp)
 
     def _expire(self, tp: tuple[str, int]) -> None:
         """Give up on every unacked batch of ``tp``: the oldest waited past

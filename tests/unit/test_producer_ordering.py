@@ -143,6 +143,20 @@ def test_a_batch_that_could_not_be_queued_holds_back_the_later_ones_of_its_parti
     assert not producer.errors
 
 
+def test_a_held_partition_sends_only_what_could_not_be_queued(
+        producer: Producer, fake: FakeBroker) -> None:
+    producer.send("t", 0, partition=0)  # queued, not yet answered
+    fake.full = True
+    producer.send("t", 1, partition=0)
+    producer._retry_stale()  # still full
+    fake.full = False
+    producer._retry_stale()
+
+    assert fake.sequences(0) == [0, 1], "the queued batch went again"
+    producer.flush(timeout_s=5)
+    assert fake.stored[("t", 0)] == [0, 1]
+
+
 def test_an_out_of_order_sequence_resends_the_partitions_batches_in_order_at_once(
         producer: Producer, fake: FakeBroker, monkeypatch: pytest.MonkeyPatch) -> None:
     producer.send("t", 0, partition=0)
