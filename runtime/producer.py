@@ -73,7 +73,7 @@ class Producer:
         self._in_flight: dict[int, _Batch] = {}
         self._unacked: dict[tuple[str, int], deque[_Batch]] = {}
         # Partitions whose unacked batches, from one on, could not be queued (ZeroMQ's queue
-        # was full): none is sent before that one; _retry_stale sends them, in order (_send_held).
+        # was full): none is sent before that one; _retry_stale sends them (_send_waiting).
         self._held: set[tuple[str, int]] = set()
         # A partition's producer id, when it is not ``producer_id``: a new one starts its
         # sequences from 0 (_renumber, _expire).
@@ -182,11 +182,21 @@ class Producer:
             if not self._transmit(batch, block=True):
                 self._report(batch, BrokerUnavailable(self.conn.endpoint, self.request_timeout_s))
             return
-        self._unacked.setdefault(tp, deque()).append(batch)
-        if tp in self._held:
-            return  # after the batch of tp that could not be queued, never before it
+        queue = self._unacked.setdefault(tp, deque())
+        queue.append(batch)
+        if tp in self._held or self._waits(queue, batch):
+            return  # sent in its turn (_send_waiting)
         if not self._transmit(batch):
             self._held.add(tp)
+
+    @staticmethod
+    def _waits(queue: deque[_Batch], batch: _Batch) -> bool:
+        """``batch`` waits for the first batch of its partition under its producer id
+        (sequence 0) to be acked.  Were that one lost in transit and this one to arrive,
+        the broker would take this one for the producer's first (it accepts any sequence
+        from a producer it does not know) and answer the retry of the lost one as a
+        duplicate: acknowledged, never stored."""
+        return queue[0].sequence == 0 and queue[0] is not batch
 
     def _transmit(self, batch: _Batch, block: bool = False) -> bool:
         """Queue ``batch`` for the broker; False if ZeroMQ's queue is full (the broker has
@@ -234,9 +244,12 @@ class Producer:
             self._acked(batch, cast(p.ProduceReply, reply))
 
     def _acked(self, batch: _Batch, reply: p.ProduceReply) -> None:
-        queue = self._unacked.get((batch.topic, batch.partition))
+        tp = (batch.topic, batch.partition)
+        queue = self._unacked.get(tp)
         if queue and batch in queue:
             queue.remove(batch)
+            if batch.sequence == 0 and queue:
+                self._send_waiting(tp)
         base = reply.offsets[0][1] if reply.offsets else -1
         for i, callback in enumerate(batch.callbacks):
             callback(batch.partition, base + i if base >= 0 else -1, None)
@@ -252,6 +265,7 @@ class Producer:
             return
         if batch in queue:
             queue.remove(batch)
+            self._send_waiting(tp)
         self._report(batch, error)
 
     def _report(self, batch: _Batch, error: BrokerError) -> None:
@@ -265,22 +279,25 @@ class Producer:
 
     def _resend_from(self, tp: tuple[str, int]) -> None:
         """Resend every unacked batch of ``tp`` in order, at once (the broker drops
-        duplicates).  If one cannot be queued, it and the ones after it wait (_held)."""
-        self._held.discard(tp)
-        queued = True
+        duplicates)."""
         for batch in self._unacked.get(tp, ()):
             if self._in_flight.pop(batch.request_id, None) is not None:
                 self.conn.unwatched(batch.request_id)  # its late reply is dropped on arrival
-            queued = queued and self._transmit(batch)
-        if not queued:
-            self._held.add(tp)
+        self._send_waiting(tp)
 
-    def _send_held(self, tp: tuple[str, int]) -> None:
-        """Send the batches of ``tp`` that could not be queued, in order.  The ones before
-        them are queued already, ahead of them: they are not sent again."""
+    def _send_waiting(self, tp: tuple[str, int]) -> None:
+        """Send, in order, the unacked batches of ``tp`` not in flight: the ones that could
+        not be queued and the ones that waited (_waits).  The ones in flight are queued
+        ahead of them and are not sent again.  If one cannot be queued, it and the ones
+        after it wait (_held)."""
         self._held.discard(tp)
-        for batch in self._unacked.get(tp, ()):
-            if self._in_flight.get(batch.request_id) is not batch and not self._transmit(batch):
+        queue = self._unacked.get(tp, deque())
+        for batch in queue:
+            if self._in_flight.get(batch.request_id) is batch:
+                continue
+            if self._waits(queue, batch):
+                return
+            if not self._transmit(batch):
                 self._held.add(tp)
                 return
 
@@ -314,7 +331,7 @@ class Producer:
         for tp in stale:
             self._resend_from(tp)
         for tp in held:
-            self._send_held(tp)
+            self._send_waiting(tp)
 
     def _expire(self, tp: tuple[str, int]) -> None:
         """Give up on every unacked batch of ``tp``: the oldest waited past

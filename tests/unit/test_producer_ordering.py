@@ -40,6 +40,7 @@ class FakeBroker:
         self.lose = 0  # this many next requests are lost (a dropped connection)
         self.most_outstanding = 0
         self.superseded: set[int] = set()
+        self.too_large: set[Any] = set()  # values refused with MESSAGE_TOO_LARGE
 
     # -- what the producer calls ------------------------------------------------------
     def next_id(self) -> int:
@@ -83,6 +84,8 @@ class FakeBroker:
     # -- the broker's side ------------------------------------------------------------
     def answer(self, request: dict[str, Any]) -> p.ProduceReply | p.ErrorReply:
         topic, partition, records = request["topic"], request["partition"], request["records"]
+        if records[0][0] in self.too_large:
+            return p.ErrorReply(id=request["id"], code="MESSAGE_TOO_LARGE", message="too large")
         key = (request["producer_id"], topic, partition)
         sequence, expected = request["sequence"], self.expected.get(key)
         if expected is not None and sequence > expected:
@@ -127,34 +130,77 @@ def producer(fake: FakeBroker) -> Iterator[Producer]:
 def test_a_batch_that_could_not_be_queued_holds_back_the_later_ones_of_its_partition(
         producer: Producer, fake: FakeBroker) -> None:
     producer.send("t", 0, partition=0)
+    producer.flush(timeout_s=5)
+    producer.send("t", 1, partition=0)
     fake.full = True
-    producer.send("t", 1, partition=0)  # not queued
+    producer.send("t", 2, partition=0)  # not queued
     fake.full = False
-    producer.send("t", 2, partition=0)  # must not overtake 1
+    producer.send("t", 3, partition=0)  # must not overtake 2
     producer.send("t", 0, partition=1)  # another partition is not held back
 
-    assert fake.sequences(0) == [0]
+    assert fake.sequences(0) == [0, 1]
     assert fake.sequences(1) == [0]
 
     producer.flush(timeout_s=5)
 
-    assert fake.sequences(0) == [0, 1, 2]
-    assert fake.stored[("t", 0)] == [0, 1, 2]
+    assert fake.sequences(0) == [0, 1, 2, 3]
+    assert fake.stored[("t", 0)] == [0, 1, 2, 3]
     assert not producer.errors
 
 
 def test_a_held_partition_sends_only_what_could_not_be_queued(
         producer: Producer, fake: FakeBroker) -> None:
-    producer.send("t", 0, partition=0)  # queued, not yet answered
+    producer.send("t", 0, partition=0)
+    producer.flush(timeout_s=5)
+    producer.send("t", 1, partition=0)  # queued, not yet answered
     fake.full = True
-    producer.send("t", 1, partition=0)
+    producer.send("t", 2, partition=0)
     producer._retry_stale()  # still full
     fake.full = False
     producer._retry_stale()
 
-    assert fake.sequences(0) == [0, 1], "the queued batch went again"
+    assert fake.sequences(0) == [0, 1, 2], "the queued batch went again"
     producer.flush(timeout_s=5)
-    assert fake.stored[("t", 0)] == [0, 1]
+    assert fake.stored[("t", 0)] == [0, 1, 2]
+
+
+def test_the_first_batch_of_a_partition_goes_alone_until_it_is_acked(
+        producer: Producer, fake: FakeBroker) -> None:
+    for value in range(3):
+        producer.send("t", value, partition=0)
+    assert fake.sequences(0) == [0]
+
+    fake.release()
+    producer._collect()
+
+    assert fake.sequences(0) == [0, 1, 2]
+
+
+def test_a_lost_first_batch_is_stored_when_retried_not_taken_for_a_duplicate(
+        producer: Producer, fake: FakeBroker) -> None:
+    # The broker takes any sequence from a producer it does not know: had batch 1 gone out
+    # behind a lost batch 0, it would be stored first and the retry of 0 answered as a
+    # duplicate (acknowledged, never stored).
+    fake.lose = 1
+    for value in range(3):
+        producer.send("t", value, partition=0)
+    for batch in producer._in_flight.values():
+        batch.sent_at -= producer.request_timeout_s + 1  # its request timeout passed
+    producer.flush(timeout_s=5)
+
+    assert fake.stored[("t", 0)] == [0, 1, 2]
+    assert not producer.errors
+
+
+def test_a_first_batch_that_failed_for_good_lets_the_next_ones_go(
+        producer: Producer, fake: FakeBroker) -> None:
+    fake.too_large = {0}
+    for value in range(3):
+        producer.send("t", value, partition=0)
+    producer.flush(timeout_s=5)
+
+    assert [e.code for e in producer.errors] == ["MESSAGE_TOO_LARGE"]
+    assert fake.stored[("t", 0)] == [1, 2]
 
 
 def test_an_out_of_order_sequence_resends_the_partitions_batches_in_order_at_once(
@@ -226,3 +272,17 @@ def test_a_partition_held_past_the_delivery_timeout_is_given_up(
 
     assert failed == ["UNAVAILABLE"]
     assert not producer._held
+
+
+def test_a_batch_refused_for_good_does_not_get_the_next_ones_resent_forever(
+        producer: Producer, fake: FakeBroker) -> None:
+    producer.send("t", 0, partition=0)
+    producer.flush(timeout_s=5)
+    fake.too_large = {1}
+    for value in range(1, 4):
+        producer.send("t", value, partition=0)  # 2 and 3: out of order behind refused 1
+    producer.flush(timeout_s=5)
+
+    assert [e.code for e in producer.errors] == ["MESSAGE_TOO_LARGE"]
+    assert fake.stored[("t", 0)] == [0, 2, 3]
+    assert len(fake.sent) < 10, "resent again and again"
