@@ -1,5 +1,11 @@
 """The batching, pipelined, idempotent producer: see ``runtime.client``.
 
+A partition's batches reach the broker in sequence order: at most ``max_in_flight`` (16)
+of a partition and MAX_REQUESTS (500) of all partitions are in flight, so ZeroMQ's queues
+never refuse a request or drop a reply; a batch that could not be queued holds back the
+later ones of its partition; a partition's first batch goes alone until acknowledged; an
+OUT_OF_ORDER_SEQUENCE resends the partition's unacked batches in order, at once.
+
 Used from one thread at a time; its own lock guards it against its linger thread.
 """
 

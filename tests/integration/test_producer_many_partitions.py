@@ -98,9 +98,12 @@ def test_keyed_events_to_a_thousand_partitions_arrive_in_order_and_once(
         assert values == list(range(key, events, 3000))
 
 
-def test_one_event_to_each_of_ten_thousand_partitions_needs_no_timeout(
+def test_one_event_to_each_of_four_thousand_partitions_needs_no_timeout(
         broker: BrokerProcess) -> None:
-    topics = [f"spread-{t}" for t in range(10)]
+    # Each flush sends 1,000 single-batch requests: one that could not be queued was found
+    # only by the request timeout.  (Four topics, not issue 11's ten: creating a topic of
+    # 1,000 partitions takes the broker 1-2 s.)
+    topics = [f"spread-{t}" for t in range(4)]
     for topic in topics:
         create(broker, topic)
     with Producer(broker.api, request_timeout_s=REQUEST_TIMEOUT_S) as producer:
@@ -112,6 +115,6 @@ def test_one_event_to_each_of_ten_thousand_partitions_needs_no_timeout(
         took = time.monotonic() - started
         assert not producer.errors
 
-    assert took < REQUEST_TIMEOUT_S / 2, f"10 x {PARTITIONS} events took {took:.1f} s"
+    assert took < REQUEST_TIMEOUT_S / 2, f"{len(topics)} x {PARTITIONS} events took {took:.1f} s"
     assert counts(broker) == {"out of order": 0, "replies dropped": 0}
-    assert stored(broker, "spread-9", PARTITIONS - 1) == [PARTITIONS - 1]
+    assert stored(broker, "spread-3", PARTITIONS - 1) == [PARTITIONS - 1]
