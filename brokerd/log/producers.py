@@ -45,8 +45,13 @@ class ProducerTable:
     def check(self, producer_id: int, base_sequence: int, record_count: int) -> None:
         """Raise DuplicateBatch or OutOfOrderSequence unless the batch is the next one."""
         recent = self._recent.get(producer_id)
-        if not recent:
-            return
+        if not recent:  # a producer this partition does not know starts at 0 (as in Kafka):
+            if base_sequence == 0:  # else a lost first batch could be taken for a duplicate
+                return
+            raise OutOfOrderSequence(
+                f"producer {producer_id} is unknown to this partition, so its first batch "
+                f"must have sequence 0, not {base_sequence}: resend from the first "
+                "unacknowledged batch, or start again under a new producer id")
         last = recent[-1]
         expected = last.base_sequence + last.record_count
         if base_sequence == expected:

@@ -16,6 +16,7 @@ import msgpack
 import pytest
 import zmq
 
+from brokerd import protocol as p
 from tests.helpers import BrokerProcess, wait_for
 
 TIMEOUT_S = 10.0
@@ -154,7 +155,7 @@ def test_dealer_and_req_clients_get_replies_in_their_own_shape(broker: BrokerPro
                                                                client: RawClient) -> None:
     ping = client.ok("ping")
     assert set(ping) == {"op", "id", "version", "time_ms"}  # every field, always
-    assert ping["version"] == 2 and ping["time_ms"] > 1_600_000_000_000
+    assert ping["version"] == p.PROTOCOL_VERSION and ping["time_ms"] > 1_600_000_000_000
 
     req = context.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
@@ -330,8 +331,11 @@ def test_producer_fields_and_timestamps_out_of_range_are_bad_requests_that_creat
         assert reply["op"] == "error" and reply["code"] == "BAD_REQUEST", (fields, reply)
     assert client.call("metadata", topics=["fresh"])["code"] == "UNKNOWN_TOPIC"
 
+    unknown = client.call("produce", topic="fresh", partition=0, producer_id=2**63 - 1,
+                          sequence=2**31 - 1, records=[["x", None, None, 2**63 - 1]])
+    assert unknown["code"] == "OUT_OF_ORDER_SEQUENCE", "an unknown producer starts at 0"
     edges = client.ok("produce", topic="fresh", partition=0, producer_id=2**63 - 1,
-                      sequence=2**31 - 1, records=[["x", None, None, 2**63 - 1]])
+                      sequence=0, records=[["x", None, None, 2**63 - 1]])
     assert edges["offsets"] == [[0, 0, 1]]
 
 

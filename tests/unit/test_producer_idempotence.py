@@ -137,3 +137,16 @@ def test_a_torn_retry_is_accepted_again_after_recovery(tmp_path: Path) -> None:
         assert send(log, 2) == second
     finally:
         log.close()
+
+
+def test_an_unknown_producer_must_start_at_sequence_0() -> None:
+    """A lost first batch must not let a later one in, or its retry would be taken for a
+    duplicate and never stored (acknowledged, yet lost)."""
+    from brokerd.errors import OutOfOrderSequence
+    from brokerd.log.producers import ProducerTable
+    table = ProducerTable()
+    with pytest.raises(OutOfOrderSequence):
+        table.check(9, 2, 1)
+    table.check(9, 0, 2)
+    table.record(9, 0, 2, 0)
+    table.check(9, 2, 1)
