@@ -36,6 +36,7 @@ import datetime
 import json
 import math
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -52,13 +53,13 @@ if str(ROOT) not in sys.path:  # spawned children inherit sys.path: they import 
     sys.path.insert(0, str(ROOT))
 
 if __package__:
-    from .common import cpu_stall_us, median_row, print_table, run_in_process, spawn, wait_until
+    from .common import cpu_stall_us, median, print_table, run_in_process, spawn, wait_until
     from .peers import RedisServer
     from .scale_broker import STARTED, ScaleBroker, schedstat_cpu_s
     from .scale_clients import (group_consume, hold_connections, hold_members, keyed_produce,
                                 redis_create_groups, redis_group_consume, redis_keyed_produce)
 else:  # run as a script
-    from common import cpu_stall_us, median_row, print_table, run_in_process, spawn, wait_until
+    from common import cpu_stall_us, median, print_table, run_in_process, spawn, wait_until
     from peers import RedisServer
     from scale_broker import STARTED, ScaleBroker, schedstat_cpu_s
     from scale_clients import (group_consume, hold_connections, hold_members, keyed_produce,
@@ -83,12 +84,26 @@ QUICK: dict[str, Any] = {**FULL, "events": 20_000, "group_events": 20_000, "idle
 # --- measurements on one broker ---------------------------------------------------
 
 
+def _result(child: Any, broker: ScaleBroker, timeout: float) -> Any:
+    """The child's result; fail at once (not at the timeout) if the broker died meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return child.result(1.0)
+        except TimeoutError:
+            died = broker.death_note()
+            if died:
+                raise RuntimeError(died) from None
+            if time.monotonic() > deadline:
+                raise
+
+
 def _produce(broker: ScaleBroker, topics: list[str], n: int) -> dict[str, Any]:
     """Keyed ``Producer.send`` in a child process; rate, broker CPU per event, OOO errors."""
     before = broker.counts()
     cpu = broker.cpu_s()
     with spawn(keyed_produce, broker.api, topics, n, SIZE) as child:
-        out = child.result(CHILD_TIMEOUT_S)
+        out = _result(child, broker, CHILD_TIMEOUT_S)
     cpu = broker.cpu_s() - cpu
     after = broker.counts()
     if out["errors"]:
@@ -101,7 +116,7 @@ def _consume(broker: ScaleBroker, topics: list[str], n: int, group: str) -> dict
     """One ``Consumer`` drains n events in a child process; rate, broker CPU per event."""
     cpu = broker.cpu_s()
     with spawn(group_consume, broker.api, topics, n, group) as child:
-        out = child.result(CHILD_TIMEOUT_S)
+        out = _result(child, broker, CHILD_TIMEOUT_S)
     cpu = broker.cpu_s() - cpu
     return {"consume": n / out["seconds"], "consume_us": cpu / n * 1e6}
 
@@ -122,9 +137,34 @@ def _restart(broker: ScaleBroker) -> dict[str, Any]:
     return {"restart_s": seconds, "rss_restart_mb": broker.rss_mb()}
 
 
-def _await_phase(flags: Path, phase: str, child: Any, timeout: float) -> dict[str, Any]:
+def _stage(row: dict[str, Any], broker: ScaleBroker, name: str, measure: Any) -> bool:
+    """``row.update(measure())``; a failure is written down in ``row["failures"]`` instead of
+    ending the run, and a broker that died is started again for the stages that follow."""
+    try:
+        row.update(measure())
+        return True
+    except Exception as exc:  # noqa: BLE001 - recorded in the results, and the run goes on
+        died = broker.death_note()
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        note = died or f"{type(exc).__name__}: {lines[-1][:300]}"
+        row.setdefault("failures", []).append(f"{name}: {note}")
+        print(f"  FAILED {row['sweep']} {row['size']:,} {name}: {note}", flush=True)
+        if died:
+            row["crash_restart_s"] = broker.start()  # the next stages run on a restarted broker
+        return False
+
+
+def _await_phase(flags: Path, phase: str, child: Any, broker: ScaleBroker, timeout: float) -> dict[str, Any]:
     path = flags / f"{phase}.json"
-    wait_until(lambda: child.ensure_alive() or path.exists(), timeout, interval=0.02, what=phase)
+
+    def done() -> bool:
+        child.ensure_alive()
+        died = broker.death_note()
+        if died:
+            raise RuntimeError(died)
+        return path.exists()
+
+    wait_until(done, timeout, interval=0.02, what=phase)
     return dict(json.loads(path.read_text()))
 
 
@@ -141,17 +181,43 @@ def partitions_point(count: int, sizes: dict[str, Any], folder: Path) -> dict[st
     topics = [f"keyed{t}" for t in range(math.ceil(count / MAX_PARTITIONS))]
     n, group = sizes["events"], "scale-consumer"
     row: dict[str, Any] = {"sweep": "partitions", "size": count}
-    with ScaleBroker(folder) as broker:
+    with ScaleBroker(folder, sizes["nofile"]) as broker:
         started = time.perf_counter()
         for topic in topics:
             broker.call(p.CreateTopic(topic=topic, partitions=count // len(topics)), timeout_s=300.0)
         row["setup_s"] = time.perf_counter() - started
-        row.update(_produce(broker, topics, n))
-        row.update(_consume(broker, topics, n, group))
-        row.update(_steady(broker, _idle_for(count, 10_000, sizes), group))
-        row.update(_restart(broker))
-    row.update({f"redis_{k}": v for k, v in redis_streams(count, n).items()})
+        _stage(row, broker, "produce", lambda: _produce(broker, topics, n))
+        _stage(row, broker, "consume", lambda: _consume(broker, topics, n, group))
+        _stage(row, broker, "steady", lambda: _steady(broker, _idle_for(count, 10_000, sizes), group))
+        _stage(row, broker, "restart", lambda: _restart(broker))
+    try:
+        row.update({f"redis_{k}": v for k, v in redis_streams(count, n).items()})
+    except Exception as exc:  # noqa: BLE001 - recorded; Rail's figures stand alone
+        row.setdefault("failures", []).append(f"redis: {type(exc).__name__}: {str(exc)[:300]}")
     return row
+
+
+def _drain(broker: ScaleBroker, flags: Path, holder: Any) -> dict[str, Any]:
+    cpu = broker.cpu_s()
+    (flags / "go").touch()
+    drained = _await_phase(flags, "drained", holder, broker, CHILD_TIMEOUT_S)
+    events = drained["events"]
+    return {"consume": events / drained["seconds"], "consume_us": (broker.cpu_s() - cpu) / events * 1e6}
+
+
+def _heartbeat_idle(broker: ScaleBroker, count: int, interval_s: float, idle_s: float) -> dict[str, Any]:
+    out = _steady(broker, idle_s, "scale-g0")
+    beats_per_s = count / interval_s  # broker CPU per heartbeat, as if all idle CPU were theirs
+    return {**out, "heartbeats_per_s": beats_per_s,
+            "idle_us_per_heartbeat": out["idle_cpu_pct"] / 100 / beats_per_s * 1e6}
+
+
+def _stop_members(flags: Path, holder: Any) -> dict[str, Any]:
+    (flags / "stop").touch()
+    held = holder.result(60.0)
+    if held["errors"]:
+        print(f"  member errors: {held['errors']}", flush=True)
+    return {"heartbeats_idle": held["heartbeats_idle"], "client_errors": sum(held["errors"].values())}
 
 
 def groups_point(count: int, sizes: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -160,31 +226,32 @@ def groups_point(count: int, sizes: dict[str, Any], folder: Path) -> dict[str, A
     row: dict[str, Any] = {"sweep": "groups", "size": count}
     flags = folder / "flags"
     flags.mkdir(parents=True)
-    with ScaleBroker(folder) as broker:
+    with ScaleBroker(folder, sizes["nofile"]) as broker:
         for topic in ("shared", "keyed"):
             broker.call(p.CreateTopic(topic=topic, partitions=GROUP_TOPIC_PARTITIONS))
         run_in_process(keyed_produce, broker.api, ["shared"], per_group, SIZE, timeout=CHILD_TIMEOUT_S)
         with spawn(hold_members, broker.api, "shared", count, per_group, str(flags), CHILD_TIMEOUT_S) as holder:
-            joined = _await_phase(flags, "joined", holder, CHILD_TIMEOUT_S)
+            joined = _await_phase(flags, "joined", holder, broker, CHILD_TIMEOUT_S)
             row["setup_s"] = joined["seconds"]
-            cpu = broker.cpu_s()
-            (flags / "go").touch()
-            drained = _await_phase(flags, "drained", holder, CHILD_TIMEOUT_S)
-            events = drained["events"]
-            row.update(consume=events / drained["seconds"], consume_us=(broker.cpu_s() - cpu) / events * 1e6)
-            row.update(_produce(broker, ["keyed"], sizes["events"]))
-            row.update(_steady(broker, _idle_for(count, 1000, sizes), "scale-g0"))
-            beats_per_s = count / joined["interval_s"]  # broker CPU per heartbeat, if all idle CPU were theirs
-            row.update(heartbeats_per_s=beats_per_s, idle_us_per_heartbeat=row["idle_cpu_pct"] / 100 / beats_per_s * 1e6)
-            (flags / "stop").touch()
-            held = holder.result(60.0)
-        row["heartbeats_idle"] = held["heartbeats_idle"]
-        row["client_errors"] = sum(held["errors"].values())
-        if held["errors"]:
-            print(f"  member errors: {held['errors']}", flush=True)
-        row.update(_restart(broker))
-    row.update({f"redis_{k}": v for k, v in redis_groups(count, per_group).items()})
+            _stage(row, broker, "drain", lambda: _drain(broker, flags, holder))
+            _stage(row, broker, "produce", lambda: _produce(broker, ["keyed"], sizes["events"]))
+            _stage(row, broker, "steady", lambda: _heartbeat_idle(broker, count, joined["interval_s"],
+                                                                   _idle_for(count, 1000, sizes)))
+            _stage(row, broker, "members", lambda: _stop_members(flags, holder))
+        _stage(row, broker, "restart", lambda: _restart(broker))
+    try:
+        row.update({f"redis_{k}": v for k, v in redis_groups(count, per_group).items()})
+    except Exception as exc:  # noqa: BLE001 - recorded; Rail's figures stand alone
+        row.setdefault("failures", []).append(f"redis: {type(exc).__name__}: {str(exc)[:300]}")
     return row
+
+
+def _produce_over(broker: ScaleBroker, flags: Path, holder: Any, n: int) -> dict[str, Any]:
+    cpu = broker.cpu_s()
+    (flags / "go").touch()
+    produced = _await_phase(flags, "produced", holder, broker, CHILD_TIMEOUT_S)
+    return {"produce": n / produced["seconds"], "produce_us": (broker.cpu_s() - cpu) / n * 1e6,
+            "client_errors": sum(produced["errors"].values())}
 
 
 def connections_point(count: int, sizes: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -193,20 +260,15 @@ def connections_point(count: int, sizes: dict[str, Any], folder: Path) -> dict[s
     row: dict[str, Any] = {"sweep": "connections", "size": count}
     flags = folder / "flags"
     flags.mkdir(parents=True)
-    with ScaleBroker(folder) as broker:
+    with ScaleBroker(folder, sizes["nofile"]) as broker:
         broker.call(p.CreateTopic(topic="keyed", partitions=GROUP_TOPIC_PARTITIONS))
         with spawn(hold_connections, broker.api, "keyed", count, n, SIZE, str(flags), CHILD_TIMEOUT_S) as holder:
-            row["setup_s"] = _await_phase(flags, "connected", holder, CHILD_TIMEOUT_S)["seconds"]
-            cpu = broker.cpu_s()
-            (flags / "go").touch()
-            produced = _await_phase(flags, "produced", holder, CHILD_TIMEOUT_S)
-            row.update(produce=n / produced["seconds"], produce_us=(broker.cpu_s() - cpu) / n * 1e6,
-                       client_errors=sum(produced["errors"].values()))
-            row.update(_consume(broker, ["keyed"], n, "scale-consumer"))
-            row.update(_steady(broker, _idle_for(count, 1000, sizes), "scale-consumer"))
-            row.update(_restart(broker))  # with the connections open: they reconnect
+            row["setup_s"] = _await_phase(flags, "connected", holder, broker, CHILD_TIMEOUT_S)["seconds"]
+            _stage(row, broker, "produce", lambda: _produce_over(broker, flags, holder, n))
+            _stage(row, broker, "consume", lambda: _consume(broker, ["keyed"], n, "scale-consumer"))
+            _stage(row, broker, "steady", lambda: _steady(broker, _idle_for(count, 1000, sizes), "scale-consumer"))
+            _stage(row, broker, "restart", lambda: _restart(broker))  # the connections open: they reconnect
             (flags / "stop").touch()
-            holder.result(60.0)
     return row
 
 
@@ -284,31 +346,56 @@ def _redis_drain_groups(port: int, keys: list[str], per_group: int, groups: list
 SWEEPS = {"partitions": partitions_point, "groups": groups_point, "connections": connections_point}
 
 
+def _one_line(row: dict[str, Any]) -> str:
+    def fig(key: str, fmt: str) -> str:
+        value = row.get(key)
+        return "-" if value is None else fmt.format(value)
+
+    return (f"produce {fig('produce', '{:,.0f}/s')}, consume {fig('consume', '{:,.0f}/s')}, "
+            f"idle {fig('idle_cpu_pct', '{:.2f} %')}, RSS {fig('rss_mb', '{:.0f} MB')}, "
+            f"restart {fig('restart_s', '{:.2f} s')}, metadata {fig('metadata_ms', '{:.1f} ms')}, "
+            f"OOO {row.get('ooo', '-')}")
+
+
 def one_run(sizes: dict[str, Any], sweeps: list[str], folder: Path) -> list[dict[str, Any]]:
     rows = []
     for sweep in sweeps:
         for size in sizes[sweep]:
             stall, started = cpu_stall_us(), time.perf_counter()
-            row = SWEEPS[sweep](size, sizes, folder / f"{sweep}-{size}")
+            try:
+                row = SWEEPS[sweep](size, sizes, folder / f"{sweep}-{size}")
+            except Exception as exc:  # noqa: BLE001 - the point is recorded as failed; the run goes on
+                lines = str(exc).strip().splitlines() or [type(exc).__name__]
+                row = {"sweep": sweep, "size": size, "failures": [f"setup: {type(exc).__name__}: {lines[-1][:300]}"]}
+                print(f"  FAILED {sweep} {size:,} setup: {row['failures'][0]}", flush=True)
             seconds = time.perf_counter() - started
             after = cpu_stall_us()
             row.update(point_s=seconds, load_avg_1m=os.getloadavg()[0])
             if stall is not None and after is not None:
                 row["cpu_wait_pct"] = (after - stall) / 1e4 / seconds
             shutil.rmtree(folder / f"{sweep}-{size}", ignore_errors=True)
-            print(f"  {sweep} {size:,}: {seconds:.0f} s, produce {row.get('produce', 0):,.0f}/s, "
-                  f"consume {row.get('consume', 0):,.0f}/s, idle {row['idle_cpu_pct']:.2f} %, "
-                  f"RSS {row['rss_mb']:.0f} MB, restart {row['restart_s']:.2f} s, OOO {row.get('ooo', 0)}",
-                  flush=True)
+            print(f"  {sweep} {size:,}: {seconds:.0f} s, {_one_line(row)}", flush=True)
             rows.append(row)
     return rows
 
 
 def medians(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per (sweep, size): the median of each figure over the runs."""
-    rows = [median_row([run[i] for run in runs]) for i in range(len(runs[0]))]
-    for row in rows:
-        row["size"] = int(row["size"])
+    """One row per (sweep, size): the median of each figure over the runs that have it;
+    the failures of every run, each marked with its run."""
+    rows = []
+    for i, first in enumerate(runs[0]):
+        points = [run[i] for run in runs]
+        row: dict[str, Any] = {"sweep": first["sweep"], "size": first["size"], "runs": len(points)}
+        keys = {k for point in points for k in point} - {"sweep", "size", "failures"}
+        for key in sorted(keys):
+            values = [v for point in points if isinstance(v := point.get(key), (int, float))
+                      and not isinstance(v, bool)]
+            if values:
+                row[key] = median(values)
+        failures = [f"run {r}: {f}" for r, point in enumerate(points, 1) for f in point.get("failures", [])]
+        if failures:
+            row["failures"] = failures
+        rows.append(row)
     return rows
 
 
@@ -334,32 +421,44 @@ def _find(rows: list[dict[str, Any]], sweep: str, size: int) -> dict[str, Any] |
 
 
 def targets(rows: list[dict[str, Any]], runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Issue 11's targets on the medians; a point that was not run is "-"."""
+    """Issue 11's targets on the medians.  A figure missing because its point failed is a
+    FAIL; one missing because its point was not run is "-"."""
     out = []
 
-    def check(name: str, value: float | None, limit: str, ok: bool | None, shown: str) -> None:
-        out.append({"target": name, "value": shown if value is not None else "-", "limit": limit,
-                    "result": "-" if ok is None else "PASS" if ok else "FAIL"})
+    def check(name: str, point: dict[str, Any] | None, value: float | None, limit: str,
+              ok: bool | None, shown: str) -> None:
+        if value is None:
+            failed = point is not None and point.get("failures")
+            out.append({"target": name, "value": "failed" if failed else "-", "limit": limit,
+                        "result": "FAIL" if failed else "-"})
+        else:
+            out.append({"target": name, "value": shown, "limit": limit, "result": "PASS" if ok else "FAIL"})
 
     p10, p1k, p10k, g1k = (_find(rows, "partitions", 10), _find(rows, "partitions", 1000),
                            _find(rows, "partitions", 10_000), _find(rows, "groups", 1000))
-    share = p10 and p1k and p1k["produce"] / p10["produce"]
-    check("keyed produce, 1,000 / 10 partitions", share, ">= 50%", None if not share else share >= 0.5,
-          f"{share:.0%}" if share else "")
+    share = None
+    if p10 and p1k and p10.get("produce") and p1k.get("produce"):
+        share = p1k["produce"] / p10["produce"]
+    check("keyed produce, 1,000 / 10 partitions", p1k if p10 else None, share, ">= 50%",
+          share is not None and share >= 0.5, f"{share:.0%}" if share is not None else "")
     ooo = sum(r.get("ooo", 0) for run in runs for r in run)
-    check("OUT_OF_ORDER_SEQUENCE, every produce of every run", ooo, "0", ooo == 0, f"{ooo}")
+    check("OUT_OF_ORDER_SEQUENCE, every produce of every run", None, ooo, "0", ooo == 0, f"{ooo}")
     for key, name, limit, bound, fmt in (("idle_cpu_pct", "10,000 partitions: idle CPU", "< 0.5 %", 0.5, "{:.2f} %"),
                                          ("rss_mb", "10,000 partitions: RSS", "< 150 MB", 150, "{:.0f} MB"),
                                          ("restart_s", "10,000 partitions: restart after kill -9", "<= 3 s", 3.0,
                                           "{:.2f} s"),
                                          ("metadata_ms", "10,000 partitions: metadata", "<= 50 ms", 50, "{:.1f} ms")):
-        value = p10k[key] if p10k else None
-        ok = None if value is None else value <= bound if limit.startswith("<=") else value < bound
-        check(name + (f" (over {p10k['idle_s']:g} s)" if p10k and key == "idle_cpu_pct" else ""), value, limit, ok,
-              fmt.format(value) if value is not None else "")
-    value = g1k["idle_cpu_pct"] if g1k else None
-    check("1,000 groups heartbeating: idle CPU" + (f" (over {g1k['idle_s']:g} s)" if g1k else ""), value, "< 2 %",
-          None if value is None else value < 2.0, f"{value:.2f} %" if value is not None else "")
+        value = p10k.get(key) if p10k else None
+        ok = value is not None and (value <= bound if limit.startswith("<=") else value < bound)
+        idle = f" (over {p10k['idle_s']:g} s)" if p10k and key == "idle_cpu_pct" and "idle_s" in p10k else ""
+        check(name + idle, p10k, value, limit, ok, fmt.format(value) if value is not None else "")
+    value = g1k.get("idle_cpu_pct") if g1k else None
+    idle = f" (over {g1k['idle_s']:g} s)" if g1k and "idle_s" in g1k else ""
+    check("1,000 groups heartbeating: idle CPU" + idle, g1k, value, "< 2 %", value is not None and value < 2.0,
+          f"{value:.2f} %" if value is not None else "")
+    failures = sum(len(r.get("failures", [])) for run in runs for r in run)
+    check("no failure (crash, error, timeout) at any point of any run", None, failures, "0", failures == 0,
+          f"{failures}")
     return out
 
 
@@ -378,6 +477,9 @@ def report(runs: list[list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], list
                                      ("rss_mb", "RSS MB"), ("restart_s", "restart s"), ("metadata_ms", "meta ms"),
                                      ("ooo", "OOO"), ("load_avg_1m", "load"), ("cpu_wait_pct", "CPU wait %")],
                              title="every run")
+    failures = [{"sweep": r["sweep"], "size": r["size"], "failure": f} for r in rows for f in r.get("failures", [])]
+    if failures:
+        md += "\n" + print_table(failures, ["sweep", "size", "failure"], title="failures")
     return rows, checks, md
 
 
@@ -406,6 +508,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--groups", help="group counts (default 1,100,1000)")
     parser.add_argument("--connections", help="connection counts (default 1,1000)")
     parser.add_argument("--events", type=int, help="events per produce and consume (default 200,000; quick 20,000)")
+    parser.add_argument("--nofile", type=int, help="open-files limit (soft and hard) for the brokers, at most this shell's hard "
+                        "limit; default: this shell's (the broker raises its soft limit to the hard one)")
     parser.add_argument("--json", help="write every figure here (default bench/results/scale-<date>.json)")
     parser.add_argument("--markdown", help="also write the tables, as markdown, to this file")
     return parser.parse_args(argv)
@@ -419,6 +523,11 @@ def _sizes(args: argparse.Namespace) -> dict[str, Any]:
     if args.events:
         sizes["events"] = sizes["group_events"] = args.events
     sizes["runs"] = args.runs or sizes["runs"]
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if args.nofile and hard != resource.RLIM_INFINITY and args.nofile > hard:
+        raise SystemExit(f"--nofile {args.nofile} is above this shell's hard limit ({hard}), which a child cannot raise")
+    sizes["nofile"] = args.nofile
+    sizes["nofile_limits"] = list(resource.getrlimit(resource.RLIMIT_NOFILE))
     return sizes
 
 

@@ -11,6 +11,7 @@ check at its end that none is left.  Not thread-safe: the benchmark's main threa
 from __future__ import annotations
 
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -60,8 +61,9 @@ def psutil_cpu_s(pid: int) -> float:
 class ScaleBroker:
     """``python -m brokerd`` with its data in ``folder/data``; stop it with ``stop()``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, nofile: int | None = None) -> None:
         self.folder = folder
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) for the broker; None: inherit
         folder.mkdir(parents=True, exist_ok=True)
         self.api = f"tcp://127.0.0.1:{free_port()}"
         self.ingest = f"tcp://127.0.0.1:{free_port()}"
@@ -75,13 +77,16 @@ class ScaleBroker:
 
     def start(self) -> float:
         """Start the broker; return the seconds from ``Popen`` to its first ``ping`` reply."""
+        self._close_conn()
+        self._close_stdout()
         argv = [sys.executable, "-m", "brokerd", "--data-dir", str(self.folder / "data"),
                 "--bind", self.api, "--ingest", self.ingest, "--log-level", "WARNING"]
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         with open(self.folder / "broker.log", "ab") as log:
             started = time.perf_counter()
             self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=log, text=True)
+                                         stdout=subprocess.PIPE, stderr=log, text=True,
+                                         preexec_fn=self._limit_files if self.nofile else None)
         STARTED.append(self.proc.pid)
         try:
             self._wait_ready_line(started + READY_TIMEOUT_S)
@@ -91,6 +96,18 @@ class ScaleBroker:
             self.stop()
             raise
         return time.perf_counter() - started
+
+    def _limit_files(self) -> None:
+        """In the child before exec: its open-files limit (raising the hard one needs root)."""
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
+    def death_note(self) -> str | None:
+        """None while the broker runs; else its exit code and the last lines it logged."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        lines = [line for line in self.log_tail(4000).splitlines() if line.strip(" ^~\t")]
+        return f"brokerd exited with code {self.proc.returncode}: " + " | ".join(lines[-2:])[-400:]
 
     def _wait_ready_line(self, deadline: float) -> None:
         """Read stdout, bounded, until ``brokerd ready ...``."""
