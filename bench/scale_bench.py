@@ -108,7 +108,8 @@ def _produce(broker: ScaleBroker, topics: list[str], n: int) -> dict[str, Any]:
     after = broker.counts()
     if out["errors"]:
         print(f"  producer errors: {out['errors']} {out['first_errors']}", flush=True)
-    return {"produce": n / out["seconds"], "produce_us": cpu / n * 1e6, "ooo": after[OOO] - before[OOO],
+    return {"produce": n / out["seconds"], "produce_us": cpu / n * 1e6, "produce_client_us": out["cpu_s"] / n * 1e6,
+            "ooo": after[OOO] - before[OOO],
             "producer_errors": out["errors"], "replies_dropped": after["replies_dropped"] - before["replies_dropped"]}
 
 
@@ -118,7 +119,7 @@ def _consume(broker: ScaleBroker, topics: list[str], n: int, group: str) -> dict
     with spawn(group_consume, broker.api, topics, n, group) as child:
         out = _result(child, broker, CHILD_TIMEOUT_S)
     cpu = broker.cpu_s() - cpu
-    return {"consume": n / out["seconds"], "consume_us": cpu / n * 1e6}
+    return {"consume": n / out["seconds"], "consume_us": cpu / n * 1e6, "consume_client_us": out["cpu_s"] / n * 1e6}
 
 
 def _steady(broker: ScaleBroker, idle_s: float, group: str) -> dict[str, Any]:
@@ -202,7 +203,8 @@ def _drain(broker: ScaleBroker, flags: Path, holder: Any) -> dict[str, Any]:
     (flags / "go").touch()
     drained = _await_phase(flags, "drained", holder, broker, CHILD_TIMEOUT_S)
     events = drained["events"]
-    return {"consume": events / drained["seconds"], "consume_us": (broker.cpu_s() - cpu) / events * 1e6}
+    return {"consume": events / drained["seconds"], "consume_us": (broker.cpu_s() - cpu) / events * 1e6,
+            "consume_client_us": drained["cpu_s"] / events * 1e6}
 
 
 def _heartbeat_idle(broker: ScaleBroker, count: int, interval_s: float, idle_s: float) -> dict[str, Any]:
@@ -251,6 +253,7 @@ def _produce_over(broker: ScaleBroker, flags: Path, holder: Any, n: int) -> dict
     (flags / "go").touch()
     produced = _await_phase(flags, "produced", holder, broker, CHILD_TIMEOUT_S)
     return {"produce": n / produced["seconds"], "produce_us": (broker.cpu_s() - cpu) / n * 1e6,
+            "produce_client_us": produced["cpu_s"] / n * 1e6,
             "client_errors": sum(produced["errors"].values())}
 
 
@@ -305,10 +308,12 @@ def redis_streams(count: int, n: int) -> dict[str, Any]:
         run_in_process(redis_create_groups, server.port, keys, ["g"], timeout=CHILD_TIMEOUT_S)
         cpu = schedstat_cpu_s(server.pid)
         produced = run_in_process(redis_keyed_produce, server.port, keys, n, SIZE, timeout=CHILD_TIMEOUT_S)
-        out.update(produce=n / produced["seconds"], produce_us=(schedstat_cpu_s(server.pid) - cpu) / n * 1e6)
+        out.update(produce=n / produced["seconds"], produce_us=(schedstat_cpu_s(server.pid) - cpu) / n * 1e6,
+                   produce_client_us=produced["cpu_s"] / n * 1e6)
         cpu = schedstat_cpu_s(server.pid)
         consumed = run_in_process(redis_group_consume, server.port, keys, n, "g", timeout=CHILD_TIMEOUT_S)
-        out.update(consume=n / consumed["seconds"], consume_us=(schedstat_cpu_s(server.pid) - cpu) / n * 1e6)
+        out.update(consume=n / consumed["seconds"], consume_us=(schedstat_cpu_s(server.pid) - cpu) / n * 1e6,
+                   consume_client_us=consumed["cpu_s"] / n * 1e6)
         time.sleep(1.0)  # the everysec fsync
         process = psutil.Process(server.pid)
         out.update(idle_cpu_pct=_redis_idle_pct(server.pid), rss_mb=process.memory_info().rss / 2**20,
@@ -406,6 +411,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 THROUGHPUT = [("sweep", "sweep"), ("size", "size"), ("produce", "produce/s"), ("redis_produce", "redis produce/s"),
               ("produce_x", "x redis"), ("consume", "consume/s"), ("redis_consume", "redis consume/s"),
               ("consume_x", "x redis"), ("produce_us", "µs/ev produce"), ("consume_us", "µs/ev consume"),
+              ("produce_client_us", "client µs/ev prod"), ("consume_client_us", "client µs/ev cons"),
               ("redis_produce_us", "redis µs/ev prod"), ("redis_consume_us", "redis µs/ev cons"), ("ooo", "OOO")]
 RESOURCES = [("sweep", "sweep"), ("size", "size"), ("rss_mb", "RSS MB"), ("rss_restart_mb", "RSS restarted"),
              ("redis_rss_mb", "redis RSS"), ("idle_cpu_pct", "idle CPU %"), ("idle_s", "idle s"),
