@@ -109,7 +109,7 @@ def _produce(broker: ScaleBroker, topics: list[str], n: int) -> dict[str, Any]:
     if out["errors"]:
         print(f"  producer errors: {out['errors']} {out['first_errors']}", flush=True)
     return {"produce": n / out["seconds"], "produce_us": cpu / n * 1e6, "produce_client_us": out["cpu_s"] / n * 1e6,
-            "ooo": after[OOO] - before[OOO],
+            "ooo": after[OOO] - before[OOO], "events_per_request": n / max(1, after["requests"] - before["requests"] - 1),
             "producer_errors": out["errors"], "replies_dropped": after["replies_dropped"] - before["replies_dropped"]}
 
 
@@ -412,6 +412,7 @@ THROUGHPUT = [("sweep", "sweep"), ("size", "size"), ("produce", "produce/s"), ("
               ("produce_x", "x redis"), ("consume", "consume/s"), ("redis_consume", "redis consume/s"),
               ("consume_x", "x redis"), ("produce_us", "µs/ev produce"), ("consume_us", "µs/ev consume"),
               ("produce_client_us", "client µs/ev prod"), ("consume_client_us", "client µs/ev cons"),
+              ("events_per_request", "events/request"),
               ("redis_produce_us", "redis µs/ev prod"), ("redis_consume_us", "redis µs/ev cons"), ("ooo", "OOO")]
 RESOURCES = [("sweep", "sweep"), ("size", "size"), ("rss_mb", "RSS MB"), ("rss_restart_mb", "RSS restarted"),
              ("redis_rss_mb", "redis RSS"), ("idle_cpu_pct", "idle CPU %"), ("idle_s", "idle s"),
