@@ -12,7 +12,8 @@ import zmq
 from brokerd import logs
 from brokerd.config import ConfigError, load_config
 from brokerd.errors import StorageError
-from brokerd.protocol import EXIT_BIND, EXIT_CONFIG, EXIT_OK, EXIT_STORAGE
+from brokerd.protocol import EXIT_BIND, EXIT_CONFIG, EXIT_OK, EXIT_STORAGE, EXIT_UNAVAILABLE
+from brokerd.server import Broker
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -25,6 +26,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default tcp://127.0.0.1:7401)")
     parser.add_argument("--config", help="TOML file with broker and topic_defaults settings")
     parser.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    parser.add_argument("--broker-id", type=int, help="this broker's id in a cluster (>= 0)")
+    parser.add_argument("--zookeeper", help="join a cluster coordinated by ZooKeeper: "
+                        "HOST:PORT[,HOST:PORT...][/chroot]")
+    parser.add_argument("--advertise", help="the API endpoint other brokers and clients "
+                        "use (default: the bound one)")
     return parser.parse_args(argv)
 
 
@@ -40,17 +46,35 @@ def raise_open_files_limit() -> None:
                                                  "to %d: %s", soft, hard, exc)
 
 
+def join_cluster(broker: Broker, api: str, ingest: str) -> int:
+    """Register with ZooKeeper and take up this broker's replicas; an exit code."""
+    from brokerd.cluster.zk import ClusterError
+    assert broker.cluster is not None
+    try:
+        broker.cluster.start(api, ingest)
+    except ClusterError as exc:
+        print(f"brokerd: {exc}", file=sys.stderr)
+        broker.cluster.stop()
+        return EXIT_CONFIG if "already registered" in str(exc) else EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = load_config(args.config, {"data_dir": args.data_dir, "bind": args.bind,
-                                           "ingest": args.ingest, "log_level": args.log_level})
+        config = load_config(args.config, {
+            "data_dir": args.data_dir, "bind": args.bind, "ingest": args.ingest,
+            "log_level": args.log_level, "broker_id": args.broker_id,
+            "zookeeper": args.zookeeper, "advertise": args.advertise})
     except ConfigError as exc:
         print(f"brokerd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if config.zookeeper and config.broker_id < 0:
+        print("brokerd: --zookeeper needs --broker-id N (each broker its own N >= 0)",
+              file=sys.stderr)
+        return EXIT_CONFIG
     logs.setup(config.log_level)
     raise_open_files_limit()
-    from brokerd.server import Broker
     try:
         broker = Broker(config)
     except zmq.ZMQError as exc:
@@ -60,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"brokerd: cannot open data dir {config.data_dir}: {exc}", file=sys.stderr)
         return EXIT_STORAGE
     api, ingest = broker.endpoints
+    if broker.cluster is not None:
+        code = join_cluster(broker, api, ingest)
+        if code != EXIT_OK:
+            return code
     print(f"brokerd ready api={api} ingest={ingest} data={config.data_dir}", flush=True)
     broker.serve()
     return EXIT_OK

@@ -20,6 +20,10 @@ class TopicDefaults(LogConfig, frozen=True, forbid_unknown_fields=True, kw_only=
     partitions: int = 1
     fsync: FsyncPolicy = "interval"
     fsync_interval_ms: int = 100
+    replication_factor: int = 0
+    """Replicas of each partition in a cluster (0: min(3, live brokers)); 1 on one broker."""
+    min_insync_replicas: int = 0
+    """In-sync replicas an ``acks="all"`` produce needs (0: 2, or 1 without replicas)."""
 
     def problem(self) -> str | None:
         if not 1 <= self.partitions <= 1024:
@@ -39,6 +43,13 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_waiting_per_client: int = 64
     retention_check_ms: int = 60_000
+    broker_id: int = -1
+    zookeeper: str = ""
+    """``host:port[,host:port...][/chroot]``: join a cluster; empty: a single broker."""
+    advertise: str = ""
+    """The API endpoint other brokers and clients use (default: the bound one)."""
+    replica_lag_time_ms: int = 10_000
+    zookeeper_session_timeout_ms: int = 6_000
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
 
 

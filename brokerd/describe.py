@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def topic_info(topic: Topic) -> p.TopicInfo:
     parts = [p.PartitionInfo(partition=i, start_offset=pl.start_offset,
-                             end_offset=pl.end_offset, size_bytes=pl.size_bytes)
+                             end_offset=pl.visible_end, size_bytes=pl.size_bytes)
              for i, pl in enumerate(topic.partitions)]
     return p.TopicInfo(name=topic.name, partitions=parts,
                        config=msgspec.to_builtins(topic.config))
@@ -46,7 +46,7 @@ def describe_group(broker: Broker, req: p.DescribeGroup) -> p.DescribeGroupReply
         partitions.append(p.GroupPartition(
             topic=topic, partition=index, committed=done,
             position=group.positions.get((topic, index)) if group else None,
-            end_offset=plog.end_offset, lag=max(0, plog.end_offset - lag_from),
+            end_offset=plog.visible_end, lag=max(0, plog.visible_end - lag_from),
             owner=group.owners.get((topic, index)) if group else None))
     return p.DescribeGroupReply(
         id=req.id, group=req.group, state=group.state if group else "empty",

@@ -65,6 +65,22 @@ class GroupNotEmpty(RailError):
     code = "GROUP_NOT_EMPTY"
 
 
+class NotLeader(RailError):
+    code = "NOT_LEADER"
+
+
+class FencedLeaderEpoch(RailError):
+    code = "FENCED_LEADER_EPOCH"
+
+
+class UnknownLeaderEpoch(RailError):
+    code = "UNKNOWN_LEADER_EPOCH"
+
+
+class NotEnoughReplicas(RailError):
+    code = "NOT_ENOUGH_REPLICAS"
+
+
 class StaleGeneration(RailError):
     code = "STALE_GENERATION"
 

@@ -20,9 +20,11 @@ from brokerd.describe import describe_group, topic_info
 from brokerd.errors import (
     BadRequest,
     MessageTooLarge,
+    NotLeader,
     RailError,
     StorageError,
     TooManyWaiting,
+    TopicExists,
     UnknownOp,
     UnknownPartition,
 )
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from brokerd.config import BrokerConfig
     from brokerd.groups import Coordinator
     from brokerd.log.offsets import OffsetStore
+    from brokerd.cluster.node import Cluster
     from brokerd.memory import Trimmer
     from brokerd.stats import Stats
     from brokerd.topics import Topic, TopicRegistry
@@ -76,6 +79,7 @@ class Handlers:
     acks: AckQueue
     stats: Stats
     memory: Trimmer
+    cluster: Cluster | None
     endpoints: tuple[str, str]
 
     def send(self, client: Client, reply: p.Reply) -> None:
@@ -177,6 +181,10 @@ class Handlers:
                 return self.handle_delete_records(request)
             case p.DeleteGroup():
                 return self.handle_delete_group(request)
+            case p.ReplicaFetch():
+                return self._clustered().handle_replica_fetch(request, client)
+            case p.OffsetForLeaderEpoch():
+                return self._clustered().handle_offset_for_leader_epoch(request)
         raise UnknownOp(f"unhandled op {type(request).__name__}")
 
     # -- produce ----------------------------------------------------------------------
@@ -193,6 +201,9 @@ class Handlers:
                                    f"0..{config.partitions - 1}, not {req.partition}")
         records = _decode_batch(req.records, config.max_batch_bytes)
         topic = existing
+        if topic is None and self.cluster is not None:
+            raise NotLeader(f"no topic {req.topic!r} on this broker: a cluster creates topics "
+                            "only with create_topic; refresh metadata")
         if topic is None:
             topic, created = self.topics.get_or_create(req.topic)
             if created:
@@ -204,6 +215,9 @@ class Handlers:
             split = _split(topic, req.records, records)
         now = now_ms()
         offsets, needs, duplicate = [], [], False
+        if self.cluster is not None:
+            for index in split:
+                self.cluster.check_produce(topic.name, index, req.acks)
         for index, (payload, recs) in split.items():
             plog = topic.partition(index)
             first, highest = _timestamps(recs, now)
@@ -234,6 +248,8 @@ class Handlers:
     # -- fetch and poll ---------------------------------------------------------------
     def handle_fetch(self, req: p.Fetch, client: Client) -> p.Reply | None:
         topic = self.topics.get(req.topic)
+        if self.cluster is not None:
+            self.cluster.leading(req.topic, req.partition)
         reply = self._fetch_reply(topic, req)
         if req.max_wait_ms == 0 or _reply_bytes(reply.batches) >= max(req.min_bytes, 1):
             return reply
@@ -259,7 +275,7 @@ class Handlers:
         counters.bytes_out += size
         return p.FetchReply(id=req.id, topic=topic.name, partition=req.partition,
                             offset=req.offset, start_offset=plog.start_offset,
-                            end_offset=plog.end_offset, batches=wire)
+                            end_offset=plog.visible_end, batches=wire)
 
     def handle_poll(self, req: p.Poll, client: Client) -> p.Reply | None:
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
@@ -331,7 +347,7 @@ class Handlers:
                 break
             topic = self.topics.get(tp[0])
             plog = topic.partition(tp[1])
-            end = plog.end_offset
+            end = plog.visible_end
             pos = group.positions.get(tp)
             if pos is None or not plog.start_offset <= pos <= end:
                 pos = self.coordinator.position(group, tp)  # first poll, or retention/cut
@@ -364,6 +380,9 @@ class Handlers:
 
     # -- groups -----------------------------------------------------------------------
     def handle_join(self, req: p.Join) -> p.Reply:
+        if self.cluster is not None:
+            raise BadRequest("consumer groups are not replicated across a cluster yet: read "
+                             "with fetch from each partition's leader (docs/cluster.md)")
         if not req.topics:
             raise BadRequest("join needs at least one topic")
         for name in req.topics:
@@ -410,6 +429,15 @@ class Handlers:
 
     # -- topics -----------------------------------------------------------------------
     def handle_create_topic(self, req: p.CreateTopic) -> p.Reply:
+        if self.cluster is not None:
+            try:
+                count = self.cluster.create_topic(req.topic, req.partitions, req.config)
+            except TopicExists:
+                if not req.exist_ok:
+                    raise
+                return p.CreateTopicReply(id=req.id, topic=req.topic, partitions=0,
+                                          created=False)
+            return p.CreateTopicReply(id=req.id, topic=req.topic, partitions=count)
         existing = self.topics.topics.get(req.topic)
         if existing is not None and req.exist_ok:
             return p.CreateTopicReply(id=req.id, topic=req.topic,
@@ -419,18 +447,21 @@ class Handlers:
         return p.CreateTopicReply(id=req.id, topic=topic.name, partitions=len(topic.partitions))
 
     def handle_delete_topic(self, req: p.DeleteTopic) -> p.Reply:
+        self._single("delete_topic")
         self.topics.delete(req.topic)
         self.offsets.forget(topic=req.topic)
         self.coordinator.topics_changed({req.topic})
         return p.DeleteTopicReply(id=req.id, topic=req.topic)
 
     def handle_create_partitions(self, req: p.CreatePartitions) -> p.Reply:
+        self._single("create_partitions")
         topic = self.topics.grow(req.topic, req.partitions)
         self.coordinator.topics_changed({topic.name})
         return p.CreatePartitionsReply(id=req.id, topic=topic.name,
                                        partitions=len(topic.partitions))
 
     def handle_delete_records(self, req: p.DeleteRecords) -> p.Reply:
+        self._single("delete_records")
         plog = self.topics.get(req.topic).partition(req.partition)
         offset = plog.end_offset if req.offset == -1 else req.offset
         start = plog.delete_records(offset)
@@ -446,12 +477,29 @@ class Handlers:
 
     def handle_metadata(self, req: p.Metadata) -> p.Reply:
         names = req.topics if req.topics is not None else sorted(self.topics.topics)
-        return p.MetadataReply(id=req.id, topics=[topic_info(self.topics.get(n)) for n in names])
+        infos = [topic_info(self.topics.get(n)) for n in names]
+        cluster = self.cluster
+        if cluster is None:
+            return p.MetadataReply(id=req.id, topics=infos)
+        for info in infos:
+            for part in info.partitions:
+                cluster.partition_info(info.name, part)
+        return p.MetadataReply(id=req.id, topics=infos, brokers=cluster.broker_infos(),
+                               controller=cluster.controller_id)
+
+    def _clustered(self) -> Cluster:
+        if self.cluster is None:
+            raise BadRequest("this broker is not in a cluster (started without --zookeeper)")
+        return self.cluster
+
+    def _single(self, op: str) -> None:
+        if self.cluster is not None:
+            raise BadRequest(f"{op} is not supported in a cluster yet (docs/cluster.md)")
 
     def handle_list_offsets(self, req: p.ListOffsets) -> p.Reply:
         plog = self.topics.get(req.topic).partition(req.partition)
         if req.timestamp == p.LATEST:
-            offset = plog.end_offset
+            offset = plog.visible_end
         elif req.timestamp == p.EARLIEST:
             offset = plog.start_offset
         else:

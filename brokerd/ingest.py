@@ -75,7 +75,10 @@ class Ingest:
     def _append(self, name: str, items: list[list[bytes]]) -> None:
         broker = self.broker
         try:
-            topic, created = broker.topics.get_or_create(name)
+            if broker.cluster is not None:  # a cluster creates topics only in ZooKeeper
+                topic, created = broker.topics.get(name), False
+            else:
+                topic, created = broker.topics.get_or_create(name)
         except RailError as exc:
             for _ in items:
                 self._complain(exc.message)
@@ -96,6 +99,8 @@ class Ingest:
         for index, records in parts.items():
             payload = _encode(records)
             try:
+                if broker.cluster is not None:
+                    broker.cluster.leading(name, index)
                 topic.partitions[index].append(payload, len(records), now, now, append_timestamp=now)
             except RailError as exc:
                 broker.stats.count("ingest_failed", len(records))

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 2  # 2: create_partitions, delete_records, delete_group
+PROTOCOL_VERSION = 3  # 2: create_partitions, delete_records, delete_group; 3: cluster
 
 # Limits (the broker's defaults; see BrokerConfig for the knobs).
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -48,12 +48,14 @@ EXIT_OK = 0
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: bad flags or config file
 EXIT_BIND = 76  # cannot bind a socket (address in use, bad endpoint)
 EXIT_STORAGE = 74  # sysexits EX_IOERR: the data dir is unusable or a log is corrupt
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: ZooKeeper cannot be reached
 
 ERROR_CODES = (
     "BAD_REQUEST", "UNKNOWN_OP", "UNKNOWN_TOPIC", "UNKNOWN_PARTITION", "INVALID_TOPIC",
     "TOPIC_EXISTS", "OFFSET_OUT_OF_RANGE", "MESSAGE_TOO_LARGE", "NOT_MEMBER",
     "STALE_GENERATION", "OUT_OF_ORDER_SEQUENCE", "STORAGE_ERROR", "TOO_MANY_WAITING",
-    "SHUTTING_DOWN", "INTERNAL", "UNKNOWN_GROUP", "GROUP_NOT_EMPTY",
+    "SHUTTING_DOWN", "INTERNAL", "UNKNOWN_GROUP", "GROUP_NOT_EMPTY", "NOT_LEADER",
+    "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "NOT_ENOUGH_REPLICAS", "NOT_CONTROLLER",
 )
 
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
@@ -176,6 +178,27 @@ class DeleteGroup(_Request, tag="delete_group"):
     group: str
 
 
+class ReplicaFetch(_Request, tag="replica_fetch"):
+    """A follower copies a partition from its leader (cluster mode; brokers only)."""
+
+    topic: str
+    partition: Partition
+    offset: NonNeg
+    replica_id: NonNeg
+    leader_epoch: int
+    max_wait_ms: WaitMs = 0
+    max_bytes: FetchBytes = DEFAULT_FETCH_BYTES
+
+
+class OffsetForLeaderEpoch(_Request, tag="offset_for_leader_epoch"):
+    """Where ``epoch`` ended in the leader's log: where a follower truncates to."""
+
+    topic: str
+    partition: Partition
+    epoch: int
+    leader_epoch: int = -1
+
+
 class Metadata(_Request, tag="metadata"):
     topics: list[str] | None = None
 
@@ -207,7 +230,7 @@ class Ping(_Request, tag="ping"):
 Request = Union[
     Produce, Fetch, Join, Heartbeat, Poll, Commit, Seek, Leave, CreateTopic, DeleteTopic,
     Metadata, ListOffsets, DescribeGroup, ListGroups, Stats, Ping, CreatePartitions,
-    DeleteRecords, DeleteGroup,
+    DeleteRecords, DeleteGroup, ReplicaFetch, OffsetForLeaderEpoch,
 ]
 OPS = tuple(t.__struct_config__.tag for t in Request.__args__)  # type: ignore[attr-defined]
 
@@ -309,11 +332,39 @@ class DeleteGroupReply(_Reply, tag="delete_group"):
     group: str
 
 
+class ReplicaFetchReply(_Reply, tag="replica_fetch"):
+    topic: str
+    partition: int
+    leader_epoch: int
+    high_watermark: int
+    end_offset: int
+    batches: list[bytes]
+    """Stored batches as they are on disk: the 64-byte header, then the payload."""
+    epochs: list[tuple[int, int]] = []
+    """The leader's epochs, ``[epoch, start_offset]``: the follower copies them."""
+
+
+class OffsetForLeaderEpochReply(_Reply, tag="offset_for_leader_epoch"):
+    epoch: int
+    end_offset: int
+
+
 class PartitionInfo(msgspec.Struct, kw_only=True):
     partition: int
     start_offset: int
     end_offset: int
     size_bytes: int
+    leader: int = -1
+    """In a cluster: the broker id of the leader (-1: offline, or a single broker)."""
+    leader_epoch: int = -1
+    replicas: list[int] = []
+    isr: list[int] = []
+
+
+class BrokerInfo(msgspec.Struct, kw_only=True):
+    id: int
+    api: str
+    ingest: str
 
 
 class TopicInfo(msgspec.Struct, kw_only=True):
@@ -324,6 +375,9 @@ class TopicInfo(msgspec.Struct, kw_only=True):
 
 class MetadataReply(_Reply, tag="metadata"):
     topics: list[TopicInfo]
+    brokers: list[BrokerInfo] = []
+    """In a cluster: every live broker (empty for a single broker)."""
+    controller: int = -1
 
 
 class ListOffsetsReply(_Reply, tag="list_offsets"):
@@ -373,7 +427,8 @@ Reply = Union[
     ErrorReply, ProduceReply, FetchReply, JoinReply, HeartbeatReply, PollReply, CommitReply,
     SeekReply, LeaveReply, CreateTopicReply, DeleteTopicReply, MetadataReply,
     ListOffsetsReply, DescribeGroupReply, ListGroupsReply, StatsReply, PingReply,
-    CreatePartitionsReply, DeleteRecordsReply, DeleteGroupReply,
+    CreatePartitionsReply, DeleteRecordsReply, DeleteGroupReply, ReplicaFetchReply,
+    OffsetForLeaderEpochReply,
 ]
 
 

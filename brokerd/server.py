@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import zmq
@@ -39,6 +40,9 @@ from brokerd.protocol import EXIT_STORAGE, ErrorReply, Reply
 from brokerd.stats import Stats
 from brokerd.topics import Topic, TopicRegistry
 from brokerd.waiters import AckQueue, Client, WaitingRoom
+
+if TYPE_CHECKING:
+    from brokerd.cluster.node import Cluster
 
 log = logging.getLogger("brokerd")
 DRAIN = 256  # messages taken from one socket per loop turn before looking at the others
@@ -83,6 +87,10 @@ class Broker(Handlers):
         self._covered: dict[PartitionLog, int] = {}
         self._next_retention = time.monotonic() + config.retention_check_ms / 1000
         self.memory = Trimmer(time.monotonic())
+        self.cluster: Cluster | None = None
+        if config.zookeeper:
+            from brokerd.cluster.node import Cluster
+            self.cluster = Cluster(self, config)
 
     def _socket(self, kind: int, endpoint: str) -> zmq.Socket:
         sock = self.context.socket(kind)
@@ -98,12 +106,14 @@ class Broker(Handlers):
 
     def bounds(self, topic: str, partition: int) -> tuple[int, int]:
         p = self.topics.get(topic).partition(partition)
-        return p.start_offset, p.end_offset
+        return p.start_offset, p.visible_end
 
     def appended(self, topic: Topic, partition: int) -> None:
         """``topic[partition]`` got a batch: wake its parked polls, and keep the flush
         deadline (the topic's next interval fsync may be the soonest now)."""
         self.waiting.data_arrived((topic.name, partition))
+        if self.cluster is not None:
+            self.cluster.appended(topic.name, partition)
         if topic.config.fsync != "never":
             due = self._next_flush.get(topic.name, 0.0)
             if self._topics_flush_at is None or due < self._topics_flush_at:
@@ -151,8 +161,10 @@ class Broker(Handlers):
         api_fd, pull_fd = int(self.api.getsockopt(zmq.FD)), int(self.pull.getsockopt(zmq.FD))
         flusher_fd, signal_fd = self.flusher.wake_fd, wake_r.fileno()
         poller = select.epoll()
-        for fd in (api_fd, pull_fd, flusher_fd, signal_fd):
-            poller.register(fd, select.EPOLLIN)
+        cluster_fd = self.cluster.wake_fd if self.cluster is not None else -1
+        for fd in (api_fd, pull_fd, flusher_fd, signal_fd, cluster_fd):
+            if fd >= 0:
+                poller.register(fd, select.EPOLLIN)
         self._topics_flush_at = self._scan_flush_deadline()
         flush_at = self._flush_deadline()
         api_ready, pull_more = self._api_readable(), True  # look before the first sleep
@@ -162,6 +174,8 @@ class Broker(Handlers):
                 fired = [fd for fd, _ in poller.poll(timeout / 1000)]
                 if flusher_fd in fired:
                     self._round_done(self.flusher.finished())
+                if cluster_fd in fired and self.cluster is not None:
+                    self.cluster.handle_events()
                 if api_ready or api_fd in fired:
                     self._drain_api(api_ready)
                 if pull_more or pull_fd in fired:
@@ -229,6 +243,8 @@ class Broker(Handlers):
     def _timeout_ms(self, flush_at: float | None) -> int:
         """How long the loop may sleep: until the soonest timer (1 ms late rather than early)."""
         soonest = min(self._next_retention, self.memory.next_check)
+        if self.cluster is not None:
+            soonest = min(soonest, self.cluster.next_timer)
         for deadline in (flush_at, self.waiting.next_deadline(), self._expiry_at):
             if deadline is not None and deadline < soonest:
                 soonest = deadline
@@ -243,6 +259,8 @@ class Broker(Handlers):
             self.sessions_changed()
         if now >= self.memory.next_check:
             self.memory.check(now)
+        if self.cluster is not None and now >= self.cluster.next_timer:
+            self.cluster.timers(now)
         if now >= self._next_retention:
             self._next_retention = now + self.config.retention_check_ms / 1000
             self.housekeeping()
@@ -357,6 +375,8 @@ class Broker(Handlers):
         self.offsets.flush()
         self._settle()
         self.flusher.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         self.api.close()
         self.pull.close()
         self.topics.close()

@@ -153,8 +153,10 @@ class AckQueue:
 
     def settle(self) -> list[DurableAck]:
         """Remove and return the acks whose every partition is durable far enough."""
-        return self._take(lambda ack: all(log.durable_offset >= needed
-                                          for log, needed in ack.needs))
+        return self._take(lambda ack: all(
+            log.durable_offset >= needed
+            and (log.high_watermark is None or log.high_watermark >= needed)
+            for log, needed in ack.needs))
 
     def fail(self, logs: set[PartitionLog]) -> list[DurableAck]:
         """Remove and return the acks waiting on any of ``logs`` (their fsync failed)."""

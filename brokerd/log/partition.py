@@ -20,7 +20,15 @@ from pathlib import Path
 import msgspec
 
 from brokerd.errors import MessageTooLarge, OffsetOutOfRange, StorageError
-from brokerd.log.batch import HEADER_SIZE, decode_header, decode_records, encode_header, BatchHeader
+from brokerd.log.batch import (
+    HEADER_SIZE,
+    BatchHeader,
+    crc_ok,
+    decode_header,
+    decode_records,
+    encode_header,
+    header_problem,
+)
 from brokerd.log.config import LogConfig
 from brokerd.log.files import fsync_dir, replace_atomically
 from brokerd.log.index import NO_TIMESTAMP
@@ -81,6 +89,8 @@ class PartitionLog:
         """Every offset below this is fsynced (kept by whoever runs the flushes)."""
         self._deleted_below = 0
         """The start offset ``delete_records`` set (records below it are gone)."""
+        self.high_watermark: int | None = None
+        """Of a replicated partition: what every in-sync replica holds (reads stop there)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
             self._open()
@@ -265,6 +275,8 @@ class PartitionLog:
                 f"offset {offset} is outside {self.directory.parent.name}[{self.directory.name}]'s range "
                 f"[{self.start_offset}, {self.end_offset}]"
             )
+        if self.high_watermark is not None:
+            return self._read_below(self.high_watermark, offset, max_bytes)
         active = self.segments[-1]
         if offset >= active.base_offset:  # at the tail, where consumers mostly read
             return active.read(offset, max_bytes, self.config.verify_reads)
@@ -279,6 +291,26 @@ class PartitionLog:
             if batches and batches[-1].header.next_offset < seg.next_offset:
                 break  # stopped inside this segment: going on to the next would skip the rest
         return out
+
+    def read_all(self, offset: int, max_bytes: int) -> list[StoredBatch]:
+        """``read`` past the high watermark too (for followers, which copy everything)."""
+        hw, self.high_watermark = self.high_watermark, None
+        try:
+            return self.read(offset, max_bytes)
+        finally:
+            self.high_watermark = hw
+
+    def _read_below(self, hw: int, offset: int, max_bytes: int) -> list[StoredBatch]:
+        if offset >= hw:
+            if offset > self.end_offset:
+                raise OffsetOutOfRange(f"offset {offset} is past the end {self.end_offset}")
+            return []
+        self.high_watermark = None
+        try:
+            batches = self.read(offset, max_bytes)
+        finally:
+            self.high_watermark = hw
+        return [b for b in batches if b.header.base_offset < hw]
 
     def _segments_from(self, offset: int) -> list[Segment]:
         lo, hi = 0, len(self.segments) - 1
@@ -382,26 +414,66 @@ class PartitionLog:
         On Linux a failed fsync may have dropped the dirty pages, and a later fsync that
         succeeds says nothing about them (PostgreSQL's "fsyncgate"): nothing past the last
         offset known durable may be acknowledged, or answered as a duplicate of an earlier
-        append.  So the active segment is re-read and truncated there, and the index and
-        the producer state are rebuilt from what is left: a producer's retry then appends
-        the batch again.  Closed segments were fsynced when they were rolled.
+        append.  So the log is re-read and cut there, and the index and the producer state
+        are rebuilt from what is left: a producer's retry then appends the batch again.
+        Closed segments were fsynced when they were rolled.
         """
-        seg = self.segments[-1]
-        target = max(self.durable_offset, seg.base_offset)
+        target = max(self.durable_offset, self.segments[-1].base_offset)
         dropped = self.end_offset - target
+        self.truncate_to(target)
+        log.error("%s: an fsync failed; dropped the %d record(s) past durable offset %d",
+                  self.directory, dropped, target)
+        return dropped
+
+    def truncate_to(self, offset: int) -> int:
+        """Cut every batch at or past ``offset`` (a batch holding it goes whole) and return
+        the new end offset; rebuilds the index and the producer state from what is left."""
+        while len(self.segments) > 1 and self.segments[-1].base_offset >= offset:
+            self.segments.pop().delete()
+            self._dir_dirty = True
+        seg = self.segments[-1]
         result = seg.scan(0, seg.base_offset, NO_TIMESTAMP, dense=True, keep_headers=True)
-        kept = [(pos, h) for pos, h in result.headers if h.base_offset < target]
-        cut = next((pos for pos, h in result.headers if h.base_offset >= target),
+        kept = [(pos, h) for pos, h in result.headers if h.next_offset <= offset]
+        cut = next((pos for pos, h in result.headers if h.next_offset > offset),
                    result.valid_end)
-        seg.truncate(cut)
+        try:
+            seg.truncate(cut)
+        except OSError as exc:
+            raise StorageError.of(f"cannot cut {seg.log_path} back to {cut}", exc) from exc
         seg.rebuild_index(kept)
         seg.next_offset = kept[-1][1].next_offset if kept else seg.base_offset
         seg.max_timestamp = max((h.max_timestamp for _, h in kept), default=NO_TIMESTAMP)
         self._load_producers(kept)
         self._deleted_below = min(self._deleted_below, self.end_offset)
-        log.error("%s: an fsync failed; dropped the %d record(s) past durable offset %d",
-                  self.directory, dropped, target)
-        return dropped
+        self.durable_offset = min(self.durable_offset, self.end_offset)
+        if self.high_watermark is not None:
+            self.high_watermark = min(self.high_watermark, self.end_offset)
+        return self.end_offset
+
+    def append_replica(self, header_bytes: bytes, payload: bytes | memoryview) -> None:
+        """Append a batch exactly as the leader stored it (same offsets, timestamps and
+        producer fields), after checking it follows this log's end and its CRC."""
+        header = decode_header(header_bytes)
+        if header.base_offset != self.end_offset:
+            raise StorageError(f"{self.directory}: a replicated batch starts at "
+                               f"{header.base_offset}, the log ends at {self.end_offset}")
+        problem = header_problem(header, self.config.max_batch_bytes)
+        if not problem and header.payload_length != len(payload):
+            problem = f"{len(payload)} payload bytes, the header says {header.payload_length}"
+        if problem or not crc_ok(header_bytes + bytes(payload), 0, header):
+            raise StorageError(f"{self.directory}: a replicated batch is damaged: "
+                               f"{problem or 'bad CRC'}")
+        self._maybe_roll(header.size, header.append_timestamp)
+        self.segments[-1].append(header, header_bytes, payload)
+        if header.producer_id:
+            self.producers.record(header.producer_id, header.base_sequence,
+                                  header.record_count, header.base_offset)
+
+    @property
+    def visible_end(self) -> int:
+        """The end consumers may read to: the high watermark of a replicated partition."""
+        hw = self.high_watermark
+        return self.end_offset if hw is None else hw
 
     def close(self) -> None:
         for seg in self.segments:

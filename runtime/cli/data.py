@@ -23,7 +23,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def version_text() -> str:
-    """``rail 0.1.0 (protocol 2)``: the installed package and the wire protocol it speaks."""
+    """``rail 0.1.0 (protocol 3)``: the installed package and the wire protocol it speaks."""
     try:
         version = importlib.metadata.version("rail")
     except importlib.metadata.PackageNotFoundError:

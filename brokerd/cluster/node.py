@@ -1,0 +1,492 @@
+"""This broker's part in a cluster: replica roles, the leader's side of replication, and
+the controller when elected.
+
+Everything here runs on the broker loop.  ZooKeeper watches and the replica fetcher run on
+threads of their own and only post events (``_post``), which wake the loop through a pipe;
+``handle_events`` applies them one at a time, like Kafka's controller event queue.  ZooKeeper
+writes are compare-and-set on the znode version; the controller's also check the controller
+epoch, so a controller that was replaced cannot decide anything.  An ISR change is stored
+in ZooKeeper before the leader relies on it.  On a suspended or lost ZooKeeper session every
+leader replica steps down at once: no produce is taken or acknowledged until the session
+is back and the state re-read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+from typing import TYPE_CHECKING, Any
+
+from kazoo.exceptions import KazooException
+
+from brokerd import protocol as p
+from brokerd.cluster.epochs import LeaderEpochs
+from brokerd.cluster.fetcher import Follow, ReplicaFetcher
+from brokerd.cluster.replica import FOLLOWER, LEADER, Replica
+from brokerd.cluster.zk import (
+    BrokerRecord,
+    ClusterError,
+    ClusterStore,
+    PartitionState,
+    StaleVersion,
+    TopicRecord,
+)
+from brokerd.config import topic_config
+from brokerd.errors import (
+    BadRequest,
+    FencedLeaderEpoch,
+    NotEnoughReplicas,
+    NotLeader,
+    OffsetOutOfRange,
+    RailError,
+    StorageError,
+    TopicExists,
+    UnknownLeaderEpoch,
+)
+from brokerd.log.batch import HEADER, HEADER_SIZE
+from brokerd.topics import check_name
+
+if TYPE_CHECKING:
+    from brokerd.config import BrokerConfig
+    from brokerd.server import Broker
+    from brokerd.waiters import Client
+
+log = logging.getLogger("brokerd.cluster")
+TP = tuple[str, int]
+ISR_CHECK_S = 0.5
+
+
+class Cluster:
+    def __init__(self, broker: Broker, config: BrokerConfig) -> None:
+        self.broker = broker
+        self.config = config
+        self.id = config.broker_id
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.wake_fd, self._notify_fd = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self._notify_fd, False)
+        self.store = ClusterStore(config.zookeeper, self.id, self._post,
+                                  config.zookeeper_session_timeout_ms / 1000)
+        self.fetcher = ReplicaFetcher(self.id, self._post, broker.context)
+        self.replicas: dict[TP, Replica] = {}
+        self.brokers: dict[int, BrokerRecord] = {}
+        self.controller_id = -1
+        self.controller_epoch: int | None = None
+        self._controller_epoch_version = -1
+        self.fenced = False
+        self._lost = False
+        self.next_timer = time.monotonic() + ISR_CHECK_S
+        self._endpoints = ("", "")
+
+    # -- life -------------------------------------------------------------------------
+    def start(self, api: str, ingest: str) -> None:
+        """Join: connect, register, take up every replica this broker holds."""
+        self._endpoints = (self.config.advertise or api, ingest)
+        self.store.start()
+        self.store.register(*self._endpoints)
+        self.fetcher.start()
+        self._refresh()
+        log.info("broker %d joined the cluster at %s (controller: %d)", self.id,
+                 self.config.zookeeper, self.controller_id)
+
+    def stop(self) -> None:
+        self.fetcher.stop()
+        self.store.stop()
+        os.close(self.wake_fd)
+        os.close(self._notify_fd)
+
+    def _post(self, event: tuple[Any, ...]) -> None:
+        """From any thread: queue ``event`` for the loop and wake it."""
+        self._events.put(event)
+        try:
+            os.write(self._notify_fd, b"!")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (the loop will look anyway) or closed (stopping)
+
+    def _refresh(self) -> None:
+        self.brokers = self.store.brokers()
+        self._elect_controller()
+        for name in self.store.topics():
+            self._topic_seen(name)
+        for tp, replica in self.replicas.items():  # apply what is there now, whatever we had
+            state, version = self.store.state(*tp)
+            replica.version = -1
+            self._apply_state(tp, state, version)
+
+    # -- events -----------------------------------------------------------------------
+    def handle_events(self) -> None:
+        try:
+            os.read(self.wake_fd, 4096)
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._handle(event)
+            except (KazooException, ClusterError) as exc:
+                log.warning("cluster event %s failed: %r; retried when ZooKeeper is back",
+                            event[0], exc)
+            except RailError as exc:
+                log.error("cluster event %s failed: %s", event[0], exc.message)
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        match event:
+            case ("session", state):
+                self._session(state)
+            case ("brokers",):
+                self.brokers = self.store.brokers()
+                if self.controller_epoch is not None:
+                    self._elect_leaders()
+            case ("controller",):
+                self._elect_controller()
+            case ("topics",):
+                for name in self.store.topics():
+                    self._topic_seen(name)
+            case ("state", topic, partition, state, version):
+                if not self.fenced:
+                    self._apply_state((topic, partition), state, version)
+            case ("truncate", tp, leader_epoch, epoch, end_offset):
+                self._truncate(tp, leader_epoch, epoch, end_offset)
+            case ("fetched", tp, leader_epoch, offset, reply):
+                self._fetched(tp, leader_epoch, offset, reply)
+
+    def _session(self, state: str) -> None:
+        if state in ("SUSPENDED", "LOST"):
+            self._lost = self._lost or state == "LOST"
+            if not self.fenced:
+                log.warning("ZooKeeper session %s: every leader replica steps down", state)
+            self.fenced = True
+            self.controller_epoch = None
+            for replica in self.replicas.values():
+                if replica.role == LEADER:
+                    self._step_down(replica)
+        elif state == "CONNECTED" and self.fenced:
+            self.fenced = False
+            if self._lost:
+                self._lost = False
+                self.store.register(*self._endpoints)
+            log.info("ZooKeeper session back: re-reading the cluster's state")
+            self._refresh()
+
+    # -- topics and replica states ----------------------------------------------------
+    def _topic_seen(self, name: str) -> None:
+        record = self.store.topic(name)
+        if record is None or not any(self.id in r for r in record.replicas):
+            return
+        topic = self.broker.topics.topics.get(name)
+        if topic is None:
+            topic = self.broker.topics.create(name, len(record.replicas), record.config)
+            self.broker.coordinator.topics_changed({name})
+        min_isr = int(record.config.get("min_insync_replicas") or 1)
+        for index, replicas in enumerate(record.replicas):
+            tp = (name, index)
+            if self.id in replicas and tp not in self.replicas:
+                plog = topic.partitions[index]
+                self.replicas[tp] = Replica(name, index, self.id, plog,
+                                            LeaderEpochs(plog.directory), replicas, min_isr)
+                if plog.high_watermark is None:
+                    plog.high_watermark = 0
+                self.store.watch_state(name, index)
+
+    def _apply_state(self, tp: TP, state: PartitionState, version: int) -> None:
+        replica = self.replicas.get(tp)
+        if replica is None or version <= replica.version:
+            return
+        same_epoch = replica.leader_epoch == state.leader_epoch
+        if state.leader == self.id:
+            if replica.role == LEADER and same_epoch:
+                self._isr_changed(replica, state, version)
+                return
+            self.fetcher.unfollow(tp)
+            replica.become_leader(state, version, time.monotonic())
+            log.info("%s[%d]: leader at epoch %d, isr %s, log end %d", *tp,
+                     state.leader_epoch, state.isr, replica.plog.end_offset)
+            self._high_watermark_moved(replica)
+        elif state.leader < 0:
+            self._step_down(replica)
+            replica.go_offline(state, version)
+            self.fetcher.unfollow(tp)
+        elif replica.role == FOLLOWER and same_epoch and replica.state is not None \
+                and replica.state.leader == state.leader:
+            replica.state, replica.version = state, version
+        else:
+            self._step_down(replica)
+            replica.become_follower(state, version)
+            leader = self.brokers.get(state.leader)
+            if leader is None:  # not registered yet: the brokers watch brings it
+                self.brokers = self.store.brokers()
+                leader = self.brokers.get(state.leader)
+            if leader is not None:
+                self.fetcher.follow(Follow(tp, state.leader, leader.api, state.leader_epoch,
+                                           replica.epochs.latest))
+            log.info("%s[%d]: follower of broker %d at epoch %d", *tp, state.leader,
+                     state.leader_epoch)
+
+    def _step_down(self, replica: Replica) -> None:
+        """Stop leading: what waits for acks=all on this partition fails (NOT_LEADER)."""
+        if replica.role == LEADER:
+            replica.go_offline()
+            for ack in self.broker.acks.fail({replica.plog}):
+                self.broker.send_error(ack.client, ack.reply.id, NotLeader(
+                    f"{replica.topic}[{replica.partition}]: this broker stopped leading "
+                    "before the batch was replicated: send it to the new leader (metadata)"))
+
+    def _isr_changed(self, replica: Replica, state: PartitionState, version: int) -> None:
+        """Adopt a stored ISR.  Below min_insync_replicas, what waits for acks=all fails
+        first (it may stay stored: an idempotent retry is not duplicated), and only then
+        may the high watermark move on the smaller ISR."""
+        replica.state, replica.version = state, version
+        if replica.role == LEADER and not replica.enough_in_sync():
+            for ack in self.broker.acks.fail({replica.plog}):
+                self.broker.send_error(ack.client, ack.reply.id, NotEnoughReplicas(
+                    f"{replica.topic}[{replica.partition}]: the in-sync replicas fell to "
+                    f"{state.isr}, below min_insync_replicas={replica.min_insync}, after "
+                    "the batch was appended: it may be stored; retry it (an idempotent "
+                    "producer's retry is not stored twice)"))
+        if replica.advance_high_watermark():
+            self._high_watermark_moved(replica)
+
+    def _high_watermark_moved(self, replica: Replica) -> None:
+        self.broker.waiting.data_arrived(replica.key)
+        self.broker._settle()
+
+    # -- the follower's side ----------------------------------------------------------
+    def _truncate(self, tp: TP, leader_epoch: int, epoch: int, end_offset: int) -> None:
+        replica = self.replicas.get(tp)
+        if replica is None or replica.role != FOLLOWER or replica.leader_epoch != leader_epoch:
+            return
+        plog = replica.plog
+        if epoch < 0:  # the leader knows no epoch this old: only what was committed is sure
+            target = min(plog.high_watermark or 0, plog.end_offset)
+        else:
+            target = min(end_offset, plog.end_offset)
+        if target < plog.end_offset:
+            log.warning("%s[%d]: truncating from %d to %d (the leader's end of epoch %d)",
+                        *tp, plog.end_offset, target, epoch)
+            plog.truncate_to(target)
+        replica.epochs.truncate(plog.end_offset)
+        self.fetcher.resume(tp, leader_epoch, plog.end_offset)
+
+    def _fetched(self, tp: TP, leader_epoch: int, offset: int,
+                 reply: p.ReplicaFetchReply) -> None:
+        replica = self.replicas.get(tp)
+        if replica is None or replica.role != FOLLOWER or replica.leader_epoch != leader_epoch:
+            return
+        plog = replica.plog
+        if offset == plog.end_offset:
+            try:
+                for raw in reply.batches:
+                    plog.append_replica(raw[:HEADER_SIZE], memoryview(raw)[HEADER_SIZE:])
+            except StorageError as exc:
+                log.error("%s[%d]: %s", *tp, exc.message)
+            for epoch, start in reply.epochs:
+                if start < plog.end_offset or start == plog.end_offset == reply.end_offset:
+                    replica.epochs.assign(epoch, start)
+            plog.high_watermark = max(plog.high_watermark or 0,
+                                      min(reply.high_watermark, plog.end_offset))
+            if reply.batches:
+                self.broker.appended(self.broker.topics.topics[tp[0]], tp[1])
+        self.fetcher.resume(tp, leader_epoch, plog.end_offset)
+
+    # -- the leader's side ------------------------------------------------------------
+    def leading(self, topic: str, partition: int) -> Replica:
+        replica = self.replicas.get((topic, partition))
+        if replica is None or replica.role != LEADER or self.fenced:
+            leader = replica.state.leader if replica and replica.state else -1
+            raise NotLeader(f"broker {self.id} does not lead {topic}[{partition}] (leader: "
+                            f"{leader}): refresh metadata and send it to the leader")
+        return replica
+
+    def check_produce(self, topic: str, partition: int, acks: Any) -> None:
+        replica = self.leading(topic, partition)
+        if acks == "all" and not replica.enough_in_sync():
+            raise NotEnoughReplicas(
+                f"{topic}[{partition}] has {len(replica.isr)} in-sync replica(s) "
+                f"{replica.isr}, fewer than min_insync_replicas={replica.min_insync}: "
+                "nothing was stored; retry once replicas catch up")
+
+    def appended(self, topic: str, partition: int) -> None:
+        replica = self.replicas.get((topic, partition))
+        if replica is not None and replica.advance_high_watermark():
+            self._high_watermark_moved(replica)
+
+    def handle_replica_fetch(self, req: p.ReplicaFetch, client: Client) -> p.Reply | None:
+        replica = self.leading(req.topic, req.partition)
+        if req.leader_epoch < replica.leader_epoch:
+            raise FencedLeaderEpoch(f"epoch {req.leader_epoch} is over: {req.topic}"
+                                    f"[{req.partition}] is at epoch {replica.leader_epoch}")
+        if req.leader_epoch > replica.leader_epoch:
+            raise UnknownLeaderEpoch(f"this leader is at epoch {replica.leader_epoch}, "
+                                     f"not yet {req.leader_epoch}: retry")
+        if req.replica_id not in replica.replicas or req.replica_id == self.id:
+            raise BadRequest(f"broker {req.replica_id} is not a follower of {req.topic}"
+                             f"[{req.partition}] (replicas {replica.replicas})")
+        if req.offset > replica.plog.end_offset:
+            raise OffsetOutOfRange(f"fetch from {req.offset} past the leader's end "
+                                   f"{replica.plog.end_offset}: truncate by epoch first")
+        if replica.follower_fetched(req.replica_id, req.offset, time.monotonic()):
+            self._high_watermark_moved(replica)
+        if replica.may_join_isr(req.replica_id):
+            self._change_isr(replica, replica.isr + [req.replica_id])
+        reply = self._replica_reply(replica, req)
+        if reply.batches or req.max_wait_ms == 0:
+            return reply
+
+        def answer(final: bool) -> bool:
+            if replica.role != LEADER or replica.leader_epoch != req.leader_epoch:
+                self.broker.send_error(client, req.id, NotLeader("leadership moved"))
+                return True
+            again = self._replica_reply(replica, req)
+            if again.batches or final:
+                self.broker.send(client, again)
+                return True
+            return False
+        self.broker._park(client, req.max_wait_ms, answer, [replica.key], None)
+        return None
+
+    def _replica_reply(self, replica: Replica, req: p.ReplicaFetch) -> p.ReplicaFetchReply:
+        plog = replica.plog
+        batches = plog.read_all(req.offset, req.max_bytes) if req.offset < plog.end_offset else []
+        replica.sent_end[req.replica_id] = plog.end_offset
+        return p.ReplicaFetchReply(
+            id=req.id, topic=req.topic, partition=req.partition,
+            leader_epoch=replica.leader_epoch, high_watermark=plog.high_watermark or 0,
+            end_offset=plog.end_offset, epochs=list(replica.epochs.entries),
+            batches=[HEADER.pack(*b.header) + bytes(b.payload) for b in batches])
+
+    def handle_offset_for_leader_epoch(self, req: p.OffsetForLeaderEpoch) -> p.Reply:
+        replica = self.leading(req.topic, req.partition)
+        if 0 <= req.leader_epoch < replica.leader_epoch:
+            raise FencedLeaderEpoch(f"epoch {req.leader_epoch} is over: now "
+                                    f"{replica.leader_epoch}")
+        epoch, end = replica.epochs.end_offset(req.epoch, replica.plog.end_offset)
+        return p.OffsetForLeaderEpochReply(id=req.id, epoch=epoch, end_offset=end)
+
+    def _change_isr(self, replica: Replica, isr: list[int]) -> None:
+        """Store a new ISR (compare-and-set) and only then act on it."""
+        assert replica.state is not None
+        isr = [b for b in replica.replicas if b in isr]
+        state = PartitionState(leader=self.id, leader_epoch=replica.leader_epoch, isr=isr,
+                               controller_epoch=replica.state.controller_epoch)
+        try:
+            version = self.store.set_state(replica.topic, replica.partition, state,
+                                           replica.version)
+        except StaleVersion:
+            current, version = self.store.state(replica.topic, replica.partition)
+            self._apply_state(replica.key, current, version)
+            return
+        log.info("%s[%d]: isr %s -> %s", replica.topic, replica.partition, replica.isr, isr)
+        self._isr_changed(replica, state, version)
+
+    def timers(self, now: float) -> None:
+        self.next_timer = now + ISR_CHECK_S
+        if self.fenced:
+            return
+        lag_s = self.config.replica_lag_time_ms / 1000
+        for replica in list(self.replicas.values()):
+            lagging = replica.lagging(now, lag_s)
+            if lagging:
+                try:
+                    self._change_isr(replica, [b for b in replica.isr if b not in lagging])
+                except (KazooException, ClusterError) as exc:
+                    log.warning("cannot shrink the isr of %s[%d]: %r", *replica.key, exc)
+
+    # -- topics -----------------------------------------------------------------------
+    def create_topic(self, name: str, partitions: int | None,
+                     overrides: dict[str, Any]) -> int:
+        """Write the topic and its replica assignment to ZooKeeper; every broker holding
+        a replica creates it locally when its watch fires.  Returns the partition count."""
+        check_name(name)
+        if partitions is not None:
+            overrides = {**overrides, "partitions": partitions}
+        try:
+            config = topic_config(self.broker.config.topic_defaults, overrides)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+        live = sorted(self.brokers)
+        factor = config.replication_factor or min(3, len(live))
+        if not 1 <= factor <= len(live):
+            raise BadRequest(f"replication_factor {factor} needs as many live brokers; "
+                             f"{len(live)} are live ({live})")
+        min_isr = config.min_insync_replicas or (2 if factor >= 2 else 1)
+        if min_isr > factor:
+            raise BadRequest(f"min_insync_replicas {min_isr} is more than the "
+                             f"replication_factor {factor}")
+        assignment = [[live[(i + k) % len(live)] for k in range(factor)]
+                      for i in range(config.partitions)]
+        record = TopicRecord(config={**overrides, "replication_factor": factor,
+                                     "min_insync_replicas": min_isr}, replicas=assignment)
+        states = [PartitionState(leader=r[0], leader_epoch=0, isr=list(r),
+                                 controller_epoch=max(self.controller_epoch or 0, 0))
+                  for r in assignment]
+        try:
+            self.store.create_topic(name, record, states)
+        except ClusterError as exc:
+            if "already exists" in str(exc):
+                raise TopicExists(f"topic {name!r} already exists") from exc
+            raise
+        return config.partitions
+
+    def partition_info(self, topic: str, info: p.PartitionInfo) -> None:
+        replica = self.replicas.get((topic, info.partition))
+        if replica is not None and replica.state is not None:
+            info.leader = replica.state.leader
+            info.leader_epoch = replica.state.leader_epoch
+            info.replicas = list(replica.replicas)
+            info.isr = list(replica.state.isr)
+
+    def broker_infos(self) -> list[p.BrokerInfo]:
+        return [p.BrokerInfo(id=b.id, api=b.api, ingest=b.ingest)
+                for b in sorted(self.brokers.values(), key=lambda b: b.id)]
+
+    # -- the controller ---------------------------------------------------------------
+    def _elect_controller(self) -> None:
+        if self.controller_epoch is not None:
+            return
+        epoch = self.store.try_become_controller()
+        if epoch is None:
+            current = self.store.controller()
+            self.controller_id = -1 if current is None else current
+            return
+        self.controller_epoch = epoch
+        self._controller_epoch_version = self.store.controller_epoch_version()
+        self.controller_id = self.id
+        log.info("broker %d is the controller (epoch %d)", self.id, epoch)
+        self._elect_leaders()
+
+    def _elect_leaders(self) -> None:
+        """Give every partition whose leader is gone a leader from its live ISR (never an
+        out-of-sync replica); one without a live ISR member goes offline until one returns."""
+        assert self.controller_epoch is not None
+        live = set(self.brokers)
+        for name in self.store.topics():
+            record = self.store.topic(name)
+            if record is None:
+                continue
+            for index in range(len(record.replicas)):
+                state, version = self.store.state(name, index)
+                if state.leader in live:
+                    continue
+                alive = [b for b in record.replicas[index] if b in state.isr and b in live]
+                if alive:
+                    new = PartitionState(leader=alive[0], leader_epoch=state.leader_epoch + 1,
+                                         isr=[b for b in state.isr if b in live],
+                                         controller_epoch=self.controller_epoch)
+                elif state.leader != -1:
+                    new = PartitionState(leader=-1, leader_epoch=state.leader_epoch + 1,
+                                         isr=state.isr, controller_epoch=self.controller_epoch)
+                else:
+                    continue
+                try:
+                    self.store.set_state(name, index, new, version,
+                                         self._controller_epoch_version)
+                except StaleVersion as exc:
+                    log.warning("controller: %s", exc)
+                    continue
+                log.info("controller: %s[%d] leader %d -> %d at epoch %d (isr %s)", name,
+                         index, state.leader, new.leader, new.leader_epoch, new.isr)

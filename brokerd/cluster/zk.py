@@ -1,0 +1,222 @@
+"""The cluster's state in ZooKeeper; the one module that imports kazoo.
+
+Znodes, under the chroot given with ``--zookeeper host:port/chroot`` (see docs/cluster.md):
+
+    /brokers/ids/<id>                      ephemeral {"id", "api", "ingest"}
+    /controller                            ephemeral {"broker_id", "epoch"}
+    /controller_epoch                      the last controller's epoch (its version fences)
+    /topics/<name>                         {"config", "replicas": [[broker, ...], ...]}
+    /topics/<name>/partitions/<p>/state    PartitionState, changed only by compare-and-set
+
+Watches fire on kazoo's thread; ``ClusterStore`` only turns them into events for
+``on_event``, which the broker loop reads (never touches broker state from that thread).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import msgspec
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
+
+log = logging.getLogger("brokerd.cluster")
+
+
+class ClusterError(Exception):
+    """ZooKeeper said no, or could not be reached; the message says which."""
+
+
+class StaleVersion(ClusterError):
+    """A compare-and-set lost: someone changed the znode since it was read."""
+
+
+class PartitionState(msgspec.Struct, kw_only=True):
+    leader: int
+    """The leader's broker id; -1 while no in-sync replica is alive (offline)."""
+    leader_epoch: int
+    isr: list[int]
+    controller_epoch: int
+
+
+class TopicRecord(msgspec.Struct, kw_only=True):
+    config: dict[str, Any]
+    replicas: list[list[int]]
+
+
+class BrokerRecord(msgspec.Struct, kw_only=True):
+    id: int
+    api: str
+    ingest: str
+
+
+Event = tuple[Any, ...]
+
+
+class ClusterStore:
+    """A ZooKeeper session for one broker.  Calls block (bounded by the session timeout)."""
+
+    def __init__(self, hosts: str, broker_id: int, on_event: Callable[[Event], None],
+                 session_timeout_s: float = 6.0) -> None:
+        self.broker_id = broker_id
+        self.hosts = hosts
+        self.on_event = on_event
+        self.zk = KazooClient(hosts=hosts, timeout=session_timeout_s)
+        self.zk.add_listener(self._state_changed)
+        self._watched: set[str] = set()
+
+    # -- session ----------------------------------------------------------------------
+    def start(self, timeout_s: float = 10.0) -> None:
+        try:
+            self.zk.start(timeout=timeout_s)
+        except KazooTimeoutError as exc:
+            raise ClusterError(f"cannot reach ZooKeeper at {self.hosts} within "
+                               f"{timeout_s:.0f} s: is it running?") from exc
+        for path in ("/brokers/ids", "/topics"):
+            self.zk.ensure_path(path)
+
+    def stop(self) -> None:
+        try:
+            self.zk.stop()
+            self.zk.close()
+        except KazooException:
+            pass
+
+    def _state_changed(self, state: str) -> None:
+        self.on_event(("session", str(state)))
+
+    @property
+    def connected(self) -> bool:
+        return self.zk.state == KazooState.CONNECTED
+
+    # -- brokers ----------------------------------------------------------------------
+    def register(self, api: str, ingest: str) -> None:
+        data = msgspec.json.encode(BrokerRecord(id=self.broker_id, api=api, ingest=ingest))
+        try:
+            self.zk.create(f"/brokers/ids/{self.broker_id}", data, ephemeral=True)
+        except NodeExistsError as exc:
+            raise ClusterError(f"broker id {self.broker_id} is already registered (another "
+                               "broker runs with it): give each broker its own --broker-id") from exc
+
+    def brokers(self) -> dict[int, BrokerRecord]:
+        out = {}
+        for child in self.zk.get_children("/brokers/ids", watch=self._brokers_watch):
+            try:
+                data, _ = self.zk.get(f"/brokers/ids/{child}")
+            except NoNodeError:
+                continue
+            record = msgspec.json.decode(data, type=BrokerRecord)
+            out[record.id] = record
+        return out
+
+    def _brokers_watch(self, event: Any) -> None:
+        self.on_event(("brokers",))
+
+    # -- controller -------------------------------------------------------------------
+    def try_become_controller(self) -> int | None:
+        """Create /controller if nobody holds it; return this controller's epoch (or None,
+        with a watch that reports the controller's end)."""
+        epoch, version = self._controller_epoch()
+        try:
+            self.zk.create("/controller", msgspec.json.encode(
+                {"broker_id": self.broker_id, "epoch": epoch + 1}), ephemeral=True)
+        except NodeExistsError:
+            if self.zk.exists("/controller", watch=self._controller_watch) is None:
+                return self.try_become_controller()
+            return None
+        try:
+            self.zk.set("/controller_epoch", str(epoch + 1).encode(), version=version)
+        except BadVersionError:  # another controller came and went meanwhile: step back
+            self.zk.delete("/controller")
+            return None
+        return epoch + 1
+
+    def _controller_epoch(self) -> tuple[int, int]:
+        try:
+            data, stat = self.zk.get("/controller_epoch")
+        except NoNodeError:
+            try:
+                self.zk.create("/controller_epoch", b"0")
+            except NodeExistsError:
+                pass
+            data, stat = self.zk.get("/controller_epoch")
+        return int(data or b"0"), stat.version
+
+    def controller_epoch_version(self) -> int:
+        return self._controller_epoch()[1]
+
+    def _controller_watch(self, event: Any) -> None:
+        self.on_event(("controller",))
+
+    def controller(self) -> int | None:
+        try:
+            data, _ = self.zk.get("/controller", watch=self._controller_watch)
+        except NoNodeError:
+            return None
+        return int(msgspec.json.decode(data)["broker_id"])
+
+    # -- topics -----------------------------------------------------------------------
+    def create_topic(self, name: str, record: TopicRecord, states: list[PartitionState]) -> None:
+        tx = self.zk.transaction()
+        tx.create(f"/topics/{name}", msgspec.json.encode(record))
+        tx.create(f"/topics/{name}/partitions")
+        for p, state in enumerate(states):
+            tx.create(f"/topics/{name}/partitions/{p}")
+            tx.create(f"/topics/{name}/partitions/{p}/state", msgspec.json.encode(state))
+        results = tx.commit()
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            if isinstance(failed[0], NodeExistsError):
+                raise ClusterError(f"topic {name!r} already exists")
+            raise ClusterError(f"cannot create topic {name!r} in ZooKeeper: {failed[0]!r}")
+
+    def topics(self) -> list[str]:
+        return sorted(self.zk.get_children("/topics", watch=self._topics_watch))
+
+    def _topics_watch(self, event: Any) -> None:
+        self.on_event(("topics",))
+
+    def topic(self, name: str) -> TopicRecord | None:
+        try:
+            data, _ = self.zk.get(f"/topics/{name}")
+        except NoNodeError:
+            return None
+        return msgspec.json.decode(data, type=TopicRecord)
+
+    def watch_state(self, topic: str, partition: int) -> None:
+        """Report every change of the partition's state as a ``("state", ...)`` event."""
+        path = f"/topics/{topic}/partitions/{partition}/state"
+        if path in self._watched:
+            return
+        self._watched.add(path)
+
+        def changed(data: bytes | None, stat: Any) -> None:
+            if data is not None:
+                state = msgspec.json.decode(data, type=PartitionState)
+                self.on_event(("state", topic, partition, state, stat.version))
+
+        self.zk.DataWatch(path, changed)
+
+    def state(self, topic: str, partition: int) -> tuple[PartitionState, int]:
+        data, stat = self.zk.get(f"/topics/{topic}/partitions/{partition}/state")
+        return msgspec.json.decode(data, type=PartitionState), stat.version
+
+    def set_state(self, topic: str, partition: int, state: PartitionState, version: int,
+                  controller_epoch_version: int | None = None) -> int:
+        """Compare-and-set; a controller also checks its epoch is still the latest."""
+        path = f"/topics/{topic}/partitions/{partition}/state"
+        data = msgspec.json.encode(state)
+        if controller_epoch_version is None:
+            try:
+                return int(self.zk.set(path, data, version=version).version)
+            except BadVersionError as exc:
+                raise StaleVersion(f"{topic}[{partition}] state changed meanwhile") from exc
+        tx = self.zk.transaction()
+        tx.check("/controller_epoch", controller_epoch_version)
+        tx.set_data(path, data, version)
+        results = tx.commit()
+        if any(isinstance(r, Exception) for r in results):
+            raise StaleVersion(f"{topic}[{partition}]: a newer controller or state: {results!r}")
+        return version + 1

@@ -1,0 +1,175 @@
+"""Replication across real brokers coordinated by a real ZooKeeper, with kill -9, and the
+history checker after each scenario."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tests.cluster.client import (
+    LeaderProducer,
+    check_history,
+    read_log,
+    start_member,
+    wait_in_sync,
+)
+from tests.cluster.zookeeper import ZooKeeper
+from tests.helpers import ROOT, BrokerProcess, free_port, python_env, wait_for
+from tests.integration.wire import RawClient
+
+PARTITIONS = 3
+ONE = msgspec.Raw(msgspec.msgpack.encode([[1]]))
+
+
+def start_three(tmp_path: Path, zookeeper: ZooKeeper) -> list[BrokerProcess]:
+    brokers: list[BrokerProcess] = []
+    try:
+        for i in range(3):
+            brokers.append(start_member(tmp_path, zookeeper, i))
+    except BaseException:
+        for b in brokers:
+            b.stop()
+        raise
+    return brokers
+
+
+def test_a_replicated_topic_is_copied_to_every_broker_and_acked_once_in_sync(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            created = raw.ok("create_topic", topic="t", partitions=PARTITIONS)
+            assert created["partitions"] == PARTITIONS
+            assert raw.call("create_topic", topic="t")["code"] == "TOPIC_EXISTS"
+        leaders = wait_in_sync(apis, "t", PARTITIONS, 3)
+        producer = LeaderProducer(apis, "t", producer_id=7)
+        for i in range(30):
+            producer.send(i % PARTITIONS, [i])
+        producer.close()
+        follower = next(b for b in brokers if b.api != apis[leaders[0]])
+        with RawClient(follower.api) as raw:
+            assert raw.call("fetch", topic="t", partition=0, offset=0)["code"] == "NOT_LEADER"
+            assert raw.call("produce", topic="t", partition=0, records=ONE)[
+                "code"] == "NOT_LEADER"
+            meta = raw.ok("metadata", topics=["t"])
+            assert sorted(b["id"] for b in meta["brokers"]) == [0, 1, 2]
+            assert meta["controller"] in (0, 1, 2)
+        wait_in_sync(apis, "t", PARTITIONS, 3)
+    finally:
+        for b in brokers:
+            b.stop()
+    logs = {str(i): {p: read_log(b.data_dir, "t", p) for p in range(PARTITIONS)}
+            for i, b in enumerate(brokers)}
+    check_history(producer.acked, logs)
+    assert sum(len(v) for v in logs["0"].values()) == 30
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_acked_records_survive_kill_9_of_a_leader_under_three_producers(
+        tmp_path: Path, zookeeper: ZooKeeper, seed: int) -> None:
+    rng = random.Random(seed)
+    brokers = start_three(tmp_path, zookeeper)
+    ports = [int(b.api.rsplit(":", 1)[1]) for b in brokers]
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="t", partitions=PARTITIONS)
+        leaders = wait_in_sync(apis, "t", PARTITIONS, 3)
+        producers = [LeaderProducer(apis, "t", producer_id=100 + k) for k in range(3)]
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def run(producer: LeaderProducer, k: int) -> None:
+            try:
+                for i in range(rng.randint(150, 250)):
+                    producer.send(i % PARTITIONS, [f"{k}-{i}"])
+                    if stop.is_set():
+                        return
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                failures.append(exc)
+
+        threads = [threading.Thread(target=run, args=(pr, k)) for k, pr in enumerate(producers)]
+        for t in threads:
+            t.start()
+        victim = leaders[rng.randrange(PARTITIONS)]
+        wait_count = rng.randint(20, 80)
+        while sum(len(pr.acked) for pr in producers) < wait_count and all(
+                t.is_alive() for t in threads):
+            threading.Event().wait(0.01)
+        brokers[victim].kill9()
+        for t in threads:
+            t.join(120)
+        assert not failures, failures
+        brokers[victim] = start_member(tmp_path, zookeeper, victim, api_port=ports[victim])
+        apis = [b.api for b in brokers]
+        wait_in_sync(apis, "t", PARTITIONS, 3, timeout=60)
+        for pr in producers:
+            pr.close()
+    finally:
+        for b in brokers:
+            b.stop()
+    acked = [a for pr in producers for a in pr.acked]
+    assert len(acked) >= 450
+    logs = {str(i): {p: read_log(b.data_dir, "t", p) for p in range(PARTITIONS)}
+            for i, b in enumerate(brokers)}
+    check_history(acked, logs)
+
+
+def test_too_few_in_sync_replicas_refuse_acks_all_and_store_nothing(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="t", partitions=1, config={
+                "min_insync_replicas": 3, "replication_factor": 3})
+        leaders = wait_in_sync(apis, "t", 1, 3)
+        leader = brokers[leaders[0]]
+        other = next(b for b in brokers if b is not leader)
+        other.kill9()
+        with RawClient(leader.api) as raw:
+            waiting = raw.call("produce", topic="t", partition=0, acks="all", records=ONE,
+                               timeout_s=30)
+            assert waiting.get("code") == "NOT_ENOUGH_REPLICAS", \
+                "appended, then the ISR shrank below 3: refused, never acknowledged"
+
+            def isr() -> list[int]:
+                return raw.ok("metadata", topics=["t"])["topics"][0]["partitions"][0]["isr"]
+            wait_for(lambda: len(isr()) == 2, timeout=30, what="the ISR to shrink")
+            end = raw.ok("metadata", topics=["t"])["topics"][0]["partitions"][0]["end_offset"]
+            refused = raw.call("produce", topic="t", partition=0, acks="all", records=ONE)
+            assert refused["code"] == "NOT_ENOUGH_REPLICAS" and "nothing was stored" in \
+                refused["message"]
+            after = raw.ok("metadata", topics=["t"])["topics"][0]["partitions"][0]["end_offset"]
+            assert after == end, "a refused acks=all produce stored nothing"
+            assert raw.ok("produce", topic="t", partition=0, acks=1,
+                          records=ONE)["offsets"], "acks=1 still works"
+    finally:
+        for b in brokers:
+            b.stop()
+
+
+def test_a_broker_id_taken_and_an_unreachable_zookeeper_are_clear_errors(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    first = start_member(tmp_path, zookeeper, 5)
+    try:
+        for args, code, words in (
+                (["--broker-id", "5", "--zookeeper", zookeeper.hosts], 78, "already registered"),
+                (["--broker-id", "6", "--zookeeper", f"127.0.0.1:{free_port()}"], 69,
+                 "cannot reach ZooKeeper"),
+                (["--zookeeper", zookeeper.hosts], 78, "--broker-id")):
+            done = subprocess.run(
+                [sys.executable, "-m", "brokerd", "--data-dir", str(tmp_path / "other"),
+                 "--bind", "tcp://127.0.0.1:*", "--ingest", "tcp://127.0.0.1:*", *args],
+                env=python_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert done.returncode == code, done.stderr
+            assert words in done.stderr
+    finally:
+        first.stop()
