@@ -547,6 +547,13 @@ def _commit() -> str:
     return out.stdout.strip()
 
 
+def _uncommitted() -> list[str]:
+    """Files of brokerd/ and runtime/ that differ from the commit: the code measured is the tree's."""
+    out = subprocess.run(["git", "status", "--porcelain", "--", "brokerd", "runtime"], cwd=ROOT,
+                         capture_output=True, text=True)
+    return out.stdout.splitlines()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -555,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
     json_path = Path(args.json) if args.json else ROOT / "bench" / "results" / f"scale-{stamp}.json"
     print(f"{command.strip()}: {sizes}", flush=True)
+    commit, uncommitted = _commit(), _uncommitted()
+    if uncommitted:
+        print(f"at {commit} with uncommitted changes to {len(uncommitted)} file(s) of brokerd/ and runtime/", flush=True)
     folder = Path(tempfile.mkdtemp(prefix="rail-scale-"))
     runs: list[list[dict[str, Any]]] = []
     failed = False
@@ -565,12 +575,13 @@ def main(argv: list[str] | None = None) -> int:
         rows, checks, md = report(runs)
         failed = any(c["result"] == "FAIL" for c in checks)
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"command": command.strip(), "commit": _commit(), "date": stamp,
+        json_path.write_text(json.dumps({"command": command.strip(), "commit": commit, "uncommitted": uncommitted,
+                                         "date": stamp,
                                          "sizes": sizes, "medians": rows, "targets": checks, "runs": runs},
                                         indent=1, default=str))
         print(f"\nfigures written to {json_path}")
         if args.markdown:
-            Path(args.markdown).write_text(f"`{command.strip()}` at {_commit()}\n\n{md}")
+            Path(args.markdown).write_text(f"`{command.strip()}` at {commit}\n\n{md}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         left = leftovers()
