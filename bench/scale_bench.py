@@ -27,6 +27,10 @@ At each point: events/s, broker CPU per event (all its threads, from /proc), RSS
 topic) and ``describe_group``, and the restart after kill -9 (from ``Popen`` to the first
 ``ping`` reply, same data and ports).  ``OUT_OF_ORDER_SEQUENCE`` is read from the broker's
 ``stats`` counts around each produce.  Targets (issue 11) are checked on the medians.
+
+Beside it: ``scale_broker`` (the broker under test, seen from outside), ``scale_clients``
+(Rail's clients and the processes that hold many members or connections), ``scale_redis``
+(Redis Streams doing the same) and ``scale_report`` (medians, targets, tables).
 """
 
 from __future__ import annotations
@@ -53,17 +57,17 @@ if str(ROOT) not in sys.path:  # spawned children inherit sys.path: they import 
     sys.path.insert(0, str(ROOT))
 
 if __package__:
-    from .common import cpu_stall_us, median, print_table, run_in_process, spawn, wait_until
-    from .peers import RedisServer
-    from .scale_broker import STARTED, ScaleBroker, schedstat_cpu_s
-    from .scale_clients import (group_consume, hold_connections, hold_members, keyed_produce,
-                                redis_create_groups, redis_group_consume, redis_keyed_produce)
+    from .common import cpu_stall_us, run_in_process, spawn, wait_until
+    from .scale_broker import STARTED, ScaleBroker
+    from .scale_clients import group_consume, hold_connections, hold_members, keyed_produce
+    from .scale_redis import redis_groups, redis_streams
+    from .scale_report import report
 else:  # run as a script
-    from common import cpu_stall_us, median, print_table, run_in_process, spawn, wait_until
-    from peers import RedisServer
-    from scale_broker import STARTED, ScaleBroker, schedstat_cpu_s
-    from scale_clients import (group_consume, hold_connections, hold_members, keyed_produce,
-                               redis_create_groups, redis_group_consume, redis_keyed_produce)
+    from common import cpu_stall_us, run_in_process, spawn, wait_until
+    from scale_broker import STARTED, ScaleBroker
+    from scale_clients import group_consume, hold_connections, hold_members, keyed_produce
+    from scale_redis import redis_groups, redis_streams
+    from scale_report import report
 
 from brokerd import protocol as p  # noqa: E402
 
@@ -72,7 +76,6 @@ MAX_PARTITIONS = 1000  # per topic here (the broker allows 1,024)
 GROUP_TOPIC_PARTITIONS = 10  # topic of the groups and connections sweeps
 OOO = "error.OUT_OF_ORDER_SEQUENCE"
 SETTLE_S = 2.0  # quiet before an idle measurement: the interval flush and trims run out
-REDIS_IDLE_S = 3.0
 CHILD_TIMEOUT_S = 900.0
 FULL: dict[str, Any] = {"partitions": [10, 100, 1000, 10000], "groups": [1, 100, 1000],
                         "connections": [1, 1000], "events": 200_000, "group_events": 200_000,
@@ -192,7 +195,7 @@ def partitions_point(count: int, sizes: dict[str, Any], folder: Path) -> dict[st
         _stage(row, broker, "steady", lambda: _steady(broker, _idle_for(count, 10_000, sizes), group))
         _stage(row, broker, "restart", lambda: _restart(broker))
     try:
-        row.update({f"redis_{k}": v for k, v in redis_streams(count, n).items()})
+        row.update({f"redis_{k}": v for k, v in redis_streams(count, n, SIZE).items()})
     except Exception as exc:  # noqa: BLE001 - recorded; Rail's figures stand alone
         row.setdefault("failures", []).append(f"redis: {type(exc).__name__}: {str(exc)[:300]}")
     return row
@@ -242,7 +245,7 @@ def groups_point(count: int, sizes: dict[str, Any], folder: Path) -> dict[str, A
             _stage(row, broker, "members", lambda: _stop_members(flags, holder))
         _stage(row, broker, "restart", lambda: _restart(broker))
     try:
-        row.update({f"redis_{k}": v for k, v in redis_groups(count, per_group).items()})
+        row.update({f"redis_{k}": v for k, v in redis_groups(count, per_group, GROUP_TOPIC_PARTITIONS, SIZE).items()})
     except Exception as exc:  # noqa: BLE001 - recorded; Rail's figures stand alone
         row.setdefault("failures", []).append(f"redis: {type(exc).__name__}: {str(exc)[:300]}")
     return row
@@ -273,77 +276,6 @@ def connections_point(count: int, sizes: dict[str, Any], folder: Path) -> dict[s
             _stage(row, broker, "restart", lambda: _restart(broker))  # the connections open: they reconnect
             (flags / "stop").touch()
     return row
-
-
-# --- Redis, same run ----------------------------------------------------------------
-
-
-def _redis_restart(server: RedisServer) -> float:
-    """SIGKILL redis-server, start it on the same dir and port; seconds to PONG (it answers
-    LOADING until the AOF is read).  RedisServer has no public restart: its internals."""
-    os.kill(server.pid, signal.SIGKILL)
-    assert server._proc is not None
-    server._proc.wait(30)
-    binary = shutil.which("redis-server") or "redis-server"
-    started = time.perf_counter()
-    server._proc = subprocess.Popen(server._command(binary), stdin=subprocess.DEVNULL, stdout=server._log,
-                                    stderr=subprocess.STDOUT)
-    STARTED.append(server.pid)
-    server._wait_ready()
-    return time.perf_counter() - started
-
-
-def _redis_idle_pct(pid: int) -> float:
-    before, started = schedstat_cpu_s(pid), time.perf_counter()
-    time.sleep(REDIS_IDLE_S)
-    return (schedstat_cpu_s(pid) - before) / (time.perf_counter() - started) * 100
-
-
-def redis_streams(count: int, n: int) -> dict[str, Any]:
-    """``count`` streams (AOF everysec): keyed XADD of n entries, one group consumer."""
-    keys = [f"s{i}" for i in range(count)]
-    out: dict[str, Any] = {}
-    with RedisServer(appendfsync="everysec") as server:
-        STARTED.append(server.pid)
-        run_in_process(redis_create_groups, server.port, keys, ["g"], timeout=CHILD_TIMEOUT_S)
-        cpu = schedstat_cpu_s(server.pid)
-        produced = run_in_process(redis_keyed_produce, server.port, keys, n, SIZE, timeout=CHILD_TIMEOUT_S)
-        out.update(produce=n / produced["seconds"], produce_us=(schedstat_cpu_s(server.pid) - cpu) / n * 1e6,
-                   produce_client_us=produced["cpu_s"] / n * 1e6)
-        cpu = schedstat_cpu_s(server.pid)
-        consumed = run_in_process(redis_group_consume, server.port, keys, n, "g", timeout=CHILD_TIMEOUT_S)
-        out.update(consume=n / consumed["seconds"], consume_us=(schedstat_cpu_s(server.pid) - cpu) / n * 1e6,
-                   consume_client_us=consumed["cpu_s"] / n * 1e6)
-        time.sleep(1.0)  # the everysec fsync
-        process = psutil.Process(server.pid)
-        out.update(idle_cpu_pct=_redis_idle_pct(server.pid), rss_mb=process.memory_info().rss / 2**20,
-                   fds=process.num_fds())
-        out["restart_s"] = _redis_restart(server)
-    return out
-
-
-def redis_groups(count: int, per_group: int) -> dict[str, Any]:
-    """``count`` consumer groups on 10 streams of per_group entries; each group read whole
-    by one consumer, one group after the other (Redis runs commands one at a time anyway)."""
-    keys = [f"s{i}" for i in range(GROUP_TOPIC_PARTITIONS)]
-    groups = [f"g{i}" for i in range(count)]
-    with RedisServer(appendfsync="everysec") as server:
-        STARTED.append(server.pid)
-        run_in_process(redis_create_groups, server.port, keys, groups, timeout=CHILD_TIMEOUT_S)
-        run_in_process(redis_keyed_produce, server.port, keys, per_group, SIZE, timeout=CHILD_TIMEOUT_S)
-        cpu = schedstat_cpu_s(server.pid)
-        with spawn(_redis_drain_groups, server.port, keys, per_group, groups) as child:
-            seconds = child.result(CHILD_TIMEOUT_S)
-        events = count * per_group
-        return {"consume": events / seconds, "consume_us": (schedstat_cpu_s(server.pid) - cpu) / events * 1e6,
-                "rss_mb": psutil.Process(server.pid).memory_info().rss / 2**20}
-
-
-def _redis_drain_groups(port: int, keys: list[str], per_group: int, groups: list[str]) -> float:
-    started = time.perf_counter()
-    for group in groups:
-        redis_group_consume(port, keys, per_group, group)
-    return time.perf_counter() - started
 
 
 # --- runs, report, targets -----------------------------------------------------------
@@ -382,112 +314,6 @@ def one_run(sizes: dict[str, Any], sweeps: list[str], folder: Path) -> list[dict
             print(f"  {sweep} {size:,}: {seconds:.0f} s, {_one_line(row)}", flush=True)
             rows.append(row)
     return rows
-
-
-def medians(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per (sweep, size): the median of each figure over the runs that have it;
-    the failures of every run, each marked with its run."""
-    rows = []
-    for i, first in enumerate(runs[0]):
-        points = [run[i] for run in runs]
-        row: dict[str, Any] = {"sweep": first["sweep"], "size": first["size"], "runs": len(points)}
-        keys = {k for point in points for k in point} - {"sweep", "size", "failures"}
-        for key in sorted(keys):
-            values = [v for point in points if isinstance(v := point.get(key), (int, float))
-                      and not isinstance(v, bool)]
-            if values:
-                row[key] = median(values)
-        failures = [f"run {r}: {f}" for r, point in enumerate(points, 1) for f in point.get("failures", [])]
-        if failures:
-            row["failures"] = failures
-        rows.append(row)
-    return rows
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
-
-
-THROUGHPUT = [("sweep", "sweep"), ("size", "size"), ("produce", "produce/s"), ("redis_produce", "redis produce/s"),
-              ("produce_x", "x redis"), ("consume", "consume/s"), ("redis_consume", "redis consume/s"),
-              ("consume_x", "x redis"), ("produce_us", "µs/ev produce"), ("consume_us", "µs/ev consume"),
-              ("produce_client_us", "client µs/ev prod"), ("consume_client_us", "client µs/ev cons"),
-              ("events_per_request", "events/request"),
-              ("redis_produce_us", "redis µs/ev prod"), ("redis_consume_us", "redis µs/ev cons"), ("ooo", "OOO")]
-RESOURCES = [("sweep", "sweep"), ("size", "size"), ("rss_mb", "RSS MB"), ("rss_restart_mb", "RSS restarted"),
-             ("redis_rss_mb", "redis RSS"), ("idle_cpu_pct", "idle CPU %"), ("idle_s", "idle s"),
-             ("redis_idle_cpu_pct", "redis idle %"), ("fds", "fds"), ("redis_fds", "redis fds"),
-             ("restart_s", "restart s"), ("redis_restart_s", "redis restart s"), ("metadata_ms", "metadata ms"),
-             ("metadata_decoded_ms", "+decode ms"), ("describe_ms", "describe ms"),
-             ("describe_decoded_ms", "+decode ms"), ("heartbeats_per_s", "heartbeats/s"),
-             ("idle_us_per_heartbeat", "idle µs/hb"), ("setup_s", "setup s"), ("cpu_wait_pct", "CPU wait %")]
-
-
-def _find(rows: list[dict[str, Any]], sweep: str, size: int) -> dict[str, Any] | None:
-    return next((r for r in rows if r["sweep"] == sweep and r["size"] == size), None)
-
-
-def targets(rows: list[dict[str, Any]], runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Issue 11's targets on the medians.  A figure missing because its point failed is a
-    FAIL; one missing because its point was not run is "-"."""
-    out = []
-
-    def check(name: str, point: dict[str, Any] | None, value: float | None, limit: str,
-              ok: bool | None, shown: str) -> None:
-        if value is None:
-            failed = point is not None and point.get("failures")
-            out.append({"target": name, "value": "failed" if failed else "-", "limit": limit,
-                        "result": "FAIL" if failed else "-"})
-        else:
-            out.append({"target": name, "value": shown, "limit": limit, "result": "PASS" if ok else "FAIL"})
-
-    p10, p1k, p10k, g1k = (_find(rows, "partitions", 10), _find(rows, "partitions", 1000),
-                           _find(rows, "partitions", 10_000), _find(rows, "groups", 1000))
-    share = None
-    if p10 and p1k and p10.get("produce") and p1k.get("produce"):
-        share = p1k["produce"] / p10["produce"]
-    check("keyed produce, 1,000 / 10 partitions", p1k if p10 else None, share, ">= 50%",
-          share is not None and share >= 0.5, f"{share:.0%}" if share is not None else "")
-    ooo = sum(r.get("ooo", 0) for run in runs for r in run)
-    check("OUT_OF_ORDER_SEQUENCE, every produce of every run", None, ooo, "0", ooo == 0, f"{ooo}")
-    for key, name, limit, bound, fmt in (("idle_cpu_pct", "10,000 partitions: idle CPU", "< 0.5 %", 0.5, "{:.2f} %"),
-                                         ("rss_mb", "10,000 partitions: RSS", "< 150 MB", 150, "{:.0f} MB"),
-                                         ("restart_s", "10,000 partitions: restart after kill -9", "<= 3 s", 3.0,
-                                          "{:.2f} s"),
-                                         ("metadata_ms", "10,000 partitions: metadata", "<= 50 ms", 50, "{:.1f} ms")):
-        value = p10k.get(key) if p10k else None
-        ok = value is not None and (value <= bound if limit.startswith("<=") else value < bound)
-        idle = f" (over {p10k['idle_s']:g} s)" if p10k and key == "idle_cpu_pct" and "idle_s" in p10k else ""
-        check(name + idle, p10k, value, limit, ok, fmt.format(value) if value is not None else "")
-    value = g1k.get("idle_cpu_pct") if g1k else None
-    idle = f" (over {g1k['idle_s']:g} s)" if g1k and "idle_s" in g1k else ""
-    check("1,000 groups heartbeating: idle CPU" + idle, g1k, value, "< 2 %", value is not None and value < 2.0,
-          f"{value:.2f} %" if value is not None else "")
-    failures = sum(len(r.get("failures", [])) for run in runs for r in run)
-    check("no failure (crash, error, timeout) at any point of any run", None, failures, "0", failures == 0,
-          f"{failures}")
-    return out
-
-
-def report(runs: list[list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    rows = medians(runs)
-    for row in rows:
-        row["produce_x"] = _ratio(row.get("produce"), row.get("redis_produce"))
-        row["consume_x"] = _ratio(row.get("consume"), row.get("redis_consume"))
-    n = len(runs)
-    md = print_table(rows, THROUGHPUT, title=f"throughput and CPU per event, medians of {n} run(s)")
-    md += "\n" + print_table(rows, RESOURCES, title=f"resources, medians of {n} run(s)")
-    checks = targets(rows, runs)
-    md += "\n" + print_table(checks, ["target", "value", "limit", "result"], title="targets (issue 11)")
-    every = [{"run": i, **r} for i, run in enumerate(runs, 1) for r in run]
-    md += "\n" + print_table(every, [("run", "run"), *THROUGHPUT[:3], THROUGHPUT[5], ("idle_cpu_pct", "idle %"),
-                                     ("rss_mb", "RSS MB"), ("restart_s", "restart s"), ("metadata_ms", "meta ms"),
-                                     ("ooo", "OOO"), ("load_avg_1m", "load"), ("cpu_wait_pct", "CPU wait %")],
-                             title="every run")
-    failures = [{"sweep": r["sweep"], "size": r["size"], "failure": f} for r in rows for f in r.get("failures", [])]
-    if failures:
-        md += "\n" + print_table(failures, ["sweep", "size", "failure"], title="failures")
-    return rows, checks, md
 
 
 # --- main ------------------------------------------------------------------------------

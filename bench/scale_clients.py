@@ -2,7 +2,6 @@
 
 - ``keyed_produce`` / ``group_consume``: Rail's own ``Producer`` and ``Consumer``, as a user
   runs them, over many partitions (and topics).
-- ``redis_keyed_produce`` / ``redis_group_consume``: the same work on N Redis streams.
 - ``hold_members``: many consumer groups of one member each, all in this one process on a
   few DEALER sockets, joining, draining a topic, then heartbeating at the interval the
   broker gave them, as long as the benchmark wants.
@@ -38,8 +37,6 @@ from brokerd import protocol as p  # noqa: E402
 MEMBERS_PER_SOCKET = 250  # group members sharing one DEALER socket in hold_members
 CONNECTION_BATCH = 100  # records per produce request in hold_connections
 CONNECTION_WINDOW = 8  # produce requests in flight per connection
-REDIS_PIPELINE = 1000
-REDIS_KEYS_PER_READ = 1000  # stream keys per XREADGROUP call
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 
@@ -105,78 +102,6 @@ def group_consume(api: str, topics: list[str], n: int, group: str) -> dict[str, 
             consumer.commit(sync=got >= n)
         return {"seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu, "events": got,
                 "partitions": len(consumer.assignment)}
-
-
-# --- Redis Streams ---------------------------------------------------------------
-
-
-def _redis(port: int) -> Any:
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=5.0)
-    client.set_response_callback("XREADGROUP", lambda response, **options: response)
-    return client
-
-
-def redis_create_groups(port: int, keys: list[str], groups: list[str]) -> None:
-    """XGROUP CREATE ... 0 MKSTREAM for each group on each key (pipelined, untimed)."""
-    client = _redis(port)
-    try:
-        for group in groups:
-            for start in range(0, len(keys), REDIS_PIPELINE):
-                pipe = client.pipeline(transaction=False)
-                for key in keys[start:start + REDIS_PIPELINE]:
-                    pipe.execute_command("XGROUP", "CREATE", key, group, "0", "MKSTREAM")
-                pipe.execute()
-    finally:
-        client.close()
-
-
-def redis_keyed_produce(port: int, keys: list[str], n: int, size: int) -> dict[str, Any]:
-    """XADD n events, event i with key b"k<i>" to the stream its key hashes to (Rail's
-    hash), in pipelines of REDIS_PIPELINE; seconds."""
-    client = _redis(port)
-    value = b"v" * size
-    count = len(keys)
-    try:
-        started, cpu = time.perf_counter(), time.process_time()
-        for start in range(0, n, REDIS_PIPELINE):
-            pipe = client.pipeline(transaction=False)
-            for i in range(start, min(n, start + REDIS_PIPELINE)):
-                key = b"k%d" % i
-                pipe.execute_command("XADD", keys[p.partition_for_key(key, count)], "*", "k", key, "d", value)
-            pipe.execute()
-        return {"seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu}
-    finally:
-        client.close()
-
-
-def redis_group_consume(port: int, keys: list[str], n: int, group: str) -> dict[str, Any]:
-    """One consumer of ``group`` reads n entries over all ``keys``: XREADGROUP COUNT 1000
-    over REDIS_KEYS_PER_READ keys a call, XACK of what each call returned (pipelined)."""
-    client = _redis(port)
-    try:
-        got = 0
-        started, cpu = time.perf_counter(), time.process_time()
-        while got < n:
-            progress = 0
-            for start in range(0, len(keys), REDIS_KEYS_PER_READ):
-                chunk = keys[start:start + REDIS_KEYS_PER_READ]
-                reply = client.xreadgroup(group, "c", dict.fromkeys(chunk, ">"), count=1000)
-                if not reply:
-                    continue
-                pipe = client.pipeline(transaction=False)
-                for stream, entries in reply:
-                    ids = [entry_id for entry_id, _ in entries]
-                    pipe.xack(stream, group, *ids)
-                    progress += len(ids)
-                pipe.execute()
-            if not progress:
-                raise RuntimeError(f"redis group {group} ran dry after {got} of {n} entries")
-            got += progress
-        return {"seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu, "events": got}
-    finally:
-        client.close()
 
 
 # --- many group members in one process ---------------------------------------------
