@@ -83,7 +83,7 @@ class ReplicaFetcher:
     def _run(self) -> None:
         follows: dict[TP, Follow] = {}
         sockets: dict[str, zmq.Socket] = {}
-        pending: dict[int, TP] = {}
+        pending: dict[int, tuple[TP, int, int]] = {}  # request id -> (tp, offset, epoch)
         ids = itertools.count(1)
         poller = zmq.Poller()
         try:
@@ -103,7 +103,7 @@ class ReplicaFetcher:
                             sock.connect(f.endpoint)
                             poller.register(sock, zmq.POLLIN)
                         rid = next(ids)
-                        pending[rid] = f.tp
+                        pending[rid] = (f.tp, f.offset, f.leader_epoch)
                         sock.send(self._encode(self._request(f, rid)))
                         f.waiting, f.sent_at = True, now
                 for sock, _ in poller.poll(50):
@@ -142,21 +142,24 @@ class ReplicaFetcher:
                               max_wait_ms=POLL_WAIT_MS)
 
     def _received(self, body: bytes, follows: dict[TP, Follow],
-                  pending: dict[int, TP]) -> None:
+                  pending: dict[int, tuple[TP, int, int]]) -> None:
         try:
             reply = self._decode(body)
         except msgspec.DecodeError:
             log.error("replica fetcher: an undecodable reply")
             return
-        tp = pending.pop(reply.id, None)
-        f = follows.get(tp) if tp else None
-        if f is None:
+        asked = pending.pop(reply.id, None)
+        f = follows.get(asked[0]) if asked else None
+        if f is None or asked is None:
+            return
+        tp, offset, epoch = asked  # what this answers: a late answer to an older request
+        if epoch != f.leader_epoch or offset != f.offset:  # is not for the current one
             return
         match reply:
             case p.OffsetForLeaderEpochReply():
-                self.on_result(("truncate", f.tp, f.leader_epoch, reply.epoch, reply.end_offset))
+                self.on_result(("truncate", tp, epoch, reply.epoch, reply.end_offset))
             case p.ReplicaFetchReply():
-                self.on_result(("fetched", f.tp, f.leader_epoch, f.offset, reply))
+                self.on_result(("fetched", tp, epoch, offset, reply))
             case p.ErrorReply():
                 f.waiting, f.retry_at = False, time.monotonic() + RETRY_S
                 if reply.code != "UNKNOWN_LEADER_EPOCH":  # the leader has not caught up yet

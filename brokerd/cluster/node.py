@@ -435,7 +435,10 @@ class Cluster:
     def partition_info(self, topic: str, info: p.PartitionInfo) -> None:
         replica = self.replicas.get((topic, info.partition))
         if replica is not None and replica.state is not None:
-            info.leader = replica.state.leader
+            leader = replica.state.leader
+            if self.fenced or (leader == self.id and replica.role != LEADER):
+                leader = -1  # what ZooKeeper says now is unknown here: never claim to lead
+            info.leader = leader
             info.leader_epoch = replica.state.leader_epoch
             info.replicas = list(replica.replicas)
             info.isr = list(replica.state.isr)

@@ -21,6 +21,7 @@ import msgspec
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
 
 log = logging.getLogger("brokerd.cluster")
 
@@ -63,7 +64,9 @@ class ClusterStore:
         self.broker_id = broker_id
         self.hosts = hosts
         self.on_event = on_event
-        self.zk = KazooClient(hosts=hosts, timeout=session_timeout_s)
+        # Retry connecting for ever: after a lost session, kazoo opens a new one.
+        self.zk = KazooClient(hosts=hosts, timeout=session_timeout_s,
+                              connection_retry=KazooRetry(max_tries=-1, max_delay=1.0))
         self.zk.add_listener(self._state_changed)
         self._watched: set[str] = set()
 

@@ -15,6 +15,7 @@ import pytest
 from tests.cluster.client import (
     LeaderProducer,
     check_history,
+    metadata,
     read_log,
     start_member,
     wait_in_sync,
@@ -173,3 +174,48 @@ def test_a_broker_id_taken_and_an_unreachable_zookeeper_are_clear_errors(
             assert words in done.stderr
     finally:
         first.stop()
+
+
+def test_a_leader_paused_past_its_session_is_fenced_and_rejoins_by_epoch(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    import os
+    import signal
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="t", partitions=1)
+        leaders = wait_in_sync(apis, "t", 1, 3)
+        old = brokers[leaders[0]]
+        producer = LeaderProducer(apis, "t", producer_id=11)
+        for i in range(20):
+            producer.send(0, [f"before-{i}"])
+        with RawClient(old.api) as stale:
+            os.kill(old.pid, signal.SIGSTOP)
+            try:  # sent while paused: the old leader reads it only after it wakes
+                stale.send_frames([msgspec.msgpack.encode({
+                    "op": "produce", "id": 1, "topic": "t", "partition": 0, "acks": "all",
+                    "records": ONE})])
+                others = [b.api for b in brokers if b is not old]
+
+                def new_leader() -> bool:
+                    metas = [m for m in (metadata(api, "t") for api in others) if m]
+                    return any(m["topics"][0]["partitions"][0]["leader"] not in
+                               (-1, leaders[0]) for m in metas)
+                wait_for(new_leader, timeout=30, interval=0.2, what="a new leader")
+                for i in range(20):
+                    producer.send(0, [f"after-{i}"])
+            finally:
+                os.kill(old.pid, signal.SIGCONT)
+            answer = stale.recv_reply(timeout_s=30)
+            assert answer is not None and answer["op"] == "error", \
+                f"the paused leader must not acknowledge acks=all: {answer!r}"
+            assert answer["code"] in ("NOT_LEADER", "NOT_ENOUGH_REPLICAS"), answer
+        wait_in_sync(apis, "t", 1, 3, timeout=60)
+        producer.close()
+    finally:
+        for b in brokers:
+            b.stop()
+    logs = {str(i): {0: read_log(b.data_dir, "t", 0)} for i, b in enumerate(brokers)}
+    check_history(producer.acked, logs)
+    assert len(logs["0"][0]) >= 40
