@@ -27,7 +27,8 @@ quiet for 5 ms (``close`` sends what is held).  Each object is used from one thr
 from __future__ import annotations
 
 from runtime.connection import DEFAULT_BROKER, BrokerError, BrokerUnavailable
-from runtime.consumer import Consumer, Event
+from runtime.consumer import Consumer, Event, events_of_fetch
 from runtime.producer import Producer
 
-__all__ = ["Producer", "Consumer", "Event", "BrokerError", "BrokerUnavailable", "DEFAULT_BROKER"]
+__all__ = ["Producer", "Consumer", "Event", "BrokerError", "BrokerUnavailable", "DEFAULT_BROKER",
+           "events_of_fetch"]

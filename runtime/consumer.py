@@ -26,6 +26,21 @@ class Event(msgspec.Struct):
     timestamp: int = 0
 
 
+_records = msgspec.msgpack.Decoder(list[p.WireRecord])
+
+
+def events_of_fetch(reply: p.FetchReply) -> list[Event]:
+    """A fetch reply's stored batches as events, from its ``offset`` on (a batch may start
+    below the offset asked for)."""
+    out: list[Event] = []
+    for base, ts, raw in reply.batches:
+        for i, r in enumerate(_records.decode(raw)):
+            if base + i >= reply.offset:
+                out.append(Event(reply.topic, reply.partition, base + i, r.value, r.key,
+                                 r.headers, ts if r.timestamp is None else r.timestamp))
+    return out
+
+
 class _Batch3(msgspec.Struct, array_like=True):
     base_offset: int
     append_timestamp: int

@@ -13,14 +13,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 
 from brokerd import protocol as p
 from runtime.cli.common import (
     UsageError, connect, event_json, event_line, guarded, jsonable, parse_time, plural,
     set_handler, with_broker,
 )
-from runtime.client import Consumer, Event
+from runtime.client import Consumer, Event, events_of_fetch
 from runtime.connection import Connection
 
 TAIL_LAST = 10  # without -o or --from-beginning, tail shows this many last events per partition
@@ -152,18 +151,6 @@ def _fetch_round(conn: Connection, topic: str, positions: dict[int, int],
     return events
 
 
-_records = msgspec.msgpack.Decoder(list[p.WireRecord])
-
-
-def events_of_fetch(reply: p.FetchReply) -> list[Event]:
-    """A fetch reply's stored batches as events, from its ``offset`` on."""
-    out: list[Event] = []
-    for base, ts, raw in reply.batches:
-        for i, r in enumerate(_records.decode(raw)):
-            if base + i >= reply.offset:
-                out.append(Event(reply.topic, reply.partition, base + i, r.value, r.key,
-                                 r.headers, ts if r.timestamp is None else r.timestamp))
-    return out
 
 
 def _tail_group(args: argparse.Namespace, render: Render) -> int:

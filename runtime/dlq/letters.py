@@ -12,10 +12,9 @@ import re
 import traceback
 from typing import Any
 
-import msgspec
 
 from brokerd import protocol as p
-from runtime.client import Event, Producer
+from runtime.client import Event, Producer, events_of_fetch
 from runtime.connection import BrokerError, Connection
 
 SUFFIX = ".dlq"
@@ -125,7 +124,6 @@ def replay_headers(event: Event) -> dict[str, Any]:
 
 
 # -- reading ----------------------------------------------------------------------------
-_records = msgspec.msgpack.Decoder(list[p.WireRecord])
 
 
 def fetch_range(conn: Connection, topic: str, partition: int, start: int, end: int,
@@ -142,17 +140,6 @@ def fetch_range(conn: Connection, topic: str, partition: int, start: int, end: i
         events.extend(e for e in got if e.offset < end)
         offset = got[-1].offset + 1
     return events
-
-
-def events_of_fetch(reply: p.FetchReply) -> list[Event]:
-    """Decode a fetch reply's stored batches into events at or after its ``offset``."""
-    out: list[Event] = []
-    for base, ts, raw in reply.batches:
-        for i, r in enumerate(_records.decode(raw)):
-            if base + i >= reply.offset:
-                out.append(Event(reply.topic, reply.partition, base + i, r.value, r.key,
-                                 r.headers, ts if r.timestamp is None else r.timestamp))
-    return out
 
 
 def partitions(conn: Connection, topic: str) -> list[p.PartitionInfo] | None:
