@@ -47,6 +47,11 @@ def with_broker(parser: argparse.ArgumentParser, inherited: bool = False
     return parser
 
 
+def leaf(inner: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    """A sub-command's action (``rail topics create``), with the parent's ``--broker``."""
+    return with_broker(inner.add_parser(name, help=help, description=help), inherited=True)
+
+
 def with_json(parser: argparse.ArgumentParser, what: str, inherited: bool = False
               ) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true",

@@ -10,7 +10,7 @@ from typing import Any
 
 from brokerd import protocol as p
 from runtime.cli.common import (
-    CommandError, UsageError, connect, guarded, parse_time, plural, print_json, set_handler,
+    CommandError, UsageError, connect, guarded, leaf, parse_time, plural, print_json, set_handler,
     with_broker, with_json,
 )
 from runtime.connection import BrokerError, Connection
@@ -24,28 +24,24 @@ def add_groups(sub: argparse._SubParsersAction) -> None:
     set_handler(ap, guarded(cmd_groups_list, "groups"))
     inner = ap.add_subparsers(dest="groups_action", metavar="ACTION")
 
-    listing = _leaf(inner, "list", "list the groups with their state, members and lag")
+    listing = leaf(inner, "list", "list the groups with their state, members and lag")
     with_json(listing, "the groups", inherited=True)
     set_handler(listing, guarded(cmd_groups_list, "groups list"))
 
-    describe = _leaf(inner, "describe", "a group's members, partitions, committed offsets, lag")
+    describe = leaf(inner, "describe", "a group's members, partitions, committed offsets, lag")
     describe.add_argument("name", help="the group")
     with_json(describe, "the group", inherited=True)
     set_handler(describe, guarded(cmd_groups_describe, "groups describe"))
 
     _add_reset(inner)
 
-    delete = _leaf(inner, "delete", "forget a group without live members and its offsets")
+    delete = leaf(inner, "delete", "forget a group without live members and its offsets")
     delete.add_argument("name", help="the group")
     set_handler(delete, guarded(cmd_groups_delete, "groups delete"))
 
 
-def _leaf(inner: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
-    return with_broker(inner.add_parser(name, help=help, description=help), inherited=True)
-
-
 def _add_reset(inner: argparse._SubParsersAction) -> None:
-    ap = _leaf(inner, "reset-offsets", "move a stopped group's committed offsets: prints "
+    ap = leaf(inner, "reset-offsets", "move a stopped group's committed offsets: prints "
                "the plan, changes nothing without --execute")
     ap.add_argument("name", help="the group (it must have no live members to --execute)")
     ap.add_argument("--topic", required=True, help="the topic whose offsets to move")

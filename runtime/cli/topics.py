@@ -9,7 +9,7 @@ from typing import Any
 
 from brokerd import protocol as p
 from runtime.cli.common import (
-    CommandError, connect, guarded, parse_pairs, plural, print_json, set_handler, with_broker,
+    CommandError, connect, guarded, leaf, parse_pairs, plural, print_json, set_handler, with_broker,
     with_json,
 )
 
@@ -21,11 +21,11 @@ def add_topics(sub: argparse._SubParsersAction) -> None:
     set_handler(ap, guarded(cmd_topics_list, "topics"))
     inner = ap.add_subparsers(dest="topics_action", metavar="ACTION")
 
-    listing = _leaf(inner, "list", "list the topics with their partitions, events and bytes")
+    listing = leaf(inner, "list", "list the topics with their partitions, events and bytes")
     with_json(listing, "the topics", inherited=True)
     set_handler(listing, guarded(cmd_topics_list, "topics list"))
 
-    create = _leaf(inner, "create", "create a topic")
+    create = leaf(inner, "create", "create a topic")
     create.add_argument("name", help="the topic: [A-Za-z0-9._-], 1 to 249 characters")
     create.add_argument("--partitions", type=int, metavar="N",
                         help="how many partitions (default: the broker's)")
@@ -34,24 +34,20 @@ def add_topics(sub: argparse._SubParsersAction) -> None:
                         "(see docs/protocol.md, topic configuration)")
     set_handler(create, guarded(cmd_topics_create, "topics create"))
 
-    describe = _leaf(inner, "describe", "show a topic's settings and partitions")
+    describe = leaf(inner, "describe", "show a topic's settings and partitions")
     describe.add_argument("name", help="the topic")
     with_json(describe, "the topic", inherited=True)
     set_handler(describe, guarded(cmd_topics_describe, "topics describe"))
 
-    alter = _leaf(inner, "alter", "grow a topic to more partitions (keys move: see docs/cli.md)")
+    alter = leaf(inner, "alter", "grow a topic to more partitions (keys move: see docs/cli.md)")
     alter.add_argument("name", help="the topic")
     alter.add_argument("--partitions", type=int, required=True, metavar="N",
                        help="the new number of partitions in all, more than today's")
     set_handler(alter, guarded(cmd_topics_alter, "topics alter"))
 
-    delete = _leaf(inner, "delete", "delete a topic and all its events")
+    delete = leaf(inner, "delete", "delete a topic and all its events")
     delete.add_argument("name", help="the topic")
     set_handler(delete, guarded(cmd_topics_delete, "topics delete"))
-
-
-def _leaf(inner: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
-    return with_broker(inner.add_parser(name, help=help, description=help), inherited=True)
 
 
 def cmd_topics_list(args: argparse.Namespace) -> int:
