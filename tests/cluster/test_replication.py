@@ -219,3 +219,46 @@ def test_a_leader_paused_past_its_session_is_fenced_and_rejoins_by_epoch(
     logs = {str(i): {0: read_log(b.data_dir, "t", 0)} for i, b in enumerate(brokers)}
     check_history(producer.acked, logs)
     assert len(logs["0"][0]) >= 40
+
+
+def test_the_controller_killed_and_a_zookeeper_node_killed_lose_nothing(
+        tmp_path: Path) -> None:
+    from tests.cluster.zookeeper import available, start_zookeeper
+    why = available()
+    if why:
+        pytest.skip(why)
+    ensemble = start_zookeeper(tmp_path / "zk3", nodes=3)
+    brokers: list[BrokerProcess] = []
+    try:
+        brokers = start_three(tmp_path, ensemble)
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="t", partitions=PARTITIONS)
+        wait_in_sync(apis, "t", PARTITIONS, 3)
+        controller = metadata(apis[0], "t")["controller"]  # type: ignore[index]
+        producer = LeaderProducer(apis, "t", producer_id=21)
+        for i in range(30):
+            producer.send(i % PARTITIONS, [f"a-{i}"])
+        ensemble.kill9(2)  # a quorum of two is left
+        brokers[controller].kill9()  # the controller, and the leader of some partitions
+        others = [b.api for i, b in enumerate(brokers) if i != controller]
+
+        def new_controller() -> bool:
+            metas = [m for m in (metadata(api, "t") for api in others) if m]
+            return any(m["controller"] not in (-1, controller) for m in metas)
+        wait_for(new_controller, timeout=30, interval=0.2, what="a new controller")
+        for i in range(30):
+            producer.send(i % PARTITIONS, [f"b-{i}"])
+        ensemble.start_node(2)
+        brokers[controller] = start_member(tmp_path, ensemble, controller,
+                                           api_port=int(apis[controller].rsplit(":", 1)[1]))
+        wait_in_sync([b.api for b in brokers], "t", PARTITIONS, 3, timeout=60)
+        producer.close()
+    finally:
+        for b in brokers:
+            b.stop()
+        ensemble.stop()
+    logs = {str(i): {p: read_log(b.data_dir, "t", p) for p in range(PARTITIONS)}
+            for i, b in enumerate(brokers)}
+    check_history(producer.acked, logs)
+    assert sum(len(v) for v in logs["0"].values()) == 60
