@@ -15,6 +15,7 @@ Watches fire on kazoo's thread; ``ClusterStore`` only turns them into events for
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 import msgspec
@@ -63,6 +64,7 @@ class ClusterStore:
                  session_timeout_s: float = 6.0) -> None:
         self.broker_id = broker_id
         self.hosts = hosts
+        self.session_timeout_s = session_timeout_s
         self.on_event = on_event
         # Retry connecting for ever: after a lost session, kazoo opens a new one.
         self.zk = KazooClient(hosts=hosts, timeout=session_timeout_s,
@@ -96,12 +98,22 @@ class ClusterStore:
 
     # -- brokers ----------------------------------------------------------------------
     def register(self, api: str, ingest: str) -> None:
+        """Create this broker's ephemeral registration.  One left by this broker's previous
+        process (killed, its session not yet expired) is waited out, up to a session
+        timeout and a half; one still there after that belongs to a live broker."""
         data = msgspec.json.encode(BrokerRecord(id=self.broker_id, api=api, ingest=ingest))
-        try:
-            self.zk.create(f"/brokers/ids/{self.broker_id}", data, ephemeral=True)
-        except NodeExistsError as exc:
-            raise ClusterError(f"broker id {self.broker_id} is already registered (another "
-                               "broker runs with it): give each broker its own --broker-id") from exc
+        path = f"/brokers/ids/{self.broker_id}"
+        deadline = time.monotonic() + self.session_timeout_s * 1.5
+        while True:
+            try:
+                self.zk.create(path, data, ephemeral=True)
+                return
+            except NodeExistsError as exc:
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"broker id {self.broker_id} is already registered (another broker "
+                        "runs with it): give each broker its own --broker-id") from exc
+                time.sleep(0.25)
 
     def brokers(self) -> dict[int, BrokerRecord]:
         out = {}

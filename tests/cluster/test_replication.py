@@ -262,3 +262,34 @@ def test_the_controller_killed_and_a_zookeeper_node_killed_lose_nothing(
             for i, b in enumerate(brokers)}
     check_history(producer.acked, logs)
     assert sum(len(v) for v in logs["0"].values()) == 60
+
+
+def test_all_brokers_killed_at_once_and_restarted_lose_nothing_acknowledged(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    brokers = start_three(tmp_path, zookeeper)
+    ports = [int(b.api.rsplit(":", 1)[1]) for b in brokers]
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="t", partitions=PARTITIONS)
+        wait_in_sync(apis, "t", PARTITIONS, 3)
+        producer = LeaderProducer(apis, "t", producer_id=31)
+        for i in range(30):
+            producer.send(i % PARTITIONS, [f"a-{i}"])
+        producer.close()
+        for b in brokers:
+            b.kill9()
+        brokers = [start_member(tmp_path, zookeeper, i, api_port=ports[i]) for i in range(3)]
+        wait_in_sync(apis, "t", PARTITIONS, 3, timeout=60)
+        producer = LeaderProducer(apis, "t", producer_id=31, acked=producer.acked,
+                                  sequences=producer.sequences)
+        for i in range(30):
+            producer.send(i % PARTITIONS, [f"b-{i}"])
+        producer.close()
+    finally:
+        for b in brokers:
+            b.stop()
+    logs = {str(i): {p: read_log(b.data_dir, "t", p) for p in range(PARTITIONS)}
+            for i, b in enumerate(brokers)}
+    check_history(producer.acked, logs)
+    assert sum(len(v) for v in logs["0"].values()) == 60
