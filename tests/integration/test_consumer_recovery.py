@@ -278,3 +278,50 @@ def test_a_worker_process_leaves_no_lag_after_a_kill_9_of_the_broker(tmp_path: P
             worker.wait(5)
         history.close()
         broker.stop()
+
+
+def test_a_poll_given_up_on_a_paused_broker_skips_nothing_once_it_answers_again(
+        tmp_path: Path) -> None:
+    """The consumer gives up on a parked poll (BrokerUnavailable) while the broker is
+    paused; the broker, woken, still answers that poll, whose replies the consumer no longer
+    reads, and moves its position past them.  The consumer must join again, so that the
+    broker restarts from the committed offsets, and see every event."""
+    import os
+    broker = start_broker(tmp_path / "data")
+    try:
+        with Producer(broker.api) as producer:
+            for i in range(50):
+                producer.send("t", i, key=str(i))
+            producer.flush(10)
+        seen: set[int] = set()
+        with Consumer(broker.api, group="g", topics=["t"], timeout_s=1.0,
+                      session_timeout_ms=60_000) as consumer:
+            wait_for(lambda: seen.update(e.value for e in consumer.poll(0.2)) or len(seen) == 50,
+                     timeout=10, what="the first 50 events")
+            consumer.commit()
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                gave_up = False
+                deadline = time.monotonic() + 15
+                while not gave_up and time.monotonic() < deadline:
+                    try:
+                        consumer.poll(0.5)
+                    except BrokerUnavailable:
+                        gave_up = True
+                assert gave_up, "the consumer gave up on the paused broker"
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            with Producer(broker.api) as producer:
+                for i in range(50, 100):
+                    producer.send("t", i, key=str(i))
+                producer.flush(10)
+
+            def all_seen() -> bool:
+                try:
+                    seen.update(e.value for e in consumer.poll(0.2))
+                except BrokerUnavailable:
+                    pass
+                return len(seen) == 100
+            wait_for(all_seen, timeout=20, what="the 50 events sent after the pause")
+    finally:
+        broker.stop()
