@@ -55,11 +55,11 @@ def add_supervisor_commands(sub: argparse._SubParsersAction) -> None:
     register.set_defaults(run=cmd_register)
 
     unregister = control_parser(sub, "unregister", "stop a worker and forget it")
-    unregister.add_argument("name")
+    unregister.add_argument("name", help="the worker to stop and forget")
     unregister.set_defaults(run=cmd_unregister)
     scale = control_parser(sub, "scale", "change a worker's number of replicas")
-    scale.add_argument("name")
-    scale.add_argument("replicas", type=int)
+    scale.add_argument("name", help="the worker")
+    scale.add_argument("replicas", type=int, help="how many processes it should run")
     scale.set_defaults(run=cmd_scale)
     add_logs_command(sub, control_parser)
     reload = control_parser(sub, "reload", "read rail.toml again: add, remove, rescale and "
@@ -67,7 +67,7 @@ def add_supervisor_commands(sub: argparse._SubParsersAction) -> None:
     reload.set_defaults(run=cmd_reload)
     restart = control_parser(sub, "restart", "restart a worker's replicas, or brokerd (also a "
                              "failed one)")
-    restart.add_argument("name")
+    restart.add_argument("name", help="a worker's name, or brokerd")
     restart.set_defaults(run=lambda a: show(control.call(a.control, control.Restart(
         name=a.name)), f"restarting {a.name}"))
 
