@@ -3,6 +3,7 @@ history checker after each scenario."""
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -72,7 +73,16 @@ def test_a_replicated_topic_is_copied_to_every_broker_and_acked_once_in_sync(
     assert sum(len(v) for v in logs["0"].values()) == 30
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+# CI runs two seeds; bench/cluster_chaos.sh runs twenty (RAIL_CHAOS_SEEDS=1-20).
+SEEDS = os.environ.get("RAIL_CHAOS_SEEDS", "1-2")
+
+
+def _seeds(spec: str) -> list[int]:
+    first, _, last = spec.partition("-")
+    return list(range(int(first), int(last or first) + 1))
+
+
+@pytest.mark.parametrize("seed", _seeds(SEEDS))
 def test_acked_records_survive_kill_9_of_a_leader_under_three_producers(
         tmp_path: Path, zookeeper: ZooKeeper, seed: int) -> None:
     rng = random.Random(seed)
@@ -178,7 +188,6 @@ def test_a_broker_id_taken_and_an_unreachable_zookeeper_are_clear_errors(
 
 def test_a_leader_paused_past_its_session_is_fenced_and_rejoins_by_epoch(
         tmp_path: Path, zookeeper: ZooKeeper) -> None:
-    import os
     import signal
     brokers = start_three(tmp_path, zookeeper)
     try:
