@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default tcp://127.0.0.1:7401)")
     parser.add_argument("--config", help="TOML file with broker and topic_defaults settings")
     parser.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics "
+                        "there (port 0: a free one); off by default")
     parser.add_argument("--broker-id", type=int, help="this broker's id in a cluster (>= 0)")
     parser.add_argument("--zookeeper", help="join a cluster coordinated by ZooKeeper: "
                         "HOST:PORT[,HOST:PORT...][/chroot]")
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, {
             "data_dir": args.data_dir, "bind": args.bind, "ingest": args.ingest,
             "log_level": args.log_level, "broker_id": args.broker_id,
-            "zookeeper": args.zookeeper, "advertise": args.advertise})
+            "zookeeper": args.zookeeper, "advertise": args.advertise,
+            "metrics": args.metrics})
     except ConfigError as exc:
         print(f"brokerd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -88,8 +91,20 @@ def main(argv: list[str] | None = None) -> int:
         code = join_cluster(broker, api, ingest)
         if code != EXIT_OK:
             return code
-    print(f"brokerd ready api={api} ingest={ingest} data={config.data_dir}", flush=True)
+    metrics = None
+    if config.metrics:
+        from brokerd.metrics import MetricsServer
+        try:
+            metrics = MetricsServer(config.metrics, api, broker.context)
+        except (OSError, ValueError) as exc:
+            print(f"brokerd: cannot serve metrics on {config.metrics}: {exc}", file=sys.stderr)
+            return EXIT_BIND
+        metrics.start()
+    shown = f" metrics={metrics.address}" if metrics else ""
+    print(f"brokerd ready api={api} ingest={ingest} data={config.data_dir}{shown}", flush=True)
     broker.serve()
+    if metrics is not None:
+        metrics.stop()
     return EXIT_OK
 
 

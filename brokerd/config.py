@@ -49,6 +49,8 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     advertise: str = ""
     """The API endpoint other brokers and clients use (default: the bound one)."""
     replica_lag_time_ms: int = 10_000
+    metrics: str = ""
+    """``host:port`` for Prometheus ``/metrics`` (port 0: any free one); empty: off."""
     zookeeper_session_timeout_ms: int = 6_000
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
 

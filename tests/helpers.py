@@ -53,6 +53,7 @@ class BrokerProcess:
     api: str
     ingest: str
     log_path: Path
+    ready_line: str = ""
 
     @property
     def pid(self) -> int:
@@ -107,4 +108,4 @@ def start_broker(data_dir: Path, *extra: str, api_port: int | None = None,
         proc.kill()
         proc.wait(5)
         raise RuntimeError(f"broker did not start: {line!r}\n{log_path.read_text()}")
-    return BrokerProcess(proc, data_dir, match.group(1), match.group(2), log_path)
+    return BrokerProcess(proc, data_dir, match.group(1), match.group(2), log_path, line)

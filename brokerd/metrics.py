@@ -1,0 +1,204 @@
+"""Prometheus ``/metrics`` for the broker, with kafka_exporter's names where they mean the
+same (``rail_`` for ``kafka_``), so dashboards and alerts carry over.
+
+Off unless ``--metrics HOST:PORT`` (or ``metrics`` in broker.toml) is given.  A scrape runs
+on the HTTP server's thread and asks the broker through its own API, with the same
+``stats``, ``metadata``, ``list_groups`` and ``describe_group`` requests the CLI sends: the
+loop's state is never read from another thread, and an idle broker pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import msgspec
+import zmq
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from brokerd import protocol as p
+
+log = logging.getLogger("brokerd.metrics")
+SCRAPE_TIMEOUT_MS = 10_000
+
+
+class BrokerCollector(Collector):
+    """Asks the broker at ``api`` for what it reports and turns it into metric families."""
+
+    def __init__(self, api: str, context: zmq.Context) -> None:
+        self.api = api
+        self.context = context
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(p.Reply).decode
+
+    def _ask(self, sock: zmq.Socket, request: p.Request) -> Any:
+        sock.send(self._encode(request))
+        if not sock.poll(SCRAPE_TIMEOUT_MS):
+            raise TimeoutError(f"the broker did not answer {type(request).__name__} in time")
+        reply = self._decode(sock.recv())
+        if isinstance(reply, p.ErrorReply):
+            raise RuntimeError(f"{reply.code}: {reply.message}")
+        return reply
+
+    def collect(self) -> Iterator[Metric]:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.api)
+        try:
+            stats = self._ask(sock, p.Stats()).stats
+            meta = self._ask(sock, p.Metadata())
+            groups = [self._ask(sock, p.DescribeGroup(group=g))
+                      for g in self._ask(sock, p.ListGroups()).groups]
+        finally:
+            sock.close(linger=0)
+        yield from _broker_families(stats, meta)
+        yield from _topic_families(meta)
+        yield from _group_families(groups)
+
+
+def _broker_families(stats: dict[str, Any], meta: p.MetadataReply) -> Iterator[Metric]:
+    counts = stats["counts"]
+    requests = CounterMetricFamily("rail_broker_requests", "Requests the broker read")
+    requests.add_metric([], counts.get("requests", 0))
+    errors = CounterMetricFamily("rail_broker_errors", "Error replies by code", labels=["code"])
+    for name, value in sorted(counts.items()):
+        if name.startswith("error."):
+            errors.add_metric([name.removeprefix("error.")], value)
+    yield requests
+    yield errors
+    for name in ("records_in", "bytes_in", "records_out", "bytes_out"):
+        family = CounterMetricFamily(f"rail_broker_{name}", f"{name.replace('_', ' ')} "
+                                     "over all partitions since the broker started")
+        family.add_metric([], stats["totals"][name])
+        yield family
+    for name, help in (("ingest_records", "Records taken from the ingest socket"),
+                       ("ingest_invalid", "Ingest messages dropped as malformed"),
+                       ("fsync_failures", "fsyncs that failed"),
+                       ("records_discarded", "Records cut after a failed fsync"),
+                       ("replies_dropped", "Replies dropped on a full client queue")):
+        family = CounterMetricFamily(f"rail_broker_{name}", help)
+        family.add_metric([], counts.get(name, 0))
+        yield family
+    for name, value, help in (
+            ("rail_broker_rss_bytes", stats["rss_bytes"], "Resident memory of the broker"),
+            ("rail_broker_open_files", stats["open_files"], "Descriptors the broker holds"),
+            ("rail_broker_max_open_files", stats["max_open_files"], "Its descriptor limit"),
+            ("rail_broker_waiting_durable", stats["waiting_durable"],
+             "Produces waiting for an fsync or for replicas"),
+            ("rail_brokers", max(len(meta.brokers), 1), "Brokers in the cluster (1 alone)"),
+            ("rail_cluster_controller", meta.controller, "The controller's broker id (-1 "
+             "alone)")):
+        gauge = GaugeMetricFamily(name, help)
+        gauge.add_metric([], value)
+        yield gauge
+
+
+def _topic_families(meta: p.MetadataReply) -> Iterator[Metric]:
+    labels = ["topic", "partition"]
+    current = GaugeMetricFamily("rail_topic_partition_current_offset",
+                                "The end offset of each partition", labels=labels)
+    oldest = GaugeMetricFamily("rail_topic_partition_oldest_offset",
+                               "The start offset of each partition", labels=labels)
+    size = GaugeMetricFamily("rail_topic_partition_size_bytes",
+                             "Bytes on disk of each partition", labels=labels)
+    partitions = GaugeMetricFamily("rail_topic_partitions", "Partitions of each topic",
+                                   labels=["topic"])
+    isr = GaugeMetricFamily("rail_topic_partition_in_sync_replica",
+                            "In-sync replicas of each partition (cluster)", labels=labels)
+    replicas = GaugeMetricFamily("rail_topic_partition_replicas",
+                                 "Replicas of each partition (cluster)", labels=labels)
+    leader = GaugeMetricFamily("rail_topic_partition_leader",
+                               "The leader's broker id (-1: offline or alone)", labels=labels)
+    under = GaugeMetricFamily("rail_topic_partition_under_replicated_partition",
+                              "1 when fewer replicas are in sync than exist", labels=labels)
+    for topic in meta.topics:
+        partitions.add_metric([topic.name], len(topic.partitions))
+        for part in topic.partitions:
+            key = [topic.name, str(part.partition)]
+            current.add_metric(key, part.end_offset)
+            oldest.add_metric(key, part.start_offset)
+            size.add_metric(key, part.size_bytes)
+            leader.add_metric(key, part.leader)
+            if part.replicas:
+                isr.add_metric(key, len(part.isr))
+                replicas.add_metric(key, len(part.replicas))
+                under.add_metric(key, int(len(part.isr) < len(part.replicas)))
+    yield from (current, oldest, size, partitions, leader, isr, replicas, under)
+
+
+def _group_families(groups: list[p.DescribeGroupReply]) -> Iterator[Metric]:
+    labels = ["consumergroup", "topic", "partition"]
+    offset = GaugeMetricFamily("rail_consumergroup_current_offset",
+                               "The committed offset of each group and partition",
+                               labels=labels)
+    lag = GaugeMetricFamily("rail_consumergroup_lag", "Events not yet committed",
+                            labels=labels)
+    lag_sum = GaugeMetricFamily("rail_consumergroup_lag_sum", "Lag over a topic's partitions",
+                                labels=["consumergroup", "topic"])
+    members = GaugeMetricFamily("rail_consumergroup_members", "Live members of each group",
+                                labels=["consumergroup"])
+    generation = GaugeMetricFamily("rail_consumergroup_generation",
+                                   "Each group's generation (one more per rebalance)",
+                                   labels=["consumergroup"])
+    for group in groups:
+        members.add_metric([group.group], len(group.members))
+        generation.add_metric([group.group], group.generation)
+        sums: dict[str, int] = {}
+        for part in group.partitions:
+            key = [group.group, part.topic, str(part.partition)]
+            if part.committed is not None:
+                offset.add_metric(key, part.committed)
+            lag.add_metric(key, part.lag)
+            sums[part.topic] = sums.get(part.topic, 0) + part.lag
+        for topic, total in sorted(sums.items()):
+            lag_sum.add_metric([group.group, topic], total)
+    yield from (offset, lag, lag_sum, members, generation)
+
+
+class MetricsServer:
+    """``GET /metrics`` on ``address`` (``host:port``), on a daemon thread."""
+
+    def __init__(self, address: str, api: str, context: zmq.Context) -> None:
+        host, _, port = address.rpartition(":")
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(BrokerCollector(api, context))
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404, "only /metrics is here")
+                    return
+                try:
+                    body = generate_latest(registry)
+                except Exception as exc:  # noqa: BLE001 - a scrape error, not a crash
+                    log.warning("metrics scrape failed: %r", exc)
+                    self.send_error(503, f"the broker did not answer: {exc}")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        self.server.daemon_threads = True
+        bound_host, bound_port = self.server.server_address[:2]
+        self.address = f"{bound_host!s}:{bound_port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="metrics",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,61 @@
+"""The broker's Prometheus /metrics, scraped over real HTTP from a real broker."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import msgspec
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import start_broker
+from tests.integration.wire import RawClient
+
+
+def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_show_offsets_lag_and_errors_with_kafka_exporter_names(tmp_path: Path) -> None:
+    broker = start_broker(tmp_path / "data", "--metrics", "127.0.0.1:0")
+    try:
+        found = re.search(r"metrics=(\S+)", broker.ready_line)
+        assert found, broker.ready_line
+        address = found.group(1)
+        with RawClient(broker.api) as raw:
+            raw.ok("create_topic", topic="orders", partitions=2)
+            for i in range(5):
+                raw.ok("produce", topic="orders", partition=0,
+                       records=msgspec.Raw(msgspec.msgpack.encode([[i]])))
+            member = raw.ok("join", group="kitchen", topics=["orders"],
+                            session_timeout_ms=30_000)["member_id"]
+            raw.ok("commit", group="kitchen", member_id=member, offsets=[["orders", 0, 3]])
+            assert raw.call("fetch", topic="nope", partition=0, offset=0)["code"] == \
+                "UNKNOWN_TOPIC"
+        m = scrape(address)
+        p0 = (("partition", "0"), ("topic", "orders"))
+        assert m[("rail_topic_partition_current_offset", p0)] == 5
+        assert m[("rail_topic_partition_oldest_offset", p0)] == 0
+        group_p0 = (("consumergroup", "kitchen"), ("partition", "0"), ("topic", "orders"))
+        assert m[("rail_consumergroup_current_offset", group_p0)] == 3
+        assert m[("rail_consumergroup_lag", group_p0)] == 2
+        assert m[("rail_consumergroup_lag_sum", (("consumergroup", "kitchen"),
+                                                 ("topic", "orders")))] == 2
+        assert m[("rail_consumergroup_members", (("consumergroup", "kitchen"),))] == 1
+        assert m[("rail_broker_errors_total", (("code", "UNKNOWN_TOPIC"),))] == 1
+        assert m[("rail_broker_records_in_total", ())] == 5
+        try:
+            urllib.request.urlopen(f"http://{address}/other", timeout=10)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+        else:
+            raise AssertionError("only /metrics is served")
+    finally:
+        broker.stop()
