@@ -71,6 +71,7 @@ class Supervisor:
         self.sampled_at = 0.0
         self.ticked_at = 0.0
         self._conn: Connection | None = None
+        self.metrics: Any = None  # the /metrics HTTP server, when asked for
         self.handlers = ControlHandlers(self)
         self.poller = zmq.Poller()
         self.outputs: dict[int, PrefixedOutput] = {}  # by pipe fd: what the workers print
@@ -86,6 +87,18 @@ class Supervisor:
                   f"{exc}: is another rail up running? (rail status, or set "
                   "[supervisor].control)", file=sys.stderr)
             return EXIT_BIND
+        if self.config.supervisor.metrics:
+            from runtime import metrics
+            try:
+                self.metrics = metrics.serve(self.config.supervisor.metrics,
+                                             self.config.supervisor.control)
+            except (OSError, ValueError) as exc:
+                print(f"rail: cannot serve metrics on {self.config.supervisor.metrics}: {exc}",
+                      file=sys.stderr)
+                self.control.close()
+                return EXIT_BIND
+            host, port = self.metrics.server_address[:2]
+            LOG.info("metrics on http://%s:%d/metrics", host, port)
         self.health = self.context.socket(zmq.PULL)
         self.health.setsockopt(zmq.LINGER, 0)
         self.health.bind("tcp://127.0.0.1:*")
@@ -119,6 +132,8 @@ class Supervisor:
         return wake_r, wake_w
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.shutdown()
         if self._conn is not None:
             self._conn.close()
         self.control.close()

@@ -33,6 +33,8 @@ def add_supervisor_commands(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--data-dir", help="broker data, logs and registrations "
                     "(default [broker].data_dir)")
     up.add_argument("--control", help="control socket to bind (default [supervisor].control)")
+    up.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics there "
+                    "(default [supervisor].metrics; off when empty)")
     up.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING")
     up.set_defaults(run=cmd_up)
 
@@ -90,6 +92,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         config.broker.data_dir = str(Path(args.data_dir).resolve())
     if args.control:
         config.supervisor.control = args.control
+    if args.metrics:
+        config.supervisor.metrics = args.metrics
     path = Path(args.config or "rail.toml").resolve()
     return Supervisor(config, base, broker_endpoint=args.broker or "", config_path=path,
                       toml=toml).run()

@@ -393,3 +393,38 @@ def test_unregister_stops_a_worker_and_forgets_it_across_rail_up(rail: Rail) -> 
     assert rail.stop() == 0
     rail.up()
     assert rail.status()["workers"] == []
+
+
+def test_supervisor_metrics_show_workers_their_restarts_and_what_they_handled(
+        rail: Rail) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.helpers import free_port
+    port = free_port()
+    rail.write_toml(appender_toml(rail), topics=f'metrics = "127.0.0.1:{port}"\n'
+                    "[topics.orders]\npartitions = 3\n")
+    rail.up()
+    pizza = wait_for(lambda: rail.running("pizza", 2), 20, what="2 pizza replicas")
+    rail.send(range(50))
+    wait_for(lambda: sorted(rail.seen()) == list(range(50)), 20, what="50 events handled")
+    os.kill(pizza["pids"][0], signal.SIGKILL)
+    wait_for(lambda: (w := rail.running("pizza", 2)) and w["restarts"] == 1, 10,
+             what="the killed replica restarted")
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+    worker = (("worker", "pizza"),)
+    m = wait_for(lambda: (m := scrape()) and m.get(("rail_worker_processed_total", worker),
+                                                   0) >= 50 and m, 20, what="50 processed")
+    assert m[("rail_worker_processes", worker)] == 2
+    assert m[("rail_worker_replicas", worker)] == 2
+    assert m[("rail_worker_restarts_total", worker)] == 1
+    assert m[("rail_worker_state", (("state", "running"), ("worker", "pizza")))] == 1
+    assert m[("rail_worker_state", (("state", "failed"), ("worker", "pizza")))] == 0
+    assert m[("rail_supervisor_broker_up", ())] == 1
+    assert rail.stop() == 0
