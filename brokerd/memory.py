@@ -18,7 +18,7 @@ from typing import Callable
 
 log = logging.getLogger("brokerd")
 CHECK_EVERY_S = 5.0
-GROWTH_BYTES = 16 * 1024 * 1024
+GROWTH_BYTES = 4 * 1024 * 1024
 
 
 def rss_bytes() -> int:
