@@ -107,7 +107,7 @@ class ScaleBroker:
         if self.proc is None or self.proc.poll() is None:
             return None
         lines = [line for line in self.log_tail(4000).splitlines() if line.strip(" ^~\t")]
-        return f"brokerd exited with code {self.proc.returncode}: " + " | ".join(lines[-2:])[-400:]
+        return f"brokerd exited with code {self.proc.returncode}: " + " / ".join(lines[-2:])[-400:]  # no "|": it ends up in markdown tables
 
     def _wait_ready_line(self, deadline: float) -> None:
         """Read stdout, bounded, until ``brokerd ready ...``."""
