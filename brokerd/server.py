@@ -21,7 +21,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import msgspec
 import zmq
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from brokerd.cluster.node import Cluster
 
 log = logging.getLogger("brokerd")
+# Duplicated descriptors one fsync round may hold: with 10,000 dirty partitions a round
+# would double the broker's open files; the rest waits for the next round.
+FLUSH_FDS_PER_ROUND = 256
 DRAIN = 256  # messages taken from one socket per loop turn before looking at the others
 # Parked polls are answered once the sockets are drained (a burst of produces is one reply)
 # and, within a long burst, after every DELIVER_EVERY requests.
@@ -294,16 +297,34 @@ class Broker(Handlers):
         if not urgent and (deadline is None or now < deadline):
             return deadline
         waiting = self.acks.logs()
-        jobs, covered = [], {}
+        jobs: list[Callable[[], None]] = []
+        covered: dict[PartitionLog, int] = {}
+        budget = [FLUSH_FDS_PER_ROUND]
+
+        def take(plog: PartitionLog) -> None:
+            try:
+                ticket = plog.begin_flush()
+            except OSError as exc:  # no descriptor to spare: it stays dirty for later
+                self._flush_refused(plog, exc)
+                return
+            covered[plog] = ticket.end_offset
+            jobs.append(ticket.run)
+            budget[0] -= max(len(ticket.fds), 1)
+
+        for plog in waiting:  # what producers wait for goes first
+            if plog.needs_flush and budget[0] > 0:
+                take(plog)
         for topic in self.topics.topics.values():
             due = topic.config.fsync != "never" and now >= self._next_flush.get(topic.name, 0.0)
-            if due:
-                self._next_flush[topic.name] = now + topic.config.fsync_interval_ms / 1000
+            whole = True
             for plog in topic.partitions:
-                if plog.needs_flush and (due or plog in waiting):
-                    ticket = plog.begin_flush()
-                    covered[plog] = ticket.end_offset
-                    jobs.append(ticket.run)
+                if plog.needs_flush and due and plog not in covered:
+                    if budget[0] <= 0:
+                        whole = False  # the rest of the topic goes in the next round
+                        break
+                    take(plog)
+            if due and whole:
+                self._next_flush[topic.name] = now + topic.config.fsync_interval_ms / 1000
         if self.offsets.needs_flush and (urgent or now >= self._next_offsets_flush):
             self._next_offsets_flush = now + self.config.topic_defaults.fsync_interval_ms / 1000
             fd = self.offsets.begin_flush()
@@ -316,6 +337,15 @@ class Broker(Handlers):
         if urgent:
             self._settle()
         return self._flush_deadline()
+
+    def _flush_refused(self, plog: PartitionLog, exc: OSError) -> None:
+        """No descriptor for the flusher's copy: what waits on ``plog`` fails now (rather
+        than wait for ever); the appends stay, unsynced, for a later round."""
+        self.stats.count("flush_deferred")
+        log.warning("cannot hand %s to the flusher: %s", plog.directory, exc)
+        for ack in self.acks.fail({plog}):
+            self.send_error(ack.client, ack.reply.id, StorageError.of(
+                "cannot fsync the batch now", exc))
 
     def _round_done(self, rnd: Round | None) -> None:
         if rnd is None:

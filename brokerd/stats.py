@@ -19,7 +19,7 @@ WINDOW = 10
 # Every counter ``stats`` reports, present from the start (at 0) so dashboards and
 # clients never have to tell "absent" from "none yet".
 COUNTERS = ("requests", "bad_frames", "replies_dropped", "ingest_records", "ingest_invalid",
-            "ingest_failed", "fsync_failures", "records_discarded",
+            "ingest_failed", "fsync_failures", "records_discarded", "flush_deferred",
             *(f"error.{code}" for code in ERROR_CODES))
 
 

@@ -393,8 +393,18 @@ class PartitionLog:
         return self._dir_dirty or self.segments[-1].dirty
 
     def begin_flush(self) -> FlushTicket:
-        """Hand what needs an fsync to the flusher (the loop keeps appending meanwhile)."""
-        fds = [s.dup_fd() for s in self.segments if s.dirty]
+        """Hand what needs an fsync to the flusher (the loop keeps appending meanwhile).
+
+        Raises OSError (out of descriptors, say) with nothing changed."""
+        fds: list[int] = []
+        try:
+            for seg in self.segments:
+                if seg.dirty:
+                    fds.append(seg.dup_fd())
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
         for s in self.segments:
             s.dirty = False
         ticket = FlushTicket(self.directory, fds, self._dir_dirty, self.end_offset)

@@ -147,3 +147,25 @@ def test_storms_of_short_connections_give_their_memory_back(broker: BrokerProces
              what=f"RSS back within 32 MB of its {baseline / 2**20:.0f} MB baseline")
     with RawClient(broker.api) as raw:
         assert raw.ok("ping")["version"] >= 2
+
+
+def test_an_fsync_round_over_many_partitions_never_runs_out_of_descriptors(
+        tmp_path: Path) -> None:
+    """600 partitions hold 600 files; fsyncing all of them at once used to take 600
+    duplicates more and, under a limit of 1,000, killed the broker (EMFILE)."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("needs prlimit (util-linux) to start the broker under a low limit")
+    broker = start_broker(tmp_path / "data", prefix=("prlimit", "--nofile=1000:1000"))
+    try:
+        with RawClient(broker.api) as raw:
+            raw.ok("create_topic", topic="wide", partitions=600, config={"fsync": "always"})
+            records = msgspec.Raw(msgspec.msgpack.encode([[i, f"k{i}"] for i in range(6000)]))
+            reply = raw.call("produce", topic="wide", acks="all", records=records,
+                             timeout_s=60)
+            assert reply["op"] == "produce", reply
+            assert sum(count for _, _, count in reply["offsets"]) == 6000
+            assert len(reply["offsets"]) > 256, "the batch spread over more than one round"
+            assert raw.ok("ping")["version"] >= 2
+    finally:
+        broker.stop()
+    assert broker.proc.returncode == 0, broker.log()[-2000:]
