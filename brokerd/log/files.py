@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from pathlib import Path
 
@@ -43,3 +45,20 @@ def write_all(fd: int, *chunks: bytes | memoryview) -> None:
     rest = memoryview(b"".join(chunks))[written:]
     while rest:
         rest = rest[os.write(fd, rest):]
+
+
+def sync_filesystem(path: str | Path) -> None:
+    """Make everything written to the file system holding ``path`` durable, in one call
+    (``syncfs``; ``sync`` where it is missing): one call instead of an fsync per file."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    syncfs = getattr(libc, "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs of {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)

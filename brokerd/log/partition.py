@@ -78,8 +78,9 @@ class FlushTicket:
 
 
 class PartitionLog:
-    def __init__(self, directory: Path, config: LogConfig) -> None:
+    def __init__(self, directory: Path, config: LogConfig, sync_on_open: bool = True) -> None:
         self.directory = Path(directory)
+        self.sync_on_open = sync_on_open
         self.config = config
         self.segments: list[Segment] = []
         self.producers = ProducerTable()
@@ -101,9 +102,11 @@ class PartitionLog:
 
     # -- opening and recovery ---------------------------------------------------------
     def _open(self) -> None:
-        for stray in list(self.directory.glob("*.tmp")) + list(self.directory.glob("*.cleaned")):
-            stray.unlink()
-        bases = sorted(int(p.stem) for p in self.directory.glob("*.log") if p.stem.isdigit())
+        names = os.listdir(self.directory)  # once: a broker opens thousands of these
+        for name in names:
+            if name.endswith((".tmp", ".cleaned")):
+                (self.directory / name).unlink()
+        bases = sorted(int(n[:-4]) for n in names if n.endswith(".log") and n[:-4].isdigit())
         if not bases:
             self.segments.append(self._new_segment(0))
             fsync_dir(self.directory)
@@ -154,7 +157,8 @@ class PartitionLog:
         seg.max_timestamp = result.max_timestamp
         if result.headers:
             seg.first_append_ms = result.headers[0][1].append_timestamp
-        os.fsync(seg.fd)  # what a killed broker left in the page cache is durable from here
+        if self.sync_on_open:  # what a killed broker left in the page cache is durable now
+            os.fsync(seg.fd)  # (or the registry syncs the whole file system once: syncfs)
         seg.dirty = False
         self.durable_offset = seg.next_offset
         self._load_producers(result.headers)
