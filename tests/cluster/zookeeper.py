@@ -58,6 +58,19 @@ class ZooKeeper:
                                        f"{(self.folder / f'zk{index}' / 'out.log').read_text()[-2000:]}")
                 time.sleep(0.1)
 
+    def mode(self, index: int) -> str:
+        """"leader", "follower" or "standalone" (what ``srvr`` says), or "" if it is down."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.ports[index]), timeout=2) as s:
+                s.sendall(b"srvr")
+                text = s.recv(4096).decode(errors="replace")
+        except OSError:
+            return ""
+        for line in text.splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return ""
+
     def kill9(self, index: int) -> None:
         proc = self.procs[index]
         if proc is not None and proc.poll() is None:
