@@ -175,3 +175,13 @@ def check_history(acked: list[tuple[int, int, Any]],
                 assert stored.get(offset) == value, (
                     f"acknowledged {value!r} at {partition}@{offset} is "
                     f"{'missing' if offset not in stored else repr(stored[offset])}")
+
+
+def check_replicas(brokers: list[BrokerProcess], topic: str, partitions: int,
+                   acked: list[tuple[int, int, Any]]) -> dict[str, dict[int, list[tuple[int, bytes]]]]:
+    """Read every stopped broker's copy of ``topic`` from its files, run the history check
+    over them, and return the copies (by broker index, then partition)."""
+    logs = {str(i): {p: read_log(b.data_dir, topic, p) for p in range(partitions)}
+            for i, b in enumerate(brokers)}
+    check_history(acked, logs)
+    return logs

@@ -15,9 +15,8 @@ import pytest
 
 from tests.cluster.client import (
     LeaderProducer,
-    check_history,
+    check_replicas,
     metadata,
-    read_log,
     start_member,
     wait_in_sync,
 )
@@ -67,9 +66,7 @@ def test_a_replicated_topic_is_copied_to_every_broker_and_acked_once_in_sync(
     finally:
         for b in brokers:
             b.stop()
-    logs = {str(i): {p: read_log(b.data_dir, "t", p) for p in range(PARTITIONS)}
-            for i, b in enumerate(brokers)}
-    check_history(producer.acked, logs)
+    logs = check_replicas(brokers, "t", PARTITIONS, producer.acked)
     assert sum(len(v) for v in logs["0"].values()) == 30
 
 
@@ -128,9 +125,7 @@ def test_acked_records_survive_kill_9_of_a_leader_under_three_producers(
             b.stop()
     acked = [a for pr in producers for a in pr.acked]
     assert len(acked) >= 450
-    logs = {str(i): {p: read_log(b.data_dir, "t", p) for p in range(PARTITIONS)}
-            for i, b in enumerate(brokers)}
-    check_history(acked, logs)
+    check_replicas(brokers, "t", PARTITIONS, acked)
 
 
 def test_too_few_in_sync_replicas_refuse_acks_all_and_store_nothing(
@@ -225,8 +220,7 @@ def test_a_leader_paused_past_its_session_is_fenced_and_rejoins_by_epoch(
     finally:
         for b in brokers:
             b.stop()
-    logs = {str(i): {0: read_log(b.data_dir, "t", 0)} for i, b in enumerate(brokers)}
-    check_history(producer.acked, logs)
+    logs = check_replicas(brokers, "t", 1, producer.acked)
     assert len(logs["0"][0]) >= 40
 
 
@@ -270,9 +264,7 @@ def test_the_controller_killed_and_a_zookeeper_node_killed_lose_nothing(
         for b in brokers:
             b.stop()
         ensemble.stop()
-    logs = {str(i): {p: read_log(b.data_dir, "t", p) for p in range(PARTITIONS)}
-            for i, b in enumerate(brokers)}
-    check_history(producer.acked, logs)
+    logs = check_replicas(brokers, "t", PARTITIONS, producer.acked)
     assert sum(len(v) for v in logs["0"].values()) == 60
 
 
@@ -301,7 +293,5 @@ def test_all_brokers_killed_at_once_and_restarted_lose_nothing_acknowledged(
     finally:
         for b in brokers:
             b.stop()
-    logs = {str(i): {p: read_log(b.data_dir, "t", p) for p in range(PARTITIONS)}
-            for i, b in enumerate(brokers)}
-    check_history(producer.acked, logs)
+    logs = check_replicas(brokers, "t", PARTITIONS, producer.acked)
     assert sum(len(v) for v in logs["0"].values()) == 60
