@@ -269,18 +269,25 @@ class PartitionLog:
 
     # -- reading ----------------------------------------------------------------------
     def read(self, offset: int, max_bytes: int) -> list[StoredBatch]:
-        """Whole batches from the one holding ``offset`` on, about ``max_bytes`` of them.
+        """Whole batches from the one holding ``offset`` on, about ``max_bytes`` of them,
+        below the high watermark of a replicated partition.
 
         Reading at the end offset returns nothing; outside [start, end] raises
         ``OffsetOutOfRange``.  At least one batch is returned when any exists.
         """
+        batches = self.read_all(offset, max_bytes)
+        hw = self.high_watermark
+        if hw is not None:  # nothing past what every in-sync replica holds
+            batches = [b for b in batches if b.header.base_offset < hw]
+        return batches
+
+    def read_all(self, offset: int, max_bytes: int) -> list[StoredBatch]:
+        """``read`` past the high watermark too (for followers, which copy everything)."""
         if offset < self.start_offset or offset > self.end_offset:
             raise OffsetOutOfRange(
                 f"offset {offset} is outside {self.directory.parent.name}[{self.directory.name}]'s range "
                 f"[{self.start_offset}, {self.end_offset}]"
             )
-        if self.high_watermark is not None:
-            return self._read_below(self.high_watermark, offset, max_bytes)
         active = self.segments[-1]
         if offset >= active.base_offset:  # at the tail, where consumers mostly read
             return active.read(offset, max_bytes, self.config.verify_reads)
@@ -295,26 +302,6 @@ class PartitionLog:
             if batches and batches[-1].header.next_offset < seg.next_offset:
                 break  # stopped inside this segment: going on to the next would skip the rest
         return out
-
-    def read_all(self, offset: int, max_bytes: int) -> list[StoredBatch]:
-        """``read`` past the high watermark too (for followers, which copy everything)."""
-        hw, self.high_watermark = self.high_watermark, None
-        try:
-            return self.read(offset, max_bytes)
-        finally:
-            self.high_watermark = hw
-
-    def _read_below(self, hw: int, offset: int, max_bytes: int) -> list[StoredBatch]:
-        if offset >= hw:
-            if offset > self.end_offset:
-                raise OffsetOutOfRange(f"offset {offset} is past the end {self.end_offset}")
-            return []
-        self.high_watermark = None
-        try:
-            batches = self.read(offset, max_bytes)
-        finally:
-            self.high_watermark = hw
-        return [b for b in batches if b.header.base_offset < hw]
 
     def _segments_from(self, offset: int) -> list[Segment]:
         lo, hi = 0, len(self.segments) - 1
