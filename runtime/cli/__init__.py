@@ -2,11 +2,18 @@
 
 Each group of sub-commands lives in its own module and adds itself to the parser.  Errors are
 one line naming the problem and the fix, with a non-zero exit code.
+
+The layers (``rail keys``, ``rail connect``, ``rail streams``, ``rail console`` ...) are found,
+not listed: every module of this package that defines ``add_commands(subparsers)`` adds its
+own.  Such a module imports its heavy dependencies inside its commands, so that ``rail``
+starts fast whichever command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 
 from brokerd.protocol import EXIT_CONFIG
@@ -25,7 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_supervisor_commands(sub)
     add_data_commands(sub)
     add_dlq_commands(sub)
+    for module in _layer_modules():
+        module.add_commands(sub)
     return parser
+
+
+def _layer_modules() -> list:
+    modules = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if callable(getattr(module, "add_commands", None)):
+            modules.append(module)
+    return modules
 
 
 def main(argv: list[str] | None = None) -> int:
