@@ -11,6 +11,11 @@ at a time, in offset order.  An offset is committed only after ``handle`` return
 handler that raises is retried ``--retries`` times with a doubling backoff, then the event
 goes to ``<topic>.dlq`` with ``rail.*`` headers and the worker moves on.
 
+A script may instead bring its own loop (a streams pipeline, a connector): it defines
+``run_hosted(host)``, which gets a ``Hosted`` (the parsed options, a logger, the counters the
+health reports read, and a ``stopping`` flag that SIGTERM/SIGINT set) and returns the exit
+code.  The supervisor starts and watches it like any worker.
+
 The same script runs alone with ``run``::
 
     from runtime.worker import run
@@ -50,7 +55,8 @@ from runtime.client import DEFAULT_BROKER, Consumer, Event, Producer
 from runtime.connection import BrokerError, BrokerUnavailable
 from runtime.dlq import send_to_dlq
 
-__all__ = ["Context", "Worker", "Script", "ScriptError", "load_script", "run", "main"]
+__all__ = ["Context", "Hosted", "Options", "Script", "ScriptError", "Worker", "load_script",
+           "main", "run"]
 
 HEALTH_INTERVAL_S = 1.0
 FIRST_BACKOFF_S = 0.05
@@ -66,9 +72,10 @@ class ScriptError(Exception):
 
 @dataclass
 class Script:
-    handle: Handler
+    handle: Handler | None
     setup: Callable[[Context], Any] | None = None
     teardown: Callable[[Context], Any] | None = None
+    run_hosted: Callable[[Hosted], int] | None = None  # a script with its own loop
 
 
 def load_script(path: str) -> Script:
@@ -95,6 +102,9 @@ def load_script(path: str) -> Script:
 def script_of(module: ModuleType | dict[str, Any], path: str) -> Script:
     names = module if isinstance(module, dict) else vars(module)
     handle = names.get("handle")
+    hosted = names.get("run_hosted")
+    if callable(hosted) and not callable(handle):
+        return Script(None, run_hosted=hosted)
     if not callable(handle):
         raise ScriptError(f"worker script {path} defines no handle(event, ctx) function: "
                           "add one")
@@ -118,6 +128,28 @@ class Context:
 
 
 @dataclass
+class Hosted:
+    """What a script's own loop (``run_hosted``) shares with the host.
+
+    The loop keeps ``processed``/``failed``/``state``/``idle``/``current`` up to date (the
+    health reports read them, and the supervisor takes a worker whose reports stop as hung)
+    and returns soon after ``stopping`` turns true.
+    """
+
+    options: Options
+    log: logging.Logger
+    processed: int = 0
+    failed: int = 0
+    state: str = "starting"
+    idle: bool = True
+    current: tuple[str, int, int, float] | None = None  # topic, partition, offset, since
+    stopping: bool = False
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping = True
+
+
+@dataclass
 class Options:
     broker: str
     group: str
@@ -138,6 +170,8 @@ class Worker:
     """
 
     def __init__(self, script: Script, options: Options) -> None:
+        if script.handle is None:
+            raise ScriptError("a script with its own loop runs through serve_hosted")
         self.script = script
         self.options = options
         self.stopping = False
@@ -342,7 +376,7 @@ def handled_offsets(events: list[Event]) -> dict[tuple[str, int], int]:
 class HealthReporter(threading.Thread):
     """PUSHes a health map every second; stops the worker if its parent (supervisor) died."""
 
-    def __init__(self, worker: Worker, endpoint: str | None, parent: int) -> None:
+    def __init__(self, worker: Worker | Hosted, endpoint: str | None, parent: int) -> None:
         super().__init__(daemon=True, name="rail-health")
         self.worker = worker
         self.endpoint = endpoint
@@ -380,7 +414,7 @@ class HealthReporter(threading.Thread):
     def report(self, now: float) -> dict[str, Any]:
         w = self.worker
         current = w.current  # one read: the main thread replaces it, never mutates it
-        report = {"name": w.options.name, "member_id": w.ctx.member_id, "pid": os.getpid(),
+        report = {"name": w.options.name, "member_id": w.options.member_id, "pid": os.getpid(),
                   "processed": w.processed, "failed": w.failed, "busy_ms": 0,
                   "state": w.state, "ts_ms": int(time.time() * 1000)}
         if current is not None:
@@ -421,12 +455,27 @@ def serve(script: Script, options: Options, parent: int | None = None) -> int:
     """Run ``script`` until SIGTERM/SIGINT (or its parent dies); return the exit code."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {options.name} %(levelname)s: %(message)s")
+    if script.run_hosted is not None:
+        return serve_hosted(script.run_hosted, options, parent)
     worker = Worker(script, options)
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
     HealthReporter(worker, options.health, parent or os.getppid()).start()
     try:
         return worker.run()
+    except BrokerError as exc:
+        print(f"rail worker {options.name}: {exc}", file=sys.stderr)
+        return 1
+
+
+def serve_hosted(run_hosted: Callable[[Hosted], int], options: Options,
+                 parent: int | None = None) -> int:
+    host = Hosted(options, logging.getLogger(f"rail.worker.{options.name}"))
+    signal.signal(signal.SIGTERM, host.request_stop)
+    signal.signal(signal.SIGINT, host.request_stop)
+    HealthReporter(host, options.health, parent or os.getppid()).start()
+    try:
+        return int(run_hosted(host) or 0)
     except BrokerError as exc:
         print(f"rail worker {options.name}: {exc}", file=sys.stderr)
         return 1
