@@ -38,8 +38,10 @@ if TYPE_CHECKING:
     from brokerd.config import BrokerConfig
     from brokerd.groups import Coordinator
     from brokerd.log.offsets import OffsetStore
+    from brokerd.log.partition import PartitionLog
     from brokerd.cluster.node import Cluster
     from brokerd.memory import Trimmer
+    from brokerd.security import Security
     from brokerd.stats import Stats
     from brokerd.topics import Topic, TopicRegistry
     from brokerd.waiters import AckQueue, WaitingRoom
@@ -81,6 +83,7 @@ class Handlers:
     memory: Trimmer
     cluster: Cluster | None
     endpoints: tuple[str, str]
+    security: Security | None
 
     def send(self, client: Client, reply: p.Reply) -> None:
         raise NotImplementedError
@@ -119,6 +122,8 @@ class Handlers:
             self._reject(client, body, exc)
             return
         try:
+            if self.security is not None:  # the one ACL check, before any handler
+                self.security.authorize(request, frames[-1])
             reply = self.dispatch(request, client)
         except RailError as exc:
             self.send_error(client, request.id, exc)
@@ -145,6 +150,8 @@ class Handlers:
         match request:
             case p.Produce():
                 return self.handle_produce(request, client)
+            case p.ProduceBatches():
+                return self.handle_produce_batches(request, client)
             case p.Fetch():
                 return self.handle_fetch(request, client)
             case p.Poll():
@@ -219,30 +226,78 @@ class Handlers:
             for index in split:
                 self.cluster.check_produce(topic.name, index, req.acks)
         for index, (payload, recs) in split.items():
-            plog = topic.partition(index)
-            first, highest = _timestamps(recs, now)
-            try:
-                base = plog.append(payload, len(recs), first, highest, req.producer_id,
-                                   req.sequence, now)
-            except DuplicateBatch as dup:
-                duplicate = True
-                if dup.base_offset is not None:
-                    offsets.append((index, dup.base_offset, len(recs)))
-                    needs.append((plog, dup.base_offset + len(recs)))
-                continue
-            offsets.append((index, base, len(recs)))
-            counters = topic.counters[index]
-            counters.records_in += len(recs)
-            counters.bytes_in += HEADER_SIZE + len(payload)
-            needs.append((plog, plog.end_offset))
-            self.appended(topic, index)
+            base, dup, need = self._append(topic, index, payload, recs, req.producer_id,
+                                           req.sequence, now)
+            duplicate = duplicate or dup
+            if base is not None:
+                offsets.append((index, base, len(recs)))
+            if need is not None:
+                needs.append(need)
         if req.acks == 0:
             return None
         reply = p.ProduceReply(id=req.id, topic=topic.name, offsets=offsets, duplicate=duplicate)
-        if needs and (req.acks == "all" or topic.config.fsync == "always"):
+        self._ack(client, reply, needs, req.acks == "all" or topic.config.fsync == "always")
+        return None
+
+    def _append(self, topic: Topic, index: int, payload: bytes | msgspec.Raw,
+                recs: list[Record], producer_id: int, sequence: int,
+                now: int) -> tuple[int | None, bool, tuple[PartitionLog, int] | None]:
+        """Append one partition's batch: (its base offset, whether it was a duplicate,
+        what an acknowledgement must wait for).  A duplicate whose offsets the broker no
+        longer knows has base None."""
+        plog = topic.partition(index)
+        first, highest = _timestamps(recs, now)
+        try:
+            base = plog.append(payload, len(recs), first, highest, producer_id, sequence, now)
+        except DuplicateBatch as dup:
+            if dup.base_offset is None:
+                return None, True, None
+            return dup.base_offset, True, (plog, dup.base_offset + len(recs))
+        counters = topic.counters[index]
+        counters.records_in += len(recs)
+        counters.bytes_in += HEADER_SIZE + len(payload)
+        self.appended(topic, index)
+        return base, False, (plog, plog.end_offset)
+
+    def _ack(self, client: Client, reply: p.Reply, needs: list[tuple[PartitionLog, int]],
+             durable: bool) -> None:
+        """Answer a produce once what it needs is durable (``durable``: fsynced, and in a
+        cluster replicated), or right after this loop turn's deliveries."""
+        if needs and durable:
             self.acks.add(DurableAck(client, reply, needs))
         else:  # sent once the loop has answered the polls this produce woke: they go first
             self.acks.after_delivery.append((client, reply))
+
+    def handle_produce_batches(self, req: p.ProduceBatches, client: Client) -> p.Reply | None:
+        """Each batch as a ``produce`` naming its partition would be, one reply for all."""
+        if req.producer_id and any(b.sequence < 0 for b in req.batches):
+            raise BadRequest("an idempotent produce_batches (producer_id) must carry every "
+                             "batch's sequence number (>= 0)")
+        now = now_ms()
+        results: list[p.BatchResult] = []
+        needs: list[tuple[PartitionLog, int]] = []
+        durable = req.acks == "all"
+        for batch in req.batches:
+            try:
+                topic = self.topics.get(batch.topic)
+                if batch.partition >= len(topic.partitions):
+                    raise UnknownPartition(f"topic {batch.topic!r} has partitions "
+                                           f"0..{len(topic.partitions) - 1}, not {batch.partition}")
+                records = _decode_batch(batch.records, topic.config.max_batch_bytes)
+                if self.cluster is not None:
+                    self.cluster.check_produce(topic.name, batch.partition, req.acks)
+                base, duplicate, need = self._append(topic, batch.partition, batch.records,
+                                                     records, req.producer_id, batch.sequence, now)
+            except RailError as exc:
+                results.append(p.BatchResult(-1, 0, False, exc.code, exc.message))
+                continue
+            results.append(p.BatchResult(-1 if base is None else base, len(records), duplicate))
+            if need is not None:
+                needs.append(need)
+                durable = durable or topic.config.fsync == "always"
+        if req.acks == 0:
+            return None
+        self._ack(client, p.ProduceBatchesReply(id=req.id, results=results), needs, durable)
         return None
 
     # -- fetch and poll ---------------------------------------------------------------

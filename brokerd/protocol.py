@@ -21,7 +21,8 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 3  # 2: create_partitions, delete_records, delete_group; 3: cluster
+PROTOCOL_VERSION = 4  # 2: create_partitions, delete_records, delete_group; 3: cluster;
+# 4: produce_batches
 
 # Limits (the broker's defaults; see BrokerConfig for the knobs).
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -81,6 +82,29 @@ class Produce(_Request, tag="produce"):
     acks: Acks = 1
     producer_id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
     sequence: Annotated[int, msgspec.Meta(ge=-1, le=2**31 - 1)] = -1
+
+
+class TopicBatch(msgspec.Struct, array_like=True):
+    """One partition's batch in a ``produce_batches``: ``[topic, partition, sequence, records]``."""
+
+    topic: str
+    partition: Partition
+    sequence: Annotated[int, msgspec.Meta(ge=-1, le=2**31 - 1)]
+    records: msgspec.Raw
+
+
+class ProduceBatches(_Request, tag="produce_batches"):
+    """Append one batch to each of several partitions (of one or more topics) at once.
+
+    What a producer with many partitions sends instead of one ``produce`` per partition:
+    each batch is stored, refused or recognised as a duplicate on its own, exactly as a
+    ``produce`` naming its partition would be, and the one reply lists the outcomes in the
+    order of ``batches``.  A topic is never created by it.
+    """
+
+    batches: Annotated[list[TopicBatch], msgspec.Meta(min_length=1, max_length=65536)]
+    acks: Acks = 1
+    producer_id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
 
 
 class Fetch(_Request, tag="fetch"):
@@ -230,7 +254,7 @@ class Ping(_Request, tag="ping"):
 Request = Union[
     Produce, Fetch, Join, Heartbeat, Poll, Commit, Seek, Leave, CreateTopic, DeleteTopic,
     Metadata, ListOffsets, DescribeGroup, ListGroups, Stats, Ping, CreatePartitions,
-    DeleteRecords, DeleteGroup, ReplicaFetch, OffsetForLeaderEpoch,
+    DeleteRecords, DeleteGroup, ReplicaFetch, OffsetForLeaderEpoch, ProduceBatches,
 ]
 OPS = tuple(t.__struct_config__.tag for t in Request.__args__)  # type: ignore[attr-defined]
 
@@ -251,6 +275,22 @@ class ProduceReply(_Reply, tag="produce"):
     topic: str
     offsets: list[tuple[int, int, int]]
     duplicate: bool = False
+
+
+class BatchResult(msgspec.Struct, array_like=True):
+    """The outcome of one batch of a ``produce_batches``: ``[base_offset, record_count,
+    duplicate, error, message]``; ``error`` is "" when the batch is stored (or was already),
+    else one of ERROR_CODES, and then ``base_offset`` is -1."""
+
+    base_offset: int
+    record_count: int
+    duplicate: bool = False
+    error: str = ""
+    message: str = ""
+
+
+class ProduceBatchesReply(_Reply, tag="produce_batches"):
+    results: list[BatchResult]
 
 
 # A stored batch as sent: [base_offset, append_timestamp, records], where records is the
@@ -428,7 +468,7 @@ Reply = Union[
     SeekReply, LeaveReply, CreateTopicReply, DeleteTopicReply, MetadataReply,
     ListOffsetsReply, DescribeGroupReply, ListGroupsReply, StatsReply, PingReply,
     CreatePartitionsReply, DeleteRecordsReply, DeleteGroupReply, ReplicaFetchReply,
-    OffsetForLeaderEpochReply,
+    OffsetForLeaderEpochReply, ProduceBatchesReply,
 ]
 
 
