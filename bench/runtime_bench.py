@@ -205,6 +205,66 @@ def rail_session(folder: Path, script: Path, n: int) -> dict[str, float]:
         process.stop(30.0)
 
 
+SLEEPY = """
+import time
+def handle(event, ctx):
+    time.sleep(0.01)
+"""
+
+
+def drain_rate(broker: BrokerView, folder: Path, script: Path, topic: str, group: str,
+               extra: list[str], env: dict[str, str]) -> float:
+    """One worker process (``extra`` flags) drains pre-filled ``topic`` in a new group:
+    events per second from the worker's start to the last commit (start-up included, the
+    same for every variant)."""
+    ends = broker.ends(topic)
+    n = sum(ends.values())
+    start = time.monotonic()
+    worker = popen(worker_argv(script, broker.api, group, topic) + extra,
+                   folder / f"{group}.log", env)
+    try:
+        done = broker.wait_committed(group, ends, 600.0, lambda: ensure_running(worker, "worker"))
+    finally:
+        stop_popen(worker)
+    return n / (done - start)
+
+
+def concurrency_session(folder: Path, script: Path, n: int, slow: int) -> dict[str, float]:
+    """The concurrency figures on one fresh broker: the trivial handler at concurrency 1
+    (``solo``, from its first handled event, as in raw_and_solo), and a handler sleeping
+    10 ms over ``slow`` events (x50 for concurrency 50) of one partition, 1,000 keys."""
+    process: BrokerProcess = start_broker(folder / "broker", "--log-level", "WARNING")
+    remember(process.pid)
+    broker = BrokerView(process.api)
+    try:
+        out = raw_and_solo(broker, folder, script, n)
+        sleepy = folder / "sleepy_worker.py"
+        sleepy.write_text(SLEEPY)
+        for conc, count in ((1, slow), (50, slow * 50)):
+            topic = f"sleepy{conc}"
+            with spawn(_prefill_keyed, broker.api, topic, count) as child:
+                child.result(600.0)
+            extra = ["--concurrency", str(conc)] if conc > 1 else []
+            out[f"sleep_c{conc}"] = drain_rate(broker, folder, sleepy, topic, topic, extra,
+                                               python_env())
+        out["sleep_speedup"] = out["sleep_c50"] / out["sleep_c1"]
+        return out
+    finally:
+        broker.close()
+        process.stop(30.0)
+
+
+def _prefill_keyed(api: str, topic: str, n: int) -> None:
+    """n small events on a 1-partition topic, keys k0..k999 in turn."""
+    from runtime.client import Producer
+
+    with Producer(api) as producer:
+        producer._call(p.CreateTopic(topic=topic, partitions=1, exist_ok=True))
+        for i in range(n):
+            producer.send(topic, b"v" * SIZE, key=f"k{i % 1000}", partition=0)
+        producer.flush()
+
+
 def dramatiq_session(n: int) -> dict[str, float]:
     with RedisServer() as server:
         remember(server.pid)
@@ -301,6 +361,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, help="runs to take medians over (default 3, quick 1)")
     parser.add_argument("--events", type=int, help="events per throughput workload (default 1,000,000)")
     parser.add_argument("--markdown", help="also write the tables, as markdown, to this file")
+    parser.add_argument("--concurrency", action="store_true",
+                        help="only the concurrency figures: the trivial handler at concurrency 1, "
+                        "a 10 ms handler at concurrency 50 vs 1 (medians of --runs)")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs, data)")
     return parser.parse_args(argv)
 
@@ -315,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     script = folder / "trivial_worker.py"  # a copy: every worker's argv then names the folder
     shutil.copy(Path(__file__).with_name("trivial_worker.py"), script)
     print(f"{command}: {runs} run(s), sizes {sizes}, folder {folder}", flush=True)
+    if args.concurrency:
+        return concurrency_main(args, runs, folder, script, command)
     results, left = [], []
     try:
         for run in range(1, runs + 1):
@@ -323,6 +388,38 @@ def main(argv: list[str] | None = None) -> int:
         md = report(results, sizes, command)
         if args.markdown:
             Path(args.markdown).write_text(md)
+    finally:
+        stop_resource_tracker()
+        left = leftovers(folder)
+        print("\nleft running: " + ("; ".join(left) if left else "nothing"))
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    return 1 if left else 0
+
+
+def concurrency_main(args: argparse.Namespace, runs: int, folder: Path, script: Path,
+                     command: str) -> int:
+    n = args.events or (50_000 if args.quick else 200_000)
+    slow = 100 if args.quick else 300
+    results = []
+    try:
+        for run in range(1, runs + 1):
+            results.append(concurrency_session(folder / f"run{run}", script, n, slow))
+            print(f"run {run}/{runs}: " + ", ".join(f"{k} {v:,.1f}" for k, v in results[-1].items()),
+                  flush=True)
+        m = {k: median(r[k] for r in results) for k in results[0]}
+        rows = [
+            {"figure": f"1 worker, trivial handler, concurrency 1 ({n:,} events)", "value": rate(m["solo"])},
+            {"figure": "10 ms handler, concurrency 1, 1 partition", "value": f"{m['sleep_c1']:,.0f}/s"},
+            {"figure": "10 ms handler, concurrency 50, 1 partition, 1,000 keys",
+             "value": f"{m['sleep_c50']:,.0f}/s"},
+            {"figure": "  concurrency 50 / concurrency 1", "value": f"{m['sleep_speedup']:.1f}x",
+             "target": ">= 30x", "result": verdict(m["sleep_speedup"] >= 30)},
+        ]
+        md = print_table(rows, ["figure", "value", "target", "result"],
+                         title=f"concurrency, medians of {runs} run(s)")
+        if args.markdown:
+            Path(args.markdown).write_text(f"`{command}`\n\n{md}")
     finally:
         stop_resource_tracker()
         left = leftovers(folder)

@@ -2,14 +2,19 @@
 
     python -m runtime.worker SCRIPT --broker tcp://127.0.0.1:7400 --group G --topics T1,T2 \\
         --name NAME [--member-id ID] [--health tcp://127.0.0.1:PORT] [--retries N] \\
-        [--start earliest|latest] [--session-timeout-ms MS]
+        [--start earliest|latest] [--session-timeout-ms MS] [--concurrency N] \\
+        [--drain-timeout-s S] [--flight FILE] [--quarantine FILE]
 
 A script is plain Python defining ``handle(event, ctx)`` (sync or ``async def``) and
 optionally ``setup(ctx)`` / ``teardown(ctx)``.  Events of one partition reach ``handle`` one
-at a time, in offset order.  An offset is committed only after ``handle`` returned for it
-(at-least-once), and only after everything the handler sent with ``ctx.send`` is acked.  A
-handler that raises is retried ``--retries`` times with a doubling backoff, then the event
-goes to ``<topic>.dlq`` with ``rail.*`` headers and the worker moves on.
+at a time, in offset order; with ``--concurrency N`` up to N at once, one at a time per key
+(``runtime.worker.lanes``).  An offset is committed only after ``handle`` returned for it
+and every lower one (at-least-once), and only after everything the handler sent with
+``ctx.send`` is acked.  A handler that raises is retried ``--retries`` times with a doubling
+backoff, then the event goes to ``<topic>.dlq`` with ``rail.*`` headers and the worker moves
+on.  The events in the handlers are written to a flight record (``runtime.worker.flight``)
+that the supervisor reads when the host crashes, to quarantine an event that keeps killing it
+(``runtime.worker.quarantine``).
 
 A script may instead bring its own loop (a streams pipeline, a connector): it defines
 ``run_hosted(host)``, which gets a ``Hosted`` (the parsed options, a logger, the counters the
@@ -38,14 +43,16 @@ import importlib.util
 import inspect
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 import zmq
@@ -54,15 +61,21 @@ from brokerd.protocol import EXIT_CONFIG, EXIT_OK
 from runtime.client import DEFAULT_BROKER, Consumer, Event, Producer
 from runtime.connection import BrokerError, BrokerUnavailable
 from runtime.dlq import send_to_dlq
+from runtime.worker.flight import FREE, SLOT_WORDS, FlightRecord
+from runtime.worker.lanes import Lanes, Runner
+from runtime.worker.quarantine import QuarantineList
 
 __all__ = ["Context", "Hosted", "Options", "Script", "ScriptError", "Worker", "load_script",
-           "main", "run"]
+           "main", "run", "serve", "serve_hosted"]
 
 HEALTH_INTERVAL_S = 1.0
 FIRST_BACKOFF_S = 0.05
 BROKER_RETRY_S = 1.0  # pause between tries while the broker does not answer
 POLL_TIMEOUT_S = 5.0  # a stop interrupts an idle poll at once (request_stop), so wait long
 HEALTH_IDLE_EVERY_S = 5.0  # while idle and unchanged, report this often instead
+OUTCOME_WAIT_S = 0.02  # with handlers running and room for more: look for new events this often
+WINDOW_PER_SLOT = 10  # events taken ahead per concurrent slot (at least MIN_WINDOW)
+MIN_WINDOW = 100
 Handler = Callable[[Event, "Context"], Any]
 
 
@@ -93,7 +106,7 @@ def load_script(path: str) -> Script:
     except SyntaxError as exc:
         raise ScriptError(f"worker script {path} has a syntax error at line {exc.lineno}: "
                           f"{exc.msg}") from exc
-    except BaseException as exc:  # noqa: BLE001 - any import failure makes it unusable
+    except BaseException as exc:
         raise ScriptError(f"worker script {path} failed to import: "
                           f"{type(exc).__name__}: {exc}") from exc
     return script_of(module, path)
@@ -160,6 +173,10 @@ class Options:
     retries: int = 3
     start: str = "earliest"
     session_timeout_ms: int = 10_000
+    concurrency: int = 1
+    drain_timeout_s: float = 30.0
+    flight: str | None = None  # the flight record's file (the supervisor reads it)
+    quarantine: str | None = None  # the supervisor's suspects/quarantined list
 
 
 class Worker:
@@ -179,8 +196,6 @@ class Worker:
         self.processed = 0
         self.failed = 0
         self.idle = True  # waiting, not handling: what the health reports call not busy
-        # the event in hand and when handling it began (monotonic), for the health reports
-        self.current: tuple[str, int, int, float] | None = None
         self.in_poll = False  # inside consumer.poll, where a stop signal interrupts the wait
         self.log = logging.getLogger(f"rail.worker.{options.name}")
         self.is_async = inspect.iscoroutinefunction(script.handle)
@@ -189,6 +204,20 @@ class Worker:
         self.consumer: Consumer | None = None
         self.broker_away_since: float | None = None
         self.ctx = Context(options.name, options.member_id, self.log, self.producer)
+        self.flight = FlightRecord(options.flight, options.topics, max(1, options.concurrency))
+        self.topic_index = self.flight.index
+        self.quarantine = QuarantineList(options.quarantine)
+        self.lanes: Lanes | None = None
+        self.runner: Runner | None = None
+
+    @property
+    def current(self) -> tuple[str, int, int, float] | None:
+        """The oldest event in a handler and since when (monotonic s), for health reports."""
+        busy = self.flight.busy()
+        if not busy:
+            return None
+        topic, partition, offset, started_ns = min(busy, key=lambda b: b[3])
+        return topic, partition, offset, started_ns / 1e9
 
     # -- lifecycle --------------------------------------------------------------------
     def run(self) -> int:
@@ -209,8 +238,11 @@ class Worker:
         self.log.info("worker %s joined group %s for %s as %s", opts.name, opts.group,
                       ",".join(opts.topics), self.consumer.member_id)
         try:
-            while not self.stopping:
-                self._step(self.consumer)
+            if self.options.concurrency > 1:
+                self._run_concurrent(self.consumer)
+            else:
+                while not self.stopping:
+                    self._step(self.consumer)
         finally:
             self.state = "stopping"
             self._shutdown()
@@ -239,6 +271,7 @@ class Worker:
             self.broker_away_since = None
         if not events:
             return
+        self.quarantine.refresh()
         done = self._handle_all_async(events) if self.loop else self._handle_all(events)
         self.producer.flush()
         if done == len(events):
@@ -250,18 +283,25 @@ class Worker:
     def _handle_all(self, events: list[Event]) -> int:
         """Call the handler on each event; return how many were handled before a stop."""
         handle, ctx = self.script.handle, self.ctx
-        for i, event in enumerate(events):
-            if self.stopping:
-                self.current = None
-                return i
-            self.current = (event.topic, event.partition, event.offset, time.monotonic())
-            try:
-                handle(event, ctx)
-            except Exception as exc:  # noqa: BLE001 - the handler's error goes to the DLQ
-                self._retry(event, exc)
-            self.processed += 1
-        self.current = None
-        return len(events)
+        slot, index, skip = self.flight.words, self.topic_index, self.quarantine.quarantined
+        try:
+            for i, event in enumerate(events):
+                if self.stopping:
+                    return i
+                if skip and self._skipped(event):
+                    continue
+                slot[1] = event.partition
+                slot[2] = index[event.topic]
+                slot[3] = time.monotonic_ns()
+                slot[0] = event.offset
+                try:
+                    handle(event, ctx)
+                except Exception as exc:  # noqa: BLE001 - the handler's error goes to the DLQ
+                    self._retry(event, exc)
+                self.processed += 1
+            return len(events)
+        finally:
+            slot[0] = FREE
 
     def _handle_all_async(self, events: list[Event]) -> int:
         assert self.loop is not None
@@ -269,18 +309,158 @@ class Worker:
 
     async def _handle_coroutines(self, events: list[Event]) -> int:
         handle, ctx = self.script.handle, self.ctx
-        for i, event in enumerate(events):
-            if self.stopping:
-                self.current = None
-                return i
-            self.current = (event.topic, event.partition, event.offset, time.monotonic())
-            try:
-                await handle(event, ctx)
-            except Exception as exc:  # noqa: BLE001
-                await self._retry_async(event, exc)
+        slot, index, skip = self.flight.words, self.topic_index, self.quarantine.quarantined
+        try:
+            for i, event in enumerate(events):
+                if self.stopping:
+                    return i
+                if skip and self._skipped(event):
+                    continue
+                slot[1] = event.partition
+                slot[2] = index[event.topic]
+                slot[3] = time.monotonic_ns()
+                slot[0] = event.offset
+                try:
+                    await handle(event, ctx)
+                except Exception as exc:  # noqa: BLE001
+                    await self._retry_async(event, exc)
+                self.processed += 1
+            return len(events)
+        finally:
+            slot[0] = FREE
+
+    def _skipped(self, event: Event) -> bool:
+        """True (and logged) if the supervisor quarantined ``event``: it is in the DLQ."""
+        if (event.topic, event.partition, event.offset) not in self.quarantine.quarantined:
+            return False
+        self.log.warning("event %s[%d]@%d skipped: quarantined after crashing this worker "
+                         "(it is in %s.dlq)", event.topic, event.partition, event.offset,
+                         event.topic)
+        self.failed += 1
+        return True
+
+    # -- concurrency (runtime.worker.lanes) ---------------------------------------------
+    def _run_concurrent(self, consumer: Consumer) -> None:
+        """Poll, hand events to the lanes, take outcomes back, commit watermarks; on a stop,
+        drain: start nothing new, let the running handlers finish (up to drain_timeout_s),
+        commit what is finished."""
+        limit = self.options.concurrency
+        self.runner = Runner(limit, None if self.loop else self._attempt,
+                             self._attempt_async if self.loop else None, self.loop)
+        lanes = self.lanes = Lanes(limit, self._start)
+        window = max(MIN_WINDOW, WINDOW_PER_SLOT * limit)
+        generation = consumer.generation
+        while not self.stopping:
+            if lanes.pending < window:
+                self._take(consumer, lanes, wait=not lanes.pending)
+            if consumer.generation != generation:
+                generation = consumer.generation
+                lanes.forget(set(consumer.assignment))
+            if lanes.pending:
+                self._outcomes(lanes, OUTCOME_WAIT_S if lanes.pending < window else 0.5)
+            self._commit_finished(consumer, lanes)
+        lanes.paused = True
+        deadline = time.monotonic() + self.options.drain_timeout_s
+        while lanes.running and time.monotonic() < deadline:
+            self._outcomes(lanes, min(0.1, max(0.0, deadline - time.monotonic())))
+        if lanes.running:
+            self.log.warning("drain_timeout_s=%g passed with %s still in handlers: not "
+                             "committed, they come again", self.options.drain_timeout_s,
+                             counted(len(lanes.running), "event"))
+        self._commit_finished(consumer, lanes)
+
+    def _take(self, consumer: Consumer, lanes: Lanes, wait: bool) -> None:
+        self.idle = self.in_poll = wait  # a stop interrupts only a poll with nothing in hand
+        try:
+            events = consumer.poll(POLL_TIMEOUT_S if wait else 0)
+        except StopPolling:
+            return
+        except BrokerUnavailable as exc:
+            self.in_poll = False
+            self._broker_away(exc)
+            return
+        finally:
+            self.idle = self.in_poll = False
+        consumer.positions.clear()  # commits are the lanes' watermarks, never what was polled
+        if self.broker_away_since is not None:
+            self.log.info("the broker answers again after %.0f s",
+                          time.monotonic() - self.broker_away_since)
+            self.broker_away_since = None
+        if events:
+            if self.quarantine.refresh():
+                lanes.suspects = self.quarantine.suspects
+                lanes.quarantined = self.quarantine.quarantined
+            lanes.add(events)
+            for event in lanes.skipped:
+                self._skipped(event)
+            lanes.skipped.clear()
+
+    def _start(self, event: Event, slot: int) -> None:
+        words, base = self.flight.words, slot * SLOT_WORDS
+        words[base + 1] = event.partition
+        words[base + 2] = self.topic_index[event.topic]
+        words[base + 3] = time.monotonic_ns()
+        words[base] = event.offset
+        assert self.runner is not None
+        self.runner.run(event, slot)
+
+    def _outcomes(self, lanes: Lanes, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for a handler to finish; take every outcome there is."""
+        assert self.runner is not None
+        outcomes = self.runner.outcomes
+        try:
+            item = outcomes.get(timeout=timeout_s)
+        except queue.Empty:
+            return
+        while True:
+            slot, error = item
+            self.flight.words[slot * SLOT_WORDS] = FREE
+            event = lanes.finished(slot)
             self.processed += 1
-        self.current = None
-        return len(events)
+            if error is not None:
+                if not isinstance(error, Exception):  # SystemExit & co. in a handler thread
+                    error = RuntimeError(f"{type(error).__name__}: {error}")
+                self._dead_letter(event, error, self.options.retries + 1)
+            try:
+                item = outcomes.get_nowait()
+            except queue.Empty:
+                return
+
+    def _commit_finished(self, consumer: Consumer, lanes: Lanes) -> None:
+        marks = lanes.watermarks()
+        if marks:
+            self.producer.flush()  # what the finished handlers sent is acked first
+            consumer.commit(marks, sync=False)
+
+    def _attempt(self, event: Event) -> Exception | None:
+        """Call the handler with its retries (on a handler thread); the last error, if all
+        failed."""
+        assert self.script.handle is not None
+        backoff, error = FIRST_BACKOFF_S, None
+        for attempt in range(self.options.retries + 1):
+            if attempt:
+                time.sleep(backoff)
+                backoff *= 2
+            try:
+                self.script.handle(event, self.ctx)
+                return None
+            except Exception as exc:  # noqa: BLE001 - the handler's error goes to the DLQ
+                error = exc
+        return error
+
+    async def _attempt_async(self, event: Event) -> Exception | None:
+        assert self.script.handle is not None
+        backoff, error = FIRST_BACKOFF_S, None
+        for attempt in range(self.options.retries + 1):
+            if attempt:
+                await asyncio.sleep(backoff)
+                backoff *= 2
+            try:
+                await self.script.handle(event, self.ctx)
+                return None
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+        return error
 
     # -- failures ---------------------------------------------------------------------
     def _retry(self, event: Event, error: Exception) -> None:
@@ -334,13 +514,17 @@ class Worker:
             (self.loop or asyncio.new_event_loop()).run_until_complete(result)
 
     def _shutdown(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
         try:
             self._call_hook(self.script.teardown)
-        except Exception:  # noqa: BLE001 - a failing teardown must not lose the commit
+        except Exception:
             self.log.exception("teardown failed")
         try:
             self.producer.close(timeout_s=10)
-            if self.consumer is not None:
+            if self.consumer is not None and self.lanes is not None:
+                self.consumer.commit(self.lanes.watermarks(all_=True), sync=True)
+            elif self.consumer is not None:
                 self.consumer.commit(sync=True)
                 self.consumer.close()
         except BrokerError as exc:
@@ -440,6 +624,13 @@ def parser(script_required: bool = True, group_default: str | None = None) -> ar
     ap.add_argument("--retries", type=int, default=3, help="retries before the DLQ (default 3)")
     ap.add_argument("--start", choices=("earliest", "latest"), default="earliest")
     ap.add_argument("--session-timeout-ms", type=int, default=10_000)
+    ap.add_argument("--concurrency", type=int, default=1,
+                    help="handler calls at once, one at a time per key (default 1)")
+    ap.add_argument("--drain-timeout-s", type=float, default=30.0,
+                    help="on a stop, how long running handlers may take to finish (default 30)")
+    ap.add_argument("--flight", help="file of the flight record (the supervisor reads it)")
+    ap.add_argument("--quarantine", help="the supervisor's list of suspect and quarantined "
+                    "events (JSON)")
     return ap
 
 
@@ -448,7 +639,9 @@ def options_of(args: argparse.Namespace) -> Options:
     return Options(broker=args.broker, group=args.group, topics=topics,
                    name=args.name or args.group, member_id=args.member_id or "",
                    health=args.health, retries=max(0, args.retries), start=args.start,
-                   session_timeout_ms=args.session_timeout_ms)
+                   session_timeout_ms=args.session_timeout_ms,
+                   concurrency=max(1, args.concurrency), drain_timeout_s=args.drain_timeout_s,
+                   flight=args.flight, quarantine=args.quarantine)
 
 
 def serve(script: Script, options: Options, parent: int | None = None) -> int:
