@@ -1,0 +1,72 @@
+"""The interface a connector implements (after Kafka Connect's SourceTask and SinkTask).
+
+A source is a generator of records with offsets::
+
+    class Counter(Source):
+        def open(self, offsets):              # {source_partition: last stored offset}
+            self.n = offsets.get("n", 0)
+        def records(self):
+            while True:
+                self.n += 1
+                yield SourceRecord({"n": self.n}, source_partition="n", source_offset=self.n)
+
+``records()`` may yield ``None`` when it has nothing right now: the runtime then flushes
+what it holds and calls ``records()``'s generator again after a short pause.  The runtime
+sends each record, and once the broker acknowledged a record it stores its
+``source_offset``; after a crash ``open`` gets the offsets of the last records that reached
+the log, so a source that resumes after them neither loses nor repeats a record.
+
+A sink takes batches::
+
+    class Printer(Sink):
+        def put(self, events):                # a list of runtime.client.Event
+            for e in events:
+                print(e.value)
+
+``put`` returns once the batch is durable where it goes.  A sink whose destination can
+keep the offsets in the same transaction as the data (a database) overrides
+``stored_offsets`` and stores ``next_offsets`` with each batch: then nothing is applied
+twice; otherwise the consumer group's committed offsets say where to resume
+(at-least-once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from runtime.client import Event
+from runtime.connect.records import SourceRecord
+
+
+class Connector:
+    """Common to sources and sinks: the connector's name and its ``config`` table."""
+
+    def __init__(self, name: str, config: dict[str, Any], task: int = 0, tasks: int = 1) -> None:
+        self.name = name
+        self.config = config
+        self.task = task
+        self.tasks = tasks
+
+    def close(self) -> None:
+        """Release what the connector holds (files, connections)."""
+
+
+class Source(Connector):
+    def open(self, offsets: dict[str, Any]) -> None:
+        """Start from ``offsets`` (source partition -> offset of its last stored record)."""
+
+    def records(self) -> Iterator[SourceRecord | None]:
+        raise NotImplementedError
+
+
+class Sink(Connector):
+    def stored_offsets(self, topics: list[str]) -> dict[tuple[str, int], int] | None:
+        """Next offset to read per (topic, partition) as the destination stored it, or None
+        when the destination keeps no offsets (the group's committed ones count)."""
+        return None
+
+    def put(self, events: list[Event], next_offsets: dict[tuple[str, int], int]) -> None:
+        """Apply ``events`` durably; ``next_offsets`` is where each partition resumes after
+        them (store it with the data if the destination can)."""
+        raise NotImplementedError

@@ -1,0 +1,105 @@
+"""Source offsets: where each source partition resumes, kept in a compacted topic.
+
+Every record a source task sends carries four headers: ``rail.connect.task`` (the task's
+key, ``<connector>/<task>``), ``rail.connect.seq`` (a counter of the task's records),
+``rail.connect.partition`` and ``rail.connect.offset`` (msgpack of the source offset).
+After each flushed batch the task writes a checkpoint to ``_connect-offsets`` (compacted,
+keyed by the task's key): the offset per source partition, the sequence reached, and the
+data partitions' end offsets the task had seen acknowledged.
+
+A task killed between a batch's acknowledgement and its checkpoint loses nothing: on start
+it reads its last checkpoint, then scans the data topics from the checkpoint's positions to
+their ends for records with its own key, and the record with the highest sequence of each
+source partition gives that partition's offset.  The scan covers at most the batches sent
+after the last checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from brokerd import protocol as p
+from runtime.client import events_of_fetch
+from runtime.connection import Connection
+
+OFFSETS_TOPIC = "_connect-offsets"
+H_TASK, H_SEQ = "rail.connect.task", "rail.connect.seq"
+H_PARTITION, H_OFFSET = "rail.connect.partition", "rail.connect.offset"
+FETCH_BYTES = 4 * 1024 * 1024
+
+
+class Checkpoint(msgspec.Struct, kw_only=True):
+    offsets: dict[str, Any] = {}
+    seq: int = 0
+    positions: dict[str, dict[int, int]] = {}  # data topic -> partition -> next offset
+
+
+def record_headers(task_key: str, seq: int, partition: str, offset: Any) -> dict[str, Any]:
+    return {H_TASK: task_key, H_SEQ: str(seq), H_PARTITION: partition,
+            H_OFFSET: msgspec.msgpack.encode(offset)}
+
+
+def ensure_offsets_topic(conn: Connection) -> None:
+    conn.call(p.CreateTopic(topic=OFFSETS_TOPIC, partitions=1,
+                            config={"cleanup_policy": "compact"}, exist_ok=True))
+
+
+def read_partition(conn: Connection, topic: str, partition: int, start: int) -> list[Any]:
+    """Every event of ``topic[partition]`` from ``start`` to its end offset now."""
+    events: list[Any] = []
+    offset = start
+    while True:
+        reply = conn.call(p.Fetch(topic=topic, partition=partition, offset=offset,
+                                  max_bytes=FETCH_BYTES))
+        offset = max(offset, reply.start_offset)
+        got = events_of_fetch(reply)
+        events.extend(got)
+        if not got or got[-1].offset + 1 >= reply.end_offset:
+            return events
+        offset = got[-1].offset + 1
+
+
+def load_checkpoint(conn: Connection, task_key: str) -> Checkpoint:
+    ensure_offsets_topic(conn)
+    last = None
+    for event in read_partition(conn, OFFSETS_TOPIC, 0, 0):
+        if event.key == task_key:
+            last = event.value
+    return Checkpoint() if last is None else msgspec.convert(last, Checkpoint, strict=False)
+
+
+def recover(conn: Connection, task_key: str, topics: list[str]) -> Checkpoint:
+    """The last checkpoint, advanced by the task's records stored after it."""
+    point = load_checkpoint(conn, task_key)
+    meta = conn.call(p.Metadata(topics=None))
+    known = {t.name: t for t in meta.topics}
+    newest: dict[str, int] = {}
+    for topic in topics:
+        info = known.get(topic)
+        if info is None:
+            continue
+        for part in info.partitions:
+            start = point.positions.get(topic, {}).get(part.partition, part.start_offset)
+            for event in read_partition(conn, topic, part.partition, start):
+                advance(point, newest, task_key, event)
+            point.positions.setdefault(topic, {})[part.partition] = part.end_offset
+    return point
+
+
+def advance(point: Checkpoint, newest: dict[str, int], task_key: str, event: Any) -> None:
+    headers = event.headers or {}
+    if headers.get(H_TASK) != task_key:
+        return
+    seq, partition = int(headers[H_SEQ]), str(headers[H_PARTITION])
+    point.seq = max(point.seq, seq)
+    if seq > newest.get(partition, -1):
+        newest[partition] = seq
+        raw = headers[H_OFFSET]
+        point.offsets[partition] = msgspec.msgpack.decode(raw.encode() if isinstance(raw, str) else raw)
+
+
+def checkpoint_value(point: Checkpoint) -> Any:
+    return msgspec.to_builtins(point)
+

@@ -1,0 +1,121 @@
+"""A ``[[connectors]]`` entry, typed, and what it builds: the connector, its converter and
+transforms, and the worker entry the supervisor runs it as.
+
+    [[connectors]]
+    name = "orders-in"
+    kind = "source"                 # or "sink"
+    class = "file"                  # a built-in (see CLASSES) or "module:Class"
+    topics = ["orders"]             # a source writes the first; a sink reads all
+    tasks = 1                       # replicas of the worker
+    converter = "json"              # json, msgpack, string, bytes
+    errors.tolerance = "none"       # or "all": bad records go to <topic>.dlq
+    transforms = [{type = "key", field = "id"}]
+    config = {path = "orders.jsonl"}
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from runtime.connect.converters import Converter, converter
+from runtime.connect.errors import ConnectorConfigError
+from runtime.connect.transforms import apply_all, build
+
+ENV = "RAIL_CONNECTOR"  # the entry, as JSON, in the task's environment
+TASK_SCRIPT = str(Path(__file__).resolve().parent / "task.py")
+GROUP_PREFIX = "connect-"
+CLASSES = {
+    "file": "runtime.connect.file_source:FileSource",
+    "http": "runtime.connect.http_source:HttpSource",
+    "jsonl": "runtime.connect.jsonl_sink:JsonlSink",
+    "sqlite": "runtime.connect.sql_sink:SqliteSink",
+    "postgres": "runtime.connect.postgres_sink:PostgresSink",
+}
+
+
+class Errors(msgspec.Struct, forbid_unknown_fields=True):
+    tolerance: Literal["none", "all"] = "none"
+
+
+class ConnectorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True,
+                        rename={"class_": "class"}):
+    name: str
+    kind: Literal["source", "sink"]
+    class_: str
+    topics: Annotated[list[str], msgspec.Meta(min_length=1)]
+    tasks: Annotated[int, msgspec.Meta(ge=0, le=256)] = 1
+    converter: str = "json"
+    errors: Errors = msgspec.field(default_factory=Errors)
+    transforms: list[dict[str, Any]] = []
+    config: dict[str, Any] = {}
+    batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    linger_ms: Annotated[float, msgspec.Meta(ge=0)] = 50.0
+    acks: Literal[1, "all"] = 1
+
+    def __post_init__(self) -> None:
+        self._converter = converter(self.converter)
+        self._transforms = build(self.transforms, f"connectors.{self.name}")
+
+    @property
+    def tolerance(self) -> str:
+        return self.errors.tolerance
+
+    @property
+    def linger_s(self) -> float:
+        return self.linger_ms / 1000
+
+    @property
+    def value_converter(self) -> Converter:
+        return self._converter
+
+    @property
+    def group(self) -> str:
+        return GROUP_PREFIX + self.name
+
+    def prepare(self, value: Any, key: Any, topic: str,
+                headers: dict[str, Any]) -> tuple[Any, Any, str] | None:
+        """A source record's value converted (raw bytes only) and transformed; None when a
+        transform dropped it.  Raises BadRecord."""
+        if isinstance(value, (bytes, bytearray)):
+            value = self._converter.decode(bytes(value))
+        return apply_all(self._transforms, (value, key, topic))
+
+    def sink_value(self, value: Any, key: Any, topic: str) -> tuple[Any, Any, str] | None:
+        """An event's value as the sink writes it (a tombstone stays None)."""
+        if value is None:
+            return None, key, topic
+        return apply_all(self._transforms, (self._converter.value_of(value), key, topic))
+
+    def build(self, task: int) -> Any:
+        path = CLASSES.get(self.class_, self.class_)
+        module_name, _, class_name = path.partition(":")
+        try:
+            kind = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConnectorConfigError(
+                f"connectors.{self.name}.class: {self.class_!r} is neither a built-in "
+                f"({', '.join(CLASSES)}) nor an importable module:Class ({exc})") from None
+        return kind(self.name, self.config, task=task, tasks=max(1, self.tasks))
+
+
+def parse(raw: dict[str, Any], where: str = "connectors") -> ConnectorSettings:
+    """One entry, typed; ConnectorConfigError naming the key otherwise."""
+    try:
+        return msgspec.convert(raw, ConnectorSettings)
+    except msgspec.ValidationError as exc:
+        name = raw.get("name", "?") if isinstance(raw, dict) else "?"
+        raise ConnectorConfigError(f"{where}.{name}: {exc}") from None
+
+
+def worker_entry(settings: ConnectorSettings) -> dict[str, Any]:
+    """The ``[workers.<name>]`` table a connector runs as: a task script given the entry
+    in its environment, one replica per task."""
+    return {"script": TASK_SCRIPT, "topics": list(settings.topics), "group": settings.group,
+            "replicas": settings.tasks,
+            "env": {ENV: json.dumps(msgspec.to_builtins(settings))}}
+

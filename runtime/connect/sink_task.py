@@ -1,0 +1,125 @@
+"""Runs a Sink as a supervised task: poll the group, convert, ``put`` batches, commit.
+
+Events gather until ``batch`` of them or ``linger_ms`` passed, then go to the sink in one
+``put``.  A sink that stores its offsets with its data (``stored_offsets``) is the
+authority on where to resume: events below its stored offset of their partition are
+dropped before ``put`` (the group's commit, sent after ``put`` returned, may lag behind a
+crash), and the stored offsets are read again after every rebalance.  An event that fails
+conversion or a transform stops the task (``errors.tolerance = "none"``) or goes to
+``<topic>.dlq`` with the error in its headers (``"all"``).
+"""
+
+from __future__ import annotations
+
+import time
+
+from runtime.client import Consumer, Event, Producer
+from runtime.connect.api import Sink
+from runtime.connect.errors import BadRecord, ConnectError
+from runtime.connect.settings import ConnectorSettings
+from runtime.connection import BrokerUnavailable
+from runtime.dlq import send_to_dlq
+from runtime.worker import Hosted
+
+POLL_S = 0.2  # a stop is noticed within this
+BROKER_RETRY_S = 1.0
+
+
+class SinkTask:
+    def __init__(self, host: Hosted, sink: Sink, settings: ConnectorSettings) -> None:
+        self.host = host
+        self.sink = sink
+        self.settings = settings
+        self.floors: dict[tuple[str, int], int] = {}
+        self.generation = -2
+        self.producer: Producer | None = None  # for dead letters, made on first need
+
+    def run(self) -> int:
+        consumer = self._join()
+        if consumer is None:
+            return 0
+        self.host.state = "running"
+        try:
+            while not self.host.stopping:
+                events = self._gather(consumer)
+                if events:
+                    self._deliver(consumer, events)
+        finally:
+            self.host.state = "stopping"
+            self.sink.close()
+            if self.producer is not None:
+                self.producer.close(timeout_s=10)
+            consumer.close()
+        return 0
+
+    def _join(self) -> Consumer | None:
+        opts = self.host.options
+        while not self.host.stopping:
+            try:
+                return Consumer(opts.broker, group=self.settings.group, topics=opts.topics,
+                                member_id=opts.member_id, client_id=opts.name)
+            except BrokerUnavailable as exc:
+                self.host.log.warning("%s; waiting for it", exc)
+                time.sleep(BROKER_RETRY_S)
+        return None
+
+    def _gather(self, consumer: Consumer) -> list[Event]:
+        self.host.idle = True
+        try:
+            events = consumer.poll(POLL_S)
+            deadline = time.monotonic() + self.settings.linger_s
+            while (events and len(events) < self.settings.batch and not self.host.stopping
+                   and time.monotonic() < deadline):
+                more = consumer.poll(max(0.0, deadline - time.monotonic()))
+                if not more:
+                    break
+                events.extend(more)
+        except BrokerUnavailable as exc:
+            self.host.log.warning("%s; waiting for it", exc)
+            time.sleep(BROKER_RETRY_S)
+            return []
+        self.host.idle = False
+        return events
+
+    def _deliver(self, consumer: Consumer, events: list[Event]) -> None:
+        if consumer.generation != self.generation:  # a rebalance: read the floors again
+            self.generation = consumer.generation
+            self.floors = self.sink.stored_offsets(list(self.host.options.topics)) or {}
+        fresh = [e for e in events if e.offset >= self.floors.get((e.topic, e.partition), 0)]
+        if not fresh:
+            return
+        next_offsets = {(e.topic, e.partition): e.offset + 1 for e in fresh}
+        ready = self._convert(fresh)
+        self.host.current = (fresh[0].topic, fresh[0].partition, fresh[0].offset,
+                             time.monotonic())
+        self.sink.put(ready, next_offsets)
+        self.host.current = None
+        self.floors.update(next_offsets)
+        if self.producer is not None:
+            self.producer.flush()  # dead letters acked before their offsets are committed
+        consumer.commit(next_offsets, sync=False)
+        self.host.processed += len(ready)
+
+    def _convert(self, events: list[Event]) -> list[Event]:
+        out = []
+        for e in events:
+            try:
+                got = self.settings.sink_value(e.value, e.key, e.topic)
+            except BadRecord as exc:
+                self._reject(e, exc)
+                continue
+            if got is not None:
+                value, key, topic = got
+                out.append(Event(topic, e.partition, e.offset, value, key, e.headers,
+                                 e.timestamp))
+        return out
+
+    def _reject(self, event: Event, error: BadRecord) -> None:
+        if self.settings.tolerance == "none":
+            raise ConnectError(f"sink {self.settings.name}: event {event.topic}"
+                               f"[{event.partition}]@{event.offset}: {error} "
+                               "(errors.tolerance = \"none\")")
+        if self.producer is None:
+            self.producer = Producer(self.host.options.broker)
+        send_to_dlq(self.producer, event, error, 1)
+        self.host.failed += 1

@@ -1,0 +1,45 @@
+"""The worker script every connector task runs: ``python -m runtime.worker task.py ...``.
+
+The supervisor starts it like any worker (``[[connectors]]`` entries become worker entries,
+see ``settings.worker_entry``); the entry itself comes in the environment (``RAIL_CONNECTOR``,
+JSON).  The replica's index (the end of its member id, ``<name>-<index>``) is the task
+number.  Exit codes: 0 after SIGTERM, ``EXIT_CONFIG`` for an unusable entry (the supervisor
+does not restart it), 1 when the connector failed (it does, per its policy).
+"""
+
+from __future__ import annotations
+
+import os
+
+from brokerd.protocol import EXIT_CONFIG
+from runtime.connect.errors import ConnectError, ConnectorConfigError
+from runtime.connect.settings import ENV, parse
+from runtime.worker import Hosted
+
+
+def task_number(member_id: str) -> int:
+    tail = member_id.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
+def run_hosted(host: Hosted) -> int:
+    raw = os.environ.get(ENV)
+    if not raw:
+        host.log.error("no connector entry in $%s: run connectors through rail.toml's "
+                       "[[connectors]]", ENV)
+        return EXIT_CONFIG
+    import json
+    try:
+        settings = parse(json.loads(raw))
+        connector = settings.build(task_number(host.options.member_id))
+        if settings.kind == "source":
+            from runtime.connect.source_task import SourceTask
+            return SourceTask(host, connector, settings).run()
+        from runtime.connect.sink_task import SinkTask
+        return SinkTask(host, connector, settings).run()
+    except ConnectorConfigError as exc:
+        host.log.error("%s", exc)
+        return EXIT_CONFIG
+    except ConnectError as exc:
+        host.log.error("%s", exc)
+        return 1

@@ -1,0 +1,66 @@
+"""The file source: every line reaches the topic exactly once, across kill -9, rotation
+and truncation."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from tests.connect.tasks import Task, count, read_topic, write_lines
+from tests.helpers import wait_for
+
+
+def entry(path, topic="lines", **extra):
+    return {"name": "lines-in", "kind": "source", "class": "file", "topics": [topic],
+            "config": {"path": str(path)}, **extra}
+
+
+def ids(broker, topic="lines"):
+    return sorted(e.value["id"] for e in read_topic(broker, topic))
+
+
+def test_a_file_source_killed_mid_file_resumes_without_loss_or_duplicates(broker, tmp_path):
+    path = tmp_path / "in.jsonl"
+    write_lines(path, 0, 60_000, "w")
+    settings = entry(path, batch=200)
+    task = Task(settings, broker.api, tmp_path / "task.log")
+    try:
+        for at in (5_000, 20_000, 40_000):  # three kills at different points of the file
+            wait_for(lambda at=at: count(broker.api, "lines") > at, 30, 0.01, f"{at} records")
+            task.kill9()
+            assert count(broker.api, "lines") < 60_000, "the kill came too late to matter"
+            task = Task(settings, broker.api, tmp_path / "task.log")
+        write_lines(path, 60_000, 61_000)
+        wait_for(lambda: count(broker.api, "lines") >= 61_000, 60, 0.1, "every line")
+        time.sleep(0.3)  # anything repeated would land now
+        assert ids(broker.api) == list(range(61_000))
+    finally:
+        task.stop()
+    assert task.proc.returncode == 0, task.log()
+
+
+def test_rotation_and_truncation_lose_and_repeat_nothing(broker, tmp_path):
+    path = tmp_path / "app.log"
+    write_lines(path, 0, 100, "w")
+    settings = entry(path)
+    task = Task(settings, broker.api, tmp_path / "task.log")
+    try:
+        wait_for(lambda: len(ids(broker.api)) == 100, 20, 0.05, "the first file")
+        write_lines(path, 100, 150)
+        os.rename(path, tmp_path / "app.log.1")  # rotation: lines 100-149 are in the old file
+        write_lines(path, 150, 200, "w")
+        wait_for(lambda: len(ids(broker.api)) == 200, 20, 0.05, "the rotated and new file")
+        os.truncate(path, 0)  # copytruncate
+        write_lines(path, 200, 210)
+        wait_for(lambda: len(ids(broker.api)) >= 210, 20, 0.05, "lines after the truncation")
+        task.stop()
+        # rotated again while the task was down: the rest of the old file comes first
+        write_lines(path, 210, 220)
+        os.rename(path, tmp_path / "app.log.2")
+        write_lines(path, 220, 230, "w")
+        task = Task(settings, broker.api, tmp_path / "task.log")
+        wait_for(lambda: len(ids(broker.api)) >= 230, 20, 0.05, "lines after the restart")
+        time.sleep(0.3)
+        assert ids(broker.api) == list(range(230))
+    finally:
+        task.stop()
