@@ -33,6 +33,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "HOST:PORT[,HOST:PORT...][/chroot]")
     parser.add_argument("--advertise", help="the API endpoint other brokers and clients "
                         "use (default: the bound one)")
+    parser.add_argument("--curve-secret-key", metavar="FILE", help="the broker's CURVE "
+                        "secret key file (rail keys new NAME): encrypt and authenticate "
+                        "every socket; needs --acl")
+    parser.add_argument("--acl", metavar="FILE", help="acl.toml: who may connect (public "
+                        "keys) and what each may do; reloaded on SIGHUP (docs/security.md)")
     return parser.parse_args(argv)
 
 
@@ -68,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             "data_dir": args.data_dir, "bind": args.bind, "ingest": args.ingest,
             "log_level": args.log_level, "broker_id": args.broker_id,
             "zookeeper": args.zookeeper, "advertise": args.advertise,
-            "metrics": args.metrics})
+            "metrics": args.metrics, "curve_secret_key": args.curve_secret_key,
+            "acl": args.acl})
     except ConfigError as exc:
         print(f"brokerd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -77,9 +83,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_CONFIG
     logs.setup(config.log_level)
+    security = None
+    if config.curve_secret_key or config.acl:
+        from brokerd.security import Security, SecurityError
+        try:
+            security = Security.from_options(config.curve_secret_key, config.acl)
+        except SecurityError as exc:
+            print(f"brokerd: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     raise_open_files_limit()
     try:
-        broker = Broker(config)
+        broker = Broker(config, security)
     except zmq.ZMQError as exc:
         print(f"brokerd: cannot bind {config.bind} / {config.ingest}: {exc}", file=sys.stderr)
         return EXIT_BIND

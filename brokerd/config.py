@@ -52,6 +52,10 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics: str = ""
     """``host:port`` for Prometheus ``/metrics`` (port 0: any free one); empty: off."""
     zookeeper_session_timeout_ms: int = 6_000
+    curve_secret_key: str = ""
+    """The broker's CURVE secret key file (``rail keys new``): CURVE on every socket."""
+    acl: str = ""
+    """``acl.toml``: the principals allowed to connect and their rules (docs/security.md)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
 
 

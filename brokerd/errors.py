@@ -91,6 +91,12 @@ class OutOfOrderSequence(RailError):
     code = "OUT_OF_ORDER_SEQUENCE"
 
 
+class NotAuthorized(RailError):
+    """The connection's principal lacks the ACL rule this request needs (docs/security.md)."""
+
+    code = "NOT_AUTHORIZED"
+
+
 class TooManyWaiting(RailError):
     code = "TOO_MANY_WAITING"
 

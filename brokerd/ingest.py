@@ -37,9 +37,14 @@ class Ingest:
         """Append what waits on ``sock``; True if it stopped at its limit with more waiting."""
         pending: dict[str, list[list[bytes]]] = {}
         more = True
+        security = self.broker.security
         for _ in range(DRAIN):
             try:
-                frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+                if security is None:
+                    frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+                else:  # as frames, which carry the sender's principal (ZAP's User-Id)
+                    parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    frames = [part.bytes for part in parts]
             except zmq.Again:
                 more = False
                 break
@@ -48,6 +53,9 @@ class Ingest:
                 self._complain(problem)
                 continue
             topic = frames[0].decode()
+            if security is not None and not security.may_ingest(parts[0].get("User-Id"), topic):
+                self.broker.stats.count("ingest_denied")
+                continue
             pending.setdefault(topic, []).append(frames[1:])
         for topic, items in pending.items():
             self._append(topic, items)

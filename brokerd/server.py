@@ -43,6 +43,7 @@ from brokerd.waiters import AckQueue, Client, WaitingRoom
 
 if TYPE_CHECKING:
     from brokerd.cluster.node import Cluster
+    from brokerd.security import Security
 
 log = logging.getLogger("brokerd")
 # Duplicated descriptors one fsync round may hold: with 10,000 dirty partitions a round
@@ -58,8 +59,9 @@ SNDMORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
 
 
 class Broker(Handlers):
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, security: Security | None = None) -> None:
         self.config = config
+        self.security = security
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.topics = TopicRegistry(data, config.topic_defaults, config.auto_create_topics)
@@ -71,6 +73,10 @@ class Broker(Handlers):
         self.stats = Stats()
         self.encoder = msgspec.msgpack.Encoder()
         self.context = zmq.Context()
+        if security is not None:  # the ZAP handler must answer before a CURVE socket binds
+            for counter in ("curve_refused", "ingest_denied"):
+                self.stats.count(counter, 0)
+            security.start(self.context, lambda: self.stats.count("curve_refused"))
         self.flusher = Flusher()
         self.ingest = Ingest(self)
         self.api = self._socket(zmq.ROUTER, config.bind)
@@ -80,6 +86,7 @@ class Broker(Handlers):
         self.endpoints = (self.api.getsockopt_string(zmq.LAST_ENDPOINT),
                           self.pull.getsockopt_string(zmq.LAST_ENDPOINT))
         self._stopping = False
+        self._reload = False
         self._next_flush: dict[str, float] = {}
         # When the next interval fsync of a topic is due (None: no topic waits for one).
         # Appends only bring it forward (``appended``); a full scan redoes it whenever a
@@ -99,6 +106,8 @@ class Broker(Handlers):
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame_bytes)
         sock.setsockopt(zmq.LINGER, 1000)
+        if self.security is not None:
+            self.security.serve_securely(sock)
         sock.bind(endpoint)
         return sock
 
@@ -160,6 +169,8 @@ class Broker(Handlers):
         signal.set_wakeup_fd(wake_w.fileno())
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        if self.security is not None:
+            signal.signal(signal.SIGHUP, self._on_reload_signal)
         self.flusher.start()
         api_fd, pull_fd = int(self.api.getsockopt(zmq.FD)), int(self.pull.getsockopt(zmq.FD))
         flusher_fd, signal_fd = self.flusher.wake_fd, wake_r.fileno()
@@ -186,6 +197,9 @@ class Broker(Handlers):
                 self._deliver()
                 if signal_fd in fired:
                     self._drain_wakeups(wake_r)
+                    if self._reload and self.security is not None:
+                        self._reload = False
+                        self.security.reload()
                 self._timers()
                 flush_at = self._maybe_flush()
                 api_ready = self._api_readable()  # this turn's sends may have taken its wake-up
@@ -198,6 +212,9 @@ class Broker(Handlers):
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stopping = True
+
+    def _on_reload_signal(self, signum: int, frame: object) -> None:
+        self._reload = True
 
     @staticmethod
     def _drain_wakeups(sock: socket.socket) -> None:
@@ -411,6 +428,8 @@ class Broker(Handlers):
         self.pull.close()
         self.topics.close()
         self.offsets.close()
+        if self.security is not None:
+            self.security.stop()
         self.context.term()
         log.info("stopped")
 

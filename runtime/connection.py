@@ -17,6 +17,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from brokerd import protocol as p
+from runtime.security.keys import ClientKeys
 
 DEFAULT_BROKER = "tcp://127.0.0.1:7400"
 _POLLIN, _EVENTS = int(zmq.POLLIN), int(zmq.EVENTS)  # plain ints: enums cost microseconds
@@ -42,13 +43,19 @@ class BrokerUnavailable(BrokerError):
 
 class Connection:
     def __init__(self, endpoint: str = DEFAULT_BROKER, context: zmq.Context | None = None,
-                 timeout_s: float = 10.0, watch_reconnects: bool = False) -> None:
+                 timeout_s: float = 10.0, watch_reconnects: bool = False,
+                 keys: ClientKeys | None = None) -> None:
+        """``keys``: CURVE keys (default: from $RAIL_CURVE_SERVER_KEY and
+        $RAIL_CURVE_KEY_FILE; neither set: plaintext)."""
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        keys = keys or ClientKeys.from_env()  # a bad key fails before a socket exists
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDTIMEO, max(1, int(timeout_s * 1000)))  # send(): a bound
+        if keys is not None:
+            keys.apply(self.socket)
         self.socket.connect(endpoint)
         self._timeout_ms = -1  # the socket's RCVTIMEO
         self._ids = itertools.count(1)

@@ -1,0 +1,1 @@
+"""Client-side security: CURVE key files and the keys a client connects with."""
