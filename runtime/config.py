@@ -57,6 +57,10 @@ class WorkerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backoff_max_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     max_rss_mb: Annotated[float, msgspec.Meta(ge=0)] = 0
     handler_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # handler calls at once per replica, one at a time per key (docs/workers.md)
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+    drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0  # a stop lets handlers finish
+    quarantine_after: Annotated[int, msgspec.Meta(ge=0)] = 3  # crashes on one event; 0: never
 
 
 class RailConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

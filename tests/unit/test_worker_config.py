@@ -1,0 +1,29 @@
+"""rail.toml's worker settings of the worker host: concurrency, drain, quarantine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    (tmp_path / "w.py").write_text("def handle(event, ctx):\n    pass\n")
+    path = tmp_path / "rail.toml"
+    path.write_text('[workers.w]\nscript = "w.py"\ntopics = ["t"]\n' + body)
+    return path
+
+
+def test_defaults_and_values(tmp_path: Path) -> None:
+    spec = load_config(write(tmp_path, ""))[0].workers["w"]
+    assert (spec.concurrency, spec.drain_timeout_s, spec.quarantine_after) == (1, 30.0, 3)
+    spec = load_config(write(tmp_path, "concurrency = 50\ndrain_timeout_s = 5\n"
+                             "quarantine_after = 0\n"))[0].workers["w"]
+    assert (spec.concurrency, spec.drain_timeout_s, spec.quarantine_after) == (50, 5.0, 0)
+
+
+def test_a_bad_concurrency_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"workers\.w\.concurrency"):
+        load_config(write(tmp_path, "concurrency = 0\n"))
