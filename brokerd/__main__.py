@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if config.metrics:
         from brokerd.metrics import MetricsServer
         try:
-            metrics = MetricsServer(config.metrics, api, broker.context)
+            secure = broker.security.connect_securely if broker.security else None
+            metrics = MetricsServer(config.metrics, api, broker.context, secure)
         except (OSError, ValueError) as exc:
             print(f"brokerd: cannot serve metrics on {config.metrics}: {exc}", file=sys.stderr)
             return EXIT_BIND

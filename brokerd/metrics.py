@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -30,9 +30,11 @@ SCRAPE_TIMEOUT_MS = 10_000
 class BrokerCollector(Collector):
     """Asks the broker at ``api`` for what it reports and turns it into metric families."""
 
-    def __init__(self, api: str, context: zmq.Context) -> None:
+    def __init__(self, api: str, context: zmq.Context,
+                 secure: Callable[[zmq.Socket], None] | None = None) -> None:
         self.api = api
         self.context = context
+        self.secure = secure  # with CURVE on: make the socket a client with the broker's key
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(p.Reply).decode
 
@@ -48,6 +50,8 @@ class BrokerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.secure is not None:
+            self.secure(sock)
         sock.connect(self.api)
         try:
             stats = self._ask(sock, p.Stats()).stats
@@ -163,10 +167,11 @@ def _group_families(groups: list[p.DescribeGroupReply]) -> Iterator[Metric]:
 class MetricsServer:
     """``GET /metrics`` on ``address`` (``host:port``), on a daemon thread."""
 
-    def __init__(self, address: str, api: str, context: zmq.Context) -> None:
+    def __init__(self, address: str, api: str, context: zmq.Context,
+                 secure: Callable[[zmq.Socket], None] | None = None) -> None:
         host, _, port = address.rpartition(":")
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(BrokerCollector(api, context))
+        self.registry.register(BrokerCollector(api, context, secure))
         registry = self.registry
 
         class Handler(BaseHTTPRequestHandler):

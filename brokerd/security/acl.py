@@ -8,7 +8,7 @@ may do (rules after Kafka's ACLs and NATS's per-user allow/deny).
     [[rule]]
     principal = "orders-service"      # a principal's name, or "*" for every principal
     resource = "topic"                # topic | group | cluster
-    name = "orders."                  # ignored for cluster
+    name = "orders."                  # ignored for cluster; prefix "" covers every name
     match = "prefix"                  # literal (default) | prefix
     ops = ["write"]                   # read | write | admin
     effect = "allow"                  # allow (default) | deny
@@ -117,9 +117,10 @@ def load_acl(path: str | Path) -> Acl:
         if rule.principal != "*" and rule.principal not in names:
             raise AclError(f"{path}: a rule names principal {rule.principal!r}, which no "
                            "[[principal]] entry defines")
-        if rule.resource != "cluster" and not rule.name:
+        if rule.resource != "cluster" and not rule.name and rule.match == "literal":
             raise AclError(f"{path}: a {rule.resource} rule for {rule.principal!r} needs a "
-                           "name (a literal name, or a prefix with match = \"prefix\")")
+                           "name (a literal name, or a prefix with match = \"prefix\"; the "
+                           "empty prefix covers every name)")
         if not rule.ops:
             raise AclError(f"{path}: a rule for {rule.principal!r} lists no ops")
     try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,3 +175,17 @@ def test_memory_returns_to_baseline_after_2000_refused_connections(
     finally:
         alice.close()
         context.term()
+
+
+def test_metrics_are_scraped_over_curve_with_the_brokers_own_key(
+        tmp_path: Path, keys: dict[str, Keys]) -> None:
+    acl = write_acl(tmp_path / "acl.toml", [keys["alice"]],
+                    '[[rule]]\nprincipal = "alice"\nresource = "topic"\nname = "t1"\n'
+                    'ops = ["write"]\n')  # enforced rules: the broker's own key passes
+    broker = start_secure_broker(tmp_path, keys["broker"], acl, "--metrics", "127.0.0.1:0")
+    try:
+        address = re.search(r"metrics=(\S+)", broker.ready_line).group(1)  # type: ignore[union-attr]
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as page:
+            assert "rail_brokers" in page.read().decode()
+    finally:
+        broker.stop()
