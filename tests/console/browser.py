@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -82,14 +83,18 @@ def rail(*args: str) -> list[str]:
 
 
 def answers(url: str) -> bool:
+    """True once something serves HTTP there (a 401 of a console with a token counts)."""
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
             return r.status == 200
+    except urllib.error.HTTPError:
+        return True
     except OSError:
         return False
 
 
-def start_console(folder: Path, broker: str, control: str, *extra: str) -> tuple[Process, str]:
+def start_console(folder: Path, broker: str, control: str, *extra: str
+                  ) -> tuple[Process, str]:
     port = free_port()
     proc = Process(rail("console", "--broker", broker, "--control", control, "--bind",
                         f"127.0.0.1:{port}", *extra), folder / f"console-{port}.log")

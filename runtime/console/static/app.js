@@ -101,7 +101,7 @@ function renderOverviewCards() {
   const b = o.broker, r = o.rates || {};
   const lag = o.groups.reduce((a, g) => a + g.lag, 0);
   el.innerHTML = `
-    <div class="card"><h3>Broker</h3><div class="big">${esc(b.endpoint || state.info.broker)}</div>
+    <div class="card"><h3>Broker</h3><div class="big mono">${esc(b.endpoint || state.info.broker)}</div>
       <div>pid ${esc(b.pid)} · up ${fmtDur(b.uptime_s)} · ${fmtBytes(b.rss_bytes)}</div>
       ${b.brokers.length ? `<div>cluster: brokers ${b.brokers.join(", ")}, controller ${b.controller}</div>` : ""}</div>
     <div class="card"><h3><a href="#/topics">Topics</a></h3><div class="big" id="topic-count">${o.topics.count}</div>

@@ -4,7 +4,7 @@
 const COLORS = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176"];
 
 function lineChart(series, opts) {
-  const w = 640, h = (opts && opts.height) || 160, pad = 34;
+  const w = 1200, h = (opts && opts.height) || 160, pad = 40;
   const pts = series.flatMap(s => s.points);
   if (!pts.length) return '<p class="muted">no points yet: the console keeps its own history from now on</p>';
   const t0 = Math.min(...pts.map(p => p[0])), t1 = Math.max(...pts.map(p => p[0]), t0 + 1);
@@ -23,7 +23,7 @@ function lineChart(series, opts) {
     <line x1="${pad}" y1="10" x2="${pad}" y2="${h - 18}" class="axis"/>
     <text x="2" y="16" class="tick">${fmtNum(vmax)}</text><text x="2" y="${h - 20}" class="tick">0</text>
     <text x="${pad}" y="${h - 4}" class="tick">${ago ? ago + " min ago" : "just now"}</text>
-    <text x="${w - 40}" y="${h - 4}" class="tick">now</text>
+    <text x="${w - 30}" y="${h - 4}" class="tick">now</text>
     <text x="${pad}" y="10" class="tick">${legend}</text>${lines}</svg>`;
 }
 
