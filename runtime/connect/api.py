@@ -66,6 +66,10 @@ class Sink(Connector):
         when the destination keeps no offsets (the group's committed ones count)."""
         return None
 
+    def check(self, event: Event) -> None:
+        """Raise BadRecord if ``event`` cannot be written (``errors.tolerance`` decides
+        what follows); called on each event before its batch goes to ``put``."""
+
     def put(self, events: list[Event], next_offsets: dict[tuple[str, int], int]) -> None:
         """Apply ``events`` durably; ``next_offsets`` is where each partition resumes after
         them (store it with the data if the destination can)."""

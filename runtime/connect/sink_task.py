@@ -105,13 +105,15 @@ class SinkTask:
         for e in events:
             try:
                 got = self.settings.sink_value(e.value, e.key, e.topic)
+                if got is None:  # a transform filtered it out
+                    continue
+                value, key, topic = got
+                ready = Event(topic, e.partition, e.offset, value, key, e.headers, e.timestamp)
+                self.sink.check(ready)
             except BadRecord as exc:
                 self._reject(e, exc)
                 continue
-            if got is not None:
-                value, key, topic = got
-                out.append(Event(topic, e.partition, e.offset, value, key, e.headers,
-                                 e.timestamp))
+            out.append(ready)
         return out
 
     def _reject(self, event: Event, error: BadRecord) -> None:

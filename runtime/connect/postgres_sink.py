@@ -1,0 +1,83 @@
+"""The PostgreSQL sink (psycopg 3): see ``sql_sink`` for the table and the guarantee.
+
+    config = {dsn = "host=127.0.0.1 port=5432 dbname=shop user=rail", table = "orders",
+              key_column = "id", columns = ["id", "name", "qty"]}
+
+A batch goes in with ``COPY`` into a temporary table shaped like the target, then one
+``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` and one ``DELETE ... USING``: a few
+statements a batch instead of one per row.  The offsets row is updated in the same
+transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.client import Event
+from runtime.connect.errors import ConnectError, ConnectorConfigError
+from runtime.connect.sql_sink import TableSink
+
+
+class PostgresSink(TableSink):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        import psycopg
+
+        dsn = self.config.get("dsn")
+        if not dsn:
+            raise ConnectorConfigError(f"connectors.{self.name}.config.dsn: the PostgreSQL "
+                                       "connection string is required")
+        try:
+            self.db = psycopg.connect(str(dsn), autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise ConnectError(f"sink {self.name}: cannot connect to PostgreSQL: "
+                               f"{str(exc).strip()}") from None
+        with self.db.transaction():
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.offsets_table} (connector TEXT, "
+                            "topic TEXT, partition INTEGER, next_offset BIGINT NOT NULL, "
+                            "PRIMARY KEY (connector, topic, partition))")
+            if self.document:
+                self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.table} "
+                                "(key TEXT PRIMARY KEY, value JSONB)")
+            self.db.execute(f"CREATE TEMP TABLE rail_stage (LIKE {self.table}) "
+                            "ON COMMIT DELETE ROWS")
+            self.db.execute(f"CREATE TEMP TABLE rail_gone ON COMMIT DELETE ROWS AS "
+                            f"SELECT {self.key_column} FROM {self.table} WITH NO DATA")
+        cols = ", ".join(self.columns)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self.columns if c != self.key_column)
+        self.copy_rows = f"COPY rail_stage ({cols}) FROM STDIN"
+        self.upsert = (f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM rail_stage "
+                       f"ON CONFLICT ({self.key_column}) "
+                       + (f"DO UPDATE SET {updates}" if updates else "DO NOTHING"))
+        self.delete = (f"DELETE FROM {self.table} t USING rail_gone g "
+                       f"WHERE t.{self.key_column} = g.{self.key_column}")
+
+    def stored_offsets(self, topics: list[str]) -> dict[tuple[str, int], int]:
+        with self.db.transaction():
+            rows = self.db.execute(f"SELECT topic, partition, next_offset FROM "
+                                   f"{self.offsets_table} WHERE connector = %s",
+                                   (self.name,)).fetchall()
+        return {(t, int(part)): int(o) for t, part, o in rows if t in topics}
+
+    def put(self, events: list[Event], next_offsets: dict[tuple[str, int], int]) -> None:
+        changes = self.changes(events)
+        with self.db.transaction(), self.db.cursor() as cur:
+            rows = [row for _, row in changes if row is not None]
+            if rows:
+                with cur.copy(self.copy_rows) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                cur.execute(self.upsert)
+            gone = [key for key, row in changes if row is None]
+            if gone:
+                with cur.copy(f"COPY rail_gone ({self.key_column}) FROM STDIN") as copy:
+                    for key in gone:
+                        copy.write_row([key])
+                cur.execute(self.delete)
+            cur.executemany(
+                f"INSERT INTO {self.offsets_table} VALUES (%s, %s, %s, %s) ON CONFLICT "
+                "(connector, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+                [(self.name, t, part, o) for (t, part), o in next_offsets.items()])
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,144 @@
+"""Database sinks: upsert by key, delete on a tombstone, offsets in the same transaction.
+
+    config = {path = "orders.db", table = "orders"}                        # SQLite
+    config = {table = "orders", key_column = "id", columns = ["id", "name", "qty"]}
+
+Without ``columns`` the table is ``(key TEXT PRIMARY KEY, value <JSON>)``, created if
+missing, and holds each key's value as JSON.  With ``columns`` the table must exist with
+``key_column`` as its primary key; each event's value is a map whose fields fill the
+columns (a missing field is NULL, a map or list field is stored as JSON text), and the key
+column takes the event's key, or the value's field of that name when the event has none.
+
+Each ``put`` is one transaction: the batch reduced to its last change per key (upsert or
+delete), applied, and ``rail_connect_offsets`` (connector, topic, partition, next_offset)
+updated.  A crash before the commit leaves the database as it was and the events come
+again; after it, the task reads the offsets back and skips what is applied.  So the table
+holds each key's latest value exactly as the topic does (exactly-once into the database).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from typing import Any
+
+from runtime.client import Event
+from runtime.connect.api import Sink
+from runtime.connect.errors import BadRecord, ConnectorConfigError
+
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+OFFSETS_TABLE = "rail_connect_offsets"
+Change = tuple[Any, list[Any] | None]  # key, the row to upsert (None: delete)
+
+
+def sql_name(name: str, where: str) -> str:
+    if not NAME.match(name):
+        raise ConnectorConfigError(f"{where}: {name!r} is not a plain SQL name (letters, "
+                                   "digits, '_', optionally schema.name)")
+    return name
+
+
+class TableSink(Sink):
+    """What both databases share: the config, the rows, the batch reduced per key."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        where = f"connectors.{self.name}.config"
+        if "table" not in self.config:
+            raise ConnectorConfigError(f"{where}.table: the table to write is required")
+        self.table = sql_name(str(self.config["table"]), f"{where}.table")
+        self.document = "columns" not in self.config
+        self.key_column = sql_name(str(self.config.get("key_column", "key")),
+                                   f"{where}.key_column")
+        cols = ["key", "value"] if self.document else list(self.config["columns"])
+        self.columns = [sql_name(str(c), f"{where}.columns") for c in cols]
+        if self.document and self.key_column != "key":
+            raise ConnectorConfigError(f"{where}.key_column: without columns the key column "
+                                       "is 'key'")
+        if self.key_column not in self.columns:
+            raise ConnectorConfigError(f"{where}.columns: must include the key column "
+                                       f"{self.key_column!r}")
+        self.offsets_table = sql_name(str(self.config.get("offsets_table", OFFSETS_TABLE)),
+                                      f"{where}.offsets_table")
+
+    def key_of(self, event: Event) -> Any:
+        key = event.key
+        if key is None and not self.document and isinstance(event.value, dict):
+            key = event.value.get(self.key_column)
+        if key is None:
+            raise BadRecord(f"no key: a {self.table} row needs the event's key or a "
+                            f"{self.key_column!r} field")
+        return key.decode() if isinstance(key, bytes) else key
+
+    def check(self, event: Event) -> None:
+        self.key_of(event)
+        if event.value is not None and not self.document and not isinstance(event.value, dict):
+            raise BadRecord(f"a {self.table} row needs a map value, got "
+                            f"{type(event.value).__name__}")
+
+    def row(self, key: Any, value: Any) -> list[Any]:
+        if self.document:
+            return [str(key), json.dumps(value)]
+        return [key if c == self.key_column else cell(value.get(c)) for c in self.columns]
+
+    def changes(self, events: list[Event]) -> list[Change]:
+        """The last change of each key in ``events``, in first-seen order."""
+        last: dict[Any, list[Any] | None] = {}
+        for e in events:
+            key = self.key_of(e)
+            last[key] = None if e.value is None else self.row(key, e.value)
+        return list(last.items())
+
+
+def cell(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+class SqliteSink(TableSink):
+    """SQLite (stdlib ``sqlite3``), WAL mode with synchronous=FULL: a commit is on disk."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        path = self.config.get("path")
+        if not path:
+            raise ConnectorConfigError(f"connectors.{self.name}.config.path: the SQLite "
+                                       "database file is required")
+        self.db = sqlite3.connect(str(path), isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.offsets_table} (connector TEXT, "
+                        "topic TEXT, partition INTEGER, next_offset INTEGER NOT NULL, "
+                        "PRIMARY KEY (connector, topic, partition))")
+        if self.document:
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.table} "
+                            "(key TEXT PRIMARY KEY, value TEXT)")
+        cols = ", ".join(self.columns)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c != self.key_column)
+        self.upsert = (f"INSERT INTO {self.table} ({cols}) VALUES "
+                       f"({', '.join('?' for _ in self.columns)}) ON CONFLICT ({self.key_column}) "
+                       + (f"DO UPDATE SET {updates}" if updates else "DO NOTHING"))
+        self.delete = f"DELETE FROM {self.table} WHERE {self.key_column} = ?"
+
+    def stored_offsets(self, topics: list[str]) -> dict[tuple[str, int], int]:
+        rows = self.db.execute(f"SELECT topic, partition, next_offset FROM {self.offsets_table} "
+                               "WHERE connector = ?", (self.name,)).fetchall()
+        return {(t, int(part)): int(o) for t, part, o in rows if t in topics}
+
+    def put(self, events: list[Event], next_offsets: dict[tuple[str, int], int]) -> None:
+        changes = self.changes(events)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(self.upsert, [row for _, row in changes if row is not None])
+            self.db.executemany(self.delete, [(key,) for key, row in changes if row is None])
+            self.db.executemany(
+                f"INSERT INTO {self.offsets_table} VALUES (?, ?, ?, ?) ON CONFLICT "
+                "(connector, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                [(self.name, t, part, o) for (t, part), o in next_offsets.items()])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.db.close()
