@@ -1,7 +1,7 @@
 """Runs a Sink as a supervised task: poll the group, convert, ``put`` batches, commit.
 
-Events gather until ``batch`` of them or ``linger_ms`` passed, then go to the sink in one
-``put``.  A sink that stores its offsets with its data (``stored_offsets``) is the
+Events gather until ``batch`` of them or ``linger_ms`` passed, then go to the sink in
+``put`` calls of at most ``batch`` events.  A sink that stores its offsets with its data (``stored_offsets``) is the
 authority on where to resume: events below its stored offset of their partition are
 dropped before ``put`` (the group's commit, sent after ``put`` returned, may lag behind a
 crash), and the stored offsets are read again after every rebalance.  An event that fails
@@ -42,8 +42,9 @@ class SinkTask:
         try:
             while not self.host.stopping:
                 events = self._gather(consumer)
-                if events:
-                    self._deliver(consumer, events)
+                size = self.settings.batch
+                for start in range(0, len(events), size):
+                    self._deliver(consumer, events[start:start + size])
         finally:
             self.host.state = "stopping"
             self.sink.close()
