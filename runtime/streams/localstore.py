@@ -1,0 +1,103 @@
+"""A task's local SQLite file: state of every store, the checkpoint, the outbox.
+
+One transaction holds a commit's store updates, its checkpoint (input offset, sequences) and
+the batches it is about to send (the outbox): after a kill -9 the task finds all three or
+none, and sends the outbox again under the same sequences.  WAL with synchronous=NORMAL:
+a commit survives the process being killed; after a power loss the newest commits may be
+gone, and the task then finds the changelog ahead of its file and restores from it.
+Not thread-safe: one task owns it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import msgspec
+
+from runtime.streams import checkpoint as ck
+from runtime.streams.sender import OutBatch
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (store TEXT, key BLOB, value BLOB, PRIMARY KEY (store, key))
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE IF NOT EXISTS outbox (n INTEGER PRIMARY KEY, topic TEXT, partition INTEGER,
+    producer_id INTEGER, sequence INTEGER, count INTEGER, records BLOB, probe INTEGER);
+"""
+
+
+class LocalStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    # -- reading ----------------------------------------------------------------------
+    def checkpoint(self) -> ck.Checkpoint | None:
+        return self._meta("checkpoint", ck.decode)
+
+    def confirmed(self) -> tuple[int, str] | None:
+        """(commit, incarnation) of the last changelog batch the broker acknowledged."""
+        return self._meta("confirmed", lambda b: tuple(msgspec.msgpack.decode(b)))
+
+    def _meta(self, name: str, decode):  # type: ignore[no-untyped-def]
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else decode(row[0])
+
+    def outbox(self) -> list[OutBatch]:
+        rows = self.db.execute("SELECT topic, partition, producer_id, sequence, count, records,"
+                               " probe FROM outbox ORDER BY n").fetchall()
+        return [OutBatch(t, part, pid, seq, n, bytes(rec), bool(probe))
+                for t, part, pid, seq, n, rec, probe in rows]
+
+    def get(self, store: str, key: bytes) -> bytes | None:
+        row = self.db.execute("SELECT value FROM kv WHERE store = ? AND key = ?",
+                              (store, key)).fetchone()
+        return None if row is None else row[0]
+
+    def items(self, store: str) -> Iterator[tuple[bytes, bytes]]:
+        yield from self.db.execute("SELECT key, value FROM kv WHERE store = ?", (store,))
+
+    # -- writing ----------------------------------------------------------------------
+    def commit(self, checkpoint: ck.Checkpoint, updates: Iterable[tuple[str, bytes, bytes | None]],
+               outbox: list[OutBatch]) -> None:
+        """One transaction: the store updates (None deletes), the checkpoint, the new outbox
+        (replacing the old one, which was sent)."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            puts, dels = [], []
+            for store, key, value in updates:
+                (dels if value is None else puts).append((store, key, value))
+            db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", puts)
+            db.executemany("DELETE FROM kv WHERE store = ? AND key = ?",
+                           [(s, k) for s, k, _ in dels])
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('checkpoint', ?)",
+                       (ck.encode(checkpoint),))
+            db.execute("DELETE FROM outbox")
+            db.executemany("INSERT INTO outbox (topic, partition, producer_id, sequence, count,"
+                           " records, probe) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(b.topic, b.partition, b.producer_id, b.sequence, b.count,
+                             b.records, int(b.probe)) for b in outbox])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def confirm(self, commit: int, incarnation: str) -> None:
+        """The changelog batch of ``commit`` is stored."""
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('confirmed', ?)",
+                        (msgspec.msgpack.encode([commit, incarnation]),))
+
+    def reset(self) -> None:
+        """Forget everything (before a restore from the changelog)."""
+        self.db.executescript("BEGIN; DELETE FROM kv; DELETE FROM meta; DELETE FROM outbox;"
+                              " COMMIT;")
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,61 @@
+"""``Pipeline``: what a user writes; a worker script exposes its ``run_hosted``.
+
+    app = Pipeline("dishes", source="orders")
+    app.stream.filter(lambda o: o["qty"] > 0).to("valid-orders")
+    run_hosted = app.run_hosted
+
+Registered like any worker (``rail register`` or rail.toml), each replica joins the consumer
+group named after the application and runs one task per partition of ``source`` assigned to
+it.  See docs/streams.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from brokerd.protocol import valid_topic_name
+from runtime.streams.errors import PipelineError
+from runtime.streams.stream import Stream
+
+if TYPE_CHECKING:
+    from runtime.streams.tables import Table
+    from runtime.worker import Hosted
+
+STATE_DIR_ENV = "RAIL_STREAMS_DIR"
+
+
+class Pipeline:
+    """A streams application reading ``source``.
+
+    ``value_type``: values are converted to it (msgspec.convert) before the pipeline sees
+    them; one that does not convert goes to the source's DLQ with the error.
+    ``state_dir``: where the tasks' SQLite files live (default ``$RAIL_STREAMS_DIR`` or
+    ``./.rail-streams``).  ``acks``: of every output and changelog produce.
+    """
+
+    def __init__(self, app: str, source: str, *, value_type: Any = None,
+                 state_dir: str | Path | None = None,
+                 acks: Literal[0, 1, "all"] = "all") -> None:
+        for name in (app, source):
+            if not valid_topic_name(name):
+                raise PipelineError(f"{name!r} is not a valid name: [A-Za-z0-9._-]{{1,249}}")
+        self.app = app
+        self.source = source
+        self.value_type = value_type
+        self.state_dir = Path(state_dir or os.environ.get(STATE_DIR_ENV) or ".rail-streams")
+        self.acks = acks
+        self.outputs: set[str] = set()
+        self.stores: dict[str, Table] = {}
+        self.stream = Stream(self)
+
+    def decode(self, value: Any) -> Any:
+        return value if self.value_type is None else msgspec.convert(value, self.value_type)
+
+    def run_hosted(self, host: Hosted) -> int:
+        """The worker host's entry point: run until ``host.stopping``, then return 0."""
+        from runtime.streams.runner import Runner
+        return Runner(self, host).run()

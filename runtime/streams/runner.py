@@ -1,0 +1,126 @@
+"""The loop of one replica: join the group, keep a task per assigned partition, poll,
+process, commit.  Partitions move only between polls, when every task has committed, so a
+revoked task has nothing in flight."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from brokerd import protocol as p
+from runtime.connection import BrokerError, BrokerUnavailable, Connection
+from runtime.consumer import Consumer, Event
+from runtime.dlq import dlq_topic
+from runtime.streams.changelog import changelog_topic
+from runtime.streams.pipeline import Pipeline
+from runtime.streams.sender import Sender
+from runtime.streams.task import Task
+from runtime.worker import Hosted
+
+POLL_S = 0.2
+
+
+class Runner:
+    def __init__(self, pipeline: Pipeline, host: Hosted) -> None:
+        self.pipeline = pipeline
+        self.host = host
+        self.options = host.options
+        self.conn = Connection(self.options.broker)
+        self.sender = Sender(self.conn, pipeline.acks)
+        self.tasks: dict[int, Task] = {}
+        self.assigned: list[tuple[str, int]] | None = None
+        self.partitions: dict[str, int] = {}
+
+    def run(self) -> int:
+        host = self.host
+        try:
+            self._wait_for_broker()
+            if host.stopping:
+                return 0
+            consumer = Consumer(self.options.broker, group=self.pipeline.app,
+                                topics=[self.pipeline.source], member_id=self.options.member_id,
+                                start="earliest", client_id=self.options.name,
+                                session_timeout_ms=self.options.session_timeout_ms,
+                                on_assign=self._on_assign)
+            try:
+                host.state = "running"
+                host.log.info("streams app %s running as %s", self.pipeline.app,
+                              consumer.member_id)
+                while not host.stopping:
+                    self._cycle(consumer)
+            finally:
+                consumer.close()
+        finally:
+            for task in self.tasks.values():
+                task.close()
+            self.conn.close()
+        host.state = "stopped"
+        return 0
+
+    def _wait_for_broker(self) -> None:
+        """Create the topics (retrying while the broker is away, until stopped)."""
+        while not self.host.stopping:
+            try:
+                self._create_topics()
+                return
+            except BrokerUnavailable as exc:
+                self.host.log.warning("%s; retrying", exc)
+                time.sleep(1)
+
+    def _create_topics(self) -> None:
+        pl = self.pipeline
+        self.conn.call(p.CreateTopic(topic=pl.source, exist_ok=True))
+        count = len(self.conn.call(p.Metadata(topics=[pl.source])).topics[0].partitions)
+        self.conn.call(p.CreateTopic(topic=changelog_topic(pl.app), partitions=count,
+                                     config={"cleanup_policy": "compact"}, exist_ok=True))
+        for topic in sorted(pl.outputs | {dlq_topic(pl.source)}):
+            self.conn.call(p.CreateTopic(topic=topic, partitions=count, exist_ok=True))
+        for info in self.conn.call(p.Metadata(topics=sorted(pl.outputs |
+                                                             {dlq_topic(pl.source)}))).topics:
+            self.partitions[info.name] = len(info.partitions)
+
+    def _on_assign(self, assignment: list[tuple[str, int]]) -> None:
+        self.assigned = assignment  # taken up after the poll returns
+
+    def _cycle(self, consumer: Consumer) -> None:
+        host = self.host
+        host.idle = True
+        events = consumer.poll(POLL_S)
+        host.idle = False
+        if self.assigned is not None:
+            self._reassign(consumer, self.assigned)
+        by_partition: dict[int, list[Event]] = defaultdict(list)
+        for event in events:
+            by_partition[event.partition].append(event)
+        offsets = {}
+        for part, evs in by_partition.items():
+            task = self.tasks.get(part)
+            if task is None:
+                continue
+            host.current = (self.pipeline.source, part, evs[0].offset, time.monotonic())
+            before = task.offset
+            task.process(evs)
+            task.commit()
+            host.processed += task.offset - before
+            offsets[(self.pipeline.source, part)] = task.offset
+        host.current = None
+        if offsets:
+            try:
+                consumer.commit(offsets, sync=False)  # for lag only: tasks keep their own
+            except BrokerError as exc:
+                host.log.warning("group commit: %s", exc)
+
+    def _reassign(self, consumer: Consumer, assignment: list[tuple[str, int]]) -> None:
+        self.assigned = None
+        wanted = {part for topic, part in assignment if topic == self.pipeline.source}
+        for part in sorted(set(self.tasks) - wanted):
+            self.tasks.pop(part).close()
+        for part in sorted(wanted - set(self.tasks)):
+            task = Task(self.pipeline, part, self.conn, self.sender, self.partitions,
+                        self.pipeline.state_dir)
+            task.restore()
+            self.tasks[part] = task
+            self.host.log.info("%s[%d]: restored from %s, at offset %d", self.pipeline.source,
+                               part, task.restored_from, task.offset)
+        for part in sorted(wanted):
+            consumer.seek(self.pipeline.source, part, self.tasks[part].offset)

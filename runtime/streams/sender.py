@@ -1,0 +1,111 @@
+"""The deterministic sender: produce batches under producer ids derived from names.
+
+A task's outputs are numbered per (producer id, partition) by sequences the task stores
+with its state, so a batch sent again after a crash carries the same numbers and the
+broker drops it as a duplicate (docs/protocol.md §8).  Not thread-safe: one task loop owns it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from brokerd import protocol as p
+from runtime.connection import BrokerError, Connection
+from runtime.streams.errors import StreamsError
+
+_raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_encoder = msgspec.msgpack.Encoder()
+
+
+def producer_id(*names: str) -> int:
+    """A producer id (1 … 2⁶³−1) that is the same wherever and whenever ``names`` are."""
+    digest = hashlib.blake2b("\x00".join(names).encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") & (2**63 - 1)) or 1
+
+
+@dataclass
+class OutBatch:
+    """One produce request, numbered before it is sent, stored before it is sent.
+
+    ``records`` is the msgpack array of ``[value, key, headers, timestamp]`` records;
+    ``probe``: send it one record at a time until the broker stores one (see ``Sender``).
+    """
+
+    topic: str
+    partition: int
+    producer_id: int
+    sequence: int
+    count: int
+    records: bytes
+    probe: bool = False
+
+
+class Sender:
+    """Sends ``OutBatch``es in order and waits until the broker stored (or had) each.
+
+    A normal batch is one produce; the broker appends it or answers ``duplicate``.  A probe
+    batch holds records that may be partly stored already, under other batch boundaries
+    (a task restored from its changelog replays inputs its lost predecessor had already
+    turned into outputs): each record goes alone, and is either a duplicate or the next one
+    the broker expects; from the first one stored on, the rest go as one batch.
+    """
+
+    def __init__(self, conn: Connection, acks: Literal[0, 1, "all"] = "all") -> None:
+        self.conn = conn
+        self.acks = acks
+        self.duplicates = 0  # batches or probe records the broker already had
+
+    def send_all(self, batches: list[OutBatch]) -> list[OutBatch]:
+        """Send ``batches``; return those a probe found not stored before (now stored)."""
+        pending = []
+        settled: list[OutBatch] = []
+        for batch in batches:
+            if batch.probe:
+                self._wait(pending)
+                pending = []
+                if self._probe(batch):
+                    settled.append(batch)
+            else:
+                pending.append((batch, self._send(batch, batch.sequence, batch.records)))
+        self._wait(pending)
+        return settled
+
+    def _send(self, batch: OutBatch, sequence: int, records: bytes) -> int:
+        return self.conn.send(p.Produce(topic=batch.topic, partition=batch.partition,
+                                        records=msgspec.Raw(records), acks=self.acks,
+                                        producer_id=batch.producer_id, sequence=sequence))
+
+    def _wait(self, pending: list[tuple[OutBatch, int]]) -> None:
+        for batch, rid in pending:
+            self._reply(batch, rid)
+
+    def _reply(self, batch: OutBatch, rid: int) -> bool:
+        """Wait for the reply to ``rid``; True when the broker stored it just now."""
+        try:
+            reply = self.conn.wait(rid)
+        except BrokerError as exc:
+            if exc.code == "OUT_OF_ORDER_SEQUENCE":
+                raise StreamsError(
+                    f"{batch.topic}[{batch.partition}] refused sequence {batch.sequence} of "
+                    f"producer {batch.producer_id}: the broker lost records this task had "
+                    f"stored (or forgot the producer): {exc.message}") from exc
+            raise
+        if reply.duplicate:
+            self.duplicates += 1
+        return not reply.duplicate
+
+    def _probe(self, batch: OutBatch) -> bool:
+        records = _raw_list.decode(batch.records)
+        for i, record in enumerate(records):
+            one = b"\x91" + bytes(record)  # a msgpack array of one element
+            if self._reply(batch, self._send(batch, batch.sequence + i, one)):
+                rest = records[i + 1:]
+                if rest:
+                    self._reply(batch, self._send(batch, batch.sequence + i + 1,
+                                                  _encoder.encode(rest)))
+                return True
+        return False

@@ -1,0 +1,214 @@
+"""A task: one input partition of a pipeline, its stores, its outputs, its exact commits.
+
+The cycle (``process`` then ``commit``):
+
+1. process events from ``offset`` on, in order: stores change in their caches, outputs
+   queue up per output partition;
+2. number the outputs with this task's sequences and build the changelog batch (the dirty
+   keys, then the checkpoint); write store updates + checkpoint + those batches (the
+   outbox) to SQLite in one transaction;
+3. send the outbox: outputs first, the changelog batch last, and wait for every ack.
+
+A kill -9 before 2 ends loses nothing: the inputs come again from the stored offset.  After
+2, the outbox is sent again under the same sequences, and the broker drops what it has.
+Not thread-safe: the runner's thread owns its tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from brokerd.protocol import partition_for_key
+from runtime.connection import Connection
+from runtime.consumer import Event
+from runtime.dlq import dead_letter_headers, dlq_topic
+from runtime.streams import changelog
+from runtime.streams.checkpoint import Checkpoint
+from runtime.streams.errors import StreamsError
+from runtime.streams.localstore import LocalStore
+from runtime.streams.sender import OutBatch, Sender, producer_id
+from runtime.streams.state import StateStore
+
+if TYPE_CHECKING:
+    from runtime.streams.pipeline import Pipeline
+
+T = TypeVar("T")
+BATCH_RECORDS = 2000  # records per produce: far below max_batch_bytes for small values
+MAX_SEQUENCE = 2**31 - 1
+_encode = msgspec.msgpack.Encoder().encode
+log = logging.getLogger("rail.streams")
+
+
+class Task:
+    def __init__(self, pipeline: Pipeline, partition: int, conn: Connection, sender: Sender,
+                 partitions: dict[str, int], state_dir: Path) -> None:
+        self.pipeline = pipeline
+        self.partition = partition
+        self.conn = conn
+        self.sender = sender
+        self.partitions = partitions
+        self.changelog = changelog.changelog_topic(pipeline.app)
+        self.producer_id = producer_id(pipeline.app, pipeline.source, str(partition))
+        self.changelog_pid = producer_id(pipeline.app, self.changelog, str(partition))
+        self.disk = LocalStore(state_dir / pipeline.app / f"task-{partition}.sqlite")
+        self.stores: dict[str, StateStore] = {}
+        self._locals: dict[str, Any] = {}
+        self.out: dict[tuple[str, int], list[list[Any]]] = {}
+        self.seqs: dict[tuple[str, int], int] = {}
+        self.settled: set[tuple[str, int]] = set()
+        self.ck = Checkpoint()
+        self.processed_since_commit = 0
+        self.restored_from = ""  # "local", "changelog" or "nothing", for logs and tests
+
+    # -- state seen by operators ------------------------------------------------------
+    @property
+    def offset(self) -> int:
+        return self.ck.offset
+
+    @property
+    def stream_time(self) -> int:
+        return self.ck.stream_time
+
+    @property
+    def late(self) -> int:
+        return self.ck.late
+
+    @late.setter
+    def late(self, value: int) -> None:
+        self.ck.late = value
+
+    def store(self, name: str) -> StateStore:
+        store = self.stores.get(name)
+        if store is None:
+            store = self.stores[name] = StateStore(name, self.disk)
+        return store
+
+    def local(self, name: str, make: Callable[[], T]) -> T:
+        """Per-task operator state rebuilt from the stores (made on first use)."""
+        value = self._locals.get(name)
+        if value is None:
+            value = self._locals[name] = make()
+        return value
+
+    def emit(self, topic: str, key: Any, value: Any, ts: int,
+             headers: dict[str, Any] | None = None) -> None:
+        count = self.partitions[topic]
+        part = self.partition % count if key is None else partition_for_key(key, count)
+        self.out.setdefault((topic, part), []).append([value, key, headers, ts])
+
+    # -- restore ----------------------------------------------------------------------
+    def restore(self) -> None:
+        """Resume from the local file when the changelog agrees it is current, else from
+        the changelog; then send the outbox a crash left unsent."""
+        mine = self.disk.checkpoint()
+        last = changelog.last_checkpoint(self.conn, self.changelog, self.partition)
+        known = {(mine.commit, mine.incarnation)} if mine else set()
+        confirmed = self.disk.confirmed()
+        if confirmed:
+            known.add(confirmed)
+        if mine is not None and (last is None or (last.commit, last.incarnation) in known):
+            self._adopt(mine)
+            self.settled = {tuple(tp) for tp in mine.settled}  # type: ignore[misc]
+            self.restored_from = "local"
+            self._send(self.disk.outbox())
+            return
+        self.disk.reset()
+        if last is None:
+            self._adopt(Checkpoint(incarnation=secrets.token_hex(8), probing=True))
+            self.restored_from = "nothing"
+            return
+        got = changelog.read(self.conn, self.changelog, self.partition)
+        assert got.checkpoint is not None  # last_checkpoint found one
+        restored = got.checkpoint
+        self.disk.commit(restored, got.updates, [])
+        self.disk.confirm(restored.commit, restored.incarnation)
+        # Outputs past this checkpoint may be stored already (its writer died before its
+        # next changelog batch): probe every output partition until caught up.
+        restored.incarnation, restored.probing, restored.settled = secrets.token_hex(8), True, []
+        self._adopt(restored)
+        self.restored_from = "changelog"
+        log.info("%s[%d]: restored %d store records from %s up to commit %d", self.pipeline.app,
+                 self.partition, len(got.updates), self.changelog, restored.commit)
+
+    def _adopt(self, ck: Checkpoint) -> None:
+        self.ck = ck
+        self.seqs = {(t, part): seq for t, part, seq in ck.seqs}
+
+    # -- processing -------------------------------------------------------------------
+    def process(self, events: list[Event]) -> None:
+        """Run ``events`` through the pipeline, skipping any not at the next offset (a
+        delivery from before a seek, or again)."""
+        root, decode = self.pipeline.stream, self.pipeline.decode
+        for event in events:
+            if event.offset != self.ck.offset:
+                continue
+            try:
+                value = decode(event.value)
+                self.ck.stream_time = max(self.ck.stream_time, event.timestamp)
+                root.push(self, event.key, value, event.timestamp)
+            except Exception as exc:  # noqa: BLE001 - any failure of user code: dead letter
+                self.dead_letter(event, exc)
+            self.ck.offset += 1
+            self.processed_since_commit += 1
+
+    def dead_letter(self, event: Event, exc: Exception) -> None:
+        """Send ``event`` to the source's DLQ, numbered like any output (exact too)."""
+        self.ck.dead_letters += 1
+        self.emit(dlq_topic(event.topic), event.key, event.value, event.timestamp,
+                  dead_letter_headers(event, exc, 1))
+
+    # -- commit -----------------------------------------------------------------------
+    def commit(self) -> bool:
+        """Store and send what was processed since the last commit; False if nothing was."""
+        if not self.processed_since_commit:
+            return False
+        batches = self._number_outputs()
+        updates = [u for name in sorted(self.stores) for u in self.stores[name].take_updates()]
+        ck = self.ck
+        ck.commit += 1
+        ck.seqs = [(t, part, seq) for (t, part), seq in sorted(self.seqs.items())]
+        ck.settled = sorted(self.settled)
+        base = ck.changelog_seq
+        ck.changelog_seq = self._check_room(base, len(updates) + 1, self.changelog)
+        records, count = changelog.batch_records(updates, ck, max(ck.stream_time, 0))
+        batches.append(OutBatch(self.changelog, self.partition, self.changelog_pid, base,
+                                count, records))
+        self.disk.commit(ck, updates, batches)
+        self.processed_since_commit = 0
+        self._send(batches)
+        return True
+
+    def _number_outputs(self) -> list[OutBatch]:
+        batches = []
+        for (topic, part), records in sorted(self.out.items()):
+            probe = self.ck.probing and (topic, part) not in self.settled
+            for i in range(0, len(records), BATCH_RECORDS):
+                chunk = records[i:i + BATCH_RECORDS]
+                seq = self.seqs.get((topic, part), 0)
+                self.seqs[(topic, part)] = self._check_room(seq, len(chunk), topic)
+                batches.append(OutBatch(topic, part, self.producer_id, seq, len(chunk),
+                                        _encode(chunk), probe))
+        self.out.clear()
+        return batches
+
+    @staticmethod
+    def _check_room(seq: int, count: int, topic: str) -> int:
+        if seq + count > MAX_SEQUENCE:
+            raise StreamsError(f"sequence numbers of {topic} would pass 2^31-1: start the "
+                               "application under a new name")
+        return seq + count
+
+    def _send(self, batches: list[OutBatch]) -> None:
+        for batch in self.sender.send_all(batches):
+            self.settled.add((batch.topic, batch.partition))
+        if batches and batches[-1].topic == self.changelog:
+            self.disk.confirm(self.ck.commit, self.ck.incarnation)
+
+    def close(self) -> None:
+        self.disk.close()

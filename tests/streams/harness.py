@@ -1,0 +1,102 @@
+"""Running pipelines as real workers for the streams tests: scripts in temp files, started
+with ``python -m runtime.worker`` like the supervisor does, stopped or kill -9'd by pid."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from brokerd import protocol as p
+from runtime.connection import Connection
+from runtime.consumer import Event
+from runtime.dlq import read_all
+from runtime.producer import Producer
+from tests.helpers import ROOT, BrokerProcess, python_env, wait_for
+
+_serial = itertools.count()
+PRELUDE = "from runtime.streams import Pipeline, Tumbling, Hopping\n"
+
+
+class Replica:
+    """One worker process running ``script``, with its own state directory."""
+
+    def __init__(self, broker: BrokerProcess, script: Path, state_dir: Path, name: str,
+                 session_timeout_ms: int = 10_000) -> None:
+        self.log_path = state_dir.parent / f"{name}-{next(_serial)}.log"
+        env = {**python_env(), "RAIL_STREAMS_DIR": str(state_dir)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.worker", str(script), "--broker", broker.api,
+             "--group", "unused", "--topics", "unused", "--name", name, "--member-id", name,
+             "--session-timeout-ms", str(session_timeout_ms)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+            stderr=open(self.log_path, "a"))  # noqa: SIM115 - the child owns it
+
+    def kill9(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def wait_running(self, timeout: float = 20.0) -> None:
+        wait_for(lambda: "running as" in self.log() or self.proc.poll() is not None,
+                 timeout=timeout, what="the pipeline to run")
+
+    def stop(self) -> int:
+        """SIGTERM once it runs (before, the signal would find Python still starting)."""
+        self.wait_running()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def write_script(tmp: Path, body: str, name: str = "pipeline.py") -> Path:
+    path = tmp / name
+    path.write_text(PRELUDE + textwrap.dedent(body))
+    return path
+
+
+def produce(broker: BrokerProcess, topic: str, items: list[tuple[Any, Any, int]],
+            partitions: int) -> None:
+    """Send (key, value, timestamp) records and wait for every ack."""
+    with Producer(broker.api) as producer:
+        producer._call(p.CreateTopic(topic=topic, partitions=partitions, exist_ok=True))
+        for key, value, ts in items:
+            producer.send(topic, value, key=key, timestamp=ts)
+        producer.flush()
+
+
+def read(broker: BrokerProcess, topic: str) -> list[Event]:
+    conn = Connection(broker.api)
+    try:
+        return read_all(conn, topic)
+    finally:
+        conn.close()
+
+
+def lag(broker: BrokerProcess, group: str) -> int | None:
+    """The group's total lag, or None while some partition has no committed offset."""
+    conn = Connection(broker.api)
+    try:
+        reply = conn.call(p.DescribeGroup(group=group))
+    finally:
+        conn.close()
+    if not reply.partitions or any(gp.committed is None for gp in reply.partitions):
+        return None
+    return sum(gp.lag for gp in reply.partitions)
+
+
+def wait_caught_up(broker: BrokerProcess, group: str, timeout: float = 30.0) -> None:
+    wait_for(lambda: lag(broker, group) == 0, timeout=timeout, interval=0.05,
+             what=f"group {group} to catch up")
