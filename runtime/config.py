@@ -68,6 +68,7 @@ class RailConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     supervisor: SupervisorSection = msgspec.field(default_factory=SupervisorSection)
     topics: dict[str, TopicSection] = {}
     workers: dict[str, WorkerSpec] = {}
+    connectors: list[dict[str, Any]] = []  # Rail Connect: each becomes a worker (resolve)
 
 
 def load_config(path: str | Path | None) -> tuple[RailConfig, Path]:
@@ -124,6 +125,15 @@ def resolve(config: RailConfig, base: Path) -> RailConfig:
     for name, spec in config.workers.items():
         check_name(name)
         resolve_worker(name, spec, base)
+    # imported here: runtime.connect.settings imports this module
+    from runtime.connect.settings import connector_workers
+
+    for name, table in connector_workers(config.connectors).items():
+        check_name(name)
+        if name in config.workers:
+            raise ConfigError(f"connectors.{name}: a worker has this name too: rename one")
+        config.workers[name] = resolve_worker(
+            name, typed(table, WorkerSpec, "rail.toml", f"connectors.{name}."), base)
     return config
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,7 +27,7 @@ from runtime.connect.converters import Converter, converter
 from runtime.connect.errors import ConnectorConfigError
 from runtime.connect.transforms import apply_all, build
 
-ENV = "RAIL_CONNECTOR"  # the entry, as JSON, in the task's environment
+ENV = "RAIL_CONNECTOR_"  # + the connector's name: its entry, as JSON, in the environment
 TASK_SCRIPT = str(Path(__file__).resolve().parent / "task.py")
 GROUP_PREFIX = "connect-"
 CLASSES = {
@@ -57,7 +58,10 @@ class ConnectorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     acks: Literal[1, "all"] = 1
 
     def __post_init__(self) -> None:
-        self._converter = converter(self.converter)
+        try:
+            self._converter = converter(self.converter)
+        except ConnectorConfigError as exc:
+            raise ConnectorConfigError(f"connectors.{self.name}.converter: {exc}") from None
         self._transforms = build(self.transforms, f"connectors.{self.name}")
 
     @property
@@ -106,15 +110,41 @@ def parse(raw: dict[str, Any], where: str = "connectors") -> ConnectorSettings:
     """One entry, typed; ConnectorConfigError naming the key otherwise."""
     try:
         return msgspec.convert(raw, ConnectorSettings)
+    except ConnectorConfigError:
+        raise
     except msgspec.ValidationError as exc:
         name = raw.get("name", "?") if isinstance(raw, dict) else "?"
         raise ConnectorConfigError(f"{where}.{name}: {exc}") from None
 
 
-def worker_entry(settings: ConnectorSettings) -> dict[str, Any]:
-    """The ``[workers.<name>]`` table a connector runs as: a task script given the entry
-    in its environment, one replica per task."""
-    return {"script": TASK_SCRIPT, "topics": list(settings.topics), "group": settings.group,
-            "replicas": settings.tasks,
-            "env": {ENV: json.dumps(msgspec.to_builtins(settings))}}
+def env_name(name: str) -> str:
+    return ENV + name
 
+
+def worker_entry(settings: ConnectorSettings) -> dict[str, Any]:
+    """The ``[workers.<name>]`` table a connector runs as: the task script, one replica per
+    task, in group ``connect-<name>``."""
+    return {"script": TASK_SCRIPT, "topics": list(settings.topics), "group": settings.group,
+            "replicas": settings.tasks}
+
+
+def connector_workers(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """rail.toml's ``[[connectors]]`` as worker tables (for ``runtime.config``).
+
+    Each entry is also put, as JSON, in this process's environment under
+    ``RAIL_CONNECTOR_<name>``: the supervisor passes its environment to every child, so a
+    task finds its entry there without the supervisor knowing about connectors.
+    """
+    from runtime.config import ConfigError
+
+    workers: dict[str, dict[str, Any]] = {}
+    for raw in entries:
+        try:
+            settings = parse(raw)
+        except ConnectorConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        if settings.name in workers:
+            raise ConfigError(f"connectors.{settings.name}: two connectors have this name")
+        os.environ[env_name(settings.name)] = json.dumps(msgspec.to_builtins(settings))
+        workers[settings.name] = worker_entry(settings)
+    return workers

@@ -1,8 +1,8 @@
 """The worker script every connector task runs: ``python -m runtime.worker task.py ...``.
 
 The supervisor starts it like any worker (``[[connectors]]`` entries become worker entries,
-see ``settings.worker_entry``); the entry itself comes in the environment (``RAIL_CONNECTOR``,
-JSON).  The replica's index (the end of its member id, ``<name>-<index>``) is the task
+see ``settings.connector_workers``); the entry itself comes in the environment
+(``RAIL_CONNECTOR_<name>``, JSON).  The replica's index (the end of its member id, ``<name>-<index>``) is the task
 number.  Exit codes: 0 after SIGTERM, ``EXIT_CONFIG`` for an unusable entry (the supervisor
 does not restart it), 1 when the connector failed (it does, per its policy).
 """
@@ -13,7 +13,7 @@ import os
 
 from brokerd.protocol import EXIT_CONFIG
 from runtime.connect.errors import ConnectError, ConnectorConfigError
-from runtime.connect.settings import ENV, parse
+from runtime.connect.settings import env_name, parse
 from runtime.worker import Hosted
 
 
@@ -23,10 +23,10 @@ def task_number(member_id: str) -> int:
 
 
 def run_hosted(host: Hosted) -> int:
-    raw = os.environ.get(ENV)
+    raw = os.environ.get(env_name(host.options.name))
     if not raw:
         host.log.error("no connector entry in $%s: run connectors through rail.toml's "
-                       "[[connectors]]", ENV)
+                       "[[connectors]]", env_name(host.options.name))
         return EXIT_CONFIG
     import json
     try:

@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from brokerd import protocol as p
 from runtime.client import Event, events_of_fetch
-from runtime.connect.settings import ENV, TASK_SCRIPT, parse, worker_entry
+from runtime.connect.settings import TASK_SCRIPT, env_name, parse
 from runtime.connection import Connection
 from tests.helpers import ROOT, python_env
 
@@ -24,9 +26,8 @@ class Task:
     def __init__(self, entry: dict[str, Any], broker: str, log_path: Path, index: int = 0,
                  cwd: Path = ROOT) -> None:
         settings = parse(entry)
-        worker = worker_entry(settings)
         self.log_path = log_path
-        env = {**python_env(), ENV: worker["env"][ENV]}
+        env = {**python_env(), env_name(settings.name): json.dumps(msgspec.to_builtins(settings))}
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "runtime.worker", TASK_SCRIPT, "--broker", broker,
