@@ -20,6 +20,8 @@ from brokerd import protocol as p
 from runtime.config import (BROKER_NAME, DEFAULT_CONTROL, ConfigError, WorkerSpec, check_name,
                             typed)
 from runtime.registry import validate_script
+from runtime.security import control as security
+from runtime.security.keys import KeyConfigError
 
 if TYPE_CHECKING:
     from runtime.process import Replica, Watcher
@@ -97,10 +99,23 @@ class ControlServer:
     """The supervisor's end: bind, receive typed requests, send replies."""
 
     def __init__(self, endpoint: str, context: zmq.Context) -> None:
+        """Bind ``endpoint``: CURVE with admins only, or a local socket (runtime.security)."""
         self.endpoint = endpoint
+        try:
+            self.guard = security.ControlGuard.from_env()
+            if self.guard is None:
+                security.check_unauthenticated(endpoint)
+        except KeyConfigError as exc:
+            raise ConfigError(str(exc)) from None
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(endpoint)
+        try:
+            if self.guard is not None:
+                self.guard.serve(self.socket, context)
+            security.bind_private(self.socket, endpoint)
+        except zmq.ZMQError:
+            self.close()
+            raise
 
     def receive(self) -> tuple[list[bytes], Request | None, str]:
         """One request: (route, decoded request or None, decode error)."""
@@ -116,6 +131,8 @@ class ControlServer:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+        if self.guard is not None:
+            self.guard.stop()
 
 
 class ControlHandlers:
@@ -290,6 +307,7 @@ def call(endpoint: str, request: Request, timeout_s: float = 5.0) -> Any:
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
+        security.secure_client(sock)
         sock.connect(endpoint)
         sock.send(_encoder.encode(request))
         if not sock.poll(int(timeout_s * 1000)):
@@ -298,6 +316,8 @@ def call(endpoint: str, request: Request, timeout_s: float = 5.0) -> Any:
         reply = _replies.decode(sock.recv())
     except zmq.ZMQError as exc:
         raise ControlError(f"cannot reach {endpoint}: {exc}: check --control") from None
+    except KeyConfigError as exc:
+        raise ControlError(str(exc)) from None
     finally:
         sock.close(linger=0)
     if not reply.ok:
