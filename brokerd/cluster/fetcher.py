@@ -51,10 +51,12 @@ class Follow:
 
 class ReplicaFetcher:
     def __init__(self, broker_id: int, on_result: Callable[[tuple[Any, ...]], None],
-                 context: zmq.Context) -> None:
+                 context: zmq.Context,
+                 secure: Callable[[zmq.Socket], None] | None = None) -> None:
         self.broker_id = broker_id
         self.on_result = on_result
         self.context = context
+        self.secure = secure  # with CURVE on: a client with this broker's key (docs/security.md)
         self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="replica-fetcher", daemon=True)
         self._encode = msgspec.msgpack.Encoder().encode
@@ -100,6 +102,8 @@ class ReplicaFetcher:
                         if sock is None:
                             sock = sockets[f.endpoint] = self.context.socket(zmq.DEALER)
                             sock.setsockopt(zmq.LINGER, 0)
+                            if self.secure is not None:
+                                self.secure(sock)
                             sock.connect(f.endpoint)
                             poller.register(sock, zmq.POLLIN)
                         rid = next(ids)

@@ -69,7 +69,9 @@ class Cluster:
         os.set_blocking(self._notify_fd, False)
         self.store = ClusterStore(config.zookeeper, self.id, self._post,
                                   config.zookeeper_session_timeout_ms / 1000)
-        self.fetcher = ReplicaFetcher(self.id, self._post, broker.context)
+        security = broker.security
+        self.fetcher = ReplicaFetcher(self.id, self._post, broker.context,
+                                      security.connect_securely if security else None)
         self.replicas: dict[TP, Replica] = {}
         self.brokers: dict[int, BrokerRecord] = {}
         self.controller_id = -1
