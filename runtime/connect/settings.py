@@ -32,6 +32,7 @@ TASK_SCRIPT = str(Path(__file__).resolve().parent / "task.py")
 GROUP_PREFIX = "connect-"
 CLASSES = {
     "file": "runtime.connect.file_source:FileSource",
+    "http": "runtime.connect.http_source:HttpSource",
     "jsonl": "runtime.connect.jsonl_sink:JsonlSink",
     "sqlite": "runtime.connect.sql_sink:SqliteSink",
     "postgres": "runtime.connect.postgres_sink:PostgresSink",

@@ -32,6 +32,8 @@ def run_hosted(host: Hosted) -> int:
     try:
         settings = parse(json.loads(raw))
         connector = settings.build(task_number(host.options.member_id))
+        if hasattr(connector, "serve"):  # a source that runs its own server (http)
+            return int(connector.serve(host, settings))
         if settings.kind == "source":
             from runtime.connect.source_task import SourceTask
             return SourceTask(host, connector, settings).run()
