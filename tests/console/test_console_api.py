@@ -17,6 +17,7 @@ import pytest
 
 from brokerd import protocol as p
 from runtime.client import Producer
+from runtime.console import ConsoleConfigError, ConsoleThread, Settings
 from tests.console.browser import rail, start_console
 from tests.helpers import ROOT, BrokerProcess, free_port, python_env, start_broker
 
@@ -183,3 +184,18 @@ def test_a_console_bound_beyond_loopback_needs_a_token(broker: BrokerProcess,
         assert call(f"{url}/api/topics", headers={"Cookie": cookie})[0] == 200
     finally:
         proc.stop()
+
+
+def test_console_thread_serves_from_a_process_that_is_not_async(broker: BrokerProcess) -> None:
+    """How rail up can serve the console: on a thread of its own, stopped by stop()."""
+    thread = ConsoleThread(Settings(broker=broker.api, port=0))
+    address = thread.start()
+    try:
+        status, topics = call(f"http://{address}/api/topics")
+        assert status == 200 and "menu" in {t["name"] for t in topics["topics"]}
+    finally:
+        thread.stop()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{address}/api/info", timeout=2)
+    with pytest.raises(ConsoleConfigError):
+        ConsoleThread(Settings(broker=broker.api, host="0.0.0.0", port=0)).start()

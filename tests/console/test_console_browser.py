@@ -213,5 +213,26 @@ def test_a_dead_letter_replayed_from_the_page_reaches_the_worker(
     shot(browser, "dead-letters")
 
 
+def test_scale_and_restart_from_the_tree(rail_up: Rail, console: str, browser: Any) -> None:
+    open_page(browser, console, "/")
+
+    def oven(n: int) -> list[dict[str, str]] | None:
+        rows = [{"state": r.get_attribute("data-state"), "pid": r.get_attribute("data-pid")}
+                for r in css(browser, 'tr.replica[data-worker="oven"]')]
+        return rows if len(rows) == n and all(r["state"] == "running" for r in rows) else None
+    before = wait_until("oven running", lambda: oven(1))[0]["pid"]
+    wait_until("the + button", lambda: css(browser, 'button[data-scale="oven"][data-to="2"]'))[0].click()
+    two = wait_until("two oven replicas on the tree", lambda: oven(2))
+    assert before in {r["pid"] for r in two}
+    assert len(next(w for w in rail_up.status()["workers"] if w["name"] == "oven")["pids"]) == 2
+    wait_until("the - button", lambda: css(browser, 'button[data-scale="oven"][data-to="1"]'))[0].click()
+    wait_until("one oven replica again", lambda: oven(1))
+    pid = oven(1)[0]["pid"]
+    wait_until("restart", lambda: css(browser, 'button[data-restart="oven"]'))[0].click()
+    wait_until("the confirmation", lambda: css(browser, "#dialog-ok"))[0].click()
+    wait_until("oven restarted with a new pid", lambda: (rows := oven(1)) and
+               rows[0]["pid"] not in ("", pid))
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -2,7 +2,7 @@
    Every request goes to the console's own /api; nothing is loaded from elsewhere. */
 "use strict";
 const esc = escapeText;
-const state = {info: {read_only: true}, tree: null, overview: null, route: ""};
+const state = {info: {read_only: true}, tree: null, overview: null, route: "", timer: 0};
 const $ = sel => document.querySelector(sel);
 
 /* ---------- plumbing ---------- */
@@ -67,6 +67,8 @@ const fmtTime = ms => ms ? new Date(ms).toISOString().replace("T", " ").replace(
 const badge = s => `<span class="state s-${esc(s)}">${esc(s)}</span>`;
 const writable = () => !state.info.read_only;
 const enc = encodeURIComponent;
+const GROUP_REFRESH_MS = 5000;
+const TOPICS_PER_PAGE = 100;
 
 /* ---------- live updates ---------- */
 function connectLive() {
@@ -197,17 +199,24 @@ async function pageTopics(main) {
       <button id="create-topic">Create</button>` : ""}</div>
     <div id="topics-table"><p class="muted">loading…</p></div></section>`;
   const data = await api("/api/topics");
+  let first = 0;
   const draw = () => {
     const f = $("#topic-filter").value;
     const rows = data.topics.filter(t => t.name.includes(f));
-    $("#topics-table").innerHTML = `<table><tr><th>name</th><th>partitions</th><th>events</th><th>end offsets</th><th>size</th>${
-      data.clustered ? "<th>under-replicated</th>" : ""}</tr>${rows.slice(0, 2000).map(t => `
+    if (first >= rows.length) first = 0;
+    const shown = rows.slice(first, first + TOPICS_PER_PAGE);
+    $("#topics-table").innerHTML = `<div class="row"><span class="muted">${rows.length ? first + 1 : 0}–${first + shown.length} of ${rows.length}</span>
+      ${first > 0 ? '<button id="t-prev" class="small">← previous</button>' : ""}
+      ${first + TOPICS_PER_PAGE < rows.length ? '<button id="t-next" class="small">next →</button>' : ""}</div>
+      <table><tr><th>name</th><th>partitions</th><th>events</th><th>end offsets</th><th>size</th>${
+      data.clustered ? "<th>under-replicated</th>" : ""}</tr>${shown.map(t => `
       <tr class="topic-row" data-topic="${esc(t.name)}"><td><a href="#/topic/${enc(t.name)}">${esc(t.name)}</a></td>
       <td>${t.partitions}</td><td>${fmtNum(t.events)}</td><td>${t.end_offset}</td><td>${fmtBytes(t.size_bytes)}</td>
-      ${data.clustered ? `<td>${t.under_replicated}</td>` : ""}</tr>`).join("")}</table>
-      ${rows.length > 2000 ? `<p class="muted">${rows.length - 2000} more: filter by name</p>` : ""}`;
+      ${data.clustered ? `<td>${t.under_replicated}</td>` : ""}</tr>`).join("")}</table>`;
+    if ($("#t-prev")) $("#t-prev").onclick = () => { first -= TOPICS_PER_PAGE; draw(); };
+    if ($("#t-next")) $("#t-next").onclick = () => { first += TOPICS_PER_PAGE; draw(); };
   };
-  $("#topic-filter").oninput = draw;
+  $("#topic-filter").oninput = () => { first = 0; draw(); };
   draw();
   if (writable()) $("#create-topic").onclick = async () => {
     const name = $("#new-topic").value.trim(), parts = Number($("#new-partitions").value);
@@ -246,7 +255,7 @@ async function pageTopic(main, name) {
     $("#b-offset").hidden = $("#b-from").value !== "offset";
     $("#b-time").hidden = $("#b-from").value !== "timestamp";
   };
-  run("");
+  await run("");
 }
 
 function browserForm() {
@@ -311,6 +320,23 @@ async function pageGroup(main, name) {
       <input id="r-value" type="number" min="0" placeholder="offset or ms" class="narrow">
       <button class="danger">Reset</button></form>
       <p class="muted">Only a group without live members can be reset: scale its worker to 0 on the tree first.</p></section>` : ""}`;
+  const g = await drawGroup(name);
+  state.timer = setInterval(() => drawGroup(name).catch(e => toast(e.message, true)), GROUP_REFRESH_MS);
+  if (writable()) {
+    if (g.partitions.length) $("#r-topic").value = g.partitions[0].topic;
+    $("#reset").onsubmit = async ev => {
+      ev.preventDefault();
+      const topic = $("#r-topic").value, to = $("#r-to").value;
+      if (!await confirmDialog(`Move group ${name}'s committed offsets on ${topic} ${to}?`)) return;
+      const r = await act(`reset ${name} on ${topic}`, () => api(`/api/groups/${enc(name)}/reset`, {method: "POST",
+        body: {topic, to, value: Number($("#r-value").value || 0), partition: $("#r-partition").value}}));
+      if (r) drawGroup(name);
+    };
+  }
+}
+
+/* The group's members, partitions and lag chart (redrawn every GROUP_REFRESH_MS). */
+async function drawGroup(name) {
   const g = await api(`/api/groups/${enc(name)}`);
   $("#group").innerHTML = `<p>${badge(g.state)} generation ${g.generation} · lag ${fmtNum(g.lag)}</p>
     <h3>Members</h3>${g.members.length ? `<table><tr><th>member</th><th>client</th><th>assignment</th><th>last seen</th></tr>
@@ -321,17 +347,7 @@ async function pageGroup(main, name) {
       <td>${p.end_offset}</td><td>${p.lag}</td><td>${esc(p.owner ?? "-")}</td></tr>`).join("")}</table>`;
   const hist = g.lag_history;
   $("#lag-chart").innerHTML = lineChart(Object.entries(hist).map(([k, pts]) => ({name: k || "total", points: pts})), {height: 160});
-  if (writable()) {
-    if (g.partitions.length) $("#r-topic").value = g.partitions[0].topic;
-    $("#reset").onsubmit = async ev => {
-      ev.preventDefault();
-      const topic = $("#r-topic").value, to = $("#r-to").value;
-      if (!await confirmDialog(`Move group ${name}'s committed offsets on ${topic} ${to}?`)) return;
-      const r = await act(`reset ${name} on ${topic}`, () => api(`/api/groups/${enc(name)}/reset`, {method: "POST",
-        body: {topic, to, value: Number($("#r-value").value || 0), partition: $("#r-partition").value}}));
-      if (r) route();
-    };
-  }
+  return g;
 }
 
 /* ---------- dead letters ---------- */
@@ -385,6 +401,7 @@ const ROUTES = [
 
 async function route() {
   const hash = location.hash;
+  clearInterval(state.timer);  // a page's own refresh ends when another page opens
   for (const [re, nav, page] of ROUTES) {
     const m = hash.match(re);
     if (!m) continue;
