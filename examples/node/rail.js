@@ -7,6 +7,7 @@
 
 "use strict";
 
+const fs = require("fs");
 const zmq = require("zeromq");
 const { encode, decode } = require("@msgpack/msgpack");
 
@@ -36,13 +37,41 @@ class RailError extends Error {
   }
 }
 
+// CURVE (docs/security.md): with RAIL_CURVE_SERVER_KEY (the broker's public key, as its
+// 40 Z85 characters or its NAME.key file) and RAIL_CURVE_KEY_FILE (this client's
+// NAME.key_secret, written by `rail keys new NAME`), the socket encrypts and authenticates;
+// with neither it is plaintext; one without the other is an error, never plaintext.
+function readKeyFile(path) {
+  const text = fs.readFileSync(path, "utf8");
+  const pick = (name) => {
+    const m = text.match(new RegExp(`^\\s*${name}\\s*=\\s*"([^"]{40})"`, "m"));
+    return m ? m[1] : null;
+  };
+  return { publicKey: pick("public-key"), secretKey: pick("secret-key") };
+}
+
+function curveOptions(env = process.env) {
+  const server = env.RAIL_CURVE_SERVER_KEY || "";
+  const keyFile = env.RAIL_CURVE_KEY_FILE || "";
+  if (!server && !keyFile) return {};
+  if (!server || !keyFile) {
+    throw new Error("RAIL_CURVE_SERVER_KEY and RAIL_CURVE_KEY_FILE go together (docs/security.md)");
+  }
+  const serverKey = server.length === 40 && !fs.existsSync(server)
+    ? server : readKeyFile(server).publicKey;
+  const own = readKeyFile(keyFile);
+  if (!serverKey) throw new Error(`no public-key in ${server}`);
+  if (!own.secretKey) throw new Error(`no secret-key in ${keyFile}: give NAME.key_secret`);
+  return { curveServerKey: serverKey, curvePublicKey: own.publicKey, curveSecretKey: own.secretKey };
+}
+
 class RailClient {
   constructor(endpoint, { timeoutMs = 10000 } = {}) {
     this.endpoint = endpoint;
     this.timeoutMs = timeoutMs;
     // linger 0: requests still unsent at close are dropped; every request we care about
     // has been answered by then.
-    this.socket = new zmq.Dealer({ linger: 0 });
+    this.socket = new zmq.Dealer({ linger: 0, ...curveOptions() });
     this.socket.connect(endpoint);
     this.nextId = 1;
     this.pending = new Map(); // id -> {resolve, reject, timer}
