@@ -31,6 +31,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ap.add_argument("--token", default=os.environ.get("RAIL_CONSOLE_TOKEN", ""),
                     help="required from every client (open /?token=TOKEN once); needed when "
                     "--bind is beyond loopback (env RAIL_CONSOLE_TOKEN)")
+    ap.add_argument("--every", type=float, default=1.0, metavar="SECONDS",
+                    help="how often the console asks the supervisor for the tree (default "
+                    "%(default)s); the broker for the overview and lag history every other "
+                    "time")
     ap.set_defaults(run=cmd_console)
 
 
@@ -40,8 +44,13 @@ def cmd_console(args: argparse.Namespace) -> int:
     if not sep or not port.isdigit():
         print(f"rail console: --bind {args.bind!r}: write it as HOST:PORT", file=sys.stderr)
         return 2
+    if not 0.05 <= args.every <= 3600:
+        print(f"rail console: --every {args.every:g}: give 0.05 to 3600 seconds",
+              file=sys.stderr)
+        return 2
     settings = Settings(broker=args.broker, control=args.control, host=host.strip("[]"),
-                        port=int(port), read_only=args.read_only, token=args.token)
+                        port=int(port), read_only=args.read_only, token=args.token,
+                        every_s=args.every)
     try:
         print(f"rail console: http://{args.bind}/ (broker {args.broker}"
               + (f", supervisor {args.control}" if args.control else "")

@@ -19,7 +19,14 @@ from brokerd import protocol as p
 from runtime.client import Producer
 from runtime.console import ConsoleConfigError, ConsoleThread, Settings
 from tests.console.browser import rail, start_console
-from tests.helpers import ROOT, BrokerProcess, free_port, python_env, start_broker
+from tests.helpers import (
+    ROOT,
+    BrokerProcess,
+    free_port,
+    python_env,
+    start_broker,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +48,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
 
 @pytest.fixture(scope="module")
 def console(broker: BrokerProcess) -> Iterator[str]:
-    proc, url = start_console(broker.data_dir.parent, broker.api, "")
+    proc, url = start_console(broker.data_dir.parent, broker.api, "", "--every", "0.1")
     try:
         yield url
     finally:
@@ -152,6 +159,29 @@ def test_offsets_of_a_group_without_members_are_reset(broker: BrokerProcess,
     status, body = call(f"{console}/api/groups/tasters/reset", "POST",
                         {"topic": "menu", "to": "sideways"})
     assert status == 400 and "earliest" in body["error"]
+
+
+def test_lag_history_is_kept_from_the_consoles_own_scrapes(broker: BrokerProcess,
+                                                           console: str) -> None:
+    with Producer(broker.api) as producer:
+        producer._call(p.Commit(group="watchers", offsets=[("menu", 0, 0), ("menu", 1, 0)]))
+        backlog = sum(x.end_offset for x in producer._call(
+            p.Metadata(topics=["menu"])).topics[0].partitions)
+
+        def history() -> list[list[float]]:
+            return call(f"{console}/api/groups/watchers")[1]["lag_history"][""]
+        wait_for(lambda: any(lag == backlog for _, lag in history()), 10, 0.1,
+                 "the backlog in the lag history")
+        for i in range(50):
+            producer.send("menu", {"late": i}, partition=1)
+        producer.flush()
+    points = wait_for(lambda: (h := history()) and h[-1][1] == backlog + 50 and h, 10, 0.1,
+                      "the grown lag in the lag history")
+    lags = [lag for _, lag in points]
+    assert lags[0] == backlog and lags == sorted(lags)
+    assert [t for t, _ in points] == sorted(t for t, _ in points)
+    per_topic = call(f"{console}/api/groups/watchers")[1]["lag_history"]["menu"]
+    assert per_topic[-1][1] == backlog + 50
 
 
 def test_read_only_console_shows_but_refuses_every_change(broker: BrokerProcess,

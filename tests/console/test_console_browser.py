@@ -144,7 +144,8 @@ def test_every_page_loads_with_live_data(rail_up: Rail, console: str, browser: A
         open_page(browser, console, page)
         wait_until(f"{marker} on {page}", lambda m=marker: css(browser, m))
         assert not css(browser, "#page .error"), browser.find_element("id", "page").text
-        shot(browser, page.strip("/").replace("/", "-"))
+        if page in ("/topics", "/group/pizza"):
+            shot(browser, page.strip("/").split("/")[0])
 
 
 def test_tree_shows_a_worker_killed_with_kill_9_restarting_then_running(
