@@ -122,3 +122,47 @@ class Health:
             return (f"handle() busy for {self.busy_ms / 1000:.0f} s "
                     f"(handler_timeout_s={self.handler_timeout_s:g})")
         return None
+
+
+Key = tuple[str, int, int]  # topic, partition, offset
+MAX_SUSPECTS = 10_000  # crash counts kept per worker; the oldest go first
+
+
+class CrashLedger:
+    """Crash-correlated poison detection for one worker: how often a replica died while each
+    event was in a handler (from the host's flight record, runtime.worker.flight).
+
+    An event is due for quarantine after ``after`` crashes with the last one ALONE in flight:
+    a host runs a suspect (one crash or more) with nothing beside it, so when concurrency
+    put innocent events in flight beside a poisonous one, the innocents pass alone next time
+    and only the event that kills the host alone is quarantined.  ``after`` 0: never.
+    """
+
+    def __init__(self, after: int = 3, quarantined: set[Key] | None = None) -> None:
+        self.after = after
+        self.crashes: dict[Key, list[str]] = {}  # event -> why the host died, each time
+        self.quarantined: set[Key] = set(quarantined or ())
+
+    def record(self, busy: list[Key], reason: str) -> list[Key]:
+        """Count one crash (``reason``) with ``busy`` in handlers; return the events now due."""
+        alone = len(busy) == 1
+        due = []
+        for key in busy:
+            if key in self.quarantined:
+                continue
+            reasons = self.crashes.pop(key, [])  # re-inserted: the newest last
+            reasons.append(reason)
+            self.crashes[key] = reasons
+            if self.after and alone and len(reasons) >= self.after:
+                due.append(key)
+        while len(self.crashes) > MAX_SUSPECTS:
+            del self.crashes[next(iter(self.crashes))]
+        return due
+
+    def quarantine(self, key: Key) -> list[str]:
+        """``key`` is in the DLQ now: hosts skip it; return the reasons it was counted for."""
+        self.quarantined.add(key)
+        return self.crashes.pop(key, [])
+
+    def suspects(self) -> list[Key]:
+        return list(self.crashes)

@@ -13,14 +13,14 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import psutil
 
 from runtime.config import WorkerSpec
 from runtime.logfiles import PrefixedOutput
-from runtime.policy import Backoff, Health, Intensity, RestartPolicy
+from runtime.policy import Backoff, CrashLedger, Health, Intensity, RestartPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 PR_SET_PDEATHSIG = 1
@@ -48,14 +48,14 @@ class Child:
         if prefix:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                         process_group=0, preexec_fn=die_with(os.getpid()))
+                                         process_group=0, preexec_fn=die_with(os.getpid()))  # noqa: PLW1509 - prctl only
             assert self.proc.stdout is not None
             self.output = PrefixedOutput(self.proc.stdout, log_path, prefix)
         else:
             with open(log_path, "ab") as log:
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=log, env=env, cwd=cwd, process_group=0,
-                                             preexec_fn=die_with(os.getpid()))
+                                             preexec_fn=die_with(os.getpid()))  # noqa: PLW1509
         self.pid = self.proc.pid
         self.started_at = time.monotonic()
         self.cpu_percent = 0.0
@@ -120,12 +120,15 @@ class Watcher:
         self.failed_before = 0
         self.failed = ""  # why it was given up on; "" while supervised
         self.removing = False
+        self.crashes = CrashLedger(spec.quarantine_after)  # poison events (docs/workers.md)
+        self.quarantine_loaded = False  # the list on disk was read into ``crashes``
 
     def respec(self, spec: WorkerSpec) -> None:
         """New settings (rail reload): policy, intensity and backoff start afresh."""
         self.spec = spec
         self.policy = RestartPolicy(spec.policy)
         self.intensity = Intensity(spec.max_restarts, spec.within_s)
+        self.crashes.after = spec.quarantine_after
         self.failed = ""
         for replica in self.replicas.values():
             replica.backoff = self.backoff()

@@ -23,15 +23,19 @@ import zmq
 
 from brokerd import protocol as p
 from brokerd.protocol import EXIT_BIND, EXIT_CONFIG, EXIT_STORAGE
+from runtime.brokerchild import BrokerChild
+from runtime.client import Producer
 from runtime.config import RailConfig, WorkerSpec
 from runtime.connection import BrokerError, Connection
 from runtime.control import ControlHandlers, ControlServer, counted
+from runtime.dlq import dlq_topic, fetch_range, send_to_dlq
 from runtime.logfiles import LogRotation, PrefixedOutput
 from runtime.policy import Health
-from runtime.brokerchild import BrokerChild
 from runtime.process import Child, Replica, Watcher, child_env, describe_exit
-from runtime.registry import Baselines, Registry, baseline
+from runtime.registry import Baselines, Registry, baseline, replace_atomically
 from runtime.reload import Reloader, script_digest
+from runtime.worker.flight import read_flight
+from runtime.worker.quarantine import load as load_quarantine
 
 LOG = logging.getLogger("rail.supervisor")
 TICK_S = 1.0  # health checks, escalations and samples happen at most this often when idle
@@ -257,9 +261,9 @@ class Supervisor:
         has = (f"{names[0]} has" if len(names) == 1 else
                f"{', '.join(names[:-1])} and {names[-1]} have")
         in_all = "" if len(names) == 1 else " in all"
-        return [f"{counted(spec.replicas, 'replica')} but {has} "
-                f"{counted(partitions, 'partition')}{in_all}: {counted(idle, 'replica')} will "
-                "be idle"]
+        return [(f"{counted(spec.replicas, 'replica')} but {has} "
+                 f"{counted(partitions, 'partition')}{in_all}: {counted(idle, 'replica')} will "
+                 "be idle")]
 
     def topics_of(self, spec: WorkerSpec) -> list[p.TopicInfo] | None:
         """The worker's topics that exist, or None if the broker does not answer."""
@@ -308,6 +312,12 @@ class Supervisor:
     # -- workers ----------------------------------------------------------------------
     def start_watcher(self, watcher: Watcher) -> None:
         self.ensure_baseline(watcher)
+        if not watcher.quarantine_loaded:
+            watcher.quarantine_loaded = True
+            suspects, quarantined = load_quarantine(self.quarantine_path(watcher))
+            watcher.crashes.quarantined |= quarantined
+            for key in suspects:  # the counts are gone with the last supervisor: one each
+                watcher.crashes.record([key], "a crash before the supervisor restarted")
         for index in range(watcher.spec.replicas):
             replica = watcher.replicas.get(index) or watcher.new_replica(index)
             if replica.child is None:
@@ -319,7 +329,16 @@ class Supervisor:
                 "--broker", self.broker.endpoint, "--group", spec.group,
                 "--topics", ",".join(spec.topics), "--name", watcher.name,
                 "--member-id", replica.member_id, "--health", self.health_endpoint,
-                "--retries", str(spec.retries)]
+                "--retries", str(spec.retries), "--concurrency", str(spec.concurrency),
+                "--drain-timeout-s", str(spec.drain_timeout_s),
+                "--flight", str(self.flight_path(watcher, replica)),
+                "--quarantine", str(self.quarantine_path(watcher))]
+
+    def flight_path(self, watcher: Watcher, replica: Replica) -> Path:
+        return self.data_dir / "workers" / f"{watcher.name}.{replica.index}.flight"
+
+    def quarantine_path(self, watcher: Watcher) -> Path:
+        return self.data_dir / "workers" / f"{watcher.name}.quarantine.json"
 
     def spawn(self, watcher: Watcher, replica: Replica) -> None:
         env = child_env({"RAIL_BROKER": self.broker.endpoint, "RAIL_WORKER_NAME": watcher.name})
@@ -347,7 +366,16 @@ class Supervisor:
         replica.restart_at = None
         if replica.child is not None:
             replica.child.signal(signal.SIGTERM)
-            replica.kill_at = time.monotonic() + self.config.supervisor.grace_s
+            replica.kill_at = time.monotonic() + self.stop_wait_s(replica)
+
+    def stop_wait_s(self, replica: Replica) -> float:
+        """How long a SIGTERM'd replica gets before SIGKILL: grace_s, or, when it drains
+        concurrent handlers, their drain_timeout_s and a few seconds to commit and leave."""
+        grace = self.config.supervisor.grace_s
+        for watcher in self.watchers.values():
+            if watcher.replicas.get(replica.index) is replica and watcher.spec.concurrency > 1:
+                return max(grace, watcher.spec.drain_timeout_s + 5)
+        return grace
 
     def give_up(self, watcher: Watcher, why: str) -> None:
         watcher.failed = why
@@ -383,6 +411,8 @@ class Supervisor:
             watcher.failed_before += replica.health.failed
         LOG.log(logging.INFO if code == 0 else logging.WARNING, "%s.%d pid %d exited with %s",
                 watcher.name, replica.index, child.pid, describe_exit(code))
+        if code != 0 and not self.stopping and not replica.then:
+            self.note_crash(watcher, replica, describe_exit(code))
         if code != 0 and (self.broker.child is not None or self.broker.external):
             # crash-aware handover: its partitions move to the survivors now, not after the
             # session timeout
@@ -405,6 +435,49 @@ class Supervisor:
             watcher.restarts += 1
             replica.restarts += 1
             replica.restart_at = now + replica.backoff.next_delay(now)
+
+    def note_crash(self, watcher: Watcher, replica: Replica, reason: str) -> None:
+        """Count the crash against the events the replica's flight record shows in its
+        handlers; quarantine those due (runtime.policy.CrashLedger); tell the hosts."""
+        busy = read_flight(self.flight_path(watcher, replica))
+        if not busy or not watcher.crashes.after:
+            return
+        for key in watcher.crashes.record(busy, f"{watcher.name}.{replica.index} {reason}"):
+            self.quarantine(watcher, key)
+        body = msgspec.json.encode({"suspects": watcher.crashes.suspects(),
+                                    "quarantined": sorted(watcher.crashes.quarantined)})
+        try:
+            replace_atomically(self.quarantine_path(watcher), body)
+        except OSError as exc:
+            LOG.error("%s: cannot write %s: %s", watcher.name, self.quarantine_path(watcher), exc)
+
+    def quarantine(self, watcher: Watcher, key: tuple[str, int, int]) -> None:
+        """Put the event at ``key`` in its DLQ, acked, before the hosts are told to skip it;
+        if the broker does not take it now, the event stays a suspect (the next crash on it
+        tries again)."""
+        topic, partition, offset = key
+        reasons = watcher.crashes.crashes.get(key, [])
+        try:
+            events = fetch_range(self.conn(), topic, partition, offset, offset + 1)
+            if not events:
+                LOG.warning("%s: %s[%d]@%d crashed it %s but is gone from the log", watcher.name,
+                            topic, partition, offset, counted(len(reasons), "time"))
+            else:
+                producer = Producer(self.broker.endpoint)
+                try:
+                    send_to_dlq(producer, events[0], CrashedWorker(reasons), len(reasons))
+                    producer.flush(timeout_s=5.0)
+                finally:
+                    producer.close(timeout_s=1.0)
+        except BrokerError as exc:
+            self._drop_conn()
+            LOG.error("%s: cannot quarantine %s[%d]@%d now (%s): it stays a suspect",
+                      watcher.name, topic, partition, offset, exc)
+            return
+        watcher.crashes.quarantine(key)
+        LOG.error("%s: %s[%d]@%d quarantined to %s after %d crashes while handling it: %s",
+                  watcher.name, topic, partition, offset, dlq_topic(topic), len(reasons),
+                  "; ".join(reasons))
 
     def close_output(self, child: Child, last_word: str) -> None:
         """Relay what the child still had to say, then ``last_word`` (so that rail logs
@@ -544,6 +617,14 @@ class Supervisor:
         self.registry.put(name, spec)
         watcher = self.watchers[name] = Watcher(name, spec, registered=True)
         self.start_watcher(watcher)
+
+
+class CrashedWorker(Exception):
+    """Why a quarantined event is in the DLQ: the worker's processes died handling it."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__(f"the worker died {counted(len(reasons), 'time')} while handling this "
+                         f"event: {'; '.join(reasons)}")
 
 
 def copy_config(config: RailConfig) -> RailConfig:
