@@ -116,7 +116,12 @@ class Task:
             self._adopt(mine)
             self.settled = {tuple(tp) for tp in mine.settled}  # type: ignore[misc]
             self.restored_from = "local"
-            self._send(self.disk.outbox())
+            if confirmed != (mine.commit, mine.incarnation):  # killed before all was sent
+                before = self.sender.duplicates
+                self._send(self.disk.outbox())
+                log.info("%s[%d]: sent the outbox of commit %d again (%d duplicates dropped)",
+                         self.pipeline.source, self.partition, mine.commit,
+                         self.sender.duplicates - before)
             return
         self.disk.reset()
         if last is None:

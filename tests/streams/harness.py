@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from runtime.producer import Producer
 from tests.helpers import ROOT, BrokerProcess, python_env, wait_for
 
 _serial = itertools.count()
+CHUNK = 800  # events sent to each replica before its kill -9
 PRELUDE = "from runtime.streams import Pipeline, Tumbling, Hopping\n"
 
 
@@ -59,6 +62,28 @@ class Replica:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def run_and_kill(broker: BrokerProcess, script: Path, state: Path, name: str, group: str,
+                 items: list[tuple[Any, Any, int]], partitions: int, pause: float) -> bool:
+    """Start a replica, send ``items`` once it runs, kill -9 it ``pause`` s later; True if
+    the kill landed mid-stream (the group had not caught up)."""
+    produce(broker, "orders", [], partitions)  # before the pipeline creates it with 1
+    replica = Replica(broker, script, state, name)
+    try:
+        replica.wait_running()
+        produce(broker, "orders", items, partitions)
+        time.sleep(pause)
+        behind = lag(broker, group)
+    finally:
+        replica.kill9()
+    return behind is None or behind > 0
+
+
+def pause(rng: random.Random, i: int, total: int, mid_stream: int) -> float:
+    """How long a replica runs before its kill -9: random, but 0 for the last chunk if no
+    kill has landed mid-stream yet (so that every seed exercises a replay)."""
+    return 0.0 if i + CHUNK >= total and not mid_stream else rng.uniform(0.0, 0.3)
 
 
 def write_script(tmp: Path, body: str, name: str = "pipeline.py") -> Path:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import BrokerProcess
-from tests.streams.harness import Replica, produce, read, wait_caught_up, write_script
+from tests.streams.harness import (
+    CHUNK,
+    Replica,
+    pause,
+    read,
+    run_and_kill,
+    wait_caught_up,
+    write_script,
+)
 
 SEEDS = [int(s) for s in os.environ.get("RAIL_STREAMS_SEEDS", "1,2").split(",")]
 PARTITIONS = 3
@@ -57,14 +64,11 @@ def test_stateless_outputs_are_exact_after_kill_9_at_random_points(
     rng = random.Random(seed)
     script = write_script(tmp_path, PIPELINE)
     items = [(f"k{i % 13}", {"n": i}, 1_000 + i) for i in range(4000)]
-    chunks = [items[i:i + 800] for i in range(0, len(items), 800)]
-    for chunk in chunks:
-        produce(broker, "orders", chunk, PARTITIONS)
-        replica = Replica(broker, script, tmp_path / "state", "s-0")
-        try:
-            time.sleep(rng.uniform(0.3, 1.2))
-        finally:
-            replica.kill9()
+    mid_stream = 0
+    for i in range(0, len(items), CHUNK):
+        mid_stream += run_and_kill(broker, script, tmp_path / "state", "s-0", "stateless",
+                                   items[i:i + CHUNK], PARTITIONS, pause(rng, i, len(items), mid_stream))
+    assert mid_stream > 0, "no kill landed mid-stream: the test proves nothing"
     replica = Replica(broker, script, tmp_path / "state", "s-0")
     try:
         wait_caught_up(broker, "stateless")

@@ -1,0 +1,46 @@
+"""Reading a store from outside its pipeline: from the changelog, as of the last commit of
+each partition (what ``rail streams get`` and any worker use)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from brokerd import protocol as p
+from runtime.connection import Connection
+from runtime.streams import changelog
+from runtime.streams.errors import StreamsError
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def table(conn: Connection, app: str, store: str) -> dict[bytes, Any]:
+    """Every key of ``store`` (as msgpack bytes) with its value."""
+    topic = changelog.changelog_topic(app)
+    try:
+        infos = conn.call(p.Metadata(topics=[topic])).topics[0].partitions
+    except Exception as exc:
+        raise StreamsError(f"no changelog {topic!r}: has application {app!r} run on this "
+                           f"broker? ({exc})") from exc
+    values: dict[bytes, Any] = {}
+    for info in infos:
+        for name, key, value in changelog.read(conn, topic, info.partition).updates:
+            if name != store:
+                continue
+            if value is None:
+                values.pop(key, None)
+            else:
+                values[key] = msgspec.msgpack.decode(value)
+    return values
+
+
+def get(conn: Connection, app: str, store: str, key: Any) -> Any:
+    """The value of ``key`` in ``store`` of application ``app`` (None if absent); a window
+    store's key is ``[key, window start]``."""
+    return table(conn, app, store).get(_encode(key))
+
+
+def decoded(values: dict[bytes, Any]) -> list[tuple[Any, Any]]:
+    """``table``'s items with their keys decoded, in key-bytes order."""
+    return [(msgspec.msgpack.decode(k), v) for k, v in sorted(values.items())]
