@@ -1,0 +1,61 @@
+"""Graceful drain under ``rail up``: ``rail restart NAME`` lets the running handlers of a
+concurrent worker finish and commit before its process goes, and the other workers keep
+handling events meanwhile."""
+
+from __future__ import annotations
+
+import time
+
+from brokerd import protocol as p
+from runtime.client import Producer
+from runtime.connection import Connection
+from tests.helpers import wait_for
+from tests.integration.test_supervisor import APPENDER, Rail, rail  # noqa: F401
+
+SLOW = """
+import os, time
+def handle(event, ctx):
+    with open({out!r}, "a") as f:
+        f.write(f"start {{event.offset}}\\n")
+    time.sleep(2)
+    with open({out!r}, "a") as f:
+        f.write(f"end {{event.offset}} {{os.getpid()}}\\n")
+"""
+
+
+def test_rail_restart_drains_in_flight_events_and_never_stalls_other_workers(
+        rail: Rail) -> None:  # noqa: F811
+    slow_out = rail.folder / "slow.txt"
+    rail.script("slow.py", SLOW.format(out=str(slow_out)))
+    rail.script("fast.py", APPENDER.format(out=str(rail.out)))
+    rail.write_toml('[workers.slow]\nscript = "slow.py"\ntopics = ["jobs"]\nconcurrency = 4\n'
+                    'drain_timeout_s = 10\n'
+                    '[workers.fast]\nscript = "fast.py"\ntopics = ["orders"]\n',
+                    topics="[topics.orders]\npartitions = 1\n[topics.jobs]\npartitions = 1\n")
+    rail.up()
+    with Producer(rail.api) as producer:
+        for i in range(4):
+            producer.send("jobs", i, key=f"k{i}")
+    wait_for(lambda: slow_out.exists() and slow_out.read_text().count("start") == 4,
+             timeout=20, what="4 slow handlers running")
+    old_pid = rail.worker("slow")["pids"][0]
+    restarted = rail.rail("restart", "slow")
+    assert restarted.returncode == 0, restarted.stderr
+    rail.send(range(10))  # the fast worker handles these while slow drains
+    wait_for(lambda: sorted(rail.seen()) == list(range(10)), timeout=1.5,
+             what="the other worker to handle events during the drain")
+    assert "end" not in slow_out.read_text()  # the drain is still going on
+    wait_for(lambda: slow_out.read_text().count("end") == 4, timeout=10,
+             what="the 4 running events to finish")
+    ends = [line.split() for line in slow_out.read_text().splitlines() if line.startswith("end")]
+    assert {int(pid) for _, _, pid in ends} == {old_pid}  # finished by the draining process
+    wait_for(lambda: rail.running("slow", 1) and rail.worker("slow")["pids"][0] != old_pid,
+             timeout=20, what="slow restarted")
+    time.sleep(1)
+    conn = Connection(rail.api)
+    try:
+        group = conn.call(p.DescribeGroup(group="slow"))
+    finally:
+        conn.close()
+    assert {g.partition: g.committed for g in group.partitions} == {0: 4}
+    assert slow_out.read_text().count("start") == 4  # nothing handled twice
