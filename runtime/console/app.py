@@ -15,7 +15,7 @@ from aiohttp import web
 
 from runtime.connection import BrokerError, BrokerUnavailable
 from runtime.console import deadletters, groups, messages, supervision, topics
-from runtime.console.auth import check_bind, middleware
+from runtime.console.auth import ConsoleConfigError, check_bind, middleware
 from runtime.console.gateway import BrokerGateway
 from runtime.console.live import Hub, Scraper
 from runtime.control import ControlError
@@ -242,6 +242,9 @@ ROUTES = [
 def create_app(settings: Settings) -> web.Application:
     """The console as an aiohttp application; its scraper runs while the app does."""
     check_bind(settings.host, settings.token)
+    if not (STATIC / "index.html").exists():
+        raise ConsoleConfigError(f"the console's page is missing from this install ({STATIC}): "
+                                 "install Rail from its source tree (pip install -e .)")
     app = web.Application(middlewares=[middleware(settings.token, settings.read_only), errors])
     app[SETTINGS] = settings
     app[BROKER] = BrokerGateway(settings.broker)
