@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if config.curve_secret_key or config.acl:
         from brokerd.security import Security, SecurityError
         try:
-            security = Security.from_options(config.curve_secret_key, config.acl)
+            security = Security.from_options(config.curve_secret_key, config.acl,
+                                             config.auto_create_topics)
         except SecurityError as exc:
             print(f"brokerd: {exc}", file=sys.stderr)
             return EXIT_CONFIG

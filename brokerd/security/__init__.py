@@ -31,15 +31,17 @@ class SecurityError(ValueError):
 
 
 class Security:
-    def __init__(self, keys: KeyPair, acl_path: str) -> None:
+    def __init__(self, keys: KeyPair, acl_path: str, auto_create: bool = True) -> None:
         self.keys = keys
         self.acl_path = acl_path
+        self.auto_create = auto_create  # the broker's auto_create_topics (see checks.needs)
         self.acl = _load(acl_path)
         self.denials = Denials()
         self.gate: Gate | None = None
 
     @classmethod
-    def from_options(cls, secret_key_file: str, acl_file: str) -> Security | None:
+    def from_options(cls, secret_key_file: str, acl_file: str,
+                     auto_create: bool = True) -> Security | None:
         """None when both are empty; SecurityError when only one is given or either is bad."""
         if not secret_key_file and not acl_file:
             return None
@@ -55,7 +57,7 @@ class Security:
             raise SecurityError(str(exc)) from None
         if loose_permissions(secret_key_file):
             log.warning("%s may be read by other users: chmod 600 it", secret_key_file)
-        return cls(keys, acl_file)
+        return cls(keys, acl_file, auto_create)
 
     def start(self, context: zmq.Context, on_refused: Callable[[], None]) -> None:
         """Start answering handshakes (before any CURVE socket binds); ``on_refused``
@@ -102,7 +104,7 @@ class Security:
         principal = frame.get("User-Id")
         if principal == SELF:
             return
-        for op, kind, name in needs(request):
+        for op, kind, name in needs(request, self.auto_create):
             if not acl.allows(principal, op, kind, name):
                 raise self._denied(principal, request.__struct_config__.tag, op, kind, name)
 

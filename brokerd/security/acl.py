@@ -90,6 +90,8 @@ class Acl:
         return decided
 
     def _decide(self, principal: str, op: str, resource: str, name: str) -> bool:
+        if op == "describe":  # implied by read or write, as Kafka's Describe is
+            return any(self._decide(principal, o, resource, name) for o in ("read", "write"))
         allowed = False
         for who in (principal, "*"):
             for rule in self.rules.get(who, ()):

@@ -4,6 +4,11 @@ Kafka's mapping, cut to three operations: writing a topic needs ``write``; readi
 or acting as a member of a group, needs ``read``; changing what exists (topics,
 partitions, records, groups, replicas) needs ``admin`` on the cluster.  An op missing here
 needs cluster admin, so a new op is closed until someone decides what it needs.
+
+One exception: a ``create_topic`` with ``exist_ok`` and neither partitions nor config is
+what a producer sends to learn a topic's partitions, and does no more than the produce
+that follows would (auto-create it with the defaults); where the broker auto-creates
+topics, it needs what that produce needs: write on the topic.
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ def _produce_batches(r: Any) -> tuple[Need, ...]:
 
 
 def _metadata(r: Any) -> tuple[Need, ...]:
-    return NOTHING if r.topics is None else tuple(("read", "topic", t) for t in r.topics)
+    """Naming topics needs ``describe`` on each: read or write (Kafka's implied Describe),
+    so a producer may learn the partitions it writes to."""
+    return NOTHING if r.topics is None else tuple(("describe", "topic", t) for t in r.topics)
 
 
 NEEDS: dict[str, Callable[[Any], tuple[Need, ...]]] = {
@@ -63,7 +70,11 @@ NEEDS: dict[str, Callable[[Any], tuple[Need, ...]]] = {
 }
 
 
-def needs(request: Any) -> tuple[Need, ...]:
+def needs(request: Any, auto_create: bool = True) -> tuple[Need, ...]:
     """What ``request`` needs; cluster admin for anything not listed above."""
-    check = NEEDS.get(request.__struct_config__.tag)
+    tag = request.__struct_config__.tag
+    if (tag == "create_topic" and auto_create and request.exist_ok
+            and request.partitions is None and not request.config):
+        return (("write", "topic", request.topic),)
+    check = NEEDS.get(tag)
     return CLUSTER_ADMIN if check is None else check(request)

@@ -11,9 +11,11 @@ import pytest
 import zmq
 
 from brokerd import protocol as p
+from runtime.client import Producer
 from runtime.connection import BrokerError, Connection
 from tests.helpers import wait_for
 from tests.security.secure import (
+    client_env,
     client_keys,
     make_keys,
     rule,
@@ -103,6 +105,22 @@ def test_a_writer_of_t1_may_do_nothing_else_and_nothing_is_written(world: World)
     assert admin.call(p.ListGroups()).groups == []  # no commit stored, no member joined
     stats = admin.call(p.Stats()).stats["counts"]
     assert stats["error.NOT_AUTHORIZED"] == 8
+
+
+def test_the_python_producer_writes_what_its_principal_may_and_no_more(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in client_env(world.keys["broker"], world.keys["writer"]).items():
+        monkeypatch.setenv(name, value)
+    with Producer(world.broker.api) as producer:  # looks t1 up, auto-creating it
+        producer.send("orders.eu", b"one")
+        producer.send("t1", b"two")
+        producer.flush()
+        with pytest.raises(BrokerError, match="NOT_AUTHORIZED"):
+            producer.send("t2", b"three")
+            producer.flush()
+    admin = world.connect("admin")
+    assert end_offset(admin, "t1") == 1 and end_offset(admin, "orders.eu") == 1
+    assert "t2" not in [t.name for t in admin.call(p.Metadata()).topics]
 
 
 def test_a_prefix_rule_covers_orders_eu_but_not_ordersx(world: World) -> None:

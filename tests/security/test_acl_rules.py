@@ -41,6 +41,8 @@ ops = ["read"]
     assert acl.allows("a", "write", "topic", "orders.eu")
     assert not acl.allows("a", "write", "topic", "ordersx")
     assert not acl.allows("a", "read", "topic", "orders.eu")  # the op must match too
+    assert acl.allows("a", "describe", "topic", "orders.eu")  # write implies describe
+    assert not acl.allows("a", "describe", "topic", "ordersx")
     assert acl.allows("a", "read", "group", "g1")
     assert not acl.allows("a", "read", "group", "g10")  # literal: not a prefix
     assert not acl.allows("b", "write", "topic", "orders.eu")  # another principal
@@ -101,6 +103,11 @@ def test_each_op_needs_what_the_issue_lists() -> None:
                                  leader_epoch=0)):
         assert needs(admin) == (("admin", "cluster", ""),)
     assert needs(p.Ping()) == ()
+    lookup = p.CreateTopic(topic="t", exist_ok=True)  # a producer learning the partitions
+    assert needs(lookup) == (("write", "topic", "t"),)
+    assert needs(lookup, auto_create=False) == (("admin", "cluster", ""),)
+    assert needs(p.CreateTopic(topic="t", exist_ok=True, partitions=4)) == (
+        ("admin", "cluster", ""),)
 
 
 def test_a_denial_is_logged_once_a_minute_per_principal_op_and_resource() -> None:
