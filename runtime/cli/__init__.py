@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _layer_modules() -> list:
     modules = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
+        if info.name.startswith("_"):  # __main__ runs rail itself when imported
+            continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         if callable(getattr(module, "add_commands", None)):
             modules.append(module)
