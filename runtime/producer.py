@@ -1,10 +1,16 @@
 """The batching, pipelined, idempotent producer: see ``runtime.client``.
 
 A partition's batches reach the broker in sequence order: at most ``max_in_flight`` (16)
-of a partition and MAX_REQUESTS (500) of all partitions are in flight, so ZeroMQ's queues
-never refuse a request or drop a reply; a batch that could not be queued holds back the
-later ones of its partition; a partition's first batch goes alone until acknowledged; an
+of a partition and MAX_REQUESTS (500) requests are in flight, so ZeroMQ's queues never
+refuse a request or drop a reply; a batch that could not be queued holds back the later
+ones of its partition; a partition's first batch goes alone until acknowledged; an
 OUT_OF_ORDER_SEQUENCE resends the partition's unacked batches in order, at once.
+
+Batches that are ready together (a linger round, a flush, the batches a first
+acknowledgement released) travel together: one ``produce_batches`` request carries up to
+MAX_BATCHES of them, each acknowledged, refused or retried on its own.  With keys spread
+over 1,000 partitions a batch holds a few records, and a request per batch would cost the
+broker more than the records.
 
 Used from one thread at a time; its own lock guards it against its linger thread.
 """
@@ -34,6 +40,10 @@ WINDOW = p.IDEMPOTENCE_WINDOW  # batches per partition the broker recognises ret
 # DEALER refuses a send (a hole in its partition's sequence) and the broker's ROUTER drops
 # a reply (a wait for the request timeout).  Resends may leave old copies queued: half.
 MAX_REQUESTS = 500
+MAX_BATCHES = 1024  # batches in one produce_batches request
+LINGER_REQUESTS = 4  # a linger round ships only while fewer requests than this are unanswered
+# A request body over this is split in two (the broker's default max_request_bytes is 16 MiB).
+SPLIT_BYTES = p.MAX_REQUEST_BYTES // 2
 Callback = Callable[[int, int, "BrokerError | None"], None]
 RECHECK_S = 0.1  # a wait for acks looks this often whether the connection came back
 
@@ -51,6 +61,16 @@ class _Batch:
     first_sent_at: float = 0.0
     sent_at: float = 0.0
     attempts: int = 0
+    in_flight: bool = False  # sent as part of request ``request_id``, not yet answered
+
+
+@dataclass
+class _Request:
+    """One request in flight: its batches, and how many of them still wait for its reply
+    (a batch resent in a later request no longer does)."""
+
+    batches: list[_Batch]
+    live: int
 
 
 class Producer:
@@ -76,7 +96,7 @@ class Producer:
         self._callbacks: dict[tuple[str, int], list[Callback]] = {}
         self._sequences: dict[tuple[str, int], int] = {}
         self._sticky: dict[str, int] = {}
-        self._in_flight: dict[int, _Batch] = {}
+        self._in_flight: dict[int, _Request] = {}
         self._unacked: dict[tuple[str, int], deque[_Batch]] = {}
         # Partitions whose unacked batches, from one on, could not be queued (ZeroMQ's queue
         # was full): none is sent before that one; _retry_stale sends them (_send_waiting).
@@ -161,11 +181,25 @@ class Producer:
         return sticky
 
     def _ship(self, tp: tuple[str, int]) -> None:
-        """Turn the buffer of ``tp`` into an in-flight batch (lock held)."""
+        """Turn the buffer of ``tp`` into a batch and send it (lock held)."""
+        batch = self._form(tp)
+        if batch is not None:
+            self._send_batches([batch])
+
+    def _ship_all(self, tps: list[tuple[str, int]]) -> None:
+        """Turn the buffers of ``tps`` into batches and send them together (lock held)."""
+        formed = [batch for tp in tps if (batch := self._form(tp)) is not None]
+        # A wait in _form may have sent some already (_send_waiting): never twice.
+        self._send_batches([batch for batch in formed
+                            if not batch.attempts and (batch.topic, batch.partition) not in self._held])
+
+    def _form(self, tp: tuple[str, int]) -> _Batch | None:
+        """Turn the buffer of ``tp`` into a numbered, unacked batch; return it if it may be
+        sent now (lock held)."""
         records = self._buffers.pop(tp, None)
         self._buffer_since.pop(tp, None)
         if not records:
-            return
+            return None
         if tp[0] in self._sticky and self._partitions.get(tp[0], 1) > 1:
             self._sticky[tp[0]] = (tp[1] + 1) % self._partitions[tp[0]]
         callbacks = self._callbacks.pop(tp, [])
@@ -185,15 +219,14 @@ class Producer:
         batch = _Batch(tp[0], tp[1], records, seq if self.producer_id else -1, callbacks,
                        self._ids.get(tp, self.producer_id))
         if self.acks == 0:
-            if not self._transmit(batch, block=True):
+            if not self._transmit([batch], block=True):
                 self._report(batch, BrokerUnavailable(self.conn.endpoint, self.request_timeout_s))
-            return
+            return None
         queue = self._unacked.setdefault(tp, deque())
         queue.append(batch)
         if tp in self._held or self._waits(queue, batch):
-            return  # sent in its turn (_send_waiting)
-        if not self._transmit(batch):
-            self._held.add(tp)
+            return None  # sent in its turn (_send_waiting)
+        return batch
 
     @staticmethod
     def _waits(queue: deque[_Batch], batch: _Batch) -> bool:
@@ -204,23 +237,73 @@ class Producer:
         duplicate: acknowledged, never stored."""
         return queue[0].sequence == 0 and queue[0] is not batch
 
-    def _transmit(self, batch: _Batch, block: bool = False) -> bool:
-        """Queue ``batch`` for the broker; False if ZeroMQ's queue is full (the broker has
-        been away long), at once or, with ``block``, after the request timeout."""
-        batch.request_id = self.conn.next_id()
-        batch.sent_at = time.monotonic()
-        if not batch.first_sent_at:  # the delivery timeout runs from the first try
-            batch.first_sent_at = batch.sent_at
-        if not self.conn.send_raw(_encode({
-            "op": "produce", "id": batch.request_id, "topic": batch.topic,
-            "partition": batch.partition, "records": batch.records, "acks": self.acks,
-            "producer_id": batch.producer_id, "sequence": batch.sequence,
-        }), block):
+    def _send_batches(self, batches: list[_Batch]) -> None:
+        """Send ``batches`` (a partition's in sequence order) in as few requests as may be.
+        A batch that cannot be queued holds back its partition: it and the partition's
+        later batches wait (_held)."""
+        held: set[tuple[str, int]] = set()
+        for start in range(0, len(batches), MAX_BATCHES):
+            chunk = [b for b in batches[start:start + MAX_BATCHES]
+                     if (b.topic, b.partition) not in held]
+            if chunk and not self._transmit(chunk):
+                held.update((b.topic, b.partition) for b in chunk)
+        self._held |= held
+
+    def _transmit(self, batches: list[_Batch], block: bool = False) -> bool:
+        """Queue one request carrying ``batches`` for the broker; False if ZeroMQ's queue
+        is full (the broker has been away long), at once or, with ``block``, after the
+        request timeout."""
+        request_id = self.conn.next_id()
+        if len(batches) == 1:
+            b = batches[0]
+            body = _encode({
+                "op": "produce", "id": request_id, "topic": b.topic, "partition": b.partition,
+                "records": b.records, "acks": self.acks, "producer_id": b.producer_id,
+                "sequence": b.sequence})
+        else:
+            pid = batches[0].producer_id
+            if any(b.producer_id != pid for b in batches):  # one id per request: split
+                same = [b for b in batches if b.producer_id == pid]
+                rest = [b for b in batches if b.producer_id != pid]
+                return self._transmit(same, block) and self._transmit(rest, block)
+            body = _encode({
+                "op": "produce_batches", "id": request_id, "acks": self.acks,
+                "producer_id": pid,
+                "batches": [(b.topic, b.partition, b.sequence, b.records) for b in batches]})
+            if len(body) > SPLIT_BYTES:
+                half = len(batches) // 2
+                return self._transmit(batches[:half], block) and self._transmit(batches[half:], block)
+        now = time.monotonic()
+        for b in batches:
+            if not b.first_sent_at:  # the delivery timeout runs from the first try
+                b.first_sent_at = now
+        if not self.conn.send_raw(body, block):
             return False
-        batch.attempts += 1
+        for b in batches:
+            b.request_id, b.sent_at = request_id, now
+            b.attempts += 1
+            b.in_flight = self.acks != 0
         if self.acks != 0:
-            self._in_flight[batch.request_id] = batch
+            self._in_flight[request_id] = _Request(batches, len(batches))
         return True
+
+    def _land(self, batch: _Batch) -> None:
+        """``batch`` no longer waits for the reply of the request it was last sent in; a
+        request none of whose batches waits is forgotten (its late reply is dropped)."""
+        if not batch.in_flight:
+            return
+        batch.in_flight = False
+        request = self._in_flight.get(batch.request_id)
+        if request is not None:
+            request.live -= 1
+            if request.live <= 0:
+                del self._in_flight[batch.request_id]
+                self.conn.unwatched(batch.request_id)
+
+    def _flying(self) -> list[_Batch]:
+        """The batches waiting for a reply."""
+        return [b for rid, request in self._in_flight.items() for b in request.batches
+                if b.in_flight and b.request_id == rid]
 
     # -- acknowledgements -------------------------------------------------------------
     def _collect(self) -> None:
@@ -239,26 +322,44 @@ class Producer:
         return True
 
     def _take(self, request_id: int, body: bytes) -> None:
-        batch = self._in_flight.pop(request_id, None)
-        if batch is None:
+        request = self._in_flight.pop(request_id, None)
+        if request is None:
             self.conn.keep(request_id, body)
             return
         reply = _decode_reply(body)
-        if isinstance(reply, p.ErrorReply):
-            self._failed(batch, BrokerError(reply.code, reply.message))
-        else:
-            self._acked(batch, cast(p.ProduceReply, reply))
+        released: list[tuple[str, int]] = []  # partitions whose first batch was acked
+        for i, batch in enumerate(request.batches):
+            # One resent meanwhile (a later request carries it) is not answered by this one.
+            if not (batch.in_flight and batch.request_id == request_id):
+                continue
+            batch.in_flight = False
+            if isinstance(reply, p.ErrorReply):
+                self._failed(batch, BrokerError(reply.code, reply.message))
+            elif isinstance(reply, p.ProduceBatchesReply):
+                result = reply.results[i]
+                if result.error:
+                    self._failed(batch, BrokerError(result.error, result.message))
+                elif self._acked(batch, result.base_offset):
+                    released.append((batch.topic, batch.partition))
+            else:
+                offsets = cast(p.ProduceReply, reply).offsets
+                if self._acked(batch, offsets[0][1] if offsets else -1):
+                    released.append((batch.topic, batch.partition))
+        if released:
+            self._send_waiting(*released)
 
-    def _acked(self, batch: _Batch, reply: p.ProduceReply) -> None:
+    def _acked(self, batch: _Batch, base: int) -> bool:
+        """Report ``batch`` stored at ``base``; True if later batches of its partition
+        waited for it (_waits) and may go now."""
         tp = (batch.topic, batch.partition)
         queue = self._unacked.get(tp)
+        released = False
         if queue and batch in queue:
             queue.remove(batch)
-            if batch.sequence == 0 and queue:
-                self._send_waiting(tp)
-        base = reply.offsets[0][1] if reply.offsets else -1
+            released = batch.sequence == 0 and bool(queue)
         for i, callback in enumerate(batch.callbacks):
             callback(batch.partition, base + i if base >= 0 else -1, None)
+        return released
 
     def _failed(self, batch: _Batch, error: BrokerError) -> None:
         tp = (batch.topic, batch.partition)
@@ -287,25 +388,25 @@ class Producer:
         """Resend every unacked batch of ``tp`` in order, at once (the broker drops
         duplicates)."""
         for batch in self._unacked.get(tp, ()):
-            if self._in_flight.pop(batch.request_id, None) is not None:
-                self.conn.unwatched(batch.request_id)  # its late reply is dropped on arrival
+            self._land(batch)
         self._send_waiting(tp)
 
-    def _send_waiting(self, tp: tuple[str, int]) -> None:
-        """Send, in order, the unacked batches of ``tp`` not in flight: the ones that could
+    def _send_waiting(self, *tps: tuple[str, int]) -> None:
+        """Send, in order, the unacked batches of ``tps`` not in flight: the ones that could
         not be queued and the ones that waited (_waits).  The ones in flight are queued
         ahead of them and are not sent again.  If one cannot be queued, it and the ones
         after it wait (_held)."""
-        self._held.discard(tp)
-        queue = self._unacked.get(tp, deque())
-        for batch in queue:
-            if self._in_flight.get(batch.request_id) is batch:
-                continue
-            if self._waits(queue, batch):
-                return
-            if not self._transmit(batch):
-                self._held.add(tp)
-                return
+        out: list[_Batch] = []
+        for tp in tps:
+            self._held.discard(tp)
+            queue = self._unacked.get(tp, deque())
+            for batch in queue:
+                if batch.in_flight:
+                    continue
+                if self._waits(queue, batch):
+                    break
+                out.append(batch)
+        self._send_batches(out)
 
     def _renumber(self, tp: tuple[str, int]) -> None:
         """The broker refused the first unacked batch of ``tp`` as out of order: it lost
@@ -326,12 +427,13 @@ class Producer:
         or lost its reply; one it did store is recognised by its sequence number)."""
         now = time.monotonic()
         back = self.conn.came_back()
-        expired = {(b.topic, b.partition) for b in self._in_flight.values()
+        flying = self._flying()
+        expired = {(b.topic, b.partition) for b in flying
                    if now - b.first_sent_at > self.delivery_timeout_s}
         for tp in expired | {tp for tp in self._held
                              if now - self._unacked[tp][0].first_sent_at > self.delivery_timeout_s}:
             self._expire(tp)
-        stale = {(b.topic, b.partition) for b in self._in_flight.values()
+        stale = {(b.topic, b.partition) for b in flying
                  if back or now - b.sent_at > self.request_timeout_s}
         held = self._held - stale
         for tp in stale:
@@ -352,8 +454,7 @@ class Producer:
                             "the batch may or may not be stored")
         self._held.discard(tp)
         for batch in self._unacked.pop(tp, deque()):
-            if self._in_flight.pop(batch.request_id, None) is not None:
-                self.conn.unwatched(batch.request_id)
+            self._land(batch)
             self._report(batch, error)
         if self.producer_id:
             self._ids[tp] = random.getrandbits(62) + 1
@@ -371,9 +472,13 @@ class Producer:
                 if self._closed:
                     return
                 now = time.monotonic()
-                for tp, since in list(self._buffer_since.items()):
-                    if now - since >= self.linger_s:
-                        self._ship(tp)
+                self._collect()
+                # While LINGER_REQUESTS requests are unanswered the broker is the bottleneck:
+                # let the batches grow instead of queueing more small ones behind them (as
+                # Kafka's max.in.flight does).  A full batch ships from send() regardless.
+                if len(self._in_flight) < LINGER_REQUESTS:
+                    self._ship_all([tp for tp, since in self._buffer_since.items()
+                                    if now - since >= self.linger_s])
                 self._collect()
                 self._retry_stale()
                 if not self._buffers and not self._in_flight and not self._held:
@@ -383,8 +488,7 @@ class Producer:
         """Send everything queued and wait until the broker acknowledged it all."""
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.delivery_timeout_s)
         with self._lock:
-            for tp in list(self._buffers):
-                self._ship(tp)
+            self._ship_all(list(self._buffers))
             while self._in_flight or self._held:
                 if time.monotonic() > deadline:
                     raise BrokerUnavailable(self.conn.endpoint, timeout_s or self.delivery_timeout_s)

@@ -4,9 +4,13 @@ partition would be."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import msgspec
 
-from tests.helpers import BrokerProcess, start_broker
+from runtime.client import BrokerError, Producer
+from tests.helpers import BrokerProcess, free_port, start_broker, wait_for
 from tests.integration.wire import RawClient, read_partition
 
 PID = 77
@@ -76,3 +80,56 @@ def test_an_fsync_always_topic_answers_after_the_fsync_and_keeps_the_batches(tmp
             assert [stored(client, "d", i) for i in range(4)] == [[f"v{i}"] for i in range(4)]
     finally:
         broker.stop()
+
+
+def test_keyed_sends_over_many_partitions_survive_a_kill_9_once_each(tmp_path) -> None:
+    """The producer's shared requests (produce_batches) after a kill -9 of the broker: every
+    event is stored exactly once, in each partition in the order it was sent."""
+    data = tmp_path / "data"
+    api_port, ingest_port = free_port(), free_port()
+    broker = start_broker(data, api_port=api_port, ingest_port=ingest_port)
+    producer = Producer(broker.api, request_timeout_s=60)
+    sent = 0
+    stop = threading.Event()
+
+    def send_steadily() -> None:
+        nonlocal sent
+        while not stop.is_set():
+            producer.send("wide", sent, key=f"key-{sent % 997}")
+            sent += 1
+
+    sender = threading.Thread(target=send_steadily, daemon=True)
+    try:
+        with RawClient(broker.api) as raw:
+            raw.ok("create_topic", topic="wide", partitions=300)
+        sender.start()
+        wait_for(lambda: sent >= 20_000, 60, what="20,000 sends")
+        broker.kill9()
+        broker = start_broker(data, api_port=api_port, ingest_port=ingest_port)
+        wait_for(lambda: sent >= 40_000 or not sender.is_alive(), 60, what="sends after the restart")
+        stop.set()
+        sender.join(timeout=30)
+        producer.flush(timeout_s=60)
+        assert not producer.errors
+        values: list[int] = []
+        with RawClient(broker.api) as raw:
+            for partition in range(300):
+                stored_here = [record[0] for _, record in read_partition(raw, "wide", partition)]
+                assert stored_here == sorted(stored_here), f"partition {partition} out of order"
+                values.extend(stored_here)
+        assert sorted(values) == list(range(sent)), "an event lost or stored twice"
+        # A batch per request would carry a few events (300 partitions, 5 ms of sends).
+        ratio = events_per_request(broker)
+        assert ratio >= 20, f"the batches did not share requests ({ratio:.1f} events a request)"
+    finally:
+        stop.set()
+        with contextlib.suppress(BrokerError):
+            producer.close(timeout_s=1)
+        broker.stop()
+
+
+def events_per_request(broker: BrokerProcess) -> float:
+    """Over the broker's life, records appended per request it was sent."""
+    with RawClient(broker.api) as raw:
+        stats = raw.ok("stats")["stats"]
+    return stats["totals"]["records_in"] / max(1, stats["counts"]["requests"])

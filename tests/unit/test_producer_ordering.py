@@ -50,11 +50,22 @@ class FakeBroker:
         if self.full:
             return False
         request = msgspec.msgpack.decode(body)
-        self.sent.append(request)
+        parts = [request]
+        if request["op"] == "produce_batches":  # as one produce per batch, in order
+            parts = [{"op": "produce", "id": request["id"], "topic": topic,
+                      "partition": partition, "sequence": sequence, "records": records,
+                      "producer_id": request["producer_id"]}
+                     for topic, partition, sequence, records in request["batches"]]
+        self.sent.extend(parts)
         if self.lose:
             self.lose -= 1
             return True
-        self.pending.append((request["id"], _encode(self.answer(request))))
+        if request["op"] == "produce_batches":
+            reply: Any = p.ProduceBatchesReply(id=request["id"], results=[
+                self.result(self.answer(part)) for part in parts])
+        else:
+            reply = self.answer(request)
+        self.pending.append((request["id"], _encode(reply)))
         self.most_outstanding = max(self.most_outstanding, len(self.pending) + len(self.replies))
         return True
 
@@ -99,6 +110,13 @@ class FakeBroker:
         self.expected[key] = sequence + len(records)
         return p.ProduceReply(id=request["id"], topic=topic,
                               offsets=[(partition, base, len(records))])
+
+    @staticmethod
+    def result(reply: p.ProduceReply | p.ErrorReply) -> p.BatchResult:
+        if isinstance(reply, p.ErrorReply):
+            return p.BatchResult(-1, 0, False, reply.code, reply.message)
+        base = reply.offsets[0][1] if reply.offsets else -1
+        return p.BatchResult(base, reply.offsets[0][2] if reply.offsets else 0, reply.duplicate)
 
     def sequences(self, partition: int) -> list[int]:
         return [r["sequence"] for r in self.sent if r["partition"] == partition]
@@ -184,8 +202,9 @@ def test_a_lost_first_batch_is_stored_when_retried_not_taken_for_a_duplicate(
     fake.lose = 1
     for value in range(3):
         producer.send("t", value, partition=0)
-    for batch in producer._in_flight.values():
-        batch.sent_at -= producer.request_timeout_s + 1  # its request timeout passed
+    for request in producer._in_flight.values():
+        for batch in request.batches:
+            batch.sent_at -= producer.request_timeout_s + 1  # its request timeout passed
     producer.flush(timeout_s=5)
 
     assert fake.stored[("t", 0)] == [0, 1, 2]
@@ -286,3 +305,63 @@ def test_a_batch_refused_for_good_does_not_get_the_next_ones_resent_forever(
     assert [e.code for e in producer.errors] == ["MESSAGE_TOO_LARGE"]
     assert fake.stored[("t", 0)] == [0, 2, 3]
     assert len(fake.sent) < 10, "resent again and again"
+
+
+@pytest.fixture
+def lingering(fake: FakeBroker) -> Iterator[Producer]:
+    """A producer that ships only on flush (its linger thread stopped), on the fake broker."""
+    producer = Producer("tcp://127.0.0.1:9", request_timeout_s=60)
+    with producer._lock:
+        producer._closed = True
+        producer._work.set()
+    producer._linger.join(timeout=5)
+    producer.linger_s = 60.0  # a send never ships: only _ship_all and flush do
+    producer.conn.close()
+    producer.conn = fake  # type: ignore[assignment]
+    yield producer
+
+
+def requests(fake: FakeBroker) -> int:
+    return len({r["id"] for r in fake.sent})
+
+
+def test_batches_ready_together_travel_in_one_request_each_acked_on_its_own(
+        lingering: Producer, fake: FakeBroker) -> None:
+    acked: dict[int, list[tuple[int, BaseException | None]]] = defaultdict(list)
+    fake.too_large = {"bad"}
+    for partition in range(300):
+        lingering.send("t", "bad" if partition == 7 else partition, partition=partition,
+                       callback=lambda part, offset, error: acked[part].append((offset, error)))
+    lingering._ship_all(list(lingering._buffers))
+    assert requests(fake) == 1, "300 ready batches went as one produce_batches"
+    lingering.flush(timeout_s=5)
+
+    assert set(acked) == set(range(300))
+    assert [e for _, e in acked[7]][0].code == "MESSAGE_TOO_LARGE"
+    assert all(acked[i] == [(0, None)] for i in range(300) if i != 7)
+    for partition in range(300):
+        lingering.send("t", f"again-{partition}", partition=partition)
+    lingering.flush(timeout_s=5)
+    assert requests(fake) == 2
+    assert fake.stored[("t", 3)] == [3, "again-3"] and fake.stored[("t", 7)] == ["again-7"]
+    assert [e.code for e in lingering.errors] == ["MESSAGE_TOO_LARGE"]
+
+
+def test_an_out_of_order_batch_in_a_shared_request_resends_only_its_partition(
+        lingering: Producer, fake: FakeBroker) -> None:
+    for partition in range(50):
+        lingering.send("t", 0, partition=partition)
+    lingering.flush(timeout_s=5)
+    # The broker forgets partition 9's producer state (as after losing unsynced batches):
+    # the next batch of 9 is out of order, the 49 others are stored.
+    fake.expected[(lingering.producer_id, "t", 9)] = 0
+    fake.stored[("t", 9)].clear()
+    for partition in range(50):
+        lingering.send("t", 1, partition=partition)
+    lingering.flush(timeout_s=5)
+
+    assert all(fake.stored[("t", i)] == [0, 1] for i in range(50) if i != 9)
+    assert fake.stored[("t", 9)] == [1], "renumbered under a new producer id and stored"
+    again = [r for r in fake.sent if r["partition"] != 9 and r["sequence"] == 1]
+    assert len(again) == 49, "the other partitions' batches were not sent twice"
+    assert not lingering.errors
