@@ -56,7 +56,8 @@ def letter_json(event: Event, record: dlq.ReplayRecord) -> dict[str, Any]:
 def replay_selected(broker: str, topic: str, picks: list[tuple[int, int]]) -> dict[str, Any]:
     """Replay each ``(partition, offset)`` picked on the page, each at most once (the
     ledger of ``runtime.dlq`` skips one replayed before)."""
-    sent, skipped = [], 0
+    sent: list[str] = []
+    skipped = 0
     for partition, offset in sorted(set(picks)):
         result = dlq.replay(broker, topic, dlq.Selection(partition=partition,
                                                          offsets=(offset, offset)))

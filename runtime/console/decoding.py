@@ -78,7 +78,7 @@ def _decode(value: Any, mode: str) -> tuple[str, str]:
     if mode == "msgpack":
         return "error", "a string, not msgpack bytes: " + as_text(value)[:200]
     if raw is None:
-        return "text", value
+        return "text", str(value)
     try:
         return "text", raw.decode()
     except UnicodeDecodeError:

@@ -41,6 +41,7 @@ def start_browser() -> tuple[Any, str]:
                 "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
                 "--window-size=1400,1000"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # for script errors
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(20)
     return driver, profile
@@ -51,6 +52,11 @@ def stop_browser(driver: Any, profile: str) -> None:
         driver.quit()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def script_errors(driver: Any) -> list[str]:
+    """What the page's scripts logged as errors (uncaught exceptions, failed loads)."""
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
 def shot(driver: Any, name: str) -> None:

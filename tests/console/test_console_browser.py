@@ -22,6 +22,7 @@ from tests.console.browser import (
     Process,
     need_browser,
     rail,
+    script_errors,
     shot,
     start_browser,
     start_console,
@@ -146,6 +147,7 @@ def test_every_page_loads_with_live_data(rail_up: Rail, console: str, browser: A
         assert not css(browser, "#page .error"), browser.find_element("id", "page").text
         if page in ("/topics", "/group/pizza"):
             shot(browser, page.strip("/").split("/")[0])
+    assert script_errors(browser) == []
 
 
 def test_tree_shows_a_worker_killed_with_kill_9_restarting_then_running(
