@@ -102,15 +102,23 @@ class SinkTask:
         self.host.processed += len(ready)
 
     def _convert(self, events: list[Event]) -> list[Event]:
+        # Without transforms, the json and msgpack converters return a value that is
+        # neither bytes nor str as it is: such an event goes on unchanged (no copy).
+        plain = not self.settings.transforms and self.settings.converter in ("json", "msgpack")
+        check = self.sink.check
         out = []
         for e in events:
             try:
-                got = self.settings.sink_value(e.value, e.key, e.topic)
-                if got is None:  # a transform filtered it out
-                    continue
-                value, key, topic = got
-                ready = Event(topic, e.partition, e.offset, value, key, e.headers, e.timestamp)
-                self.sink.check(ready)
+                if plain and not isinstance(e.value, (bytes, str)):
+                    ready = e
+                else:
+                    got = self.settings.sink_value(e.value, e.key, e.topic)
+                    if got is None:  # a transform filtered it out
+                        continue
+                    value, key, topic = got
+                    ready = Event(topic, e.partition, e.offset, value, key, e.headers,
+                                  e.timestamp)
+                check(ready)
             except BadRecord as exc:
                 self._reject(e, exc)
                 continue
