@@ -27,3 +27,10 @@ def test_defaults_and_values(tmp_path: Path) -> None:
 def test_a_bad_concurrency_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"workers\.w\.concurrency"):
         load_config(write(tmp_path, "concurrency = 0\n"))
+
+
+def test_supervisor_delays_switch(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    assert load_config(path)[0].supervisor.delays is False
+    path.write_text("[supervisor]\ndelays = true\n" + path.read_text())
+    assert load_config(path)[0].supervisor.delays is True
