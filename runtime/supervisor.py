@@ -34,6 +34,8 @@ from runtime.policy import Health
 from runtime.process import Child, Replica, Watcher, child_env, describe_exit
 from runtime.registry import Baselines, Registry, baseline, replace_atomically
 from runtime.reload import Reloader, script_digest
+from runtime.worker import mover
+from runtime.worker.delays import DELAY_TOPIC, MOVER_GROUP
 from runtime.worker.flight import read_flight
 from runtime.worker.quarantine import load as load_quarantine
 
@@ -67,6 +69,10 @@ class Supervisor:
             self.watchers[name] = Watcher(name, msgspec.structs.replace(spec), registered=False)
         for name, spec in self.registry.workers.items():
             self.watchers[name] = Watcher(name, spec, registered=True)
+        if config.supervisor.delays:  # the delay mover (runtime.worker.delays)
+            self.watchers[MOVER_GROUP] = Watcher(MOVER_GROUP, WorkerSpec(
+                script=str(Path(mover.__file__)), topics=[DELAY_TOPIC], group=MOVER_GROUP,
+                backoff_s=0.1), registered=False)
         self.context = zmq.Context()
         self.signals: list[int] = []
         self.stopping = False

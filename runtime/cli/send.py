@@ -47,6 +47,9 @@ def add_send(sub: argparse._SubParsersAction) -> None:
     line.add_argument("-K", "--key-delimiter", metavar="DELIM",
                       help="with --file: each line is KEY DELIM VALUE (as kcat -K); a line "
                       "without DELIM has no key")
+    ap.add_argument("--delay", type=_non_negative_float, metavar="SECONDS",
+                    help="deliver the event SECONDS from now (parked in rail.delayed; "
+                    "needs rail up with [supervisor] delays = true)")
     ap.add_argument("--rate", type=_positive_float, metavar="N",
                     help="with --file: send at most N events per second")
     set_handler(ap, guarded(cmd_send))
@@ -62,9 +65,21 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     if (args.value is None) == (args.file is None):
         raise UsageError("give either a VALUE or --file PATH (one event per line)")
+    if args.delay is not None and args.file is not None:
+        raise UsageError("--delay goes with one VALUE, not --file")
     if args.file is None and (args.jsonl or args.key_delimiter or args.rate):
         raise UsageError("--jsonl, -K and --rate go with --file")
     headers = parse_pairs(args.header, "header") or None
@@ -78,11 +93,18 @@ def _send_one(args: argparse.Namespace, value: Any, key: Any,
               headers: dict[str, Any] | None) -> int:
     where: list[tuple[int, int]] = []
     with Producer(args.broker, request_timeout_s=5.0, delivery_timeout_s=10.0) as producer:
-        producer.send(args.topic, value, key=key, headers=headers,
-                      callback=lambda part, off, err: where.append((part, off)))
+        if args.delay is not None:
+            from runtime.worker.delays import send_delayed
+            send_delayed(producer, args.topic, value, key=key, headers=headers,
+                         delay_s=args.delay)
+        else:
+            producer.send(args.topic, value, key=key, headers=headers,
+                          callback=lambda part, off, err: where.append((part, off)))
         producer.flush(10.0)
         _raise_first(producer)
-    if where:
+    if args.delay is not None:
+        print(f"parked for {args.topic}, due in {args.delay:g} s", file=sys.stderr)
+    elif where:
         print(f"sent to {args.topic}[{where[0][0]}]@{where[0][1]}", file=sys.stderr)
     return 0
 

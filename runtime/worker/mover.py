@@ -1,0 +1,171 @@
+"""The delay mover: forwards events parked in ``rail.delayed`` once they are due (see
+``runtime.worker.delays``).  ``rail up`` runs it as the worker ``rail.delays`` (one replica)
+when ``[supervisor] delays = true``; it is a script with its own loop (``run_hosted``).
+
+It reads ``rail.delayed`` as a consumer group member, keeps what is not due yet in a heap
+ordered by due time, sleeps until the first one falls due (or an event comes), forwards it
+and commits, per partition, the lowest offset not forwarded yet.  At most MAX_HELD events are
+held: past that it stops reading, so memory stays bounded, and events further along wait in
+the log (later than their time if one of them is due before those held; never early).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from typing import Any
+
+import msgspec
+
+from brokerd import protocol as p
+from runtime.client import Consumer, Event
+from runtime.connection import BrokerError, BrokerUnavailable, Connection
+from runtime.worker import Hosted
+from runtime.worker.delays import DELAY_TOPIC, DUE, TARGET, forward_producer_id
+from runtime.worker.lanes import Track
+
+MAX_HELD = 10_000
+POLL_S = 1.0  # the longest sleep: a stop is seen within it
+BROKER_RETRY_S = 1.0
+
+
+class Mover:
+    def __init__(self, host: Hosted) -> None:
+        self.host = host
+        opts = host.options
+        self.consumer = Consumer(opts.broker, group=opts.group, topics=[DELAY_TOPIC],
+                                 member_id=opts.member_id, client_id=opts.name,
+                                 session_timeout_ms=opts.session_timeout_ms)
+        self.conn = Connection(opts.broker)
+        self.heap: list[tuple[int, int, int, Event]] = []  # due ms, partition, offset, event
+        self.tracks: dict[int, Track] = {}
+        self.partitions: dict[str, int] = {}  # partition count of each target topic
+        self.generation = self.consumer.generation
+
+    def run(self) -> int:
+        host = self.host
+        host.state = "running"
+        host.log.info("delay mover joined group %s for %s", host.options.group, DELAY_TOPIC)
+        try:
+            while not host.stopping:
+                self.step()
+        finally:
+            host.state = "stopping"
+            self.commit(sync=True)
+            self.consumer.close()
+            self.conn.close()
+        return 0
+
+    def step(self) -> None:
+        now = time.time() * 1000
+        wait = POLL_S if not self.heap else min(POLL_S, max(0.0, (self.heap[0][0] - now) / 1000))
+        try:
+            if len(self.heap) < MAX_HELD:
+                self.host.idle = True
+                self.take(self.consumer.poll(wait))
+            else:
+                time.sleep(wait)
+            self.forward_due()
+            self.commit(sync=False)
+        except BrokerUnavailable as exc:
+            self.host.log.warning("%s; waiting for it", exc)
+            time.sleep(BROKER_RETRY_S)
+        finally:
+            self.host.idle = True
+
+    def take(self, events: list[Event]) -> None:
+        self.consumer.positions.clear()  # commits are the watermarks, never what was polled
+        if self.consumer.generation != self.generation:  # a rebalance: keep what we own
+            self.generation = self.consumer.generation
+            owned = {part for _, part in self.consumer.assignment}
+            self.heap = [h for h in self.heap if h[1] in owned]
+            heapq.heapify(self.heap)
+            self.tracks = {part: t for part, t in self.tracks.items() if part in owned}
+        for event in events:
+            track = self.tracks.setdefault(event.partition, Track())
+            if event.offset < track.next:
+                continue  # delivered again after a re-join: held already
+            track.order.append(event.offset)
+            track.next = event.offset + 1
+            heapq.heappush(self.heap, (due_of(event), event.partition, event.offset, event))
+
+    def forward_due(self) -> None:
+        while self.heap and self.heap[0][0] <= time.time() * 1000:
+            _, partition, offset, event = self.heap[0]
+            self.host.idle = False
+            self.host.current = (DELAY_TOPIC, partition, offset, time.monotonic())
+            try:
+                self.forward(event)
+            except BrokerError as exc:
+                if isinstance(exc, BrokerUnavailable):
+                    raise
+                self.host.failed += 1  # cannot be delivered (bad target): logged, dropped
+                self.host.log.error("%s[%d]@%d cannot be forwarded: %s", DELAY_TOPIC,
+                                    partition, offset, exc)
+            finally:
+                self.host.current = None
+            heapq.heappop(self.heap)
+            track = self.tracks.get(partition)
+            if track is not None:
+                track.done.add(offset)
+                track.moved = True
+            self.host.processed += 1
+
+    def forward(self, event: Event) -> None:
+        headers = {k: v for k, v in (event.headers or {}).items() if k not in (TARGET, DUE)}
+        target = text(event.headers.get(TARGET)) if event.headers else ""
+        count = self.partitions_of(target)
+        partition = (p.partition_for_key(event.key, count) if event.key is not None
+                     else event.offset % count)
+        records = msgspec.msgpack.encode([[event.value, event.key, headers or None, None]])
+        self.conn.call(p.Produce(topic=target, partition=partition, records=msgspec.Raw(records),
+                                 acks="all", producer_id=forward_producer_id(event.partition,
+                                                                             event.offset),
+                                 sequence=0))
+
+    def partitions_of(self, topic: str) -> int:
+        count = self.partitions.get(topic)
+        if count is None:
+            try:
+                meta = self.conn.call(p.Metadata(topics=[topic]))
+            except BrokerError as exc:
+                if exc.code != "UNKNOWN_TOPIC":
+                    raise
+                self.conn.call(p.CreateTopic(topic=topic, exist_ok=True))
+                meta = self.conn.call(p.Metadata(topics=[topic]))
+            count = self.partitions[topic] = len(meta.topics[0].partitions)
+        return count
+
+    def commit(self, sync: bool) -> None:
+        marks = {(DELAY_TOPIC, part): track.watermark() for part, track in self.tracks.items()
+                 if track.moved}
+        for track in self.tracks.values():
+            track.moved = False
+        if marks:
+            try:
+                self.consumer.commit(marks, sync=sync)
+            except BrokerError as exc:
+                self.host.log.warning("commit failed (%s): the forwards since come again and "
+                                      "are dropped by the broker as duplicates", exc)
+
+
+def due_of(event: Event) -> int:
+    try:
+        return int(text((event.headers or {}).get(DUE, "0")))
+    except ValueError:
+        return 0  # no valid time: due now
+
+
+def text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def run_hosted(host: Hosted) -> int:
+    while True:
+        try:
+            return Mover(host).run()
+        except BrokerUnavailable as exc:
+            if host.stopping:
+                return 0
+            host.log.warning("%s; waiting for it", exc)
+            time.sleep(BROKER_RETRY_S)
