@@ -12,7 +12,7 @@ from runtime.connection import Connection
 from runtime.streams import changelog
 from runtime.streams.errors import StreamsError
 
-_encode = msgspec.msgpack.Encoder().encode
+encode_key = msgspec.msgpack.Encoder().encode
 
 
 def table(conn: Connection, app: str, store: str) -> dict[bytes, Any]:
@@ -38,9 +38,14 @@ def table(conn: Connection, app: str, store: str) -> dict[bytes, Any]:
 def get(conn: Connection, app: str, store: str, key: Any) -> Any:
     """The value of ``key`` in ``store`` of application ``app`` (None if absent); a window
     store's key is ``[key, window start]``."""
-    return table(conn, app, store).get(_encode(key))
+    return table(conn, app, store).get(encode_key(key))
 
 
 def decoded(values: dict[bytes, Any]) -> list[tuple[Any, Any]]:
-    """``table``'s items with their keys decoded, in key-bytes order."""
-    return [(msgspec.msgpack.decode(k), v) for k, v in sorted(values.items())]
+    """``table``'s items with their keys decoded (a window's ``[key, start]`` as a tuple),
+    in key-bytes order."""
+    return [(_hashable(msgspec.msgpack.decode(k)), v) for k, v in sorted(values.items())]
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key

@@ -111,15 +111,16 @@ def read(broker: BrokerProcess, topic: str) -> list[Event]:
 
 
 def lag(broker: BrokerProcess, group: str) -> int | None:
-    """The group's total lag, or None while some partition has no committed offset."""
+    """The group's total lag (a partition without a commit lags by its end offset), or
+    None while the group has no partitions."""
     conn = Connection(broker.api)
     try:
         reply = conn.call(p.DescribeGroup(group=group))
     finally:
         conn.close()
-    if not reply.partitions or any(gp.committed is None for gp in reply.partitions):
+    if not reply.partitions:
         return None
-    return sum(gp.lag for gp in reply.partitions)
+    return sum(gp.end_offset - (gp.committed or 0) for gp in reply.partitions)
 
 
 def wait_caught_up(broker: BrokerProcess, group: str, timeout: float = 30.0) -> None:

@@ -3,8 +3,11 @@ tables and the update streams equal the reference exactly."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 
 from runtime.connection import Connection
 from runtime.streams import query
-from tests.helpers import BrokerProcess
+from tests.helpers import ROOT, BrokerProcess, python_env
 from tests.streams.harness import (
     CHUNK,
     Replica,
@@ -108,3 +111,27 @@ def test_tables_are_exact_across_a_rebalance_between_two_replicas(
         if b is not None:
             b.stop()
     check_exact(broker, orders(0, 4500))
+
+
+def test_rail_streams_get_prints_a_key_and_says_when_it_is_missing(
+        broker: BrokerProcess, tmp_path: Path) -> None:
+    produce(broker, "orders", orders(0, 170), PARTITIONS)
+    replica = Replica(broker, write_script(tmp_path, PIPELINE), tmp_path / "state", "t-0")
+    try:
+        wait_caught_up(broker, "tally")
+    finally:
+        assert replica.stop() == 0, replica.log()
+    env = {**python_env(), "RAIL_BROKER": broker.api}
+
+    def rail(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runtime.cli", "streams", *args], env=env,
+                              check=False,
+                              cwd=ROOT, text=True, capture_output=True, timeout=60)
+
+    got = rail("get", "tally", "counts", "k5")
+    assert got.returncode == 0 and json.loads(got.stdout) == 10, got.stderr
+    assert json.loads(rail("get", "tally", "last3", "k5").stdout) == [124, 141, 158]
+    missing = rail("get", "tally", "counts", "k99")
+    assert missing.returncode == 1 and "has no key 'k99'" in missing.stderr
+    nope = rail("get", "nosuchapp", "counts", "k1")
+    assert nope.returncode == 1 and "no changelog 'nosuchapp.changelog'" in nope.stderr
