@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from runtime.client import Event
+from runtime.connect.errors import BadRecord
 from runtime.connect.records import SourceRecord
 
 
@@ -74,3 +75,8 @@ class Sink(Connector):
         """Apply ``events`` durably; ``next_offsets`` is where each partition resumes after
         them (store it with the data if the destination can)."""
         raise NotImplementedError
+
+    def take_rejected(self) -> list[tuple[Event, BadRecord]]:
+        """Events of the last ``put`` the destination refused, each with why (handled per
+        ``errors.tolerance`` before the offsets are committed); none by default."""
+        return []

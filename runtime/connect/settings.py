@@ -34,6 +34,7 @@ CLASSES = {
     "file": "runtime.connect.file_source:FileSource",
     "http": "runtime.connect.http_source:HttpSource",
     "jsonl": "runtime.connect.jsonl_sink:JsonlSink",
+    "http-sink": "runtime.connect.http_sink:HttpSink",
     "sqlite": "runtime.connect.sql_sink:SqliteSink",
     "postgres": "runtime.connect.postgres_sink:PostgresSink",
 }

@@ -94,6 +94,8 @@ class SinkTask:
         self.host.current = (fresh[0].topic, fresh[0].partition, fresh[0].offset,
                              time.monotonic())
         self.sink.put(ready, next_offsets)
+        for event, error in self.sink.take_rejected():
+            self._reject(event, error)
         self.host.current = None
         self.floors.update(next_offsets)
         if self.producer is not None:
