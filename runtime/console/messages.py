@@ -110,24 +110,61 @@ def _cursor_text(cursor: dict[int, int]) -> str:
 
 
 def browse(conn: Connection, q: Query) -> Page:
-    """Answer ``q`` with fetches of the topic's partitions (run on the gateway's thread)."""
-    infos = conn.call(p.Metadata(topics=[q.topic])).topics[0].partitions
-    known = {i.partition: i for i in infos}
+    """Answer ``q`` with fetches of the topic's partitions (run on the gateway's thread).
+    In a cluster each partition is read from its leader (``metadata`` names it)."""
+    meta = conn.call(p.Metadata(topics=[q.topic]))
+    known = {i.partition: i for i in meta.topics[0].partitions}
     chosen = q.partitions if q.partitions is not None else sorted(known)
     for part in chosen:
         if part not in known:
             raise QueryError(f"{q.topic} has no partition {part} (it has {len(known)})")
-    page = Page(bounds={i: (known[i].start_offset, known[i].end_offset) for i in chosen})
-    start = q.cursor if q.cursor is not None else {i: _start(conn, q, known[i]) for i in chosen}
-    page.previous = _previous(q, start, page.bounds)
-    for part in chosen:
-        lo, hi = page.bounds[part]
-        offset = min(max(start.get(part, hi), lo), hi)
-        offset = _scan(conn, q, part, offset, hi, page)
-        if offset < hi:
-            page.cursor[part] = offset
+    leaders = Leaders(conn, {b.id: b.api for b in meta.brokers})
+    try:
+        known = {i: leaders.fresh(q.topic, known[i]) for i in chosen}
+        page = Page(bounds={i: (known[i].start_offset, known[i].end_offset) for i in chosen})
+        start = q.cursor if q.cursor is not None else {
+            i: _start(leaders.of(known[i]), q, known[i]) for i in chosen}
+        page.previous = _previous(q, start, page.bounds)
+        for part in chosen:
+            lo, hi = page.bounds[part]
+            offset = min(max(start.get(part, hi), lo), hi)
+            offset = _scan(leaders.of(known[part]), q, part, offset, hi, page)
+            if offset < hi:
+                page.cursor[part] = offset
+    finally:
+        leaders.close()
     page.more = bool(page.cursor)
     return page
+
+
+class Leaders:
+    """The connection to read a partition from: the console's own, or one to the partition's
+    leader when that is another broker of a cluster (opened for one request)."""
+
+    def __init__(self, conn: Connection, apis: dict[int, str]) -> None:
+        self.conn = conn
+        self.apis = apis
+        self.others: dict[str, Connection] = {}
+
+    def of(self, info: p.PartitionInfo) -> Connection:
+        api = self.apis.get(info.leader)
+        if api is None or api == self.conn.endpoint:
+            return self.conn
+        if api not in self.others:
+            self.others[api] = Connection(api, timeout_s=self.conn.timeout_s)
+        return self.others[api]
+
+    def fresh(self, topic: str, info: p.PartitionInfo) -> p.PartitionInfo:
+        """The partition's offsets as its leader knows them (a follower's may lag)."""
+        link = self.of(info)
+        if link is self.conn:
+            return info
+        parts = link.call(p.Metadata(topics=[topic])).topics[0].partitions
+        return next((x for x in parts if x.partition == info.partition), info)
+
+    def close(self) -> None:
+        for other in self.others.values():
+            other.close()
 
 
 def _start(conn: Connection, q: Query, info: p.PartitionInfo) -> int:
