@@ -43,6 +43,9 @@ class TopicSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
 
 
+RATE_PATTERN = r"^(|\s*(\d*[1-9]\d*(\.\d+)?|\d+\.\d*[1-9]\d*)\s*/\s*[smh]\s*)$"
+
+
 class WorkerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One worker: a script run as ``replicas`` processes in consumer group ``group``."""
 
@@ -62,6 +65,8 @@ class WorkerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0  # a stop lets handlers finish
     quarantine_after: Annotated[int, msgspec.Meta(ge=0)] = 3  # crashes on one event; 0: never
+    # "N/s", "N/m" or "N/h": handler calls of all replicas together; "": no limit
+    rate: Annotated[str, msgspec.Meta(pattern=RATE_PATTERN)] = ""
 
 
 class RailConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

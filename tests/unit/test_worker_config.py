@@ -34,3 +34,13 @@ def test_supervisor_delays_switch(tmp_path: Path) -> None:
     assert load_config(path)[0].supervisor.delays is False
     path.write_text("[supervisor]\ndelays = true\n" + path.read_text())
     assert load_config(path)[0].supervisor.delays is True
+
+
+def test_rate_is_n_per_second_minute_or_hour(tmp_path: Path) -> None:
+    from runtime.worker.rate import per_second
+
+    spec = load_config(write(tmp_path, 'rate = "600/m"\n'))[0].workers["w"]
+    assert per_second(spec.rate) == 10.0
+    for bad in ("0/s", "fast", "10/d"):
+        with pytest.raises(ConfigError, match=r"workers\.w\.rate"):
+            load_config(write(tmp_path, f'rate = "{bad}"\n'))
