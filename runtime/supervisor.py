@@ -34,10 +34,10 @@ from runtime.policy import Health
 from runtime.process import Child, Replica, Watcher, child_env, describe_exit
 from runtime.registry import Baselines, Registry, baseline, replace_atomically
 from runtime.reload import Reloader, script_digest
-from runtime.worker import mover
 from runtime.worker.delays import DELAY_TOPIC, MOVER_GROUP
 from runtime.worker.flight import read_flight
 from runtime.worker.quarantine import load as load_quarantine
+from runtime.worker.rate import per_second
 
 LOG = logging.getLogger("rail.supervisor")
 TICK_S = 1.0  # health checks, escalations and samples happen at most this often when idle
@@ -71,7 +71,7 @@ class Supervisor:
             self.watchers[name] = Watcher(name, spec, registered=True)
         if config.supervisor.delays:  # the delay mover (runtime.worker.delays)
             self.watchers[MOVER_GROUP] = Watcher(MOVER_GROUP, WorkerSpec(
-                script=str(Path(mover.__file__)), topics=[DELAY_TOPIC], group=MOVER_GROUP,
+                script=str(Path(__file__).parent / "worker" / "mover.py"), topics=[DELAY_TOPIC], group=MOVER_GROUP,
                 backoff_s=0.1), registered=False)
         self.context = zmq.Context()
         self.signals: list[int] = []
@@ -337,6 +337,7 @@ class Supervisor:
                 "--member-id", replica.member_id, "--health", self.health_endpoint,
                 "--retries", str(spec.retries), "--concurrency", str(spec.concurrency),
                 "--drain-timeout-s", str(spec.drain_timeout_s),
+                "--rate", str(per_second(spec.rate) / max(1, spec.replicas) if spec.rate else 0),
                 "--flight", str(self.flight_path(watcher, replica)),
                 "--quarantine", str(self.quarantine_path(watcher))]
 

@@ -65,6 +65,7 @@ from runtime.worker.delays import send_delayed
 from runtime.worker.flight import FREE, SLOT_WORDS, FlightRecord
 from runtime.worker.lanes import Lanes, Runner
 from runtime.worker.quarantine import QuarantineList
+from runtime.worker.rate import RateLimit
 
 __all__ = ["Context", "Hosted", "Options", "Script", "ScriptError", "Worker", "load_script",
            "main", "run", "serve", "serve_hosted"]
@@ -187,6 +188,7 @@ class Options:
     drain_timeout_s: float = 30.0
     flight: str | None = None  # the flight record's file (the supervisor reads it)
     quarantine: str | None = None  # the supervisor's suspects/quarantined list
+    rate: float = 0.0  # handler calls per second at most (0: no limit)
 
 
 class Worker:
@@ -219,6 +221,7 @@ class Worker:
         self.quarantine = QuarantineList(options.quarantine)
         self.lanes: Lanes | None = None
         self.runner: Runner | None = None
+        self.limit = RateLimit(options.rate, self).take if options.rate > 0 else None
 
     @property
     def current(self) -> tuple[str, int, int, float] | None:
@@ -292,11 +295,11 @@ class Worker:
 
     def _handle_all(self, events: list[Event]) -> int:
         """Call the handler on each event; return how many were handled before a stop."""
-        handle, ctx = self.script.handle, self.ctx
+        handle, ctx, limit = self.script.handle, self.ctx, self.limit
         slot, index, skip = self.flight.words, self.topic_index, self.quarantine.quarantined
         try:
             for i, event in enumerate(events):
-                if self.stopping:
+                if self.stopping or (limit and not limit()):
                     return i
                 if skip and self._skipped(event):
                     continue
@@ -318,11 +321,11 @@ class Worker:
         return self.loop.run_until_complete(self._handle_coroutines(events))
 
     async def _handle_coroutines(self, events: list[Event]) -> int:
-        handle, ctx = self.script.handle, self.ctx
+        handle, ctx, limit = self.script.handle, self.ctx, self.limit
         slot, index, skip = self.flight.words, self.topic_index, self.quarantine.quarantined
         try:
             for i, event in enumerate(events):
-                if self.stopping:
+                if self.stopping or (limit and not limit()):
                     return i
                 if skip and self._skipped(event):
                     continue
@@ -406,6 +409,8 @@ class Worker:
             lanes.skipped.clear()
 
     def _start(self, event: Event, slot: int) -> None:
+        if self.limit is not None:
+            self.limit()  # on a stop it returns at once: the drain lets this one run
         words, base = self.flight.words, slot * SLOT_WORDS
         words[base + 1] = event.partition
         words[base + 2] = self.topic_index[event.topic]
@@ -638,6 +643,8 @@ def parser(script_required: bool = True, group_default: str | None = None) -> ar
                     help="handler calls at once, one at a time per key (default 1)")
     ap.add_argument("--drain-timeout-s", type=float, default=30.0,
                     help="on a stop, how long running handlers may take to finish (default 30)")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="handler calls per second at most (default 0: no limit)")
     ap.add_argument("--flight", help="file of the flight record (the supervisor reads it)")
     ap.add_argument("--quarantine", help="the supervisor's list of suspect and quarantined "
                     "events (JSON)")
@@ -651,7 +658,7 @@ def options_of(args: argparse.Namespace) -> Options:
                    health=args.health, retries=max(0, args.retries), start=args.start,
                    session_timeout_ms=args.session_timeout_ms,
                    concurrency=max(1, args.concurrency), drain_timeout_s=args.drain_timeout_s,
-                   flight=args.flight, quarantine=args.quarantine)
+                   flight=args.flight, quarantine=args.quarantine, rate=max(0.0, args.rate))
 
 
 def serve(script: Script, options: Options, parent: int | None = None) -> int:
