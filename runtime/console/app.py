@@ -102,16 +102,19 @@ async def events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     sent: dict[str, int] = {}
     version = 0
-    while True:
-        for kind, at in list(hub.versions.items()):
-            if sent.get(kind) != at:
-                sent[kind] = at
-                await response.write(b"event: " + kind.encode() + b"\ndata: "
-                                     + _json.encode(hub.snapshots[kind]) + b"\n\n")
-        newer = await hub.newer(version, SSE_HEARTBEAT_S)
-        if newer == version:
-            await response.write(b": still here\n\n")
-        version = newer
+    try:
+        while True:
+            for kind, at in list(hub.versions.items()):
+                if sent.get(kind) != at:
+                    sent[kind] = at
+                    await response.write(b"event: " + kind.encode() + b"\ndata: "
+                                         + _json.encode(hub.snapshots[kind]) + b"\n\n")
+            newer = await hub.newer(version, SSE_HEARTBEAT_S)
+            if newer == version:
+                await response.write(b": still here\n\n")
+            version = newer
+    except ConnectionResetError:  # the tab was closed: the normal end of a stream
+        return response
 
 
 # -- supervision ------------------------------------------------------------------------

@@ -88,6 +88,19 @@ def test_paging_reads_a_partition_past_any_100_message_ceiling(console: str) -> 
     assert last["previous"] == "1:45"
 
 
+def test_a_page_starts_at_an_offset_or_at_a_time(broker: BrokerProcess, console: str) -> None:
+    with Producer(broker.api) as producer:
+        producer._call(p.CreateTopic(topic="clock", partitions=1))
+        for i in range(10):
+            producer.send("clock", i, timestamp=1_000_000 + i * 1000)
+        producer.flush()
+    _, page = call(f"{console}/api/topics/clock/messages?from=offset&offset=7")
+    assert [m["offset"] for m in page["messages"]] == [7, 8, 9]
+    _, page = call(f"{console}/api/topics/clock/messages?from=timestamp&timestamp=1004500")
+    assert [m["offset"] for m in page["messages"]] == [5, 6, 7, 8, 9]
+    assert page["messages"][0]["timestamp"] == 1_005_000
+
+
 def test_search_finds_by_key_and_by_value_across_partitions(console: str) -> None:
     status, page = call(f"{console}/api/topics/menu/messages?from=start&key=dish-201")
     assert status == 200
