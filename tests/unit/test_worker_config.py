@@ -44,3 +44,10 @@ def test_rate_is_n_per_second_minute_or_hour(tmp_path: Path) -> None:
     for bad in ("0/s", "fast", "10/d"):
         with pytest.raises(ConfigError, match=r"workers\.w\.rate"):
             load_config(write(tmp_path, f'rate = "{bad}"\n'))
+
+
+def test_handler_timeout_action(tmp_path: Path) -> None:
+    spec = load_config(write(tmp_path, ""))[0].workers["w"]
+    assert spec.handler_timeout_action == "recycle"
+    with pytest.raises(ConfigError, match=r"workers\.w\.handler_timeout_action"):
+        load_config(write(tmp_path, 'handler_timeout_action = "ignore"\n'))
