@@ -297,7 +297,7 @@ def replica_status(replica: Replica, now: float) -> dict[str, Any]:
         "processed": health.processed if child and health else None,
         "handling": None if handling is None else {
             "topic": handling[0], "partition": handling[1], "offset": handling[2],
-            "for_s": handling[3]},
+            "for_s": handling[3], "in_flight": health.in_flight if health else 1},
     }
 
 

@@ -93,6 +93,7 @@ class Health:
         self.failed = 0
         self.state = "starting"
         self.event: tuple[str, int, int] | None = None  # what handle() is on, if anything
+        self.in_flight = 0  # handler calls running (concurrency > 1: more than one)
 
     def beat(self, now: float, message: dict[str, Any]) -> None:
         self.last_beat = now
@@ -101,6 +102,10 @@ class Health:
         self.failed = int(message.get("failed", self.failed))
         self.state = str(message.get("state", self.state))
         event = message.get("event")
+        try:
+            self.in_flight = int(message.get("in_flight", 1 if event else 0))
+        except (TypeError, ValueError):
+            self.in_flight = 0
         try:
             self.event = (str(event[0]), int(event[1]), int(event[2])) if event else None
         except (TypeError, ValueError, IndexError):
@@ -112,6 +117,9 @@ class Health:
         if self.event is None:
             return None
         return (*self.event, self.busy_ms / 1000 + max(0.0, now - self.last_beat))
+
+    def silent_s(self, now: float) -> float:
+        return now - self.last_beat
 
     def hung(self, now: float) -> str | None:
         """Why the worker counts as hung, or None while it is healthy."""

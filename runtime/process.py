@@ -94,6 +94,7 @@ class Replica:
         self.kill_at: float | None = None  # SIGKILL if still alive then (after a SIGTERM)
         self.then = ""  # after the next exit: "" = per policy, "restart", "retire"
         self.restarts = 0  # crash restarts of this slot (the watcher counts them all)
+        self.reported: tuple[str, int, int] | None = None  # the last event logged as slow
 
     def state(self) -> str:
         if self.child is None:

@@ -529,6 +529,14 @@ class Supervisor:
                 if replica.kill_at is not None or replica.health is None:
                     continue
                 reason = replica.health.hung(now)
+                if reason and watcher.spec.handler_timeout_action == "report" \
+                        and replica.health.silent_s(now) <= replica.health.hang_timeout_s:
+                    event = replica.health.event
+                    if event is not None and event != replica.reported:
+                        replica.reported = event
+                        LOG.warning("%s.%d: %s[%d]@%d is taking long (%s)", watcher.name,
+                                    replica.index, *event, reason)
+                    continue
                 if reason and replica.child is not None:
                     LOG.error("%s.%d is hung (%s): SIGKILL", watcher.name, replica.index, reason)
                     replica.child.signal(signal.SIGKILL)

@@ -206,7 +206,8 @@ def print_replicas(w: dict[str, Any]) -> None:
                      str(r["restarts"]),
                      "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}",
                      size(r["rss"]), "-" if h is None else
-                     f"{h['topic']}[{h['partition']}]@{h['offset']} for {h['for_s']:.1f}s"))
+                     f"{h['topic']}[{h['partition']}]@{h['offset']} for {h['for_s']:.1f}s"
+                     + (f" (+{h['in_flight'] - 1} more)" if h.get("in_flight", 1) > 1 else "")))
     print_table(rows)
     if w["error"]:
         print(f"{w['name']}: {w['error']}")

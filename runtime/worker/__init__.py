@@ -620,6 +620,8 @@ class HealthReporter(threading.Thread):
             topic, partition, offset, since = current
             report["busy_ms"] = int((now - since) * 1000)
             report["event"] = [topic, partition, offset]
+            flight = getattr(w, "flight", None)  # a Worker: how many handlers run now
+            report["in_flight"] = len(flight.busy()) if flight is not None else 1
         return report
 
 
