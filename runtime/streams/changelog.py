@@ -31,8 +31,14 @@ _store_key = msgspec.msgpack.Decoder(tuple[str, msgspec.Raw])
 _records = msgspec.msgpack.Decoder(list[p.WireRecord])
 
 
-def changelog_topic(app: str) -> str:
-    return f"{app}.changelog"
+def changelog_topic(app: str, topology: int = 0) -> str:
+    """``<app>.changelog`` for the tasks reading the source, ``<app>.changelog-N`` for
+    those reading repartition topic N."""
+    return f"{app}.changelog" if topology == 0 else f"{app}.changelog-{topology}"
+
+
+def is_changelog_of(app: str, topic: str) -> bool:
+    return topic == f"{app}.changelog" or topic.startswith(f"{app}.changelog-")
 
 
 def batch_records(updates: Iterable[tuple[str, bytes, bytes | None]],

@@ -51,6 +51,29 @@ class Pipeline:
         self.outputs: set[str] = set()
         self.stores: dict[str, Table] = {}
         self.stream = Stream(self)
+        # Input topic and root stream of each topology: the source's, then one per
+        # repartition (whose tasks read the internal topic the previous one writes).
+        self.topologies: list[tuple[str, Stream]] = [(source, self.stream)]
+
+    def add_topology(self) -> tuple[str, Stream]:
+        index = len(self.topologies)
+        topic = f"{self.app}.repartition-{index}"
+        root = Stream(self, index)
+        self.topologies.append((topic, root))
+        return topic, root
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic the pipeline's tasks read."""
+        return [topic for topic, _ in self.topologies]
+
+    def root(self, topic: str) -> Stream:
+        return self.topologies[self.topics.index(topic)][1]
+
+    def changelog(self, topic: str) -> str:
+        """The changelog of the tasks reading ``topic``."""
+        from runtime.streams.changelog import changelog_topic
+        return changelog_topic(self.app, self.topics.index(topic))
 
     def decode(self, value: Any) -> Any:
         return value if self.value_type is None else msgspec.convert(value, self.value_type)

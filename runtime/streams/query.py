@@ -17,21 +17,20 @@ encode_key = msgspec.msgpack.Encoder().encode
 
 def table(conn: Connection, app: str, store: str) -> dict[bytes, Any]:
     """Every key of ``store`` (as msgpack bytes) with its value."""
-    topic = changelog.changelog_topic(app)
-    try:
-        infos = conn.call(p.Metadata(topics=[topic])).topics[0].partitions
-    except Exception as exc:
-        raise StreamsError(f"no changelog {topic!r}: has application {app!r} run on this "
-                           f"broker? ({exc})") from exc
+    topics = [t for t in conn.call(p.Metadata()).topics if changelog.is_changelog_of(app, t.name)]
+    if not topics:
+        raise StreamsError(f"no changelog {changelog.changelog_topic(app)!r}: has application "
+                           f"{app!r} run on this broker?")
     values: dict[bytes, Any] = {}
-    for info in infos:
-        for name, key, value in changelog.read(conn, topic, info.partition).updates:
-            if name != store:
-                continue
-            if value is None:
-                values.pop(key, None)
-            else:
-                values[key] = msgspec.msgpack.decode(value)
+    for info in topics:
+        for part in info.partitions:
+            for name, key, value in changelog.read(conn, info.name, part.partition).updates:
+                if name != store:
+                    continue
+                if value is None:
+                    values.pop(key, None)
+                else:
+                    values[key] = msgspec.msgpack.decode(value)
     return values
 
 

@@ -11,7 +11,6 @@ from brokerd import protocol as p
 from runtime.connection import BrokerError, BrokerUnavailable, Connection
 from runtime.consumer import Consumer, Event
 from runtime.dlq import dlq_topic
-from runtime.streams.changelog import changelog_topic
 from runtime.streams.pipeline import Pipeline
 from runtime.streams.sender import Sender
 from runtime.streams.task import Task
@@ -27,7 +26,7 @@ class Runner:
         self.options = host.options
         self.conn = Connection(self.options.broker)
         self.sender = Sender(self.conn, pipeline.acks)
-        self.tasks: dict[int, Task] = {}
+        self.tasks: dict[tuple[str, int], Task] = {}
         self.assigned: list[tuple[str, int]] | None = None
         self.partitions: dict[str, int] = {}
 
@@ -38,7 +37,7 @@ class Runner:
             if host.stopping:
                 return 0
             consumer = Consumer(self.options.broker, group=self.pipeline.app,
-                                topics=[self.pipeline.source], member_id=self.options.member_id,
+                                topics=self.pipeline.topics, member_id=self.options.member_id,
                                 start="earliest", client_id=self.options.name,
                                 session_timeout_ms=self.options.session_timeout_ms,
                                 on_assign=self._on_assign)
@@ -68,15 +67,18 @@ class Runner:
                 time.sleep(1)
 
     def _create_topics(self) -> None:
-        pl = self.pipeline
-        self.conn.call(p.CreateTopic(topic=pl.source, exist_ok=True))
-        count = len(self.conn.call(p.Metadata(topics=[pl.source])).topics[0].partitions)
-        self.conn.call(p.CreateTopic(topic=changelog_topic(pl.app), partitions=count,
-                                     config={"cleanup_policy": "compact"}, exist_ok=True))
-        for topic in sorted(pl.outputs | {dlq_topic(pl.source)}):
-            self.conn.call(p.CreateTopic(topic=topic, partitions=count, exist_ok=True))
-        for info in self.conn.call(p.Metadata(topics=sorted(pl.outputs |
-                                                             {dlq_topic(pl.source)}))).topics:
+        """The source (if missing), the repartition and changelog topics with the source's
+        partition count, the outputs and the DLQs; then learn their partition counts."""
+        pl, call = self.pipeline, self.conn.call
+        call(p.CreateTopic(topic=pl.source, exist_ok=True))
+        count = len(call(p.Metadata(topics=[pl.source])).topics[0].partitions)
+        for topic in pl.topics:
+            call(p.CreateTopic(topic=pl.changelog(topic), partitions=count,
+                               config={"cleanup_policy": "compact"}, exist_ok=True))
+        written = pl.outputs | set(pl.topics[1:]) | {dlq_topic(t) for t in pl.topics}
+        for topic in sorted(written):
+            call(p.CreateTopic(topic=topic, partitions=count, exist_ok=True))
+        for info in call(p.Metadata(topics=sorted(written))).topics:
             self.partitions[info.name] = len(info.partitions)
 
     def _on_assign(self, assignment: list[tuple[str, int]]) -> None:
@@ -89,20 +91,20 @@ class Runner:
         host.idle = False
         if self.assigned is not None:
             self._reassign(consumer, self.assigned)
-        by_partition: dict[int, list[Event]] = defaultdict(list)
+        by_task: dict[tuple[str, int], list[Event]] = defaultdict(list)
         for event in events:
-            by_partition[event.partition].append(event)
+            by_task[(event.topic, event.partition)].append(event)
         offsets = {}
-        for part, evs in by_partition.items():
-            task = self.tasks.get(part)
+        for tp, evs in by_task.items():
+            task = self.tasks.get(tp)
             if task is None:
                 continue
-            host.current = (self.pipeline.source, part, evs[0].offset, time.monotonic())
+            host.current = (tp[0], tp[1], evs[0].offset, time.monotonic())
             before = task.offset
             task.process(evs)
             task.commit()
             host.processed += task.offset - before
-            offsets[(self.pipeline.source, part)] = task.offset
+            offsets[tp] = task.offset
         host.current = None
         if offsets:
             try:
@@ -112,15 +114,15 @@ class Runner:
 
     def _reassign(self, consumer: Consumer, assignment: list[tuple[str, int]]) -> None:
         self.assigned = None
-        wanted = {part for topic, part in assignment if topic == self.pipeline.source}
-        for part in sorted(set(self.tasks) - wanted):
-            self.tasks.pop(part).close()
-        for part in sorted(wanted - set(self.tasks)):
-            task = Task(self.pipeline, part, self.conn, self.sender, self.partitions,
+        wanted = {(topic, part) for topic, part in assignment if topic in self.pipeline.topics}
+        for tp in sorted(set(self.tasks) - wanted):
+            self.tasks.pop(tp).close()
+        for topic, part in sorted(wanted - set(self.tasks)):
+            task = Task(self.pipeline, topic, part, self.conn, self.sender, self.partitions,
                         self.pipeline.state_dir)
             task.restore()
-            self.tasks[part] = task
-            self.host.log.info("%s[%d]: restored from %s, at offset %d", self.pipeline.source,
-                               part, task.restored_from, task.offset)
-        for part in sorted(wanted):
-            consumer.seek(self.pipeline.source, part, self.tasks[part].offset)
+            self.tasks[(topic, part)] = task
+            self.host.log.info("%s[%d]: restored from %s, at offset %d", topic, part,
+                               task.restored_from, task.offset)
+        for topic, part in sorted(wanted):
+            consumer.seek(topic, part, self.tasks[(topic, part)].offset)

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from runtime.streams.errors import PipelineError
+
 if TYPE_CHECKING:
     from runtime.streams.pipeline import Pipeline
-    from runtime.streams.tables import Grouped
+    from runtime.streams.tables import Grouped, Table
     from runtime.streams.task import Task
 
 Push = Callable[["Task", Any, Any, int], None]
@@ -22,16 +24,19 @@ Push = Callable[["Task", Any, Any, int], None]
 class Stream:
     """A stream of keyed records inside a pipeline; operators return new streams."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, topology: int = 0, rekeyed: bool = False) -> None:
         self.pipeline = pipeline
+        self.topology = topology  # which input topic's tasks run it (0: the source)
+        self.rekeyed = rekeyed  # keys changed since the input: a table needs a repartition
         self.children: list[Push] = []
 
     def push(self, task: Task, key: Any, value: Any, ts: int) -> None:
         for child in self.children:
             child(task, key, value, ts)
 
-    def _then(self, op: Callable[[Task, Any, Any, int, Stream], None]) -> Stream:
-        out = Stream(self.pipeline)
+    def _then(self, op: Callable[[Task, Any, Any, int, Stream], None],
+              rekeys: bool = False) -> Stream:
+        out = Stream(self.pipeline, self.topology, self.rekeyed or rekeys)
         self.children.append(lambda task, k, v, ts: op(task, k, v, ts, out))
         return out
 
@@ -57,16 +62,23 @@ class Stream:
         return self._then(op)
 
     def key_by(self, fn: Callable[[Any], Any]) -> Stream:
-        """Give each record the key ``fn(value)``.  Outputs are partitioned by it; tables
-        built after it are kept per input partition (see docs/streams.md, re-keying)."""
+        """Give each record the key ``fn(value)``; outputs are partitioned by it, and a
+        table grouped after it goes through a repartition topic first."""
         def op(task: Task, k: Any, v: Any, ts: int, out: Stream) -> None:
             out.push(task, fn(v), v, ts)
-        return self._then(op)
+        return self._then(op, rekeys=True)
+
+    def repartition(self) -> Stream:
+        """Send the records through an internal topic, partitioned by their key, to tasks
+        that each see every record of their keys (``<app>.repartition-N``)."""
+        topic, root = self.pipeline.add_topology()
+        self.children.append(lambda task, k, v, ts: task.emit(topic, k, v, ts))
+        return root
 
     def branch(self, *predicates: Callable[[Any], bool]) -> list[Stream]:
         """One stream per predicate; a record goes to the first whose predicate it passes
         (and to none if it passes none)."""
-        outs = [Stream(self.pipeline) for _ in predicates]
+        outs = [Stream(self.pipeline, self.topology, self.rekeyed) for _ in predicates]
 
         def op(task: Task, k: Any, v: Any, ts: int) -> None:
             for predicate, out in zip(predicates, outs):
@@ -84,6 +96,28 @@ class Stream:
 
     # -- stateful ---------------------------------------------------------------------
     def group_by(self, key: Callable[[Any], Any] | None = None) -> Grouped:
-        """Group by ``key(value)`` (or by the record's key) for a table or a window."""
+        """Group by ``key(value)`` (or by the record's key) for a table or a window.
+
+        Unless the records keep the input's keys (no ``key`` given, no ``key_by`` before),
+        they go through a repartition topic first, so that one task holds all of a key."""
         from runtime.streams.tables import Grouped
-        return Grouped(self, key)
+        stream = self if key is None else self.key_by(key)
+        return Grouped(stream.repartition() if stream.rekeyed else stream)
+
+    def join(self, table: Table, fn: Callable[[Any, Any], Any], left: bool = False) -> Stream:
+        """Each record's value becomes ``fn(value, the table's value for the record's key)``;
+        a record whose key is not in the table is dropped (``left``: joined with None).
+        The table must be built by the same tasks (same topic, same keys)."""
+        from runtime.streams.tables import encode_key
+        if table.topology != self.topology or self.rekeyed:
+            raise PipelineError(
+                f"join with table {table.name!r}: the stream must be keyed like the table "
+                "and read by the same tasks; re-key it with key_by(...).repartition() and "
+                "build the table from that stream")
+        name = table.name
+
+        def op(task: Task, k: Any, v: Any, ts: int, out: Stream) -> None:
+            found = task.store(name).get(encode_key(k))
+            if found is not None or left:
+                out.push(task, k, fn(v, found), ts)
+        return self._then(op)

@@ -1,6 +1,6 @@
 """Tables: aggregations by key, kept in a task's state store, and their windowed kind.
 
-``group_by(key).count("name")`` keeps one value per key in store ``name`` and emits
+``group_by(key).count("name")`` (after a repartition when the key is not the input's) keeps one value per key in store ``name`` and emits
 ``(key, new value)`` downstream on every update.  ``.window(Tumbling(60_000))`` first keys
 each record by ``(key, window start)``; a windowed table emits ``(key, {"start", "end",
 "value"})`` on every update (``emit="update"``) or once when the window closes
@@ -42,17 +42,17 @@ class Aggregation:
 
 
 class Grouped:
-    """A stream grouped by key, waiting for its aggregation (or a window first)."""
+    """A stream grouped by its records' keys, waiting for its aggregation (or a window)."""
 
-    def __init__(self, stream: Stream, key: Callable[[Any], Any] | None,
-                 window: Hopping | None = None, emit: Emit = "update") -> None:
-        self.stream, self.key, self.windowing, self.emit = stream, key, window, emit
+    def __init__(self, stream: Stream, window: Hopping | None = None,
+                 emit: Emit = "update") -> None:
+        self.stream, self.windowing, self.emit = stream, window, emit
 
     def window(self, window: Hopping, emit: Emit = "update") -> Grouped:
         """Aggregate per key and event-time window (emit on every update or at close)."""
         if emit not in ("update", "close"):
             raise PipelineError("emit must be 'update' or 'close'")
-        return Grouped(self.stream, self.key, window, emit)
+        return Grouped(self.stream, window, emit)
 
     def count(self, name: str) -> Table:
         return self.aggregate(name, lambda: 0, lambda n, _v: n + 1)
@@ -71,24 +71,21 @@ class Grouped:
         pipeline = self.stream.pipeline
         if name in pipeline.stores:
             raise PipelineError(f"two stores are named {name!r}: give each its own name")
-        table = Table(pipeline, name)
+        table = Table(pipeline, name, self.stream.topology)
         pipeline.stores[name] = table
-        keyfn = self.key
         if self.windowing is None:
-            self.stream.children.append(lambda task, k, v, ts: _update(
-                task, table, agg, k if keyfn is None else keyfn(v), v, ts))
+            self.stream.children.append(lambda task, k, v, ts: _update(task, table, agg, k, v, ts))
         else:
             windowed = WindowedTable(table, agg, self.windowing, self.emit)
-            self.stream.children.append(lambda task, k, v, ts: windowed.update(
-                task, k if keyfn is None else keyfn(v), v, ts))
+            self.stream.children.append(windowed.update)
         return table
 
 
 class Table(Stream):
     """The updates of store ``name``, as a stream (``to`` sends them on)."""
 
-    def __init__(self, pipeline: Any, name: str) -> None:
-        super().__init__(pipeline)
+    def __init__(self, pipeline: Any, name: str, topology: int) -> None:
+        super().__init__(pipeline, topology)
         self.name = name
 
 

@@ -45,18 +45,24 @@ _encode = msgspec.msgpack.Encoder().encode
 log = logging.getLogger("rail.streams")
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 class Task:
-    def __init__(self, pipeline: Pipeline, partition: int, conn: Connection, sender: Sender,
-                 partitions: dict[str, int], state_dir: Path) -> None:
+    def __init__(self, pipeline: Pipeline, topic: str, partition: int, conn: Connection,
+                 sender: Sender, partitions: dict[str, int], state_dir: Path) -> None:
         self.pipeline = pipeline
+        self.topic = topic
         self.partition = partition
+        self.root = pipeline.root(topic)
         self.conn = conn
         self.sender = sender
         self.partitions = partitions
-        self.changelog = changelog.changelog_topic(pipeline.app)
-        self.producer_id = producer_id(pipeline.app, pipeline.source, str(partition))
+        self.changelog = pipeline.changelog(topic)
+        self.producer_id = producer_id(pipeline.app, topic, str(partition))
         self.changelog_pid = producer_id(pipeline.app, self.changelog, str(partition))
-        self.disk = LocalStore(state_dir / pipeline.app / f"task-{partition}.sqlite")
+        self.disk = LocalStore(state_dir / pipeline.app / f"{topic}-{partition}.sqlite")
         self.stores: dict[str, StateStore] = {}
         self._locals: dict[str, Any] = {}
         self.out: dict[tuple[str, int], list[list[Any]]] = {}
@@ -120,7 +126,7 @@ class Task:
                 before = self.sender.duplicates
                 self._send(self.disk.outbox())
                 log.info("%s[%d]: sent the outbox of commit %d again (%d duplicates dropped)",
-                         self.pipeline.source, self.partition, mine.commit,
+                         self.topic, self.partition, mine.commit,
                          self.sender.duplicates - before)
             return
         self.disk.reset()
@@ -138,7 +144,7 @@ class Task:
         restored.incarnation, restored.probing, restored.settled = secrets.token_hex(8), True, []
         self._adopt(restored)
         self.restored_from = "changelog"
-        log.info("%s[%d]: restored %d store records from %s up to commit %d", self.pipeline.app,
+        log.info("%s[%d]: restored %d store records from %s up to commit %d", self.topic,
                  self.partition, len(got.updates), self.changelog, restored.commit)
 
     def _adopt(self, ck: Checkpoint) -> None:
@@ -149,7 +155,8 @@ class Task:
     def process(self, events: list[Event]) -> None:
         """Run ``events`` through the pipeline, skipping any not at the next offset (a
         delivery from before a seek, or again)."""
-        root, decode = self.pipeline.stream, self.pipeline.decode
+        root = self.root
+        decode = self.pipeline.decode if self.topic == self.pipeline.source else _same
         for event in events:
             if event.offset != self.ck.offset:
                 continue
