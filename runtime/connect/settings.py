@@ -30,13 +30,14 @@ from runtime.connect.transforms import apply_all, build
 ENV = "RAIL_CONNECTOR_"  # + the connector's name: its entry, as JSON, in the environment
 TASK_SCRIPT = str(Path(__file__).resolve().parent / "task.py")
 GROUP_PREFIX = "connect-"
-CLASSES = {
-    "file": "runtime.connect.file_source:FileSource",
-    "http": "runtime.connect.http_source:HttpSource",
-    "jsonl": "runtime.connect.jsonl_sink:JsonlSink",
-    "http-sink": "runtime.connect.http_sink:HttpSink",
-    "sqlite": "runtime.connect.sql_sink:SqliteSink",
-    "postgres": "runtime.connect.postgres_sink:PostgresSink",
+CLASSES = {  # (kind, class) -> module:Class
+    ("source", "file"): "runtime.connect.file_source:FileSource",
+    ("source", "http"): "runtime.connect.http_source:HttpSource",
+    ("source", "table"): "runtime.connect.table_source:TableSource",
+    ("sink", "jsonl"): "runtime.connect.jsonl_sink:JsonlSink",
+    ("sink", "http"): "runtime.connect.http_sink:HttpSink",
+    ("sink", "sqlite"): "runtime.connect.sql_sink:SqliteSink",
+    ("sink", "postgres"): "runtime.connect.postgres_sink:PostgresSink",
 }
 
 
@@ -97,14 +98,15 @@ class ConnectorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
         return apply_all(self._transforms, (self._converter.value_of(value), key, topic))
 
     def build(self, task: int) -> Any:
-        path = CLASSES.get(self.class_, self.class_)
+        path = CLASSES.get((self.kind, self.class_), self.class_)
         module_name, _, class_name = path.partition(":")
         try:
             kind = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError, ValueError) as exc:
             raise ConnectorConfigError(
                 f"connectors.{self.name}.class: {self.class_!r} is neither a built-in "
-                f"({', '.join(CLASSES)}) nor an importable module:Class ({exc})") from None
+                f"{self.kind} ({', '.join(c for k, c in CLASSES if k == self.kind)}) nor an "
+                f"importable module:Class ({exc})") from None
         return kind(self.name, self.config, task=task, tasks=max(1, self.tasks))
 
 

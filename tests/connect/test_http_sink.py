@@ -58,7 +58,7 @@ def test_an_http_sink_delivers_everything_through_failures_and_dead_letters_pois
     with Producer(broker.api) as producer:
         for i in range(300):
             producer.send("out", {"i": i, "poison": i in poison})
-    entry = {"name": "hook", "kind": "sink", "class": "http-sink", "topics": ["out"],
+    entry = {"name": "hook", "kind": "sink", "class": "http", "topics": ["out"],
              "batch": 50, "linger_ms": 5, "errors": {"tolerance": "all"},
              "config": {"url": f"http://127.0.0.1:{server.server_port}/in", "retries": 20,
                         "backoff_ms": 1, "max_backoff_ms": 20}}
