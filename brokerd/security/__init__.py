@@ -101,7 +101,7 @@ class Security:
         acl = self.acl
         if not acl.enforced:
             return
-        principal = frame.get("User-Id")
+        principal = str(frame.get("User-Id"))  # ZAP's User-Id: the principal's name
         if principal == SELF:
             return
         for op, kind, name in needs(request, self.auto_create):

@@ -50,7 +50,8 @@ def admins(acl_path: str) -> dict[bytes, str]:
         raw = tomllib.loads(Path(acl_path).read_text())
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise KeyConfigError(f"cannot read {CONTROL_ACL_ENV}={acl_path}: {exc}") from None
-    granted, denied = set(), set()
+    granted: set[str] = set()
+    denied: set[str] = set()
     for rule in raw.get("rule", []):
         if rule.get("resource") == "cluster" and "admin" in rule.get("ops", []):
             (denied if rule.get("effect", "allow") == "deny" else granted).add(

@@ -23,14 +23,17 @@ import zmq
 from zmq.auth import load_certificate
 from zmq.utils import z85
 
+from runtime.config import ConfigError
+
 SERVER_KEY_ENV = "RAIL_CURVE_SERVER_KEY"
 KEY_FILE_ENV = "RAIL_CURVE_KEY_FILE"
 KEYS_DIR_ENV = "RAIL_KEYS_DIR"
 SECRET_SUFFIX = ".key_secret"
 
 
-class KeyConfigError(ValueError):
-    """Keys are missing or unusable; the message names the file or variable and the fix."""
+class KeyConfigError(ConfigError, ValueError):
+    """Keys are missing or unusable; the message names the file or variable and the fix
+    (a ConfigError, so ``rail`` prints it as one line and exits 78)."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,8 @@ class ClientKeys:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ClientKeys | None:
         """Keys named by the environment; None when neither variable is set."""
-        env = os.environ if env is None else env  # type: ignore[assignment]
-        server, own = env.get(SERVER_KEY_ENV, ""), env.get(KEY_FILE_ENV, "")
+        source = os.environ if env is None else env
+        server, own = source.get(SERVER_KEY_ENV, ""), source.get(KEY_FILE_ENV, "")
         if not server and not own:
             return None
         if not server or not own:

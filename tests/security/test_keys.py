@@ -56,3 +56,15 @@ def test_a_client_needs_both_key_variables_or_neither(tmp_path: Path) -> None:
                                 "RAIL_CURVE_KEY_FILE": str(tmp_path / "c.key_secret")})
     assert keys is not None
     assert keys.server_public == zmq.auth.load_certificate(str(tmp_path / "b.key"))[0]
+
+
+def test_rail_with_half_the_key_variables_says_so_in_one_line(tmp_path: Path) -> None:
+    rail("keys", "new", "c", "--dir", str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "runtime.cli", "topics", "list"], check=False,
+                          env={**python_env(),
+                               "RAIL_CURVE_KEY_FILE": str(tmp_path / "c.key_secret")},
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 78
+    assert done.stderr.strip().splitlines() == [
+        ("rail: RAIL_CURVE_SERVER_KEY is not set but RAIL_CURVE_KEY_FILE is: a CURVE client "
+         "needs both (docs/security.md)")]
