@@ -58,6 +58,7 @@ class Lanes:
         self.ready: deque[Event] = deque()  # lane heads waiting for a free slot
         self.free = list(range(limit - 1, -1, -1))
         self.running: dict[int, Event] = {}  # slot -> event
+        self.owner: dict[int, Track] = {}  # slot -> the track its event counts in
         self.pending = 0  # taken and not finished: running, ready or waiting in a lane
         self.suspects: set[Key] = set()  # run alone (runtime.worker.quarantine)
         self.quarantined: set[Key] = set()  # finished without running
@@ -102,7 +103,7 @@ class Lanes:
         event = self.running.pop(slot)
         self.free.append(slot)
         self.pending -= 1
-        track = self.tracks[(event.topic, event.partition)]
+        track = self.owner.pop(slot)  # a track forgotten since (a rebalance) is not committed
         track.done.add(event.offset)
         track.moved = True
         if self.alone and not self.running:
@@ -127,6 +128,7 @@ class Lanes:
             self.ready.popleft()
             slot = self.free.pop()
             self.running[slot] = event
+            self.owner[slot] = self.tracks[(event.topic, event.partition)]
             self.start(event, slot)
 
     def watermarks(self, all_: bool = False) -> dict[tuple[str, int], int]:
@@ -140,8 +142,9 @@ class Lanes:
         return out
 
     def forget(self, owned: set[tuple[str, int]]) -> None:
-        """Drop what is queued of partitions no longer ``owned`` (a rebalance moved them):
-        their next owner starts from the committed offset.  Running events finish."""
+        """Drop what is queued of partitions no longer ``owned`` (a rebalance moved them),
+        and their tracks: their next owner (maybe us again) starts from the committed offset.
+        Running events finish; their outcome is committed by nobody."""
         gone = {tp for tp in self.tracks if tp not in owned}
         if not gone:
             return
@@ -157,8 +160,7 @@ class Lanes:
                     self.lanes[lane].clear()
         self.pending -= dropped
         for tp in gone:
-            if not any((e.topic, e.partition) == tp for e in self.running.values()):
-                del self.tracks[tp]
+            del self.tracks[tp]
 
 
 def lane_of(event: Event) -> Any:
