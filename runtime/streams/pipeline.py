@@ -50,6 +50,7 @@ class Pipeline:
         self.acks = acks
         self.outputs: set[str] = set()
         self.stores: dict[str, Table] = {}
+        self.streams: list[Stream] = []
         self.stream = Stream(self)
         # Input topic and root stream of each topology: the source's, then one per
         # repartition (whose tasks read the internal topic the previous one writes).
@@ -82,3 +83,8 @@ class Pipeline:
         """The worker host's entry point: run until ``host.stopping``, then return 0."""
         from runtime.streams.runner import Runner
         return Runner(self, host).run()
+
+    def freeze(self) -> None:
+        """The definition is complete: let each stream call its children the fastest way."""
+        for stream in self.streams:
+            stream.freeze()

@@ -22,6 +22,7 @@ POLL_S = 0.2
 class Runner:
     def __init__(self, pipeline: Pipeline, host: Hosted) -> None:
         self.pipeline = pipeline
+        pipeline.freeze()
         self.host = host
         self.options = host.options
         self.conn = Connection(self.options.broker)

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 Push = Callable[["Task", Any, Any, int], None]
 
 
+def _drop(task: Task, key: Any, value: Any, ts: int) -> None:
+    """Where a stream nobody reads from sends its records."""
+
+
 class Stream:
     """A stream of keyed records inside a pipeline; operators return new streams."""
 
@@ -29,10 +33,18 @@ class Stream:
         self.topology = topology  # which input topic's tasks run it (0: the source)
         self.rekeyed = rekeyed  # keys changed since the input: a table needs a repartition
         self.children: list[Push] = []
+        pipeline.streams.append(self)
 
     def push(self, task: Task, key: Any, value: Any, ts: int) -> None:
         for child in self.children:
             child(task, key, value, ts)
+
+    def freeze(self) -> None:
+        """Once the pipeline is defined: a stream with one child calls it directly."""
+        if len(self.children) == 1:
+            self.push = self.children[0]  # type: ignore[method-assign]
+        elif not self.children:
+            self.push = _drop  # type: ignore[method-assign]
 
     def _then(self, op: Callable[[Task, Any, Any, int, Stream], None],
               rekeys: bool = False) -> Stream:
@@ -43,16 +55,22 @@ class Stream:
     # -- stateless --------------------------------------------------------------------
     def filter(self, predicate: Callable[[Any], bool]) -> Stream:
         """Keep the records whose value passes ``predicate``."""
-        def op(task: Task, k: Any, v: Any, ts: int, out: Stream) -> None:
+        out = Stream(self.pipeline, self.topology, self.rekeyed)
+
+        def op(task: Task, k: Any, v: Any, ts: int) -> None:
             if predicate(v):
                 out.push(task, k, v, ts)
-        return self._then(op)
+        self.children.append(op)
+        return out
 
     def map(self, fn: Callable[[Any], Any]) -> Stream:
         """Replace each value by ``fn(value)`` (the key stays)."""
-        def op(task: Task, k: Any, v: Any, ts: int, out: Stream) -> None:
+        out = Stream(self.pipeline, self.topology, self.rekeyed)
+
+        def op(task: Task, k: Any, v: Any, ts: int) -> None:
             out.push(task, k, fn(v), ts)
-        return self._then(op)
+        self.children.append(op)
+        return out
 
     def flat_map(self, fn: Callable[[Any], Iterable[Any]]) -> Stream:
         """Replace each value by the values ``fn(value)`` yields, in order."""
@@ -92,7 +110,7 @@ class Stream:
         """Send every record to ``topic`` (partitioned by key; a keyless record goes to the
         partition with the input's number, modulo the topic's partition count)."""
         self.pipeline.outputs.add(topic)
-        self.children.append(lambda task, k, v, ts: task.emit(topic, k, v, ts))
+        self.children.append(lambda task, k, v, ts: task.emit(topic, k, v, ts, None))
 
     # -- stateful ---------------------------------------------------------------------
     def group_by(self, key: Callable[[Any], Any] | None = None) -> Grouped:

@@ -66,6 +66,8 @@ class Task:
         self.stores: dict[str, StateStore] = {}
         self._locals: dict[str, Any] = {}
         self.out: dict[tuple[str, int], list[list[Any]]] = {}
+        # (topic, key) -> its queue in ``out``: a key's partition is hashed once per commit
+        self._queues: dict[tuple[str, type, Any], list[list[Any]]] = {}
         self.seqs: dict[tuple[str, int], int] = {}
         self.settled: set[tuple[str, int]] = set()
         self.ck = Checkpoint()
@@ -104,9 +106,18 @@ class Task:
 
     def emit(self, topic: str, key: Any, value: Any, ts: int,
              headers: dict[str, Any] | None = None) -> None:
-        count = self.partitions[topic]
-        part = self.partition % count if key is None else partition_for_key(key, count)
-        self.out.setdefault((topic, part), []).append([value, key, headers, ts])
+        cached = (topic, key.__class__, key)  # the class too: 1 and True hash alike
+        try:
+            queue = self._queues[cached]
+        except KeyError:
+            count = self.partitions[topic]
+            part = self.partition % count if key is None else partition_for_key(key, count)
+            queue = self.out.setdefault((topic, part), [])
+            self._queues[cached] = queue
+        except TypeError:  # a key that is not hashable (a list, a dict): no cache
+            count = self.partitions[topic]
+            queue = self.out.setdefault((topic, partition_for_key(key, count)), [])
+        queue.append([value, key, headers, ts])
 
     # -- restore ----------------------------------------------------------------------
     def restore(self) -> None:
@@ -162,8 +173,10 @@ class Task:
                 continue
             try:
                 value = decode(event.value)
-                self.ck.stream_time = max(self.ck.stream_time, event.timestamp)
-                root.push(self, event.key, value, event.timestamp)
+                ts = event.timestamp
+                if ts > self.ck.stream_time:  # noqa: PLR1730 - faster than max()
+                    self.ck.stream_time = ts
+                root.push(self, event.key, value, ts)
             except Exception as exc:  # noqa: BLE001 - any failure of user code: dead letter
                 self.dead_letter(event, exc)
             self.ck.offset += 1
@@ -207,6 +220,7 @@ class Task:
                 batches.append(OutBatch(topic, part, self.producer_id, seq, len(chunk),
                                         _encode(chunk), probe))
         self.out.clear()
+        self._queues.clear()
         return batches
 
     @staticmethod
