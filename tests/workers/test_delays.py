@@ -1,19 +1,21 @@
 """Delayed delivery under ``rail up`` with ``[supervisor] delays = true``: a delayed event
 survives kill -9 of the broker, the supervisor and the workers, arrives after its time (never
 before), once, in the partition its key picks; a mover that reads ``rail.delayed`` again from
-the start forwards nothing twice (the broker drops the replayed forwards as duplicates)."""
+the start forwards nothing twice.  The first event goes through ``rail send --delay`` (the broker drops the replayed forwards as duplicates)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from brokerd import protocol as p
 from runtime.client import Consumer, Producer
 from runtime.connection import Connection
 from runtime.worker.delays import DELAY_TOPIC, MOVER_GROUP, send_delayed
-from tests.helpers import wait_for
+from tests.helpers import ROOT, python_env, wait_for
 from tests.integration.test_supervisor import Rail, rail  # noqa: F401
 
 RECORDER = """
@@ -48,8 +50,14 @@ def test_a_delayed_event_survives_kill_9_of_everything_and_arrives_once_after_it
     rail.up()
     wait_for(lambda: rail.running(MOVER_GROUP, 1), timeout=20, what="the delay mover")
     due: dict[str, float] = {}
+    due["soon"] = time.time() + 1.0
+    sent = subprocess.run([sys.executable, "-m", "runtime.cli", "send", "orders", "\"soon\"",
+                           "--key", "b", "--delay", "1", "--broker", rail.api],
+                          check=False, capture_output=True, text=True, env=python_env(), cwd=ROOT,
+                          timeout=30)
+    assert sent.returncode == 0, sent.stderr
     with Producer(rail.api) as producer:
-        for value, key, delay in (("soon", "b", 1.0), ("late", "a", 5.0), ("later", "c", 5.5)):
+        for value, key, delay in (("late", "a", 5.0), ("later", "c", 5.5)):
             due[value] = time.time() + delay
             send_delayed(producer, "orders", value, key=key, delay_s=delay)
         producer.flush()
