@@ -42,8 +42,10 @@ class BrokerChild:
 
     def argv(self) -> list[str]:
         b = self.config.broker
+        security = [*(["--curve-secret-key", b.curve_secret_key] if b.curve_secret_key else []),
+                    *(["--acl", b.acl] if b.acl else [])]
         return [sys.executable, "-m", "brokerd", "--data-dir", b.data_dir, "--bind", b.bind,
-                "--ingest", b.ingest]
+                "--ingest", b.ingest, *security]
 
     @property
     def grace_s(self) -> float:

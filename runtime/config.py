@@ -27,6 +27,8 @@ class BrokerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bind: str = "tcp://127.0.0.1:7400"
     ingest: str = "tcp://127.0.0.1:7401"
     endpoint: str = ""  # a running broker to use instead of starting one
+    curve_secret_key: str = ""  # brokerd --curve-secret-key (docs/security.md)
+    acl: str = ""  # brokerd --acl: acl.toml, needed with curve_secret_key
 
 
 class SupervisorSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -131,6 +133,9 @@ def readable(message: str) -> str:
 
 def resolve(config: RailConfig, base: Path) -> RailConfig:
     config.broker.data_dir = str((base / config.broker.data_dir).resolve())
+    for key in ("curve_secret_key", "acl"):
+        if getattr(config.broker, key):
+            setattr(config.broker, key, str((base / getattr(config.broker, key)).resolve()))
     for name, spec in config.workers.items():
         check_name(name)
         resolve_worker(name, spec, base)
