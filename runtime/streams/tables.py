@@ -119,13 +119,18 @@ class WindowedTable:
         self.table, self.agg, self.window, self.emit = table, agg, window, emit
 
     def update(self, task: Task, key: Any, value: Any, ts: int) -> None:
-        w, store = self.window, task.store(self.table.name)
-        live = task.local(self.table.name, lambda: _Live(self, task))
-        self._advance(task, live, store)
-        for start in w.starts(ts):
+        w, name = self.window, self.table.name
+        store = task.store(name)
+        live = task.local(name, lambda: _Live(self, task))
+        now = task.ck.stream_time
+        if (live.closing and live.closing[0][0] + w.grace_ms <= now) or \
+                (live.expiring and live.expiring[0][0] <= now):
+            self._advance(task, live, store)
+        starts = (ts - ts % w.size_ms,) if w.advance_ms == w.size_ms else w.starts(ts)
+        for start in starts:
             end = start + w.size_ms
-            if end + w.grace_ms <= task.stream_time:
-                task.late += 1
+            if end + w.grace_ms <= now:
+                task.ck.late += 1
                 continue
             skey = encode_key([key, start])
             held = store.get(skey)
@@ -138,7 +143,7 @@ class WindowedTable:
 
     def _advance(self, task: Task, live: _Live, store: Any) -> None:
         """Close the windows stream time has passed (grace included); forget expired ones."""
-        w, now = self.window, task.stream_time
+        w, now = self.window, task.ck.stream_time
         while live.closing and live.closing[0][0] + w.grace_ms <= now:
             end, skey = heapq.heappop(live.closing)
             state = store.get(skey)[0]

@@ -92,17 +92,19 @@ class Task:
         self.ck.late = value
 
     def store(self, name: str) -> StateStore:
-        store = self.stores.get(name)
-        if store is None:
+        try:
+            return self.stores[name]
+        except KeyError:
             store = self.stores[name] = StateStore(name, self.disk)
-        return store
+            return store
 
     def local(self, name: str, make: Callable[[], T]) -> T:
         """Per-task operator state rebuilt from the stores (made on first use)."""
-        value = self._locals.get(name)
-        if value is None:
+        try:
+            return self._locals[name]
+        except KeyError:
             value = self._locals[name] = make()
-        return value
+            return value
 
     def emit(self, topic: str, key: Any, value: Any, ts: int,
              headers: dict[str, Any] | None = None) -> None:
