@@ -166,9 +166,20 @@ def check_kitchen(args: argparse.Namespace, config: dict[str, Any], api: str, da
                      alive)
         elapsed = time.monotonic() - started
         lags = wait(lambda: zero_lags(conn, config), 30, "every group to reach lag 0", alive)
+        per_minute = dishes_per_station(conn)
     finally:
         conn.close()
-    return report(expected, tally, lags, elapsed)
+    return report(expected, tally, lags, elapsed, per_minute)
+
+
+def dishes_per_station(conn: Connection) -> dict[str, int]:
+    """The streams step's table, summed over its minutes: dishes per station."""
+    from runtime.streams import query
+    totals: dict[str, int] = {}
+    for (station, _minute), (count, _closed) in query.decoded(
+            query.table(conn, "dishes", "per-station-minute")):
+        totals[station] = totals.get(station, 0) + count
+    return totals
 
 
 def zero_lags(conn: Connection, config: dict[str, Any]) -> dict[str, int] | None:
@@ -183,20 +194,25 @@ def zero_lags(conn: Connection, config: dict[str, Any]) -> dict[str, int] | None
 
 
 def report(expected: dict[str, Any], tally: dict[str, Any], lags: dict[str, int],
-           elapsed: float) -> int:
+           elapsed: float, per_minute: dict[str, int]) -> int:
     for station, cooks in sorted(tally["by_station"].items()):
         detail = ", ".join(f"{c}: {n}" for c, n in sorted(cooks.items()))
         print(f"  {station:8} made {sum(cooks.values()):5} dishes  ({detail})")
     print(f"  tally    counted {tally['dishes']} dishes for {tally['orders']} orders, "
           f"dropped {tally['duplicates']} redelivered duplicates")
     print("  groups   " + ", ".join(f"{g} lag {n}" for g, n in lags.items()))
+    made_by_station = {s: sum(c.values()) for s, c in tally["by_station"].items()}
+    streams_ok = per_minute == made_by_station
+    print("  dishes   per station and minute (Rail Streams), summed: "
+          + ", ".join(f"{s} {n}" for s, n in sorted(per_minute.items()))
+          + (": equal to the tally" if streams_ok else ": DIFFERENT from the tally"))
     made = tally["by_kind"]
     ordered = expected["items"]
     line = ", ".join(f"{kind} {made.get(kind, 0)}/{n}" for kind, n in ordered.items())
     print(f"summary: {expected['orders']} orders, {expected['total']} items in "
           f"{elapsed:.1f} s; made/ordered: {line}")
     if all(made.get(kind, 0) == n for kind, n in ordered.items()) \
-            and tally["dishes"] == expected["total"]:
+            and tally["dishes"] == expected["total"] and streams_ok:
         print("every ordered item made exactly once: OK")
         return 0
     print("every ordered item made exactly once: FAIL (made/ordered differ, see above)")
