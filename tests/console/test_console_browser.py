@@ -74,6 +74,8 @@ class Rail:
         return msgspec.json.decode(done.stdout) if done.returncode == 0 else {}
 
     def running(self) -> bool:
+        if self.up.proc.poll() is not None:  # no point waiting: say why at once
+            raise RuntimeError(f"rail up exited: {self.up.log.read_text()[-3000:]}")
         workers = self.status().get("workers", [])
         return len(workers) == 2 and all(w["state"] == "running" for w in workers)
 
@@ -120,6 +122,16 @@ def css(browser: Any, selector: str) -> list[Any]:
     return browser.find_elements(By.CSS_SELECTOR, selector)
 
 
+def click(browser: Any, selector: str) -> None:
+    """Click the element, found again if the tree redrew it meanwhile (every second)."""
+    def clicked() -> bool:
+        found = css(browser, selector)
+        if found:
+            found[0].click()
+        return bool(found)
+    wait_until(f"a click on {selector}", clicked)
+
+
 def replica(browser: Any, worker: str) -> dict[str, str] | None:
     rows = css(browser, f'tr.replica[data-worker="{worker}"]')
     return {"state": rows[0].get_attribute("data-state"),
@@ -162,7 +174,8 @@ def test_tree_shows_a_worker_killed_with_kill_9_restarting_then_running(
     after = wait_until("pizza running again", lambda: (r := replica(browser, "pizza")) and
                        r["state"] == "running" and r["pid"] not in ("", before["pid"]) and r, 20)
     assert after["pid"] != before["pid"]
-    exit_text = css(browser, 'tr.replica[data-worker="pizza"] td.exit')[0].text
+    exit_text = wait_until("the last exit", lambda: css(
+        browser, 'tr.replica[data-worker="pizza"] td.exit')[0].text)
     assert "SIGKILL" in exit_text and before["pid"] in exit_text
 
 
@@ -224,15 +237,15 @@ def test_scale_and_restart_from_the_tree(rail_up: Rail, console: str, browser: A
                 for r in css(browser, 'tr.replica[data-worker="oven"]')]
         return rows if len(rows) == n and all(r["state"] == "running" for r in rows) else None
     before = wait_until("oven running", lambda: oven(1))[0]["pid"]
-    wait_until("the + button", lambda: css(browser, 'button[data-scale="oven"][data-to="2"]'))[0].click()
+    click(browser, 'button[data-scale="oven"][data-to="2"]')
     two = wait_until("two oven replicas on the tree", lambda: oven(2))
     assert before in {r["pid"] for r in two}
     assert len(next(w for w in rail_up.status()["workers"] if w["name"] == "oven")["pids"]) == 2
-    wait_until("the - button", lambda: css(browser, 'button[data-scale="oven"][data-to="1"]'))[0].click()
+    click(browser, 'button[data-scale="oven"][data-to="1"]')
     wait_until("one oven replica again", lambda: oven(1))
     pid = oven(1)[0]["pid"]
-    wait_until("restart", lambda: css(browser, 'button[data-restart="oven"]'))[0].click()
-    wait_until("the confirmation", lambda: css(browser, "#dialog-ok"))[0].click()
+    click(browser, 'button[data-restart="oven"]')
+    click(browser, "#dialog-ok")
     wait_until("oven restarted with a new pid", lambda: (rows := oven(1)) and
                rows[0]["pid"] not in ("", pid))
 
