@@ -174,7 +174,8 @@ function replicaRow(w, r) {
     <td>${r.restarts}</td><td class="exit">${exit}</td><td>${fmtDur(r.uptime_s)}</td>
     <td>${r.cpu_percent === null ? "-" : r.cpu_percent.toFixed(1) + "%"}</td><td>${fmtBytes(r.rss)}</td>
     <td>${r.events_per_s === null ? "-" : fmtNum(r.events_per_s)}</td>
-    <td>${h ? `${esc(h.topic)}[${h.partition}]@${h.offset} for ${h.for_s.toFixed(1)}s` : "-"}</td></tr>`;
+    <td>${h ? `${esc(h.topic)}[${h.partition}]@${h.offset} for ${h.for_s.toFixed(1)}s${
+      h.in_flight > 1 ? ` +${h.in_flight - 1} more` : ""}` : "-"}</td></tr>`;
 }
 
 document.addEventListener("click", async ev => {
