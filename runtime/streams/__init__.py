@@ -7,15 +7,7 @@ from runtime.streams.errors import PipelineError, StreamsError
 from runtime.streams.pipeline import Pipeline
 from runtime.streams.stream import Stream
 from runtime.streams.tables import Grouped, Table
-from runtime.streams.windows import Hopping, Tumbling
+from runtime.streams.windows import Hopping, Session, Tumbling
 
-__all__ = [
-           "Grouped",
-           "Hopping",
-           "Pipeline",
-           "PipelineError",
-           "Stream",
-           "StreamsError",
-           "Table",
-           "Tumbling",
-]
+__all__ = ["Grouped", "Hopping", "Pipeline", "PipelineError", "Session", "Stream", "StreamsError",
+           "Table", "Tumbling"]

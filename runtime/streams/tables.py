@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from runtime.streams.errors import PipelineError
+from runtime.streams.sessions import SessionTable
 from runtime.streams.stream import Stream
-from runtime.streams.windows import Hopping
+from runtime.streams.windows import Hopping, Session
 
 if TYPE_CHECKING:
     from runtime.streams.task import Task
@@ -30,10 +31,12 @@ Emit = Literal["update", "close"]
 
 class Aggregation:
     """``init()`` gives a key's first state, ``add(state, value)`` the next one;
-    without ``init`` (reduce) the first value is the first state."""
+    without ``init`` (reduce) the first value is the first state.  ``merge(a, b)`` joins
+    two states (needed by session windows, which merge)."""
 
-    def __init__(self, add: Callable[[Any, Any], Any], init: Callable[[], Any] | None) -> None:
-        self.add, self.init = add, init
+    def __init__(self, add: Callable[[Any, Any], Any], init: Callable[[], Any] | None,
+                 merge: Callable[[Any, Any], Any] | None = None) -> None:
+        self.add, self.init, self.merge = add, init, merge
 
     def step(self, state: Any, value: Any) -> Any:
         if state is None:
@@ -44,28 +47,33 @@ class Aggregation:
 class Grouped:
     """A stream grouped by its records' keys, waiting for its aggregation (or a window)."""
 
-    def __init__(self, stream: Stream, window: Hopping | None = None,
+    def __init__(self, stream: Stream, window: Hopping | Session | None = None,
                  emit: Emit = "update") -> None:
         self.stream, self.windowing, self.emit = stream, window, emit
 
-    def window(self, window: Hopping, emit: Emit = "update") -> Grouped:
+    def window(self, window: Hopping | Session, emit: Emit = "update") -> Grouped:
         """Aggregate per key and event-time window (emit on every update or at close)."""
         if emit not in ("update", "close"):
             raise PipelineError("emit must be 'update' or 'close'")
         return Grouped(self.stream, window, emit)
 
     def count(self, name: str) -> Table:
-        return self.aggregate(name, lambda: 0, lambda n, _v: n + 1)
+        return self.aggregate(name, lambda: 0, lambda n, _v: n + 1, merge=_plus)
 
     def sum(self, name: str, fn: Callable[[Any], Any] = lambda v: v) -> Table:
-        return self.aggregate(name, lambda: 0, lambda total, v: total + fn(v))
+        return self.aggregate(name, lambda: 0, lambda total, v: total + fn(v), merge=_plus)
 
     def reduce(self, name: str, fn: Callable[[Any, Any], Any]) -> Table:
-        return self._table(name, Aggregation(fn, None))
+        """``fn(a, b)`` must be associative in session windows (it merges sessions too)."""
+        return self._table(name, Aggregation(fn, None, fn))
 
-    def aggregate(self, name: str, init: Callable[[], Any],
-                  add: Callable[[Any, Any], Any]) -> Table:
-        return self._table(name, Aggregation(add, init))
+    def aggregate(self, name: str, init: Callable[[], Any], add: Callable[[Any, Any], Any],
+                  merge: Callable[[Any, Any], Any] | None = None) -> Table:
+        """``merge(a, b)`` joins two states: required in session windows."""
+        if isinstance(self.windowing, Session) and merge is None:
+            raise PipelineError(f"aggregate {name!r} in session windows needs merge=: sessions "
+                                "merge when an event bridges them")
+        return self._table(name, Aggregation(add, init, merge))
 
     def _table(self, name: str, agg: Aggregation) -> Table:
         pipeline = self.stream.pipeline
@@ -75,10 +83,17 @@ class Grouped:
         pipeline.stores[name] = table
         if self.windowing is None:
             self.stream.children.append(lambda task, k, v, ts: _update(task, table, agg, k, v, ts))
+        elif isinstance(self.windowing, Session):
+            self.stream.children.append(
+                SessionTable(table, agg, self.windowing, self.emit).update)
         else:
             windowed = WindowedTable(table, agg, self.windowing, self.emit)
             self.stream.children.append(windowed.update)
         return table
+
+
+def _plus(a: Any, b: Any) -> Any:
+    return a + b
 
 
 class Table(Stream):

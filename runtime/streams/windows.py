@@ -42,3 +42,25 @@ class Hopping:
 def Tumbling(size_ms: int, grace_ms: int = 0, retention_ms: int | None = None) -> Hopping:
     """Back-to-back windows of ``size_ms``: each event is in exactly one."""
     return Hopping(size_ms, size_ms, grace_ms, retention_ms)
+
+
+@dataclass(frozen=True)
+class Session:
+    """Per key, events closer than ``gap_ms`` to each other form one session ``[first,
+    last]``; an event that bridges two open sessions merges them.  A session closes when
+    stream time reaches ``last + gap_ms + grace_ms`` (no event can extend it then); an event
+    whose own session would already be closed is late.  Closed sessions are final."""
+
+    gap_ms: int
+    grace_ms: int = 0
+    retention_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.gap_ms <= 0 or self.grace_ms < 0 or self.retention < self.gap_ms + self.grace_ms:
+            raise PipelineError("a session window needs gap_ms > 0, grace_ms >= 0 and "
+                                "retention_ms >= gap_ms + grace_ms")
+
+    @property
+    def retention(self) -> int:
+        """How long after its last event a session stays in the store."""
+        return self.gap_ms + self.grace_ms if self.retention_ms is None else self.retention_ms

@@ -23,7 +23,7 @@ from tests.helpers import ROOT, BrokerProcess, python_env, wait_for
 
 _serial = itertools.count()
 CHUNK = 800  # events sent to each replica before its kill -9
-PRELUDE = "from runtime.streams import Pipeline, Tumbling, Hopping\n"
+PRELUDE = "from runtime.streams import Pipeline, Tumbling, Hopping, Session\n"
 
 
 class Replica:

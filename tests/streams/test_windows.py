@@ -27,19 +27,47 @@ from tests.streams.harness import (
 )
 from tests.streams.test_stateless import SEEDS
 
-SIZE, GRACE, HOP = 1000, 300, 500
+SIZE, GRACE, HOP, GAP = 1000, 300, 500, 40
 PIPELINE = f"""
 app = Pipeline("win", source="orders")
 (app.stream.group_by().window(Tumbling({SIZE}, grace_ms={GRACE}), emit="close")
     .count("per-second").to("closed"))
 (app.stream.group_by().window(Hopping({SIZE}, {HOP}, grace_ms={GRACE}), emit="update")
     .sum("hopping", lambda v: v["n"]).to("updates"))
+(app.stream.group_by().window(Session({GAP}, grace_ms={GRACE}), emit="close")
+    .count("sessions").to("sessions"))
 run_hosted = app.run_hosted
 """
 
 
 def starts(ts: int, advance: int) -> list[int]:
     return [s for s in range(ts - ts % advance - SIZE, ts + 1, advance) if s >= 0 and s <= ts < s + SIZE]
+
+
+def session_reference(items: list[tuple[str, dict, int]], partitions: int) -> tuple[Counter, int]:
+    """Closed sessions (key, first, last, count) and late events, per input partition."""
+    closed: Counter = Counter()
+    late = 0
+    by_partition: dict[int, list] = defaultdict(list)
+    for item in items:
+        by_partition[partition_for_key(item[0], partitions)].append(item)
+    for part_items in by_partition.values():
+        now = -1
+        open_: dict[str, list[list[int]]] = defaultdict(list)  # key -> [first, last, count]
+        for key, _v, ts in part_items:
+            now = max(now, ts)
+            for k, sessions in open_.items():
+                for s in [s for s in sessions if s[1] + GAP + GRACE <= now]:
+                    sessions.remove(s)
+                    closed[(k, s[0], s[1], s[2])] += 1
+            if ts + GAP + GRACE <= now:
+                late += 1
+                continue
+            near = [s for s in open_[key] if s[0] - GAP <= ts <= s[1] + GAP]
+            merged = [min([ts] + [s[0] for s in near]), max([ts] + [s[1] for s in near]),
+                      1 + sum(s[2] for s in near)]
+            open_[key] = [s for s in open_[key] if s not in near] + [merged]
+    return closed, late
 
 
 def reference(items: list[tuple[str, dict, int]], partitions: int) -> tuple[Counter, Counter, int]:
@@ -105,9 +133,9 @@ def test_late_events_inside_the_grace_period_count_and_outside_are_dropped(
     assert closed == Counter({("a", 0, 2): 1, ("a", 1000, 2): 1})
     assert ("a", 0, 4) in updates and ("a", 500, 14) in updates  # 3 counted, 5 in [500, 1500)
     assert not any(s == 0 and v > 4 for _k, s, v in updates)  # 5 never reached [0, 1000)
-    assert late_counted(broker, 1) == 2
     want_closed, want_updates, want_late = reference(items, 1)
     assert (closed, updates) == (want_closed, want_updates) and want_late == 2
+    assert late_counted(broker, 1) == 2 + 1  # and 950 + gap + grace <= 1350: a late session
     conn = Connection(broker.api)
     try:  # retention is size + grace: at stream time 5000 only the open window is left
         kept = dict(query.decoded(query.table(conn, "win", "per-second")))
@@ -135,6 +163,44 @@ def test_windowed_outputs_are_exact_after_kill_9(broker: BrokerProcess, tmp_path
     finally:
         assert replica.stop() == 0, replica.log()
     want_closed, want_updates, want_late = reference(items, 2)
-    assert want_late > 0 and want_closed
+    want_sessions, sessions_late = session_reference(items, 2)
+    assert want_late > 0 and want_closed and sessions_late > 0 and len(want_sessions) > 10
     assert emitted(broker) == (want_closed, want_updates)
-    assert late_counted(broker, 2) == want_late
+    assert Counter((e.key, e.value["start"], e.value["end"], e.value["value"])
+                   for e in read(broker, "sessions")) == want_sessions
+    assert late_counted(broker, 2) == want_late + sessions_late
+
+
+SESSIONS = """
+app = Pipeline("sess", source="orders")
+grouped = app.stream.group_by()
+grouped.window(Session(100, grace_ms=200), emit="close").count("closed").to("sessions-closed")
+grouped.window(Session(100, grace_ms=200), emit="update").sum("sums", lambda v: v).to("sessions")
+run_hosted = app.run_hosted
+"""
+
+
+def test_session_windows_merge_close_and_drop_late_events(broker: BrokerProcess,
+                                                          tmp_path: Path) -> None:
+    times = [0, 50, 300, 200, 120, 1000, 650, 800]
+    # 0,50: one session; 300: another; 200 extends it back; 120 bridges both (merge, 5);
+    # 1000 closes [0,300]; 650 is late (650 + gap + grace <= 1000); 800 starts a session
+    produce(broker, "orders", [("a", 1, t) for t in times], 1)
+    replica = Replica(broker, write_script(tmp_path, SESSIONS), tmp_path / "state", "ss-0")
+    try:
+        wait_caught_up(broker, "sess")
+    finally:
+        assert replica.stop() == 0, replica.log()
+    closed = [(e.key, e.value) for e in read(broker, "sessions-closed")]
+    assert closed == [("a", {"start": 0, "end": 300, "value": 5})]
+    updates = [(e.value["start"], e.value["end"], e.value["value"])
+               for e in read(broker, "sessions")]
+    assert updates == [(0, 0, 1), (0, 50, 2), (300, 300, 1), (200, 300, 2), (0, 300, 5),
+                       (1000, 1000, 1), (800, 800, 1)]
+    conn = Connection(broker.api)
+    try:  # [0,300] expired at stream time 600 (retention gap + grace); two are still open
+        assert dict(query.decoded(query.table(conn, "sess", "closed"))) == {
+            ("a", 1000): [1, False, 1000], ("a", 800): [1, False, 800]}
+        assert changelog.last_checkpoint(conn, "sess.changelog", 0).late == 2
+    finally:
+        conn.close()
