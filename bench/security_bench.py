@@ -195,6 +195,42 @@ def check_cost_ns(calls: int = 200_000) -> dict[str, float]:
     return {"acl_check_ns": acl_ns, "no_security_ns": off_ns}
 
 
+def zmq_ceiling(frames: int = 3000, size: int = 100_000) -> dict[str, float]:
+    """Raw pyzmq PUSH -> PULL of ``size``-byte frames over loopback TCP, plaintext and
+    CURVE: what the encryption alone costs on this machine (MB/s)."""
+    import threading
+
+    import zmq
+
+    def run(curve: bool) -> float:
+        ctx = zmq.Context()
+        pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+        if curve:
+            server_public, server_secret = zmq.curve_keypair()
+            public, secret = zmq.curve_keypair()
+            pull.curve_server, pull.curve_secretkey = True, server_secret
+            push.curve_serverkey, push.curve_publickey, push.curve_secretkey = (
+                server_public, public, secret)
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push.connect(f"tcp://127.0.0.1:{port}")
+        frame = b"x" * size
+        push.send(frame)
+        pull.recv()  # connected and handshaken before the clock starts
+        sender = threading.Thread(target=lambda: [push.send(frame) for _ in range(frames)])
+        started = time.perf_counter()
+        sender.start()
+        for _ in range(frames):
+            pull.recv(copy=False)
+        elapsed = time.perf_counter() - started
+        sender.join()
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
+        return frames * size / elapsed / 1e6
+
+    return {"plain_mb_s": run(False), "curve_mb_s": run(True)}
+
+
 def report(runs: list[dict[str, dict[str, float]]], micro: dict[str, float], n: int) -> None:
     m = {mode: {k: median(r[mode][k] for r in runs) for k in runs[0][mode]} for mode in MODES}
     rows = []
@@ -228,9 +264,14 @@ def report(runs: list[dict[str, dict[str, float]]], micro: dict[str, float], n: 
           f"requests of {n / m['curve']['send_requests']:,.0f} events on average, "
           f"{per_request / 1000:,.1f} us of broker CPU each with CURVE: the check is "
           f"{share:.2f}% of it (target <= 5%: {'pass' if share <= 5 else 'FAIL'})")
+    ceiling = {k: median(r["zmq"][k] for r in runs) for k in runs[0]["zmq"]}
+    print(f"raw pyzmq PUSH/PULL of 100 KB frames: plaintext {ceiling['plain_mb_s']:,.0f} MB/s,"
+          f" CURVE {ceiling['curve_mb_s']:,.0f} MB/s "
+          f"({ceiling['curve_mb_s'] / ceiling['plain_mb_s']:.2f} of plaintext)")
     for i, r in enumerate(runs, 1):
         print(f"run {i}: " + "; ".join(f"{mode} " + ", ".join(f"{k}={v:,.1f}" for k, v in
-                                                          r[mode].items()) for mode in MODES))
+                                                          r[mode].items())
+                                        for mode in ("zmq", *MODES)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for run in range(runs):
-            results.append({mode: session(mode, keys, n) for mode in MODES})
+            results.append({"zmq": zmq_ceiling(), **{mode: session(mode, keys, n)
+                                                    for mode in MODES}})
             print(f"run {run + 1}/{runs} done", flush=True)
     finally:
         keys.close()
