@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +22,13 @@ from tests.security.secure import Keys, make_keys, rule, write_acl
 class Up:
     """``rail up`` (no workers) with its own environment; stopped by pid."""
 
-    def __init__(self, folder: Path, control: str, env: dict[str, str]) -> None:
+    def __init__(self, folder: Path, control: str, env: dict[str, str],
+                 supervisor: str = "") -> None:
         self.folder, self.control = folder, control
         api, ingest = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
         (folder / "rail.toml").write_text(
             f'[broker]\ndata_dir = "data"\nbind = "{api}"\ningest = "{ingest}"\n'
-            f'[supervisor]\ncontrol = "{control}"\ngrace_s = 5\n')
+            f'[supervisor]\ncontrol = "{control}"\ngrace_s = 5\n{supervisor}')
         self.err = folder / "up.err"
         with open(self.err, "wb") as err:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
@@ -60,7 +63,7 @@ def curve_up(tmp_path: Path, keys: dict[str, Keys]) -> Iterator[Up]:
                     + rule("writer", "topic", "t1", ["write"]))
     up = Up(tmp_path, f"tcp://127.0.0.1:{free_port()}",
             {"RAIL_CONTROL_SECRET_KEY": str(keys["supervisor"].secret_file),
-             "RAIL_CONTROL_ACL": str(acl)})
+             "RAIL_CONTROL_ACL": str(acl)}, supervisor='metrics = "127.0.0.1:0"\n')
     try:
         yield up
     finally:
@@ -85,6 +88,16 @@ def test_only_an_admin_key_drives_a_curve_control_socket(
             with pytest.raises(control.ControlError, match="no supervisor"):
                 control.call(curve_up.control, request, timeout_s=1.0)
     assert curve_up.rail("status", env=as_(keys, "ops")).returncode == 0
+
+
+def test_the_supervisors_metrics_ask_its_curve_control_socket_with_its_own_key(
+        curve_up: Up, keys: dict[str, Keys]) -> None:
+    wait_for(lambda: curve_up.rail("status", env=as_(keys, "ops")).returncode == 0, 30,
+             what="rail up to answer an admin")
+    found = wait_for(lambda: re.search(r"metrics on (http://[^/\s]+)", curve_up.err.read_text()),
+                     10, what="the metrics address in rail up's log")
+    with urllib.request.urlopen(f"{found.group(1)}/metrics", timeout=10) as page:
+        assert page.status == 200 and "rail_" in page.read().decode()
 
 
 def test_an_unauthenticated_control_socket_must_be_local(tmp_path: Path) -> None:
