@@ -39,8 +39,8 @@ class PostgresSink(TableSink):
             if self.document:
                 self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.table} "
                                 "(key TEXT PRIMARY KEY, value JSONB)")
-            self.db.execute(f"CREATE TEMP TABLE rail_stage (LIKE {self.table}) "
-                            "ON COMMIT DELETE ROWS")
+            self.db.execute(f"CREATE TEMP TABLE rail_stage ON COMMIT DELETE ROWS AS "
+                            f"SELECT {', '.join(self.columns)} FROM {self.table} WITH NO DATA")
             self.db.execute(f"CREATE TEMP TABLE rail_gone ON COMMIT DELETE ROWS AS "
                             f"SELECT {self.key_column} FROM {self.table} WITH NO DATA")
         cols = ", ".join(self.columns)
@@ -60,8 +60,8 @@ class PostgresSink(TableSink):
         return {(t, int(part)): int(o) for t, part, o in rows if t in topics}
 
     def put(self, events: list[Event], next_offsets: dict[tuple[str, int], int]) -> None:
-        changes = self.changes(events)
         with self.db.transaction(), self.db.cursor() as cur:
+            changes = self.changes(events, self.locked_offsets(cur, next_offsets))
             rows = [row for _, row in changes if row is not None]
             if rows:
                 with cur.copy(self.copy_rows) as copy:
@@ -76,8 +76,19 @@ class PostgresSink(TableSink):
                 cur.execute(self.delete)
             cur.executemany(
                 f"INSERT INTO {self.offsets_table} VALUES (%s, %s, %s, %s) ON CONFLICT "
-                "(connector, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+                "(connector, topic, partition) DO UPDATE SET next_offset = "
+                f"GREATEST({self.offsets_table}.next_offset, EXCLUDED.next_offset)",
                 [(self.name, t, part, o) for (t, part), o in next_offsets.items()])
+
+    def locked_offsets(self, cur: Any, batch: dict[tuple[str, int], int]
+                       ) -> dict[tuple[str, int], int]:
+        """The stored offsets of the batch's partitions, their rows locked until the commit:
+        a task still applying a batch of one of them (it owned the partition before a
+        rebalance) is waited for, and what it applied is skipped."""
+        cur.execute(f"SELECT topic, partition, next_offset FROM {self.offsets_table} "
+                    "WHERE connector = %s AND topic = ANY(%s) ORDER BY topic, partition "
+                    "FOR UPDATE", (self.name, sorted({t for t, _ in batch})))
+        return {(t, int(part)): int(o) for t, part, o in cur.fetchall()}
 
     def close(self) -> None:
         self.db.close()

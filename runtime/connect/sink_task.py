@@ -86,7 +86,7 @@ class SinkTask:
         if consumer.generation != self.generation:  # a rebalance: read the floors again
             self.generation = consumer.generation
             self.floors = self.sink.stored_offsets(list(self.host.options.topics)) or {}
-        fresh = [e for e in events if e.offset >= self.floors.get((e.topic, e.partition), 0)]
+        fresh = in_order(events, self.floors)
         if not fresh:
             return
         next_offsets = {(e.topic, e.partition): e.offset + 1 for e in fresh}
@@ -136,3 +136,25 @@ class SinkTask:
             self.producer = Producer(self.host.options.broker)
         send_to_dlq(self.producer, event, error, 1)
         self.host.failed += 1
+
+
+def in_order(events: list[Event], floors: dict[tuple[str, int], int]) -> list[Event]:
+    """``events`` at or above their partition's floor, each offset once, in offset order
+    per partition.  A rejoin in the middle of gathering a batch delivers a partition again
+    from its committed offset, after newer events of it: applied in arrival order, an old
+    value would overwrite a newer one."""
+    last: dict[tuple[str, int], int] = {}
+    out = []
+    ordered = True
+    for e in events:
+        tp = (e.topic, e.partition)
+        if e.offset < floors.get(tp, 0):
+            continue
+        if e.offset <= last.get(tp, -1):
+            ordered = False
+        last[tp] = e.offset
+        out.append(e)
+    if ordered:
+        return out
+    unique = {(e.topic, e.partition, e.offset): e for e in reversed(out)}
+    return [unique[k] for k in sorted(unique)]

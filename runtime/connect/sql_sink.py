@@ -82,10 +82,15 @@ class TableSink(Sink):
             return [str(key), json.dumps(value)]
         return [key if c == self.key_column else cell(value.get(c)) for c in self.columns]
 
-    def changes(self, events: list[Event]) -> list[Change]:
-        """The last change of each key in ``events``, in first-seen order."""
+    def changes(self, events: list[Event], stored: dict[tuple[str, int], int]) -> list[Change]:
+        """The last change of each key in ``events``, in first-seen order, leaving out the
+        events below the offsets ``stored`` in the database (read in the transaction that
+        applies the changes: a task that owned the partition before a rebalance may have
+        committed them meanwhile)."""
         last: dict[Any, list[Any] | None] = {}
         for e in events:
+            if e.offset < stored.get((e.topic, e.partition), 0):
+                continue
             key = self.key_of(e)
             last[key] = None if e.value is None else self.row(key, e.value)
         return list(last.items())
@@ -126,14 +131,15 @@ class SqliteSink(TableSink):
         return {(t, int(part)): int(o) for t, part, o in rows if t in topics}
 
     def put(self, events: list[Event], next_offsets: dict[tuple[str, int], int]) -> None:
-        changes = self.changes(events)
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("BEGIN IMMEDIATE")  # the write lock: one task's batch at a time
         try:
+            changes = self.changes(events, self.stored_offsets(list({e.topic for e in events})))
             self.db.executemany(self.upsert, [row for _, row in changes if row is not None])
             self.db.executemany(self.delete, [(key,) for key, row in changes if row is None])
             self.db.executemany(
                 f"INSERT INTO {self.offsets_table} VALUES (?, ?, ?, ?) ON CONFLICT "
-                "(connector, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                "(connector, topic, partition) DO UPDATE SET next_offset = "
+                "max(next_offset, excluded.next_offset)",
                 [(self.name, t, part, o) for (t, part), o in next_offsets.items()])
             self.db.execute("COMMIT")
         except BaseException:

@@ -47,7 +47,7 @@ def prepare_tables(dsn: str) -> None:
         # every write a row gets, in order: a change applied twice shows as a qty that
         # does not grow
         db.execute("CREATE TABLE history (n BIGSERIAL PRIMARY KEY, id INT, qty INT)")
-        db.execute("CREATE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        db.execute("CREATE OR REPLACE FUNCTION log_write() RETURNS trigger LANGUAGE plpgsql AS $$ "
                    "BEGIN INSERT INTO history (id, qty) VALUES (NEW.id, NEW.qty); "
                    "RETURN NEW; END $$")
         db.execute("CREATE TRIGGER log_write AFTER INSERT OR UPDATE ON orders "
@@ -65,14 +65,30 @@ def applied(dsn: str) -> int:
     return int(row[0]) if row else 0
 
 
+def sink_entry(dsn: str, tasks: int = 1) -> dict:
+    return {"name": "orders-out", "kind": "sink", "class": "postgres", "topics": [TOPIC],
+            "batch": 50, "linger_ms": 5, "tasks": tasks,
+            "config": {"dsn": dsn, "table": "orders", "key_column": "id",
+                       "columns": ["id", "name", "qty"]}}
+
+
+def check_exactly_once(dsn: str, broker: str) -> None:
+    """The table is the topic's latest value per key, and each key's writes grew."""
+    with psycopg.connect(dsn) as db:
+        rows = db.execute("SELECT id, name, qty FROM orders").fetchall()
+        history = db.execute("SELECT id, qty FROM history ORDER BY n").fetchall()
+    assert {r[0]: (r[1], r[2]) for r in rows} == latest_per_key(broker)
+    last: dict[int, int] = {}
+    for key, qty in history:
+        assert qty > last.get(key, -1), f"key {key}: qty {qty} written after {last[key]}"
+        last[key] = qty
+
+
 def test_a_postgres_sink_killed_mid_batch_applies_every_change_exactly_once(
         broker, postgres, tmp_path):
     prepare_tables(postgres.dsn)
     produce_orders(broker.api)
-    entry = {"name": "orders-out", "kind": "sink", "class": "postgres", "topics": [TOPIC],
-             "batch": 50, "linger_ms": 5,
-             "config": {"dsn": postgres.dsn, "table": "orders", "key_column": "id",
-                        "columns": ["id", "name", "qty"]}}
+    entry = sink_entry(postgres.dsn)
     task = Task(entry, broker.api, tmp_path / "sink.log")
     try:
         for at in (2_000, 8_000, 20_000):
@@ -84,11 +100,32 @@ def test_a_postgres_sink_killed_mid_batch_applies_every_change_exactly_once(
     finally:
         task.stop()
     assert task.proc.returncode == 0, task.log()
-    with psycopg.connect(postgres.dsn) as db:
-        rows = db.execute("SELECT id, name, qty FROM orders").fetchall()
-        history = db.execute("SELECT id, qty FROM history ORDER BY n").fetchall()
-    assert {r[0]: (r[1], r[2]) for r in rows} == latest_per_key(broker.api)
-    last: dict[int, int] = {}
-    for key, qty in history:
-        assert qty > last.get(key, -1), f"key {key}: qty {qty} written after {last[key]}"
-        last[key] = qty
+    check_exactly_once(postgres.dsn, broker.api)
+
+
+def test_two_sink_tasks_rebalancing_mid_stream_apply_every_change_exactly_once(
+        broker, postgres, tmp_path):
+    """A task joining or leaving moves partitions while the other may be applying a batch
+    of one of them: the offsets row locked in the transaction keeps it from applying twice."""
+    prepare_tables(postgres.dsn)
+    produce_orders(broker.api)
+    entry = sink_entry(postgres.dsn, tasks=2)
+    first = Task(entry, broker.api, tmp_path / "sink0.log", index=0)
+    second = None
+    try:
+        for at in (2_000, 10_000, 20_000):
+            wait_for(lambda at=at: applied(postgres.dsn) > at, 60, 0.01, f"{at} applied")
+            if second is None:
+                second = Task(entry, broker.api, tmp_path / "sink1.log", index=1)
+            else:
+                second.stop()
+                assert second.proc.returncode == 0, second.log()
+                second = None
+        assert applied(postgres.dsn) < EVENTS, "the rebalances came too late to matter"
+        wait_for(lambda: applied(postgres.dsn) >= EVENTS, 60, 0.1, "every event applied")
+    finally:
+        for task in (first, second):
+            if task is not None:
+                task.stop()
+    assert first.proc.returncode == 0, first.log()
+    check_exactly_once(postgres.dsn, broker.api)
