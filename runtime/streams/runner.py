@@ -17,6 +17,9 @@ from runtime.streams.task import Task
 from runtime.worker import Hosted
 
 POLL_S = 0.2
+# Events per commit at most: bounds a commit's changelog batch (its changed keys), which
+# must fit in one produce (the topic's max_batch_bytes, 8 MiB by default).
+CYCLE_EVENTS = 10_000
 
 
 class Runner:
@@ -102,8 +105,9 @@ class Runner:
                 continue
             host.current = (tp[0], tp[1], evs[0].offset, time.monotonic())
             before = task.offset
-            task.process(evs)
-            task.commit()
+            for i in range(0, len(evs), CYCLE_EVENTS):
+                task.process(evs[i:i + CYCLE_EVENTS])
+                task.commit()
             host.processed += task.offset - before
             offsets[tp] = task.offset
         host.current = None

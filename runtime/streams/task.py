@@ -39,10 +39,20 @@ if TYPE_CHECKING:
     from runtime.streams.pipeline import Pipeline
 
 T = TypeVar("T")
-BATCH_RECORDS = 2000  # records per produce: far below max_batch_bytes for small values
+BATCH_RECORDS = 2000  # records per produce at most
+BATCH_BYTES = 4 * 1024 * 1024  # and bytes: half the default max_batch_bytes
 MAX_SEQUENCE = 2**31 - 1
 _encode = msgspec.msgpack.Encoder().encode
 log = logging.getLogger("rail.streams")
+
+
+def _fitted(records: list[list[Any]]) -> list[tuple[list[list[Any]], bytes]]:
+    """``records`` encoded, cut in halves until each part is at most BATCH_BYTES."""
+    encoded = _encode(records)
+    if len(encoded) <= BATCH_BYTES or len(records) == 1:
+        return [(records, encoded)]
+    half = len(records) // 2
+    return _fitted(records[:half]) + _fitted(records[half:])
 
 
 def _same(value: Any) -> Any:
@@ -216,11 +226,11 @@ class Task:
         for (topic, part), records in sorted(self.out.items()):
             probe = self.ck.probing and (topic, part) not in self.settled
             for i in range(0, len(records), BATCH_RECORDS):
-                chunk = records[i:i + BATCH_RECORDS]
-                seq = self.seqs.get((topic, part), 0)
-                self.seqs[(topic, part)] = self._check_room(seq, len(chunk), topic)
-                batches.append(OutBatch(topic, part, self.producer_id, seq, len(chunk),
-                                        _encode(chunk), probe))
+                for chunk, encoded in _fitted(records[i:i + BATCH_RECORDS]):
+                    seq = self.seqs.get((topic, part), 0)
+                    self.seqs[(topic, part)] = self._check_room(seq, len(chunk), topic)
+                    batches.append(OutBatch(topic, part, self.producer_id, seq, len(chunk),
+                                            encoded, probe))
         self.out.clear()
         self._queues.clear()
         return batches

@@ -1,0 +1,55 @@
+"""The pure parts of Rail Streams, without processes: ids, batching, windows, local files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from runtime.streams import Hopping, PipelineError, Session, Tumbling
+from runtime.streams.checkpoint import Checkpoint
+from runtime.streams.localstore import LocalStore
+from runtime.streams.sender import OutBatch, producer_id
+from runtime.streams.task import BATCH_BYTES, _fitted
+
+
+def test_producer_ids_are_the_same_for_the_same_names_and_valid_for_the_broker() -> None:
+    first = producer_id("app", "orders", "3")
+    assert first == producer_id("app", "orders", "3")
+    assert first != producer_id("app", "orders", "4") != producer_id("app", "orders3", "")
+    assert 1 <= first < 2**63
+
+
+def test_a_big_output_batch_is_cut_to_fit_and_keeps_its_order() -> None:
+    records = [[b"x" * 100_000, i, None, 0] for i in range(100)]  # ~10 MB
+    parts = _fitted(records)
+    assert len(parts) > 1 and all(len(encoded) <= BATCH_BYTES for _, encoded in parts)
+    assert [r[1] for chunk, _ in parts for r in chunk] == list(range(100))
+    assert msgspec.msgpack.decode(parts[0][1])[0][1] == 0
+
+
+def test_window_starts_and_bad_windows() -> None:
+    assert list(Tumbling(10).starts(25)) == [20]
+    assert list(Hopping(10, 4).starts(13)) == [4, 8, 12]
+    assert list(Hopping(10, 5).starts(3)) == [0]
+    with pytest.raises(PipelineError):
+        Hopping(10, 20)
+    with pytest.raises(PipelineError):
+        Tumbling(10, grace_ms=50, retention_ms=20)
+    with pytest.raises(PipelineError):
+        Session(0)
+
+
+def test_the_local_file_keeps_state_checkpoint_and_outbox_together(tmp_path: Path) -> None:
+    disk = LocalStore(tmp_path / "t.sqlite")
+    outbox = [OutBatch("out", 1, 7, 10, 2, b"\x92\x91\x01\x91\x02", probe=True)]
+    disk.commit(Checkpoint(commit=3, offset=42), [("s", b"k", b"\x01")], outbox)
+    disk.confirm(2, "abc")
+    disk.close()
+    again = LocalStore(tmp_path / "t.sqlite")
+    assert again.checkpoint().offset == 42 and again.get("s", b"k") == b"\x01"
+    assert again.outbox() == outbox and again.confirmed() == (2, "abc")
+    again.commit(Checkpoint(commit=4, offset=50), [("s", b"k", None)], [])
+    assert again.get("s", b"k") is None and again.outbox() == []
+    again.close()
