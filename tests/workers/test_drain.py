@@ -17,7 +17,7 @@ import os, time
 def handle(event, ctx):
     with open({out!r}, "a") as f:
         f.write(f"start {{event.offset}}\\n")
-    time.sleep(2)
+    time.sleep(4)
     with open({out!r}, "a") as f:
         f.write(f"end {{event.offset}} {{os.getpid()}}\\n")
 """
@@ -42,7 +42,7 @@ def test_rail_restart_drains_in_flight_events_and_never_stalls_other_workers(
     restarted = rail.rail("restart", "slow")
     assert restarted.returncode == 0, restarted.stderr
     rail.send(range(10))  # the fast worker handles these while slow drains
-    wait_for(lambda: sorted(rail.seen()) == list(range(10)), timeout=1.5,
+    wait_for(lambda: sorted(rail.seen()) == list(range(10)), timeout=3,
              what="the other worker to handle events during the drain")
     assert "end" not in slow_out.read_text()  # the drain is still going on
     wait_for(lambda: slow_out.read_text().count("end") == 4, timeout=10,
