@@ -2,6 +2,12 @@
 
     python bench/runtime_bench.py            # full: 1,000,000 events, 3 runs (~2 min)
     python bench/runtime_bench.py --quick    # smoke test: 50,000 events, 1 run
+    python bench/runtime_bench.py --concurrency --runs 3   # only the concurrency figures
+
+--concurrency (issue 15): the trivial handler at concurrency 1 (``solo`` as below, 200,000
+events), and a handler sleeping 10 ms on a 1-partition topic with 1,000 keys at concurrency 1
+(300 events) and 50 (15,000 events), each from the worker's start to its last commit; the
+ratio's target is >= 30x.
 
 Each run, on a fresh broker (fsync=interval) with 100-byte events:
   raw      a runtime.client.Consumer in its own process polls and commits all N events of a

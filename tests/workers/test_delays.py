@@ -91,3 +91,25 @@ def test_a_delayed_event_survives_kill_9_of_everything_and_arrives_once_after_it
              what="the mover to go through rail.delayed again")
     time.sleep(0.5)
     assert sorted(v for v, _, _ in arrivals(rail)) == ["late", "later", "soon"]
+
+
+def test_ctx_send_with_a_delay_parks_the_event_in_rail_delayed(broker) -> None:
+    import logging
+
+    from runtime.dlq import header, read_all
+    from runtime.worker import Context
+
+    with Producer(broker.api) as producer:
+        ctx = Context("w", "w-0", logging.getLogger("test"), producer)
+        before = time.time() * 1000
+        ctx.send("orders", "later", key="k", headers={"trace": "t1"}, delay_s=60)
+        producer.flush()
+    conn = Connection(broker.api)
+    try:
+        parked = read_all(conn, DELAY_TOPIC)
+    finally:
+        conn.close()
+    assert [(e.value, e.key) for e in parked] == [("later", "k")]
+    assert header(parked[0], "rail.delay.topic") == "orders"
+    assert header(parked[0], "trace") == "t1"
+    assert int(header(parked[0], "rail.delay.due-ms") or 0) >= before + 60_000
