@@ -55,21 +55,55 @@ if str(ROOT) not in sys.path:  # spawned children inherit sys.path: they import 
     sys.path.insert(0, str(ROOT))
 
 if __package__:
-    from .common import cpu_stall_us, free_port, median, print_table, spawn, stop_popen, wait_until
+    from .common import (
+        cpu_stall_us,
+        free_port,
+        median,
+        print_table,
+        spawn,
+        stop_popen,
+        wait_until,
+    )
     from .peers import RedisServer, dramatiq_trivial
     from .pizzeria import pizzeria_session
-    from .processes import (BrokerView, RailUp, ensure_running, first_event, leftovers, popen, remember,
-                            stop_resource_tracker, worker_argv)
+    from .processes import (
+        BrokerView,
+        RailUp,
+        ensure_running,
+        first_event,
+        leftovers,
+        popen,
+        remember,
+        stop_resource_tracker,
+        worker_argv,
+    )
 else:  # run as a script
-    from common import cpu_stall_us, free_port, median, print_table, spawn, stop_popen, wait_until
+    from common import (
+        cpu_stall_us,
+        free_port,
+        median,
+        print_table,
+        spawn,
+        stop_popen,
+        wait_until,
+    )
     from peers import RedisServer, dramatiq_trivial
     from pizzeria import pizzeria_session
-    from processes import (BrokerView, RailUp, ensure_running, first_event, leftovers, popen, remember,
-                           stop_resource_tracker, worker_argv)
+    from processes import (
+        BrokerView,
+        RailUp,
+        ensure_running,
+        first_event,
+        leftovers,
+        popen,
+        remember,
+        stop_resource_tracker,
+        worker_argv,
+    )
 
-from brokerd import protocol as p  # noqa: E402
-from runtime import control  # noqa: E402
-from tests.helpers import BrokerProcess, python_env, start_broker  # noqa: E402
+from brokerd import protocol as p
+from runtime import control
+from tests.helpers import BrokerProcess, python_env, start_broker
 
 SIZE = 100
 CHUNK = 1000
