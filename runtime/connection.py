@@ -67,7 +67,7 @@ class Connection:
         # With watch_reconnects, ZeroMQ's monitor events say when the TCP connection was
         # lost and made again: requests written to the lost one will get no reply.
         self._monitor: zmq.Socket | None = None
-        self._lost = False
+        self._lost = self._back = self._dropped = False
         if watch_reconnects:
             self._monitor = self.socket.get_monitor_socket(
                 zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -185,14 +185,31 @@ class Connection:
     def came_back(self) -> bool:
         """True (once) when the connection was lost and is up again since the last call
         (only with ``watch_reconnects``)."""
-        monitor, back = self._monitor, False
+        self._watch()
+        back, self._back = self._back, False
+        return back
+
+    def dropped(self) -> bool:
+        """True (once) when the connection was lost since the last call, whether or not it
+        is up again (only with ``watch_reconnects``): requests written to it before then
+        get no reply."""
+        self._watch()
+        dropped, self._dropped = self._dropped, False
+        return dropped
+
+    def is_down(self) -> bool:
+        """The connection was lost and is not up again (only with ``watch_reconnects``)."""
+        self._watch()
+        return self._lost
+
+    def _watch(self) -> None:
+        monitor = self._monitor
         while monitor is not None and int(monitor.getsockopt(_EVENTS)) & _POLLIN:
             event = recv_monitor_message(monitor)["event"]
             if event == zmq.EVENT_DISCONNECTED:
-                self._lost = True
+                self._lost = self._dropped = True
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._lost:
-                self._lost, back = False, True
-        return back
+                self._lost, self._back = False, True
 
     def close(self) -> None:
         if self._monitor is not None:

@@ -12,6 +12,14 @@ MAX_BATCHES of them, each acknowledged, refused or retried on its own.  With key
 over 1,000 partitions a batch holds a few records, and a request per batch would cost the
 broker more than the records.
 
+In a cluster (``broker`` may list several bootstrap endpoints, comma-separated) each
+partition's batches go to its leader, over one connection per broker.  A batch refused
+because leadership moved (NOT_LEADER, NOT_ENOUGH_REPLICAS, a fenced epoch), or in flight on
+a connection that dropped, waits with the rest of its partition until fresh metadata names
+the new leader, then goes there with the same producer id and sequence: the new leader
+holds the producer state that rode in the replicated batches, so a batch the old leader
+had stored is recognised as a duplicate, not stored twice.
+
 Used from one thread at a time; its own lock guards it against its linger thread.
 """
 
@@ -25,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, cast
 
 import msgspec
+import zmq
 
 from brokerd import protocol as p
 from runtime.connection import DEFAULT_BROKER, BrokerError, BrokerUnavailable, Connection, check
@@ -46,6 +55,10 @@ LINGER_REQUESTS = 4  # a linger round ships only while fewer requests than this 
 SPLIT_BYTES = p.MAX_REQUEST_BYTES // 2
 Callback = Callable[[int, int, "BrokerError | None"], None]
 RECHECK_S = 0.1  # a wait for acks looks this often whether the connection came back
+# Codes that say a partition's leader is elsewhere (or not yet ready): wait for metadata.
+LEADER_MOVED = {"NOT_LEADER", "NOT_ENOUGH_REPLICAS", "FENCED_LEADER_EPOCH",
+                "UNKNOWN_LEADER_EPOCH"}
+REFRESH_S = 0.1  # metadata is asked for at most this often while partitions wait for it
 
 
 @dataclass
@@ -66,11 +79,12 @@ class _Batch:
 
 @dataclass
 class _Request:
-    """One request in flight: its batches, and how many of them still wait for its reply
-    (a batch resent in a later request no longer does)."""
+    """One request in flight: its batches, how many of them still wait for its reply (a
+    batch resent in a later request no longer does), and the connection it went on."""
 
     batches: list[_Batch]
     live: int
+    conn: Connection
 
 
 class Producer:
@@ -82,7 +96,9 @@ class Producer:
                  delivery_timeout_s: float = 120.0) -> None:
         if acks not in (0, 1, "all"):
             raise ValueError("acks must be 0, 1 or 'all'")
-        self.conn = Connection(broker, timeout_s=request_timeout_s, watch_reconnects=acks != 0)
+        self._bootstrap = [e.strip() for e in broker.split(",") if e.strip()] or [DEFAULT_BROKER]
+        self.conn = Connection(self._bootstrap[0], timeout_s=request_timeout_s,
+                               watch_reconnects=acks != 0)
         self.acks = acks
         self.batch_size = batch_size
         self.linger_s = linger_ms / 1000
@@ -104,6 +120,15 @@ class Producer:
         # A partition's producer id, when it is not ``producer_id``: a new one starts its
         # sequences from 0 (_renumber, _expire).
         self._ids: dict[tuple[str, int], int] = {}
+        # In a cluster: the leader's endpoint per partition (None: no leader known), a
+        # connection per broker, and the partitions that wait for metadata to name a leader.
+        self._clustered = False
+        self._leaders: dict[tuple[str, int], str | None] = {}
+        self._conns: dict[str, Connection] = {self.conn.endpoint: self.conn}
+        self._brokers: list[str] = []
+        self._moved: set[tuple[str, int]] = set()
+        self._refresh_at = 0.0
+        self._poller: zmq.Poller | None = None
         self._lock = threading.RLock()
         self._closed = False
         self._work = threading.Event()  # set while something is buffered or in flight
@@ -164,7 +189,9 @@ class Producer:
 
     def _lookup_partitions(self, topic: str) -> int:
         try:
-            meta = self._call(p.Metadata(topics=[topic]))
+            meta = self._metadata([topic]) if len(self._bootstrap) > 1 or self._clustered \
+                else self._call(p.Metadata(topics=[topic]))
+            self._learn(meta)
             return len(meta.topics[0].partitions)
         except BrokerError as exc:
             if exc.code != "UNKNOWN_TOPIC":
@@ -190,8 +217,9 @@ class Producer:
         """Turn the buffers of ``tps`` into batches and send them together (lock held)."""
         formed = [batch for tp in tps if (batch := self._form(tp)) is not None]
         # A wait in _form may have sent some already (_send_waiting): never twice.
-        self._send_batches([batch for batch in formed
-                            if not batch.attempts and (batch.topic, batch.partition) not in self._held])
+        self._send_batches([batch for batch in formed if not batch.attempts
+                            and (batch.topic, batch.partition) not in self._held
+                            and (batch.topic, batch.partition) not in self._moved])
 
     def _form(self, tp: tuple[str, int]) -> _Batch | None:
         """Turn the buffer of ``tp`` into a numbered, unacked batch; return it if it may be
@@ -219,12 +247,13 @@ class Producer:
         batch = _Batch(tp[0], tp[1], records, seq if self.producer_id else -1, callbacks,
                        self._ids.get(tp, self.producer_id))
         if self.acks == 0:
-            if not self._transmit([batch], block=True):
+            conn = self._conn_for(tp) or self.conn
+            if not self._transmit([batch], conn, block=True):
                 self._report(batch, BrokerUnavailable(self.conn.endpoint, self.request_timeout_s))
             return None
         queue = self._unacked.setdefault(tp, deque())
         queue.append(batch)
-        if tp in self._held or self._waits(queue, batch):
+        if tp in self._held or tp in self._moved or self._waits(queue, batch):
             return None  # sent in its turn (_send_waiting)
         return batch
 
@@ -242,17 +271,48 @@ class Producer:
         A batch that cannot be queued holds back its partition: it and the partition's
         later batches wait (_held)."""
         held: set[tuple[str, int]] = set()
-        for start in range(0, len(batches), MAX_BATCHES):
-            chunk = [b for b in batches[start:start + MAX_BATCHES]
-                     if (b.topic, b.partition) not in held]
-            if chunk and not self._transmit(chunk):
-                held.update((b.topic, b.partition) for b in chunk)
+        for conn, some in self._by_leader(batches):
+            for start in range(0, len(some), MAX_BATCHES):
+                chunk = [b for b in some[start:start + MAX_BATCHES]
+                         if (b.topic, b.partition) not in held]
+                if chunk and not self._transmit(chunk, conn):
+                    held.update((b.topic, b.partition) for b in chunk)
         self._held |= held
 
-    def _transmit(self, batches: list[_Batch], block: bool = False) -> bool:
-        """Queue one request carrying ``batches`` for the broker; False if ZeroMQ's queue
-        is full (the broker has been away long), at once or, with ``block``, after the
-        request timeout."""
+    def _by_leader(self, batches: list[_Batch]) -> list[tuple[Connection, list[_Batch]]]:
+        """``batches`` grouped by the connection to their partition's leader, in order; a
+        partition with no known leader waits for metadata (_moved)."""
+        if not self._clustered:
+            return [(self.conn, batches)] if batches else []
+        groups: dict[str, list[_Batch]] = {}
+        for b in batches:
+            tp = (b.topic, b.partition)
+            leader = self._leaders.get(tp)
+            if leader is None or tp in self._moved:
+                self._moved.add(tp)
+                continue
+            groups.setdefault(leader, []).append(b)
+        return [(self._connection(endpoint), some) for endpoint, some in groups.items()]
+
+    def _conn_for(self, tp: tuple[str, int]) -> Connection | None:
+        if not self._clustered:
+            return self.conn
+        leader = self._leaders.get(tp)
+        return None if leader is None else self._connection(leader)
+
+    def _connection(self, endpoint: str) -> Connection:
+        conn = self._conns.get(endpoint)
+        if conn is None:
+            conn = self._conns[endpoint] = Connection(
+                endpoint, context=self.conn.context, timeout_s=self.request_timeout_s,
+                watch_reconnects=self.acks != 0)
+            self._poller = None
+        return conn
+
+    def _transmit(self, batches: list[_Batch], conn: Connection, block: bool = False) -> bool:
+        """Queue one request carrying ``batches`` on ``conn``; False if ZeroMQ's queue is
+        full (the broker has been away long), at once or, with ``block``, after the request
+        timeout.  Request ids come from the first connection's counter, for all of them."""
         request_id = self.conn.next_id()
         if len(batches) == 1:
             b = batches[0]
@@ -265,26 +325,27 @@ class Producer:
             if any(b.producer_id != pid for b in batches):  # one id per request: split
                 same = [b for b in batches if b.producer_id == pid]
                 rest = [b for b in batches if b.producer_id != pid]
-                return self._transmit(same, block) and self._transmit(rest, block)
+                return self._transmit(same, conn, block) and self._transmit(rest, conn, block)
             body = _encode({
                 "op": "produce_batches", "id": request_id, "acks": self.acks,
                 "producer_id": pid,
                 "batches": [(b.topic, b.partition, b.sequence, b.records) for b in batches]})
             if len(body) > SPLIT_BYTES:
                 half = len(batches) // 2
-                return self._transmit(batches[:half], block) and self._transmit(batches[half:], block)
+                return (self._transmit(batches[:half], conn, block)
+                        and self._transmit(batches[half:], conn, block))
         now = time.monotonic()
         for b in batches:
             if not b.first_sent_at:  # the delivery timeout runs from the first try
                 b.first_sent_at = now
-        if not self.conn.send_raw(body, block):
+        if not conn.send_raw(body, block):
             return False
         for b in batches:
             b.request_id, b.sent_at = request_id, now
             b.attempts += 1
             b.in_flight = self.acks != 0
         if self.acks != 0:
-            self._in_flight[request_id] = _Request(batches, len(batches))
+            self._in_flight[request_id] = _Request(batches, len(batches), conn)
         return True
 
     def _land(self, batch: _Batch) -> None:
@@ -298,7 +359,7 @@ class Producer:
             request.live -= 1
             if request.live <= 0:
                 del self._in_flight[batch.request_id]
-                self.conn.unwatched(batch.request_id)
+                request.conn.unwatched(batch.request_id)
 
     def _flying(self) -> list[_Batch]:
         """The batches waiting for a reply."""
@@ -308,12 +369,19 @@ class Producer:
     # -- acknowledgements -------------------------------------------------------------
     def _collect(self) -> None:
         """Take the replies that are already here, without waiting."""
-        while self._in_flight and self.conn.readable():
-            self._take(*self.conn.recv_ready())
+        if not self._clustered:
+            while self._in_flight and self.conn.readable():
+                self._take(*self.conn.recv_ready())
+            return
+        for conn in list(self._conns.values()):
+            while conn.readable():
+                self._take(*conn.recv_ready(), conn)
 
     def _receive(self, timeout_s: float) -> bool:
         """Take one reply within ``timeout_s`` (at most RECHECK_S: then look for stale or
         lost requests; callers wait in a loop)."""
+        if self._clustered:
+            return self._receive_any(timeout_s)
         got = self.conn.recv(min(timeout_s, RECHECK_S))
         if got is None:
             self._retry_stale()
@@ -321,10 +389,26 @@ class Producer:
         self._take(*got)
         return True
 
-    def _take(self, request_id: int, body: bytes) -> None:
+    def _receive_any(self, timeout_s: float) -> bool:
+        """``_receive`` over the connections to every broker."""
+        if self._poller is None:
+            self._poller = zmq.Poller()
+            for conn in self._conns.values():
+                self._poller.register(conn.socket, zmq.POLLIN)
+        ready = dict(self._poller.poll(max(0, int(min(timeout_s, RECHECK_S) * 1000))))
+        if not ready:
+            self._retry_stale()
+            return False
+        for conn in list(self._conns.values()):
+            if conn.socket in ready:
+                while conn.readable():
+                    self._take(*conn.recv_ready(), conn)
+        return True
+
+    def _take(self, request_id: int, body: bytes, conn: Connection | None = None) -> None:
         request = self._in_flight.pop(request_id, None)
         if request is None:
-            self.conn.keep(request_id, body)
+            (conn or self.conn).keep(request_id, body)
             return
         reply = _decode_reply(body)
         released: list[tuple[str, int]] = []  # partitions whose first batch was acked
@@ -364,6 +448,9 @@ class Producer:
     def _failed(self, batch: _Batch, error: BrokerError) -> None:
         tp = (batch.topic, batch.partition)
         queue = self._unacked.get(tp, deque())
+        if self._clustered and error.code in LEADER_MOVED and self._may_retry(batch):
+            self._wait_for_leader(tp)
+            return
         if error.code == "OUT_OF_ORDER_SEQUENCE" and queue and queue[0] is batch:
             self._renumber(tp)
             return
@@ -391,6 +478,55 @@ class Producer:
             self._land(batch)
         self._send_waiting(tp)
 
+    def _wait_for_leader(self, tp: tuple[str, int]) -> None:
+        """``tp``'s batches wait, none in flight, until metadata names its leader again."""
+        for batch in self._unacked.get(tp, ()):
+            self._land(batch)
+        self._held.discard(tp)
+        self._moved.add(tp)
+
+    def _refresh(self) -> None:
+        """Ask any broker for fresh metadata; partitions whose leader it names go there."""
+        self._refresh_at = time.monotonic() + REFRESH_S
+        try:
+            meta = self._metadata(sorted({topic for topic, _ in self._moved}
+                                         | set(self._partitions)), timeout_s=1.0)
+        except BrokerError:
+            return  # no broker answered: try again later
+        self._learn(meta)
+        ready = {tp for tp in self._moved if (leader := self._leaders.get(tp)) is not None
+                 and not (leader in self._conns and self._conns[leader].is_down())}
+        self._moved -= ready
+        self._send_waiting(*ready)
+
+    def _metadata(self, topics: list[str], timeout_s: float | None = None) -> p.MetadataReply:
+        """Metadata from the first broker that answers: the known ones, then the bootstrap
+        list.  On a connection of its own, so that nothing else's replies interleave."""
+        timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
+        error: BrokerError = BrokerUnavailable(",".join(self._bootstrap), timeout_s)
+        for endpoint in dict.fromkeys(self._brokers + self._bootstrap):
+            conn = Connection(endpoint, context=self.conn.context, timeout_s=timeout_s)
+            try:
+                return cast(p.MetadataReply, conn.call(p.Metadata(topics=topics)))
+            except BrokerError as exc:
+                if exc.code != "UNAVAILABLE":
+                    raise
+                error = exc
+            finally:
+                conn.close()
+        raise error
+
+    def _learn(self, meta: p.MetadataReply) -> None:
+        """Take the leaders a metadata reply names (a single broker names none)."""
+        if not meta.brokers:
+            return
+        self._clustered = True
+        by_id = {b.id: b.api for b in meta.brokers}
+        self._brokers = list(by_id.values())
+        for topic in meta.topics:
+            for part in topic.partitions:
+                self._leaders[(topic.name, part.partition)] = by_id.get(part.leader)
+
     def _send_waiting(self, *tps: tuple[str, int]) -> None:
         """Send, in order, the unacked batches of ``tps`` not in flight: the ones that could
         not be queued and the ones that waited (_waits).  The ones in flight are queued
@@ -398,6 +534,8 @@ class Producer:
         after it wait (_held)."""
         out: list[_Batch] = []
         for tp in tps:
+            if tp in self._moved:
+                continue  # sent once metadata names its leader (_refresh)
             self._held.discard(tp)
             queue = self._unacked.get(tp, deque())
             for batch in queue:
@@ -426,20 +564,38 @@ class Producer:
         connection to the broker was lost and made again (a restarted broker never saw it
         or lost its reply; one it did store is recognised by its sequence number)."""
         now = time.monotonic()
-        back = self.conn.came_back()
+        if self._clustered:
+            self._check_leaders(now)
+        back = not self._clustered and self.conn.came_back()
         flying = self._flying()
         expired = {(b.topic, b.partition) for b in flying
                    if now - b.first_sent_at > self.delivery_timeout_s}
-        for tp in expired | {tp for tp in self._held
-                             if now - self._unacked[tp][0].first_sent_at > self.delivery_timeout_s}:
+        for tp in expired | {tp for tp in self._held | self._moved if self._unacked.get(tp)
+                             and now - self._unacked[tp][0].first_sent_at > self.delivery_timeout_s}:
             self._expire(tp)
         stale = {(b.topic, b.partition) for b in flying
                  if back or now - b.sent_at > self.request_timeout_s}
         held = self._held - stale
         for tp in stale:
-            self._resend_from(tp)
+            if self._clustered:  # its leader may be gone: ask metadata where it is now
+                self._wait_for_leader(tp)
+            else:
+                self._resend_from(tp)
         for tp in held:
             self._send_waiting(tp)
+
+    def _check_leaders(self, now: float) -> None:
+        """In a cluster: the partitions whose requests went on a connection that dropped
+        wait for metadata, and metadata is asked for while partitions wait for it."""
+        for conn in list(self._conns.values()):
+            if conn.dropped():
+                lost = {(b.topic, b.partition) for rid, request in self._in_flight.items()
+                        if request.conn is conn for b in request.batches
+                        if b.in_flight and b.request_id == rid}
+                for tp in lost:
+                    self._wait_for_leader(tp)
+        if self._moved and now >= self._refresh_at:
+            self._refresh()
 
     def _expire(self, tp: tuple[str, int]) -> None:
         """Give up on every unacked batch of ``tp``: the oldest waited past
@@ -453,6 +609,7 @@ class Producer:
                             f"within delivery_timeout_s ({self.delivery_timeout_s:g} s): "
                             "the batch may or may not be stored")
         self._held.discard(tp)
+        self._moved.discard(tp)
         for batch in self._unacked.pop(tp, deque()):
             self._land(batch)
             self._report(batch, error)
@@ -481,7 +638,7 @@ class Producer:
                                     if now - since >= self.linger_s])
                 self._collect()
                 self._retry_stale()
-                if not self._buffers and not self._in_flight and not self._held:
+                if not (self._buffers or self._in_flight or self._held or self._moved):
                     self._work.clear()
 
     def flush(self, timeout_s: float | None = None) -> None:
@@ -489,7 +646,7 @@ class Producer:
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.delivery_timeout_s)
         with self._lock:
             self._ship_all(list(self._buffers))
-            while self._in_flight or self._held:
+            while self._in_flight or self._held or self._moved:
                 if time.monotonic() > deadline:
                     raise BrokerUnavailable(self.conn.endpoint, timeout_s or self.delivery_timeout_s)
                 self._receive(min(0.1, max(0.0, deadline - time.monotonic())))
@@ -511,7 +668,8 @@ class Producer:
                 self._closed = True
                 self._work.set()
             self._linger.join(timeout=1)
-            self.conn.close()
+            for conn in self._conns.values():
+                conn.close()
 
     def __enter__(self) -> Producer:
         return self

@@ -1,0 +1,74 @@
+"""The Python Producer in a cluster: given several bootstrap endpoints it sends each
+partition's batches to its leader, and after a kill -9 of a leader it follows the new one
+with the same producer id and sequences: every acknowledged record is in every replica
+once, and every record sent is acknowledged."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from runtime.client import BrokerError, Producer
+from tests.cluster.client import check_replicas, start_member, wait_in_sync
+from tests.cluster.test_replication import start_three
+from tests.cluster.zookeeper import ZooKeeper
+from tests.helpers import wait_for
+from tests.integration.wire import RawClient
+
+PARTITIONS = 4
+
+
+def test_a_producer_follows_the_leaders_through_a_kill_9_and_loses_nothing(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    brokers = start_three(tmp_path, zookeeper)
+    ports = [int(b.api.rsplit(":", 1)[1]) for b in brokers]
+    acked: list[tuple[int, int, Any]] = []
+    failed: list[BrokerError] = []
+    producer: Producer | None = None
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[1]) as raw:
+            raw.ok("create_topic", topic="t", partitions=PARTITIONS)
+        leaders = wait_in_sync(apis, "t", PARTITIONS, 3)
+        # The bootstrap list starts with a broker that leads partition 0 or not: either way
+        # the producer must learn every leader from metadata.
+        producer = Producer(",".join(apis), acks="all", request_timeout_s=30)
+        sent = 0
+        stop = threading.Event()
+
+        def send_steadily() -> None:
+            nonlocal sent
+            while not stop.is_set() and sent < 3000:
+                value = f"v{sent}"
+
+                def done(partition: int, offset: int, error: BrokerError | None,
+                         value: str = value) -> None:
+                    if error is None:
+                        acked.append((partition, offset, value))
+                    else:
+                        failed.append(error)
+                producer.send("t", value, key=f"k{sent % 101}", callback=done)
+                sent += 1
+                if sent % 50 == 0:
+                    threading.Event().wait(0.01)  # a steady stream, not one burst
+
+        sender = threading.Thread(target=send_steadily, daemon=True)
+        sender.start()
+        wait_for(lambda: len(acked) >= 600, 60, what="600 acks before the kill")
+        victim = leaders[0]
+        brokers[victim].kill9()
+        sender.join(120)
+        assert not sender.is_alive()
+        producer.flush(timeout_s=90)
+        assert not failed and not producer.errors, (failed + producer.errors)[:3]
+        assert len(acked) == sent == 3000
+        assert producer._leaders[("t", 0)] not in (None, apis[victim]), "it never moved on"
+        brokers[victim] = start_member(tmp_path, zookeeper, victim, api_port=ports[victim])
+        wait_in_sync([b.api for b in brokers], "t", PARTITIONS, 3, timeout=60)
+    finally:
+        if producer is not None:
+            producer.close(timeout_s=1)
+        for b in brokers:
+            b.stop()
+    check_replicas(brokers, "t", PARTITIONS, acked)
