@@ -69,6 +69,7 @@ class WorkerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     quarantine_after: Annotated[int, msgspec.Meta(ge=0)] = 3  # crashes on one event; 0: never
     # "N/s", "N/m" or "N/h": handler calls of all replicas together; "": no limit
     rate: Annotated[str, msgspec.Meta(pattern=RATE_PATTERN)] = ""
+    key_rate: Annotated[str, msgspec.Meta(pattern=RATE_PATTERN)] = ""  # per key, same form
     # past handler_timeout_s: "recycle" (SIGKILL + restart; counts towards quarantine) or
     # "report" (a log line per event; the handler keeps running)
     handler_timeout_action: Literal["recycle", "report"] = "recycle"

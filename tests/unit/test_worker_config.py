@@ -51,3 +51,9 @@ def test_handler_timeout_action(tmp_path: Path) -> None:
     assert spec.handler_timeout_action == "recycle"
     with pytest.raises(ConfigError, match=r"workers\.w\.handler_timeout_action"):
         load_config(write(tmp_path, 'handler_timeout_action = "ignore"\n'))
+
+
+def test_key_rate(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, 'key_rate = "5/s"\n'))[0].workers["w"].key_rate == "5/s"
+    with pytest.raises(ConfigError, match=r"workers\.w\.key_rate"):
+        load_config(write(tmp_path, 'key_rate = "5"\n'))
