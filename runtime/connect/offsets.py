@@ -9,9 +9,9 @@ data partitions' end offsets the task had seen acknowledged.
 
 A task killed between a batch's acknowledgement and its checkpoint loses nothing: on start
 it reads its last checkpoint, then scans the data topics from the checkpoint's positions to
-their ends for records with its own key, and the record with the highest sequence of each
-source partition gives that partition's offset.  The scan covers at most the batches sent
-after the last checkpoint.
+their ends for records with its own key, and advances each source partition's offset over
+the unbroken run of sequence numbers after the checkpoint (``recover``).  The scan covers
+at most the batches sent after the last checkpoint.
 """
 
 from __future__ import annotations
@@ -70,12 +70,20 @@ def load_checkpoint(conn: Connection, task_key: str) -> Checkpoint:
     return Checkpoint() if last is None else msgspec.convert(last, Checkpoint, strict=False)
 
 
-def recover(conn: Connection, task_key: str, topics: list[str]) -> Checkpoint:
-    """The last checkpoint, advanced by the task's records stored after it."""
+def recover(conn: Connection, task_key: str, topics: list[str]) -> tuple[Checkpoint, set[int]]:
+    """The last checkpoint, advanced by the task's records stored after it, and the
+    sequence numbers stored beyond the first one missing.
+
+    Every record of the task has the next sequence number and a batch is acknowledged
+    before its checkpoint, so the records after the checkpoint are a run from its sequence
+    on, unless a kill came between two partitions' batches of one flush: then a record of
+    one partition is missing and later ones of another are there.  The offsets advance
+    over the unbroken run only; the source reads again from there, and the records whose
+    numbers come back in the returned set are already stored and are not sent again."""
     point = load_checkpoint(conn, task_key)
     meta = conn.call(p.Metadata(topics=None))
     known = {t.name: t for t in meta.topics}
-    newest: dict[str, int] = {}
+    found: dict[int, tuple[str, Any]] = {}
     for topic in topics:
         info = known.get(topic)
         if info is None:
@@ -83,21 +91,25 @@ def recover(conn: Connection, task_key: str, topics: list[str]) -> Checkpoint:
         for part in info.partitions:
             start = point.positions.get(topic, {}).get(part.partition, part.start_offset)
             for event in read_partition(conn, topic, part.partition, start):
-                advance(point, newest, task_key, event)
+                mine = ours(event, task_key)
+                if mine is not None and mine[0] > point.seq:
+                    found[mine[0]] = mine[1:]
             point.positions.setdefault(topic, {})[part.partition] = part.end_offset
-    return point
+    while point.seq + 1 in found:
+        point.seq += 1
+        partition, offset = found.pop(point.seq)
+        point.offsets[partition] = offset
+    return point, set(found)
 
 
-def advance(point: Checkpoint, newest: dict[str, int], task_key: str, event: Any) -> None:
+def ours(event: Any, task_key: str) -> tuple[int, str, Any] | None:
+    """(sequence, source partition, source offset) of a record of the task, else None."""
     headers = event.headers or {}
     if headers.get(H_TASK) != task_key:
-        return
-    seq, partition = int(headers[H_SEQ]), str(headers[H_PARTITION])
-    point.seq = max(point.seq, seq)
-    if seq > newest.get(partition, -1):
-        newest[partition] = seq
-        raw = headers[H_OFFSET]
-        point.offsets[partition] = msgspec.msgpack.decode(raw.encode() if isinstance(raw, str) else raw)
+        return None
+    raw = headers[H_OFFSET]
+    offset = msgspec.msgpack.decode(raw.encode() if isinstance(raw, str) else raw)
+    return int(headers[H_SEQ]), str(headers[H_PARTITION]), offset
 
 
 def checkpoint_value(point: Checkpoint) -> Any:

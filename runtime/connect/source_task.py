@@ -42,6 +42,7 @@ class SourceTask:
         self.key = f"{settings.name}/{source.task}"
         self.topics = settings.topics
         self.point = Checkpoint()
+        self.stored_ahead: set[int] = set()  # sequence numbers stored already (recover)
 
     def run(self) -> int:
         broker = self.host.options.broker
@@ -67,7 +68,8 @@ class SourceTask:
         scanned = self.topics + [dlq_topic(t) for t in self.topics]
         while not self.host.stopping:
             try:
-                return recover(conn, self.key, scanned)
+                point, self.stored_ahead = recover(conn, self.key, scanned)
+                return point
             except BrokerUnavailable as exc:
                 self.host.log.warning("%s; waiting for it", exc)
                 time.sleep(BROKER_RETRY_S)
@@ -100,17 +102,23 @@ class SourceTask:
         self.host.idle = False
         point = self.point
         for record in batch:
-            point.seq += 1
             topic = record.topic or self.topics[0]
             headers = dict(record.headers or {})
-            headers.update(record_headers(self.key, point.seq, record.source_partition,
-                                          record.source_offset))
             try:
                 prepared = self.settings.prepare(record.value, record.key, topic, headers)
             except BadRecord as exc:
-                self._reject(producer, record, topic, headers, exc)
+                prepared = exc
+            if prepared is None:  # a transform filtered it out: no number, nothing sent
+                point.offsets[record.source_partition] = record.source_offset
                 continue
-            if prepared is not None:  # None: a transform filtered it out
+            point.seq += 1
+            headers.update(record_headers(self.key, point.seq, record.source_partition,
+                                          record.source_offset))
+            if point.seq in self.stored_ahead:  # sent before a kill, and stored
+                self.stored_ahead.discard(point.seq)
+            elif isinstance(prepared, BadRecord):
+                self._reject(producer, record, topic, headers, prepared)
+            else:
                 value, key, topic = prepared
                 producer.send(topic, value, key=key, headers=headers)
             point.offsets[record.source_partition] = record.source_offset
@@ -130,7 +138,6 @@ class SourceTask:
         headers["rail.connector"] = self.settings.name
         producer.send(dlq_topic(topic), record.value, key=record.key, headers=headers)
         self.host.failed += 1
-        self.point.offsets[record.source_partition] = record.source_offset
 
     def _checkpoint(self, conn: Connection, producer: Producer) -> None:
         scanned = set(self.topics) | {dlq_topic(t) for t in self.topics}

@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 import time
 
+from brokerd import protocol as p
+from runtime.client import Producer
+from runtime.connect.offsets import record_headers
+from runtime.connection import Connection
 from tests.connect.tasks import Task, count, read_topic, write_lines
 from tests.helpers import wait_for
 
@@ -64,3 +68,56 @@ def test_rotation_and_truncation_lose_and_repeat_nothing(broker, tmp_path):
         assert ids(broker.api) == list(range(230))
     finally:
         task.stop()
+
+
+def test_a_source_writing_to_three_partitions_resumes_exactly_after_kill_9(broker, tmp_path):
+    """Keyed records spread over three partitions: a kill can land after one partition's
+    batch is stored and before another's; the resume fills the hole and repeats nothing."""
+    conn = Connection(broker.api)
+    conn.call(p.CreateTopic(topic="spread", partitions=3))
+    conn.close()
+    path = tmp_path / "in.jsonl"
+    write_lines(path, 0, 60_000, "w")
+    settings = entry(path, topic="spread", batch=300,
+                     transforms=[{"type": "key", "field": "id"}])
+    task = Task(settings, broker.api, tmp_path / "task.log")
+    try:
+        for at in (4_000, 15_000, 30_000, 45_000):
+            wait_for(lambda at=at: count(broker.api, "spread") > at, 30, 0.005, f"{at} records")
+            task.kill9()
+            task = Task(settings, broker.api, tmp_path / "task.log")
+        wait_for(lambda: count(broker.api, "spread") >= 60_000, 60, 0.1, "every line")
+        time.sleep(0.3)
+        assert ids(broker.api, "spread") == list(range(60_000))
+    finally:
+        task.stop()
+
+
+def test_a_hole_left_by_a_batch_that_never_arrived_is_filled_and_nothing_repeated(
+        broker, tmp_path):
+    """The state a kill between two partitions' batches of one flush leaves: lines 0 and 2
+    stored in partition 0, line 1 (bound for partition 1) lost.  The restarted source
+    sends line 1 and the lines after 2, not 0 or 2 again."""
+    conn = Connection(broker.api)
+    conn.call(p.CreateTopic(topic="holes", partitions=2))
+    conn.close()
+    path = tmp_path / "in.jsonl"
+    write_lines(path, 0, 10, "w")
+    ends, pos = [], 0
+    for line in path.read_bytes().splitlines(keepends=True):
+        pos += len(line)
+        ends.append(pos)
+    ino = os.stat(path).st_ino
+    with Producer(broker.api) as producer:
+        for seq, line in ((1, 0), (3, 2)):
+            producer.send("holes", {"id": line, "name": f"row-{line}"}, key=str(line),
+                          partition=0, headers=record_headers("lines-in/0", seq, str(path),
+                                                              [ino, ends[line]]))
+    task = Task(entry(path, topic="holes", transforms=[{"type": "key", "field": "id"}]),
+                broker.api, tmp_path / "task.log")
+    try:
+        wait_for(lambda: count(broker.api, "holes") >= 10, 20, 0.05, "every line")
+        time.sleep(0.3)
+    finally:
+        task.stop()
+    assert ids(broker.api, "holes") == list(range(10))
