@@ -338,6 +338,7 @@ class Supervisor:
                 "--retries", str(spec.retries), "--concurrency", str(spec.concurrency),
                 "--drain-timeout-s", str(spec.drain_timeout_s),
                 "--rate", str(per_second(spec.rate) / max(1, spec.replicas) if spec.rate else 0),
+                "--key-rate", str(per_second(spec.key_rate) if spec.key_rate else 0),
                 "--flight", str(self.flight_path(watcher, replica)),
                 "--quarantine", str(self.quarantine_path(watcher))]
 

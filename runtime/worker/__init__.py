@@ -189,6 +189,7 @@ class Options:
     flight: str | None = None  # the flight record's file (the supervisor reads it)
     quarantine: str | None = None  # the supervisor's suspects/quarantined list
     rate: float = 0.0  # handler calls per second at most (0: no limit)
+    key_rate: float = 0.0  # handler calls per second per key at most (0: no limit)
 
 
 class Worker:
@@ -251,7 +252,7 @@ class Worker:
         self.log.info("worker %s joined group %s for %s as %s", opts.name, opts.group,
                       ",".join(opts.topics), self.consumer.member_id)
         try:
-            if self.options.concurrency > 1:
+            if self.options.concurrency > 1 or self.options.key_rate > 0:
                 self._run_concurrent(self.consumer)
             else:
                 while not self.stopping:
@@ -361,6 +362,8 @@ class Worker:
         self.runner = Runner(limit, None if self.loop else self._attempt,
                              self._attempt_async if self.loop else None, self.loop)
         lanes = self.lanes = Lanes(limit, self._start)
+        if self.options.key_rate > 0:
+            lanes.key_interval = 1.0 / self.options.key_rate
         window = max(MIN_WINDOW, WINDOW_PER_SLOT * limit)
         generation = consumer.generation
         while not self.stopping:
@@ -369,8 +372,12 @@ class Worker:
             if consumer.generation != generation:
                 generation = consumer.generation
                 lanes.forget(set(consumer.assignment))
+            due = lanes.release() if lanes.later else None
             if lanes.pending:
-                self._outcomes(lanes, OUTCOME_WAIT_S if lanes.pending < window else 0.5)
+                wait = OUTCOME_WAIT_S if lanes.pending < window else 0.5
+                if due is not None:
+                    wait = min(wait, max(0.0, due - time.monotonic()))
+                self._outcomes(lanes, wait)
             self._commit_finished(consumer, lanes)
         lanes.paused = True
         deadline = time.monotonic() + self.options.drain_timeout_s
@@ -647,6 +654,8 @@ def parser(script_required: bool = True, group_default: str | None = None) -> ar
                     help="on a stop, how long running handlers may take to finish (default 30)")
     ap.add_argument("--rate", type=float, default=0.0,
                     help="handler calls per second at most (default 0: no limit)")
+    ap.add_argument("--key-rate", type=float, default=0.0,
+                    help="handler calls per second per key at most (default 0: no limit)")
     ap.add_argument("--flight", help="file of the flight record (the supervisor reads it)")
     ap.add_argument("--quarantine", help="the supervisor's list of suspect and quarantined "
                     "events (JSON)")
@@ -660,7 +669,8 @@ def options_of(args: argparse.Namespace) -> Options:
                    health=args.health, retries=max(0, args.retries), start=args.start,
                    session_timeout_ms=args.session_timeout_ms,
                    concurrency=max(1, args.concurrency), drain_timeout_s=args.drain_timeout_s,
-                   flight=args.flight, quarantine=args.quarantine, rate=max(0.0, args.rate))
+                   flight=args.flight, quarantine=args.quarantine, rate=max(0.0, args.rate),
+                   key_rate=max(0.0, args.key_rate))
 
 
 def serve(script: Script, options: Options, parent: int | None = None) -> int:

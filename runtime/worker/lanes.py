@@ -17,8 +17,10 @@ a queue the main thread drains.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 from runtime.client import Event
 
 Key = tuple[str, int, int]
+MAX_KEY_TIMES = 10_000  # per-key rate state kept; past it, keys idle long enough are dropped
 
 
 class Track:
@@ -65,6 +68,12 @@ class Lanes:
         self.skipped: list[Event] = []  # quarantined events met since the host last looked
         self.alone = False  # a suspect runs: nothing else starts
         self.paused = False  # draining: nothing new starts
+        # a rate per key: a lane's next event starts key_interval after its previous one; a
+        # head that must wait sits in ``later`` (due, seq, event) and the other lanes go on
+        self.key_interval = 0.0
+        self.key_next: dict[Any, float] = {}  # lane -> when its next event may start
+        self.later: list[tuple[float, int, Event]] = []
+        self._seq = 0
 
     def add(self, events: list[Event]) -> int:
         """Take ``events``; return how many were new (one seen before is dropped: a rebalance
@@ -121,6 +130,8 @@ class Lanes:
     def fill(self) -> None:
         while self.ready and self.free and not self.alone and not self.paused:
             event = self.ready[0]
+            if self.key_interval and not self._key_may_start(event):
+                continue
             if self.suspects and (event.topic, event.partition, event.offset) in self.suspects:
                 if self.running:
                     return  # a suspect waits until it can run alone
@@ -130,6 +141,35 @@ class Lanes:
             self.running[slot] = event
             self.owner[slot] = self.tracks[(event.topic, event.partition)]
             self.start(event, slot)
+
+    def _key_may_start(self, event: Event) -> bool:
+        """Per-key rate: True (and the lane's next slot taken) if ``event`` may start now;
+        else it moves from ``ready`` to ``later``, due at its lane's next slot."""
+        lane = lane_of(event)
+        if lane is None:
+            return True
+        now = time.monotonic()
+        due = self.key_next.get(lane)
+        if due is not None and due > now:
+            self.ready.popleft()
+            self._seq += 1
+            heapq.heappush(self.later, (due, self._seq, event))
+            return False
+        # released a moment after its slot: count from the slot (no drift); idle: from now
+        start = due if due is not None and now - due < self.key_interval else now
+        self.key_next[lane] = start + self.key_interval
+        if len(self.key_next) > MAX_KEY_TIMES:
+            self.key_next = {k: t for k, t in self.key_next.items() if t > now}
+        return True
+
+    def release(self) -> float | None:
+        """Move the waiting heads whose slot came to ``ready`` and start what may start;
+        return when the next one falls due (monotonic), if any waits."""
+        now = time.monotonic()
+        while self.later and self.later[0][0] <= now:
+            self.ready.append(heapq.heappop(self.later)[2])
+        self.fill()
+        return self.later[0][0] if self.later else None
 
     def watermarks(self, all_: bool = False) -> dict[tuple[str, int], int]:
         """The next offset to commit per partition whose watermark moved (every partition
@@ -151,6 +191,10 @@ class Lanes:
         kept = deque(e for e in self.ready if (e.topic, e.partition) not in gone)
         dropped = len(self.ready) - len(kept)
         self.ready = kept
+        later = [h for h in self.later if (h[2].topic, h[2].partition) not in gone]
+        dropped += len(self.later) - len(later)
+        self.later = later
+        heapq.heapify(self.later)
         for lane in list(self.lanes):
             if lane[0] in gone:
                 dropped += len(self.lanes[lane])

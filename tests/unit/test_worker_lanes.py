@@ -65,3 +65,19 @@ def test_a_suspect_runs_alone_and_a_quarantined_event_is_skipped() -> None:
     r.finish(2)
     assert [e.offset for e in r.lanes.skipped] == [3]
     assert r.lanes.watermarks() == {("t", 0): 4}
+
+
+def test_a_rate_per_key_holds_that_key_back_not_the_others() -> None:
+    import time
+
+    r = Recorder(limit=4)
+    r.lanes.key_interval = 0.2
+    r.lanes.add([ev(0, "a")])
+    r.finish(0)
+    r.lanes.add([ev(1, "a"), ev(2, "b")])
+    assert [o for o, _ in r.started] == [0, 2]  # a's next slot is 0.2 s after offset 0
+    due = r.lanes.release()
+    assert due is not None and due > time.monotonic()
+    time.sleep(max(0.0, due - time.monotonic()))
+    assert r.lanes.release() is None
+    assert [o for o, _ in r.started] == [0, 2, 1]
