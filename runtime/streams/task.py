@@ -42,6 +42,7 @@ T = TypeVar("T")
 BATCH_RECORDS = 2000  # records per produce at most
 BATCH_BYTES = 4 * 1024 * 1024  # and bytes: half the default max_batch_bytes
 MAX_SEQUENCE = 2**31 - 1
+_CACHED_KEYS = frozenset({str, bytes, int, type(None)})  # keys whose partition is cached
 _encode = msgspec.msgpack.Encoder().encode
 log = logging.getLogger("rail.streams")
 
@@ -89,18 +90,6 @@ class Task:
     def offset(self) -> int:
         return self.ck.offset
 
-    @property
-    def stream_time(self) -> int:
-        return self.ck.stream_time
-
-    @property
-    def late(self) -> int:
-        return self.ck.late
-
-    @late.setter
-    def late(self, value: int) -> None:
-        self.ck.late = value
-
     def store(self, name: str) -> StateStore:
         try:
             return self.stores[name]
@@ -118,17 +107,15 @@ class Task:
 
     def emit(self, topic: str, key: Any, value: Any, ts: int,
              headers: dict[str, Any] | None = None) -> None:
-        cached = (topic, key.__class__, key)  # the class too: 1 and True hash alike
-        try:
-            queue = self._queues[cached]
-        except KeyError:
+        cls = key.__class__
+        cached = (topic, cls, key)  # the class too: 1 and True hash alike
+        queue = self._queues.get(cached) if cls in _CACHED_KEYS else None
+        if queue is None:
             count = self.partitions[topic]
             part = self.partition % count if key is None else partition_for_key(key, count)
             queue = self.out.setdefault((topic, part), [])
-            self._queues[cached] = queue
-        except TypeError:  # a key that is not hashable (a list, a dict): no cache
-            count = self.partitions[topic]
-            queue = self.out.setdefault((topic, partition_for_key(key, count)), [])
+            if cls in _CACHED_KEYS:
+                self._queues[cached] = queue
         queue.append([value, key, headers, ts])
 
     # -- restore ----------------------------------------------------------------------

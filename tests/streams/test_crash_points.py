@@ -1,0 +1,75 @@
+"""Kill -9 at the one point where outputs are stored and the changelog is not, then lose
+the local files: the task restored from the changelog recomputes outputs the broker already
+has, under other batch boundaries, and must still add each exactly once (probing)."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from tests.helpers import BrokerProcess, wait_for
+from tests.streams.harness import Replica, produce, read, wait_caught_up, write_script
+
+PIPELINE = """
+import os, signal
+from runtime.streams import sender
+
+app = Pipeline("cut", source="orders")
+app.stream.map(lambda v: {"n": v["n"]}).to("copies")
+app.stream.group_by().count("counts").to("counts-out")
+run_hosted = app.run_hosted
+
+MARKER = os.environ["CRASH_MARKER"]
+send_all = sender.Sender.send_all
+
+
+def send_outputs_then_die(self, batches):
+    # the 3rd commit of a run that has not crashed yet: outputs go, the changelog does not
+    calls = getattr(self, "calls", 0) + 1
+    self.calls = calls
+    if calls == 3 and not os.path.exists(MARKER) and batches[-1].topic == "cut.changelog":
+        send_all(self, batches[:-1])
+        open(MARKER, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return send_all(self, batches)
+
+
+sender.Sender.send_all = send_outputs_then_die
+"""
+
+
+def test_outputs_stored_before_a_lost_changelog_batch_are_not_added_twice(
+        broker: BrokerProcess, tmp_path: Path, monkeypatch) -> None:
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv("CRASH_MARKER", str(marker))
+    items = [(f"k{i % 5}", {"n": i}, i) for i in range(3000)]
+    produce(broker, "orders", [], 1)
+    script = write_script(tmp_path, PIPELINE)
+    replica = Replica(broker, script, tmp_path / "state", "c-0")
+    replica.wait_running()
+    for i in range(0, len(items), 300):  # several commits, so that the 3rd has outputs
+        produce(broker, "orders", items[i:i + 300], 1)
+        if marker.exists():
+            break
+        sent = i + 300
+        wait_for(lambda sent=sent: marker.exists() or replica.proc.poll() is not None or
+                 _done(broker, sent), timeout=20, what="the commit")
+    assert replica.proc.wait(20) == -9 and marker.exists(), replica.log()
+    shutil.rmtree(tmp_path / "state")  # the partition "moves": no local files
+    produce(broker, "orders", items[i + 300:], 1)
+    replica = Replica(broker, script, tmp_path / "state", "c-0")
+    try:
+        wait_caught_up(broker, "cut")
+    finally:
+        assert replica.stop() == 0, replica.log()
+    assert "restored from changelog" in replica.log()
+    assert Counter(e.value["n"] for e in read(broker, "copies")) == Counter(range(3000))
+    updates: dict[str, list[int]] = defaultdict(list)
+    for event in read(broker, "counts-out"):
+        updates[event.key].append(event.value)
+    assert updates == {f"k{k}": list(range(1, 601)) for k in range(5)}
+
+
+def _done(broker: BrokerProcess, count: int) -> bool:
+    return len(read(broker, "copies")) >= count
