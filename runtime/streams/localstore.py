@@ -95,9 +95,30 @@ class LocalStore:
                         (msgspec.msgpack.encode([commit, incarnation]),))
 
     def reset(self) -> None:
-        """Forget everything (before a restore from the changelog)."""
+        """Forget everything (no local state to trust: restoring from nothing)."""
         self.db.executescript("BEGIN; DELETE FROM kv; DELETE FROM meta; DELETE FROM outbox;"
                               " COMMIT;")
+
+    def replace_all(self, checkpoint: ck.Checkpoint,
+                    updates: Iterable[tuple[str, bytes, bytes | None]]) -> None:
+        """One transaction: forget everything, then hold the state ``updates`` leave (applied
+        in order; the last value of a key wins, None deletes) and ``checkpoint``."""
+        latest: dict[tuple[str, bytes], bytes | None] = {}
+        for store, key, value in updates:
+            latest[(store, key)] = value
+        rows = sorted((s, k, v) for (s, k), v in latest.items() if v is not None)
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.execute("DELETE FROM kv")
+            db.execute("DELETE FROM meta")
+            db.execute("DELETE FROM outbox")
+            db.executemany("INSERT INTO kv VALUES (?, ?, ?)", rows)  # sorted: appends
+            db.execute("INSERT INTO meta VALUES ('checkpoint', ?)", (ck.encode(checkpoint),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()

@@ -139,15 +139,15 @@ class Task:
                          self.topic, self.partition, mine.commit,
                          self.sender.duplicates - before)
             return
-        self.disk.reset()
         if last is None:
+            self.disk.reset()
             self._adopt(Checkpoint(incarnation=secrets.token_hex(8), probing=True))
             self.restored_from = "nothing"
             return
         got = changelog.read(self.conn, self.changelog, self.partition)
         assert got.checkpoint is not None  # last_checkpoint found one
         restored = got.checkpoint
-        self.disk.commit(restored, got.updates, [])
+        self.disk.replace_all(restored, got.updates)
         self.disk.confirm(restored.commit, restored.incarnation)
         # Outputs past this checkpoint may be stored already (its writer died before its
         # next changelog batch): probe every output partition until caught up.
