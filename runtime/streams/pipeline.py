@@ -76,8 +76,13 @@ class Pipeline:
         from runtime.streams.changelog import changelog_topic
         return changelog_topic(self.app, self.topics.index(topic))
 
-    def decode(self, value: Any) -> Any:
-        return value if self.value_type is None else msgspec.convert(value, self.value_type)
+    @property
+    def decode(self) -> Any:
+        """The function that converts a source value (None: values are used as they come)."""
+        if self.value_type is None:
+            return None
+        value_type = self.value_type
+        return lambda value: msgspec.convert(value, value_type)
 
     def run_hosted(self, host: Hosted) -> int:
         """The worker host's entry point: run until ``host.stopping``, then return 0."""
