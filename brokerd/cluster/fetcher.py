@@ -7,14 +7,16 @@ it, and fetches again from the new end only once the loop says where that is.  S
 leader never counts as replicated what this broker has not written.
 
 Thread-safety: the loop calls ``follow``, ``unfollow``, ``resume`` and ``stop``, which only
-put commands on a queue; the thread owns the sockets; results go to ``on_result`` (which
-queues them for the loop and wakes it).
+put commands on a queue and wake the thread (a pipe in its poll: a ``resume`` waiting for
+the poll's timeout would cap replication at one round per timeout); the thread owns the
+sockets; results go to ``on_result`` (which queues them for the loop and wakes it).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -58,6 +60,9 @@ class ReplicaFetcher:
         self.context = context
         self.secure = secure  # with CURVE on: a client with this broker's key (docs/security.md)
         self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._thread = threading.Thread(target=self._run, name="replica-fetcher", daemon=True)
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(p.Reply).decode
@@ -67,19 +72,28 @@ class ReplicaFetcher:
         self._thread.start()
 
     def follow(self, follow: Follow) -> None:
-        self._commands.put(("follow", follow))
+        self._command(("follow", follow))
 
     def unfollow(self, tp: TP) -> None:
-        self._commands.put(("unfollow", tp))
+        self._command(("unfollow", tp))
 
     def resume(self, tp: TP, leader_epoch: int, offset: int) -> None:
         """The loop applied the last answer: fetch ``tp`` from ``offset`` next."""
-        self._commands.put(("resume", tp, leader_epoch, offset))
+        self._command(("resume", tp, leader_epoch, offset))
 
     def stop(self) -> None:
-        self._commands.put(("stop",))
+        self._command(("stop",))
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def _command(self, command: tuple[Any, ...]) -> None:
+        self._commands.put(command)
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups the thread has yet to read: it will
 
     # -- the thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -88,6 +102,7 @@ class ReplicaFetcher:
         pending: dict[int, tuple[TP, int, int]] = {}  # request id -> (tp, offset, epoch)
         ids = itertools.count(1)
         poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
         try:
             while True:
                 if not self._apply_commands(follows):
@@ -111,6 +126,9 @@ class ReplicaFetcher:
                         sock.send(self._encode(self._request(f, rid)))
                         f.waiting, f.sent_at = True, now
                 for sock, _ in poller.poll(50):
+                    if sock == self._wake_r:
+                        self._drain_wakeups()
+                        continue
                     while sock.poll(0):
                         self._received(sock.recv(), follows, pending)
         except Exception:  # noqa: BLE001 - a bug here must be loud, not a silent stop
@@ -118,6 +136,13 @@ class ReplicaFetcher:
         finally:
             for sock in sockets.values():
                 sock.close(linger=0)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def _apply_commands(self, follows: dict[TP, Follow]) -> bool:
         while True:
