@@ -3,19 +3,23 @@
     config = {dsn = "host=127.0.0.1 port=5432 dbname=shop user=rail", table = "orders",
               key_column = "id", columns = ["id", "name", "qty"]}
 
-A batch goes in with ``COPY`` into a temporary table shaped like the target, then one
-``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` and one ``DELETE ... USING``: a few
-statements a batch instead of one per row.  The offsets row is updated in the same
-transaction.
+A batch goes in as one statement: its last change per key as a JSON array, turned into
+rows by ``jsonb_populate_record`` (the columns' own types), upserted with ``ON CONFLICT DO
+UPDATE`` and deleted for tombstones, so the rows are built by PostgreSQL, not per row in
+Python.  The offsets rows are locked, read and updated in the same transaction.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from runtime.client import Event
 from runtime.connect.errors import ConnectError, ConnectorConfigError
 from runtime.connect.sql_sink import TableSink
+
+_encode = msgspec.json.Encoder().encode
 
 
 class PostgresSink(TableSink):
@@ -39,18 +43,30 @@ class PostgresSink(TableSink):
             if self.document:
                 self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.table} "
                                 "(key TEXT PRIMARY KEY, value JSONB)")
-            self.db.execute(f"CREATE TEMP TABLE rail_stage ON COMMIT DELETE ROWS AS "
-                            f"SELECT {', '.join(self.columns)} FROM {self.table} WITH NO DATA")
-            self.db.execute(f"CREATE TEMP TABLE rail_gone ON COMMIT DELETE ROWS AS "
-                            f"SELECT {self.key_column} FROM {self.table} WITH NO DATA")
+        self.apply = self._statement()
+
+    def _statement(self) -> str:
+        """One statement applies a batch: ``%s`` is a JSON array of ``[key, value]`` (the
+        last change of each key; a null value deletes)."""
+        t, k = self.table, self.key_column
+        batch = ("WITH batch AS (SELECT e->>0 AS k, e->1 AS v FROM "
+                 "jsonb_array_elements(%s::jsonb) e), ")
+        if self.document:
+            return (batch + f"up AS (INSERT INTO {t} (key, value) SELECT k, v FROM batch "
+                    "WHERE jsonb_typeof(v) <> 'null' ON CONFLICT (key) DO UPDATE SET "
+                    f"value = EXCLUDED.value) DELETE FROM {t} USING batch "
+                    f"WHERE jsonb_typeof(batch.v) = 'null' AND {t}.key = batch.k")
         cols = ", ".join(self.columns)
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self.columns if c != self.key_column)
-        self.copy_rows = f"COPY rail_stage ({cols}) FROM STDIN"
-        self.upsert = (f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM rail_stage "
-                       f"ON CONFLICT ({self.key_column}) "
-                       + (f"DO UPDATE SET {updates}" if updates else "DO NOTHING"))
-        self.delete = (f"DELETE FROM {self.table} t USING rail_gone g "
-                       f"WHERE t.{self.key_column} = g.{self.key_column}")
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self.columns if c != k)
+        row = f"jsonb_populate_record(NULL::{t}, batch.v || jsonb_build_object('{k}', batch.k))"
+        key = f"(jsonb_populate_record(NULL::{t}, jsonb_build_object('{k}', batch.k))).{k}"
+        return (batch + f"up AS (INSERT INTO {t} ({cols}) SELECT "
+                + ", ".join(f"r.{c}" for c in self.columns)
+                + f" FROM batch, {row} r WHERE jsonb_typeof(batch.v) = 'object' "
+                f"ON CONFLICT ({k}) "
+                + (f"DO UPDATE SET {updates}" if updates else "DO NOTHING")
+                + f") DELETE FROM {t} USING batch WHERE jsonb_typeof(batch.v) = 'null' "
+                f"AND {t}.{k} = {key}")
 
     def stored_offsets(self, topics: list[str]) -> dict[tuple[str, int], int]:
         with self.db.transaction():
@@ -61,19 +77,10 @@ class PostgresSink(TableSink):
 
     def put(self, events: list[Event], next_offsets: dict[tuple[str, int], int]) -> None:
         with self.db.transaction(), self.db.cursor() as cur:
-            changes = self.changes(events, self.locked_offsets(cur, next_offsets))
-            rows = [row for _, row in changes if row is not None]
-            if rows:
-                with cur.copy(self.copy_rows) as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                cur.execute(self.upsert)
-            gone = [key for key, row in changes if row is None]
-            if gone:
-                with cur.copy(f"COPY rail_gone ({self.key_column}) FROM STDIN") as copy:
-                    for key in gone:
-                        copy.write_row([key])
-                cur.execute(self.delete)
+            last = self.last_values(events, self.locked_offsets(cur, next_offsets))
+            if last:
+                rows = _encode([[str(k), v] for k, v in last.items()]).decode()
+                cur.execute(self.apply, (rows,))
             cur.executemany(
                 f"INSERT INTO {self.offsets_table} VALUES (%s, %s, %s, %s) ON CONFLICT "
                 "(connector, topic, partition) DO UPDATE SET next_offset = "

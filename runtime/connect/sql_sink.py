@@ -82,18 +82,23 @@ class TableSink(Sink):
             return [str(key), json.dumps(value)]
         return [key if c == self.key_column else cell(value.get(c)) for c in self.columns]
 
+    def last_values(self, events: list[Event], stored: dict[tuple[str, int], int]
+                    ) -> dict[Any, Any]:
+        """Each key's last value in ``events`` (None: deleted), leaving out the events below
+        the offsets ``stored`` (see ``changes``)."""
+        last: dict[Any, Any] = {}
+        for e in events:
+            if e.offset >= stored.get((e.topic, e.partition), 0):
+                last[self.key_of(e)] = e.value
+        return last
+
     def changes(self, events: list[Event], stored: dict[tuple[str, int], int]) -> list[Change]:
         """The last change of each key in ``events``, in first-seen order, leaving out the
         events below the offsets ``stored`` in the database (read in the transaction that
         applies the changes: a task that owned the partition before a rebalance may have
         committed them meanwhile)."""
-        last: dict[Any, list[Any] | None] = {}
-        for e in events:
-            if e.offset < stored.get((e.topic, e.partition), 0):
-                continue
-            key = self.key_of(e)
-            last[key] = None if e.value is None else self.row(key, e.value)
-        return list(last.items())
+        return [(key, None if value is None else self.row(key, value))
+                for key, value in self.last_values(events, stored).items()]
 
 
 def cell(value: Any) -> Any:
