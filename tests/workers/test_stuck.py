@@ -13,14 +13,14 @@ from tests.integration.test_supervisor import Rail, rail  # noqa: F401
 SLOW = """
 import time
 def handle(event, ctx):
-    time.sleep(4)
+    time.sleep(3)
 """
 
 
 def test_status_shows_the_events_in_flight_and_a_slow_handler_is_reported(rail: Rail) -> None:  # noqa: F811
     rail.script("slow.py", SLOW)
     rail.write_toml('[workers.slow]\nscript = "slow.py"\ntopics = ["orders"]\nconcurrency = 2\n'
-                    'handler_timeout_s = 1\nhandler_timeout_action = "report"\n',
+                    'handler_timeout_s = 1\nhandler_timeout_action = "report"\ndrain_timeout_s = 0\n',
                     topics="[topics.orders]\npartitions = 1\n")
     rail.up()
     with Producer(rail.api) as producer:
