@@ -68,17 +68,20 @@ def rail_produce(bootstrap: str, events: int) -> dict[str, Any]:
 
 
 def rail_consume(leader: str, events: int) -> dict[str, Any]:
+    import msgspec
+
     from brokerd import protocol as p
     from runtime.connection import Connection
+    decode = msgspec.msgpack.Decoder(list[list[Any]]).decode  # every record, as a client would
     conn = Connection(leader, timeout_s=30)
     offset = 0
     started = time.perf_counter()
     while offset < events:
         reply = conn.call(p.Fetch(topic="bench", partition=0, offset=offset,
                                   max_bytes=1 << 20, max_wait_ms=500))
-        for base, _ts, records in reply.batches:
-            count = len(records)
-            offset = max(offset, base + count)
+        for base, _ts, raw in reply.batches:
+            records = decode(raw)
+            offset = max(offset, base + len(records))
     seconds = time.perf_counter() - started
     conn.close()
     return {"rate": events / seconds}

@@ -16,7 +16,8 @@ from tests.helpers import ROOT, python_env, start_broker, wait_for
 
 def rail(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=ROOT,
-                          env=python_env(), capture_output=True, text=True, timeout=30)
+                          env=python_env(), capture_output=True, text=True, timeout=30,
+                          check=False)
 
 
 def test_cluster_status_shows_brokers_leaders_and_what_is_under_replicated(
