@@ -113,3 +113,36 @@ def test_ctx_send_with_a_delay_parks_the_event_in_rail_delayed(broker) -> None:
     assert header(parked[0], "rail.delay.topic") == "orders"
     assert header(parked[0], "trace") == "t1"
     assert int(header(parked[0], "rail.delay.due-ms") or 0) >= before + 60_000
+
+
+def test_the_mover_holds_at_most_max_held_events(
+        broker, monkeypatch) -> None:
+    import logging
+
+    from runtime.worker import Hosted, Options
+    from runtime.worker import mover as mover_module
+    from runtime.worker.mover import Mover
+
+    monkeypatch.setattr(mover_module, "MAX_HELD", 50)
+    with Producer(broker.api) as producer:
+        for i in range(200):  # far in the future: nothing is due
+            send_delayed(producer, "far", i, key=f"k{i}", delay_s=3600)
+        producer.flush()
+    host = Hosted(Options(broker=broker.api, group=MOVER_GROUP, topics=[DELAY_TOPIC],
+                          name="mover"), logging.getLogger("test"))
+    mover = Mover(host)
+    try:
+        deadline = time.monotonic() + 10
+        while len(mover.heap) < 50 and time.monotonic() < deadline:
+            mover.step()
+        mover.step()  # full: it sleeps (1 s at most) instead of reading
+        assert len(mover.heap) == 50  # it stopped reading at MAX_HELD
+        assert host.processed == 0
+        mover.heap.clear()  # as if those 50 were forwarded: it reads on from the 51st
+        deadline = time.monotonic() + 10
+        while len(mover.heap) < 50 and time.monotonic() < deadline:
+            mover.step()
+        assert [h[2] for h in sorted(mover.heap, key=lambda h: h[2])] == list(range(50, 100))
+    finally:
+        mover.consumer.close()
+        mover.conn.close()
