@@ -4,10 +4,12 @@ when ``[supervisor] delays = true``; it is a script with its own loop (``run_hos
 
 It reads ``rail.delayed`` as a consumer group member, keeps what is not due yet in a heap
 ordered by due time, sleeps until the first one falls due (or an event comes), forwards it
-and commits, per partition, the lowest offset not forwarded yet.  At most MAX_HELD events are
-held: past that it stops reading (and seeks back to the first event of a poll it could not
-hold), so memory stays bounded, and events further along wait in the log (later than their
-time if one of them is due before those held; never early).
+and commits, per partition, the lowest offset not forwarded yet.  Once MAX_HELD events are
+held it stops reading, so memory stays bounded (MAX_HELD events plus what one poll returned,
+at most the consumer's max_bytes, 1 MiB), and events further along wait in the log (later
+than their time if one of them is due before those held; never early).  Reading stops rather
+than seeking back past what it cannot hold: a reply already on its way could then bring
+later events first, and the watermark would pass the ones skipped.
 """
 
 from __future__ import annotations
@@ -82,19 +84,13 @@ class Mover:
             self.heap = [h for h in self.heap if h[1] in owned]
             heapq.heapify(self.heap)
             self.tracks = {part: t for part, t in self.tracks.items() if part in owned}
-        back: dict[int, int] = {}  # partition -> first offset not held (read again later)
         for event in events:
             track = self.tracks.setdefault(event.partition, Track())
             if event.offset < track.next:
                 continue  # delivered again after a re-join: held already
-            if len(self.heap) >= MAX_HELD or event.partition in back:
-                back.setdefault(event.partition, event.offset)
-                continue
             track.order.append(event.offset)
             track.next = event.offset + 1
             heapq.heappush(self.heap, (due_of(event), event.partition, event.offset, event))
-        for partition, offset in back.items():  # the broker keeps our position: move it back
-            self.consumer.seek(DELAY_TOPIC, partition, offset)
 
     def forward_due(self) -> None:
         while self.heap and self.heap[0][0] <= time.time() * 1000:

@@ -115,8 +115,7 @@ def test_ctx_send_with_a_delay_parks_the_event_in_rail_delayed(broker) -> None:
     assert int(header(parked[0], "rail.delay.due-ms") or 0) >= before + 60_000
 
 
-def test_the_mover_holds_at_most_max_held_events(
-        broker, monkeypatch) -> None:
+def test_the_mover_stops_reading_once_it_holds_max_held_events(broker, monkeypatch) -> None:
     import logging
 
     from runtime.worker import Hosted, Options
@@ -124,25 +123,29 @@ def test_the_mover_holds_at_most_max_held_events(
     from runtime.worker.mover import Mover
 
     monkeypatch.setattr(mover_module, "MAX_HELD", 50)
-    with Producer(broker.api) as producer:
-        for i in range(200):  # far in the future: nothing is due
-            send_delayed(producer, "far", i, key=f"k{i}", delay_s=3600)
-        producer.flush()
+
+    def park(values: range) -> None:
+        with Producer(broker.api) as producer:
+            for i in values:  # far in the future: nothing is due
+                send_delayed(producer, "far", i, key=f"k{i}", delay_s=3600)
+
+    park(range(60))
     host = Hosted(Options(broker=broker.api, group=MOVER_GROUP, topics=[DELAY_TOPIC],
                           name="mover"), logging.getLogger("test"))
     mover = Mover(host)
     try:
         deadline = time.monotonic() + 10
-        while len(mover.heap) < 50 and time.monotonic() < deadline:
+        while len(mover.heap) < 60 and time.monotonic() < deadline:
             mover.step()
+        assert len(mover.heap) == 60  # one poll's worth past the cap, at most
+        park(range(60, 120))
         mover.step()  # full: it sleeps (1 s at most) instead of reading
-        assert len(mover.heap) == 50  # it stopped reading at MAX_HELD
-        assert host.processed == 0
-        mover.heap.clear()  # as if those 50 were forwarded: it reads on from the 51st
+        assert len(mover.heap) == 60 and host.processed == 0
+        mover.heap = sorted(mover.heap)[30:]  # as if 30 were forwarded: under the cap
         deadline = time.monotonic() + 10
-        while len(mover.heap) < 50 and time.monotonic() < deadline:
+        while len(mover.heap) < 90 and time.monotonic() < deadline:
             mover.step()
-        assert [h[2] for h in sorted(mover.heap, key=lambda h: h[2])] == list(range(50, 100))
+        assert len(mover.heap) == 90
     finally:
         mover.consumer.close()
         mover.conn.close()
