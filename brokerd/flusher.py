@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -32,6 +33,7 @@ class Round:
     jobs: list[Callable[[], None]]
     error: str | None = None
     failed: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # each job's duration
 
 
 class Flusher:
@@ -70,8 +72,10 @@ class Flusher:
     def _run(self) -> None:
         while (rnd := self._queue.get()) is not None:
             for index, job in enumerate(rnd.jobs):
+                started = time.perf_counter()
                 try:
                     job()
+                    rnd.seconds.append(time.perf_counter() - started)
                 except OSError as exc:
                     rnd.error = f"fsync failed: {os.strerror(exc.errno or 0)}"
                     rnd.failed.append(index)

@@ -94,6 +94,7 @@ class Coordinator:
         self.logs = logs
         self.groups: dict[str, Group] = {}
         self.on_rebalance = on_rebalance
+        self.rebalances = 0  # since the broker started (stats, /metrics)
 
     # -- membership -------------------------------------------------------------------
     def join(self, group_name: str, member_id: str, topics: list[str], session_timeout_ms: int,
@@ -182,6 +183,7 @@ class Coordinator:
 
     # -- assignment -------------------------------------------------------------------
     def rebalance(self, group: Group) -> None:
+        self.rebalances += 1
         owners: dict[TP, str] = {}
         wanted = sorted({t for m in group.members.values() for t in m.topics})
         turn = 0

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("brokerd")
 REQUEST = msgspec.msgpack.Decoder(p.Request)
+_OP_OF = {t: t.__struct_config__.tag for t in p.Request.__args__}  # type: ignore[attr-defined]
 _STR_OR_BIN = frozenset(range(0xA0, 0xC0)) | {0xD9, 0xDA, 0xDB, 0xC4, 0xC5, 0xC6}
 
 
@@ -121,6 +122,7 @@ class Handlers:
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, ValueError) as exc:
             self._reject(client, body, exc)
             return
+        self.stats.ops[_OP_OF[type(request)]] += 1
         try:
             if self.security is not None:  # the one ACL check, before any handler
                 self.security.authorize(request, frames[-1])

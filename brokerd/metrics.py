@@ -17,7 +17,12 @@ from typing import Any
 
 import msgspec
 import zmq
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -73,8 +78,24 @@ def _broker_families(stats: dict[str, Any], meta: p.MetadataReply) -> Iterator[M
     for name, value in sorted(counts.items()):
         if name.startswith("error."):
             errors.add_metric([name.removeprefix("error.")], value)
+    by_op = CounterMetricFamily("rail_broker_op_requests", "Requests by op",
+                                labels=["op"])
+    for op, value in sorted(stats.get("requests_by_op", {}).items()):
+        by_op.add_metric([op], value)
     yield requests
     yield errors
+    yield by_op
+    rebalances = CounterMetricFamily("rail_broker_rebalances",
+                                     "Rebalances of the groups this broker coordinates")
+    rebalances.add_metric([], stats.get("rebalances", 0))
+    yield rebalances
+    for name, help in (("fsync_seconds", "Seconds each fsync of a partition (or of the "
+                        "offsets store) took"),
+                       ("group_commit_produces", "Produce requests one fsync round made "
+                        "durable (group commit)")):
+        histogram = stats.get("histograms", {}).get(name)
+        if histogram is not None:
+            yield _histogram(f"rail_broker_{name}", help, histogram)
     for name in ("records_in", "bytes_in", "records_out", "bytes_out"):
         family = CounterMetricFamily(f"rail_broker_{name}", f"{name.replace('_', ' ')} "
                                      "over all partitions since the broker started")
@@ -94,12 +115,23 @@ def _broker_families(stats: dict[str, Any], meta: p.MetadataReply) -> Iterator[M
             ("rail_broker_max_open_files", stats["max_open_files"], "Its descriptor limit"),
             ("rail_broker_waiting_durable", stats["waiting_durable"],
              "Produces waiting for an fsync or for replicas"),
+            ("rail_broker_parked_requests", stats.get("parked", 0),
+             "Polls and fetches waiting for data (long polls)"),
             ("rail_brokers", max(len(meta.brokers), 1), "Brokers in the cluster (1 alone)"),
             ("rail_cluster_controller", meta.controller, "The controller's broker id (-1 "
              "alone)")):
         gauge = GaugeMetricFamily(name, help)
         gauge.add_metric([], value)
         yield gauge
+
+
+def _histogram(name: str, help: str, histogram: dict[str, Any]) -> Metric:
+    """A Prometheus histogram from the broker's bucket counts (cumulative, as ``le``)."""
+    cumulative, buckets = 0, []
+    for bound, count in zip([*histogram["buckets"], float("inf")], histogram["counts"]):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+    return HistogramMetricFamily(name, help, buckets=buckets, sum_value=histogram["sum"])
 
 
 def _topic_families(meta: p.MetadataReply) -> Iterator[Metric]:

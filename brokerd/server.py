@@ -367,6 +367,8 @@ class Broker(Handlers):
     def _round_done(self, rnd: Round | None) -> None:
         if rnd is None:
             return
+        for seconds in rnd.seconds:
+            self.stats.fsync_seconds.observe(seconds)
         covered = list(self._covered.items())  # in the order of the round's first jobs
         failed = {covered[i][0] for i in rnd.failed if i < len(covered)}
         for plog, end in covered:
@@ -379,7 +381,9 @@ class Broker(Handlers):
                     f"{rnd.error}; the batch was not stored: retry it"))
         self._covered = {}
         self._topics_flush_at = self._scan_flush_deadline()
-        self._settle()
+        settled = self._settle()
+        if settled:
+            self.stats.group_commit.observe(settled)
 
     def _discard_unsynced(self, failed: set[PartitionLog]) -> None:
         """Cut each partition whose fsync failed back to its durable offset; a partition
@@ -395,9 +399,12 @@ class Broker(Handlers):
                 logging.shutdown()
                 os._exit(EXIT_STORAGE)
 
-    def _settle(self) -> None:
-        for ack in self.acks.settle():
+    def _settle(self) -> int:
+        """Answer the produces now durable (and replicated); return how many."""
+        acks = self.acks.settle()
+        for ack in acks:
             self.send(ack.client, ack.reply)
+        return len(acks)
 
     def housekeeping(self) -> None:
         """Retention and compaction: whole segments, at most once a check interval."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 import resource
 import time
@@ -23,10 +24,37 @@ COUNTERS = ("requests", "bad_frames", "replies_dropped", "ingest_records", "inge
             *(f"error.{code}" for code in ERROR_CODES))
 
 
+# Histogram buckets (upper bounds), Prometheus' ``le``: fsync seconds, and produce requests
+# one fsync round made durable (group commit).
+FSYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+GROUP_COMMIT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Histogram:
+    """Observations counted into fixed buckets, with their sum: what a Prometheus
+    histogram exposes.  Main thread only."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+
+    def report(self) -> dict[str, Any]:
+        return {"buckets": list(self.buckets), "counts": list(self.counts),
+                "sum": self.sum, "count": sum(self.counts)}
+
+
 class Stats:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.counts: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
+        self.ops: Counter[str] = Counter()  # requests by op
+        self.fsync_seconds = Histogram(FSYNC_BUCKETS)
+        self.group_commit = Histogram(GROUP_COMMIT_BUCKETS)
         self._turn = 0
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=WINDOW + 1)
 
@@ -61,6 +89,11 @@ class Stats:
             "rates_per_s": self._rates(totals),
             "topics": topics,
             "groups": len(broker.coordinator.groups),
+            "requests_by_op": dict(self.ops),
+            "rebalances": broker.coordinator.rebalances,
+            "parked": broker.waiting.parked(),
+            "histograms": {"fsync_seconds": self.fsync_seconds.report(),
+                           "group_commit_produces": self.group_commit.report()},
             "waiting_durable": len(broker.acks.pending),
             "open_files": _open_files(),
             "max_open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],

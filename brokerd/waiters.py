@@ -45,6 +45,10 @@ class WaitingRoom:
     def count(self, identity: bytes) -> int:
         return self._per_client.get(identity, 0)
 
+    def parked(self) -> int:
+        """Requests waiting here, all clients together."""
+        return sum(self._per_client.values())
+
     def park(self, waiter: Waiter) -> None:
         for tp in waiter.keys:
             self._by_tp[tp].add(waiter)

@@ -51,6 +51,19 @@ def test_metrics_show_offsets_lag_and_errors_with_kafka_exporter_names(tmp_path:
         assert m[("rail_consumergroup_members", (("consumergroup", "kitchen"),))] == 1
         assert m[("rail_broker_errors_total", (("code", "UNKNOWN_TOPIC"),))] == 1
         assert m[("rail_broker_records_in_total", ())] == 5
+        assert m[("rail_broker_op_requests_total", (("op", "produce"),))] == 5
+        assert m[("rail_broker_op_requests_total", (("op", "join"),))] == 1
+        assert m[("rail_broker_rebalances_total", ())] >= 1
+        assert m[("rail_broker_parked_requests", ())] == 0
+        with RawClient(broker.api) as raw:  # acks=all: each produce waits for an fsync round
+            for i in range(3):
+                raw.ok("produce", topic="orders", partition=1, acks="all",
+                       records=msgspec.Raw(msgspec.msgpack.encode([[i]])))
+        m = scrape(address)
+        fsyncs = m[("rail_broker_fsync_seconds_count", ())]
+        assert fsyncs >= 3 and m[("rail_broker_fsync_seconds_sum", ())] > 0
+        assert m[("rail_broker_fsync_seconds_bucket", (("le", "+Inf"),))] == fsyncs
+        assert m[("rail_broker_group_commit_produces_sum", ())] >= 3
         try:
             urllib.request.urlopen(f"http://{address}/other", timeout=10)
         except urllib.error.HTTPError as exc:
