@@ -19,7 +19,9 @@ ports, one replicated log of replication factor 3, 100-byte events.
   ``publish_async_completed()`` inside the timing.  Consume: a pull consumer with
   ``AckPolicy.NONE`` fetching 1,000 at a time.
 
-Neither fsyncs per event (Rail's default ``fsync = "interval"``, JetStream's default sync
+Both clients are Python (Rail's own, and nats-py, NATS's Python client), so this is what a
+Python user gets from each; nats-py's per-message cost bounds the NATS figures well below what
+nats-server does for Go clients.  Neither fsyncs per event (Rail's default ``fsync = "interval"``, JetStream's default sync
 every two minutes): both rely on the replicas for durability, as each documents.  Every
 client runs in a process of its own; medians over ``--runs`` runs, each on fresh servers.
 Every process started is stopped by its pid; the script exits 1 if one is left.
@@ -175,6 +177,10 @@ def run_nats(folder: Path, events: int) -> dict[str, Any]:
                 proc.wait(5)
 
 
+async def _quiet(exc: Exception) -> None:
+    """nats-py prints every refused connection while the servers start: those are expected."""
+
+
 async def _add_stream(servers: list[str]) -> None:
     """Create the R3 stream once the JetStream cluster has elected its meta leader."""
     import nats
@@ -182,7 +188,8 @@ async def _add_stream(servers: list[str]) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            nc = await nats.connect(servers=servers, connect_timeout=2)
+            nc = await nats.connect(servers=servers, connect_timeout=2,
+                                    error_cb=_quiet, allow_reconnect=False)
             try:
                 await nc.jetstream().add_stream(StreamConfig(
                     name="BENCH", subjects=["bench"], num_replicas=3, storage=StorageType.FILE))
