@@ -13,8 +13,6 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     producer per output ``[topic, partition]``.  ``changelog_seq``: the next sequence of the
     changelog producer.  ``incarnation``: which restore of the task wrote it (a random id),
     so that a host coming back with old local files can tell another host wrote since.
-    ``probing``/``settled``: after a restore from the changelog, the output partitions not yet
-    known to be caught up (see ``Sender``).
     """
 
     commit: int = 0
@@ -23,8 +21,6 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     stream_time: int = -1
     seqs: list[tuple[str, int, int]] = []
     changelog_seq: int = 0
-    probing: bool = False
-    settled: list[tuple[str, int]] = []
     late: int = 0
     dead_letters: int = 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -76,6 +77,8 @@ class Task:
         # (topic, key) -> its queue in ``out``: a key's partition is hashed once per commit
         self._queues: dict[tuple[str, type, Any], list[list[Any]]] = {}
         self.seqs: dict[tuple[str, int], int] = {}
+        # Output partitions where this task has stored a record since it started: until
+        # then, outputs are probed (Sender), as a previous owner may have stored some.
         self.settled: set[tuple[str, int]] = set()
         self.ck = Checkpoint()
         self.processed_since_commit = 0
@@ -125,19 +128,23 @@ class Task:
         if confirmed:
             known.add(confirmed)
         if mine is not None and (last is None or (last.commit, last.incarnation) in known):
+            # Another host may have had the partition since, and stored outputs past this
+            # checkpoint without reaching the changelog: the outbox's outputs are probed
+            # (not its changelog batch, which must stay whole; nobody else wrote there, or
+            # ``last`` would show it), as are all outputs until settled.
             self._adopt(mine)
-            self.settled = {tuple(tp) for tp in mine.settled}  # type: ignore[misc]
             self.restored_from = "local"
             if confirmed != (mine.commit, mine.incarnation):  # killed before all was sent
                 before = self.sender.duplicates
-                self._send(self.disk.outbox())
+                self._send([b if b.topic == self.changelog else replace(b, probe=True)
+                            for b in self.disk.outbox()])
                 log.info("%s[%d]: sent the outbox of commit %d again (%d duplicates dropped)",
                          self.topic, self.partition, mine.commit,
                          self.sender.duplicates - before)
             return
         if last is None:
             self.disk.reset()
-            self._adopt(Checkpoint(incarnation=secrets.token_hex(8), probing=True))
+            self._adopt(Checkpoint(incarnation=secrets.token_hex(8)))
             self.restored_from = "nothing"
             return
         got = changelog.read(self.conn, self.changelog, self.partition)
@@ -147,7 +154,7 @@ class Task:
         self.disk.confirm(restored.commit, restored.incarnation)
         # Outputs past this checkpoint may be stored already (its writer died before its
         # next changelog batch): probe every output partition until caught up.
-        restored.incarnation, restored.probing, restored.settled = secrets.token_hex(8), True, []
+        restored.incarnation = secrets.token_hex(8)
         self._adopt(restored)
         self.restored_from = "changelog"
         log.info("%s[%d]: restored %d store records from %s up to commit %d", self.topic,
@@ -202,7 +209,6 @@ class Task:
         ck = self.ck
         ck.commit += 1
         ck.seqs = [(t, part, seq) for (t, part), seq in sorted(self.seqs.items())]
-        ck.settled = sorted(self.settled)
         base = ck.changelog_seq
         ck.changelog_seq = self._check_room(base, len(updates) + 1, self.changelog)
         records, count = changelog.batch_records(updates, ck, max(ck.stream_time, 0))
@@ -216,7 +222,7 @@ class Task:
     def _number_outputs(self) -> list[OutBatch]:
         batches = []
         for (topic, part), records in sorted(self.out.items()):
-            probe = self.ck.probing and (topic, part) not in self.settled
+            probe = (topic, part) not in self.settled
             for i in range(0, len(records), BATCH_RECORDS):
                 for chunk, encoded in _fitted(records[i:i + BATCH_RECORDS]):
                     seq = self.seqs.get((topic, part), 0)

@@ -30,9 +30,9 @@ class Replica:
     """One worker process running ``script``, with its own state directory."""
 
     def __init__(self, broker: BrokerProcess, script: Path, state_dir: Path, name: str,
-                 session_timeout_ms: int = 10_000) -> None:
+                 session_timeout_ms: int = 10_000, env: dict[str, str] | None = None) -> None:
         self.log_path = state_dir.parent / f"{name}-{next(_serial)}.log"
-        env = {**python_env(), "RAIL_STREAMS_DIR": str(state_dir)}
+        env = {**python_env(), "RAIL_STREAMS_DIR": str(state_dir), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runtime.worker", str(script), "--broker", broker.api,
              "--group", "unused", "--topics", "unused", "--name", name, "--member-id", name,

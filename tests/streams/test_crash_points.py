@@ -25,10 +25,12 @@ send_all = sender.Sender.send_all
 
 
 def send_outputs_then_die(self, batches):
-    # the 3rd commit of a run that has not crashed yet: outputs go, the changelog does not
+    # the 3rd (CRASH_CALL) commit of a run that has not crashed yet: outputs go, the
+    # changelog does not
     calls = getattr(self, "calls", 0) + 1
     self.calls = calls
-    if calls == 3 and not os.path.exists(MARKER) and batches[-1].topic == "cut.changelog":
+    crash_at = int(os.environ.get("CRASH_CALL", "3"))
+    if calls == crash_at and not os.path.exists(MARKER) and batches[-1].topic == "cut.changelog":
         send_all(self, batches[:-1])
         open(MARKER, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -73,3 +75,43 @@ def test_outputs_stored_before_a_lost_changelog_batch_are_not_added_twice(
 
 def _done(broker: BrokerProcess, count: int) -> bool:
     return len(read(broker, "copies")) >= count
+
+
+def test_a_partition_back_on_a_host_with_current_files_probes_what_another_host_stored(
+        broker: BrokerProcess, tmp_path: Path) -> None:
+    """Host a runs the partition; b takes it (restores from the changelog), stores outputs
+    of a commit and dies before its changelog batch; the partition goes back to a, whose
+    files still match the changelog's last checkpoint: a must not take its next batches for
+    new ones (b stored some of them, cut differently)."""
+    script = write_script(tmp_path, PIPELINE)
+    never = tmp_path / "never"
+    never.touch()  # a never crashes
+    produce(broker, "orders", [], 1)
+    a = Replica(broker, script, tmp_path / "a", "z-a", session_timeout_ms=2000,
+                env={"CRASH_MARKER": str(never)})
+    b = None
+    items = [(f"k{i % 5}", {"n": i}, i) for i in range(3000)]
+    try:
+        a.wait_running()
+        produce(broker, "orders", items[:300], 1)
+        wait_caught_up(broker, "cut")
+        b = Replica(broker, script, tmp_path / "b", "b-b", session_timeout_ms=2000,
+                    env={"CRASH_MARKER": str(tmp_path / "b-crashed"), "CRASH_CALL": "1"})
+        # b sorts first, so it gets the partition; it dies in its first commit
+        wait_for(lambda: "restored from changelog" in b.log(), timeout=20, what="b to take over")
+        sent = 300
+        produce(broker, "orders", items[300:1000], 1)
+        sent = 1000
+        assert b.proc.wait(20) == -9, b.log()  # b died between outputs and changelog
+        produce(broker, "orders", items[sent:], 1)
+        wait_caught_up(broker, "cut", timeout=40)  # a has the partition again
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+    assert "restored from local" in a.log(), a.log()
+    assert Counter(e.value["n"] for e in read(broker, "copies")) == Counter(range(3000))
+    updates: dict[str, list[int]] = defaultdict(list)
+    for event in read(broker, "counts-out"):
+        updates[event.key].append(event.value)
+    assert updates == {f"k{k}": list(range(1, 601)) for k in range(5)}
