@@ -28,7 +28,7 @@ class Converter:
 class JsonConverter(Converter):
     name = "json"
 
-    def decode(self, raw: bytes) -> Any:
+    def decode(self, raw: bytes | str) -> Any:
         try:
             return msgspec.json.decode(raw)
         except msgspec.DecodeError as exc:

@@ -46,6 +46,9 @@ class HttpSource(Connector):
         self.path = str(self.config.get("path", "/events"))
         self.max_body = int(float(self.config.get("max_body_mb", 10)) * 1024 * 1024)
         self.timeout_s = float(self.config.get("timeout_s", 5))
+        if self.tasks != 1:
+            raise ConnectorConfigError(f"connectors.{self.name}.tasks: an HTTP source listens "
+                                       "on one port: set tasks = 1")
 
     def serve(self, host: Hosted, settings: ConnectorSettings) -> int:
         producer = Producer(host.options.broker, acks=settings.acks,

@@ -48,9 +48,10 @@ class SourceTask:
         broker = self.host.options.broker
         conn = Connection(broker)
         try:
-            self.point = self._recover(conn)
-            if self.point is None:
+            point = self._recover(conn)
+            if point is None:
                 return 0
+            self.point = point
             self.host.log.info("source %s resumes at %s (seq %d)", self.key,
                                self.point.offsets or "the beginning", self.point.seq)
             self.source.open(dict(self.point.offsets))
@@ -104,6 +105,7 @@ class SourceTask:
         for record in batch:
             topic = record.topic or self.topics[0]
             headers = dict(record.headers or {})
+            prepared: tuple[Any, Any, str] | BadRecord | None
             try:
                 prepared = self.settings.prepare(record.value, record.key, topic, headers)
             except BadRecord as exc:
