@@ -83,32 +83,42 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows.append({"name": w["name"], "kind": entry.get("kind", "?"),
                      "class": entry.get("class", "?"), "topics": w["topics"],
                      "tasks": w["replicas"], "state": "paused" if w["replicas"] == 0
-                     else w["state"], "processed": w["processed"], "failed": w["failed"],
-                     "lag": w["lag"]})
+                     else w["state"], "processed": processed(w, entry),
+                     "failed": w["failed"], "lag": w["lag"]})
     if args.json:
         import msgspec
 
         print(msgspec.json.encode(rows).decode())
         return 0
-    print(f"{'NAME':<20} {'KIND':<6} {'CLASS':<10} {'TASKS':>5} {'STATE':<10} "
+    name_w = max([4, *(len(r["name"]) for r in rows)])
+    class_w = max([5, *(len(r["class"]) for r in rows)])
+    print(f"{'NAME':<{name_w}}  {'KIND':<6} {'CLASS':<{class_w}} {'TASKS':>5} {'STATE':<10} "
           f"{'PROCESSED':>10} {'FAILED':>7}  TOPICS")
     for r in rows:
-        print(f"{r['name']:<20} {r['kind']:<6} {r['class']:<10} {r['tasks']:>5} "
+        print(f"{r['name']:<{name_w}}  {r['kind']:<6} {r['class']:<{class_w}} {r['tasks']:>5} "
               f"{r['state']:<10} {r['processed'] or 0:>10} {r['failed']:>7}  "
               f"{','.join(r['topics'])}")
     return 0
 
 
+def processed(worker: dict[str, Any], entry: dict[str, Any]) -> int | None:
+    """A sink's count is the supervisor's (from its group's offsets); a source has no
+    group offsets, so its count is what its running tasks report."""
+    if entry.get("kind") != "source":
+        return worker["processed"]
+    return sum(p["processed"] or 0 for p in worker["processes"])
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     w = find(args)
+    entry = entries(args).get(args.name, {})
     state = "paused" if w["replicas"] == 0 else w["state"]
     print(f"{w['name']}: {state}, {control.counted(w['replicas'], 'task')}, processed "
-          f"{w['processed'] or 0}, failed {w['failed']}, restarts {w['restarts']}"
+          f"{processed(w, entry) or 0}, failed {w['failed']}, restarts {w['restarts']}"
           + (f", error: {w['error']}" if w["error"] else ""))
     for proc in w["processes"]:
         print(f"  task {proc['replica']}: pid {proc['pid']} {proc['state']} processed "
               f"{proc['processed']}")
-    entry = entries(args).get(args.name, {})
     if entry.get("kind") == "source":
         show_source_offsets(args.broker, args.name, entry)
     return 0

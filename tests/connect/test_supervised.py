@@ -63,9 +63,17 @@ def test_connectors_in_rail_toml_run_supervised_and_rail_connect_drives_them(rai
     db = rail.folder / "orders.db"
     wait_for(lambda: len(rows(db)) == 100, 30, 0.1, "the source's lines in the sink's table")
     assert rows(db)["7"] == {"id": 7, "name": "****"}
-    listed = {r["name"]: r for r in json.loads(connect(rail, "list", "--json"))}
-    assert (listed["orders-in"]["kind"], listed["orders-db"]["class"]) == ("source", "sqlite")
-    assert listed["orders-in"]["state"] == "running"
+
+    def listed() -> dict[str, dict]:
+        return {r["name"]: r for r in json.loads(connect(rail, "list", "--json"))}
+
+    # a source's count comes with its task's next health report (one a second)
+    rows_now = wait_for(lambda: (r := listed())["orders-in"]["processed"] == 100 and r, 10,
+                        0.2, "the source's count")
+    assert (rows_now["orders-in"]["kind"], rows_now["orders-db"]["class"]) == ("source",
+                                                                               "sqlite")
+    assert rows_now["orders-in"]["state"] == "running"
+    assert rows_now["orders-db"]["processed"] == 100
 
     connect(rail, "pause", "orders-in")
     wait_for(lambda: not rail.worker("orders-in")["pids"], 20, 0.1, "the paused task to stop")
