@@ -8,9 +8,11 @@ import time
 from collections import defaultdict
 
 from brokerd import protocol as p
+from brokerd.protocol import EXIT_CONFIG
 from runtime.connection import BrokerError, BrokerUnavailable, Connection
 from runtime.consumer import Consumer, Event
 from runtime.dlq import dlq_topic
+from runtime.streams.errors import StreamsError
 from runtime.streams.pipeline import Pipeline
 from runtime.streams.sender import Sender
 from runtime.streams.task import Task
@@ -35,6 +37,16 @@ class Runner:
         self.partitions: dict[str, int] = {}
 
     def run(self) -> int:
+        """Process until stopped; 0, or EXIT_CONFIG when exactness cannot go on (a
+        StreamsError: restarting would only fail again)."""
+        try:
+            return self._run()
+        except StreamsError as exc:
+            self.host.log.error("streams app %s stops: %s", self.pipeline.app, exc)
+            self.host.state = "failed"
+            return EXIT_CONFIG
+
+    def _run(self) -> int:
         host = self.host
         try:
             self._wait_for_broker()
@@ -130,4 +142,26 @@ class Runner:
             self.host.log.info("%s[%d]: restored from %s, at offset %d", topic, part,
                                task.restored_from, task.offset)
         for topic, part in sorted(wanted):
-            consumer.seek(topic, part, self.tasks[(topic, part)].offset)
+            self._seek(consumer, self.tasks[(topic, part)])
+
+    def _seek(self, consumer: Consumer, task: Task) -> None:
+        """Read ``task``'s partition from its offset; if retention deleted it already, from
+        the partition's start (those events are gone for every reader: said in the log)."""
+        try:
+            consumer.seek(task.topic, task.partition, task.offset)
+            return
+        except BrokerError as exc:
+            if exc.code != "OFFSET_OUT_OF_RANGE":
+                raise
+        start = self.conn.call(p.Fetch(topic=task.topic, partition=task.partition, offset=0,
+                                       max_bytes=1)).start_offset
+        if task.offset >= start:
+            raise StreamsError(f"{task.topic}[{task.partition}] ends before offset "
+                               f"{task.offset}, where this task resumes: was the topic "
+                               "deleted and created again? Start the application under a "
+                               "new name (or delete its changelog topics and state)")
+        self.host.log.warning("%s[%d]: offsets %d..%d were deleted by retention before this "
+                              "application read them; starting at %d", task.topic,
+                              task.partition, task.offset, start - 1, start)
+        task.ck.offset = start
+        consumer.seek(task.topic, task.partition, start)
