@@ -43,7 +43,7 @@ class PostgresSink(TableSink):
             if self.document:
                 self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.table} "
                                 "(key TEXT PRIMARY KEY, value JSONB)")
-        self.apply = self._statement()
+        self.apply_sql = self._statement()
 
     def _statement(self) -> str:
         """One statement applies a batch: ``%s`` is a JSON array of ``[key, value]`` (the
@@ -77,15 +77,32 @@ class PostgresSink(TableSink):
 
     def put(self, events: list[Event], next_offsets: dict[tuple[str, int], int]) -> None:
         with self.db.transaction(), self.db.cursor() as cur:
-            last = self.last_values(events, self.locked_offsets(cur, next_offsets))
+            last = self.last_events(events, self.locked_offsets(cur, next_offsets))
             if last:
-                rows = _encode([[str(k), v] for k, v in last.items()]).decode()
-                cur.execute(self.apply, (rows,))
+                self.apply(cur, list(last.items()))
             cur.executemany(
                 f"INSERT INTO {self.offsets_table} VALUES (%s, %s, %s, %s) ON CONFLICT "
                 "(connector, topic, partition) DO UPDATE SET next_offset = "
                 f"GREATEST({self.offsets_table}.next_offset, EXCLUDED.next_offset)",
                 [(self.name, t, part, o) for (t, part), o in next_offsets.items()])
+
+    def apply(self, cur: Any, changes: list[tuple[Any, Event]]) -> None:
+        """Apply ``changes`` in a savepoint; if PostgreSQL refuses them (a value its column
+        type rejects, a constraint), apply each half on its own, down to the single events
+        it refuses."""
+        import psycopg
+
+        rows = _encode([[str(k), e.value] for k, e in changes]).decode()
+        try:
+            with self.db.transaction():
+                cur.execute(self.apply_sql, (rows,))
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            if len(changes) == 1:
+                self.refused(changes[0][1], exc)
+                return
+            half = len(changes) // 2
+            self.apply(cur, changes[:half])
+            self.apply(cur, changes[half:])
 
     def locked_offsets(self, cur: Any, batch: dict[tuple[str, int], int]
                        ) -> dict[tuple[str, int], int]:

@@ -29,7 +29,6 @@ from runtime.connect.errors import BadRecord, ConnectorConfigError
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 OFFSETS_TABLE = "rail_connect_offsets"
-Change = tuple[Any, list[Any] | None]  # key, the row to upsert (None: delete)
 
 
 def sql_name(name: str, where: str) -> str:
@@ -61,6 +60,7 @@ class TableSink(Sink):
                                        f"{self.key_column!r}")
         self.offsets_table = sql_name(str(self.config.get("offsets_table", OFFSETS_TABLE)),
                                       f"{where}.offsets_table")
+        self.rejected: list[tuple[Event, BadRecord]] = []
 
     def key_of(self, event: Event) -> Any:
         key = event.key
@@ -82,23 +82,27 @@ class TableSink(Sink):
             return [str(key), json.dumps(value)]
         return [key if c == self.key_column else cell(value.get(c)) for c in self.columns]
 
-    def last_values(self, events: list[Event], stored: dict[tuple[str, int], int]
-                    ) -> dict[Any, Any]:
-        """Each key's last value in ``events`` (None: deleted), leaving out the events below
-        the offsets ``stored`` (see ``changes``)."""
-        last: dict[Any, Any] = {}
+    def last_events(self, events: list[Event], stored: dict[tuple[str, int], int]
+                    ) -> dict[Any, Event]:
+        """Each key's last event in ``events`` (a nil value deletes), leaving out the events
+        below the offsets ``stored`` in the database (read in the transaction that applies
+        them: a task that owned the partition before a rebalance may have committed them
+        meanwhile)."""
+        last: dict[Any, Event] = {}
         for e in events:
             if e.offset >= stored.get((e.topic, e.partition), 0):
-                last[self.key_of(e)] = e.value
+                last[self.key_of(e)] = e
         return last
 
-    def changes(self, events: list[Event], stored: dict[tuple[str, int], int]) -> list[Change]:
-        """The last change of each key in ``events``, in first-seen order, leaving out the
-        events below the offsets ``stored`` in the database (read in the transaction that
-        applies the changes: a task that owned the partition before a rebalance may have
-        committed them meanwhile)."""
-        return [(key, None if value is None else self.row(key, value))
-                for key, value in self.last_values(events, stored).items()]
+    def refused(self, event: Event, error: Exception) -> None:
+        """The database refused ``event`` alone (a value its column type rejects, a
+        constraint): the task handles it per ``errors.tolerance``."""
+        self.rejected.append((event, BadRecord(f"{type(error).__name__}: "
+                                               f"{str(error).strip().splitlines()[0]}")))
+
+    def take_rejected(self) -> list[tuple[Event, BadRecord]]:
+        rejected, self.rejected = self.rejected, []
+        return rejected
 
 
 def cell(value: Any) -> Any:
@@ -138,9 +142,8 @@ class SqliteSink(TableSink):
     def put(self, events: list[Event], next_offsets: dict[tuple[str, int], int]) -> None:
         self.db.execute("BEGIN IMMEDIATE")  # the write lock: one task's batch at a time
         try:
-            changes = self.changes(events, self.stored_offsets(list({e.topic for e in events})))
-            self.db.executemany(self.upsert, [row for _, row in changes if row is not None])
-            self.db.executemany(self.delete, [(key,) for key, row in changes if row is None])
+            stored = self.stored_offsets(list({e.topic for e in events}))
+            self.apply(list(self.last_events(events, stored).items()))
             self.db.executemany(
                 f"INSERT INTO {self.offsets_table} VALUES (?, ?, ?, ?) ON CONFLICT "
                 "(connector, topic, partition) DO UPDATE SET next_offset = "
@@ -150,6 +153,25 @@ class SqliteSink(TableSink):
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def apply(self, changes: list[tuple[Any, Event]]) -> None:
+        """Apply ``changes`` in a savepoint; if the database refuses them, apply each half
+        on its own, down to the single events it refuses."""
+        self.db.execute("SAVEPOINT rail_batch")
+        try:
+            self.db.executemany(self.upsert, [self.row(k, e.value) for k, e in changes
+                                              if e.value is not None])
+            self.db.executemany(self.delete, [(k,) for k, e in changes if e.value is None])
+            self.db.execute("RELEASE rail_batch")
+        except sqlite3.IntegrityError as exc:
+            self.db.execute("ROLLBACK TO rail_batch")
+            self.db.execute("RELEASE rail_batch")
+            if len(changes) == 1:
+                self.refused(changes[0][1], exc)
+                return
+            half = len(changes) // 2
+            self.apply(changes[:half])
+            self.apply(changes[half:])
 
     def close(self) -> None:
         self.db.close()

@@ -45,3 +45,6 @@ def run_hosted(host: Hosted) -> int:
     except ConnectError as exc:
         host.log.error("%s", exc)
         return 1
+    except Exception:  # a database or network error: the supervisor restarts the task
+        host.log.exception("connector %s failed", host.options.name)
+        return 1

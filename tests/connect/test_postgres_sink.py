@@ -129,3 +129,31 @@ def test_two_sink_tasks_rebalancing_mid_stream_apply_every_change_exactly_once(
                 task.stop()
     assert first.proc.returncode == 0, first.log()
     check_exactly_once(postgres.dsn, broker.api)
+
+
+def test_events_postgres_refuses_go_to_the_dlq_and_the_rest_of_their_batch_is_applied(
+        broker, postgres, tmp_path):
+    with psycopg.connect(postgres.dsn, autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS stock, rail_connect_offsets")
+        db.execute("CREATE TABLE stock (id INT PRIMARY KEY, qty INT NOT NULL)")
+    with Producer(broker.api) as producer:
+        for i in range(20):
+            qty = "lots" if i == 5 else None if i == 13 else i  # a bad int, a NULL
+            producer.send("stock", {"id": i, "qty": qty}, key=str(i))
+    entry = {"name": "stock-out", "kind": "sink", "class": "postgres", "topics": ["stock"],
+             "errors": {"tolerance": "all"}, "linger_ms": 5,
+             "config": {"dsn": postgres.dsn, "table": "stock", "key_column": "id",
+                        "columns": ["id", "qty"]}}
+    task = Task(entry, broker.api, tmp_path / "sink.log")
+    try:
+        wait_for(lambda: len(read_topic(broker.api, "stock.dlq")) == 2, 20, 0.05,
+                 "the two refused events in the DLQ")
+    finally:
+        task.stop()
+    assert task.proc.returncode == 0, task.log()
+    with psycopg.connect(postgres.dsn) as db:
+        ids = [r[0] for r in db.execute("SELECT id FROM stock ORDER BY id")]
+        stored = db.execute("SELECT next_offset FROM rail_connect_offsets").fetchone()
+    assert ids == [i for i in range(20) if i not in (5, 13)] and stored == (20,)
+    errors = {e.value["id"]: e.headers["rail.error"] for e in read_topic(broker.api, "stock.dlq")}
+    assert "InvalidTextRepresentation" in errors[5] and "NotNullViolation" in errors[13]
