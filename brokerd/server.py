@@ -68,6 +68,8 @@ class Broker(Handlers):
         self.topics.load()
         self.offsets = OffsetStore(data)
         self.coordinator = Coordinator(self.offsets, self, self._rebalanced)
+        if security is not None:
+            security.follow_groups(self.coordinator)
         self.waiting = WaitingRoom()
         self.acks = AckQueue()
         self.stats = Stats()

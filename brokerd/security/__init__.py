@@ -38,6 +38,12 @@ class Security:
         self.acl = _load(acl_path)
         self.denials = Denials()
         self.gate: Gate | None = None
+        self.coordinator: Any = None  # brokerd.groups.Coordinator: what a poll reads
+
+    def follow_groups(self, coordinator: Any) -> None:
+        """Check a poll against the topics its member is assigned, not only its group, so
+        a reload that takes read away stops the next poll (join checked them once)."""
+        self.coordinator = coordinator
 
     @classmethod
     def from_options(cls, secret_key_file: str, acl_file: str,
@@ -107,6 +113,16 @@ class Security:
         for op, kind, name in needs(request, self.auto_create):
             if not acl.allows(principal, op, kind, name):
                 raise self._denied(principal, request.__struct_config__.tag, op, kind, name)
+        if self.coordinator is not None and request.__struct_config__.tag == "poll":
+            for topic in self._polled(request.group, request.member_id):
+                if not acl.allows(principal, "read", "topic", topic):
+                    raise self._denied(principal, "poll", "read", "topic", topic)
+
+    def _polled(self, group_name: str, member_id: str) -> set[str]:
+        group = self.coordinator.groups.get(group_name)
+        if group is None or member_id not in group.members:
+            return set()  # the handler answers NOT_MEMBER
+        return {tp[0] for tp in group.assignment_of(member_id)}
 
     def may_ingest(self, principal: str, topic: str) -> bool:
         """Whether an ingest message of ``principal`` may go into ``topic``."""

@@ -33,9 +33,10 @@ RULES = (rule("writer", "topic", "t1", ["write"])
 
 class World:
     def __init__(self, tmp: Path) -> None:
-        self.keys = {n: make_keys(tmp / "keys", n) for n in ("broker", "writer", "admin")}
+        self.keys = {n: make_keys(tmp / "keys", n)
+                     for n in ("broker", "writer", "admin", "reader")}
         self.acl = tmp / "acl.toml"
-        write_acl(self.acl, [self.keys["writer"], self.keys["admin"]], RULES)
+        self.rewrite(RULES)
         self.broker = start_secure_broker(tmp, self.keys["broker"], self.acl)
         self.conns: list[Connection] = []
 
@@ -46,7 +47,7 @@ class World:
         return conn
 
     def rewrite(self, rules: str) -> None:
-        write_acl(self.acl, [self.keys["writer"], self.keys["admin"]], rules)
+        write_acl(self.acl, [self.keys[n] for n in ("writer", "admin", "reader")], rules)
 
     def close(self) -> None:
         for conn in self.conns:
@@ -151,6 +152,28 @@ def test_deny_wins_over_allow_and_reload_takes_effect_on_open_connections(
     refused(writer, produce("t1"))
     assert writer.call(produce("t2")).offsets
     assert world.broker.proc.poll() is None
+
+
+def test_a_reload_that_takes_read_away_stops_the_next_poll_of_a_joined_member(
+        world: World) -> None:
+    reading = (rule("reader", "group", "g", ["read"])
+               + rule("reader", "topic", "t1", ["read"]))
+    world.rewrite(RULES + reading)
+    world.broker.proc.send_signal(signal.SIGHUP)
+    reader, writer = world.connect("reader"), world.connect("writer")
+    writer.call(produce("t1"))
+    wait_for(lambda: _succeeds(reader, p.Fetch(topic="t1", partition=0, offset=0)), 5,
+             what="the reloaded ACL to let the reader read")
+    member = reader.call(p.Join(group="g", topics=["t1"]))
+    polled = reader.call(p.Poll(group="g", member_id=member.member_id))
+    assert sum(len(part.batches) for part in polled.partitions) == 1
+
+    world.rewrite(RULES + rule("reader", "group", "g", ["read"]))  # the topic's rule goes
+    world.broker.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: not _succeeds(reader, p.Poll(group="g", member_id=member.member_id)),
+             5, what="the next poll to be refused")
+    assert "read on topic 't1'" in refused(reader, p.Poll(group="g",
+                                                          member_id=member.member_id))
 
 
 def test_each_denial_is_counted_and_logged_once_a_minute(world: World) -> None:
