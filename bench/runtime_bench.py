@@ -5,7 +5,8 @@
     python bench/runtime_bench.py --concurrency --runs 3   # only the concurrency figures
 
 --concurrency (issue 15): the trivial handler at concurrency 1 (``solo`` as below, 200,000
-events), and a handler sleeping 10 ms on a 1-partition topic with 1,000 keys at concurrency 1
+events; with ``--baseline DIR`` also on an older tree of Rail, interleaved), at concurrency 8
+and 50, and a handler sleeping 10 ms on a 1-partition topic with 1,000 keys at concurrency 1
 (300 events) and 50 (15,000 events), each from the worker's start to its last commit; the
 ratio's target is >= 30x.
 
@@ -269,15 +270,46 @@ def drain_rate(broker: BrokerView, folder: Path, script: Path, topic: str, group
     return n / (done - start)
 
 
-def concurrency_session(folder: Path, script: Path, n: int, slow: int) -> dict[str, float]:
+def solo_rate(broker: BrokerView, folder: Path, script: Path, n: int, name: str,
+              extra: list[str], baseline: Path | None = None) -> float:
+    """The trivial handler drains ``n`` pre-filled keyless events of a new 1-partition topic:
+    events/s from its first handled event to the last commit.  With ``baseline`` (a tree of
+    Rail from before), that tree's worker host runs (``python -P``: not this folder first)."""
+    ends = prefill(broker, name, 1, n)
+    marks = folder / name
+    marks.mkdir()
+    env = {**python_env(), "RAIL_BENCH_FIRST": str(marks)}
+    argv = worker_argv(script, broker.api, name, name) + extra
+    if baseline is not None:
+        argv.insert(1, "-P")
+        env["PYTHONPATH"] = str(baseline)
+    worker = popen(argv, folder / f"{name}.log", env)
+    try:
+        done = broker.wait_committed(name, ends, 600.0, lambda: ensure_running(worker, "worker"))
+    finally:
+        stop_popen(worker)
+    return n / (done - first_event(marks))
+
+
+def concurrency_session(folder: Path, script: Path, n: int, slow: int,
+                        baseline: Path | None) -> dict[str, float]:
     """The concurrency figures on one fresh broker: the trivial handler at concurrency 1
-    (``solo``, from its first handled event, as in raw_and_solo), and a handler sleeping
-    10 ms over ``slow`` events (x50 for concurrency 50) of one partition, 1,000 keys."""
+    (``solo``; with ``baseline`` the same on the older tree, ``solo_base``), at concurrency
+    8 and 50 (keyless events), and a handler sleeping 10 ms over ``slow`` events (x50 for
+    concurrency 50) of one partition, 1,000 keys."""
     process: BrokerProcess = start_broker(folder / "broker", "--log-level", "WARNING")
     remember(process.pid)
     broker = BrokerView(process.api)
     try:
-        out = raw_and_solo(broker, folder, script, n)
+        out: dict[str, float] = {}
+        if baseline is not None:  # interleaved with the new tree's run, same broker
+            out["solo_base"] = solo_rate(broker, folder, script, n, "base", [], baseline)
+        out["solo"] = solo_rate(broker, folder, script, n, "solo", [])
+        if baseline is not None:
+            out["solo_over_base"] = out["solo"] / out["solo_base"]
+        for conc in (8, 50):
+            out[f"trivial_c{conc}"] = solo_rate(broker, folder, script, n, f"triv{conc}",
+                                                ["--concurrency", str(conc)])
         sleepy = folder / "sleepy_worker.py"
         sleepy.write_text(SLEEPY)
         for conc, count in ((1, slow), (50, slow * 50)):
@@ -404,6 +436,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", action="store_true",
                         help="only the concurrency figures: the trivial handler at concurrency 1, "
                         "a 10 ms handler at concurrency 50 vs 1 (medians of --runs)")
+    parser.add_argument("--baseline", type=Path,
+                        help="with --concurrency: a tree of Rail from before (git archive COMMIT "
+                        "| tar -x -C DIR) whose worker host runs the trivial handler too")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs, data)")
     return parser.parse_args(argv)
 
@@ -444,12 +479,20 @@ def concurrency_main(args: argparse.Namespace, runs: int, folder: Path, script: 
     results = []
     try:
         for run in range(1, runs + 1):
-            results.append(concurrency_session(folder / f"run{run}", script, n, slow))
+            results.append(concurrency_session(folder / f"run{run}", script, n, slow,
+                                               args.baseline))
             print(f"run {run}/{runs}: " + ", ".join(f"{k} {v:,.1f}" for k, v in results[-1].items()),
                   flush=True)
         m = {k: median(r[k] for r in results) for k in results[0]}
         rows = [
             {"figure": f"1 worker, trivial handler, concurrency 1 ({n:,} events)", "value": rate(m["solo"])},
+            *([{"figure": f"  the same, baseline tree {args.baseline}", "value": rate(m["solo_base"])},
+               {"figure": "  this tree / baseline (median of the per-run ratios)",
+                "value": f"{m['solo_over_base']:.3f}x", "target": "1 +- 0.10",
+                "result": verdict(abs(m["solo_over_base"] - 1) <= 0.10)}]
+              if args.baseline else []),
+            {"figure": "trivial handler, concurrency 8 (keyless)", "value": rate(m["trivial_c8"])},
+            {"figure": "trivial handler, concurrency 50 (keyless)", "value": rate(m["trivial_c50"])},
             {"figure": "10 ms handler, concurrency 1, 1 partition", "value": f"{m['sleep_c1']:,.0f}/s"},
             {"figure": "10 ms handler, concurrency 50, 1 partition, 1,000 keys",
              "value": f"{m['sleep_c50']:,.0f}/s"},
