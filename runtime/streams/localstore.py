@@ -11,8 +11,9 @@ Not thread-safe: one task owns it.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -45,7 +46,7 @@ class LocalStore:
         """(commit, incarnation) of the last changelog batch the broker acknowledged."""
         return self._meta("confirmed", lambda b: tuple(msgspec.msgpack.decode(b)))
 
-    def _meta(self, name: str, decode):  # type: ignore[no-untyped-def]
+    def _meta(self, name: str, decode: Callable[[bytes], Any]) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else decode(row[0])
 
@@ -71,7 +72,8 @@ class LocalStore:
         db = self.db
         db.execute("BEGIN")
         try:
-            puts, dels = [], []
+            puts: list[tuple[str, bytes, bytes | None]] = []
+            dels: list[tuple[str, bytes, bytes | None]] = []
             for store, key, value in updates:
                 (dels if value is None else puts).append((store, key, value))
             db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", puts)

@@ -61,7 +61,7 @@ class Sender:
 
     def send_all(self, batches: list[OutBatch]) -> list[OutBatch]:
         """Send ``batches``; return those a probe found not stored before (now stored)."""
-        pending = []
+        pending: list[tuple[OutBatch, int]] = []
         settled: list[OutBatch] = []
         for batch in batches:
             if batch.probe:

@@ -42,7 +42,7 @@ class Stream:
     def freeze(self) -> None:
         """Once the pipeline is defined: a stream with one child calls it directly."""
         if len(self.children) == 1:
-            self.push = self.children[0]  # type: ignore[method-assign]
+            self.push = self.children[0]  # type: ignore[method-assign,assignment]
         elif not self.children:
             self.push = _drop  # type: ignore[method-assign]
 
