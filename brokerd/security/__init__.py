@@ -105,10 +105,12 @@ class Security:
     def authorize(self, request: Any, frame: zmq.Frame) -> None:
         """Raise NotAuthorized unless the sender of ``frame`` may make ``request``."""
         acl = self.acl
-        if not acl.enforced:
-            return
         principal = str(frame.get("User-Id"))  # ZAP's User-Id: the principal's name
         if principal == SELF:
+            return
+        if principal not in acl.principals:  # removed by a reload since its handshake
+            raise self._revoked(principal, request.__struct_config__.tag)
+        if not acl.enforced:
             return
         for op, kind, name in needs(request, self.auto_create):
             if not acl.allows(principal, op, kind, name):
@@ -127,10 +129,20 @@ class Security:
     def may_ingest(self, principal: str, topic: str) -> bool:
         """Whether an ingest message of ``principal`` may go into ``topic``."""
         acl = self.acl
-        if not acl.enforced or principal == SELF or acl.allows(principal, "write", "topic", topic):
+        if principal == SELF:
+            return True
+        if principal not in acl.principals:
+            self._revoked(principal, "ingest")
+            return False
+        if not acl.enforced or acl.allows(principal, "write", "topic", topic):
             return True
         self._denied(principal, "ingest", "write", "topic", topic)
         return False
+
+    def _revoked(self, principal: str, request: str) -> NotAuthorized:
+        self.denials.denied(principal, request, "the allow-list")
+        return NotAuthorized(f"principal {principal!r} was removed from {self.acl_path}: "
+                             "this connection may do nothing more; reconnect with a listed key")
 
     def _denied(self, principal: str, request: str, op: str, kind: str,
                 name: str) -> NotAuthorized:

@@ -69,6 +69,7 @@ class Acl:
 
     def __init__(self, principals: list[Principal], rules: list[Rule]) -> None:
         self.names = {check_key(p.key, f"principal {p.name!r}"): p.name for p in principals}
+        self.principals = frozenset(self.names.values())
         self.rules: dict[str, list[Rule]] = {}
         for rule in rules:
             self.rules.setdefault(rule.principal, []).append(rule)

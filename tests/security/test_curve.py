@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ import zmq
 from brokerd import protocol as p
 from brokerd.protocol import EXIT_CONFIG
 from runtime.client import Producer
-from runtime.connection import BrokerUnavailable, Connection
+from runtime.connection import BrokerError, BrokerUnavailable, Connection
+from runtime.security.keys import ClientKeys
 from tests.helpers import ROOT, BrokerProcess, python_env, wait_for
 from tests.security.secure import (
     CURVE_GREETING,
@@ -189,3 +191,40 @@ def test_metrics_are_scraped_over_curve_with_the_brokers_own_key(
             assert "rail_brokers" in page.read().decode()
     finally:
         broker.stop()
+
+
+def test_a_key_removed_by_a_reload_can_do_nothing_more_on_its_open_connection(
+        tmp_path: Path, keys: dict[str, Keys]) -> None:
+    bob = make_keys(tmp_path / "keys", "bob")
+    acl = write_acl(tmp_path / "acl.toml", [keys["alice"], bob])  # an allow-list only
+    broker = start_secure_broker(tmp_path, keys["broker"], acl)
+    alice = Connection(broker.api, timeout_s=5, keys=client_keys(keys["broker"], keys["alice"]))
+    try:
+        assert alice.call(p.Ping()).version == p.PROTOCOL_VERSION
+        write_acl(acl, [bob])
+        broker.proc.send_signal(signal.SIGHUP)
+
+        def refused() -> bool:
+            try:
+                alice.call(p.Ping())
+            except BrokerError as exc:
+                return exc.code == "NOT_AUTHORIZED" and "was removed" in exc.message
+            return False
+        wait_for(refused, 5, what="alice's open connection to be refused")
+        with pytest.raises(BrokerError, match="NOT_AUTHORIZED"):
+            alice.call(p.Produce(topic="t1", records=records(b"late")))
+        assert "t1" not in brokerd_topics(broker, keys)
+    finally:
+        alice.close()
+        broker.stop()
+
+
+def brokerd_topics(broker: BrokerProcess, keys: dict[str, Keys]) -> list[str]:
+    """Topic names as the broker itself knows them (its own key passes every check)."""
+    conn = Connection(broker.api, timeout_s=5, keys=ClientKeys(
+        keys["broker"].public, keys["broker"].public,
+        zmq.auth.load_certificate(str(keys["broker"].secret_file))[1] or b""))
+    try:
+        return [t.name for t in conn.call(p.Metadata()).topics]
+    finally:
+        conn.close()
