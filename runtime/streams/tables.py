@@ -113,13 +113,16 @@ def _update(task: Task, table: Table, agg: Aggregation, key: Any, value: Any, ts
 
 
 class _Live:
-    """A task's windows of one store: open ones by end, closed ones by expiry."""
+    """A task's windows of one store: open ones by end, closed ones by expiry, and all of
+    them (a window not known is not in the store: no need to look it up)."""
 
     def __init__(self, table: WindowedTable, task: Task) -> None:
         self.closing: list[tuple[int, bytes]] = []
         self.expiring: list[tuple[int, bytes]] = []
+        self.known: set[bytes] = set()
         w = table.window
         for skey, (_, closed) in task.store(table.table.name).items():
+            self.known.add(skey)
             end = decode_key(skey)[1] + w.size_ms
             if closed:
                 self.expiring.append((end + w.retention, skey))
@@ -148,10 +151,11 @@ class WindowedTable:
                 task.ck.late += 1
                 continue
             skey = encode_key([key, start])
-            held = store.get(skey)
+            held = store.get(skey) if skey in live.known else None
             state = self.agg.step(None if held is None else held[0], value)
             store.put(skey, [state, False])
             if held is None:
+                live.known.add(skey)
                 heapq.heappush(live.closing, (end, skey))
             if self.emit == "update":
                 self.table.push(task, key, {"start": start, "end": end, "value": state}, ts)
@@ -169,4 +173,6 @@ class WindowedTable:
                 self.table.push(task, key, {"start": end - w.size_ms, "end": end,
                                             "value": state}, end - 1)
         while live.expiring and live.expiring[0][0] <= now:
-            store.delete(heapq.heappop(live.expiring)[1])
+            skey = heapq.heappop(live.expiring)[1]
+            store.delete(skey)
+            live.known.discard(skey)
