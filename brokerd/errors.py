@@ -81,6 +81,12 @@ class NotEnoughReplicas(RailError):
     code = "NOT_ENOUGH_REPLICAS"
 
 
+class NotController(RailError):
+    """A cluster operation reached a broker that cannot reach ZooKeeper now."""
+
+    code = "NOT_CONTROLLER"
+
+
 class StaleGeneration(RailError):
     code = "STALE_GENERATION"
 

@@ -38,6 +38,7 @@ from brokerd.errors import (
     BadRequest,
     FencedLeaderEpoch,
     NotEnoughReplicas,
+    NotController,
     NotLeader,
     OffsetOutOfRange,
     RailError,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("brokerd.cluster")
 TP = tuple[str, int]
 ISR_CHECK_S = 0.5
+ZK_EVENTS = frozenset({"brokers", "controller", "topics", "state"})  # they call ZooKeeper
 
 
 class Cluster:
@@ -137,6 +139,11 @@ class Cluster:
                 log.error("cluster event %s failed: %s", event[0], exc.message)
 
     def _handle(self, event: tuple[Any, ...]) -> None:
+        if event[0] in ZK_EVENTS and not self.store.connected:
+            # A ZooKeeper call made while the connection is away waits until it is back,
+            # and the loop with it: every client would hang.  What these events would
+            # read, _refresh reads again once the session is back.
+            return
         match event:
             case ("session", state):
                 self._session(state)
@@ -387,7 +394,7 @@ class Cluster:
 
     def timers(self, now: float) -> None:
         self.next_timer = now + ISR_CHECK_S
-        if self.fenced:
+        if self.fenced or not self.store.connected:
             return
         lag_s = self.config.replica_lag_time_ms / 1000
         for replica in list(self.replicas.values()):
@@ -404,6 +411,9 @@ class Cluster:
         """Write the topic and its replica assignment to ZooKeeper; every broker holding
         a replica creates it locally when its watch fires.  Returns the partition count."""
         check_name(name)
+        if not self.store.connected:
+            raise NotController("this broker has lost its ZooKeeper connection: create the "
+                                "topic through another broker, or retry")
         if partitions is not None:
             overrides = {**overrides, "partitions": partitions}
         try:
