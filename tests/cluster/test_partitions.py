@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from tests.cluster.client import LeaderProducer, check_replicas, metadata, wait_in_sync
 from tests.cluster.zookeeper import ZooKeeper
-from tests.helpers import BrokerProcess, start_broker, wait_for
+from tests.helpers import ROOT, BrokerProcess, python_env, start_broker, wait_for
 from tests.integration.wire import RawClient
 
 UID_BASE = 51_000
@@ -33,6 +34,12 @@ def _why_not() -> str | None:
     probe = subprocess.run(["iptables", "-L", "OUTPUT", "-n"], capture_output=True, check=False)
     if probe.returncode != 0:
         return f"iptables does not work here: {probe.stderr.decode(errors='replace')[:200]}"
+    other = subprocess.run(["setpriv", f"--reuid={UID_BASE}", f"--regid={UID_BASE}",
+                            "--clear-groups", sys.executable, "-c", "import brokerd.server"],
+                           cwd=ROOT, env=python_env(), capture_output=True, check=False)
+    if other.returncode != 0:
+        return ("another user id cannot run the broker from this checkout (its folders are "
+                f"not readable by others): {other.stderr.decode(errors='replace')[-200:]}")
     return None
 
 
