@@ -47,7 +47,7 @@ for path in (ROOT, ROOT / "bench"):  # spawned children inherit sys.path
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from common import free_port, run_in_process
+from common import free_port, run_in_process, stop_popen
 from tests.cluster.client import wait_in_sync
 from tests.cluster.zookeeper import start_zookeeper
 from tests.helpers import start_broker
@@ -169,12 +169,7 @@ def run_nats(folder: Path, events: int) -> dict[str, Any]:
         return {"produce": produced["rate"], "consume": consumed["rate"], "errors": 0}
     finally:
         for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop_popen(proc)
 
 
 async def _quiet(exc: Exception) -> None:
