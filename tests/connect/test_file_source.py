@@ -121,3 +121,22 @@ def test_a_hole_left_by_a_batch_that_never_arrived_is_filled_and_nothing_repeate
     finally:
         task.stop()
     assert ids(broker.api, "holes") == list(range(10))
+
+
+def test_a_source_routes_to_its_topics_only_and_dead_letters_the_rest(broker, tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(f'{{"id": {i}, "to": "{t}"}}\n' for i, t in enumerate("abcab")))
+    settings = {"name": "router", "kind": "source", "class": "file", "topics": ["a", "b"],
+                "errors": {"tolerance": "all"},
+                "transforms": [{"type": "route", "field": "to"}],
+                "config": {"path": str(path)}}
+    task = Task(settings, broker.api, tmp_path / "task.log")
+    try:
+        wait_for(lambda: count(broker.api, "a") + count(broker.api, "b") == 4
+                 and count(broker.api, "a.dlq") == 1, 20, 0.05, "routed lines")
+    finally:
+        task.stop()
+    assert [e.value["id"] for e in read_topic(broker.api, "a")] == [0, 3]
+    assert [e.value["id"] for e in read_topic(broker.api, "b")] == [1, 4]
+    dead = read_topic(broker.api, "a.dlq")
+    assert "'c' is not among the connector's topics" in dead[0].headers["rail.error"]
