@@ -87,6 +87,20 @@ class NotController(RailError):
     code = "NOT_CONTROLLER"
 
 
+class NotCoordinator(RailError):
+    """A group op reached a broker that does not coordinate the group: ask
+    ``find_coordinator`` which one does (retriable)."""
+
+    code = "NOT_COORDINATOR"
+
+
+class CoordinatorLoading(RailError):
+    """This broker just became the group's coordinator and is still loading its committed
+    offsets: retry shortly (retriable)."""
+
+    code = "COORDINATOR_LOADING"
+
+
 class StaleGeneration(RailError):
     code = "STALE_GENERATION"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from brokerd.errors import (
     GroupNotEmpty,
@@ -33,10 +33,14 @@ TP = tuple[str, int]
 
 
 class OffsetsBackend(Protocol):
+    """Where committed offsets live: ``log.offsets.OffsetStore`` on a single broker,
+    ``cluster.coordinator.GroupOffsets`` in a cluster.  ``commit`` and ``forget`` return
+    what the answer must wait for to be durable (None: nothing)."""
+
     def get(self, group: str, topic: str, partition: int) -> int | None: ...
-    def commit(self, group: str, items: list[tuple[str, int, int]]) -> None: ...
+    def commit(self, group: str, items: list[tuple[str, int, int]]) -> Any: ...
     def groups(self) -> set[str]: ...
-    def forget(self, group: str | None = None, topic: str | None = None) -> None: ...
+    def forget(self, group: str | None = None, topic: str | None = None) -> Any: ...
 
 
 class LogView(Protocol):
@@ -145,8 +149,9 @@ class Coordinator:
         self.rebalance(group)
         return True
 
-    def delete(self, group_name: str) -> None:
-        """Forget a group without live members, and its committed offsets."""
+    def delete(self, group_name: str) -> Any:
+        """Forget a group without live members, and its committed offsets; return what
+        the backend's ``forget`` returned."""
         group = self.groups.get(group_name)
         if group is None and group_name not in self.offsets.groups():
             raise UnknownGroup(f"unknown group {group_name!r}: see list_groups")
@@ -155,7 +160,15 @@ class Coordinator:
                                 "member(s): stop them (or wait for their sessions to expire) "
                                 "before deleting it")
         self.groups.pop(group_name, None)
-        self.offsets.forget(group=group_name)
+        return self.offsets.forget(group=group_name)
+
+    def unload(self, gone: Callable[[str], bool]) -> list[str]:
+        """Forget the live groups for which ``gone`` is true (another broker coordinates
+        them now); return their names."""
+        names = [name for name in self.groups if gone(name)]
+        for name in names:
+            del self.groups[name]
+        return names
 
     def expire(self, now_ms: int) -> list[tuple[str, str]]:
         """Remove members whose session ran out; return (group, member_id) of each."""
@@ -219,7 +232,8 @@ class Coordinator:
         return pos
 
     def commit(self, group_name: str, member_id: str, generation: int,
-               items: list[tuple[str, int, int]], now_ms: int) -> None:
+               items: list[tuple[str, int, int]], now_ms: int) -> Any:
+        """Fence, check and store a commit; return what the backend's ``commit`` returned."""
         self._require_member_commit(group_name, member_id)
         group = self.groups.get(group_name)
         if member_id:
@@ -239,7 +253,7 @@ class Coordinator:
             if offset > end:
                 raise OffsetOutOfRange(
                     f"cannot commit {topic}[{partition}] at {offset}: the log ends at {end}")
-        self.offsets.commit(group_name, items)
+        return self.offsets.commit(group_name, items)
 
     def seek(self, group: Group, member_id: str, tp: TP, offset: int) -> None:
         if group.owners.get(tp) != member_id:

@@ -27,6 +27,7 @@ from brokerd.errors import (
     TopicExists,
     UnknownOp,
     UnknownPartition,
+    UnknownTopic,
 )
 from brokerd.log.batch import HEADER_SIZE, Record, decode_records, key_content
 from brokerd.log.partition import now_ms
@@ -159,7 +160,7 @@ class Handlers:
             case p.Poll():
                 return self.handle_poll(request, client)
             case p.Commit():
-                return self.handle_commit(request)
+                return self.handle_commit(request, client)
             case p.Heartbeat():
                 return self.handle_heartbeat(request)
             case p.Join():
@@ -189,7 +190,9 @@ class Handlers:
             case p.DeleteRecords():
                 return self.handle_delete_records(request)
             case p.DeleteGroup():
-                return self.handle_delete_group(request)
+                return self.handle_delete_group(request, client)
+            case p.FindCoordinator():
+                return self.handle_find_coordinator(request)
             case p.ReplicaFetch():
                 return self._clustered().handle_replica_fetch(request, client)
             case p.OffsetForLeaderEpoch():
@@ -335,6 +338,7 @@ class Handlers:
                             end_offset=plog.visible_end, batches=wire)
 
     def handle_poll(self, req: p.Poll, client: Client) -> p.Reply | None:
+        self._no_positions_in_cluster("poll")
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         if req.replies > 1 and client[1]:
             raise BadRequest("a streaming poll (replies > 1) needs a DEALER socket: a REQ "
@@ -437,15 +441,17 @@ class Handlers:
 
     # -- groups -----------------------------------------------------------------------
     def handle_join(self, req: p.Join) -> p.Reply:
-        if self.cluster is not None:
-            raise BadRequest("consumer groups are not replicated across a cluster yet: read "
-                             "with fetch from each partition's leader (docs/cluster.md)")
         if not req.topics:
             raise BadRequest("join needs at least one topic")
         for name in req.topics:
             check_name(name)
-        created = {name for name in req.topics if self.topics.get_or_create(name)[1]}
-        self.coordinator.topics_changed(created)
+        if self._coordinating(req.group) is not None:
+            for name in req.topics:  # a cluster creates topics only with create_topic
+                if self.coordinator.logs.partition_count(name) is None:
+                    raise UnknownTopic(f"unknown topic {name!r}: create it with create_topic")
+        else:
+            created = {name for name in req.topics if self.topics.get_or_create(name)[1]}
+            self.coordinator.topics_changed(created)
         group, member = self.coordinator.join(
             req.group, req.member_id, req.topics, req.session_timeout_ms, req.start,
             req.client_id, _mono_ms())
@@ -457,11 +463,17 @@ class Handlers:
                            heartbeat_interval_ms=max(req.session_timeout_ms // 3, 50))
 
     def handle_heartbeat(self, req: p.Heartbeat) -> p.Reply:
+        self._coordinating(req.group)
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         return p.HeartbeatReply(id=req.id, generation=group.generation,
                                 assignment=group.assignment_of(member.member_id))
 
-    def handle_commit(self, req: p.Commit) -> p.Reply:
+    def handle_commit(self, req: p.Commit, client: Client) -> p.Reply | None:
+        if self._coordinating(req.group) is not None:  # answered once replicated
+            need = self.coordinator.commit(req.group, req.member_id, req.generation,
+                                           req.offsets, _mono_ms())
+            self.acks.add(DurableAck(client, p.CommitReply(id=req.id), [need]))
+            return None
         for topic, _, _ in req.offsets:
             self.topics.get(topic)
         try:
@@ -472,17 +484,44 @@ class Handlers:
         return p.CommitReply(id=req.id)
 
     def handle_seek(self, req: p.Seek) -> p.Reply:
+        self._no_positions_in_cluster("seek")
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         self.coordinator.seek(group, member.member_id, (req.topic, req.partition), req.offset)
         self.waiting.group_changed(group.name)  # a parked poll answers from the new position
         return p.SeekReply(id=req.id)
 
     def handle_leave(self, req: p.Leave) -> p.Reply:
+        self._coordinating(req.group)
         self.coordinator.leave(req.group, req.member_id)
         return p.LeaveReply(id=req.id)
 
     def handle_describe_group(self, req: p.DescribeGroup) -> p.Reply:
+        if self._coordinating(req.group) is not None:
+            from brokerd.cluster.coordinator import describe
+            return describe(self, req.group, req.id)  # type: ignore[arg-type]
         return describe_group(self, req)
+
+    def handle_find_coordinator(self, req: p.FindCoordinator) -> p.Reply:
+        if self.cluster is None:  # one broker coordinates every group
+            return p.FindCoordinatorReply(id=req.id, coordinator=-1, api=self.endpoints[0])
+        from brokerd.cluster.coordinator import find_coordinator
+        broker_id, api = find_coordinator(self.cluster, req.group)
+        return p.FindCoordinatorReply(id=req.id, coordinator=broker_id, api=api)
+
+    def _coordinating(self, group: str) -> Cluster | None:
+        """In a cluster, the cluster once this broker coordinates ``group`` (else
+        NOT_COORDINATOR or COORDINATOR_LOADING); None on a single broker."""
+        if self.cluster is not None:
+            self.cluster.group_offsets.check(group)
+        return self.cluster
+
+    def _no_positions_in_cluster(self, op: str) -> None:
+        if self.cluster is not None:
+            raise BadRequest(
+                f"{op} is not served in a cluster: positions are the member's own there. "
+                "Join, heartbeat and commit with the group's coordinator (find_coordinator) "
+                "and read your assignment with fetch from each partition's leader "
+                "(docs/cluster.md)")
 
     # -- topics -----------------------------------------------------------------------
     def handle_create_topic(self, req: p.CreateTopic) -> p.Reply:
@@ -525,7 +564,14 @@ class Handlers:
         return p.DeleteRecordsReply(id=req.id, topic=req.topic, partition=req.partition,
                                     start_offset=start)
 
-    def handle_delete_group(self, req: p.DeleteGroup) -> p.Reply:
+    def handle_delete_group(self, req: p.DeleteGroup, client: Client) -> p.Reply | None:
+        if self._coordinating(req.group) is not None:  # answered once the tombstones are
+            need = self.coordinator.delete(req.group)
+            reply = p.DeleteGroupReply(id=req.id, group=req.group)
+            if need is None:
+                return reply
+            self.acks.add(DurableAck(client, reply, [need]))
+            return None
         try:
             self.coordinator.delete(req.group)
         except OSError as exc:

@@ -21,8 +21,8 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 4  # 2: create_partitions, delete_records, delete_group; 3: cluster;
-# 4: produce_batches
+PROTOCOL_VERSION = 5  # 2: create_partitions, delete_records, delete_group; 3: cluster;
+# 4: produce_batches; 5: find_coordinator, NOT_COORDINATOR, COORDINATOR_LOADING
 
 # Limits (the broker's defaults; see BrokerConfig for the knobs).
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -57,7 +57,7 @@ ERROR_CODES = (
     "STALE_GENERATION", "OUT_OF_ORDER_SEQUENCE", "STORAGE_ERROR", "TOO_MANY_WAITING",
     "SHUTTING_DOWN", "INTERNAL", "UNKNOWN_GROUP", "GROUP_NOT_EMPTY", "NOT_LEADER",
     "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "NOT_ENOUGH_REPLICAS", "NOT_CONTROLLER",
-    "NOT_AUTHORIZED",
+    "NOT_AUTHORIZED", "NOT_COORDINATOR", "COORDINATOR_LOADING",
 )
 
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
@@ -240,6 +240,13 @@ class DescribeGroup(_Request, tag="describe_group"):
     group: str
 
 
+class FindCoordinator(_Request, tag="find_coordinator"):
+    """Which broker coordinates ``group`` (in a cluster: the leader of its partition of
+    ``__rail_offsets``; a single broker coordinates every group itself)."""
+
+    group: Name
+
+
 class ListGroups(_Request, tag="list_groups"):
     pass
 
@@ -256,6 +263,7 @@ Request = Union[
     Produce, Fetch, Join, Heartbeat, Poll, Commit, Seek, Leave, CreateTopic, DeleteTopic,
     Metadata, ListOffsets, DescribeGroup, ListGroups, Stats, Ping, CreatePartitions,
     DeleteRecords, DeleteGroup, ReplicaFetch, OffsetForLeaderEpoch, ProduceBatches,
+    FindCoordinator,
 ]
 OPS = tuple(t.__struct_config__.tag for t in Request.__args__)  # type: ignore[attr-defined]
 
@@ -451,6 +459,13 @@ class DescribeGroupReply(_Reply, tag="describe_group"):
     partitions: list[GroupPartition]
 
 
+class FindCoordinatorReply(_Reply, tag="find_coordinator"):
+    coordinator: int
+    """The coordinator's broker id (-1: a single broker, which coordinates every group)."""
+    api: str
+    """The coordinator's API endpoint: send the group's ops there."""
+
+
 class ListGroupsReply(_Reply, tag="list_groups"):
     groups: list[str]
 
@@ -469,7 +484,7 @@ Reply = Union[
     SeekReply, LeaveReply, CreateTopicReply, DeleteTopicReply, MetadataReply,
     ListOffsetsReply, DescribeGroupReply, ListGroupsReply, StatsReply, PingReply,
     CreatePartitionsReply, DeleteRecordsReply, DeleteGroupReply, ReplicaFetchReply,
-    OffsetForLeaderEpochReply, ProduceBatchesReply,
+    OffsetForLeaderEpochReply, ProduceBatchesReply, FindCoordinatorReply,
 ]
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from kazoo.exceptions import KazooException
 
 from brokerd import protocol as p
+from brokerd.cluster.coordinator import OFFSETS_TOPIC, GroupOffsets, GroupTopics
 from brokerd.cluster.epochs import LeaderEpochs
 from brokerd.cluster.fetcher import Follow, ReplicaFetcher
 from brokerd.cluster.replica import FOLLOWER, LEADER, Replica
@@ -37,8 +38,8 @@ from brokerd.config import topic_config
 from brokerd.errors import (
     BadRequest,
     FencedLeaderEpoch,
-    NotEnoughReplicas,
     NotController,
+    NotEnoughReplicas,
     NotLeader,
     OffsetOutOfRange,
     RailError,
@@ -46,6 +47,7 @@ from brokerd.errors import (
     TopicExists,
     UnknownLeaderEpoch,
 )
+from brokerd.groups import Coordinator
 from brokerd.log.batch import HEADER, HEADER_SIZE
 from brokerd.topics import check_name
 
@@ -75,6 +77,14 @@ class Cluster:
         self.fetcher = ReplicaFetcher(self.id, self._post, broker.context,
                                       security.connect_securely if security else None)
         self.replicas: dict[TP, Replica] = {}
+        self.topic_records: dict[str, TopicRecord] = {}
+        # Groups live in __rail_offsets here: the broker's coordinator keeps their
+        # offsets there and counts partitions by ZooKeeper's topic records.
+        self.group_offsets = GroupOffsets(broker, self)
+        broker.coordinator = Coordinator(self.group_offsets, GroupTopics(self),
+                                         broker._rebalanced)
+        if broker.security is not None:
+            broker.security.follow_groups(broker.coordinator)
         self.brokers: dict[int, BrokerRecord] = {}
         self.controller_id = -1
         self.controller_epoch: int | None = None
@@ -185,12 +195,14 @@ class Cluster:
     # -- topics and replica states ----------------------------------------------------
     def _topic_seen(self, name: str) -> None:
         record = self.store.topic(name)
+        if record is not None and name not in self.topic_records:
+            self.topic_records[name] = record
+            self.broker.coordinator.topics_changed({name})
         if record is None or not any(self.id in r for r in record.replicas):
             return
         topic = self.broker.topics.topics.get(name)
         if topic is None:
             topic = self.broker.topics.create(name, len(record.replicas), record.config)
-            self.broker.coordinator.topics_changed({name})
         min_isr = int(record.config.get("min_insync_replicas") or 1)
         for index, replicas in enumerate(record.replicas):
             tp = (name, index)
@@ -215,6 +227,8 @@ class Cluster:
             replica.become_leader(state, version, time.monotonic())
             log.info("%s[%d]: leader at epoch %d, isr %s, log end %d", *tp,
                      state.leader_epoch, state.isr, replica.plog.end_offset)
+            if replica.topic == OFFSETS_TOPIC:
+                self.group_offsets.role_changed(replica, leading=True)
             self._high_watermark_moved(replica)
         elif state.leader < 0:
             self._step_down(replica)
@@ -240,6 +254,8 @@ class Cluster:
         """Stop leading: what waits for acks=all on this partition fails (NOT_LEADER)."""
         if replica.role == LEADER:
             replica.go_offline()
+            if replica.topic == OFFSETS_TOPIC:
+                self.group_offsets.role_changed(replica, leading=False)
             for ack in self.broker.acks.fail({replica.plog}):
                 self.broker.send_error(ack.client, ack.reply.id, NotLeader(
                     f"{replica.topic}[{replica.partition}]: this broker stopped leading "
@@ -261,6 +277,8 @@ class Cluster:
             self._high_watermark_moved(replica)
 
     def _high_watermark_moved(self, replica: Replica) -> None:
+        if replica.topic == OFFSETS_TOPIC:
+            self.group_offsets.high_watermark_moved(replica)
         self.broker.waiting.data_arrived(replica.key)
         self.broker._settle()
 
