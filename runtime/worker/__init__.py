@@ -223,15 +223,30 @@ class Worker:
         self.lanes: Lanes | None = None
         self.runner: Runner | None = None
         self.limit = RateLimit(options.rate, self).take if options.rate > 0 else None
+        self._seen: tuple[tuple[str, int, int] | None, float] = (None, 0.0)  # see ``current``
 
     @property
     def current(self) -> tuple[str, int, int, float] | None:
-        """The oldest event in a handler and since when (monotonic s), for health reports."""
+        """The oldest event in a handler and since when (monotonic s), for health reports.
+
+        At concurrency 1 the host writes no start time per event (it would cost a clock
+        read each): the event's age counts from when this was first asked about it, up to
+        one health interval late."""
         busy = self.flight.busy()
         if not busy:
             return None
-        topic, partition, offset, started_ns = min(busy, key=lambda b: b[3])
-        return topic, partition, offset, started_ns / 1e9
+        now = time.monotonic()
+        oldest: tuple[str, int, int, float] | None = None
+        for topic, partition, offset, started_ns in busy:
+            if started_ns:
+                since = started_ns / 1e9
+            else:
+                if self._seen[0] != (topic, partition, offset):
+                    self._seen = ((topic, partition, offset), now)
+                since = self._seen[1]
+            if oldest is None or since < oldest[3]:
+                oldest = (topic, partition, offset, since)
+        return oldest
 
     # -- lifecycle --------------------------------------------------------------------
     def run(self) -> int:
@@ -298,16 +313,17 @@ class Worker:
         """Call the handler on each event; return how many were handled before a stop."""
         handle, ctx, limit = self.script.handle, self.ctx, self.limit
         slot, index, skip = self.flight.words, self.topic_index, self.quarantine.quarantined
+        multi = len(index) > 1  # one topic: its index, 0, is in the slot already
         try:
             for i, event in enumerate(events):
-                if self.stopping or (limit and not limit()):
+                if self.stopping or limit is not None and not limit():
                     return i
                 if skip and self._skipped(event):
                     continue
+                if multi:
+                    slot[2] = index[event.topic]
                 slot[1] = event.partition
-                slot[2] = index[event.topic]
-                slot[3] = time.monotonic_ns()
-                slot[0] = event.offset
+                slot[0] = event.offset  # no start time: ``current`` notes when it first saw it
                 try:
                     handle(event, ctx)
                 except Exception as exc:  # noqa: BLE001 - the handler's error goes to the DLQ
@@ -324,16 +340,17 @@ class Worker:
     async def _handle_coroutines(self, events: list[Event]) -> int:
         handle, ctx, limit = self.script.handle, self.ctx, self.limit
         slot, index, skip = self.flight.words, self.topic_index, self.quarantine.quarantined
+        multi = len(index) > 1  # one topic: its index, 0, is in the slot already
         try:
             for i, event in enumerate(events):
-                if self.stopping or (limit and not limit()):
+                if self.stopping or limit is not None and not limit():
                     return i
                 if skip and self._skipped(event):
                     continue
+                if multi:
+                    slot[2] = index[event.topic]
                 slot[1] = event.partition
-                slot[2] = index[event.topic]
-                slot[3] = time.monotonic_ns()
-                slot[0] = event.offset
+                slot[0] = event.offset  # no start time: ``current`` notes when it first saw it
                 try:
                     await handle(event, ctx)
                 except Exception as exc:  # noqa: BLE001
