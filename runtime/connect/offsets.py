@@ -1,8 +1,9 @@
 """Source offsets: where each source partition resumes, kept in a compacted topic.
 
-Every record a source task sends carries four headers: ``rail.connect.task`` (the task's
-key, ``<connector>/<task>``), ``rail.connect.seq`` (a counter of the task's records),
-``rail.connect.partition`` and ``rail.connect.offset`` (msgpack of the source offset).
+Every record a source task sends carries one header, ``rail.connect``: the msgpack array
+``[task key, sequence, source partition, source offset]``, where the task key is
+``<connector>/<task>`` and the sequence counts the task's records (one header, not four:
+each costs the source, the broker and every consumer something per record).
 After each flushed batch the task writes a checkpoint to ``_connect-offsets`` (compacted,
 keyed by the task's key): the offset per source partition, the sequence reached, and the
 data partitions' end offsets the task had seen acknowledged.
@@ -25,8 +26,9 @@ from runtime.client import events_of_fetch
 from runtime.connection import Connection
 
 OFFSETS_TOPIC = "_connect-offsets"
-H_TASK, H_SEQ = "rail.connect.task", "rail.connect.seq"
-H_PARTITION, H_OFFSET = "rail.connect.partition", "rail.connect.offset"
+HEADER = "rail.connect"
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(tuple[str, int, str, Any]).decode
 FETCH_BYTES = 4 * 1024 * 1024
 
 
@@ -37,8 +39,7 @@ class Checkpoint(msgspec.Struct, kw_only=True):
 
 
 def record_headers(task_key: str, seq: int, partition: str, offset: Any) -> dict[str, Any]:
-    return {H_TASK: task_key, H_SEQ: str(seq), H_PARTITION: partition,
-            H_OFFSET: msgspec.msgpack.encode(offset)}
+    return {HEADER: _encode((task_key, seq, partition, offset))}
 
 
 def ensure_offsets_topic(conn: Connection) -> None:
@@ -104,12 +105,14 @@ def recover(conn: Connection, task_key: str, topics: list[str]) -> tuple[Checkpo
 
 def ours(event: Any, task_key: str) -> tuple[int, str, Any] | None:
     """(sequence, source partition, source offset) of a record of the task, else None."""
-    headers = event.headers or {}
-    if headers.get(H_TASK) != task_key:
+    raw = (event.headers or {}).get(HEADER)
+    if raw is None:
         return None
-    raw = headers[H_OFFSET]
-    offset = msgspec.msgpack.decode(raw.encode() if isinstance(raw, str) else raw)
-    return int(headers[H_SEQ]), str(headers[H_PARTITION]), offset
+    try:
+        key, seq, partition, offset = _decode(raw.encode() if isinstance(raw, str) else raw)
+    except msgspec.DecodeError:
+        return None  # not written by a connect task: someone else's header
+    return (seq, partition, offset) if key == task_key else None
 
 
 def checkpoint_value(point: Checkpoint) -> Any:
