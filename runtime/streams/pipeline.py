@@ -23,6 +23,7 @@ from runtime.streams.stream import Stream
 
 if TYPE_CHECKING:
     from runtime.streams.tables import Table
+    from runtime.streams.topictable import TopicTable
     from runtime.worker import Hosted
 
 STATE_DIR_ENV = "RAIL_STREAMS_DIR"
@@ -53,15 +54,34 @@ class Pipeline:
         self.streams: list[Stream] = []
         self.stream = Stream(self)
         # Input topic and root stream of each topology: the source's, then one per
-        # repartition (whose tasks read the internal topic the previous one writes).
+        # internal topic (a repartition, a table's join) and per table's own topic.
         self.topologies: list[tuple[str, Stream]] = [(source, self.stream)]
 
     def add_topology(self) -> tuple[str, Stream]:
+        """A new internal topic, and the root stream of the tasks that read it."""
         index = len(self.topologies)
         topic = f"{self.app}.repartition-{index}"
         root = Stream(self, index)
         self.topologies.append((topic, root))
         return topic, root
+
+    def add_source(self, topic: str) -> Stream:
+        """Another topic the pipeline reads (a table's), with its own tasks."""
+        if not valid_topic_name(topic) or topic in self.topics:
+            raise PipelineError(f"{topic!r} cannot be read again or is not a valid name")
+        root = Stream(self, len(self.topologies))
+        self.topologies.append((topic, root))
+        return root
+
+    def table(self, topic: str, store: str) -> TopicTable:
+        """The latest value of each key of ``topic`` (a nil value deletes it), kept in
+        store ``store``, to join streams with (``stream.join(table, fn)``)."""
+        from runtime.streams.topictable import TopicTable
+        if store in self.stores:
+            raise PipelineError(f"two stores are named {store!r}: give each its own name")
+        table = TopicTable(self, topic, store)
+        self.stores[store] = table  # type: ignore[assignment]
+        return table
 
     @property
     def topics(self) -> list[str]:

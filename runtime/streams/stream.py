@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from runtime.streams.pipeline import Pipeline
     from runtime.streams.tables import Grouped, Table
     from runtime.streams.task import Task
+    from runtime.streams.topictable import TopicTable
 
 Push = Callable[["Task", Any, Any, int], None]
 
@@ -122,11 +123,18 @@ class Stream:
         stream = self if key is None else self.key_by(key)
         return Grouped(stream.repartition() if stream.rekeyed else stream)
 
-    def join(self, table: Table, fn: Callable[[Any, Any], Any], left: bool = False) -> Stream:
+    def join(self, table: Table | TopicTable, fn: Callable[[Any, Any], Any],
+             left: bool = False) -> Stream:
         """Each record's value becomes ``fn(value, the table's value for the record's key)``;
         a record whose key is not in the table is dropped (``left``: joined with None).
-        The table must be built by the same tasks (same topic, same keys)."""
+
+        A table read from a topic (``Pipeline.table``) joins any stream: both go through
+        one internal topic by key.  A table built by the pipeline must be built by the same
+        tasks, from records keyed the same way."""
         from runtime.streams.tables import encode_key
+        from runtime.streams.topictable import TopicTable
+        if isinstance(table, TopicTable):
+            return table.join_from(self, fn, left)
         if table.topology != self.topology or self.rekeyed:
             raise PipelineError(
                 f"join with table {table.name!r}: the stream must be keyed like the table "

@@ -66,14 +66,17 @@ class Replica:
 
 def run_and_kill(broker: BrokerProcess, script: Path, state: Path, name: str, group: str,
                  items: list[tuple[Any, Any, int]], partitions: int, pause: float) -> bool:
-    """Start a replica, send ``items`` once it runs, kill -9 it ``pause`` s later; True if
-    the kill landed mid-stream (the group had not caught up)."""
-    produce(broker, "orders", [], partitions)  # before the pipeline creates it with 1
+    """Send ``items``, start a replica, kill -9 it ``pause`` s after it runs; True if the
+    kill landed mid-stream (the group had not caught up)."""
+    produce(broker, "orders", items, partitions)
     replica = Replica(broker, script, state, name)
     try:
-        replica.wait_running()
-        produce(broker, "orders", items, partitions)
-        time.sleep(pause)
+        if pause:
+            replica.wait_running()
+            time.sleep(pause)
+        else:  # as soon as a task is restored, before it can have committed anything
+            wait_for(lambda: "restored from" in replica.log(), timeout=20, interval=0.002,
+                     what="a task to be restored")
         behind = lag(broker, group)
     finally:
         replica.kill9()
