@@ -39,6 +39,7 @@ from brokerd.errors import (
     BadRequest,
     FencedLeaderEpoch,
     NotController,
+    NotCoordinator,
     NotEnoughReplicas,
     NotLeader,
     OffsetOutOfRange,
@@ -251,15 +252,21 @@ class Cluster:
                      state.leader_epoch)
 
     def _step_down(self, replica: Replica) -> None:
-        """Stop leading: what waits for acks=all on this partition fails (NOT_LEADER)."""
+        """Stop leading: what waits for acks=all on this partition fails (NOT_LEADER; a
+        commit or delete_group waiting there, NOT_COORDINATOR)."""
         if replica.role == LEADER:
             replica.go_offline()
+            error: RailError = NotLeader(
+                f"{replica.topic}[{replica.partition}]: this broker stopped leading "
+                "before the batch was replicated: send it to the new leader (metadata)")
             if replica.topic == OFFSETS_TOPIC:
                 self.group_offsets.role_changed(replica, leading=False)
+                error = NotCoordinator(
+                    f"broker {self.id} stopped coordinating before the commit was "
+                    "replicated (it may still take effect): call find_coordinator, rejoin "
+                    "and commit again")
             for ack in self.broker.acks.fail({replica.plog}):
-                self.broker.send_error(ack.client, ack.reply.id, NotLeader(
-                    f"{replica.topic}[{replica.partition}]: this broker stopped leading "
-                    "before the batch was replicated: send it to the new leader (metadata)"))
+                self.broker.send_error(ack.client, ack.reply.id, error)
 
     def _isr_changed(self, replica: Replica, state: PartitionState, version: int) -> None:
         """Adopt a stored ISR.  Below min_insync_replicas, what waits for acks=all fails

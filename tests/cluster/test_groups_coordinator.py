@@ -194,3 +194,31 @@ def test_groups_commit_through_their_coordinator_and_survive_its_kill_9(
     finally:
         for b in brokers:
             b.stop()
+
+
+def test_a_commit_is_refused_when_its_offsets_partition_has_too_few_in_sync_replicas(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="t", partitions=1)
+        coordinator, api = find_coordinator(apis[0])
+        wait_in_sync(apis, "__rail_offsets", 8, 3)
+        assert coordinator_call(api, "commit", group=GROUP, offsets=[["t", 0, 5]])["op"] \
+            == "commit"
+        for i, broker in enumerate(brokers):  # the offsets partition keeps only its leader
+            if i != coordinator:
+                broker.kill9()
+        with RawClient(api) as raw:
+            waiting = raw.call("commit", timeout_s=30, group=GROUP, offsets=[["t", 0, 6]])
+            assert waiting.get("code") == "NOT_ENOUGH_REPLICAS", waiting
+            refused = raw.call("commit", group=GROUP, offsets=[["t", 0, 7]])
+            assert refused["code"] == "NOT_ENOUGH_REPLICAS", refused
+            assert "nothing was stored" in refused["message"]
+            described = raw.ok("describe_group", group=GROUP)["partitions"]
+            # 6 may stay stored (appended before the ISR shrank), 7 never is
+            assert [p["committed"] for p in described] in ([5], [6]), described
+    finally:
+        for b in brokers:
+            b.stop()
