@@ -20,8 +20,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 import zmq
@@ -131,7 +132,7 @@ class ReplicaFetcher:
                         continue
                     while sock.poll(0):
                         self._received(sock.recv(), follows, pending)
-        except Exception:  # noqa: BLE001 - a bug here must be loud, not a silent stop
+        except Exception:  # a bug here must be loud, not a silent stop
             log.exception("replica fetcher stopped")
         finally:
             for sock in sockets.values():
