@@ -338,7 +338,8 @@ class Handlers:
                             end_offset=plog.visible_end, batches=wire)
 
     def handle_poll(self, req: p.Poll, client: Client) -> p.Reply | None:
-        self._no_positions_in_cluster("poll")
+        if self.cluster is not None:
+            self._no_positions_in_cluster("poll")
         group, member = self.coordinator.member(req.group, req.member_id, _mono_ms())
         if req.replies > 1 and client[1]:
             raise BadRequest("a streaming poll (replies > 1) needs a DEALER socket: a REQ "
@@ -472,6 +473,8 @@ class Handlers:
         if self._coordinating(req.group) is not None:  # answered once replicated
             need = self.coordinator.commit(req.group, req.member_id, req.generation,
                                            req.offsets, _mono_ms())
+            if need is None:  # nothing to store
+                return p.CommitReply(id=req.id)
             self.acks.add(DurableAck(client, p.CommitReply(id=req.id), [need]))
             return None
         for topic, _, _ in req.offsets:
@@ -516,7 +519,7 @@ class Handlers:
         return self.cluster
 
     def _no_positions_in_cluster(self, op: str) -> None:
-        if self.cluster is not None:
+        if self.cluster is not None:  # raised for poll and seek
             raise BadRequest(
                 f"{op} is not served in a cluster: positions are the member's own there. "
                 "Join, heartbeat and commit with the group's coordinator (find_coordinator) "

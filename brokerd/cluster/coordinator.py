@@ -122,8 +122,10 @@ class GroupOffsets:
     def groups(self) -> set[str]:
         return {g for offsets in self.loaded.values() for g, _, _ in offsets}
 
-    def commit(self, group: str, items: list[tuple[str, int, int]]) -> Need:
+    def commit(self, group: str, items: list[tuple[str, int, int]]) -> Need | None:
         """Append the commit as records; return what its answer waits for."""
+        if not items:
+            return None
         need = self._append(group, [((group, t, q), o) for t, q, o in items])
         offsets = self.loaded[partition_of(group)]
         for topic, partition, offset in items:

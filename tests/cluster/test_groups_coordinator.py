@@ -130,6 +130,7 @@ def test_groups_commit_through_their_coordinator_and_survive_its_kill_9(
                              member_id="somebody-else", generation=generation)
             assert stale["code"] == "NOT_MEMBER", stale
             assert GROUP in raw.ok("list_groups")["groups"]
+            raw.ok("commit", group=GROUP, offsets=[], member_id=member, generation=generation)
         acked: dict[int, int] = {}
         with RawClient(coordinator_api) as raw:
             for i in range(1, 6):
