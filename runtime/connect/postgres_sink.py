@@ -45,6 +45,7 @@ class PostgresSink(TableSink):
                             f"SELECT {', '.join(self.columns)} FROM {self.table} WITH NO DATA")
             self.db.execute(f"CREATE TEMP TABLE rail_gone ON COMMIT DELETE ROWS AS "
                             f"SELECT {self.key_column} FROM {self.table} WITH NO DATA")
+        self.rows_made: set[tuple[str, int]] = set()  # partitions with an offsets row
         cols = ", ".join(self.columns)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self.columns if c != self.key_column)
         self.copy_rows = f"COPY rail_stage ({cols}) FROM STDIN"
@@ -63,6 +64,7 @@ class PostgresSink(TableSink):
         return {(t, int(part)): int(o) for t, part, o in rows if t in topics}
 
     def put(self, events: list[Event], next_offsets: dict[tuple[str, int], int]) -> None:
+        self.ensure_rows(next_offsets)
         with self.db.transaction(), self.db.cursor() as cur:
             last = self.last_events(events, self.locked_offsets(cur, next_offsets))
             if last:
@@ -105,6 +107,20 @@ class PostgresSink(TableSink):
                 for key in gone:
                     copy.write_row([key])
             cur.execute(self.delete)
+
+    def ensure_rows(self, batch: dict[tuple[str, int], int]) -> None:
+        """An offsets row for each partition of ``batch``, committed on its own before the
+        first batch of it: ``locked_offsets`` can only wait for a task holding a row that
+        exists (two tasks inserting a partition's first row would both apply its batch)."""
+        new = [tp for tp in batch if tp not in self.rows_made]
+        if not new:
+            return
+        with self.db.transaction():
+            self.db.cursor().executemany(
+                f"INSERT INTO {self.offsets_table} VALUES (%s, %s, %s, 0) "
+                "ON CONFLICT (connector, topic, partition) DO NOTHING",
+                [(self.name, t, part) for t, part in new])
+        self.rows_made.update(new)
 
     def locked_offsets(self, cur: Any, batch: dict[tuple[str, int], int]
                        ) -> dict[tuple[str, int], int]:

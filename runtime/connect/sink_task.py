@@ -1,12 +1,14 @@
 """Runs a Sink as a supervised task: poll the group, convert, ``put`` batches, commit.
 
 Events gather until ``batch`` of them or ``linger_ms`` passed, then go to the sink in
-``put`` calls of at most ``batch`` events.  A sink that stores its offsets with its data (``stored_offsets``) is the
-authority on where to resume: events below its stored offset of their partition are
-dropped before ``put`` (the group's commit, sent after ``put`` returned, may lag behind a
-crash), and the stored offsets are read again after every rebalance.  An event that fails
-conversion or a transform stops the task (``errors.tolerance = "none"``) or goes to
-``<topic>.dlq`` with the error in its headers (``"all"``).
+``put`` calls of at most ``batch`` events, each partition's in offset order.  A sink that
+stores its offsets with its data (``stored_offsets``) is the authority on where to resume:
+events below its stored offset of their partition are dropped before ``put`` (the group's
+commit, sent after ``put`` returned, may lag behind a crash), and the stored offsets are
+read again after every rebalance.  An event that fails conversion, a transform or the
+sink's ``check``, or that the sink refused (``take_rejected``), stops the task
+(``errors.tolerance = "none"``) or goes to ``<topic>.dlq`` with the error in its headers
+(``"all"``), before the batch's offsets are committed.
 """
 
 from __future__ import annotations
