@@ -4,6 +4,8 @@ ZooKeeper, three real brokers, raw clients, kill -9."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import zlib
 from pathlib import Path
@@ -222,4 +224,47 @@ def test_a_commit_is_refused_when_its_offsets_partition_has_too_few_in_sync_repl
             assert [p["committed"] for p in described] in ([5], [6]), described
     finally:
         for b in brokers:
+            b.stop()
+
+
+def test_a_coordinator_paused_past_its_session_never_acknowledges_a_commit_and_steps_down(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="t", partitions=1)
+        coordinator, old_api = find_coordinator(apis[0])
+        wait_in_sync(apis, "__rail_offsets", 8, 3)
+        assert coordinator_call(old_api, "commit", group=GROUP,
+                                offsets=[["t", 0, 10]])["op"] == "commit"
+        old = brokers[coordinator]
+        with RawClient(old_api) as stale:
+            os.kill(old.pid, signal.SIGSTOP)
+            try:  # read by the old coordinator only once it wakes
+                stale.send_frames([msgspec.msgpack.encode({
+                    "op": "commit", "id": 1, "group": GROUP, "offsets": [["t", 0, 99]]})])
+                survivor = apis[(coordinator + 1) % 3]
+                _, new_api = find_coordinator(survivor, exclude=coordinator, timeout=40)
+                assert coordinator_call(new_api, "commit", group=GROUP,
+                                        offsets=[["t", 0, 20]])["op"] == "commit"
+            finally:
+                os.kill(old.pid, signal.SIGCONT)
+            answer = stale.recv_reply(timeout_s=30)
+            assert answer is not None and answer["op"] == "error", \
+                f"the paused coordinator must not acknowledge a commit: {answer!r}"
+            assert answer["code"] in ("NOT_COORDINATOR", "NOT_ENOUGH_REPLICAS"), answer
+
+        def stepped_down() -> bool:
+            with RawClient(old_api) as raw:
+                return raw.call("describe_group", group=GROUP)["op"] == "error"
+        wait_for(stepped_down, timeout=30, interval=0.2, what="the old coordinator to step down")
+        with RawClient(old_api) as raw:
+            refused = raw.call("commit", group=GROUP, offsets=[["t", 0, 30]])
+            assert refused["code"] == "NOT_COORDINATOR", refused
+        assert committed(new_api) == {0: 20}
+    finally:
+        for b in brokers:
+            if b.proc.poll() is None:
+                os.kill(b.pid, signal.SIGCONT)
             b.stop()
