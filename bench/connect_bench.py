@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -126,6 +127,13 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=5000, help="source and sink batch")
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="rail-connect-bench-"))
+    try:
+        return bench(args, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the inputs and brokers' data: GBs
+
+
+def bench(args: argparse.Namespace, folder: Path) -> int:
     jsonl, csv = write_inputs(folder, args.rows)
     results: dict[str, list[float]] = {"copy": [], "rail": [], "naive": []}
     for run in range(args.runs):
