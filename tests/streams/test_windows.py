@@ -4,8 +4,11 @@ under kill -9."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 from brokerd.protocol import partition_for_key
 from runtime.connection import Connection
 from runtime.streams import changelog, query
-from tests.helpers import BrokerProcess
+from tests.helpers import ROOT, BrokerProcess, python_env
 from tests.streams.harness import (
     CHUNK,
     Replica,
@@ -142,6 +145,11 @@ def test_late_events_inside_the_grace_period_count_and_outside_are_dropped(
     finally:
         conn.close()
     assert kept == {("a", 5000): [1, False]}
+    got = subprocess.run([sys.executable, "-m", "runtime.cli", "streams", "get", "win",
+                          "per-second", '["a", 5000]', "--json-key"], check=False, cwd=ROOT,
+                         env={**python_env(), "RAIL_BROKER": broker.api}, text=True,
+                         capture_output=True, timeout=60)
+    assert got.returncode == 0 and json.loads(got.stdout) == [1, False], got.stderr
 
 
 @pytest.mark.parametrize("seed", SEEDS)
