@@ -11,7 +11,7 @@ from tests.connect.postgres import AVAILABLE, PostgresServer
 def postgres() -> Iterator[PostgresServer]:
     """One real PostgreSQL for the session's connect tests (each test uses its own tables)."""
     if not AVAILABLE:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: install "
+        pytest.skip("PostgreSQL server binaries (initdb, postgres) not found: install "
                     "Debian's postgresql or set RAIL_PG_BIN")
     server = PostgresServer()
     try:
