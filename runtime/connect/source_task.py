@@ -54,14 +54,16 @@ class SourceTask:
             self.point = point
             self.host.log.info("source %s resumes at %s (seq %d)", self.key,
                                self.point.offsets or "the beginning", self.point.seq)
-            self.source.open(dict(self.point.offsets))
-            producer = Producer(broker, acks=self.settings.acks)
+            self.source.open(dict(self.point.offsets))  # a config error leaves nothing open
             try:
-                self._loop(conn, producer)
+                producer = Producer(broker, acks=self.settings.acks)
+                try:
+                    self._loop(conn, producer)
+                finally:
+                    producer.close(timeout_s=10)
             finally:
-                producer.close(timeout_s=10)
+                self.source.close()
         finally:
-            self.source.close()
             conn.close()
         return 0
 

@@ -52,3 +52,17 @@ def test_a_bad_connector_entry_is_a_config_error_naming_the_key(tmp_path, body, 
     with pytest.raises(ConfigError, match=r"connectors\.") as caught:
         load_config(tmp_path / "rail.toml")
     assert message in str(caught.value)
+
+
+def test_a_connector_with_an_unusable_config_exits_with_the_config_code(broker, tmp_path):
+    """Exit 78 (EXIT_CONFIG), so the supervisor does not restart it in a loop."""
+    from brokerd.protocol import EXIT_CONFIG
+    from tests.connect.tasks import Task
+
+    entry = {"name": "no-path", "kind": "source", "class": "file", "topics": ["t"]}
+    task = Task(entry, broker.api, tmp_path / "task.log")
+    try:
+        assert task.proc.wait(20) == EXIT_CONFIG
+    finally:
+        task.stop()
+    assert "config.path: the file to read is required" in task.log()
