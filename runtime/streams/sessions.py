@@ -46,7 +46,7 @@ class SessionTable:
 
     def update(self, task: Task, key: Any, value: Any, ts: int) -> None:
         w, store = self.window, task.store(self.table.name)
-        live = task.local(self.table.name, lambda: _Open(self, store))
+        live = task.local(self.table.name, _Open, self, store)
         now = task.ck.stream_time
         self._advance(task, live, store, now)
         if ts + w.gap_ms + w.grace_ms <= now:

@@ -139,7 +139,7 @@ class WindowedTable:
     def update(self, task: Task, key: Any, value: Any, ts: int) -> None:
         w, name = self.window, self.table.name
         store = task.store(name)
-        live = task.local(name, lambda: _Live(self, task))
+        live = task.local(name, _Live, self, task)
         now = task.ck.stream_time
         if (live.closing and live.closing[0][0] + w.grace_ms <= now) or \
                 (live.expiring and live.expiring[0][0] <= now):

@@ -96,12 +96,12 @@ class Task:
             store = self.stores[name] = StateStore(name, self.disk)
             return store
 
-    def local(self, name: str, make: Callable[[], T]) -> T:
-        """Per-task operator state rebuilt from the stores (made on first use)."""
+    def local(self, name: str, make: Callable[..., T], *args: Any) -> T:
+        """Per-task operator state rebuilt from the stores: ``make(*args)`` on first use."""
         try:
             return self._locals[name]
         except KeyError:
-            value = self._locals[name] = make()
+            value = self._locals[name] = make(*args)
             return value
 
     def emit(self, topic: str, key: Any, value: Any, ts: int,
