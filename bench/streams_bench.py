@@ -28,27 +28,27 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from brokerd import protocol as p  # noqa: E402
-from runtime.connection import Connection  # noqa: E402
-from runtime.producer import Producer  # noqa: E402
-from runtime.streams import Pipeline, Tumbling  # noqa: E402
-from runtime.streams.changelog import batch_records, changelog_topic  # noqa: E402
-from runtime.streams.checkpoint import Checkpoint  # noqa: E402
-from runtime.streams.runner import Runner  # noqa: E402
-from runtime.streams.sender import OutBatch, Sender, producer_id  # noqa: E402
-from runtime.streams.task import Task  # noqa: E402
-from runtime.worker import Hosted, Options  # noqa: E402
-from tests.helpers import start_broker  # noqa: E402
+from brokerd import protocol as p
+from runtime.connection import Connection
+from runtime.producer import Producer
+from runtime.streams import Pipeline, Tumbling
+from runtime.streams.changelog import batch_records, changelog_topic
+from runtime.streams.checkpoint import Checkpoint
+from runtime.streams.runner import Runner
+from runtime.streams.sender import OutBatch, Sender, producer_id
+from runtime.streams.task import Task
+from runtime.worker import Hosted, Options
+from tests.helpers import start_broker
 
 WINDOW_MS = 1000
-EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def events(n: int, keys: int) -> list[tuple[str, dict[str, int], int]]:
