@@ -180,6 +180,17 @@ class Producer:
                 if len(buf) >= self.batch_size:
                     self._ship(tp)
 
+    def send_delayed(self, topic: str, value: Any, *, delay_s: float | None = None,
+                     at: Any = None, key: Any = None,
+                     headers: dict[str, Any] | None = None) -> None:
+        """Queue ``value`` for ``topic``, delivered once after ``delay_s`` seconds or at
+        ``at`` (a datetime or epoch seconds), to the partition its key picks then.  It is
+        parked in ``rail.delayed`` until the supervisor's delay mover (``[supervisor]
+        delays = true``) forwards it: docs/workers.md.  A method of its own, so that
+        ``send`` pays nothing for it."""
+        from runtime.worker.delays import send_delayed  # the worker package imports this one
+        send_delayed(self, topic, value, key=key, headers=headers, delay_s=delay_s, at=at)
+
     def partitions_for(self, topic: str) -> int:
         count = self._partitions.get(topic)
         if count is None:

@@ -59,7 +59,10 @@ def test_a_delayed_event_survives_kill_9_of_everything_and_arrives_once_after_it
     with Producer(rail.api) as producer:
         for value, key, delay in (("late", "a", 5.0), ("later", "c", 5.5)):
             due[value] = time.time() + delay
-            send_delayed(producer, "orders", value, key=key, delay_s=delay)
+            if value == "late":  # the worker side's function, and the client's method
+                send_delayed(producer, "orders", value, key=key, delay_s=delay)
+            else:
+                producer.send_delayed("orders", value, key=key, delay_s=delay)
         producer.flush()
     wait_for(lambda: [v for v, _, _ in arrivals(rail)] == ["soon"], timeout=10,
              what="the 1 s event")
