@@ -61,6 +61,7 @@ NEEDS: dict[str, Callable[[Any], tuple[Need, ...]]] = {
     "poll": _read_group,  # its topics were checked when the member joined
     "leave": _read_group,
     "describe_group": _read_group,
+    "find_coordinator": _read_group,  # a member finds where its group lives
     "commit": _commit,
     "seek": _seek,
     "metadata": _metadata,  # every topic's name and offsets: for any allowed principal

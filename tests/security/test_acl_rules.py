@@ -97,6 +97,7 @@ def test_each_op_needs_what_the_issue_lists() -> None:
     assert needs(p.Fetch(topic="t", partition=0, offset=0)) == (("read", "topic", "t"),)
     assert ("read", "group", "g") in needs(p.Commit(group="g", offsets=[("t", 0, 1)]))
     assert needs(p.Poll(group="g", member_id="m")) == (("read", "group", "g"),)
+    assert needs(p.FindCoordinator(group="g")) == (("read", "group", "g"),)
     for admin in (p.CreateTopic(topic="t"), p.DeleteTopic(topic="t"),
                   p.CreatePartitions(topic="t", partitions=2), p.DeleteGroup(group="g"),
                   p.ReplicaFetch(topic="t", partition=0, offset=0, replica_id=1,
