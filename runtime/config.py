@@ -38,6 +38,7 @@ class SupervisorSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     log_max_mb: Annotated[float, msgspec.Meta(ge=0)] = 10.0  # 0: logs grow without a cap
     log_backups: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
     metrics: str = ""  # host:port for Prometheus /metrics (port 0: a free one); "": off
+    console: str = ""  # host:port for the web console (docs/console.md); "": off
     delays: bool = False  # run the delay mover (rail.delays) for delayed sends
 
 

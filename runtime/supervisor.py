@@ -11,6 +11,7 @@ killed by SIGKILL leaves no orphans.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -82,6 +83,7 @@ class Supervisor:
         self.ticked_at = 0.0
         self._conn: Connection | None = None
         self.metrics: Any = None  # the /metrics HTTP server, when asked for
+        self.console: Any = None  # the web console's thread, when asked for
         self.handlers = ControlHandlers(self)
         self.poller = zmq.Poller()
         self.outputs: dict[int, PrefixedOutput] = {}  # by pipe fd: what the workers print
@@ -115,7 +117,7 @@ class Supervisor:
         self.health_endpoint = self.health.getsockopt_string(zmq.LAST_ENDPOINT)
         wake_r, wake_w = self.install_signals()
         try:
-            code = self.start_broker_and_topics()
+            code = self.start_broker_and_topics() or self.start_console()
             if code:
                 return code
             if not any(s in (signal.SIGINT, signal.SIGTERM) for s in self.signals):
@@ -132,6 +134,29 @@ class Supervisor:
             wake_w.close()
             self.close()
 
+    def start_console(self) -> int:
+        """Serve the web console (``[supervisor] console``), once the broker answers; an
+        exit code if it cannot be served."""
+        address = self.config.supervisor.console
+        if not address:
+            return 0
+        from runtime.console import ConsoleConfigError, ConsoleThread, Settings
+        host, _, port = address.rpartition(":")
+        try:
+            self.console = ConsoleThread(Settings(
+                broker=self.broker.endpoint, control=self.config.supervisor.control,
+                host=host or "127.0.0.1", port=int(port),
+                token=os.environ.get("RAIL_CONSOLE_TOKEN", "")))
+            served = self.console.start()
+        except ConsoleConfigError as exc:
+            print(f"rail: console: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except (OSError, ValueError, TimeoutError) as exc:
+            print(f"rail: cannot serve the console on {address}: {exc}", file=sys.stderr)
+            return EXIT_BIND
+        LOG.info("console on http://%s/", served)
+        return 0
+
     def install_signals(self) -> tuple[socket.socket, socket.socket]:
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
@@ -144,6 +169,8 @@ class Supervisor:
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.shutdown()
+        if self.console is not None:
+            self.console.stop()
         if self._conn is not None:
             self._conn.close()
         self.control.close()

@@ -35,6 +35,9 @@ def add_supervisor_commands(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--control", help="control socket to bind (default [supervisor].control)")
     up.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics there "
                     "(default [supervisor].metrics; off when empty)")
+    up.add_argument("--console", metavar="HOST:PORT", help="serve the web console there "
+                    "(default [supervisor].console; off when empty; beyond loopback it needs "
+                    "$RAIL_CONSOLE_TOKEN)")
     up.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING")
     up.set_defaults(run=cmd_up)
 
@@ -94,6 +97,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         config.supervisor.control = args.control
     if args.metrics:
         config.supervisor.metrics = args.metrics
+    if args.console:
+        config.supervisor.console = args.console
     path = Path(args.config or "rail.toml").resolve()
     return Supervisor(config, base, broker_endpoint=args.broker or "", config_path=path,
                       toml=toml).run()
