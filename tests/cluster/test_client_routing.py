@@ -64,7 +64,7 @@ def test_a_producer_follows_the_leaders_through_a_kill_9_and_loses_nothing(
         producer.flush(timeout_s=90)
         assert not failed and not producer.errors, (failed + producer.errors)[:3]
         assert len(acked) == sent == 3000
-        assert producer._leaders[("t", 0)] not in (None, apis[victim]), "it never moved on"
+        assert producer._cl.leaders[("t", 0)] not in (None, apis[victim]), "it never moved on"
         brokers[victim] = start_member(tmp_path, zookeeper, victim, api_port=ports[victim])
         wait_in_sync([b.api for b in brokers], "t", PARTITIONS, 3, timeout=60)
     finally:
