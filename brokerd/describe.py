@@ -11,6 +11,7 @@ from brokerd import protocol as p
 from brokerd.topics import Topic
 
 if TYPE_CHECKING:
+    from brokerd.groups import Group
     from brokerd.handlers import Handlers as Broker
 
 
@@ -22,19 +23,23 @@ def topic_info(topic: Topic) -> p.TopicInfo:
                        config=msgspec.to_builtins(topic.config))
 
 
+def member_infos(group: Group | None) -> list[p.MemberInfo]:
+    """A group's members as ``describe_group`` shows them, sorted by member id."""
+    if group is None:
+        return []
+    now = int(time.monotonic() * 1000)
+    return [p.MemberInfo(member_id=m.member_id, client_id=m.client_id, topics=m.topics,
+                         assignment=group.assignment_of(m.member_id),
+                         last_seen_ms_ago=now - m.last_seen_ms)
+            for m in sorted(group.members.values(), key=lambda m: m.member_id)]
+
+
 def describe_group(broker: Broker, req: p.DescribeGroup) -> p.DescribeGroupReply:
     coordinator = broker.coordinator
     group = coordinator.groups.get(req.group)
     committed = broker.offsets.for_group(req.group)
-    now = int(time.monotonic() * 1000)
-    members = []
-    tps = set(committed)
-    if group is not None:
-        tps |= set(group.owners)
-        members = [p.MemberInfo(member_id=m.member_id, client_id=m.client_id, topics=m.topics,
-                                assignment=group.assignment_of(m.member_id),
-                                last_seen_ms_ago=now - m.last_seen_ms)
-                   for m in sorted(group.members.values(), key=lambda m: m.member_id)]
+    members = member_infos(group)
+    tps = set(committed) | (set(group.owners) if group is not None else set())
     partitions = []
     for topic, index in sorted(tps):
         t = broker.topics.topics.get(topic)

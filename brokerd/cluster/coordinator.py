@@ -19,12 +19,12 @@ its groups' members (members rejoin the new coordinator, as in Kafka).
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from brokerd import protocol as p
+from brokerd.describe import member_infos
 from brokerd.errors import (
     BadRequest,
     CoordinatorLoading,
@@ -231,15 +231,8 @@ def describe(broker: Broker, group_name: str, request_id: int) -> p.DescribeGrou
     coordinator = broker.coordinator
     group = coordinator.groups.get(group_name)
     committed = coordinator.offsets.for_group(group_name)  # type: ignore[attr-defined]
-    now = int(time.monotonic() * 1000)
-    members = []
-    tps = set(committed)
-    if group is not None:
-        tps |= set(group.owners)
-        members = [p.MemberInfo(member_id=m.member_id, client_id=m.client_id, topics=m.topics,
-                                assignment=group.assignment_of(m.member_id),
-                                last_seen_ms_ago=now - m.last_seen_ms)
-                   for m in sorted(group.members.values(), key=lambda m: m.member_id)]
+    members = member_infos(group)
+    tps = set(committed) | (set(group.owners) if group is not None else set())
     partitions = []
     for topic, index in sorted(tps):
         local = broker.topics.topics.get(topic)
