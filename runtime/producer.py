@@ -610,9 +610,9 @@ class Producer:
         wait for metadata, and metadata is asked for while partitions wait for it."""
         for conn in list(self._cl.conns.values()):
             if conn.dropped():
-                lost = {(b.topic, b.partition) for rid, request in self._in_flight.items()
-                        if request.conn is conn for b in request.batches
-                        if b.in_flight and b.request_id == rid}
+                # Worked out before any is landed: landing forgets requests (_land).
+                lost = {(b.topic, b.partition) for b in self._flying()
+                        if self._in_flight[b.request_id].conn is conn}
                 for tp in lost:
                     self._wait_for_leader(tp)
         if self._cl.moved and now >= self._cl.refresh_at:
