@@ -4,8 +4,6 @@ the entry in $RAIL_CONNECTOR) and read topics back, for the connect tests."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +15,7 @@ from brokerd import protocol as p
 from runtime.client import Event, events_of_fetch
 from runtime.connect.settings import TASK_SCRIPT, env_name, parse
 from runtime.connection import Connection
-from tests.helpers import ROOT, python_env
+from tests.helpers import ROOT, kill9_process, python_env, stop_process
 
 
 class Task:
@@ -36,19 +34,10 @@ class Task:
                 cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def kill9(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        kill9_process(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, free_port, python_env, wait_for
+from tests.helpers import ROOT, free_port, python_env, stop_process, wait_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = os.environ.get("RAIL_CONSOLE_SCREENSHOTS", "")  # a folder: save screenshots there
@@ -75,13 +74,7 @@ class Process:
                                          env=python_env(), cwd=ROOT)
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout)
 
 
 def rail(*args: str) -> list[str]:
