@@ -26,6 +26,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def written_lines(path: Path) -> list[str]:
+    """The complete lines of a file another process is appending to.
+
+    A reader can see a write half done: the last piece has no newline yet, so it is left
+    for the next read instead of being parsed torn.
+    """
+    if not path.exists():
+        return []
+    return path.read_text().split("\n")[:-1]
+
+
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
              what: str = "condition") -> T:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""

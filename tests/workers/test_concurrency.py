@@ -12,7 +12,7 @@ from pathlib import Path
 
 from brokerd import protocol as p
 from runtime.client import Producer
-from tests.helpers import wait_for
+from tests.helpers import wait_for, written_lines
 from tests.integration.test_worker import Workers, committed, zero_lag
 
 # The figure: 100,000 events (RAIL_WORKER_KILL_EVENTS picks another count).
@@ -58,10 +58,8 @@ def produce_keyed(api: str, count: int, keys: int, partitions: int) -> dict[int,
 
 
 def records(out: Path) -> list[tuple[int, int, int, str]]:
-    if not out.exists():
-        return []
     rows = []
-    for line in out.read_text().splitlines():
+    for line in written_lines(out):
         pid, partition, offset, key = line.split()
         rows.append((int(pid), int(partition), int(offset), key))
     return rows

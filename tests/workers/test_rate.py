@@ -11,7 +11,7 @@ from pathlib import Path
 from brokerd import protocol as p
 from runtime.client import Producer
 from runtime.connection import Connection
-from tests.helpers import wait_for
+from tests.helpers import wait_for, written_lines
 from tests.integration.test_supervisor import Rail, rail  # noqa: F401
 from tests.integration.test_worker import Workers
 
@@ -36,7 +36,7 @@ def test_a_rate_limit_holds_within_5_percent_over_10_s_across_replicas(rail: Rai
 
     def stamps() -> dict[int, list[float]]:
         out: dict[int, list[float]] = defaultdict(list)
-        for line in (rail.out.read_text().splitlines() if rail.out.exists() else []):
+        for line in written_lines(rail.out):
             pid, at = line.split()
             out[int(pid)].append(float(at))
         return out
@@ -72,7 +72,7 @@ def test_a_rate_per_key_holds_each_key_and_lets_the_others_go(workers: Workers,
 
     def stamps() -> dict[str, list[float]]:
         got: dict[str, list[float]] = defaultdict(list)
-        for line in (out.read_text().splitlines() if out.exists() else []):
+        for line in written_lines(out):
             key, at = line.split()
             got[key].append(float(at))
         return got
