@@ -18,7 +18,7 @@ from runtime.client import Event, Producer
 from runtime.connection import BrokerError, Connection
 from runtime.dlq import (REPLAYED_FROM, Lease, dead_letter_headers, dlq_topic, load_record,
                          read_all, send_to_dlq)
-from tests.helpers import ROOT, BrokerProcess, python_env, start_broker, wait_for
+from tests.helpers import ROOT, BrokerProcess, python_env, start_broker, wait_for, written_lines
 
 
 def rail(broker: BrokerProcess, *args: str, check: bool = True,
@@ -324,7 +324,7 @@ def worker(broker: BrokerProcess, tmp_path: Path) -> Iterator[Path]:
 
 def handled(tmp: Path) -> list[str]:
     path = tmp / "handled"
-    return path.read_text().splitlines() if path.exists() else []
+    return written_lines(path)
 
 
 def dlq_size(broker: BrokerProcess) -> int:

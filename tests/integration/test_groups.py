@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.client import Producer
-from tests.helpers import ROOT, BrokerProcess, python_env, wait_for
+from tests.helpers import ROOT, BrokerProcess, python_env, wait_for, written_lines
 from tests.integration.wire import RawClient
 
 TOPIC, GROUP, PARTITIONS, PER_PARTITION = "orders", "kitchen", 6, 1000
@@ -28,7 +28,7 @@ class Member:
     def lines(self) -> list[tuple[float, str, str]]:
         """(timestamp, tag, rest) of each complete line of its journal."""
         out = []
-        for line in self.journal.read_text().splitlines():
+        for line in written_lines(self.journal):
             stamp, tag, rest = line.split(" ", 2)
             out.append((float(stamp), tag, rest))
         return out

@@ -15,7 +15,7 @@ from brokerd import protocol as p
 from runtime.client import Consumer, Producer
 from runtime.connection import Connection
 from runtime.worker.delays import DELAY_TOPIC, MOVER_GROUP, send_delayed
-from tests.helpers import ROOT, python_env, wait_for
+from tests.helpers import ROOT, python_env, wait_for, written_lines
 from tests.integration.test_supervisor import Rail, rail  # noqa: F401
 
 RECORDER = """
@@ -27,9 +27,7 @@ def handle(event, ctx):
 
 
 def arrivals(up: Rail) -> list[tuple[str, int, float]]:
-    if not up.out.exists():
-        return []
-    rows = [line.split() for line in up.out.read_text().splitlines()]
+    rows = [line.split() for line in written_lines(up.out)]
     return [(v, int(part), float(t)) for v, part, t in rows]
 
 
