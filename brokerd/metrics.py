@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import zmq
@@ -24,7 +24,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 
 from brokerd import protocol as p
 
@@ -32,8 +32,10 @@ log = logging.getLogger("brokerd.metrics")
 SCRAPE_TIMEOUT_MS = 10_000
 
 
-class BrokerCollector(Collector):
-    """Asks the broker at ``api`` for what it reports and turns it into metric families."""
+class BrokerScraper:
+    """Asks the broker at ``api`` for what it reports and renders it in the text format.
+
+    Thread-safe: scrapes run one at a time (the chunk caches are shared between them)."""
 
     def __init__(self, api: str, context: zmq.Context,
                  secure: Callable[[zmq.Socket], None] | None = None) -> None:
@@ -42,14 +44,17 @@ class BrokerCollector(Collector):
         self.secure = secure  # with CURVE on: make the socket a client with the broker's key
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(p.Reply).decode
+        self._topics = ChunkedExposition(TOPIC_FAMILIES, topic_samples)
+        self._groups = ChunkedExposition(GROUP_FAMILIES, group_samples)
+        self._lock = threading.Lock()
 
     def _ask(self, sock: zmq.Socket, request: p.Request) -> Any:
         sock.send(self._encode(request))
         if not sock.poll(SCRAPE_TIMEOUT_MS):
             raise TimeoutError(f"the broker did not answer {type(request).__name__} in time")
         reply = self._decode(sock.recv())
-        if isinstance(reply, p.ErrorReply):
-            raise RuntimeError(f"{reply.code}: {reply.message}")
+        if isinstance(reply, p.ErrorReply):  # the scrape fails: 503 with the broker's error
+            raise RuntimeError(f"{reply.code}: {reply.message}")  # noqa: TRY004
         return reply
 
     def _describe_all(self, sock: zmq.Socket, names: list[str]) -> list[p.DescribeGroupReply]:
@@ -68,7 +73,9 @@ class BrokerCollector(Collector):
                 raise RuntimeError(f"{reply.code}: {reply.message}")
         return [replies[i] for i in sorted(replies)]
 
-    def collect(self) -> Iterator[Metric]:
+    def scrape(self) -> bytes:
+        """The whole exposition: the broker's own families, then the topics', then the
+        groups'."""
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         if self.secure is not None:
@@ -80,9 +87,12 @@ class BrokerCollector(Collector):
             groups = self._describe_all(sock, self._ask(sock, p.ListGroups()).groups)
         finally:
             sock.close(linger=0)
-        yield from _broker_families(stats, meta)
-        yield from _topic_families(meta)
-        yield from _group_families(groups)
+        with self._lock:
+            return b"".join((
+                _render(list(_broker_families(stats, meta))),
+                self._topics.render([(t.name, t) for t in meta.topics]),
+                self._groups.render([(g.group, (g.generation, len(g.members), g.partitions))
+                                     for g in groups])))
 
 
 def _broker_families(stats: dict[str, Any], meta: p.MetadataReply) -> Iterator[Metric]:
@@ -104,10 +114,10 @@ def _broker_families(stats: dict[str, Any], meta: p.MetadataReply) -> Iterator[M
                                      "Rebalances of the groups this broker coordinates")
     rebalances.add_metric([], stats.get("rebalances", 0))
     yield rebalances
-    for name, help in (("fsync_seconds", "Seconds each fsync of a partition (or of the "
-                        "offsets store) took"),
-                       ("group_commit_produces", "Produce requests one fsync round made "
-                        "durable (group commit)")):
+    for name, help in (("fsync_seconds", ("Seconds each fsync of a partition (or of "
+                                          "the offsets store) took")),
+                       ("group_commit_produces", ("Produce requests one fsync round "
+                                                  "made durable (group commit)"))):
         histogram = stats.get("histograms", {}).get(name)
         if histogram is not None:
             yield _histogram(f"rail_broker_{name}", help, histogram)
@@ -133,8 +143,8 @@ def _broker_families(stats: dict[str, Any], meta: p.MetadataReply) -> Iterator[M
             ("rail_broker_parked_requests", stats.get("parked", 0),
              "Polls and fetches waiting for data (long polls)"),
             ("rail_brokers", max(len(meta.brokers), 1), "Brokers in the cluster (1 alone)"),
-            ("rail_cluster_controller", meta.controller, "The controller's broker id (-1 "
-             "alone)")):
+            ("rail_cluster_controller", meta.controller,
+             "The controller's broker id (-1 alone)")):
         gauge = GaugeMetricFamily(name, help)
         gauge.add_metric([], value)
         yield gauge
@@ -149,66 +159,145 @@ def _histogram(name: str, help: str, histogram: dict[str, Any]) -> Metric:
     return HistogramMetricFamily(name, help, buckets=buckets, sum_value=histogram["sum"])
 
 
-def _topic_families(meta: p.MetadataReply) -> Iterator[Metric]:
-    labels = ["topic", "partition"]
-    current = GaugeMetricFamily("rail_topic_partition_current_offset",
-                                "The end offset of each partition", labels=labels)
-    oldest = GaugeMetricFamily("rail_topic_partition_oldest_offset",
-                               "The start offset of each partition", labels=labels)
-    size = GaugeMetricFamily("rail_topic_partition_size_bytes",
-                             "Bytes on disk of each partition", labels=labels)
-    partitions = GaugeMetricFamily("rail_topic_partitions", "Partitions of each topic",
-                                   labels=["topic"])
-    isr = GaugeMetricFamily("rail_topic_partition_in_sync_replica",
-                            "In-sync replicas of each partition (cluster)", labels=labels)
-    replicas = GaugeMetricFamily("rail_topic_partition_replicas",
-                                 "Replicas of each partition (cluster)", labels=labels)
-    leader = GaugeMetricFamily("rail_topic_partition_leader",
-                               "The leader's broker id (-1: offline or alone)", labels=labels)
-    under = GaugeMetricFamily("rail_topic_partition_under_replicated_partition",
-                              "1 when fewer replicas are in sync than exist", labels=labels)
-    for topic in meta.topics:
-        partitions.add_metric([topic.name], len(topic.partitions))
-        for part in topic.partitions:
-            key = [topic.name, str(part.partition)]
-            current.add_metric(key, part.end_offset)
-            oldest.add_metric(key, part.start_offset)
-            size.add_metric(key, part.size_bytes)
-            leader.add_metric(key, part.leader)
-            if part.replicas:
-                isr.add_metric(key, len(part.isr))
-                replicas.add_metric(key, len(part.replicas))
-                under.add_metric(key, int(len(part.isr) < len(part.replicas)))
-    yield from (current, oldest, size, partitions, leader, isr, replicas, under)
+def _render(families: list[Metric]) -> bytes:
+    """prometheus_client's text exposition of these families, in this order."""
+    return generate_latest(_Families(families))
 
 
-def _group_families(groups: list[p.DescribeGroupReply]) -> Iterator[Metric]:
-    labels = ["consumergroup", "topic", "partition"]
-    offset = GaugeMetricFamily("rail_consumergroup_current_offset",
-                               "The committed offset of each group and partition",
-                               labels=labels)
-    lag = GaugeMetricFamily("rail_consumergroup_lag", "Events not yet committed",
-                            labels=labels)
-    lag_sum = GaugeMetricFamily("rail_consumergroup_lag_sum", "Lag over a topic's partitions",
-                                labels=["consumergroup", "topic"])
-    members = GaugeMetricFamily("rail_consumergroup_members", "Live members of each group",
-                                labels=["consumergroup"])
-    generation = GaugeMetricFamily("rail_consumergroup_generation",
-                                   "Each group's generation (one more per rebalance)",
-                                   labels=["consumergroup"])
-    for group in groups:
-        members.add_metric([group.group], len(group.members))
-        generation.add_metric([group.group], group.generation)
-        sums: dict[str, int] = {}
-        for part in group.partitions:
-            key = [group.group, part.topic, str(part.partition)]
-            if part.committed is not None:
-                offset.add_metric(key, part.committed)
-            lag.add_metric(key, part.lag)
-            sums[part.topic] = sums.get(part.topic, 0) + part.lag
-        for topic, total in sorted(sums.items()):
-            lag_sum.add_metric([group.group, topic], total)
-    yield from (offset, lag, lag_sum, members, generation)
+class _Families(Collector):
+    """Families already made, as the registry ``generate_latest`` asks for."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+Family = tuple[str, str, list[str]]  # name, help, label names
+Samples = list[tuple[list[str], float]]  # label values, value
+
+
+class ChunkedExposition:
+    """Gauge families whose samples come in chunks (one topic's, one group's), each
+    family's part of a chunk rendered by prometheus_client again only when its samples
+    changed since the last scrape: an idle topic costs a comparison instead of ~6 µs a
+    sample, and a busy one re-renders its end offsets but not its start offsets.
+
+    The text format wants a family's samples together under one HELP and TYPE, so each
+    part is rendered as a family of its own and that header cut off: the text is, byte
+    for byte, what ``generate_latest`` makes of the whole families.  Not thread-safe."""
+
+    def __init__(self, families: list[Family],
+                 samples: Callable[[str, Any], list[Samples]]) -> None:
+        self.families = families
+        self.samples = samples  # (chunk name, its input) -> each family's samples
+        self.headers = [_render([GaugeMetricFamily(name, help, labels=labels)])
+                        for name, help, labels in families]
+        self._last: dict[str, _Chunk] = {}
+
+    def render(self, chunks: list[tuple[str, Any]]) -> bytes:
+        """The families' text for ``(name, input)`` chunks in this order; an input equal
+        (``==``) to the last scrape's reuses its text."""
+        last, kept, texts = self._last, {}, []
+        for name, made_of in chunks:
+            chunk = last.get(name)
+            if chunk is None or chunk.made_of != made_of:
+                chunk = self._render_chunk(name, made_of, chunk)
+            kept[name] = chunk
+            texts.append(chunk.texts)
+        self._last = kept
+        return b"".join(header + b"".join(text[i] for text in texts)
+                        for i, header in enumerate(self.headers))
+
+    def _render_chunk(self, name: str, made_of: Any, before: _Chunk | None) -> _Chunk:
+        samples = self.samples(name, made_of)
+        texts = []
+        for i, ((family_name, help, labels), header) in enumerate(
+                zip(self.families, self.headers, strict=True)):
+            if before is not None and before.samples[i] == samples[i]:
+                texts.append(before.texts[i])
+                continue
+            family = GaugeMetricFamily(family_name, help, labels=labels)
+            for values, value in samples[i]:
+                family.add_metric(values, value)
+            texts.append(_render([family])[len(header):])
+        return _Chunk(made_of, samples, texts)
+
+
+class _Chunk(NamedTuple):
+    made_of: Any
+    samples: list[Samples]
+    texts: list[bytes]
+
+
+_PARTITION = ["topic", "partition"]
+TOPIC_FAMILIES: list[Family] = [
+    ("rail_topic_partition_current_offset", "The end offset of each partition", _PARTITION),
+    ("rail_topic_partition_oldest_offset", "The start offset of each partition", _PARTITION),
+    ("rail_topic_partition_size_bytes", "Bytes on disk of each partition", _PARTITION),
+    ("rail_topic_partitions", "Partitions of each topic", ["topic"]),
+    ("rail_topic_partition_leader", "The leader's broker id (-1: offline or alone)",
+     _PARTITION),
+    ("rail_topic_partition_in_sync_replica", "In-sync replicas of each partition (cluster)",
+     _PARTITION),
+    ("rail_topic_partition_replicas", "Replicas of each partition (cluster)", _PARTITION),
+    ("rail_topic_partition_under_replicated_partition",
+     "1 when fewer replicas are in sync than exist", _PARTITION),
+]
+
+
+def topic_samples(name: str, topic: p.TopicInfo) -> list[Samples]:
+    """TOPIC_FAMILIES' samples for one topic."""
+    current: Samples = []
+    oldest: Samples = []
+    size: Samples = []
+    leader: Samples = []
+    isr: Samples = []
+    replicas: Samples = []
+    under: Samples = []
+    for part in topic.partitions:
+        key = [name, str(part.partition)]
+        current.append((key, part.end_offset))
+        oldest.append((key, part.start_offset))
+        size.append((key, part.size_bytes))
+        leader.append((key, part.leader))
+        if part.replicas:
+            isr.append((key, len(part.isr)))
+            replicas.append((key, len(part.replicas)))
+            under.append((key, int(len(part.isr) < len(part.replicas))))
+    return [current, oldest, size, [([name], len(topic.partitions))], leader, isr, replicas,
+            under]
+
+
+_GROUP_PARTITION = ["consumergroup", "topic", "partition"]
+GROUP_FAMILIES: list[Family] = [
+    ("rail_consumergroup_current_offset", "The committed offset of each group and partition",
+     _GROUP_PARTITION),
+    ("rail_consumergroup_lag", "Events not yet committed", _GROUP_PARTITION),
+    ("rail_consumergroup_lag_sum", "Lag over a topic's partitions",
+     ["consumergroup", "topic"]),
+    ("rail_consumergroup_members", "Live members of each group", ["consumergroup"]),
+    ("rail_consumergroup_generation", "Each group's generation (one more per rebalance)",
+     ["consumergroup"]),
+]
+
+
+def group_samples(name: str, group: tuple[int, int, list[p.GroupPartition]]
+                   ) -> list[Samples]:
+    """GROUP_FAMILIES' samples for one group: ``(generation, members, partitions)``."""
+    generation, members, partitions = group
+    offset: Samples = []
+    lag: Samples = []
+    sums: dict[str, int] = {}
+    for part in partitions:
+        key = [name, part.topic, str(part.partition)]
+        if part.committed is not None:
+            offset.append((key, part.committed))
+        lag.append((key, part.lag))
+        sums[part.topic] = sums.get(part.topic, 0) + part.lag
+    return [offset, lag, [([name, topic], total) for topic, total in sorted(sums.items())],
+            [([name], members)], [([name], generation)]]
 
 
 class MetricsServer:
@@ -217,17 +306,15 @@ class MetricsServer:
     def __init__(self, address: str, api: str, context: zmq.Context,
                  secure: Callable[[zmq.Socket], None] | None = None) -> None:
         host, _, port = address.rpartition(":")
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(BrokerCollector(api, context, secure))
-        registry = self.registry
+        scraper = BrokerScraper(api, context, secure)
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            def do_GET(self) -> None:  # the http.server name
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404, "only /metrics is here")
                     return
                 try:
-                    body = generate_latest(registry)
+                    body = scraper.scrape()
                 except Exception as exc:  # noqa: BLE001 - a scrape error, not a crash
                     log.warning("metrics scrape failed: %r", exc)
                     self.send_error(503, f"the broker did not answer: {exc}")
