@@ -114,14 +114,16 @@ def _update(task: Task, table: Table, agg: Aggregation, key: Any, value: Any, ts
 
 class _Live:
     """A task's windows of one store: open ones by end, closed ones by expiry, and all of
-    them (a window not known is not in the store: no need to look it up)."""
+    them (a window not known is not in the store: no need to look it up).  ``due``: the
+    stream time at which the next window closes or expires (checked once per event)."""
 
     def __init__(self, table: WindowedTable, task: Task) -> None:
+        self.store = task.store(table.table.name)
         self.closing: list[tuple[int, bytes]] = []
         self.expiring: list[tuple[int, bytes]] = []
         self.known: set[bytes] = set()
         w = table.window
-        for skey, (_, closed) in task.store(table.table.name).items():
+        for skey, (_, closed) in self.store.items():
             self.known.add(skey)
             end = decode_key(skey)[1] + w.size_ms
             if closed:
@@ -130,39 +132,73 @@ class _Live:
                 self.closing.append((end, skey))
         heapq.heapify(self.closing)
         heapq.heapify(self.expiring)
+        self.due = 0
+        self.set_due(w.grace_ms)
+
+    def set_due(self, grace_ms: int) -> None:
+        close = self.closing[0][0] + grace_ms if self.closing else _NEVER
+        self.due = min(close, self.expiring[0][0]) if self.expiring else close
+
+
+_NEVER = 2**63
 
 
 class WindowedTable:
+    """A hopping (or tumbling) window aggregation: one store key ``[key, start]`` per
+    window, holding ``[state, closed]``.  This runs once per event and window, so it reads
+    the window's cached value and changes it in place rather than going through
+    ``StateStore.get``/``put`` twice (the value is marked dirty all the same)."""
+
     def __init__(self, table: Table, agg: Aggregation, window: Hopping, emit: Emit) -> None:
         self.table, self.agg, self.window, self.emit = table, agg, window, emit
+        self.name = table.name
+        self.size, self.grace = window.size_ms, window.grace_ms
+        self.tumbling = window.advance_ms == window.size_ms
 
     def update(self, task: Task, key: Any, value: Any, ts: int) -> None:
-        w, name = self.window, self.table.name
-        store = task.store(name)
-        live = task.local(name, _Live, self, task)
-        now = task.ck.stream_time
-        if (live.closing and live.closing[0][0] + w.grace_ms <= now) or \
-                (live.expiring and live.expiring[0][0] <= now):
-            self._advance(task, live, store)
-        starts = (ts - ts % w.size_ms,) if w.advance_ms == w.size_ms else w.starts(ts)
-        for start in starts:
-            end = start + w.size_ms
-            if end + w.grace_ms <= now:
-                task.ck.late += 1
+        live = task.local(self.name, _Live, self, task)
+        ck = task.ck
+        now = ck.stream_time
+        if live.due <= now:
+            self._advance(task, live)
+        size, grace = self.size, self.grace
+        if self.tumbling:
+            start = ts - ts % size
+            if start + size + grace <= now:
+                ck.late += 1
+                return
+            self._add(task, live, key, value, ts, start)
+            return
+        for start in self.window.starts(ts):
+            if start + size + grace <= now:
+                ck.late += 1
                 continue
-            skey = encode_key([key, start])
-            held = store.get(skey) if skey in live.known else None
-            state = self.agg.step(None if held is None else held[0], value)
-            store.put(skey, [state, False])
-            if held is None:
-                live.known.add(skey)
-                heapq.heappush(live.closing, (end, skey))
-            if self.emit == "update":
-                self.table.push(task, key, {"start": start, "end": end, "value": state}, ts)
+            self._add(task, live, key, value, ts, start)
 
-    def _advance(self, task: Task, live: _Live, store: Any) -> None:
+    def _add(self, task: Task, live: _Live, key: Any, value: Any, ts: int,
+             start: int) -> None:
+        """Add ``value`` to window ``start`` of ``key`` (open: not late)."""
+        skey = encode_key([key, start])
+        store = live.store
+        held = (store.cache.get(skey) or store.get(skey)) if skey in live.known else None
+        if held is None:
+            state = self.agg.step(None, value)
+            store.put(skey, [state, False])
+            live.known.add(skey)
+            end = start + self.size
+            heapq.heappush(live.closing, (end, skey))
+            live.due = min(live.due, end + self.grace)  # once per window: not hot
+        else:
+            state = held[0]
+            state = held[0] = self.agg.step(state, value)
+            store.dirty.add(skey)
+        if self.emit == "update":
+            self.table.push(task, key, {"start": start, "end": start + self.size,
+                                        "value": state}, ts)
+
+    def _advance(self, task: Task, live: _Live) -> None:
         """Close the windows stream time has passed (grace included); forget expired ones."""
-        w, now = self.window, task.ck.stream_time
+        w, now, store = self.window, task.ck.stream_time, live.store
         while live.closing and live.closing[0][0] + w.grace_ms <= now:
             end, skey = heapq.heappop(live.closing)
             state = store.get(skey)[0]
@@ -176,3 +212,4 @@ class WindowedTable:
             skey = heapq.heappop(live.expiring)[1]
             store.delete(skey)
             live.known.discard(skey)
+        live.set_due(w.grace_ms)

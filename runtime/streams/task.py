@@ -169,11 +169,11 @@ class Task:
         """Run ``events`` through the pipeline, skipping any not at the next offset (a
         delivery from before a seek, or again)."""
         offset = self.ck.offset
-        run = [e for e in events if e.offset >= offset]
-        if run and run[0].offset == offset and run[-1].offset == offset + len(run) - 1:
-            self._run(run)  # the usual case: the next offsets, in a row
+        if events and events[0].offset == offset and \
+                events[-1].offset == offset + len(events) - 1:
+            self._run(events)  # the usual case: the next offsets, in a row
             return
-        for event in run:
+        for event in events:
             if event.offset == self.ck.offset:
                 self._run([event])
 
