@@ -213,6 +213,9 @@ class ReplicaFetch(_Request, tag="replica_fetch"):
     leader_epoch: int
     max_wait_ms: WaitMs = 0
     max_bytes: FetchBytes = DEFAULT_FETCH_BYTES
+    topic_id: str = ""
+    """The follower's id of the topic ("": not checked); another id than the leader's
+    is ``UNKNOWN_TOPIC`` (the name was deleted and created again)."""
 
 
 class OffsetForLeaderEpoch(_Request, tag="offset_for_leader_epoch"):
@@ -391,6 +394,9 @@ class ReplicaFetchReply(_Reply, tag="replica_fetch"):
     """Stored batches as they are on disk: the 64-byte header, then the payload."""
     epochs: list[tuple[int, int]] = []
     """The leader's epochs, ``[epoch, start_offset]``: the follower copies them."""
+    start_offset: int = 0
+    """The leader's log start offset: the follower moves its own up to it
+    (``delete_records``)."""
 
 
 class OffsetForLeaderEpochReply(_Reply, tag="offset_for_leader_epoch"):
