@@ -546,24 +546,32 @@ class Handlers:
         return p.CreateTopicReply(id=req.id, topic=topic.name, partitions=len(topic.partitions))
 
     def handle_delete_topic(self, req: p.DeleteTopic) -> p.Reply:
-        self._single("delete_topic")
+        if self.cluster is not None:  # marked; the brokers delete their copies after
+            from brokerd.cluster.admin import delete_topic
+            delete_topic(self.cluster, req.topic)
+            return p.DeleteTopicReply(id=req.id, topic=req.topic)
         self.topics.delete(req.topic)
         self.offsets.forget(topic=req.topic)
         self.coordinator.topics_changed({req.topic})
         return p.DeleteTopicReply(id=req.id, topic=req.topic)
 
     def handle_create_partitions(self, req: p.CreatePartitions) -> p.Reply:
-        self._single("create_partitions")
+        if self.cluster is not None:
+            from brokerd.cluster.admin import create_partitions
+            count = create_partitions(self.cluster, req.topic, req.partitions)
+            return p.CreatePartitionsReply(id=req.id, topic=req.topic, partitions=count)
         topic = self.topics.grow(req.topic, req.partitions)
         self.coordinator.topics_changed({topic.name})
         return p.CreatePartitionsReply(id=req.id, topic=topic.name,
                                        partitions=len(topic.partitions))
 
     def handle_delete_records(self, req: p.DeleteRecords) -> p.Reply:
-        self._single("delete_records")
-        plog = self.topics.get(req.topic).partition(req.partition)
-        offset = plog.end_offset if req.offset == -1 else req.offset
-        start = plog.delete_records(offset)
+        if self.cluster is not None:  # on the leader, up to its high watermark
+            from brokerd.cluster.admin import delete_records
+            start = delete_records(self.cluster, req.topic, req.partition, req.offset)
+        else:
+            plog = self.topics.get(req.topic).partition(req.partition)
+            start = plog.delete_records(plog.end_offset if req.offset == -1 else req.offset)
         return p.DeleteRecordsReply(id=req.id, topic=req.topic, partition=req.partition,
                                     start_offset=start)
 
@@ -597,10 +605,6 @@ class Handlers:
         if self.cluster is None:
             raise BadRequest("this broker is not in a cluster (started without --zookeeper)")
         return self.cluster
-
-    def _single(self, op: str) -> None:
-        if self.cluster is not None:
-            raise BadRequest(f"{op} is not supported in a cluster yet (docs/cluster.md)")
 
     def handle_list_offsets(self, req: p.ListOffsets) -> p.Reply:
         plog = self.topics.get(req.topic).partition(req.partition)

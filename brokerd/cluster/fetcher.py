@@ -44,6 +44,8 @@ class Follow:
     leader_epoch: int
     last_epoch: int
     """The latest epoch in this broker's own log (what to ask the leader about)."""
+    topic_id: str
+    """Of the topic followed: an answer about a deleted topic of that name is not used."""
     offset: int = -1
     """Where to fetch from next; -1 until the loop has truncated."""
     waiting: bool = False
@@ -100,7 +102,7 @@ class ReplicaFetcher:
     def _run(self) -> None:
         follows: dict[TP, Follow] = {}
         sockets: dict[str, zmq.Socket] = {}
-        pending: dict[int, tuple[TP, int, int]] = {}  # request id -> (tp, offset, epoch)
+        pending: dict[int, tuple[TP, int, int, str]] = {}  # id -> (tp, offset, epoch, topic id)
         ids = itertools.count(1)
         poller = zmq.Poller()
         poller.register(self._wake_r, zmq.POLLIN)
@@ -123,7 +125,7 @@ class ReplicaFetcher:
                             sock.connect(f.endpoint)
                             poller.register(sock, zmq.POLLIN)
                         rid = next(ids)
-                        pending[rid] = (f.tp, f.offset, f.leader_epoch)
+                        pending[rid] = (f.tp, f.offset, f.leader_epoch, f.topic_id)
                         sock.send(self._encode(self._request(f, rid)))
                         f.waiting, f.sent_at = True, now
                 for sock, _ in poller.poll(50):
@@ -169,10 +171,10 @@ class ReplicaFetcher:
                                           epoch=f.last_epoch, leader_epoch=f.leader_epoch)
         return p.ReplicaFetch(id=rid, topic=f.tp[0], partition=f.tp[1], offset=f.offset,
                               replica_id=self.broker_id, leader_epoch=f.leader_epoch,
-                              max_wait_ms=POLL_WAIT_MS)
+                              max_wait_ms=POLL_WAIT_MS, topic_id=f.topic_id)
 
     def _received(self, body: bytes, follows: dict[TP, Follow],
-                  pending: dict[int, tuple[TP, int, int]]) -> None:
+                  pending: dict[int, tuple[TP, int, int, str]]) -> None:
         try:
             reply = self._decode(body)
         except msgspec.DecodeError:
@@ -182,14 +184,15 @@ class ReplicaFetcher:
         f = follows.get(asked[0]) if asked else None
         if f is None or asked is None:
             return
-        tp, offset, epoch = asked  # what this answers: a late answer to an older request
-        if epoch != f.leader_epoch or offset != f.offset:  # is not for the current one
-            return
+        tp, offset, epoch, topic_id = asked  # what this answers: a late answer to an
+        if (epoch, offset, topic_id) != (f.leader_epoch, f.offset, f.topic_id):  # older
+            return  # request (or of a deleted topic of this name) is not for this one
         match reply:
             case p.OffsetForLeaderEpochReply():
-                self.on_result(("truncate", tp, epoch, reply.epoch, reply.end_offset))
+                self.on_result(("truncate", tp, topic_id, epoch, reply.epoch,
+                                reply.end_offset))
             case p.ReplicaFetchReply():
-                self.on_result(("fetched", tp, epoch, offset, reply))
+                self.on_result(("fetched", tp, topic_id, epoch, offset, reply))
             case p.ErrorReply():
                 f.waiting, f.retry_at = False, time.monotonic() + RETRY_S
                 if reply.code != "UNKNOWN_LEADER_EPOCH":  # the leader has not caught up yet

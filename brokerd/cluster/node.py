@@ -17,15 +17,18 @@ import logging
 import os
 import queue
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import KazooException
 
 from brokerd import protocol as p
+from brokerd.cluster import admin
 from brokerd.cluster.coordinator import OFFSETS_TOPIC, GroupOffsets, GroupTopics
 from brokerd.cluster.epochs import LeaderEpochs
 from brokerd.cluster.fetcher import Follow, ReplicaFetcher
 from brokerd.cluster.replica import FOLLOWER, LEADER, Replica
+from brokerd.cluster.topic_id import read_topic_id, write_topic_id
 from brokerd.cluster.zk import (
     BrokerRecord,
     ClusterError,
@@ -47,6 +50,7 @@ from brokerd.errors import (
     StorageError,
     TopicExists,
     UnknownLeaderEpoch,
+    UnknownTopic,
 )
 from brokerd.groups import Coordinator
 from brokerd.log.batch import HEADER, HEADER_SIZE
@@ -55,12 +59,13 @@ from brokerd.topics import check_name
 if TYPE_CHECKING:
     from brokerd.config import BrokerConfig
     from brokerd.server import Broker
+    from brokerd.topics import Topic
     from brokerd.waiters import Client
 
 log = logging.getLogger("brokerd.cluster")
 TP = tuple[str, int]
 ISR_CHECK_S = 0.5
-ZK_EVENTS = frozenset({"brokers", "controller", "topics", "state"})  # they call ZooKeeper
+ZK_EVENTS = frozenset({"brokers", "controller", "topics", "topic", "state", "deletions"})  # they call ZooKeeper
 
 
 class Cluster:
@@ -79,6 +84,11 @@ class Cluster:
                                       security.connect_securely if security else None)
         self.replicas: dict[TP, Replica] = {}
         self.topic_records: dict[str, TopicRecord] = {}
+        self.deleting: dict[str, str] = {}
+        """The topics marked for deletion in ZooKeeper, with their ids."""
+        self._checked: set[str] = set()
+        """Local topics whose partitions' ids were compared with ZooKeeper's since the
+        session (re)started."""
         # Groups live in __rail_offsets here: the broker's coordinator keeps their
         # offsets there and counts partitions by ZooKeeper's topic records.
         self.group_offsets = GroupOffsets(broker, self)
@@ -89,7 +99,7 @@ class Cluster:
         self.brokers: dict[int, BrokerRecord] = {}
         self.controller_id = -1
         self.controller_epoch: int | None = None
-        self._controller_epoch_version = -1
+        self.controller_epoch_version = -1
         self.fenced = False
         self._lost = False
         self.next_timer = time.monotonic() + ISR_CHECK_S
@@ -123,8 +133,9 @@ class Cluster:
     def _refresh(self) -> None:
         self.brokers = self.store.brokers()
         self._elect_controller()
-        for name in self.store.topics():
-            self._topic_seen(name)
+        self._checked.clear()
+        self._topics_changed()
+        admin.apply_deletions(self)
         for tp, replica in self.replicas.items():  # apply what is there now, whatever we had
             state, version = self.store.state(*tp)
             replica.version = -1
@@ -162,18 +173,24 @@ class Cluster:
                 self.brokers = self.store.brokers()
                 if self.controller_epoch is not None:
                     self._elect_leaders()
+                    admin.complete_deletions(self)
             case ("controller",):
                 self._elect_controller()
             case ("topics",):
-                for name in self.store.topics():
-                    self._topic_seen(name)
+                self._topics_changed()
+            case ("topic", name):
+                self._topic_seen(name)
+            case ("deletions",):
+                admin.apply_deletions(self)
             case ("state", topic, partition, state, version):
                 if not self.fenced:
                     self._apply_state((topic, partition), state, version)
-            case ("truncate", tp, leader_epoch, epoch, end_offset):
-                self._truncate(tp, leader_epoch, epoch, end_offset)
-            case ("fetched", tp, leader_epoch, offset, reply):
-                self._fetched(tp, leader_epoch, offset, reply)
+            case ("truncate", tp, topic_id, leader_epoch, epoch, end_offset):
+                if self._following(tp, topic_id, leader_epoch):
+                    self._truncate(self.replicas[tp], leader_epoch, epoch, end_offset)
+            case ("fetched", tp, topic_id, leader_epoch, offset, reply):
+                if self._following(tp, topic_id, leader_epoch):
+                    self._fetched(self.replicas[tp], leader_epoch, offset, reply)
 
     def _session(self, state: str) -> None:
         if state in ("SUSPENDED", "LOST"):
@@ -194,26 +211,85 @@ class Cluster:
             self._refresh()
 
     # -- topics and replica states ----------------------------------------------------
+    def _topics_changed(self) -> None:
+        """ZooKeeper's list of topics changed (or the session is back): take up the new
+        ones, and delete the local copies of cluster topics that are gone."""
+        names = self.store.topics()
+        for name in [n for n in self.broker.topics.topics if n not in names]:
+            topic = self.broker.topics.topics[name]
+            if any(read_topic_id(plog.directory) for plog in topic.partitions):
+                log.warning("topic %s was deleted from the cluster while this broker was "
+                            "away: deleting its local copy", name)
+                self.drop_topic(name)
+        for name in set(self.topic_records) - set(names):
+            self.drop_topic(name)
+        for name in names:
+            self._topic_seen(name)
+
     def _topic_seen(self, name: str) -> None:
+        """Take up ``name`` as ZooKeeper holds it now: its record, a local copy of the
+        same topic id (an older topic's copy is deleted first), its new partitions."""
         record = self.store.topic(name)
-        if record is not None and name not in self.topic_records:
+        if record is not None and not record.topic_id:
+            record = self.store.assign_topic_id(name)
+        if record is None:
+            return
+        self.store.watch_topic(name)
+        local = self.broker.topics.topics.get(name)
+        if local is not None and name not in self._checked:
+            ids = {read_topic_id(plog.directory) for plog in local.partitions} - {""}
+            if ids and ids != {record.topic_id}:
+                log.warning("%s: the local copy is of an older topic of that name (id %s, "
+                            "now %s): deleting it", name, ",".join(ids), record.topic_id)
+                self.drop_topic(name)
+        if self.topic_records.get(name) != record:
             self.topic_records[name] = record
             self.broker.coordinator.topics_changed({name})
-        if record is None or not any(self.id in r for r in record.replicas):
+        if name in self.deleting or not any(self.id in r for r in record.replicas):
             return
-        topic = self.broker.topics.topics.get(name)
-        if topic is None:
-            topic = self.broker.topics.create(name, len(record.replicas), record.config)
+        topic = self._local_copy(name, record)
         min_isr = int(record.config.get("min_insync_replicas") or 1)
         for index, replicas in enumerate(record.replicas):
             tp = (name, index)
             if self.id in replicas and tp not in self.replicas:
                 plog = topic.partitions[index]
                 self.replicas[tp] = Replica(name, index, self.id, plog,
-                                            LeaderEpochs(plog.directory), replicas, min_isr)
+                                            LeaderEpochs(plog.directory), replicas, min_isr,
+                                            topic_id=record.topic_id)
                 if plog.high_watermark is None:
                     plog.high_watermark = 0
                 self.store.watch_state(name, index)
+
+    def _local_copy(self, name: str, record: TopicRecord) -> Topic:
+        """This broker's copy of ``name`` (of the record's topic id, checked by the
+        caller): created, grown to the record's partitions, each partition's id stored (a
+        copy without ids, from before ids, adopts the record's)."""
+        topics = self.broker.topics
+        topic = topics.topics.get(name)
+        changed = topic is None or len(topic.partitions) < len(record.replicas)
+        if topic is None:
+            topic = topics.create(name, len(record.replicas), record.config)
+        elif len(topic.partitions) < len(record.replicas):
+            topic = topics.grow(name, len(record.replicas))
+        if changed or name not in self._checked:
+            for plog in topic.partitions:
+                if read_topic_id(plog.directory) != record.topic_id:
+                    write_topic_id(plog.directory, record.topic_id)
+            self._checked.add(name)
+        return topic
+
+    def drop_topic(self, name: str) -> None:
+        """Stop leading and following ``name`` and delete the local copy, if any."""
+        for tp in [tp for tp in self.replicas if tp[0] == name]:
+            replica = self.replicas.pop(tp)
+            self._step_down(replica)
+            self.fetcher.unfollow(tp)
+        self._checked.discard(name)
+        if self.topic_records.pop(name, None) is not None:
+            self.broker.coordinator.topics_changed({name})
+        if name in self.broker.topics.topics:
+            self.broker.topics.delete(name)
+            self.broker.offsets.forget(topic=name)
 
     def _apply_state(self, tp: TP, state: PartitionState, version: int) -> None:
         replica = self.replicas.get(tp)
@@ -247,7 +323,7 @@ class Cluster:
                 leader = self.brokers.get(state.leader)
             if leader is not None:
                 self.fetcher.follow(Follow(tp, state.leader, leader.api, state.leader_epoch,
-                                           replica.epochs.latest))
+                                           replica.epochs.latest, replica.topic_id))
             log.info("%s[%d]: follower of broker %d at epoch %d", *tp, state.leader,
                      state.leader_epoch)
 
@@ -290,11 +366,16 @@ class Cluster:
         self.broker._settle()
 
     # -- the follower's side ----------------------------------------------------------
-    def _truncate(self, tp: TP, leader_epoch: int, epoch: int, end_offset: int) -> None:
+    def _following(self, tp: TP, topic_id: str, leader_epoch: int) -> bool:
+        """Whether a fetcher result is for the replica followed now (not for an older
+        epoch, nor for a deleted topic of the same name)."""
         replica = self.replicas.get(tp)
-        if replica is None or replica.role != FOLLOWER or replica.leader_epoch != leader_epoch:
-            return
-        plog = replica.plog
+        return (replica is not None and replica.role == FOLLOWER
+                and replica.leader_epoch == leader_epoch and replica.topic_id == topic_id)
+
+    def _truncate(self, replica: Replica, leader_epoch: int, epoch: int,
+                  end_offset: int) -> None:
+        tp, plog = replica.key, replica.plog
         if epoch < 0:  # the leader knows no epoch this old: only what was committed is sure
             target = min(plog.high_watermark or 0, plog.end_offset)
         else:
@@ -306,12 +387,9 @@ class Cluster:
         replica.epochs.truncate(plog.end_offset)
         self.fetcher.resume(tp, leader_epoch, plog.end_offset)
 
-    def _fetched(self, tp: TP, leader_epoch: int, offset: int,
+    def _fetched(self, replica: Replica, leader_epoch: int, offset: int,
                  reply: p.ReplicaFetchReply) -> None:
-        replica = self.replicas.get(tp)
-        if replica is None or replica.role != FOLLOWER or replica.leader_epoch != leader_epoch:
-            return
-        plog = replica.plog
+        tp, plog = replica.key, replica.plog
         if offset == plog.end_offset:
             try:
                 for raw in reply.batches:
@@ -325,6 +403,7 @@ class Cluster:
                                       min(reply.high_watermark, plog.end_offset))
             if reply.batches:
                 self.broker.appended(self.broker.topics.topics[tp[0]], tp[1])
+            admin.follow_start_offset(replica, reply.start_offset)
         self.fetcher.resume(tp, leader_epoch, plog.end_offset)
 
     # -- the leader's side ------------------------------------------------------------
@@ -357,6 +436,10 @@ class Cluster:
         if req.leader_epoch > replica.leader_epoch:
             raise UnknownLeaderEpoch(f"this leader is at epoch {replica.leader_epoch}, "
                                      f"not yet {req.leader_epoch}: retry")
+        if req.topic_id and req.topic_id != replica.topic_id:
+            raise UnknownTopic(f"{req.topic}[{req.partition}] here is topic id "
+                               f"{replica.topic_id}, not {req.topic_id}: that topic was "
+                               "deleted")
         if req.replica_id not in replica.replicas or req.replica_id == self.id:
             raise BadRequest(f"broker {req.replica_id} is not a follower of {req.topic}"
                              f"[{req.partition}] (replicas {replica.replicas})")
@@ -390,7 +473,8 @@ class Cluster:
         return p.ReplicaFetchReply(
             id=req.id, topic=req.topic, partition=req.partition,
             leader_epoch=replica.leader_epoch, high_watermark=plog.high_watermark or 0,
-            end_offset=plog.end_offset, epochs=list(replica.epochs.entries),
+            end_offset=plog.end_offset, start_offset=plog.start_offset,
+            epochs=list(replica.epochs.entries),
             batches=[HEADER.pack(*b.header) + bytes(b.payload) for b in batches])
 
     def handle_offset_for_leader_epoch(self, req: p.OffsetForLeaderEpoch) -> p.Reply:
@@ -457,7 +541,8 @@ class Cluster:
         assignment = [[live[(i + k) % len(live)] for k in range(factor)]
                       for i in range(config.partitions)]
         record = TopicRecord(config={**overrides, "replication_factor": factor,
-                                     "min_insync_replicas": min_isr}, replicas=assignment)
+                                     "min_insync_replicas": min_isr}, replicas=assignment,
+                             topic_id=uuid.uuid4().hex)
         states = [PartitionState(leader=r[0], leader_epoch=0, isr=list(r),
                                  controller_epoch=max(self.controller_epoch or 0, 0))
                   for r in assignment]
@@ -465,7 +550,9 @@ class Cluster:
             self.store.create_topic(name, record, states)
         except ClusterError as exc:
             if "already exists" in str(exc):
-                raise TopicExists(f"topic {name!r} already exists") from exc
+                marked = " (marked for deletion: retry once it is gone)" if (
+                    name in self.deleting) else ""
+                raise TopicExists(f"topic {name!r} already exists{marked}") from exc
             raise
         return config.partitions
 
@@ -494,7 +581,7 @@ class Cluster:
             self.controller_id = -1 if current is None else current
             return
         self.controller_epoch = epoch
-        self._controller_epoch_version = self.store.controller_epoch_version()
+        self.controller_epoch_version = self.store.controller_epoch_version()
         self.controller_id = self.id
         log.info("broker %d is the controller (epoch %d)", self.id, epoch)
         self._elect_leaders()
@@ -524,7 +611,7 @@ class Cluster:
                     continue
                 try:
                     self.store.set_state(name, index, new, version,
-                                         self._controller_epoch_version)
+                                         self.controller_epoch_version)
                 except StaleVersion as exc:
                     log.warning("controller: %s", exc)
                     continue

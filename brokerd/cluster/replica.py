@@ -27,6 +27,8 @@ class Replica:
     epochs: LeaderEpochs
     replicas: list[int]
     min_insync: int
+    topic_id: str = ""
+    """ZooKeeper's id of the topic this copy belongs to (cluster/topic_id.py)."""
     role: str = OFFLINE
     state: PartitionState | None = None
     version: int = -1

@@ -5,8 +5,10 @@ Znodes, under the chroot given with ``--zookeeper host:port/chroot`` (see docs/c
     /brokers/ids/<id>                      ephemeral {"id", "api", "ingest"}
     /controller                            ephemeral {"broker_id", "epoch"}
     /controller_epoch                      the last controller's epoch (its version fences)
-    /topics/<name>                         {"config", "replicas": [[broker, ...], ...]}
+    /topics/<name>                         {"config", "replicas": [[broker, ...], ...], "topic_id"}
     /topics/<name>/partitions/<p>/state    PartitionState, changed only by compare-and-set
+    /admin/delete_topics/<name>            the id of a topic marked for deletion
+    /admin/delete_topics/<name>/<id>       broker <id> deleted its copy
 
 Watches fire on kazoo's thread; ``ClusterStore`` only turns them into events for
 ``on_event``, which the broker loop reads (never touches broker state from that thread).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +55,10 @@ class PartitionState(msgspec.Struct, kw_only=True):
 class TopicRecord(msgspec.Struct, kw_only=True):
     config: dict[str, Any]
     replicas: list[list[int]]
+    topic_id: str = ""
+    """32 hex digits (a uuid4), new for every topic created, so that a topic deleted and
+    created again under its name is another topic (Kafka's KIP-516); "" in a topic
+    written before ids existed, until a broker gives it one (``assign_topic_id``)."""
 
 
 class BrokerRecord(msgspec.Struct, kw_only=True):
@@ -61,6 +68,7 @@ class BrokerRecord(msgspec.Struct, kw_only=True):
 
 
 Event = tuple[Any, ...]
+DELETIONS = "/admin/delete_topics"
 
 
 class ClusterStore:
@@ -85,7 +93,7 @@ class ClusterStore:
         except KazooTimeoutError as exc:
             raise ClusterError(f"cannot reach ZooKeeper at {self.hosts} within "
                                f"{timeout_s:.0f} s: is it running?") from exc
-        for path in ("/brokers/ids", "/topics"):
+        for path in ("/brokers/ids", "/topics", DELETIONS):
             self.zk.ensure_path(path)
 
     def stop(self) -> None:
@@ -206,10 +214,123 @@ class ClusterStore:
             return None
         return msgspec.json.decode(data, type=TopicRecord)
 
+    def topic_versioned(self, name: str) -> tuple[TopicRecord, int] | None:
+        try:
+            data, stat = self.zk.get(f"/topics/{name}")
+        except NoNodeError:
+            return None
+        return msgspec.json.decode(data, type=TopicRecord), stat.version
+
+    def assign_topic_id(self, name: str) -> TopicRecord | None:
+        """Give a topic written before ids existed one (compare-and-set: every broker
+        that tries ends with the same id); the record as stored now."""
+        found = self.topic_versioned(name)
+        if found is None or found[0].topic_id:
+            return None if found is None else found[0]
+        record = msgspec.structs.replace(found[0], topic_id=uuid.uuid4().hex)
+        try:
+            self.zk.set(f"/topics/{name}", msgspec.json.encode(record), version=found[1])
+        except (BadVersionError, NoNodeError):
+            return self.topic(name)
+        log.info("topic %s had no id: gave it %s", name, record.topic_id)
+        return record
+
+    def add_partitions(self, name: str, record: TopicRecord, version: int, first: int,
+                       states: list[PartitionState]) -> None:
+        """Store ``record`` (more partitions) if the topic is still at ``version``, with
+        the new partitions' states, in one transaction."""
+        tx = self.zk.transaction()
+        tx.set_data(f"/topics/{name}", msgspec.json.encode(record), version)
+        for p, state in enumerate(states, start=first):
+            tx.create(f"/topics/{name}/partitions/{p}")
+            tx.create(f"/topics/{name}/partitions/{p}/state", msgspec.json.encode(state))
+        results = tx.commit()
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            raise StaleVersion(f"topic {name!r} changed meanwhile: {failed[0]!r}")
+
+    def watch_topic(self, name: str) -> None:
+        """Report every change of the topic's record (more partitions) as ``("topic",
+        name)``."""
+        path = f"/topics/{name}"
+        if path in self._watched:
+            return
+        self._watched.add(path)
+
+        def changed(data: bytes | None, stat: Any) -> None:
+            if data is not None:
+                self.on_event(("topic", name))
+
+        self.zk.DataWatch(path, changed)
+
+    # -- topic deletion ---------------------------------------------------------------
+    def mark_for_deletion(self, name: str, topic_id: str) -> None:
+        try:
+            self.zk.create(f"{DELETIONS}/{name}", topic_id.encode())
+        except NodeExistsError:
+            pass  # marked already: deleting it twice is deleting it once
+
+    def marked_for_deletion(self) -> dict[str, str]:
+        """{topic: its id} of the topics marked for deletion (watched)."""
+        out = {}
+        for name in self.zk.get_children(DELETIONS, watch=self._deletions_watch):
+            try:
+                data, _ = self.zk.get(f"{DELETIONS}/{name}")
+            except NoNodeError:
+                continue
+            out[name] = data.decode()
+        return out
+
+    def _deletions_watch(self, event: Any) -> None:
+        self.on_event(("deletions",))
+
+    def deletion_acks(self, name: str) -> set[int]:
+        """The brokers that deleted their copy of ``name`` (watched)."""
+        try:
+            return {int(c) for c in self.zk.get_children(f"{DELETIONS}/{name}",
+                                                          watch=self._deletions_watch)}
+        except NoNodeError:
+            return set()
+
+    def ack_deletion(self, name: str) -> None:
+        try:
+            self.zk.create(f"{DELETIONS}/{name}/{self.broker_id}")
+        except (NodeExistsError, NoNodeError):
+            pass  # acknowledged already, or the deletion is over
+
+    def remove_topic(self, name: str, controller_epoch_version: int) -> None:
+        """Delete the topic's znodes and its deletion mark in one transaction that also
+        checks the controller epoch (only the current controller completes a deletion)."""
+        paths = [f"{DELETIONS}/{name}/{c}" for c in self._children(f"{DELETIONS}/{name}")]
+        if self.zk.exists(f"{DELETIONS}/{name}"):
+            paths.append(f"{DELETIONS}/{name}")
+        base = f"/topics/{name}"
+        if self.zk.exists(base):
+            for p in self._children(f"{base}/partitions"):
+                paths += [f"{base}/partitions/{p}/state", f"{base}/partitions/{p}"]
+            paths += [f"{base}/partitions", base]
+        tx = self.zk.transaction()
+        tx.check("/controller_epoch", controller_epoch_version)
+        for path in paths:
+            tx.delete(path)
+        results = tx.commit()
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            raise StaleVersion(f"cannot remove topic {name!r}: {failed[0]!r}")
+
+    def _children(self, path: str) -> list[str]:
+        try:
+            return list(self.zk.get_children(path))
+        except NoNodeError:
+            return []
+
     def watch_state(self, topic: str, partition: int) -> None:
-        """Report every change of the partition's state as a ``("state", ...)`` event."""
+        """Report every change of the partition's state as a ``("state", ...)`` event
+        (and the state now, when it is watched already: a topic created again)."""
         path = f"/topics/{topic}/partitions/{partition}/state"
         if path in self._watched:
+            state, version = self.state(topic, partition)
+            self.on_event(("state", topic, partition, state, version))
             return
         self._watched.add(path)
 

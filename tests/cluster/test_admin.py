@@ -1,0 +1,246 @@
+"""Topic administration in a cluster, against a real ZooKeeper and three real brokers:
+``delete_topic`` (with topic ids, so a topic deleted while a broker is down and created
+again under its name never mixes with the old one's log), ``create_partitions`` and
+``delete_records``; bad input gets the single broker's error codes."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from brokerd.cluster.topic_id import read_topic_id
+from runtime.client import BrokerError, Producer
+from tests.cluster.client import (
+    LeaderProducer,
+    metadata,
+    read_log,
+    start_member,
+    wait_in_sync,
+)
+from tests.cluster.test_replication import start_three
+from tests.cluster.zookeeper import ZooKeeper
+from tests.helpers import BrokerProcess, wait_for
+from tests.integration.wire import RawClient
+
+
+def _values(log: list[tuple[int, bytes]]) -> list[Any]:
+    return [msgspec.msgpack.decode(r)[0] for _, r in log]
+
+
+def _leader_api(apis: list[str], topic: str, partition: int) -> str:
+    for api in apis:
+        meta = metadata(api, topic)
+        if meta is None:
+            continue
+        by_id = {b["id"]: b["api"] for b in meta["brokers"]}
+        part = meta["topics"][0]["partitions"][partition]
+        if by_id.get(part["leader"]) == api:
+            return api
+    raise AssertionError(f"no leader of {topic}[{partition}]")
+
+
+def _consume(api: str, topic: str, partition: int) -> list[Any]:
+    """Every record of the partition, fetched from its leader (``api``)."""
+    out: list[Any] = []
+    with RawClient(api) as raw:
+        offset = raw.ok("list_offsets", topic=topic, partition=partition,
+                        timestamp=-2)["offset"]
+        end = raw.ok("list_offsets", topic=topic, partition=partition, timestamp=-1)["offset"]
+        while offset < end:
+            reply = raw.ok("fetch", topic=topic, partition=partition, offset=offset)
+            for base, _, records in reply["batches"]:
+                for i, record in enumerate(records):
+                    if base + i >= offset:
+                        out.append(record[0])
+                offset = base + len(records)
+    return out
+
+
+def test_a_topic_deleted_while_a_broker_is_down_and_created_again_never_mixes_logs(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    brokers = start_three(tmp_path, zookeeper)
+    ports = [int(b.api.rsplit(":", 1)[1]) for b in brokers]
+    producer: Producer | None = None
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="t", partitions=2)
+            raw.ok("create_topic", topic="g", partitions=1)
+            controller = raw.ok("metadata", topics=["t"])["controller"]
+        wait_in_sync(apis, "t", 2, 3)
+        wait_in_sync(apis, "g", 1, 3)
+        old = LeaderProducer(apis, "t", producer_id=1)
+        for i in range(20):
+            old.send(i % 2, [f"old-{i}"])
+        old.close()
+        victim = next(i for i in range(3) if i != controller)
+        old_id = read_topic_id(brokers[victim].data_dir / "topics" / "t" / "0")
+        assert len(old_id) == 32
+        brokers[victim].kill9()
+        live = [b.api for i, b in enumerate(brokers) if i != victim]
+
+        with RawClient(live[0]) as raw:
+            raw.ok("delete_topic", topic="t")
+            raw.ok("delete_topic", topic="g")  # and not created again
+            assert raw.error_code("delete_topic", topic="t") == "UNKNOWN_TOPIC"  # deleting
+            assert raw.error_code("delete_topic", topic="nope") == "UNKNOWN_TOPIC"
+            assert raw.error_code("delete_topic", topic="__rail_offsets") == "BAD_REQUEST"
+            # The deletion completes once the killed broker's registration expires (it
+            # waits for every live replica): until then the name is taken.
+            wait_for(lambda: raw.call("create_topic", topic="t", partitions=2)["op"]
+                     == "create_topic", timeout=30, interval=0.2, what="t created again")
+        wait_in_sync(live, "t", 2, 2)
+        assert [_consume(_leader_api(live, "t", p), "t", p) for p in range(2)] == [[], []]
+        new = LeaderProducer(live, "t", producer_id=2)
+        for i in range(20):
+            new.send(i % 2, [f"new-{i}"])
+        new.close()
+
+        # The victim comes back with the old topic's files: it deletes them (another id).
+        brokers[victim] = start_member(tmp_path, zookeeper, victim, api_port=ports[victim])
+        apis = [b.api for b in brokers]
+        with RawClient(brokers[victim].api) as raw:  # not a replica of the new t: no copy
+            for name in ("t", "g"):
+                assert raw.error_code("metadata", topics=[name]) == "UNKNOWN_TOPIC"
+            assert not (brokers[victim].data_dir / "topics" / "g").exists()
+            assert raw.error_code("create_partitions", topic="t", partitions=2) == "BAD_REQUEST"
+            assert raw.error_code("create_partitions", topic="nope",
+                                  partitions=3) == "UNKNOWN_TOPIC"
+            assert raw.ok("create_partitions", topic="t", partitions=4)["partitions"] == 4
+        wait_in_sync(apis, "t", 4, 2)
+        producer = Producer(",".join(apis), acks="all", request_timeout_s=30)
+        keyed = [f"key-{i}" for i in range(80)]
+        for value in keyed:
+            producer.send("t", value, key=value)
+        producer.flush(timeout_s=60)
+        assert not producer.errors, producer.errors[:3]
+        consumed = {p: _consume(_leader_api(apis, "t", p), "t", p) for p in range(4)}
+        assert sorted(v for vs in consumed.values() for v in vs) == sorted(
+            keyed + [f"new-{i}" for i in range(20)])
+        assert all(any(v.startswith("key") for v in consumed[p]) for p in (2, 3)), \
+            "the producer did not route to the new partitions"
+        with RawClient(brokers[victim].api) as raw:
+            replicas = {p["partition"]: p["replicas"]
+                        for p in raw.ok("metadata", topics=["t"])["topics"][0]["partitions"]}
+        assert any(victim in r for r in replicas.values())
+    finally:
+        if producer is not None:
+            with contextlib.suppress(BrokerError):
+                producer.close(timeout_s=1)
+        for b in brokers:
+            b.stop()
+    _check_copies(brokers, "t", replicas, consumed, old_id)
+    assert not any((b.data_dir / "topics" / "g").exists() for b in brokers)
+
+
+def _check_copies(brokers: list[BrokerProcess], topic: str, replicas: dict[int, list[int]],
+                  consumed: dict[int, list[Any]], old_id: str) -> None:
+    """Every replica holds what its leader served, record by record; no broker keeps a
+    record of the deleted topic; every copy carries the new topic id."""
+    ids = set()
+    for i, b in enumerate(brokers):
+        for p, holders in replicas.items():
+            ids.add(read_topic_id(b.data_dir / "topics" / topic / str(p)))
+            values = _values(read_log(b.data_dir, topic, p))
+            assert not any(str(v).startswith("old") for v in values), (i, p)
+            if i in holders:
+                assert values == consumed[p], f"broker {i}'s copy of {topic}[{p}] differs"
+    assert len(ids) == 1 and old_id not in ids, ids
+
+
+def test_delete_records_moves_every_replicas_start_offset(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="d", partitions=1)
+        leaders = wait_in_sync(apis, "d", 1, 3)
+        producer = LeaderProducer(apis, "d", producer_id=3)
+        for i in range(30):
+            producer.send(0, [i])
+        producer.close()
+        leader = apis[leaders[0]]
+        follower = next(a for a in apis if a != leader)
+        with RawClient(follower) as raw:
+            assert raw.error_code("delete_records", topic="d", partition=0,
+                                  offset=5) == "NOT_LEADER"
+        with RawClient(leader) as raw:
+            assert raw.error_code("delete_records", topic="d", partition=0,
+                                  offset=31) == "OFFSET_OUT_OF_RANGE"
+            assert raw.error_code("delete_records", topic="nope", partition=0,
+                                  offset=1) == "UNKNOWN_TOPIC"
+            assert raw.error_code("delete_records", topic="d", partition=1,
+                                  offset=1) == "UNKNOWN_PARTITION"
+            assert raw.ok("delete_records", topic="d", partition=0,
+                          offset=12)["start_offset"] == 12
+            assert raw.error_code("fetch", topic="d", partition=0,
+                                  offset=11) == "OFFSET_OUT_OF_RANGE"
+            assert raw.ok("fetch", topic="d", partition=0, offset=12)["batches"][0][0] == 12
+
+        def starts() -> list[int]:
+            out = []
+            for api in apis:
+                with RawClient(api) as raw:
+                    out.append(raw.ok("list_offsets", topic="d", partition=0,
+                                      timestamp=-2)["offset"])
+            return out
+        wait_for(lambda: starts() == [12, 12, 12], timeout=10, interval=0.1,
+                 what="every replica's start offset at 12")
+        producer = LeaderProducer(apis, "d", producer_id=3)
+        producer.sequences[0] = 30
+        producer.send(0, [30])
+        producer.close()
+        wait_in_sync(apis, "d", 1, 3)
+    finally:
+        for b in brokers:
+            b.stop()
+    copies = [read_log(b.data_dir, "d", 0) for b in brokers]
+    assert copies[0] == copies[1] == copies[2]
+    assert [o for o, _ in copies[0]] == list(range(12, 31))
+
+
+def test_a_topic_from_before_topic_ids_gets_one_and_local_copies_adopt_it(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    from kazoo.client import KazooClient
+    brokers = start_three(tmp_path, zookeeper)
+    ports = [int(b.api.rsplit(":", 1)[1]) for b in brokers]
+    zk = KazooClient(hosts=zookeeper.hosts)
+    zk.start(10)
+    try:
+        apis = [b.api for b in brokers]
+        tx = zk.transaction()  # as a broker without topic ids wrote it
+        tx.create("/topics/legacy", msgspec.json.encode(
+            {"config": {"replication_factor": 3, "min_insync_replicas": 2},
+             "replicas": [[0, 1, 2]]}))
+        tx.create("/topics/legacy/partitions")
+        tx.create("/topics/legacy/partitions/0")
+        tx.create("/topics/legacy/partitions/0/state", msgspec.json.encode(
+            {"leader": 0, "leader_epoch": 0, "isr": [0, 1, 2], "controller_epoch": 0}))
+        assert not any(isinstance(r, Exception) for r in tx.commit())
+        wait_in_sync(apis, "legacy", 1, 3)
+        topic_id = msgspec.json.decode(zk.get("/topics/legacy")[0])["topic_id"]
+        assert len(topic_id) == 32
+        producer = LeaderProducer(apis, "legacy", producer_id=4)
+        for i in range(10):
+            producer.send(0, [i])
+        producer.close()
+        # A follower's copy from before ids (no id stored) adopts ZooKeeper's id.
+        follower = 2
+        brokers[follower].stop()
+        (brokers[follower].data_dir / "topics" / "legacy" / "0" / "partition.metadata").unlink()
+        brokers[follower] = start_member(tmp_path, zookeeper, follower,
+                                         api_port=ports[follower])
+        wait_in_sync([b.api for b in brokers], "legacy", 1, 3)
+        assert {read_topic_id(b.data_dir / "topics" / "legacy" / "0")
+                for b in brokers} == {topic_id}
+    finally:
+        zk.stop()
+        zk.close()
+        for b in brokers:
+            b.stop()
+    copies = [_values(read_log(b.data_dir, "legacy", 0)) for b in brokers]
+    assert copies == [list(range(10))] * 3
