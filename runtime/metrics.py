@@ -12,12 +12,20 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from runtime import control
 
 STATES = ("running", "degraded", "restarting", "stopping", "stopped", "exited", "failed")
+# The handler histogram's buckets: the hosts count a call that took b bits of nanoseconds
+# (under 2**b ns) in bucket b; shown from 2**10 ns (~1 µs) to 2**35 ns (~34 s).
+HANDLER_BITS = range(10, 36)
 
 
 class SupervisorCollector(Collector):
@@ -74,6 +82,23 @@ def _worker_families(workers: list[dict[str, Any]]) -> Iterator[Metric]:
             if w[key] is not None:
                 family.add_metric(name, w[key])
     yield from (state, replicas, processes, restarts, processed, failed, rss, cpu, lag)
+    yield _handler_histogram(workers)
+
+
+def _handler_histogram(workers: list[dict[str, Any]]) -> Metric:
+    """``rail_worker_handler_seconds``: how long handler calls took, per worker (all its
+    replicas, the exited ones' calls included)."""
+    family = HistogramMetricFamily("rail_worker_handler_seconds",
+                                   "Seconds each handler call took", labels=["worker"])
+    for w in workers:
+        times = w.get("handler")
+        if not times:
+            continue
+        counts = times["counts"]
+        buckets = [(repr(2**bits / 1e9), sum(counts[:bits + 1])) for bits in HANDLER_BITS]
+        buckets.append(("+Inf", sum(counts)))
+        family.add_metric([w["name"]], buckets, times["sum_ns"] / 1e9)
+    return family
 
 
 def serve(address: str, control_endpoint: str) -> Any:

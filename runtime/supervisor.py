@@ -66,6 +66,7 @@ class Supervisor:
         self.broker = BrokerChild(config, broker_endpoint or config.broker.endpoint, self.logs,
                                   base_dir)
         self.watchers: dict[str, Watcher] = {}
+        self.handler_totals: dict[str, HandlerTotals] = {}  # by worker name
         for name, spec in config.workers.items():  # a copy: rail scale changes it
             self.watchers[name] = Watcher(name, msgspec.structs.replace(spec), registered=False)
         for name, spec in self.registry.workers.items():
@@ -435,6 +436,7 @@ class Supervisor:
                         self.on_worker_exit(watcher, replica, code, now)
             if watcher.removing and not watcher.replicas:
                 del self.watchers[watcher.name]
+                self.handler_totals.pop(watcher.name, None)
                 LOG.info("%s unregistered", watcher.name)
 
     def on_worker_exit(self, watcher: Watcher, replica: Replica, code: int, now: float) -> None:
@@ -444,6 +446,8 @@ class Supervisor:
         if replica.health is not None:
             watcher.processed_before += replica.health.processed
             watcher.failed_before += replica.health.failed
+        if watcher.name in self.handler_totals:
+            self.handler_totals[watcher.name].exited(child.pid)
         LOG.log(logging.INFO if code == 0 else logging.WARNING, "%s.%d pid %d exited with %s",
                 watcher.name, replica.index, child.pid, describe_exit(code))
         if code != 0 and not self.stopping and not replica.then:
@@ -604,8 +608,15 @@ class Supervisor:
                 if replica.member_id == message.get("member_id") and replica.child is not None \
                         and replica.child.pid == message.get("pid") and replica.health:
                     replica.health.beat(time.monotonic(), message)
+                    self.handler_totals.setdefault(watcher.name, HandlerTotals()).beat(
+                        replica.child.pid, message.get("handler_ns"))
 
     # -- used by the control handlers -------------------------------------------------
+    def handler_status(self, name: str) -> dict[str, Any] | None:
+        """The worker's handler durations for ``status`` (HandlerTotals.status)."""
+        totals = self.handler_totals.get(name)
+        return totals.status() if totals is not None else None
+
     def note_status_interest(self, now: float) -> None:
         """Someone watches: sample CPU/RSS for the next STATUS_INTEREST_S seconds."""
         if now - self.status_asked_at >= STATUS_INTEREST_S:
@@ -660,6 +671,40 @@ class Supervisor:
         self.registry.put(name, spec)
         watcher = self.watchers[name] = Watcher(name, spec, registered=True)
         self.start_watcher(watcher)
+
+
+class HandlerTotals:
+    """One worker's handler durations over its replicas, from the ``handler_ns`` of their
+    health reports (``[sum_ns, count of bucket 0, 1, ...]``, runtime.worker.HandlerTimes).
+
+    A replica's last report is kept when it exits, so the cumulative counts of the
+    histogram (``rail_worker_handler_seconds``) never go backwards across restarts; what a
+    replica handled after its last report (up to a second's worth) is not counted."""
+
+    def __init__(self) -> None:
+        self.before: list[int] = []  # the exited replicas' reports, added up
+        self.live: dict[int, list[int]] = {}  # by pid: each running replica's last report
+
+    def beat(self, pid: int, report: Any) -> None:
+        if isinstance(report, list) and report and all(type(n) is int for n in report):
+            self.live[pid] = report
+
+    def exited(self, pid: int) -> None:
+        self.before = added(self.before, self.live.pop(pid, []))
+
+    def status(self) -> dict[str, Any] | None:
+        """``{"sum_ns": ..., "counts": [...]}`` over every replica; None before a report."""
+        total = self.before
+        for report in self.live.values():
+            total = added(total, report)
+        return {"sum_ns": total[0], "counts": total[1:]} if total else None
+
+
+def added(a: list[int], b: list[int]) -> list[int]:
+    """Element by element, the shorter list counting as zeros past its end."""
+    if len(a) < len(b):
+        a, b = b, a
+    return [x + b[i] if i < len(b) else x for i, x in enumerate(a)]
 
 
 class CrashedWorker(Exception):
