@@ -231,6 +231,7 @@ class ControlHandlers:
             "processed": processed,
             "failed": watcher.failed_before + sum(h.failed for h in healths),
             "lag": lag,
+            "handler": self.sup.handler_status(watcher.name),
             "processes": [replica_status(r, now) for r in sorted(watcher.replicas.values(),
                                                                   key=lambda r: r.index)],
         }
