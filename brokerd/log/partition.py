@@ -378,6 +378,24 @@ class PartitionLog:
             self._dir_dirty = True
         return self.start_offset
 
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Drop every batch and start empty at ``offset`` (> the end): a replica whose
+        leader deleted the records it lacks (Kafka's ``truncateFullyAndStartAt``).  A
+        crash halfway leaves fewer old segments and the start file: the replica asks its
+        leader again and ends here anyway."""
+        try:
+            replace_atomically(self.directory / START_FILE, str(offset).encode())
+            for seg in self.segments:
+                seg.delete()
+            self.segments = [self._new_segment(offset)]
+        except OSError as exc:
+            raise StorageError(f"cannot restart {self.directory} at {offset}: {exc}") from exc
+        self._dir_dirty = True
+        self.producers = ProducerTable()
+        self._deleted_below = self.durable_offset = offset
+        if self.high_watermark is not None:
+            self.high_watermark = max(self.high_watermark, offset)
+
     # -- durability -------------------------------------------------------------------
     @property
     def needs_flush(self) -> bool:
