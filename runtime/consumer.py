@@ -85,6 +85,25 @@ def _caught_up(reply: _PollReply) -> bool:
     return True
 
 
+def _in_cluster(broker: str, group: str, timeout_s: float) -> bool:
+    """Several endpoints, or a broker that names a coordinator for ``group`` (a single
+    broker names none: -1)."""
+    if "," in broker.strip(", "):
+        return True
+    conn = Connection(broker.strip(", ") or DEFAULT_BROKER, timeout_s=timeout_s)
+    try:
+        reply = conn.call(p.FindCoordinator(group=group))
+    except BrokerError as exc:
+        if exc.code in ("NOT_COORDINATOR", "COORDINATOR_LOADING"):
+            return True
+        if exc.code == "UNAVAILABLE":
+            raise
+        return False  # e.g. an invalid group name: the join says so
+    finally:
+        conn.close()
+    return bool(reply.coordinator >= 0)
+
+
 def events_of(data: _PartitionData) -> list[Event]:
     """Flatten a partition's batches into events, skipping records before ``offset``."""
     out = []
@@ -100,7 +119,16 @@ def events_of(data: _PartitionData) -> list[Event]:
 
 
 class Consumer:
-    """A member of consumer group ``group`` reading ``topics``; see the module docstring."""
+    """A member of consumer group ``group`` reading ``topics``; see the module docstring.
+
+    Given several endpoints (``"tcp://a,tcp://b"``), or one broker of a cluster, it is a
+    ``runtime.cluster_consumer.ClusterConsumer``, with the same API."""
+
+    def __new__(cls, broker: str = DEFAULT_BROKER, **kwargs: Any) -> Consumer:
+        if cls is Consumer and _in_cluster(broker, kwargs["group"], kwargs.get("timeout_s", 10.0)):
+            from runtime.cluster_consumer import ClusterConsumer
+            return super().__new__(ClusterConsumer)
+        return super().__new__(cls)
 
     def __init__(self, broker: str = DEFAULT_BROKER, *, group: str, topics: list[str],
                  member_id: str = "", start: str = "earliest", session_timeout_ms: int = 10_000,
@@ -451,7 +479,9 @@ class Consumer:
 
     def close(self) -> None:
         """Send pending async commits, leave the group (its partitions move to the others at
-        once) and close."""
+        once) and close.  Closing again does nothing."""
+        if self._closed.is_set():
+            return
         deadline = time.monotonic() + 2
         try:
             self._settle_commits(timeout_s=2)  # a refused one is sent again just below

@@ -37,6 +37,7 @@ import zmq
 
 from brokerd import protocol as p
 from runtime.connection import DEFAULT_BROKER, BrokerError, BrokerUnavailable, Connection, check
+from runtime.routing import bootstrap_list, leaders_of, metadata_from_any
 
 _encode = msgspec.msgpack.Encoder().encode
 # A prebuilt decoder: msgspec.msgpack.decode(body, type=p.Reply) rebuilds the union's
@@ -112,7 +113,7 @@ class Producer:
                  delivery_timeout_s: float = 120.0) -> None:
         if acks not in (0, 1, "all"):
             raise ValueError("acks must be 0, 1 or 'all'")
-        bootstrap = [e.strip() for e in broker.split(",") if e.strip()] or [DEFAULT_BROKER]
+        bootstrap = bootstrap_list(broker, DEFAULT_BROKER)
         self.conn = Connection(bootstrap[0], timeout_s=request_timeout_s,
                                watch_reconnects=acks != 0)
         self.acks = acks
@@ -522,31 +523,17 @@ class Producer:
 
     def _metadata(self, topics: list[str], timeout_s: float | None = None) -> p.MetadataReply:
         """Metadata from the first broker that answers: the known ones, then the bootstrap
-        list.  On a connection of its own, so that nothing else's replies interleave."""
-        timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
-        error: BrokerError = BrokerUnavailable(",".join(self._cl.bootstrap), timeout_s)
-        for endpoint in dict.fromkeys(self._cl.brokers + self._cl.bootstrap):
-            conn = Connection(endpoint, context=self.conn.context, timeout_s=timeout_s)
-            try:
-                return cast(p.MetadataReply, conn.call(p.Metadata(topics=topics)))
-            except BrokerError as exc:
-                if exc.code != "UNAVAILABLE":
-                    raise
-                error = exc
-            finally:
-                conn.close()
-        raise error
+        list."""
+        return metadata_from_any(self._cl.brokers + self._cl.bootstrap, self.conn.context, topics,
+                                 self.request_timeout_s if timeout_s is None else timeout_s)
 
     def _learn(self, meta: p.MetadataReply) -> None:
         """Take the leaders a metadata reply names (a single broker names none)."""
-        if not meta.brokers:
-            return
-        self._cl.clustered = True
-        by_id = {b.id: b.api for b in meta.brokers}
-        self._cl.brokers = list(by_id.values())
-        for topic in meta.topics:
-            for part in topic.partitions:
-                self._cl.leaders[(topic.name, part.partition)] = by_id.get(part.leader)
+        brokers, leaders = leaders_of(meta)
+        if brokers:
+            self._cl.clustered = True
+            self._cl.brokers = brokers
+            self._cl.leaders.update(leaders)
 
     def _send_waiting(self, *tps: tuple[str, int]) -> None:
         """Send, in order, the unacked batches of ``tps`` not in flight: the ones that could
