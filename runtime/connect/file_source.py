@@ -22,6 +22,8 @@ from runtime.connect.api import Source
 from runtime.connect.errors import ConnectorConfigError
 from runtime.connect.records import SourceRecord
 
+READ_BYTES = 1 << 20  # lines are read in blocks of this, split at once (not readline each)
+
 
 class FileSource(Source):
     def open(self, offsets: dict[str, Any]) -> None:
@@ -66,6 +68,7 @@ class FileSource(Source):
         self.pos = pos
 
     def records(self) -> Iterator[SourceRecord | None]:
+        size = READ_BYTES
         while True:
             if self.fh is None:
                 try:
@@ -74,14 +77,24 @@ class FileSource(Source):
                     yield None
                     continue
             assert self.fh is not None
-            line = self.fh.readline()
-            if line.endswith(b"\n"):
-                self.pos += len(line)
-                if line.strip():
-                    yield SourceRecord(line.rstrip(b"\r\n"), source_partition=self.partition,
-                                       source_offset=[self.ino, self.pos])
+            block = self.fh.read(size)
+            end = block.rfind(b"\n") + 1
+            if not end and len(block) == size:  # a line longer than the block: a bigger one
+                self.fh.seek(self.pos)
+                size *= 2
                 continue
-            self.fh.seek(self.pos)  # a line still being written: read it whole later
+            size = READ_BYTES
+            if end:  # whole lines: a line still being written is read whole later
+                pos, ino, partition = self.pos, self.ino, self.partition
+                self.pos += end
+                self.fh.seek(self.pos)
+                for line in block[:end - 1].split(b"\n"):
+                    pos += len(line) + 1
+                    if line.strip():
+                        yield SourceRecord(line.rstrip(b"\r"), source_partition=partition,
+                                           source_offset=[ino, pos])
+                continue
+            self.fh.seek(self.pos)
             moved = self._moved()
             if moved == "rotated":
                 yield from self._drain()

@@ -112,7 +112,7 @@ def parse(content_type: str, body: bytes,
         raise BadRecord(f"content type {content_type or 'none'!r}: send {JSON} or {NDJSON}")
     out = []
     for value in values:
-        prepared = settings.prepare(value, None, settings.topics[0], {})
+        prepared = settings.prepare(value, None, settings.topics[0])
         if prepared is not None:
             out.append(prepared)
     return out

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)  # made once a record: slots make that cheaper
 class SourceRecord:
     value: Any
     key: Any = None

@@ -83,8 +83,7 @@ class ConnectorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     def group(self) -> str:
         return GROUP_PREFIX + self.name
 
-    def prepare(self, value: Any, key: Any, topic: str,
-                headers: dict[str, Any]) -> tuple[Any, Any, str] | None:
+    def prepare(self, value: Any, key: Any, topic: str) -> tuple[Any, Any, str] | None:
         """A source record's value converted (raw bytes only) and transformed; None when a
         transform dropped it.  Raises BadRecord."""
         if isinstance(value, (bytes, bytearray)):

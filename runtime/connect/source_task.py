@@ -13,15 +13,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
+
 from brokerd import protocol as p
 from runtime.client import Producer
 from runtime.connect.api import Source
 from runtime.connect.errors import BadRecord, ConnectError
 from runtime.connect.offsets import (
+    HEADER,
     OFFSETS_TOPIC,
     Checkpoint,
     checkpoint_value,
-    record_headers,
+    header_prefix,
     recover,
 )
 from runtime.connect.records import SourceRecord
@@ -32,6 +35,8 @@ from runtime.worker import Hosted
 
 IDLE_PAUSE_S = 0.1  # after the source said it has nothing now
 BROKER_RETRY_S = 1.0
+CLOCK_EVERY = 256  # records taken between two looks at the linger deadline
+_encode = msgspec.msgpack.Encoder().encode
 
 
 class SourceTask:
@@ -43,6 +48,8 @@ class SourceTask:
         self.topics = settings.topics
         self.point = Checkpoint()
         self.stored_ahead: set[int] = set()  # sequence numbers stored already (recover)
+        self.prefix = header_prefix(self.key)
+        self.single: dict[str, bool] = {}  # topic -> it has one partition
 
     def run(self) -> int:
         broker = self.host.options.broker
@@ -91,51 +98,64 @@ class SourceTask:
 
     def _take(self, records: Any) -> list[SourceRecord]:
         batch: list[SourceRecord] = []
+        size = self.settings.batch
         deadline = time.monotonic() + self.settings.linger_s
-        while len(batch) < self.settings.batch and not self.host.stopping:
-            record = next(records, None)
-            if record is None or time.monotonic() > deadline:
-                if record is not None:
-                    batch.append(record)
+        for record in records:  # the generator stays open: the next _take goes on with it
+            if record is None:
                 break
             batch.append(record)
+            if len(batch) >= size or self.host.stopping:
+                break
+            if not len(batch) % CLOCK_EVERY and time.monotonic() > deadline:
+                break
         return batch
 
     def _send(self, conn: Connection, producer: Producer, batch: list[SourceRecord]) -> None:
         self.host.idle = False
         point = self.point
+        offsets, stored_ahead, prefix = point.offsets, self.stored_ahead, self.prefix
+        first, topics, prepare, send = self.topics[0], self.topics, self.settings.prepare, \
+            producer.send
         for record in batch:
-            topic = record.topic or self.topics[0]
-            headers = dict(record.headers or {})
+            topic = record.topic or first
             prepared: tuple[Any, Any, str] | BadRecord | None
             try:
-                prepared = self.settings.prepare(record.value, record.key, topic, headers)
-                if prepared is not None and prepared[2] not in self.topics:
+                prepared = prepare(record.value, record.key, topic)
+                if prepared is not None and prepared[2] not in topics:
                     raise BadRecord(f"topic {prepared[2]!r} is not among the connector's "
                                     "topics: a source writes only to those (its offsets "
                                     "are found there after a crash); add it to topics")
             except BadRecord as exc:
                 prepared = exc
             if prepared is None:  # a transform filtered it out: no number, nothing sent
-                point.offsets[record.source_partition] = record.source_offset
+                offsets[record.source_partition] = record.source_offset
                 continue
-            point.seq += 1
-            headers.update(record_headers(self.key, point.seq, record.source_partition,
-                                          record.source_offset))
-            if point.seq in self.stored_ahead:  # sent before a kill, and stored
-                self.stored_ahead.discard(point.seq)
+            seq = point.seq = point.seq + 1
+            headers = {HEADER: prefix + _encode(seq)}
+            if record.headers:
+                headers = {**record.headers, **headers}
+            if seq in stored_ahead:  # sent before a kill, and stored
+                stored_ahead.discard(seq)
             elif isinstance(prepared, BadRecord):
                 self._reject(producer, record, topic, headers, prepared)
             else:
                 value, key, topic = prepared
-                producer.send(topic, value, key=key, headers=headers)
-            point.offsets[record.source_partition] = record.source_offset
+                send(topic, value, key=key, headers=headers,
+                     partition=0 if self._single(producer, topic) else None)
+            offsets[record.source_partition] = record.source_offset
         producer.flush()
         if producer.errors:
             raise ConnectError(f"source {self.key}: the broker refused records: "
                                f"{producer.errors[0]}")
         self._checkpoint(conn, producer)
         self.host.processed += len(batch)
+
+    def _single(self, producer: Producer, topic: str) -> bool:
+        """Whether ``topic`` has one partition: then a keyed record needs no hashing."""
+        single = self.single.get(topic)
+        if single is None:
+            single = self.single[topic] = producer.partitions_for(topic) == 1
+        return single
 
     def _reject(self, producer: Producer, record: SourceRecord, topic: str,
                 headers: dict[str, Any], error: BadRecord) -> None:
