@@ -88,10 +88,9 @@ class SinkTask:
         if consumer.generation != self.generation:  # a rebalance: read the floors again
             self.generation = consumer.generation
             self.floors = self.sink.stored_offsets(list(self.host.options.topics)) or {}
-        fresh = in_order(events, self.floors)
+        fresh, next_offsets = in_order(events, self.floors)
         if not fresh:
             return
-        next_offsets = {(e.topic, e.partition): e.offset + 1 for e in fresh}
         ready = self._convert(fresh)
         self.host.current = (fresh[0].topic, fresh[0].partition, fresh[0].offset,
                              time.monotonic())
@@ -140,23 +139,37 @@ class SinkTask:
         self.host.failed += 1
 
 
-def in_order(events: list[Event], floors: dict[tuple[str, int], int]) -> list[Event]:
+def in_order(events: list[Event], floors: dict[tuple[str, int], int]
+             ) -> tuple[list[Event], dict[tuple[str, int], int]]:
     """``events`` at or above their partition's floor, each offset once, in offset order
-    per partition.  A rejoin in the middle of gathering a batch delivers a partition again
-    from its committed offset, after newer events of it: applied in arrival order, an old
-    value would overwrite a newer one."""
+    per partition; and the next offset of each partition after them.  A rejoin in the
+    middle of gathering a batch delivers a partition again from its committed offset, after
+    newer events of it: applied in arrival order, an old value would overwrite a newer one.
+
+    A poll delivers runs of one partition's events: the partition's floor and last offset
+    are looked up once a run, not once an event."""
     last: dict[tuple[str, int], int] = {}
     out = []
     ordered = True
+    topic, part, tp, floor, prev = None, -1, None, 0, -1
     for e in events:
-        tp = (e.topic, e.partition)
-        if e.offset < floors.get(tp, 0):
+        if e.partition != part or e.topic != topic:
+            if tp is not None:
+                last[tp] = prev
+            topic, part = e.topic, e.partition
+            tp = (topic, part)
+            floor, prev = floors.get(tp, 0), last.get(tp, -1)
+        offset = e.offset
+        if offset < floor:
             continue
-        if e.offset <= last.get(tp, -1):
+        if offset <= prev:
             ordered = False
-        last[tp] = e.offset
+        prev = offset
         out.append(e)
+    if tp is not None:
+        last[tp] = prev
     if ordered:
-        return out
+        return out, {tp: offset + 1 for tp, offset in last.items() if offset >= 0}
     unique = {(e.topic, e.partition, e.offset): e for e in reversed(out)}
-    return [unique[k] for k in sorted(unique)]
+    out = [unique[k] for k in sorted(unique)]
+    return out, {(e.topic, e.partition): e.offset + 1 for e in out}

@@ -29,6 +29,7 @@ from runtime.connect.errors import BadRecord, ConnectorConfigError
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 OFFSETS_TABLE = "rail_connect_offsets"
+NESTED = frozenset({dict, list})  # a column value of these types is stored as JSON text
 
 
 def sql_name(name: str, where: str) -> str:
@@ -52,6 +53,8 @@ class TableSink(Sink):
                                    f"{where}.key_column")
         cols = ["key", "value"] if self.document else list(self.config["columns"])
         self.columns = [sql_name(str(c), f"{where}.columns") for c in cols]
+        self.key_index = self.columns.index(self.key_column) if self.key_column in self.columns \
+            else -1
         if self.document and self.key_column != "key":
             raise ConnectorConfigError(f"{where}.key_column: without columns the key column "
                                        "is 'key'")
@@ -72,15 +75,25 @@ class TableSink(Sink):
         return key.decode() if isinstance(key, bytes) else key
 
     def check(self, event: Event) -> None:
+        value = event.value
+        if event.key is not None and (value is None or self.document
+                                      or value.__class__ is dict):
+            return  # the common case, without a call
         self.key_of(event)
-        if event.value is not None and not self.document and not isinstance(event.value, dict):
+        if value is not None and not self.document and not isinstance(value, dict):
             raise BadRecord(f"a {self.table} row needs a map value, got "
-                            f"{type(event.value).__name__}")
+                            f"{type(value).__name__}")
 
     def row(self, key: Any, value: Any) -> list[Any]:
         if self.document:
             return [str(key), json.dumps(value)]
-        return [key if c == self.key_column else cell(value.get(c)) for c in self.columns]
+        row = [*map(value.get, self.columns)]
+        row[self.key_index] = key
+        if NESTED.isdisjoint(map(type, row)):
+            return row
+        row = [cell(v) for v in row]
+        row[self.key_index] = key
+        return row
 
     def last_events(self, events: list[Event], stored: dict[tuple[str, int], int]
                     ) -> dict[Any, Event]:
@@ -88,10 +101,18 @@ class TableSink(Sink):
         below the offsets ``stored`` in the database (read in the transaction that applies
         them: a task that owned the partition before a rebalance may have committed them
         meanwhile)."""
+        first: dict[tuple[str, int], int] = {}
+        for e in events:  # each partition's first offset (the events are in offset order)
+            first.setdefault((e.topic, e.partition), e.offset)
+        if any(stored.get(tp, 0) > offset for tp, offset in first.items()):
+            events = [e for e in events if e.offset >= stored.get((e.topic, e.partition), 0)]
         last: dict[Any, Event] = {}
+        key_of = self.key_of
         for e in events:
-            if e.offset >= stored.get((e.topic, e.partition), 0):
-                last[self.key_of(e)] = e
+            key = e.key
+            if key is None or key.__class__ is bytes:
+                key = key_of(e)
+            last[key] = e
         return last
 
     def refused(self, event: Event, error: Exception) -> None:
