@@ -9,12 +9,20 @@ does not restart it), 1 when the connector failed (it does, per its policy).
 
 from __future__ import annotations
 
+import gc
 import os
 
 from brokerd.protocol import EXIT_CONFIG
 from runtime.connect.errors import ConnectError, ConnectorConfigError
 from runtime.connect.settings import env_name, parse
 from runtime.worker import Hosted
+
+# The youngest generation's threshold while a task runs (CPython's default: 700).  A batch
+# keeps thousands of records or events alive at once; at 700 allocations a collection they
+# were scanned again and again as they aged, a quarter of a sink task's CPU time (measured:
+# 0.5 of 1.8 s for 300,000 rows).  Dead objects are freed by their reference counts anyway:
+# only cyclic garbage waits for a collection.  (runtime/streams/runner.py does the same.)
+GC_THRESHOLD = 100_000
 
 
 def task_number(member_id: str) -> int:
@@ -29,6 +37,8 @@ def run_hosted(host: Hosted) -> int:
                        "[[connectors]]", env_name(host.options.name))
         return EXIT_CONFIG
     import json
+    thresholds = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, *thresholds[1:])
     try:
         settings = parse(json.loads(raw))
         connector = settings.build(task_number(host.options.member_id))
@@ -48,3 +58,5 @@ def run_hosted(host: Hosted) -> int:
     except Exception:  # a database or network error: the supervisor restarts the task
         host.log.exception("connector %s failed", host.options.name)
         return 1
+    finally:
+        gc.set_threshold(*thresholds)
