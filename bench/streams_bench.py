@@ -129,7 +129,8 @@ def run_rail(api: str, pipeline: Pipeline, end: int) -> float:
     thread.start()
     while True:
         task = runner.tasks.get((pipeline.source, 0))
-        if task is not None and task.offset >= end and not task.processed_since_commit:
+        if task is not None and task.offset >= end and not task.processed_since_commit \
+                and not task.in_flight:
             break
         if not thread.is_alive():
             raise RuntimeError("the pipeline stopped early")

@@ -1,6 +1,6 @@
 """The loop of one replica: join the group, keep a task per assigned partition, poll,
-process, commit.  Partitions move only between polls, when every task has committed, so a
-revoked task has nothing in flight."""
+process, commit.  Partitions move only between polls, when every task has committed and
+its batches are acknowledged, so a revoked task has nothing in flight."""
 
 from __future__ import annotations
 
@@ -141,6 +141,8 @@ class Runner:
             host.processed += task.offset - before
             offsets[tp] = task.offset
         host.current = None
+        for task in self.tasks.values():  # nothing in flight when partitions may move
+            task.settle()
         if offsets:
             try:
                 consumer.commit(offsets, sync=False)  # for lag only: tasks keep their own

@@ -44,6 +44,15 @@ class OutBatch:
     probe: bool = False
 
 
+@dataclass
+class Sending:
+    """Batches ``Sender.start`` sent: the requests not answered yet, and the probed
+    batches it found not stored before."""
+
+    pending: list[tuple[OutBatch, int]]
+    settled: list[OutBatch]
+
+
 class Sender:
     """Sends ``OutBatch``es in order and waits until the broker stored (or had) each.
 
@@ -61,18 +70,29 @@ class Sender:
 
     def send_all(self, batches: list[OutBatch]) -> list[OutBatch]:
         """Send ``batches``; return those a probe found not stored before (now stored)."""
-        pending: list[tuple[OutBatch, int]] = []
-        settled: list[OutBatch] = []
+        return self.finish(self.start(batches))
+
+    def start(self, batches: list[OutBatch]) -> Sending:
+        """Send ``batches`` in order, waiting only where a probe must (``finish`` waits
+        for the rest): the caller works on while the broker stores them."""
+        sending = Sending([], [])
         for batch in batches:
             if batch.probe:
-                self._wait(pending)
-                pending = []
+                self._wait(sending.pending)
+                sending.pending = []
                 if self._probe(batch):
-                    settled.append(batch)
+                    sending.settled.append(batch)
             else:
-                pending.append((batch, self._send(batch, batch.sequence, batch.records)))
-        self._wait(pending)
-        return settled
+                sending.pending.append((batch, self._send(batch, batch.sequence,
+                                                          batch.records)))
+        return sending
+
+    def finish(self, sending: Sending) -> list[OutBatch]:
+        """Wait until every batch ``start`` sent is stored (or was); return those a probe
+        found not stored before (now stored)."""
+        self._wait(sending.pending)
+        sending.pending = []
+        return sending.settled
 
     def _send(self, batch: OutBatch, sequence: int, records: bytes) -> int:
         return self.conn.send(p.Produce(topic=batch.topic, partition=batch.partition,

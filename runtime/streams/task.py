@@ -7,7 +7,10 @@ The cycle (``process`` then ``commit``):
 2. number the outputs with this task's sequences and build the changelog batch (the dirty
    keys, then the checkpoint); write store updates + checkpoint + those batches (the
    outbox) to SQLite in one transaction;
-3. send the outbox: outputs first, the changelog batch last, and wait for every ack.
+3. send the outbox: outputs first, the changelog batch last; wait for every ack before the
+   next commit's step 2 replaces the outbox (``settle``), so the next events are processed
+   while the broker stores them.  The runner settles every task before it polls again, so
+   a partition never moves with a batch in flight.
 
 A kill -9 before 2 ends loses nothing: the inputs come again from the stored offset.  After
 2, the outbox is sent again under the same sequences, and the broker drops what it has.
@@ -33,7 +36,7 @@ from runtime.streams import changelog
 from runtime.streams.checkpoint import Checkpoint
 from runtime.streams.errors import StreamsError
 from runtime.streams.localstore import LocalStore
-from runtime.streams.sender import OutBatch, Sender, producer_id
+from runtime.streams.sender import OutBatch, Sender, Sending, producer_id
 from runtime.streams.state import StateStore
 
 if TYPE_CHECKING:
@@ -81,6 +84,10 @@ class Task:
         # then, outputs are probed (Sender), as a previous owner may have stored some.
         self.settled: set[tuple[str, int]] = set()
         self.ck = Checkpoint()
+        # The last commit's batches while unacknowledged, and what acknowledges the
+        # changelog batch among them: (commit, incarnation) to confirm.
+        self._sending: Sending | None = None
+        self._confirms: tuple[int, str] | None = None
         self.processed_since_commit = 0
         self.restored_from = ""  # "local", "changelog" or "nothing", for logs and tests
 
@@ -204,6 +211,7 @@ class Task:
         """Store and send what was processed since the last commit; False if nothing was."""
         if not self.processed_since_commit:
             return False
+        self.settle()  # the outbox about to be replaced must be stored first
         batches = self._number_outputs()
         updates = [u for name in sorted(self.stores) for u in self.stores[name].take_updates()]
         ck = self.ck
@@ -215,8 +223,8 @@ class Task:
         batches.append(OutBatch(self.changelog, self.partition, self.changelog_pid, base,
                                 count, records))
         self.disk.commit(ck, updates, batches)
+        self._start(batches)
         self.processed_since_commit = 0
-        self._send(batches)
         return True
 
     def _number_outputs(self) -> list[OutBatch]:
@@ -241,10 +249,29 @@ class Task:
         return seq + count
 
     def _send(self, batches: list[OutBatch]) -> None:
-        for batch in self.sender.send_all(batches):
-            self.settled.add((batch.topic, batch.partition))
+        self._start(batches)
+        self.settle()
+
+    def _start(self, batches: list[OutBatch]) -> None:
+        self._sending = self.sender.start(batches)
         if batches and batches[-1].topic == self.changelog:
-            self.disk.confirm(self.ck.commit, self.ck.incarnation)
+            self._confirms = (self.ck.commit, self.ck.incarnation)
+
+    @property
+    def in_flight(self) -> bool:
+        """The last commit's batches are not all acknowledged yet (see ``settle``)."""
+        return self._sending is not None
+
+    def settle(self) -> None:
+        """Wait for the acknowledgements of the last commit's batches (if not yet)."""
+        sending, confirms = self._sending, self._confirms
+        if sending is None:
+            return
+        for batch in self.sender.finish(sending):
+            self.settled.add((batch.topic, batch.partition))
+        self._sending = self._confirms = None
+        if confirms is not None:
+            self.disk.confirm(*confirms)
 
     def close(self) -> None:
         self.disk.close()
