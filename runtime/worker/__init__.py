@@ -201,16 +201,17 @@ class HandlerTimes:
     ``counts[b]`` calls took ``b`` bits of nanoseconds (under ``2**b`` ns), ``counts[SUM]``
     is their sum.  Written by the main thread only; the health thread copies the list.
 
-    At concurrency 1 a clock read per event (~0.13 µs with its bucket) would cost a trivial
-    handler (~0.4 µs an event) a quarter of its throughput, so a batch whose handlers took
-    under PER_EVENT_FROM_NS each on average is timed as a whole, each of its calls counted
-    at the batch's mean; the next batch is timed call by call once the last one was slower
-    (or a rate limit is on).  The sum is exact either way; a rare slow call among fast ones
-    is seen as the mean of its batch."""
+    At concurrency 1 timing each call (two clock reads and a bucket, ~0.2 µs) would cost a
+    trivial handler (~0.4 µs an event) a third of its throughput, so a batch whose calls
+    took under PER_EVENT_FROM_NS each on average is timed as a whole, each of its calls
+    counted at the batch's mean, and the host's loop is the same as without timing; the
+    next batch calls the handler through ``timed`` once the last one was slower (or a rate
+    limit is on: its waits are no handler's).  The sum is exact either way; a rare slow
+    call among fast ones is seen as the mean of its batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_event: bool) -> None:
         self.counts = [0] * (SUM + 1)
-        self.per_event = False
+        self.per_event = per_event
 
     def batch(self, began_ns: int, ended_ns: int, calls: int, rate_limited: bool) -> None:
         """A batch of ``calls`` handler calls ran from ``began_ns`` to ``ended_ns``; if it
@@ -222,6 +223,34 @@ class HandlerTimes:
             self.counts[(took // calls).bit_length()] += calls
             self.counts[SUM] += took
         self.per_event = rate_limited or took >= PER_EVENT_FROM_NS * calls
+
+    def timed(self, handle: Handler) -> Handler:
+        """``handle``, counting how long each call takes."""
+        clock, counts = time.monotonic_ns, self.counts
+
+        def timed_handle(event: Event, ctx: Context) -> Any:
+            began = clock()
+            try:
+                return handle(event, ctx)
+            finally:
+                took = clock() - began
+                counts[took.bit_length()] += 1
+                counts[SUM] += took
+        return timed_handle
+
+    def timed_async(self, handle: Handler) -> Handler:
+        """``timed`` for an ``async def handle``."""
+        clock, counts = time.monotonic_ns, self.counts
+
+        async def timed_handle(event: Event, ctx: Context) -> Any:
+            began = clock()
+            try:
+                return await handle(event, ctx)
+            finally:
+                took = clock() - began
+                counts[took.bit_length()] += 1
+                counts[SUM] += took
+        return timed_handle
 
     def report(self) -> list[int]:
         """``[sum_ns, counts[0], counts[1], ...]`` up to the last bucket used."""
@@ -261,7 +290,9 @@ class Worker:
         self.lanes: Lanes | None = None
         self.runner: Runner | None = None
         self.limit = RateLimit(options.rate, self).take if options.rate > 0 else None
-        self.handler_times = HandlerTimes()
+        self.handler_times = HandlerTimes(per_event=self.limit is not None)
+        timed = self.handler_times.timed_async if self.is_async else self.handler_times.timed
+        self.timed_handle = timed(script.handle)
         self._seen: tuple[tuple[str, int, int] | None, float] = (None, 0.0)  # see ``current``
 
     @property
@@ -350,20 +381,14 @@ class Worker:
 
     def _handle_all(self, events: list[Event]) -> int:
         """Call the handler on each event; return how many were handled before a stop."""
-        handle, ctx, limit = self.script.handle, self.ctx, self.limit
+        times, ctx, limit = self.handler_times, self.ctx, self.limit
+        handle = self.timed_handle if times.per_event else self.script.handle
         slot, index, skip = self.flight.words, self.topic_index, self.quarantine.quarantined
         multi = len(index) > 1  # one topic: its index, 0, is in the slot already
-        clock, times, each = time.monotonic_ns, self.handler_times.counts, \
-            self.handler_times.per_event
-        began = batch_began = clock()
-        processed = self.processed
+        began, processed = time.monotonic_ns(), self.processed
         try:
             for i, event in enumerate(events):
-                if limit is not None:
-                    if self.stopping or not limit():
-                        return i
-                    began = clock()  # the wait for the rate is not the handler's time
-                elif self.stopping:
+                if self.stopping or limit is not None and not limit():
                     return i
                 if skip and self._skipped(event):
                     continue
@@ -375,17 +400,12 @@ class Worker:
                     handle(event, ctx)
                 except Exception as exc:  # noqa: BLE001 - the handler's error goes to the DLQ
                     self._retry(event, exc)
-                if each:  # one clock read a call, its end the next call's start
-                    ended = clock()
-                    took, began = ended - began, ended
-                    times[took.bit_length()] += 1
-                    times[SUM] += took
                 self.processed += 1
             return len(events)
         finally:
             slot[0] = FREE
-            self.handler_times.batch(batch_began, clock(), self.processed - processed,
-                                     limit is not None)
+            times.batch(began, time.monotonic_ns(), self.processed - processed,
+                        limit is not None)
 
     def _handle_all_async(self, events: list[Event]) -> int:
         assert self.loop is not None
@@ -393,20 +413,14 @@ class Worker:
 
     async def _handle_coroutines(self, events: list[Event]) -> int:
         """``_handle_all`` for an ``async def handle``."""
-        handle, ctx, limit = self.script.handle, self.ctx, self.limit
+        times, ctx, limit = self.handler_times, self.ctx, self.limit
+        handle = self.timed_handle if times.per_event else self.script.handle
         slot, index, skip = self.flight.words, self.topic_index, self.quarantine.quarantined
         multi = len(index) > 1  # one topic: its index, 0, is in the slot already
-        clock, times, each = time.monotonic_ns, self.handler_times.counts, \
-            self.handler_times.per_event
-        began = batch_began = clock()
-        processed = self.processed
+        began, processed = time.monotonic_ns(), self.processed
         try:
             for i, event in enumerate(events):
-                if limit is not None:
-                    if self.stopping or not limit():
-                        return i
-                    began = clock()
-                elif self.stopping:
+                if self.stopping or limit is not None and not limit():
                     return i
                 if skip and self._skipped(event):
                     continue
@@ -418,17 +432,12 @@ class Worker:
                     await handle(event, ctx)
                 except Exception as exc:  # noqa: BLE001
                     await self._retry_async(event, exc)
-                if each:
-                    ended = clock()
-                    took, began = ended - began, ended
-                    times[took.bit_length()] += 1
-                    times[SUM] += took
                 self.processed += 1
             return len(events)
         finally:
             slot[0] = FREE
-            self.handler_times.batch(batch_began, clock(), self.processed - processed,
-                                     limit is not None)
+            times.batch(began, time.monotonic_ns(), self.processed - processed,
+                        limit is not None)
 
     def _skipped(self, event: Event) -> bool:
         """True (and logged) if the supervisor quarantined ``event``: it is in the DLQ."""

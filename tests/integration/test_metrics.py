@@ -1,9 +1,11 @@
-"""The broker's Prometheus /metrics, scraped over real HTTP from a real broker, and its
-chunked rendering checked against prometheus_client's whole-family rendering."""
+"""Prometheus /metrics scraped over real HTTP: the broker's (and its chunked rendering checked
+against prometheus_client's whole-family rendering), and the supervisor's handler latency."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +18,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from brokerd import protocol as p
 from brokerd.metrics import TOPIC_FAMILIES, ChunkedExposition, topic_samples
-from tests.helpers import start_broker
+from tests.helpers import free_port, start_broker, wait_for
+from tests.integration.test_supervisor import Rail
 from tests.integration.wire import RawClient
 
 
@@ -114,3 +117,56 @@ def test_chunked_text_is_byte_for_byte_prometheus_clients_as_topics_change() -> 
         assert exposition.render(scrape_chunks) == whole_families(scrape_chunks)
     assert b'rail_topic_partition_current_offset{partition="0",topic="b"} 6.0' in \
         whole_families(scrape_chunks)
+
+
+OVEN = """
+import time
+
+def handle(event, ctx):
+    time.sleep(0.05)
+"""
+
+
+def test_handler_latency_histogram_counts_each_call_near_its_time_across_a_kill_9(
+        tmp_path: Path) -> None:
+    """oven handles one event at a time (timed a batch, then a call at a time), ovens four
+    at once (timed from each call's start in the flight record); both sleep 50 ms."""
+    rail = Rail(tmp_path)
+    port = free_port()
+    rail.script("oven.py", OVEN)
+    rail.write_toml('[workers.oven]\nscript = "oven.py"\ntopics = ["orders"]\nbackoff_s = 0.05\n'
+                    '[workers.ovens]\nscript = "oven.py"\ntopics = ["orders"]\nconcurrency = 4\n',
+                    topics=f'metrics = "127.0.0.1:{port}"\n[topics.orders]\npartitions = 1\n')
+
+    def histogram(name: str) -> dict[str, float]:
+        return {dict(labels).get("le", metric.rsplit("_", 1)[-1]): value
+                for (metric, labels), value in scrape(f"127.0.0.1:{port}").items()
+                if metric.startswith("rail_worker_handler_seconds")
+                and ("worker", name) in labels}
+
+    def counted(name: str, at_least: int) -> dict[str, float] | None:
+        h = histogram(name)
+        return h if h.get("count", 0) >= at_least else None
+
+    def near_50_ms(h: dict[str, float], calls: int) -> None:
+        assert h["count"] == h["+Inf"] == calls
+        assert h[repr(2**25 / 1e9)] == 0  # none under 33.6 ms
+        assert h[repr(2**28 / 1e9)] == calls  # all under 268 ms (50 ms on a loaded machine)
+        assert calls * 0.05 <= h["sum"] < calls * 0.268
+    try:
+        rail.up()
+        oven = wait_for(lambda: rail.running("oven", 1), 20, what="the oven running")
+        wait_for(lambda: rail.running("ovens", 1), 20, what="the ovens running")
+        rail.send(range(6))
+        near_50_ms(wait_for(lambda: counted("oven", 6), 20, what="oven's 6 calls"), 6)
+        near_50_ms(wait_for(lambda: counted("ovens", 6), 20, what="ovens' 6 calls"), 6)
+        os.kill(oven["pids"][0], signal.SIGKILL)
+        wait_for(lambda: (w := rail.running("oven", 1)) and w["restarts"] == 1, 20,
+                 what="the killed oven restarted")
+        assert histogram("oven")["count"] >= 6  # the dead replica's calls are kept
+        rail.send(range(6, 8))
+        h = wait_for(lambda: counted("oven", 8), 20, what="2 more calls after the restart")
+        near_50_ms(h, int(h["count"]))  # 8, or more if the kill came before a commit
+        assert rail.stop() == 0
+    finally:
+        rail.stop()
