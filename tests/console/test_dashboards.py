@@ -35,9 +35,10 @@ def dashboard_exprs() -> list[str]:
 
 
 def served(name: str) -> bool:
-    """A metric name (with prometheus_client's _total for counters) the code serves: named
-    whole, or a broker counter made as f"rail_broker_{name}" from its short name."""
-    base = name.removesuffix("_total")
+    """A metric name (with prometheus_client's _total for counters, _bucket for histograms)
+    the code serves: named whole, or a broker counter made as f"rail_broker_{name}" from its
+    short name."""
+    base = name.removesuffix("_total").removesuffix("_bucket")  # a histogram's buckets
     short = base.removeprefix("rail_broker_")
     return any(f'"{base}"' in text or (short != base and f'"{short}"' in text
                                        and 'f"rail_broker_{name}"' in text)
