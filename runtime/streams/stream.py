@@ -14,12 +14,16 @@ from typing import TYPE_CHECKING, Any
 from runtime.streams.errors import PipelineError
 
 if TYPE_CHECKING:
+    from runtime.consumer import Event
     from runtime.streams.pipeline import Pipeline
     from runtime.streams.tables import Grouped, Table
     from runtime.streams.task import Task
     from runtime.streams.topictable import TopicTable
 
 Push = Callable[["Task", Any, Any, int], None]
+# Runs a task's input events (and the value decoder, or None) through a whole operator at
+# once: the same work as pushing each one, without a call per event and operator.
+Run = Callable[["Task", "list[Event]", "Callable[[Any], Any] | None"], None]
 
 
 def _drop(task: Task, key: Any, value: Any, ts: int) -> None:
@@ -34,6 +38,8 @@ class Stream:
         self.topology = topology  # which input topic's tasks run it (0: the source)
         self.rekeyed = rekeyed  # keys changed since the input: a table needs a repartition
         self.children: list[Push] = []
+        self.runs: dict[Push, Run] = {}  # children that can also take whole batches
+        self.run: Run | None = None  # set by freeze: the only child's, if it has one
         pipeline.streams.append(self)
 
     def push(self, task: Task, key: Any, value: Any, ts: int) -> None:
@@ -44,6 +50,7 @@ class Stream:
         """Once the pipeline is defined: a stream with one child calls it directly."""
         if len(self.children) == 1:
             self.push = self.children[0]  # type: ignore[method-assign,assignment]
+            self.run = self.runs.get(self.children[0])
         elif not self.children:
             self.push = _drop  # type: ignore[method-assign]
 

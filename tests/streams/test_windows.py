@@ -212,3 +212,84 @@ def test_session_windows_merge_close_and_drop_late_events(broker: BrokerProcess,
         assert changelog.last_checkpoint(conn, "sess.changelog", 0).late == 2
     finally:
         conn.close()
+
+
+# The source's only operator is a tumbling window emitting on close: the task hands it the
+# whole batch of events (WindowedTable.run), with decoding, late events and failures inside.
+BATCHED = f"""
+import msgspec
+
+class Order(msgspec.Struct):
+    n: int
+
+def amount(order):
+    if order.n % 97 == 0:
+        raise ValueError("no amount")
+    return order.n
+
+app = Pipeline("tumble", source="orders", value_type=Order)
+(app.stream.group_by().window(Tumbling({SIZE}, grace_ms={GRACE}), emit="close")
+    .sum("totals", amount).to("totals"))
+run_hosted = app.run_hosted
+"""
+
+
+def batched_reference(items: list[tuple[str, dict, int]], partitions: int
+                      ) -> tuple[Counter, int, int]:
+    """Closed windows (key, start, sum), late events and dead letters, per partition."""
+    closed: Counter = Counter()
+    late = failed = 0
+    by_partition: dict[int, list] = defaultdict(list)
+    for item in items:
+        by_partition[partition_for_key(item[0], partitions)].append(item)
+    for part_items in by_partition.values():
+        now = -1
+        sums: Counter = Counter()
+        for key, v, ts in part_items:
+            if not isinstance(v["n"], int):  # fails to decode: stream time stays
+                failed += 1
+                continue
+            now = max(now, ts)
+            start = ts - ts % SIZE
+            if start + SIZE + GRACE <= now:
+                late += 1
+            elif v["n"] % 97 == 0:
+                failed += 1
+            else:
+                sums[(key, start)] += v["n"]
+        closed.update((key, start, n) for (key, start), n in sums.items()
+                      if start + SIZE + GRACE <= now)
+    return closed, late, failed
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_window_that_takes_whole_batches_is_exact_after_kill_9(
+        broker: BrokerProcess, tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    script = write_script(tmp_path, BATCHED)
+    items: list[tuple[str, object, int]] = [
+        (f"k{i % 5}", {"n": i}, 10_000 + i * 5 - rng.choice([0, 0, 0, 200, 700, 2000]))
+        for i in range(3200)]
+    items[1234] = ("k4", {"n": "x"}, items[1234][2])  # does not decode: dead letter
+    mid_stream = 0
+    for i in range(0, len(items), CHUNK):
+        mid_stream += run_and_kill(broker, script, tmp_path / "state", "t-0", "tumble",
+                                   items[i:i + CHUNK], 2, pause(rng, i, len(items), mid_stream))
+        if rng.random() < 0.3:
+            shutil.rmtree(tmp_path / "state", ignore_errors=True)  # restore from changelog
+    replica = Replica(broker, script, tmp_path / "state", "t-0")
+    try:
+        wait_caught_up(broker, "tumble")
+    finally:
+        assert replica.stop() == 0, replica.log()
+    want_closed, want_late, want_failed = batched_reference(items, 2)
+    assert want_late > 0 and want_failed > 10 and len(want_closed) > 50
+    assert Counter((e.key, e.value["start"], e.value["value"])
+                   for e in read(broker, "totals")) == want_closed
+    assert len(read(broker, "orders.dlq")) == want_failed
+    conn = Connection(broker.api)
+    try:
+        assert sum(changelog.last_checkpoint(conn, "tumble.changelog", part).late
+                   for part in range(2)) == want_late
+    finally:
+        conn.close()
