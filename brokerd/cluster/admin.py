@@ -165,13 +165,18 @@ def delete_records(cluster: Cluster, name: str, partition: int, offset: int) -> 
 
 
 def follow_start_offset(replica: Replica, leader_start: int) -> None:
-    """A follower moves its start offset up to the leader's (never past its own end)."""
+    """A follower moves its start offset up to the leader's.  One whose log ends below
+    it (it was away while records were deleted) drops its log and starts empty there."""
     plog = replica.plog
-    target = min(leader_start, plog.end_offset)
-    if target > plog.start_offset:
-        try:
-            plog.delete_records(target)
-        except StorageError as exc:
-            log.error("%s[%d]: cannot follow the leader's start offset %d: %s",
-                      *replica.key, leader_start, exc.message)
+    try:
+        if leader_start > plog.end_offset:
+            log.info("%s[%d]: the leader deleted the records from %d to %d: starting "
+                     "again at %d", *replica.key, plog.end_offset, leader_start, leader_start)
+            plog.truncate_fully_and_start_at(leader_start)
+            replica.epochs.truncate(0)
+        elif leader_start > plog.start_offset:
+            plog.delete_records(leader_start)
+    except StorageError as exc:
+        log.error("%s[%d]: cannot follow the leader's start offset %d: %s",
+                  *replica.key, leader_start, exc.message)
 

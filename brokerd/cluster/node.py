@@ -396,6 +396,7 @@ class Cluster:
                     plog.append_replica(raw[:HEADER_SIZE], memoryview(raw)[HEADER_SIZE:])
             except StorageError as exc:
                 log.error("%s[%d]: %s", *tp, exc.message)
+            admin.follow_start_offset(replica, reply.start_offset)
             for epoch, start in reply.epochs:
                 if start < plog.end_offset or start == plog.end_offset == reply.end_offset:
                     replica.epochs.assign(epoch, start)
@@ -403,7 +404,6 @@ class Cluster:
                                       min(reply.high_watermark, plog.end_offset))
             if reply.batches:
                 self.broker.appended(self.broker.topics.topics[tp[0]], tp[1])
-            admin.follow_start_offset(replica, reply.start_offset)
         self.fetcher.resume(tp, leader_epoch, plog.end_offset)
 
     # -- the leader's side ------------------------------------------------------------
@@ -468,7 +468,10 @@ class Cluster:
 
     def _replica_reply(self, replica: Replica, req: p.ReplicaFetch) -> p.ReplicaFetchReply:
         plog = replica.plog
-        batches = plog.read_all(req.offset, req.max_bytes) if req.offset < plog.end_offset else []
+        # Below the start offset (records deleted while the follower was away): nothing,
+        # and the start offset, from which the follower starts again.
+        batches = (plog.read_all(req.offset, req.max_bytes)
+                   if plog.start_offset <= req.offset < plog.end_offset else [])
         replica.sent_end[req.replica_id] = plog.end_offset
         return p.ReplicaFetchReply(
             id=req.id, topic=req.topic, partition=req.partition,
@@ -585,6 +588,7 @@ class Cluster:
         self.controller_id = self.id
         log.info("broker %d is the controller (epoch %d)", self.id, epoch)
         self._elect_leaders()
+        admin.complete_deletions(self)
 
     def _elect_leaders(self) -> None:
         """Give every partition whose leader is gone a leader from its live ISR (never an

@@ -153,8 +153,12 @@ def _check_copies(brokers: list[BrokerProcess], topic: str, replicas: dict[int, 
 
 def test_delete_records_moves_every_replicas_start_offset(
         tmp_path: Path, zookeeper: ZooKeeper) -> None:
-    brokers = start_three(tmp_path, zookeeper)
+    config = tmp_path / "broker.toml"
+    config.write_text("replica_lag_time_ms = 1500\n")  # a stopped follower leaves the ISR
+    brokers: list[BrokerProcess] = []
     try:
+        for i in range(3):
+            brokers.append(start_member(tmp_path, zookeeper, i, "--config", str(config)))
         apis = [b.api for b in brokers]
         with RawClient(apis[0]) as raw:
             raw.ok("create_topic", topic="d", partitions=1)
@@ -164,8 +168,8 @@ def test_delete_records_moves_every_replicas_start_offset(
             producer.send(0, [i])
         producer.close()
         leader = apis[leaders[0]]
-        follower = next(a for a in apis if a != leader)
-        with RawClient(follower) as raw:
+        away = next(i for i, a in enumerate(apis) if a != leader)
+        with RawClient(apis[away]) as raw:
             assert raw.error_code("delete_records", topic="d", partition=0,
                                   offset=5) == "NOT_LEADER"
         with RawClient(leader) as raw:
@@ -190,9 +194,27 @@ def test_delete_records_moves_every_replicas_start_offset(
             return out
         wait_for(lambda: starts() == [12, 12, 12], timeout=10, interval=0.1,
                  what="every replica's start offset at 12")
-        producer = LeaderProducer(apis, "d", producer_id=3)
+
+        # A follower away while records it lacks are deleted starts again at the start.
+        port = int(apis[away].rsplit(":", 1)[1])
+        brokers[away].stop()
+        producer = LeaderProducer(apis, "d", producer_id=3, acks=1)
         producer.sequences[0] = 30
-        producer.send(0, [30])
+        for i in range(30, 40):
+            producer.send(0, [i])
+        producer.close()
+        with RawClient(leader) as raw:
+            wait_for(lambda: raw.call("delete_records", topic="d", partition=0, offset=40)[
+                "op"] == "delete_records", timeout=15, interval=0.2,
+                what="the high watermark at 40 once the stopped follower left the ISR")
+        brokers[away] = start_member(tmp_path, zookeeper, away, "--config", str(config),
+                                     api_port=port)
+        wait_in_sync(apis, "d", 1, 3)
+        wait_for(lambda: starts() == [40, 40, 40], timeout=10, interval=0.1,
+                 what="every replica's start offset at 40")
+        producer = LeaderProducer(apis, "d", producer_id=3)
+        producer.sequences[0] = 40
+        producer.send(0, [40])
         producer.close()
         wait_in_sync(apis, "d", 1, 3)
     finally:
@@ -200,7 +222,8 @@ def test_delete_records_moves_every_replicas_start_offset(
             b.stop()
     copies = [read_log(b.data_dir, "d", 0) for b in brokers]
     assert copies[0] == copies[1] == copies[2]
-    assert [o for o, _ in copies[0]] == list(range(12, 31))
+    assert [o for o, _ in copies[0]] == [40]
+    assert _values(copies[0]) == [40]
 
 
 def test_a_topic_from_before_topic_ids_gets_one_and_local_copies_adopt_it(
