@@ -3,7 +3,9 @@ leader's endpoint per partition.  Shared by the producer and the cluster consume
 
 from __future__ import annotations
 
-from typing import cast
+import itertools
+import time
+from typing import Any, cast
 
 import zmq
 
@@ -43,3 +45,166 @@ def leaders_of(meta: p.MetadataReply) -> tuple[list[str], dict[tuple[str, int], 
     leaders = {(topic.name, part.partition): by_id.get(part.leader)
                for topic in meta.topics for part in topic.partitions}
     return list(by_id.values()), leaders
+
+
+# Requests that only a group's coordinator answers, and those only a partition's leader.
+_GROUP_OPS = (p.Join, p.Heartbeat, p.Leave, p.Commit, p.DescribeGroup, p.DeleteGroup)
+_PARTITION_OPS = (p.Fetch, p.ListOffsets, p.DeleteRecords)
+# Refusals after which the request goes again, to where fresh metadata points.
+_MOVED = frozenset({"NOT_LEADER", "NOT_COORDINATOR", "COORDINATOR_LOADING", "NOT_CONTROLLER",
+                    "FENCED_LEADER_EPOCH", "UNAVAILABLE"})
+RETRY_S = 0.2
+
+
+class Router:
+    """A connection to a cluster given by several endpoints, for one request at a time
+    (``rail``, the supervisor): each request goes to the broker that serves it, the group's
+    coordinator (``find_coordinator``), the partition's leader (metadata) or any live
+    broker, and again elsewhere when it was refused as moved, until ``timeout_s``.
+    ``list_groups`` asks every broker (each lists the groups it coordinates)."""
+
+    def __init__(self, endpoints: str, context: zmq.Context | None = None,
+                 timeout_s: float = 10.0) -> None:
+        self.bootstrap = bootstrap_list(endpoints, endpoints)
+        self.endpoint = ",".join(self.bootstrap)
+        self.timeout_s = timeout_s
+        self.context = context or zmq.Context.instance()
+        self.async_errors: list[BrokerError] = []
+        self._conns: dict[str, Connection] = {}
+        self._brokers: list[str] = []
+        self._leaders: dict[tuple[str, int], str | None] = {}
+        self._coordinators: dict[str, str] = {}
+        self._turn = 0  # which broker takes the requests any broker answers
+        self._ids = itertools.count(1)
+        self._sent: dict[int, tuple[Connection, int]] = {}
+
+    def call(self, request: Any, timeout_s: float | None = None) -> Any:
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        if isinstance(request, p.ListGroups):
+            return self._list_groups(request, deadline)
+        if isinstance(request, p.Metadata):
+            return self._metadata(request, deadline)
+        while True:
+            left = max(0.1, deadline - time.monotonic())
+            endpoint = None
+            try:
+                endpoint = self._target(request, left)
+                return self._conn(endpoint).call(request, left)
+            except BrokerError as exc:
+                if exc.code not in _MOVED or time.monotonic() + RETRY_S > deadline:
+                    raise
+                self._forget(request, endpoint, exc)
+                time.sleep(RETRY_S)
+
+    def send(self, request: Any) -> int:
+        """Send to where ``request`` is served without waiting (pipelined, as
+        ``Connection.send``); ``wait`` for the reply (not retried elsewhere)."""
+        conn = self._conn(self._target(request, self.timeout_s))
+        rid = next(self._ids)
+        self._sent[rid] = (conn, conn.send(request))
+        return rid
+
+    def wait(self, request_id: int, timeout_s: float | None = None) -> Any:
+        conn, sent = self._sent.pop(request_id)
+        return conn.wait(sent, timeout_s)
+
+    def _target(self, request: Any, timeout_s: float) -> str:
+        if isinstance(request, _GROUP_OPS):
+            api = self._coordinators.get(request.group)
+            if api is None:
+                api = self._coordinators[request.group] = self._any(
+                    lambda conn: conn.call(p.FindCoordinator(group=request.group),
+                                           min(timeout_s, 2.0)).api)
+            return api
+        if isinstance(request, _PARTITION_OPS):
+            tp = (request.topic, request.partition)
+            if self._leaders.get(tp) is None:
+                meta = metadata_from_any(self._brokers + self.bootstrap, self.context,
+                                         [request.topic], min(timeout_s, 2.0))
+                self._brokers, leaders = leaders_of(meta)
+                self._leaders.update(leaders)
+            leader = self._leaders.get(tp)
+            if leader is not None:
+                return leader
+        candidates = list(dict.fromkeys(self._brokers + self.bootstrap))
+        return candidates[self._turn % len(candidates)]
+
+    def _any(self, ask: Any) -> Any:
+        """``ask(connection)`` of the first broker that answers it."""
+        error: BrokerError = BrokerUnavailable(self.endpoint, 2.0)
+        for endpoint in dict.fromkeys(self._brokers + self.bootstrap):
+            try:
+                return ask(self._conn(endpoint))
+            except BrokerError as exc:
+                if exc.code not in _MOVED:
+                    raise
+                self._drop(endpoint)
+                error = exc
+        raise error
+
+    def _forget(self, request: Any, endpoint: str | None, exc: BrokerError) -> None:
+        if isinstance(request, _GROUP_OPS):
+            self._coordinators.pop(request.group, None)
+        if isinstance(request, _PARTITION_OPS):
+            self._leaders.pop((request.topic, request.partition), None)
+        if endpoint is not None and exc.code == "UNAVAILABLE":
+            self._drop(endpoint)
+            self._turn += 1
+
+    def _metadata(self, request: p.Metadata, deadline: float) -> p.MetadataReply:
+        """Metadata whose partition offsets come from each partition's leader: a
+        follower's high watermark may lag its leader's by a fetch."""
+        meta = metadata_from_any(self._brokers + self.bootstrap, self.context, request.topics,
+                                 max(0.1, deadline - time.monotonic()))
+        self._brokers, leaders = leaders_of(meta)
+        self._leaders.update(leaders)
+        by_leader: dict[str, dict[tuple[str, int], p.PartitionInfo]] = {}
+        for endpoint in set(leaders.values()) - {None}:
+            try:
+                reply = self._conn(endpoint).call(request, max(0.1, deadline - time.monotonic()))
+            except BrokerError:
+                continue  # its partitions keep the first answer's figures
+            by_leader[endpoint] = {(t.name, i.partition): i for t in reply.topics
+                                   for i in t.partitions}
+        for topic in meta.topics:
+            topic.partitions = [by_leader.get(leaders.get((topic.name, i.partition)) or "", {})
+                                .get((topic.name, i.partition), i) for i in topic.partitions]
+        meta.id = request.id
+        return meta
+
+    def _list_groups(self, request: p.ListGroups, deadline: float) -> p.ListGroupsReply:
+        meta = metadata_from_any(self._brokers + self.bootstrap, self.context, [],
+                                 max(0.1, deadline - time.monotonic()))
+        self._brokers = [b.api for b in meta.brokers] or self.bootstrap[:1]
+        groups: set[str] = set()
+        for endpoint in self._brokers:
+            reply = self._conn(endpoint).call(p.ListGroups(),
+                                              max(0.1, deadline - time.monotonic()))
+            groups.update(reply.groups)
+        return p.ListGroupsReply(id=request.id, groups=sorted(groups))
+
+    def _conn(self, endpoint: str) -> Connection:
+        conn = self._conns.get(endpoint)
+        if conn is None:
+            conn = self._conns[endpoint] = Connection(endpoint, context=self.context,
+                                                      timeout_s=self.timeout_s)
+        return conn
+
+    def _drop(self, endpoint: str) -> None:
+        """A broker that did not answer: a late reply must not meet the next request."""
+        conn = self._conns.pop(endpoint, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+
+def connect(endpoints: str, context: zmq.Context | None = None,
+            timeout_s: float = 10.0) -> Connection | Router:
+    """A Connection to one broker, or a Router over a cluster's endpoints."""
+    if "," in endpoints.strip(", "):
+        return Router(endpoints, context=context, timeout_s=timeout_s)
+    return Connection(endpoints.strip(", "), context=context, timeout_s=timeout_s)

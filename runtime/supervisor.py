@@ -32,6 +32,7 @@ from runtime.control import ControlHandlers, ControlServer, counted
 from runtime.dlq import dlq_topic, fetch_range, send_to_dlq
 from runtime.logfiles import LogRotation, PrefixedOutput
 from runtime.policy import Health
+from runtime import routing
 from runtime.process import Child, Replica, Watcher, child_env, describe_exit
 from runtime.registry import Baselines, Registry, baseline, replace_atomically
 from runtime.reload import Reloader, script_digest
@@ -262,7 +263,8 @@ class Supervisor:
 
     def conn(self) -> Connection:
         if self._conn is None:
-            self._conn = Connection(self.broker.endpoint, context=self.context, timeout_s=2.0)
+            self._conn = routing.connect(self.broker.endpoint, context=self.context,
+                                         timeout_s=2.0)
         return self._conn
 
     def _drop_conn(self) -> None:

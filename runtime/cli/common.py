@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 from runtime.client import DEFAULT_BROKER, Event
 from runtime.connection import BrokerError, Connection
+from runtime import routing
+from runtime.routing import Router
 
 # Exit codes of the data commands (docs/cli.md); 78 (config) belongs to ``rail up``.
 EXIT_OK = 0
@@ -104,8 +106,10 @@ def _quiet_broken_pipe() -> int:
     return EXIT_BROKEN_PIPE
 
 
-def connect(args: argparse.Namespace) -> Connection:
-    return Connection(args.broker, timeout_s=5.0)
+def connect(args: argparse.Namespace) -> Connection | Router:
+    """A connection to ``--broker``; given a cluster's endpoints (``tcp://a,tcp://b``), each
+    request goes to the broker that serves it (runtime/routing.py)."""
+    return routing.connect(args.broker, timeout_s=5.0)
 
 
 # -- words ----------------------------------------------------------------------------

@@ -11,7 +11,9 @@ from pathlib import Path
 from tests.cluster.client import wait_in_sync
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
-from tests.helpers import ROOT, python_env, start_broker, wait_for
+from runtime.client import Producer
+from tests.helpers import (ROOT, free_port, python_env, start_broker, stop_process, wait_for,
+                           written_lines)
 
 
 def rail(*args: str) -> subprocess.CompletedProcess[str]:
@@ -56,3 +58,84 @@ def test_cluster_status_of_a_single_broker_says_it_is_not_a_cluster(tmp_path: Pa
         assert "single broker, not a member of a cluster" in run.stderr
     finally:
         broker.stop()
+
+
+def test_rail_given_the_clusters_endpoints_sends_tails_and_describes_groups_through_a_kill_9(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """``--broker tcp://a,tcp://b,tcp://c``: each request goes to the broker that serves it
+    (a group's coordinator, a partition's leader), and on after one of them is killed."""
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        every = ",".join(apis)
+        assert rail("topics", "create", "t", "--partitions", "3", "--broker", every).returncode == 0
+        wait_in_sync(apis, "t", 3, 3)
+        sent = subprocess.run(
+            [sys.executable, "-m", "runtime.cli", "send", "t", "--file", "-", "--broker", every],
+            input="".join(f'{{"n": {i}}}\n' for i in range(30)), cwd=ROOT, env=python_env(),
+            capture_output=True, text=True, timeout=30, check=False)
+        assert sent.returncode == 0, sent.stderr
+        tail = rail("tail", "t", "--from-beginning", "--broker", every)
+        assert tail.returncode == 0, tail.stderr
+        assert len(tail.stdout.splitlines()) == 30
+        read = rail("tail", "t", "--group", "cooks", "--from-beginning", "--broker", every)
+        assert read.returncode == 0 and len(read.stdout.splitlines()) == 30, read.stderr
+        groups = rail("groups", "--json", "--broker", every)
+        assert groups.returncode == 0, groups.stderr
+        [cooks] = [g for g in json.loads(groups.stdout) if g["group"] == "cooks"]
+        assert sum(x["committed"] or 0 for x in cooks["partitions"]) == 30
+
+        coordinator = int(json.loads(rail("cluster", "status", "--json", "--broker", every)
+                                     .stdout)["controller"])
+        brokers[coordinator].kill9()  # the controller, maybe the group's coordinator too
+
+        def described() -> dict | None:
+            run = rail("groups", "describe", "cooks", "--json", "--broker", every)
+            return json.loads(run.stdout) if run.returncode == 0 else None
+        again = wait_for(described, 60, interval=0.5, what="the group described after the kill")
+        assert sum(x["committed"] or 0 for x in again["partitions"]) == 30
+    finally:
+        for b in brokers:
+            b.stop()
+
+
+def test_rail_up_runs_workers_on_a_cluster(tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """``rail up --broker tcp://a,tcp://b,tcp://c``: the supervisor creates rail.toml's
+    topics in the cluster, its workers consume from the leaders, and ``rail status``
+    counts what they committed at the group's coordinator."""
+    brokers = start_three(tmp_path, zookeeper)
+    up: subprocess.Popen[bytes] | None = None
+    control = f"tcp://127.0.0.1:{free_port()}"
+    out = tmp_path / "out.txt"
+    try:
+        every = ",".join(b.api for b in brokers)
+        (tmp_path / "cook.py").write_text(
+            f"def handle(event, ctx):\n    with open({str(out)!r}, 'a') as f:\n"
+            "        f.write(f'{event.value}\\n')\n")
+        (tmp_path / "rail.toml").write_text(
+            f'[supervisor]\ncontrol = "{control}"\ngrace_s = 5\n'
+            '[topics.orders]\npartitions = 3\n'
+            '[workers.cook]\nscript = "cook.py"\ntopics = ["orders"]\nreplicas = 2\n')
+        with open(tmp_path / "up.err", "wb") as err:
+            up = subprocess.Popen([sys.executable, "-m", "runtime.cli", "up", "-c",
+                                   str(tmp_path / "rail.toml"), "--broker", every],
+                                  stdout=subprocess.DEVNULL, stderr=err, env=python_env(),
+                                  cwd=ROOT)
+
+        def status() -> dict | None:
+            run = rail("status", "--json", "--control", control)
+            return json.loads(run.stdout) if run.returncode == 0 else None
+        wait_for(lambda: (s := status()) and s["workers"][0]["state"] == "running"
+                 and len(s["workers"][0]["pids"]) == 2, 60, what="two cooks running")
+        with Producer(every, acks="all") as producer:
+            for i in range(300):
+                producer.send("orders", i, key=str(i))
+        wait_for(lambda: len(written_lines(out)) >= 300, 60, what="300 events handled")
+        assert sorted(int(v) for v in written_lines(out)) == list(range(300))
+        wait_for(lambda: (s := status()) and s["workers"][0]["processed"] == 300, 30,
+                 what="rail status to count 300 committed")
+    finally:
+        if up is not None:
+            stop_process(up)
+        for b in brokers:
+            b.stop()
