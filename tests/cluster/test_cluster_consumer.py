@@ -11,6 +11,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from brokerd import protocol as p
@@ -20,7 +21,8 @@ from runtime.connection import Connection
 from tests.cluster.client import start_member, wait_in_sync
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
-from tests.helpers import wait_for
+from tests.helpers import wait_for, written_lines
+from tests.integration.test_worker import Workers
 from tests.integration.wire import RawClient
 
 PARTITIONS = 4
@@ -205,5 +207,74 @@ def test_kill_9_of_the_coordinator_then_of_a_leader_loses_nothing_and_never_goes
         stop.set()
         if reader is not None:
             reader.close()
+        for b in brokers:
+            b.stop()
+
+
+RECORD = """
+import os
+FD = os.open(os.environ["OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+def handle(event, ctx):
+    os.write(FD, f"{event.partition} {event.offset} {event.value}\\n".encode())
+"""
+
+
+def test_worker_hosts_run_on_a_cluster_through_a_leader_kill_9(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """The worker host, unchanged, given the cluster's endpoints: two replicas share the
+    partitions, a leader is killed, every acknowledged event is handled and committed."""
+    brokers = start_three(tmp_path, zookeeper)
+    out = tmp_path / "out.txt"
+    workers: Workers | None = None
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="t", partitions=PARTITIONS)
+        leaders = wait_in_sync(apis, "t", PARTITIONS, 3)
+        workers = Workers(SimpleNamespace(api=",".join(apis)), tmp_path)  # type: ignore[arg-type]
+        script = workers.script(RECORD)
+        for _ in range(2):
+            workers.start(script, group=GROUP, topics="t", env={"OUT": str(out)})
+        produced: list[tuple[int, int, Any]] = []
+        with Producer(",".join(apis), acks="all", request_timeout_s=30) as producer:
+            def note(part: int, offset: int, error: BrokerError | None, v: int) -> None:
+                assert error is None, error
+                produced.append((part, offset, v))
+            for i in range(3000):
+                producer.send("t", i, key=f"k{i % 101}",
+                              callback=lambda q, o, e, v=i: note(q, o, e, v))
+                if i == 1000:
+                    producer.flush()
+                    wait_for(lambda: len(written_lines(out)) >= 500, 60, what="500 handled")
+                    brokers[leaders[0]].kill9()
+                if i % 50 == 0:
+                    time.sleep(0.01)
+        def handled() -> dict[tuple[int, int], int]:
+            return {(int(q), int(o)): int(v)
+                    for q, o, v in (line.split() for line in written_lines(out))}
+        wait_for(lambda: len(handled()) >= 3000, 90, what="every event handled")
+        assert {(q, o): v for q, o, v in produced} == handled()
+        ends: dict[int, int] = defaultdict(int)
+        for q, o, _ in produced:
+            ends[q] = max(ends[q], o + 1)
+        live = [a for i, a in enumerate(apis) if i != leaders[0]]
+
+        def committed() -> dict[int, int]:
+            conn = Connection(live[0], timeout_s=5)
+            try:
+                api = conn.call(p.FindCoordinator(group=GROUP)).api
+            finally:
+                conn.close()
+            conn = Connection(api, timeout_s=5)
+            try:
+                reply = conn.call(p.DescribeGroup(group=GROUP))
+            finally:
+                conn.close()
+            return {gp.partition: gp.committed or 0 for gp in reply.partitions}
+        wait_for(lambda: committed() == dict(ends), 60, what="every partition committed")
+        assert all(proc.poll() is None for proc in workers.procs), "a worker host died"
+    finally:
+        if workers is not None:
+            workers.stop_all()
         for b in brokers:
             b.stop()
