@@ -25,6 +25,7 @@ class StateStore:
         self.local = local
         self.cache: dict[bytes, Any] = {}  # decoded values; None: deleted
         self.dirty: set[bytes] = set()
+        self.born: set[bytes] = set()  # dirty keys that were in no store before (``create``)
 
     def get(self, key: bytes) -> Any:
         value = self.cache.get(key, _MISSING)
@@ -37,6 +38,13 @@ class StateStore:
     def put(self, key: bytes, value: Any) -> None:
         self.cache[key] = value
         self.dirty.add(key)
+
+    def create(self, key: bytes, value: Any) -> None:
+        """``put`` a key the caller knows is not stored (not in SQLite nor the changelog):
+        if it is deleted again before the commit, the commit writes nothing for it."""
+        if key not in self.dirty:
+            self.born.add(key)
+        self.put(key, value)
 
     def delete(self, key: bytes) -> None:
         self.put(key, None)
@@ -51,8 +59,15 @@ class StateStore:
                 yield key, self.cache[key]
 
     def take_updates(self) -> list[tuple[str, bytes, bytes | None]]:
-        """The dirty keys as (store, key, encoded value or None), in key order; clears them."""
-        updates = [(self.name, key, None if self.cache[key] is None else _encode(self.cache[key]))
+        """The dirty keys as (store, key, encoded value or None), in key order; clears them.
+        A key created and deleted since the last commit is left out (and forgotten)."""
+        cache, born = self.cache, self.born
+        if born:
+            for key in [k for k in born if cache[k] is None]:
+                self.dirty.discard(key)
+                del cache[key]  # not stored anywhere: a get finds nothing either way
+            born.clear()
+        updates = [(self.name, key, None if cache[key] is None else _encode(cache[key]))
                    for key in sorted(self.dirty)]
         self.dirty.clear()
         return updates

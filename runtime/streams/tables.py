@@ -224,7 +224,7 @@ class WindowedTable:
         held = (store.cache.get(skey) or store.get(skey)) if skey in live.known else None
         if held is None:
             state = self.agg.step(None, value)
-            store.put(skey, [state, False])
+            store.create(skey, [state, False])  # not known: in no store
             live.known.add(skey)
             end = start + self.size
             heapq.heappush(live.closing, (end, skey))
