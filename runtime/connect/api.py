@@ -62,6 +62,13 @@ class Source(Connector):
 
 
 class Sink(Connector):
+    # True: ``put`` may run on a thread of the runtime's own while the task polls and
+    # converts the next batch (never two puts at once; only ``check`` runs beside a put,
+    # so it must look at nothing but its event).  False (the default) keeps every call on
+    # the task's main thread, for a sink holding something tied to its thread (an sqlite3
+    # connection, say).
+    pipelined = False
+
     def stored_offsets(self, topics: list[str]) -> dict[tuple[str, int], int] | None:
         """Next offset to read per (topic, partition) as the destination stored it, or None
         when the destination keeps no offsets (the group's committed ones count)."""

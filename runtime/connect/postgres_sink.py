@@ -21,6 +21,8 @@ from runtime.connect.sql_sink import TableSink
 
 
 class PostgresSink(TableSink):
+    pipelined = True  # psycopg waits for the server without the GIL: the next batch meanwhile
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         import psycopg

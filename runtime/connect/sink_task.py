@@ -1,7 +1,11 @@
 """Runs a Sink as a supervised task: poll the group, convert, ``put`` batches, commit.
 
 Events gather until ``batch`` of them or ``linger_ms`` passed, then go to the sink in
-``put`` calls of at most ``batch`` events, each partition's in offset order.  A sink that
+``put`` calls of at most ``batch`` events, each partition's in offset order.  ``put`` runs
+on a thread of its own, one batch at a time, for a sink that says it may (``Sink.pipelined``, PostgreSQL's): while
+the destination applies a batch (a database's statements and commit release the GIL), the
+task polls and converts the next one.  A batch's offsets are committed once its ``put`` returned, in batch order; before the
+stored offsets are read again after a rebalance, the batch in flight is finished.  A sink that
 stores its offsets with its data (``stored_offsets``) is the authority on where to resume:
 events below its stored offset of their partition are dropped before ``put`` (the group's
 commit, sent after ``put`` returned, may lag behind a crash), and the stored offsets are
@@ -14,6 +18,7 @@ sink's ``check``, or that the sink refused (``take_rejected``), stops the task
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from runtime.client import Consumer, Event, Producer
 from runtime.connect.api import Sink
@@ -35,6 +40,10 @@ class SinkTask:
         self.floors: dict[tuple[str, int], int] = {}
         self.generation = -2
         self.producer: Producer | None = None  # for dead letters, made on first need
+        self.putter = ThreadPoolExecutor(1, thread_name_prefix="rail-sink-put") \
+            if sink.pipelined else None
+        # The batch whose put is running: its future, next offsets and size.
+        self.flying: tuple[Future[None], dict[tuple[str, int], int], int] | None = None
 
     def run(self) -> int:
         consumer = self._join()
@@ -47,8 +56,13 @@ class SinkTask:
                 size = self.settings.batch
                 for start in range(0, len(events), size):
                     self._deliver(consumer, events[start:start + size])
+                if not events:
+                    self._settle(consumer)  # nothing new: the last batch's offsets now
+            self._settle(consumer)
         finally:
             self.host.state = "stopping"
+            if self.putter is not None:
+                self.putter.shutdown(wait=True)  # a put still running ends before the close
             self.sink.close()
             if self.producer is not None:
                 self.producer.close(timeout_s=10)
@@ -86,23 +100,43 @@ class SinkTask:
 
     def _deliver(self, consumer: Consumer, events: list[Event]) -> None:
         if consumer.generation != self.generation:  # a rebalance: read the floors again
+            self._settle(consumer)
             self.generation = consumer.generation
             self.floors = self.sink.stored_offsets(list(self.host.options.topics)) or {}
         fresh, next_offsets = in_order(events, self.floors)
         if not fresh:
             return
         ready = self._convert(fresh)
+        self._settle(consumer)
+        self.floors.update(next_offsets)  # the next batch starts after this one
         self.host.current = (fresh[0].topic, fresh[0].partition, fresh[0].offset,
                              time.monotonic())
-        self.sink.put(ready, next_offsets)
+        future: Future[None]
+        if self.putter is not None:
+            future = self.putter.submit(self.sink.put, ready, next_offsets)
+        else:
+            self.sink.put(ready, next_offsets)
+            future = Future()
+            future.set_result(None)
+        self.flying = (future, next_offsets, len(ready))
+        if self.putter is None:
+            self._settle(consumer)
+
+    def _settle(self, consumer: Consumer) -> None:
+        """Wait for the batch in flight (its put's error is raised here), handle what the
+        sink refused, then commit its offsets."""
+        if self.flying is None:
+            return
+        future, next_offsets, count = self.flying
+        self.flying = None
+        future.result()
         for event, error in self.sink.take_rejected():
             self._reject(event, error)
         self.host.current = None
-        self.floors.update(next_offsets)
         if self.producer is not None:
             self.producer.flush()  # dead letters acked before their offsets are committed
         consumer.commit(next_offsets, sync=False)
-        self.host.processed += len(ready)
+        self.host.processed += count
 
     def _convert(self, events: list[Event]) -> list[Event]:
         # Without transforms, the json and msgpack converters return a value that is
