@@ -125,6 +125,7 @@ class _Live:
         self.closing: list[tuple[int, bytes]] = []
         self.expiring: list[tuple[int, bytes]] = []
         self.known: set[bytes] = set()
+        self.last: dict[str, tuple[int, list[Any], bytes]] = {}  # see WindowedTable.run
         w = table.window
         for skey, (_, closed) in self.store.items():
             self.known.add(skey)
@@ -188,9 +189,13 @@ class WindowedTable:
     def run(self, task: Task, events: list[Event], decode: Callable[[Any], Any] | None) -> None:
         """``update`` for each of a task's input events (tumbling, emit on close), in one
         loop: the windows' values change in place, as there; a new window, a closing one
-        or an event that fails goes the way ``update`` and ``Task._run`` go."""
+        or an event that fails goes the way ``update`` and ``Task._run`` go.
+
+        ``live.last`` remembers, per str key, its latest window (start, cached value, store
+        key): the next events of a key mostly fall in it.  An entry outlives its window's
+        close, but only late events (dropped before the lookup) could fall in it then."""
         live = task.local(self.name, _Live, self, task)
-        ck, known, add = task.ck, live.known, self.agg.add
+        ck, known, add, last = task.ck, live.known, self.agg.add, live.last
         cache, dirty = live.store.cache, live.store.dirty
         size, grace = self.size, self.grace
         for event in events:
@@ -206,13 +211,24 @@ class WindowedTable:
                 if start + size + grace <= now:
                     ck.late += 1
                     continue
-                skey = encode_key([event.key, start])
+                key = event.key
+                if key.__class__ is str:
+                    hit = last.get(key)
+                    if hit is not None and hit[0] == start and hit[1][0] is not None:
+                        held = hit[1]
+                        held[0] = add(held[0], value)
+                        dirty.add(hit[2])
+                        continue
+                skey = encode_key([key, start])
                 held = cache.get(skey) if skey in known else None
                 if held is None or held[0] is None:
-                    self._add(task, live, event.key, value, ts, start)
-                    continue
-                held[0] = add(held[0], value)
-                dirty.add(skey)
+                    self._add(task, live, key, value, ts, start)
+                    held = cache[skey]
+                else:
+                    held[0] = add(held[0], value)
+                    dirty.add(skey)
+                if key.__class__ is str:
+                    last[key] = (start, held, skey)
             except Exception as exc:  # noqa: BLE001 - any failure of user code: dead letter
                 task.dead_letter(event, exc)
 
