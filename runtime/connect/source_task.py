@@ -63,7 +63,10 @@ class SourceTask:
                                self.point.offsets or "the beginning", self.point.seq)
             self.source.open(dict(self.point.offsets))  # a config error leaves nothing open
             try:
-                producer = Producer(broker, acks=self.settings.acks)
+                # A producer batch as big as the task's (up to the producer's 1,000 by
+                # default): fewer batches for the broker to frame, check and index.
+                producer = Producer(broker, acks=self.settings.acks,
+                                    batch_size=max(1000, min(self.settings.batch, 10_000)))
                 try:
                     self._loop(conn, producer)
                 finally:
