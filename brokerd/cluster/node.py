@@ -86,6 +86,9 @@ class Cluster:
         self.topic_records: dict[str, TopicRecord] = {}
         self.deleting: dict[str, str] = {}
         """The topics marked for deletion in ZooKeeper, with their ids."""
+        self.other_states: dict[TP, PartitionState | None] = {}
+        """The states of the partitions of local topics this broker holds no replica of
+        (for metadata); None until the watch has read it."""
         self._checked: set[str] = set()
         """Local topics whose partitions' ids were compared with ZooKeeper's since the
         session (re)started."""
@@ -136,6 +139,8 @@ class Cluster:
         self._checked.clear()
         self._topics_changed()
         admin.apply_deletions(self)
+        for tp in self.other_states:
+            self.other_states[tp] = self.store.state(*tp)[0]
         for tp, replica in self.replicas.items():  # apply what is there now, whatever we had
             state, version = self.store.state(*tp)
             replica.version = -1
@@ -183,7 +188,11 @@ class Cluster:
             case ("deletions",):
                 admin.apply_deletions(self)
             case ("state", topic, partition, state, version):
-                if not self.fenced:
+                if self.fenced:
+                    pass
+                elif (topic, partition) in self.other_states:
+                    self.other_states[(topic, partition)] = state
+                else:
                     self._apply_state((topic, partition), state, version)
             case ("truncate", tp, topic_id, leader_epoch, epoch, end_offset):
                 if self._following(tp, topic_id, leader_epoch):
@@ -259,6 +268,9 @@ class Cluster:
                 if plog.high_watermark is None:
                     plog.high_watermark = 0
                 self.store.watch_state(name, index)
+            elif self.id not in replicas and tp not in self.other_states:
+                self.other_states[tp] = None
+                self.store.watch_state(name, index)
 
     def _local_copy(self, name: str, record: TopicRecord) -> Topic:
         """This broker's copy of ``name`` (of the record's topic id, checked by the
@@ -284,6 +296,8 @@ class Cluster:
             replica = self.replicas.pop(tp)
             self._step_down(replica)
             self.fetcher.unfollow(tp)
+        for tp in [tp for tp in self.other_states if tp[0] == name]:
+            del self.other_states[tp]
         self._checked.discard(name)
         if self.topic_records.pop(name, None) is not None:
             self.broker.coordinator.topics_changed({name})
@@ -569,6 +583,15 @@ class Cluster:
             info.leader_epoch = replica.state.leader_epoch
             info.replicas = list(replica.replicas)
             info.isr = list(replica.state.isr)
+            return
+        state = self.other_states.get((topic, info.partition))
+        record = self.topic_records.get(topic)
+        if state is not None and record is not None and info.partition < len(record.replicas):
+            # a partition of this topic that only other brokers hold
+            info.leader = -1 if self.fenced else state.leader
+            info.leader_epoch = state.leader_epoch
+            info.replicas = list(record.replicas[info.partition])
+            info.isr = list(state.isr)
 
     def broker_infos(self) -> list[p.BrokerInfo]:
         return [p.BrokerInfo(id=b.id, api=b.api, ingest=b.ingest)
