@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from brokerd.errors import StorageError
 from brokerd.log.files import replace_atomically
 
 FILE = "partition.metadata"
@@ -35,4 +36,7 @@ def read_topic_id(directory: Path) -> str:
 
 
 def write_topic_id(directory: Path, topic_id: str) -> None:
-    replace_atomically(Path(directory) / FILE, msgspec.json.encode(_Metadata(topic_id)))
+    try:
+        replace_atomically(Path(directory) / FILE, msgspec.json.encode(_Metadata(topic_id)))
+    except OSError as exc:
+        raise StorageError.of(f"cannot store the topic id in {directory}", exc) from exc
