@@ -65,7 +65,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("brokerd.cluster")
 TP = tuple[str, int]
 ISR_CHECK_S = 0.5
-ZK_EVENTS = frozenset({"brokers", "controller", "topics", "topic", "state", "deletions"})  # they call ZooKeeper
+# The events whose handling calls ZooKeeper.
+ZK_EVENTS = frozenset({"brokers", "controller", "topics", "topic", "state", "deletions"})
 
 
 class Cluster:
@@ -137,8 +138,8 @@ class Cluster:
         self.brokers = self.store.brokers()
         self._elect_controller()
         self._checked.clear()
+        admin.apply_deletions(self)  # first: a topic marked for deletion is not taken up
         self._topics_changed()
-        admin.apply_deletions(self)
         for tp in self.other_states:
             self.other_states[tp] = self.store.state(*tp)[0]
         for tp, replica in self.replicas.items():  # apply what is there now, whatever we had
