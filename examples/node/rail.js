@@ -179,4 +179,202 @@ function toJSON(value) {
   });
 }
 
-module.exports = { RailClient, RailError, recordsOf, toJSON };
+// --- A cluster (docs/cluster.md) ----------------------------------------------------------
+//
+// `metadata` from any broker names the live brokers ({id, api}) and each partition's
+// `leader` (a broker id, -1 while it has none) and `leader_epoch` (§6.11, protocol version 3).
+// Only a partition's leader takes its produces; another broker answers NOT_LEADER.
+
+// Refusals that mean "the leader is elsewhere, or will be in a moment": ask metadata again
+// and resend the same batch, with the same producer_id and sequence, to the leader it names.
+// NOT_ENOUGH_REPLICAS: the ISR is below min_insync_replicas (a replica died and has not been
+// replaced yet); the batch may be stored, and a resend is recognised as its duplicate (§8).
+const LEADER_MOVED = new Set(["NOT_LEADER", "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH",
+  "NOT_ENOUGH_REPLICAS", "TIMEOUT"]);
+const RETRY_MS = 200; // pause between attempts while leadership moves
+const METADATA_TIMEOUT_MS = 2000; // one broker's turn at answering metadata
+const SILENT_MS = 5000; // a broker that did not answer is asked last for this long
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// "tcp://a:7400,tcp://b:7400" -> ["tcp://a:7400", "tcp://b:7400"]
+function endpointList(text) {
+  return [...new Set(String(text).split(",").map((e) => e.trim()).filter(Boolean))];
+}
+
+// CRC-32/IEEE as zlib computes it (§5); Node 18 has no zlib.crc32.
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+function crc32(bytes) {
+  let c = 0xffffffff;
+  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+// The partition of a keyed record (§5): crc32(key_bytes(key)) % partitions, where
+// key_bytes is a str's UTF-8 bytes, a bin's bytes, and any other key's msgpack encoding
+// (as this client sends it). A producer that names the partition must pick it as the
+// broker would, or a key's records would not stay together with other clients' records.
+function partitionForKey(key, partitions) {
+  let bytes;
+  if (typeof key === "string") bytes = Buffer.from(key, "utf8");
+  else if (key instanceof Uint8Array) bytes = key;
+  else bytes = encode(key, { ignoreUndefined: true });
+  return crc32(bytes) % partitions;
+}
+
+// A random producer id from 1 to 2^53-1: idempotent produce (§8) without bigints (§3.1).
+function newProducerId() {
+  const bytes = require("crypto").randomBytes(7);
+  let n = 0;
+  for (const b of bytes) n = n * 256 + b;
+  return (n % (2 ** 53 - 1)) + 1;
+}
+
+class RailCluster {
+  // `bootstrap`: one or more API endpoints of the cluster's brokers; any one that answers
+  // is enough to learn the others. A single broker (its metadata names no brokers) works
+  // too: it leads every partition.
+  constructor(bootstrap, { timeoutMs = 10000 } = {}) {
+    this.bootstrap = endpointList(bootstrap);
+    if (!this.bootstrap.length) throw new Error("no broker endpoint given");
+    this.timeoutMs = timeoutMs;
+    this.clients = new Map(); // endpoint -> RailClient: one DEALER per broker
+    this.brokers = new Map(); // broker id -> api endpoint
+    this.leaders = new Map(); // "topic/partition" -> api endpoint of its leader
+    this.partitionCounts = new Map(); // topic -> partition count
+    this.refreshing = null; // the metadata request in progress, shared by every waiter
+    this.silentUntil = new Map(); // endpoint -> time before which it is asked last
+    this.retries = new Map(); // error code -> how many times a batch was resent for it
+  }
+
+  client(endpoint) {
+    let client = this.clients.get(endpoint);
+    if (!client) {
+      client = new RailClient(endpoint, { timeoutMs: this.timeoutMs });
+      this.clients.set(endpoint, client);
+    }
+    return client;
+  }
+
+  // A broker that did not answer in time: close its socket, so that a reply still on
+  // its way (or the broker coming back on the same port) never meets a later request.
+  drop(endpoint) {
+    const client = this.clients.get(endpoint);
+    if (client) {
+      this.clients.delete(endpoint);
+      client.close();
+    }
+  }
+
+  // Fresh metadata for `topics`, from the known brokers first, then the bootstrap list.
+  // Concurrent callers share one request.
+  refresh(topics) {
+    if (!this.refreshing) {
+      this.refreshing = this.askMetadata(topics).finally(() => { this.refreshing = null; });
+    }
+    return this.refreshing;
+  }
+
+  async askMetadata(topics) {
+    // Brokers that did not answer lately go last: a killed broker stays in metadata until
+    // its ZooKeeper session expires, and each try at it costs METADATA_TIMEOUT_MS.
+    const now = Date.now();
+    const known = [...new Set([...this.brokers.values(), ...this.bootstrap])];
+    const candidates = [...known.filter((e) => !(this.silentUntil.get(e) > now)),
+      ...known.filter((e) => this.silentUntil.get(e) > now)];
+    let lastError = null;
+    for (const endpoint of candidates) {
+      let reply;
+      try {
+        reply = await this.client(endpoint).request("metadata", { topics }, { timeoutMs: METADATA_TIMEOUT_MS });
+      } catch (err) {
+        if (err instanceof RailError && err.code !== "TIMEOUT" && err.code !== "CLOSED") throw err;
+        this.drop(endpoint);
+        this.silentUntil.set(endpoint, Date.now() + SILENT_MS);
+        lastError = err;
+        continue;
+      }
+      this.learn(reply, endpoint);
+      return reply;
+    }
+    throw new RailError("UNAVAILABLE",
+      `no broker answered metadata (${candidates.join(", ")}): ${lastError?.message ?? "none tried"}`);
+  }
+
+  learn(reply, answeredBy) {
+    if (reply.brokers.length) {
+      this.brokers = new Map(reply.brokers.map((b) => [b.id, b.api]));
+    }
+    for (const topic of reply.topics) {
+      this.partitionCounts.set(topic.name, topic.partitions.length);
+      for (const part of topic.partitions) {
+        const tp = `${topic.name}/${part.partition}`;
+        // A single broker (no brokers listed) leads everything; in a cluster leader -1,
+        // or a broker not registered (any more), means "no leader now".
+        const api = reply.brokers.length ? this.brokers.get(part.leader) : answeredBy;
+        if (api) this.leaders.set(tp, api);
+        else this.leaders.delete(tp);
+      }
+    }
+  }
+
+  async partitionCount(topic) {
+    if (!this.partitionCounts.has(topic)) await this.refresh([topic]);
+    return this.partitionCounts.get(topic);
+  }
+
+  // Append `records` to one partition, at its leader, idempotently: the same batch goes
+  // again, with the same producer_id and sequence, after a refusal in LEADER_MOVED or no
+  // reply, to wherever fresh metadata says the leader is, until `deadlineMs` has passed.
+  // The leader that took it before the failover replicated its producer state with the
+  // batch, so a resend of a stored batch is answered `duplicate: true` with its original
+  // offsets (§8) instead of being stored twice. Resolves with the produce reply.
+  async produce(topic, partition, records, { acks = "all", producerId, sequence, deadlineMs = 60000 }) {
+    const tp = `${topic}/${partition}`;
+    const deadline = Date.now() + deadlineMs;
+    let last = null;
+    while (Date.now() < deadline) {
+      const leader = this.leaders.get(tp);
+      if (!leader) {
+        try {
+          await this.refresh([topic]);
+        } catch (err) {
+          if (!(err instanceof RailError) || err.code !== "UNAVAILABLE") throw err;
+          last = err;
+        }
+        if (!this.leaders.get(tp)) await sleep(RETRY_MS);
+        continue;
+      }
+      try {
+        return await this.client(leader).request("produce", {
+          topic, partition, records, acks, producer_id: producerId, sequence,
+        }, { timeoutMs: Math.max(1, Math.min(this.timeoutMs, deadline - Date.now())) });
+      } catch (err) {
+        if (!(err instanceof RailError) || !(LEADER_MOVED.has(err.code) || err.code === "CLOSED")) throw err;
+        last = err;
+        this.retries.set(err.code, (this.retries.get(err.code) ?? 0) + 1);
+        if (err.code === "TIMEOUT") {
+          this.drop(leader);
+          this.silentUntil.set(leader, Date.now() + SILENT_MS);
+        }
+        if (this.leaders.get(tp) === leader) this.leaders.delete(tp);
+        await sleep(RETRY_MS);
+      }
+    }
+    throw new RailError("TIMEOUT", `${tp}: no leader acknowledged the batch (sequence ${sequence}) ` +
+      `within ${deadlineMs} ms; last: ${last?.message ?? "none"}`);
+  }
+
+  close() {
+    for (const client of this.clients.values()) client.close();
+    this.clients.clear();
+  }
+}
+
+module.exports = {
+  RailClient, RailCluster, RailError, recordsOf, toJSON, endpointList, partitionForKey, newProducerId,
+};
