@@ -6,7 +6,8 @@
   Each broker watching the marks stops leading and following the topic, deletes its
   local copy and acknowledges (``/admin/delete_topics/<name>/<broker id>``); the controller
   removes the topic's znodes and the mark once every *live* replica broker has
-  acknowledged.  A broker that was down deletes its copy when it comes back and finds
+  acknowledged.  Each group coordinator writes tombstones for the committed offsets of
+  the topic it holds.  A broker that was down deletes its copy when it comes back and finds
   the topic gone, or created again under another topic id (``node._local_copy``).
 - **create_partitions**: any broker adds the partitions to the topic's record by
   compare-and-set, with their states, in one transaction (replicas dealt round robin over
@@ -76,6 +77,7 @@ def apply_deletions(cluster: Cluster) -> None:
     marked topic and acknowledge it; as controller, finish the deletions that can be."""
     cluster.deleting = cluster.store.marked_for_deletion()
     for name in cluster.deleting:
+        cluster.group_offsets.forget_topic(name)
         record = cluster.store.topic(name)
         holds = name in cluster.broker.topics.topics or any(
             tp[0] == name for tp in cluster.replicas)

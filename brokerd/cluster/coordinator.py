@@ -29,6 +29,7 @@ from brokerd.errors import (
     BadRequest,
     CoordinatorLoading,
     NotCoordinator,
+    RailError,
     TopicExists,
     UnknownPartition,
 )
@@ -144,6 +145,26 @@ class GroupOffsets:
         for t, q in keys:
             offsets.pop((group, t, q), None)
         return need
+
+    def forget_topic(self, topic: str) -> None:
+        """A tombstone for each committed offset of ``topic`` in the offsets partitions
+        this broker coordinates (the topic is being deleted; Kafka removes them too).
+        Nobody waits for them; those refused (too few in-sync replicas) stay."""
+        for offsets in self.loaded.values():
+            by_group: dict[str, list[Key]] = {}
+            for key in offsets:
+                if key[1] == topic:
+                    by_group.setdefault(key[0], []).append(key)
+            for group, keys in by_group.items():
+                try:
+                    self._append(group, [(key, None) for key in keys])
+                except RailError as exc:
+                    log.warning("cannot forget the offsets of deleted topic %s in group "
+                                "%s: %s", topic, group, exc.message)
+                    continue
+                for key in keys:
+                    offsets.pop(key, None)
+                log.info("forgot group %s's offsets of deleted topic %s", group, topic)
 
     def _append(self, group: str, entries: list[tuple[Key, int | None]]) -> Need:
         self.check(group)

@@ -21,6 +21,7 @@ from tests.cluster.client import (
     start_member,
     wait_in_sync,
 )
+from tests.cluster.test_groups_coordinator import coordinator_call, find_coordinator
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
 from tests.helpers import BrokerProcess, wait_for
@@ -281,3 +282,30 @@ def test_a_topic_from_before_topic_ids_gets_one_and_local_copies_adopt_it(
             b.stop()
     copies = [_values(read_log(b.data_dir, "legacy", 0)) for b in brokers]
     assert copies == [list(range(10))] * 3
+
+
+def test_deleting_a_topic_forgets_its_committed_offsets(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="x", partitions=1)
+            raw.ok("create_topic", topic="y", partitions=1)
+        wait_in_sync(apis, "x", 1, 3)
+        wait_in_sync(apis, "y", 1, 3)
+        _, coordinator = find_coordinator(apis[0], group="g")
+        assert coordinator_call(coordinator, "commit", group="g",
+                                offsets=[["x", 0, 0], ["y", 0, 0]])["op"] == "commit"
+
+        def committed() -> set[str]:
+            reply = coordinator_call(coordinator, "describe_group", group="g")
+            return {p["topic"] for p in reply["partitions"] if p["committed"] is not None}
+        assert committed() == {"x", "y"}
+        with RawClient(apis[1]) as raw:
+            raw.ok("delete_topic", topic="x")
+        wait_for(lambda: committed() == {"y"}, timeout=10, interval=0.1,
+                 what="the offsets of x forgotten")
+    finally:
+        for b in brokers:
+            b.stop()
