@@ -13,8 +13,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import msgspec
-
 from brokerd import protocol as p
 from runtime.client import Producer
 from runtime.connect.api import Source
@@ -23,8 +21,8 @@ from runtime.connect.offsets import (
     HEADER,
     OFFSETS_TOPIC,
     Checkpoint,
+    Headers,
     checkpoint_value,
-    header_prefix,
     recover,
 )
 from runtime.connect.records import SourceRecord
@@ -36,7 +34,6 @@ from runtime.worker import Hosted
 IDLE_PAUSE_S = 0.1  # after the source said it has nothing now
 BROKER_RETRY_S = 1.0
 CLOCK_EVERY = 256  # records taken between two looks at the linger deadline
-_encode = msgspec.msgpack.Encoder().encode
 
 
 class SourceTask:
@@ -48,7 +45,7 @@ class SourceTask:
         self.topics = settings.topics
         self.point = Checkpoint()
         self.stored_ahead: set[int] = set()  # sequence numbers stored already (recover)
-        self.prefix = header_prefix(self.key)
+        self.headers = Headers(self.key, None)
         self.single: dict[str, bool] = {}  # topic -> it has one partition
 
     def run(self) -> int:
@@ -59,6 +56,7 @@ class SourceTask:
             if point is None:
                 return 0
             self.point = point
+            self.headers = Headers(self.key, point.partition)
             self.host.log.info("source %s resumes at %s (seq %d)", self.key,
                                self.point.offsets or "the beginning", self.point.seq)
             self.source.open(dict(self.point.offsets))  # a config error leaves nothing open
@@ -116,7 +114,7 @@ class SourceTask:
     def _send(self, conn: Connection, producer: Producer, batch: list[SourceRecord]) -> None:
         self.host.idle = False
         point = self.point
-        offsets, stored_ahead, prefix = point.offsets, self.stored_ahead, self.prefix
+        offsets, stored_ahead, header = point.offsets, self.stored_ahead, self.headers.value
         first, topics, prepare, send = self.topics[0], self.topics, self.settings.prepare, \
             producer.send
         for record in batch:
@@ -134,7 +132,7 @@ class SourceTask:
                 offsets[record.source_partition] = record.source_offset
                 continue
             seq = point.seq = point.seq + 1
-            headers = {HEADER: prefix + _encode(seq)}
+            headers = {HEADER: header(seq, record.source_partition, record.source_offset)}
             if record.headers:
                 headers = {**record.headers, **headers}
             if seq in stored_ahead:  # sent before a kill, and stored
@@ -146,6 +144,7 @@ class SourceTask:
                 send(topic, value, key=key, headers=headers,
                      partition=0 if self._single(producer, topic) else None)
             offsets[record.source_partition] = record.source_offset
+        point.partition = self.headers.partition
         producer.flush()
         if producer.errors:
             raise ConnectError(f"source {self.key}: the broker refused records: "

@@ -103,10 +103,16 @@ def test_a_hole_left_by_a_batch_that_never_arrived_is_filled_and_nothing_repeate
     conn.close()
     path = tmp_path / "in.jsonl"
     write_lines(path, 0, 10, "w")
+    ends, pos = [], 0
+    for line in path.read_bytes().splitlines(keepends=True):
+        pos += len(line)
+        ends.append(pos)
+    ino = os.stat(path).st_ino
     with Producer(broker.api) as producer:
         for seq, line in ((1, 0), (3, 2)):
             producer.send("holes", {"id": line, "name": f"row-{line}"}, key=str(line),
-                          partition=0, headers=record_headers("lines-in/0", seq))
+                          partition=0, headers=record_headers("lines-in/0", seq, str(path),
+                                                              [ino, ends[line]]))
     task = Task(entry(path, topic="holes", transforms=[{"type": "key", "field": "id"}]),
                 broker.api, tmp_path / "task.log")
     try:
