@@ -111,5 +111,8 @@ class Pipeline:
 
     def freeze(self) -> None:
         """The definition is complete: let each stream call its children the fastest way."""
+        from runtime.streams.chain import chain_run
         for stream in self.streams:
             stream.freeze()
+        for _topic, root in self.topologies:
+            root.run = root.run or chain_run(root)

@@ -40,6 +40,9 @@ class Stream:
         self.children: list[Push] = []
         self.runs: dict[Push, Run] = {}  # children that can also take whole batches
         self.run: Run | None = None  # set by freeze: the only child's, if it has one
+        # Stateless children, for runtime.streams.chain: ("filter"/"map", fn, out stream)
+        # or ("to", topic, None)
+        self.stages: dict[Push, tuple[str, Any, Stream | None]] = {}
         pipeline.streams.append(self)
 
     def push(self, task: Task, key: Any, value: Any, ts: int) -> None:
@@ -69,6 +72,7 @@ class Stream:
             if predicate(v):
                 out.push(task, k, v, ts)
         self.children.append(op)
+        self.stages[op] = ("filter", predicate, out)
         return out
 
     def map(self, fn: Callable[[Any], Any]) -> Stream:
@@ -78,6 +82,7 @@ class Stream:
         def op(task: Task, k: Any, v: Any, ts: int) -> None:
             out.push(task, k, fn(v), ts)
         self.children.append(op)
+        self.stages[op] = ("map", fn, out)
         return out
 
     def flat_map(self, fn: Callable[[Any], Iterable[Any]]) -> Stream:
@@ -118,7 +123,11 @@ class Stream:
         """Send every record to ``topic`` (partitioned by key; a keyless record goes to the
         partition with the input's number, modulo the topic's partition count)."""
         self.pipeline.outputs.add(topic)
-        self.children.append(lambda task, k, v, ts: task.emit(topic, k, v, ts, None))
+
+        def op(task: Task, k: Any, v: Any, ts: int) -> None:
+            task.emit(topic, k, v, ts, None)
+        self.children.append(op)
+        self.stages[op] = ("to", topic, None)
 
     # -- stateful ---------------------------------------------------------------------
     def group_by(self, key: Callable[[Any], Any] | None = None) -> Grouped:

@@ -114,6 +114,14 @@ class Task:
     def emit(self, topic: str, key: Any, value: Any, ts: int,
              headers: dict[str, Any] | None = None) -> None:
         cls = key.__class__
+        queue = self._queues.get((topic, cls, key)) if cls in _CACHED_KEYS else None
+        if queue is None:
+            queue = self.queue(topic, key)
+        queue.append([value, key, headers, ts])
+
+    def queue(self, topic: str, key: Any) -> list[list[Any]]:
+        """The output queue of ``key``'s partition of ``topic``."""
+        cls = key.__class__
         cached = (topic, cls, key)  # the class too: 1 and True hash alike
         queue = self._queues.get(cached) if cls in _CACHED_KEYS else None
         if queue is None:
@@ -122,7 +130,7 @@ class Task:
             queue = self.out.setdefault((topic, part), [])
             if cls in _CACHED_KEYS:
                 self._queues[cached] = queue
-        queue.append([value, key, headers, ts])
+        return queue
 
     # -- restore ----------------------------------------------------------------------
     def restore(self) -> None:
