@@ -122,7 +122,7 @@ class _Live:
 
     def __init__(self, table: WindowedTable, task: Task) -> None:
         self.store = task.store(table.table.name)
-        self.closing: list[tuple[int, bytes]] = []
+        self.closing: list[tuple[int, bytes, Any]] = []  # (end, store key, key)
         self.expiring: list[tuple[int, bytes]] = []
         self.known: set[bytes] = set()
         self.last: dict[str, tuple[int, list[Any], bytes]] = {}  # see WindowedTable.run
@@ -133,7 +133,7 @@ class _Live:
             if closed:
                 self.expiring.append((end + w.retention, skey))
             else:
-                self.closing.append((end, skey))
+                self.closing.append((end, skey, decode_key(skey)[0]))
         heapq.heapify(self.closing)
         heapq.heapify(self.expiring)
         self.due = 0
@@ -243,7 +243,7 @@ class WindowedTable:
             store.create(skey, [state, False])  # not known: in no store
             live.known.add(skey)
             end = start + self.size
-            heapq.heappush(live.closing, (end, skey))
+            heapq.heappush(live.closing, (end, skey, key))
             live.due = min(live.due, end + self.grace)  # once per window: not hot
         else:
             state = held[0]
@@ -257,14 +257,14 @@ class WindowedTable:
         """Close the windows stream time has passed (grace included); forget expired ones."""
         w, now, store = self.window, task.ck.stream_time, live.store
         while live.closing and live.closing[0][0] + w.grace_ms <= now:
-            end, skey = heapq.heappop(live.closing)
-            state = store.get(skey)[0]
-            store.put(skey, [state, True])
+            end, skey, key = heapq.heappop(live.closing)
+            held = store.get(skey)
+            held[1] = True  # closed (in place, like an update)
+            store.dirty.add(skey)
             heapq.heappush(live.expiring, (end + w.retention, skey))
             if self.emit == "close":
-                key = decode_key(skey)[0]
                 self.table.push(task, key, {"start": end - w.size_ms, "end": end,
-                                            "value": state}, end - 1)
+                                            "value": held[0]}, end - 1)
         while live.expiring and live.expiring[0][0] <= now:
             skey = heapq.heappop(live.expiring)[1]
             store.delete(skey)
