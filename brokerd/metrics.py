@@ -57,42 +57,55 @@ class BrokerScraper:
             raise RuntimeError(f"{reply.code}: {reply.message}")  # noqa: TRY004
         return reply
 
-    def _describe_all(self, sock: zmq.Socket, names: list[str]) -> list[p.DescribeGroupReply]:
-        """``describe_group`` of every group, pipelined: all sent, then all received (one
-        round trip instead of one per group); a group deleted meanwhile is left out."""
+    def _send_all(self, sock: zmq.Socket, names: list[str]) -> None:
+        """``describe_group`` of every group, then ``stats``, pipelined: all sent at once,
+        the replies read by ``_receive_all`` (one round trip instead of one per group)."""
         for i, name in enumerate(names):
             sock.send(self._encode(p.DescribeGroup(id=i + 1, group=name)))
-        replies: dict[int, p.DescribeGroupReply] = {}
-        for _ in names:
+        sock.send(self._encode(p.Stats(id=len(names) + 1)))
+
+    def _receive_all(self, sock: zmq.Socket, names: list[str]
+                     ) -> tuple[dict[str, Any], list[p.DescribeGroupReply]]:
+        """The replies to ``_send_all``: the stats and the groups' descriptions, in the
+        order of ``names``; a group deleted meanwhile is left out."""
+        stats: dict[str, Any] | None = None
+        groups: dict[int, p.DescribeGroupReply] = {}
+        for _ in range(len(names) + 1):
             if not sock.poll(SCRAPE_TIMEOUT_MS):
-                raise TimeoutError("the broker did not answer describe_group in time")
+                raise TimeoutError("the broker did not answer describe_group and stats in time")
             reply = self._decode(sock.recv())
             if isinstance(reply, p.DescribeGroupReply):
-                replies[reply.id] = reply
+                groups[reply.id] = reply
+            elif isinstance(reply, p.StatsReply):
+                stats = reply.stats
             elif isinstance(reply, p.ErrorReply) and reply.code != "UNKNOWN_GROUP":
                 raise RuntimeError(f"{reply.code}: {reply.message}")
-        return [replies[i] for i in sorted(replies)]
+        if stats is None:
+            raise RuntimeError("the broker did not send its stats")
+        return stats, [groups[i] for i in sorted(groups)]
 
     def scrape(self) -> bytes:
         """The whole exposition: the broker's own families, then the topics', then the
-        groups'."""
+        groups'.  The topics' are rendered while the broker (another process, so another
+        core) works on the groups' descriptions and its stats."""
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         if self.secure is not None:
             self.secure(sock)
         sock.connect(self.api)
         try:
-            stats = self._ask(sock, p.Stats()).stats
-            meta = self._ask(sock, p.Metadata())
-            groups = self._describe_all(sock, self._ask(sock, p.ListGroups()).groups)
+            with self._lock:
+                meta = self._ask(sock, p.Metadata())
+                names = self._ask(sock, p.ListGroups()).groups
+                self._send_all(sock, names)
+                topics = self._topics.render([(t.name, t) for t in meta.topics])
+                stats, groups = self._receive_all(sock, names)
+                return b"".join((
+                    _render(list(_broker_families(stats, meta))), topics,
+                    self._groups.render([(g.group, (g.generation, len(g.members),
+                                                    g.partitions)) for g in groups])))
         finally:
             sock.close(linger=0)
-        with self._lock:
-            return b"".join((
-                _render(list(_broker_families(stats, meta))),
-                self._topics.render([(t.name, t) for t in meta.topics]),
-                self._groups.render([(g.group, (g.generation, len(g.members), g.partitions))
-                                     for g in groups])))
 
 
 def _broker_families(stats: dict[str, Any], meta: p.MetadataReply) -> Iterator[Metric]:
