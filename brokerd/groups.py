@@ -11,6 +11,13 @@ partition that changes owner restarts from the group's committed offset, so work
 was delivered but not committed is delivered again (at-least-once).  A commit is fenced:
 only the current owner of a partition may move its offset.
 
+A member that joined with a ``rebalance_timeout_ms`` hands its partitions over instead
+(Kafka's cooperative rebalancing, KIP-429, in one step): a partition that moves away from
+it is owned by nobody, and so delivered to nobody, until the member says ``release`` (after
+finishing and committing what it was handling: it may still commit it meanwhile), leaves,
+expires, or the timeout passes; then it goes to its new owner in a new generation, which
+starts from what was committed.
+
 Pure logic, no sockets, time passed in: not thread-safe, owned by the broker loop.
 """
 
@@ -58,6 +65,8 @@ class Member:
     incarnation: int = 0
     """Counts joins under this member id: a poll parked by an earlier incarnation (a
     process that died without leaving) must not read for the new one."""
+    rebalance_timeout_ms: int = 0
+    """How long its partitions wait for its ``release`` when they move (0: they move at once)."""
 
     def expires_at(self) -> int:
         return self.last_seen_ms + self.session_timeout_ms
@@ -71,6 +80,10 @@ class Group:
     members: dict[str, Member] = field(default_factory=dict)
     owners: dict[TP, str] = field(default_factory=dict)
     positions: dict[TP, int] = field(default_factory=dict)
+    revoking: dict[TP, tuple[str, int]] = field(default_factory=dict)
+    """Partitions being handed over: (the member that still holds them, until when)."""
+    target: dict[TP, str] = field(default_factory=dict)
+    """Who each partition goes to once handed over (the last rebalance's deal)."""
 
     _assigned: dict[str, list[TP]] = field(default_factory=dict, repr=False)
     _assigned_generation: int = -1
@@ -99,26 +112,35 @@ class Coordinator:
         self.groups: dict[str, Group] = {}
         self.on_rebalance = on_rebalance
         self.rebalances = 0  # since the broker started (stats, /metrics)
+        self.clock_ms = 0  # the latest time passed in: when hand-overs started
 
     # -- membership -------------------------------------------------------------------
     def join(self, group_name: str, member_id: str, topics: list[str], session_timeout_ms: int,
-             start: str, client_id: str, now_ms: int) -> tuple[Group, Member]:
+             start: str, client_id: str, now_ms: int,
+             rebalance_timeout_ms: int = 0) -> tuple[Group, Member]:
+        self.clock_ms = max(self.clock_ms, now_ms)
         group = self.groups.setdefault(group_name, Group(group_name, start=start))
         if not group.members:
             group.start = start
         member = group.members.get(member_id) if member_id else None
         if member is None:
             member_id = member_id or f"{client_id or 'member'}-{uuid.uuid4().hex[:12]}"
-            member = Member(member_id, client_id, sorted(set(topics)), session_timeout_ms, now_ms)
+            member = Member(member_id, client_id, sorted(set(topics)), session_timeout_ms, now_ms,
+                            rebalance_timeout_ms=rebalance_timeout_ms)
             group.members[member_id] = member
             self.rebalance(group)
         else:
             # A join under a live member id is a new incarnation (a restarted process): what
             # the old one was delivered but did not commit must be delivered again.
             member.incarnation += 1
+            member.rebalance_timeout_ms = rebalance_timeout_ms
             for tp in group.assignment_of(member_id):
                 group.positions.pop(tp, None)
                 self.position(group, tp)
+            # A new incarnation handles nothing it held before: what it was handing over
+            # goes on now.
+            self._hand_over(group, [tp for tp, (holder, _) in group.revoking.items()
+                                    if holder == member_id])
             member.last_seen_ms = now_ms
             member.session_timeout_ms = session_timeout_ms
             if sorted(set(topics)) != member.topics:
@@ -134,6 +156,7 @@ class Coordinator:
             raise NotMember(f"{member_id!r} is not a member of group {group_name!r}"
                             " (session expired or never joined): join again")
         member.last_seen_ms = now_ms
+        self.clock_ms = max(self.clock_ms, now_ms)
         return group, member
 
     def _require_member_commit(self, group_name: str, member_id: str) -> None:
@@ -171,9 +194,14 @@ class Coordinator:
         return names
 
     def expire(self, now_ms: int) -> list[tuple[str, str]]:
-        """Remove members whose session ran out; return (group, member_id) of each."""
+        """Remove members whose session ran out; return (group, member_id) of each.  Hand
+        over the partitions whose release did not come in time."""
+        self.clock_ms = max(self.clock_ms, now_ms)
         gone = []
         for group in self.groups.values():
+            if group.revoking:
+                self._hand_over(group, [tp for tp, (_, until) in group.revoking.items()
+                                        if until <= now_ms])
             dead = [m for m in group.members.values() if m.expires_at() <= now_ms]
             for m in dead:
                 del group.members[m.member_id]
@@ -183,8 +211,34 @@ class Coordinator:
         return gone
 
     def next_expiry(self) -> int | None:
+        """When ``expire`` may next have something to do: a session or a hand-over ends."""
         deadlines = [m.expires_at() for g in self.groups.values() for m in g.members.values()]
+        deadlines += [until for g in self.groups.values() for _, until in g.revoking.values()]
         return min(deadlines, default=None)
+
+    def release(self, group_name: str, member_id: str, tps: list[TP], now_ms: int) -> list[TP]:
+        """``member_id`` is done with ``tps`` (it committed what it handled): hand over
+        those it was handing over; return them."""
+        group, _ = self.member(group_name, member_id, now_ms)
+        done = [tp for tp in tps if group.revoking.get(tp, ("", 0))[0] == member_id]
+        self._hand_over(group, done)
+        return done
+
+    def _hand_over(self, group: Group, tps: list[TP]) -> None:
+        """``tps`` go to the owners the last rebalance dealt them to, in a new generation."""
+        if not tps:
+            return
+        for tp in tps:
+            del group.revoking[tp]
+            owner = group.target.get(tp)
+            if owner is not None and owner in group.members:
+                group.owners[tp] = owner
+            group.positions.pop(tp, None)
+        group.generation += 1
+        for tp in tps:
+            if tp in group.owners:
+                self.position(group, tp)
+        self.on_rebalance(group)
 
     def topics_changed(self, topics: set[str]) -> None:
         """Re-deal the groups subscribed to ``topics`` after they were created or deleted."""
@@ -206,10 +260,20 @@ class Coordinator:
             for p in range(count):
                 owners[(topic, p)] = eligible[turn % len(eligible)]
                 turn += 1
+        # A partition moving away from a member that hands over waits for it.
+        target, owners, revoking = owners, {}, {}
+        for tp, new in target.items():
+            holding = group.revoking.get(tp)
+            holder = holding[0] if holding else group.owners.get(tp)
+            member = group.members.get(holder) if holder is not None else None
+            if member is not None and holder != new and member.rebalance_timeout_ms > 0:
+                revoking[tp] = holding or (holder, self.clock_ms + member.rebalance_timeout_ms)
+            else:
+                owners[tp] = new
         for tp in list(group.positions):
             if owners.get(tp) != group.owners.get(tp):
                 del group.positions[tp]
-        group.owners = owners
+        group.owners, group.revoking, group.target = owners, revoking, target
         group.generation += 1
         for tp in owners:  # fix where each new owner starts now, not at its first poll
             self.position(group, tp)
@@ -240,7 +304,8 @@ class Coordinator:
             group, _ = self.member(group_name, member_id, now_ms)
             for topic, partition, _offset in items:
                 owner = group.owners.get((topic, partition))
-                if owner != member_id:
+                if owner != member_id and group.revoking.get(
+                        (topic, partition), ("", 0))[0] != member_id:
                     raise StaleGeneration(
                         f"{topic}[{partition}] belongs to {owner or 'nobody'} in generation "
                         f"{group.generation} (you sent generation {generation}): poll or "

@@ -191,6 +191,8 @@ class Handlers:
                 return self.handle_delete_records(request)
             case p.DeleteGroup():
                 return self.handle_delete_group(request, client)
+            case p.Release():
+                return self.handle_release(request)
             case p.FindCoordinator():
                 return self.handle_find_coordinator(request)
             case p.ReplicaFetch():
@@ -455,7 +457,7 @@ class Handlers:
             self.coordinator.topics_changed(created)
         group, member = self.coordinator.join(
             req.group, req.member_id, req.topics, req.session_timeout_ms, req.start,
-            req.client_id, _mono_ms())
+            req.client_id, _mono_ms(), rebalance_timeout_ms=req.rebalance_timeout_ms)
         if member.incarnation:  # a re-join: end what the earlier incarnation left parked
             self.waiting.group_changed(group.name)
         self.sessions_changed()
@@ -492,6 +494,12 @@ class Handlers:
         self.coordinator.seek(group, member.member_id, (req.topic, req.partition), req.offset)
         self.waiting.group_changed(group.name)  # a parked poll answers from the new position
         return p.SeekReply(id=req.id)
+
+    def handle_release(self, req: p.Release) -> p.Reply:
+        self._coordinating(req.group)
+        released = self.coordinator.release(req.group, req.member_id,
+                                            [(t, part) for t, part in req.partitions], _mono_ms())
+        return p.ReleaseReply(id=req.id, released=released)
 
     def handle_leave(self, req: p.Leave) -> p.Reply:
         self._coordinating(req.group)

@@ -21,8 +21,9 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 5  # 2: create_partitions, delete_records, delete_group; 3: cluster;
-# 4: produce_batches; 5: find_coordinator, NOT_COORDINATOR, COORDINATOR_LOADING
+PROTOCOL_VERSION = 6  # 2: create_partitions, delete_records, delete_group; 3: cluster;
+# 4: produce_batches; 5: find_coordinator, NOT_COORDINATOR, COORDINATOR_LOADING;
+# 6: join's rebalance_timeout_ms, release (partitions handed over, not taken)
 
 # Limits (the broker's defaults; see BrokerConfig for the knobs).
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -127,6 +128,18 @@ class Join(_Request, tag="join"):
         ge=MIN_SESSION_TIMEOUT_MS, le=MAX_SESSION_TIMEOUT_MS)] = DEFAULT_SESSION_TIMEOUT_MS
     start: Literal["earliest", "latest"] = "earliest"
     client_id: str = ""
+    rebalance_timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=MAX_SESSION_TIMEOUT_MS)] = 0
+    """> 0: a partition moving away from this member waits (delivered to nobody) until it
+    sends ``release``, leaves or expires, or this long (0: it moves at once)."""
+
+
+class Release(_Request, tag="release"):
+    """The member is done with these partitions that moved away from it (it committed what
+    it handled of them): their new owner may have them now."""
+
+    group: str
+    member_id: str
+    partitions: list[tuple[str, Partition]]
 
 
 class Heartbeat(_Request, tag="heartbeat"):
@@ -266,7 +279,7 @@ Request = Union[
     Produce, Fetch, Join, Heartbeat, Poll, Commit, Seek, Leave, CreateTopic, DeleteTopic,
     Metadata, ListOffsets, DescribeGroup, ListGroups, Stats, Ping, CreatePartitions,
     DeleteRecords, DeleteGroup, ReplicaFetch, OffsetForLeaderEpoch, ProduceBatches,
-    FindCoordinator,
+    FindCoordinator, Release,
 ]
 OPS = tuple(t.__struct_config__.tag for t in Request.__args__)  # type: ignore[attr-defined]
 
@@ -349,6 +362,11 @@ class PollReply(_Reply, tag="poll"):
 
 class CommitReply(_Reply, tag="commit"):
     pass
+
+
+class ReleaseReply(_Reply, tag="release"):
+    released: list[tuple[str, int]]
+    """Those of the partitions asked that this member was handing over (now handed over)."""
 
 
 class SeekReply(_Reply, tag="seek"):
@@ -490,7 +508,7 @@ Reply = Union[
     SeekReply, LeaveReply, CreateTopicReply, DeleteTopicReply, MetadataReply,
     ListOffsetsReply, DescribeGroupReply, ListGroupsReply, StatsReply, PingReply,
     CreatePartitionsReply, DeleteRecordsReply, DeleteGroupReply, ReplicaFetchReply,
-    OffsetForLeaderEpochReply, ProduceBatchesReply, FindCoordinatorReply,
+    OffsetForLeaderEpochReply, ProduceBatchesReply, FindCoordinatorReply, ReleaseReply,
 ]
 
 

@@ -145,6 +145,7 @@ class Broker(Handlers):
         log.info("group %s generation %d: %d member(s)", group.name, group.generation,
                  len(group.members))
         self.waiting.group_changed(group.name)
+        self.sessions_changed()  # a hand-over it began ends by a deadline
 
     # -- sending ----------------------------------------------------------------------
     def send(self, client: Client, reply: Reply) -> None:

@@ -105,7 +105,8 @@ class ClusterConsumer(Consumer):
                 reply = self.conn.call(p.Join(
                     group=self.group, topics=self.topics, member_id=self.member_id,
                     start=self.start, session_timeout_ms=self.session_timeout_ms,
-                    client_id=self.client_id), timeout_s=CALL_TIMEOUT_S)
+                    client_id=self.client_id,
+                    rebalance_timeout_ms=self.hooks.rebalance_timeout_ms), timeout_s=CALL_TIMEOUT_S)
                 break
             except BrokerError as exc:
                 if exc.code not in COORDINATOR_GONE:

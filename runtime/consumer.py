@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import msgspec
@@ -118,6 +119,13 @@ def events_of(data: _PartitionData) -> list[Event]:
     return out
 
 
+@dataclass
+class _Hooks:
+    on_assign: Callable[[list[tuple[str, int]]], None] | None
+    on_revoke: Callable[[list[tuple[str, int]]], None] | None
+    rebalance_timeout_ms: int
+
+
 class Consumer:
     """A member of consumer group ``group`` reading ``topics``; see the module docstring.
 
@@ -134,7 +142,14 @@ class Consumer:
                  member_id: str = "", start: str = "earliest", session_timeout_ms: int = 10_000,
                  client_id: str = "", max_bytes: int = 1024 * 1024,
                  on_assign: Callable[[list[tuple[str, int]]], None] | None = None,
-                 timeout_s: float = 10.0, commit_interval_ms: int = 100) -> None:
+                 timeout_s: float = 10.0, commit_interval_ms: int = 100,
+                 rebalance_timeout_ms: int = 0,
+                 on_revoke: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
+        """``rebalance_timeout_ms`` > 0: partitions that move away are handed over (the
+        broker gives them to their new owner only once this member released them, or after
+        that long): by default each is committed where ``positions`` says and released at
+        once; with ``on_revoke``, that callback gets them and the caller commits what it
+        finished of them and calls ``release`` when done (a worker draining its handlers)."""
         self.broker = broker
         self.group = group
         self.topics = list(topics)
@@ -144,7 +159,10 @@ class Consumer:
         self.session_timeout_ms = session_timeout_ms
         self.client_id = client_id
         self.max_bytes = max_bytes
-        self.on_assign = on_assign
+        # One attribute for the three: past 30 instance attributes CPython 3.11 stops
+        # specialising attribute loads (poll got slower for the Producer that way).
+        self.hooks = _Hooks(on_assign, on_revoke, rebalance_timeout_ms)
+        self.releasing: set[tuple[str, int]] = set()  # revoked, not released yet
         self.conn = Connection(broker, timeout_s=timeout_s)
         self.member_id = member_id
         self.generation = -1
@@ -183,7 +201,8 @@ class Consumer:
         reply = self.conn.call(p.Join(group=self.group, topics=self.topics,
                                       member_id=self.member_id, start=self.start,
                                       session_timeout_ms=self.session_timeout_ms,
-                                      client_id=self.client_id))
+                                      client_id=self.client_id,
+                                      rebalance_timeout_ms=self.hooks.rebalance_timeout_ms))
         self.member_id = reply.member_id
         self._heartbeat_interval_s = reply.heartbeat_interval_ms / 1000
         # Adopted even when the generation is the one we had: a restarted broker counts
@@ -205,6 +224,8 @@ class Consumer:
         self._sent.clear()
         self._pending.clear()
         self.positions.clear()
+        self.releasing.clear()  # a join ends every hand-over of the earlier incarnation
+        self._owned = set()  # and it hands over nothing: what it held was dealt anew
 
     def _set_assignment(self, generation: int, assignment: list[tuple[str, int]]) -> None:
         if generation == self.generation:
@@ -212,11 +233,45 @@ class Consumer:
         self.generation = generation
         new = [(topic, partition) for topic, partition in assignment]
         owned = set(new)
-        for tp in self._owned - owned:
-            self.positions.pop(tp, None)
+        gone = self._owned - owned
         self.assignment, self._owned = new, owned
-        if self.on_assign is not None:
-            self.on_assign(list(self.assignment))
+        if gone and self.hooks.rebalance_timeout_ms > 0:
+            self.releasing |= gone
+            self._revoked(sorted(gone))
+        for tp in gone - self.releasing:
+            self.positions.pop(tp, None)
+        if self.hooks.on_assign is not None:
+            self.hooks.on_assign(list(self.assignment))
+
+    def _revoked(self, tps: list[tuple[str, int]]) -> None:
+        """Partitions handed over: the caller's ``on_revoke``, or commit where
+        ``positions`` says and release them at once."""
+        if self.hooks.on_revoke is not None:
+            self.hooks.on_revoke(tps)
+            return
+        done = {tp: self.positions[tp] for tp in tps if tp in self.positions}
+        try:
+            if done:
+                self.commit(done, sync=True)
+        except BrokerError:
+            pass  # not committed: the new owner gets them again from the last commit
+        self.release(tps)
+
+    def release(self, tps: list[tuple[str, int]]) -> None:
+        """Done with these revoked partitions (what was finished of them is committed):
+        the broker gives them to their new owner now instead of at the timeout."""
+        tps = [tp for tp in tps if tp in self.releasing]
+        if not tps:
+            return
+        self.releasing -= set(tps)
+        for tp in tps:
+            self.positions.pop(tp, None)
+        try:
+            self.conn.call(p.Release(group=self.group, member_id=self.member_id,
+                                     partitions=tps))
+        except BrokerError as exc:
+            if exc.code not in ("NOT_MEMBER", "UNAVAILABLE", "NOT_COORDINATOR"):
+                raise  # the others end with the hand-over's timeout
 
     def _heartbeat_loop(self) -> None:
         conn = Connection(self.broker, context=self.conn.context, timeout_s=self._heartbeat_interval_s * 2)
@@ -371,7 +426,8 @@ class Consumer:
 
     def _send_pending(self, sync: bool = False, timeout_s: float | None = None) -> None:
         items = [(t, part, o) for (t, part), o in self._pending.items()
-                 if (t, part) in self._owned and self._sent.get((t, part), (0, -1))[1] != o]
+                 if ((t, part) in self._owned or (t, part) in self.releasing)
+                 and self._sent.get((t, part), (0, -1))[1] != o]
         self._pending.clear()
         if not items:
             return

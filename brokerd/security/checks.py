@@ -60,6 +60,7 @@ NEEDS: dict[str, Callable[[Any], tuple[Need, ...]]] = {
     "heartbeat": _read_group,
     "poll": _read_group,  # its topics were checked when the member joined
     "leave": _read_group,
+    "release": _read_group,
     "describe_group": _read_group,
     "find_coordinator": _read_group,  # a member finds where its group lives
     "commit": _commit,

@@ -99,3 +99,52 @@ def test_a_new_group_starting_at_latest_skips_old_events() -> None:
     c = coordinator(1)
     group, _ = c.join("g", "a", ["orders"], 1000, "latest", "", now_ms=0)
     assert c.position(group, ("orders", 0)) == 100
+
+
+def cooperative_pair(timeout_ms: int = 5000) -> tuple[Coordinator, object]:
+    """Member a (hands over, ``timeout_ms``) owned all 4 partitions; b joins at t=1000."""
+    c = coordinator(4)
+    group, _ = c.join("g", "a", ["orders"], 30_000, "earliest", "", now_ms=0,
+                      rebalance_timeout_ms=timeout_ms)
+    c.commit("g", "a", group.generation, [("orders", 1, 5)], now_ms=0)
+    group.positions[("orders", 1)] = 40  # delivered up to 40, committed 5
+    c.join("g", "b", ["orders"], 30_000, "earliest", "", now_ms=1000)
+    return c, group
+
+
+def test_a_moved_partition_waits_for_its_holder_to_release_it() -> None:
+    c, group = cooperative_pair()
+    # a learns it lost 1 and 3; nobody owns them while a finishes them
+    assert group.assignment_of("a") == [("orders", 0), ("orders", 2)]
+    assert group.assignment_of("b") == []
+    assert set(group.revoking) == {("orders", 1), ("orders", 3)}
+    # a may still commit what it finished of them; b may not
+    c.commit("g", "a", group.generation, [("orders", 1, 40)], now_ms=1500)
+    with pytest.raises(StaleGeneration):
+        c.commit("g", "b", group.generation, [("orders", 1, 41)], now_ms=1500)
+    generation = group.generation
+    assert c.release("g", "a", [("orders", 1), ("orders", 3), ("orders", 0)], now_ms=2000) \
+        == [("orders", 1), ("orders", 3)]
+    assert group.generation == generation + 1
+    assert group.assignment_of("b") == [("orders", 1), ("orders", 3)]
+    assert c.position(group, ("orders", 1)) == 40  # from a's last commit: nothing twice
+
+
+def test_a_hand_over_ends_at_its_timeout_or_when_the_holder_goes() -> None:
+    c, group = cooperative_pair(timeout_ms=5000)
+    assert c.next_expiry() == 6000  # the hand-over's end comes before any session's
+    assert c.expire(now_ms=5999) == [] and group.assignment_of("b") == []
+    c.expire(now_ms=6000)
+    assert group.assignment_of("b") == [("orders", 1), ("orders", 3)]
+    assert c.position(group, ("orders", 1)) == 5  # a never committed more: delivered again
+
+    c, group = cooperative_pair()
+    c.leave("g", "a")
+    assert group.assignment_of("b") == [(("orders", i)) for i in range(4)]
+    assert not group.revoking
+
+
+def test_a_member_that_does_not_hand_over_loses_its_partitions_at_once() -> None:
+    c, group = cooperative_pair(timeout_ms=0)
+    assert group.assignment_of("b") == [("orders", 1), ("orders", 3)]
+    assert not group.revoking
