@@ -229,6 +229,9 @@ class ReplicaFetch(_Request, tag="replica_fetch"):
     topic_id: str = ""
     """The follower's id of the topic ("": not checked); another id than the leader's
     is ``UNKNOWN_TOPIC`` (the name was deleted and created again)."""
+    start_offset: int = 0
+    """The follower's log start offset: ``delete_records`` is answered once every
+    in-sync replica's has reached the new start."""
 
 
 class OffsetForLeaderEpoch(_Request, tag="offset_for_leader_epoch"):
