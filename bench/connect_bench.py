@@ -115,15 +115,16 @@ class CpuWatch:
         for proc in [self.pg, *self.pg.children()]:
             self.pg_seen[proc.pid] = cpu_s(proc) or self.pg_seen.get(proc.pid, 0.0)
 
-    def per_row(self, rows: int, tasks: dict[str, int]) -> dict[str, float]:
-        used = {name: cpu_s(psutil.Process(pid)) for name, pid in tasks.items()}
+    def per_row(self, rows: int, tasks: dict[str, list[int]]) -> dict[str, float]:
+        used = {name: sum(cpu_s(psutil.Process(pid)) for pid in pids)
+                for name, pids in tasks.items()}
         used["broker"] = cpu_s(self.broker) - self.broker_start
         used["postgres"] = sum(t - self.pg_start.get(pid, 0.0) for pid, t in self.pg_seen.items())
         return {name: seconds / rows * 1e6 for name, seconds in used.items()}
 
 
 def time_rail(dsn: str, jsonl: Path, rows: int, folder: Path, partitions: int,
-              batch: int, postmaster: int) -> tuple[float, dict[str, float]]:
+              batch: int, sink_tasks: int, postmaster: int) -> tuple[float, dict[str, float]]:
     """Seconds for ``rows`` rows through Rail, and the CPU microseconds a row per process."""
     fresh_table(dsn)
     broker = start_broker(folder / f"data-{time.time_ns()}")
@@ -134,14 +135,15 @@ def time_rail(dsn: str, jsonl: Path, rows: int, folder: Path, partitions: int,
               "batch": batch, "transforms": [{"type": "key", "field": "id"}],
               "config": {"path": str(jsonl)}}
     sink = {"name": "rows-out", "kind": "sink", "class": "postgres", "topics": ["rows"],
-            "batch": batch, "config": {"dsn": dsn, "table": "rows", "key_column": "id",
+            "batch": batch, "tasks": sink_tasks, "config": {"dsn": dsn, "table": "rows", "key_column": "id",
                                        "columns": ["id", "name", "qty"]}}
     tasks = []
     try:
         with psycopg.connect(dsn, autocommit=True) as watch:
             cpu = CpuWatch(postmaster, broker.proc.pid)
             started = time.perf_counter()
-            tasks = [Task(sink, broker.api, folder / "sink.log"),
+            tasks = [*(Task(sink, broker.api, folder / f"sink{i}.log", index=i)
+                       for i in range(sink_tasks)),
                      Task(source, broker.api, folder / "source.log")]
             deadline = started + 3600
             while stored(watch) < rows:
@@ -152,8 +154,8 @@ def time_rail(dsn: str, jsonl: Path, rows: int, folder: Path, partitions: int,
                 time.sleep(0.05)
             elapsed = time.perf_counter() - started
             cpu.sample()
-            per_row = cpu.per_row(rows, {"sink": tasks[0].proc.pid,
-                                         "source": tasks[1].proc.pid})
+            per_row = cpu.per_row(rows, {"sink": [t.proc.pid for t in tasks[:-1]],
+                                         "source": [tasks[-1].proc.pid]})
     finally:
         for t in tasks:
             t.stop()
@@ -170,6 +172,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--naive-sample", type=int, default=5_000)
     ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--sink-tasks", type=int, default=1,
+                    help="sink tasks sharing the partitions (a consumer group)")
     ap.add_argument("--batch", type=int, default=5000, help="source and sink batch")
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="rail-connect-bench-"))
@@ -196,7 +200,7 @@ def bench(args: argparse.Namespace, folder: Path) -> int:
             results["copy"].append(args.rows / time_copy(pg.dsn, csv))
             results["naive"].append(args.naive_sample / time_naive(pg.dsn, args.naive_sample))
             elapsed, per_row = time_rail(pg.dsn, jsonl, args.rows, folder, args.partitions,
-                                         args.batch, pg.pid)
+                                         args.batch, args.sink_tasks, pg.pid)
             results["rail"].append(args.rows / elapsed)
             cpus.append(per_row)
         finally:
