@@ -26,9 +26,9 @@ CYCLE_EVENTS = 10_000
 # The youngest generation's threshold while the loop runs (CPython's default: 700).  A
 # cycle keeps tens of thousands of events and records alive at once (a poll reply is
 # decoded whole); at 700 allocations a collection they were scanned again and again as
-# they aged into older generations, which took about half the time of a stateless pipeline
-# (and 10% more at 100,000 than at 1,000,000).  Dead objects are freed by their reference counts anyway:
-# only cyclic garbage waits for a collection.
+# they aged into older generations, which took about half the time of a stateless
+# pipeline (and 10% more at 100,000 than at 1,000,000).  Dead objects are freed by their
+# reference counts anyway: only cyclic garbage waits for a collection.
 GC_THRESHOLD = 1_000_000
 
 

@@ -51,6 +51,7 @@ class Sending:
 
     pending: list[tuple[OutBatch, int]]
     settled: list[OutBatch]
+    tail: OutBatch | None = None  # sent by ``finish`` once all the others are stored
 
 
 class Sender:
@@ -72,10 +73,11 @@ class Sender:
         """Send ``batches``; return those a probe found not stored before (now stored)."""
         return self.finish(self.start(batches))
 
-    def start(self, batches: list[OutBatch]) -> Sending:
+    def start(self, batches: list[OutBatch], tail: OutBatch | None = None) -> Sending:
         """Send ``batches`` in order, waiting only where a probe must (``finish`` waits
-        for the rest): the caller works on while the broker stores them."""
-        sending = Sending([], [])
+        for the rest): the caller works on while the broker stores them.  ``tail`` (a
+        changelog batch) waits in the returned ``Sending`` until they are all stored."""
+        sending = Sending([], [], tail)
         for batch in batches:
             if batch.probe:
                 self._wait(sending.pending)
@@ -92,6 +94,9 @@ class Sender:
         found not stored before (now stored)."""
         self._wait(sending.pending)
         sending.pending = []
+        if sending.tail is not None:
+            tail, sending.tail = sending.tail, None
+            self._wait([(tail, self._send(tail, tail.sequence, tail.records))])
         return sending.settled
 
     def _send(self, batch: OutBatch, sequence: int, records: bytes) -> int:

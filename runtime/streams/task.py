@@ -7,10 +7,11 @@ The cycle (``process`` then ``commit``):
 2. number the outputs with this task's sequences and build the changelog batch (the dirty
    keys, then the checkpoint); write store updates + checkpoint + those batches (the
    outbox) to SQLite in one transaction;
-3. send the outbox: outputs first, the changelog batch last; wait for every ack before the
-   next commit's step 2 replaces the outbox (``settle``), so the next events are processed
-   while the broker stores them.  The runner settles every task before it polls again, so
-   a partition never moves with a batch in flight.
+3. send the outbox: the outputs, then (once they are acknowledged) the changelog batch;
+   wait for every ack before the next commit's step 2 replaces the outbox (``settle``), so
+   the next events are processed while the broker stores the outputs.  The runner
+   settles every task before it polls again, so a partition never moves with a batch in
+   flight.
 
 A kill -9 before 2 ends loses nothing: the inputs come again from the stored offset.  After
 2, the outbox is sent again under the same sequences, and the broker drops what it has.
@@ -264,9 +265,13 @@ class Task:
         self.settle()
 
     def _start(self, batches: list[OutBatch]) -> None:
-        self._sending = self.sender.start(batches)
+        """Send ``batches``; a changelog batch (last) goes once the outputs are stored, so a
+        checkpoint in the changelog always has its outputs stored (``settle`` sends it)."""
         if batches and batches[-1].topic == self.changelog:
+            self._sending = self.sender.start(batches[:-1], tail=batches[-1])
             self._confirms = (self.ck.commit, self.ck.incarnation)
+        else:
+            self._sending = self.sender.start(batches)
 
     @property
     def in_flight(self) -> bool:
