@@ -279,13 +279,24 @@ class RailCluster {
     return this.refreshing;
   }
 
-  async askMetadata(topics) {
-    // Brokers that did not answer lately go last: a killed broker stays in metadata until
-    // its ZooKeeper session expires, and each try at it costs METADATA_TIMEOUT_MS.
+  // Every broker known, from metadata and the bootstrap list. Those that did not answer
+  // lately go last: a killed broker stays in metadata until its ZooKeeper session
+  // expires, and each try at it costs a timeout.
+  candidates() {
     const now = Date.now();
     const known = [...new Set([...this.brokers.values(), ...this.bootstrap])];
-    const candidates = [...known.filter((e) => !(this.silentUntil.get(e) > now)),
+    return [...known.filter((e) => !(this.silentUntil.get(e) > now)),
       ...known.filter((e) => this.silentUntil.get(e) > now)];
+  }
+
+  // No answer from `endpoint` in time: close its socket and ask it last for a while.
+  silent(endpoint) {
+    this.drop(endpoint);
+    this.silentUntil.set(endpoint, Date.now() + SILENT_MS);
+  }
+
+  async askMetadata(topics) {
+    const candidates = this.candidates();
     let lastError = null;
     for (const endpoint of candidates) {
       let reply;
@@ -293,8 +304,7 @@ class RailCluster {
         reply = await this.client(endpoint).request("metadata", { topics }, { timeoutMs: METADATA_TIMEOUT_MS });
       } catch (err) {
         if (err instanceof RailError && err.code !== "TIMEOUT" && err.code !== "CLOSED") throw err;
-        this.drop(endpoint);
-        this.silentUntil.set(endpoint, Date.now() + SILENT_MS);
+        this.silent(endpoint);
         lastError = err;
         continue;
       }
@@ -357,16 +367,33 @@ class RailCluster {
         if (!(err instanceof RailError) || !(LEADER_MOVED.has(err.code) || err.code === "CLOSED")) throw err;
         last = err;
         this.retries.set(err.code, (this.retries.get(err.code) ?? 0) + 1);
-        if (err.code === "TIMEOUT") {
-          this.drop(leader);
-          this.silentUntil.set(leader, Date.now() + SILENT_MS);
-        }
+        if (err.code === "TIMEOUT") this.silent(leader);
         if (this.leaders.get(tp) === leader) this.leaders.delete(tp);
         await sleep(RETRY_MS);
       }
     }
     throw new RailError("TIMEOUT", `${tp}: no leader acknowledged the batch (sequence ${sequence}) ` +
       `within ${deadlineMs} ms; last: ${last?.message ?? "none"}`);
+  }
+
+  // The API endpoint of `group`'s coordinator (§6.20), from the first broker that names
+  // one; NOT_COORDINATOR when none does now (its offsets partition has no leader yet).
+  async findCoordinator(group) {
+    let lastError = null;
+    for (const endpoint of this.candidates()) {
+      try {
+        const reply = await this.client(endpoint).request("find_coordinator", { group },
+          { timeoutMs: METADATA_TIMEOUT_MS });
+        return reply.api;
+      } catch (err) {
+        if (!(err instanceof RailError)) throw err;
+        if (err.code === "TIMEOUT") this.silent(endpoint);
+        else if (err.code !== "NOT_COORDINATOR" && err.code !== "CLOSED") throw err;
+        lastError = err;
+      }
+    }
+    throw new RailError("NOT_COORDINATOR", `no broker named the coordinator of ${group}: ` +
+      `${lastError?.message ?? "none asked"}`);
   }
 
   close() {

@@ -6,6 +6,10 @@
 //                  [--count N] [--timeout-ms MS] [--session-timeout-ms 10000]
 //                  [--client-id node-worker] [--start earliest|latest]
 //
+// In a cluster (docs/cluster.md) give any of its brokers with --brokers E1,E2,...: the
+// worker then joins at the group's coordinator and fetches from the partitions' leaders
+// (member.js), following both when they move.
+//
 // Handling an event prints it as one JSON line on stdout:
 //   {"topic":…,"partition":…,"offset":…,"key":…,"value":…,"headers":…,"timestamp":…}
 // After each poll the worker commits the next offset of every partition it handled and
@@ -15,12 +19,14 @@
 "use strict";
 
 const { parseArgs } = require("node:util");
-const { RailClient, RailError, recordsOf, toJSON } = require("./rail");
+const { RailClient, RailError, endpointList, recordsOf, toJSON } = require("./rail");
+const { ClusterMember } = require("./member");
 
 function usage(message) {
   if (message) console.error(`worker: ${message}`);
   console.error(
-    "usage: node worker.js --group G --topics T1[,T2...] [--broker ENDPOINT] [--count N]\n" +
+    "usage: node worker.js --group G --topics T1[,T2...] [--broker ENDPOINT | --brokers E1,E2,...]\n" +
+      "                      [--count N]\n" +
       "                      [--timeout-ms MS] [--session-timeout-ms MS] [--client-id ID]\n" +
       "                      [--start earliest|latest]",
   );
@@ -35,6 +41,7 @@ async function main() {
     ({ values } = parseArgs({
       options: {
         broker: { type: "string", default: process.env.RAIL_BROKER || "tcp://127.0.0.1:7400" },
+        brokers: { type: "string" },
         group: { type: "string" },
         topics: { type: "string" },
         count: { type: "string" },
@@ -62,6 +69,15 @@ async function main() {
 
   let stopping = false;
   for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => { stopping = true; });
+
+  // A cluster when --brokers is given (or --broker lists several endpoints).
+  const bootstrap = endpointList(values.brokers ?? values.broker);
+  if (values.brokers !== undefined || bootstrap.length > 1) {
+    return runInCluster({
+      bootstrap, group: values.group, topics, count, deadline, sessionTimeoutMs,
+      clientId: values["client-id"], start: values.start, stopping: () => stopping,
+    });
+  }
 
   const client = new RailClient(values.broker);
   const group = values.group;
@@ -136,7 +152,7 @@ async function main() {
           await join();
           continue;
         }
-        throw err;
+        throw inCluster(err);
       }
       adopt(reply);
       for (const part of reply.partitions) {
@@ -165,6 +181,64 @@ async function main() {
   return exitCode;
 }
 
+// One broker of a cluster answers a group's ops only as its coordinator, and never `poll`:
+// say what to do instead.
+function inCluster(err) {
+  if (err instanceof RailError && (err.code === "NOT_COORDINATOR" ||
+      (err.code === "BAD_REQUEST" && err.message.includes("cluster")))) {
+    return new RailError(err.code, `${err.message} (this broker is one of a cluster: ` +
+      "give --brokers, and the worker follows the coordinator and the leaders)");
+  }
+  return err;
+}
+
+// The same loop in a cluster: membership and commits at the coordinator, data from the
+// leaders (member.js). At least once: after a rejoin the events handled and not committed
+// come again, and count towards --count again.
+async function runInCluster({ bootstrap, group, topics, count, deadline, sessionTimeoutMs, clientId, start, stopping }) {
+  const member = new ClusterMember(bootstrap, { group, topics, sessionTimeoutMs, clientId, start, log });
+  // A coordinator or leader that moved is found again within this long.
+  const within = () => Math.min(deadline, Date.now() + 60000);
+  let handled = 0;
+  let exitCode = 0;
+  try {
+    await member.cluster.refresh(topics); // UNKNOWN_TOPIC: a cluster never auto-creates
+    await member.join(within());
+    while (!stopping() && handled < count) {
+      if (Date.now() >= deadline) {
+        exitCode = 3;
+        log(`timed out: handled ${handled} of ${count} events`);
+        break;
+      }
+      await member.guard(async () => {
+        await member.heartbeatIfDue();
+        await member.findPositions();
+        for (const event of await member.fetch()) {
+          if (handled >= count) break;
+          const { topic, partition, ...rest } = event;
+          handle(topic, partition, rest);
+          handled += 1;
+          member.handled(event);
+        }
+        await member.commit();
+      }, within());
+    }
+    if (!await member.guard(() => member.commit(), within())) {
+      log("the last commit did not reach the coordinator: its events come again to the group");
+      exitCode = 1;
+    }
+  } finally {
+    try {
+      await member.leave();
+    } catch (err) {
+      log(`leave failed: ${err.message}`);
+    }
+    member.close();
+  }
+  log(`handled ${handled} events, committed, left ${group}`);
+  return exitCode;
+}
+
 function splitTp(tp) {
   const slash = tp.lastIndexOf("/");
   return [tp.slice(0, slash), Number(tp.slice(slash + 1))];
@@ -178,6 +252,6 @@ function handle(topic, partition, event) {
 main()
   .then((code) => { process.exitCode = code; })
   .catch((err) => {
-    console.error(`worker: ${err.message}`);
+    console.error(`worker: ${inCluster(err).message}`);
     process.exitCode = 1;
   });

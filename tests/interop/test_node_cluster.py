@@ -1,19 +1,30 @@
-"""examples/node in a cluster: the Node producer, given the brokers with ``--brokers``, sends
-each partition's batches to its leader and follows the leaders through a kill -9, with the
-same producer id and sequences: every event acknowledged, each stored once in every replica.
+"""examples/node in a cluster, given its brokers with ``--brokers``: the Node producer sends
+each partition's batches to its leader and follows the leaders through a kill -9 with the
+same producer id and sequences (every event acknowledged, each stored once in every
+replica); the Node worker joins at its group's coordinator, fetches from the leaders and
+follows both through a kill -9 of the coordinator (every event handled, none skipped,
+everything committed).
 
-A real ZooKeeper (tests/cluster's fixture) and three real brokers on loopback.
+A real ZooKeeper (tests/cluster's fixture) and three real brokers on loopback per test.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import subprocess
+import threading
+import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from brokerd import protocol as pr
+from runtime.client import BrokerError, Producer
+from runtime.routing import Router
 from tests.cluster.client import metadata, read_log, start_member, wait_in_sync
 from tests.cluster.conftest import zookeeper  # noqa: F401 - the fixture
 from tests.cluster.test_replication import start_three
@@ -104,3 +115,108 @@ def test_the_node_producer_follows_the_leaders_through_a_kill_9_and_loses_nothin
     for partition, records in logs[0].items():
         offsets = [o for o, _ in records]
         assert reported[partition] == (offsets[0], offsets[-1]), (partition, reported)
+
+
+GROUP = "node-cluster"
+
+
+def test_the_node_worker_follows_its_coordinator_and_leaders_through_a_kill_9(
+        tmp_path: Path, zookeeper: ZooKeeper, node_example: Path) -> None:  # noqa: F811
+    """A steady keyed stream (the Python Producer, acks=all) is consumed by the Node worker
+    with --brokers; the broker that coordinates its group (and leads partitions) is killed
+    with kill -9 mid-way. The worker finds the new coordinator, rejoins, reads again from
+    the committed offsets at the new leaders: every acknowledged event handled, no offset
+    skipped, and after SIGTERM every partition committed to its end."""
+    brokers = start_three(tmp_path, zookeeper)
+    apis = [b.api for b in brokers]
+    stop = threading.Event()
+    acked: list[int] = []
+    failed: list[BrokerError] = []
+    handled: list[dict[str, Any]] = []
+    worker: subprocess.Popen[str] | None = None
+    sender: threading.Thread | None = None
+    reader: threading.Thread | None = None
+    try:
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic=TOPIC, partitions=PARTITIONS)
+        wait_in_sync(apis, TOPIC, PARTITIONS, 3)
+
+        def coordinator() -> str | None:
+            with RawClient(apis[0]) as raw:
+                reply = raw.call("find_coordinator", group=GROUP)
+            return reply["api"] if reply["op"] == "find_coordinator" else None
+        victim = apis.index(wait_for(coordinator, timeout=20, interval=0.2,
+                                     what="the group's coordinator"))
+        wait_in_sync(apis, "__rail_offsets", 8, 3)
+
+        def send_steadily() -> None:
+            with Producer(",".join(apis), acks="all", request_timeout_s=30) as producer:
+                n = 0
+                while not stop.is_set():
+                    def done(_part: int, _offset: int, error: BrokerError | None,
+                             n: int = n) -> None:
+                        (acked.append(n) if error is None else failed.append(error))
+                    producer.send(TOPIC, {"n": n}, key=f"k{n}", callback=done)
+                    n += 1
+                    if n % 20 == 0:
+                        time.sleep(0.02)  # ~1,000 events a second
+                producer.flush(timeout_s=40)
+        sender = threading.Thread(target=send_steadily, daemon=True)
+        sender.start()
+
+        first = next(api for i, api in enumerate(apis) if i != victim)
+        worker = subprocess.Popen(
+            ["node", str(node_example / "worker.js"), "--brokers", first, "--group", GROUP,
+             "--topics", TOPIC, "--client-id", "node-cluster-test"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def read_events(stream: Any) -> None:
+            for line in stream:
+                handled.append(json.loads(line))
+        reader = threading.Thread(target=read_events, args=(worker.stdout,), daemon=True)
+        reader.start()
+
+        wait_for(lambda: len(handled) >= 500, timeout=20, what="500 events before the kill")
+        brokers[victim].kill9()
+        at_kill = len(handled)
+        wait_for(lambda: len(handled) >= at_kill + 1000, timeout=30,
+                 what="1,000 events handled after the kill")
+        stop.set()
+        sender.join(45)
+        assert not sender.is_alive() and not failed, failed[:3]
+
+        def every_acked_handled() -> bool:
+            return set(acked) <= {e["value"]["n"] for e in list(handled)}
+        wait_for(every_acked_handled, timeout=20, what="every acknowledged event handled")
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=20)
+        reader.join(5)
+        assert worker.returncode == 0, f"exit {worker.returncode}\n{err}"
+        assert "joining again" in err, err  # it met the kill
+
+        # No offset skipped: each partition's handled offsets cover its log (duplicates
+        # allowed: at least once); every partition committed to its end, by the new
+        # coordinator.
+        live = [api for i, api in enumerate(apis) if i != victim]
+        router = Router(",".join(live))
+        try:
+            ends = {p.partition: p.end_offset
+                    for p in router.call(pr.Metadata(topics=[TOPIC])).topics[0].partitions}
+            described = router.call(pr.DescribeGroup(group=GROUP))
+        finally:
+            router.close()
+        for partition, end in ends.items():
+            seen = {e["offset"] for e in handled if e["partition"] == partition}
+            assert seen == set(range(end)), f"partition {partition}: offsets skipped"
+        assert {(gp.partition, gp.committed) for gp in described.partitions} \
+            == set(ends.items())
+        assert described.members == [], "the worker left its group"
+    finally:
+        stop.set()
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait(5)
+        if sender is not None:
+            sender.join(45)
+        for b in brokers:
+            b.stop()
