@@ -1,11 +1,12 @@
 """Runs a Sink as a supervised task: poll the group, convert, ``put`` batches, commit.
 
 Events gather until ``batch`` of them or ``linger_ms`` passed, then go to the sink in
-``put`` calls of at most ``batch`` events, each partition's in offset order.  ``put`` runs
-on a thread of its own, one batch at a time, for a sink that says it may (``Sink.pipelined``, PostgreSQL's): while
-the destination applies a batch (a database's statements and commit release the GIL), the
-task polls and converts the next one.  A batch's offsets are committed once its ``put`` returned, in batch order; before the
-stored offsets are read again after a rebalance, the batch in flight is finished.  A sink that
+``put`` calls of at most ``batch`` events, each partition's in offset order.  For a sink
+that allows it (``Sink.pipelined``: PostgreSQL's) ``put`` runs on a thread of its own, one
+batch at a time: while the destination applies a batch (psycopg waits for the server
+without the GIL), the task polls and converts the next one.  A batch's offsets are
+committed once its ``put`` returned, in batch order, and the batch in flight is finished
+before the stored offsets are read again after a rebalance.  A sink that
 stores its offsets with its data (``stored_offsets``) is the authority on where to resume:
 events below its stored offset of their partition are dropped before ``put`` (the group's
 commit, sent after ``put`` returned, may lag behind a crash), and the stored offsets are
