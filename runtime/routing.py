@@ -91,9 +91,11 @@ class Router:
                 endpoint = self._target(request, left)
                 return self._conn(endpoint).call(request, left)
             except BrokerError as exc:
-                if exc.code not in _MOVED or time.monotonic() + RETRY_S > deadline:
+                if exc.code not in _MOVED:
                     raise
-                self._forget(request, endpoint, exc)
+                self._forget(request, endpoint, exc)  # also when out of time: the next call
+                if time.monotonic() + RETRY_S > deadline:  # must not go there again
+                    raise
                 time.sleep(RETRY_S)
 
     def send(self, request: Any) -> int:
