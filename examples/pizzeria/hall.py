@@ -35,12 +35,14 @@ def random_order(rng: random.Random, order_id: str) -> dict:
     return {"order_id": order_id, "table": rng.randint(1, 20), "items": items}
 
 
-def take_orders(broker: str, count: int, seed: int | None = None) -> dict:
-    """Send ``count`` orders; return the expected counts."""
+def take_orders(broker: str, count: int, seed: int | None = None,
+                acks: int | str = 1) -> dict:
+    """Send ``count`` orders; return the expected counts.  ``acks="all"`` on a cluster
+    whose leader may die: an order acknowledged by the leader alone could be lost."""
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:6]
     expected = {kind: 0 for kind in MENU}
-    with Producer(broker) as producer:
+    with Producer(broker, acks=acks) as producer:
         for n in range(1, count + 1):
             order = random_order(rng, f"{run}-{n:05d}")
             for item in order["items"]:
