@@ -16,6 +16,7 @@ import msgspec
 import zmq
 
 from brokerd import protocol as p
+from brokerd.config import topic_config
 from brokerd.describe import describe_group, topic_info
 from brokerd.errors import (
     BadRequest,
@@ -599,15 +600,28 @@ class Handlers:
 
     def handle_metadata(self, req: p.Metadata) -> p.Reply:
         names = req.topics if req.topics is not None else sorted(self.topics.topics)
-        infos = [topic_info(self.topics.get(n)) for n in names]
         cluster = self.cluster
         if cluster is None:
-            return p.MetadataReply(id=req.id, topics=infos)
+            return p.MetadataReply(id=req.id, topics=[topic_info(self.topics.get(n))
+                                                      for n in names])
+        infos = [self._cluster_topic_info(cluster, n) for n in names]
         for info in infos:
             for part in info.partitions:
                 cluster.partition_info(info.name, part)
         return p.MetadataReply(id=req.id, topics=infos, brokers=cluster.broker_infos(),
                                controller=cluster.controller_id)
+
+    def _cluster_topic_info(self, cluster: Cluster, name: str) -> p.TopicInfo:
+        """A topic of the cluster, also one this broker holds no replica of (as in Kafka,
+        any broker answers for every topic, so a client may bootstrap from it); the offsets
+        of a partition only other brokers hold are -1 here: its leader has them."""
+        record = cluster.topic_records.get(name)
+        if name in self.topics.topics or record is None or name in cluster.deleting:
+            return topic_info(self.topics.get(name))
+        return p.TopicInfo(name=name, config=msgspec.to_builtins(
+            topic_config(self.config.topic_defaults, record.config)), partitions=[
+            p.PartitionInfo(partition=i, start_offset=-1, end_offset=-1, size_bytes=0)
+            for i in range(len(record.replicas))])
 
     def _clustered(self) -> Cluster:
         if self.cluster is None:

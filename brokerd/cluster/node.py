@@ -255,13 +255,16 @@ class Cluster:
         if self.topic_records.get(name) != record:
             self.topic_records[name] = record
             self.broker.coordinator.topics_changed({name})
-        if name in self.deleting or not any(self.id in r for r in record.replicas):
+        if name in self.deleting:
             return
-        topic = self._local_copy(name, record)
+        # a topic this broker holds no replica of is watched too: its metadata names the
+        # leaders, so a client may bootstrap from any broker
+        held = any(self.id in r for r in record.replicas)
+        topic = self._local_copy(name, record) if held else None
         min_isr = int(record.config.get("min_insync_replicas") or 1)
         for index, replicas in enumerate(record.replicas):
             tp = (name, index)
-            if self.id in replicas and tp not in self.replicas:
+            if topic is not None and self.id in replicas and tp not in self.replicas:
                 plog = topic.partitions[index]
                 self.replicas[tp] = Replica(name, index, self.id, plog,
                                             LeaderEpochs(plog.directory), replicas, min_isr,
