@@ -35,7 +35,7 @@ function usage(message) {
   console.error(
     "usage: node producer.js [--broker ENDPOINT | --brokers E1,E2,...] [--topic T] [--count N]\n" +
       "                        [--batch N] [--in-flight N] [--acks 1|all] [--timeout MS]\n" +
-      "                        [--delivery-timeout MS]\n" +
+      "                        [--delivery-timeout MS] [--rate N]\n" +
       "       node producer.js --orders N [--expected FILE] [--seed S]   (the pizzeria's hall)",
   );
   process.exit(2);
@@ -84,6 +84,19 @@ function* pizzeriaOrders(count, random, expected) {
   }
 }
 
+// At most `rate` records a second, for a steady stream (--rate): record i is not handed out
+// before i / rate seconds; one late by a stall (a failover) goes at once.
+async function* paced(records, rate) {
+  const started = Date.now();
+  let i = 0;
+  for (const record of records) {
+    const due = started + (i * 1000) / rate;
+    if (due > Date.now()) await new Promise((resolve) => setTimeout(resolve, due - Date.now()));
+    i += 1;
+    yield record;
+  }
+}
+
 async function main() {
   let values;
   try {
@@ -95,6 +108,7 @@ async function main() {
         count: { type: "string", default: "10" },
         batch: { type: "string", default: "100" },
         "in-flight": { type: "string", default: "4" },
+        rate: { type: "string", default: "0" },
         acks: { type: "string", default: "1" },
         orders: { type: "string" },
         expected: { type: "string", default: path.join(__dirname, "..", "pizzeria", "data", "expected.json") },
@@ -110,6 +124,7 @@ async function main() {
   if (values.help) usage();
   const batchSize = intOption(values, "batch", 1);
   const inFlight = intOption(values, "in-flight", 1);
+  const rate = intOption(values, "rate", 0);
   const timeoutMs = intOption(values, "timeout", 1);
   const deliveryTimeoutMs = intOption(values, "delivery-timeout", 1);
   // acks 0 is left out on purpose: without a reply to a success, a client cannot tell a
@@ -122,7 +137,8 @@ async function main() {
   const topic = values.topic ?? (pizzeria ? "orders" : "events");
   const expected = { pizza: 0, pasta: 0, drink: 0 };
   const random = rng(values.seed !== undefined ? Number(values.seed) : Date.now() ^ (process.pid << 16));
-  const records = pizzeria ? pizzeriaOrders(count, random, expected) : genericEvents(count);
+  const generated = pizzeria ? pizzeriaOrders(count, random, expected) : genericEvents(count);
+  const records = rate ? paced(generated, rate) : generated;
 
   // A cluster when --brokers is given (or --broker lists several endpoints).
   const bootstrap = endpointList(values.brokers ?? values.broker);
@@ -188,7 +204,7 @@ async function sendToBroker({ endpoints, topic, records, batchSize, inFlight, ac
       request.finally(() => inFlightRequests.delete(request)).catch(() => {});
       if (inFlightRequests.size >= inFlight) await Promise.race(inFlightRequests);
     };
-    for (const record of records) {
+    for await (const record of records) {
       batch.push(record);
       if (batch.length >= batchSize) await flush();
     }
@@ -247,7 +263,7 @@ async function sendToCluster({ endpoints, topic, records, batchSize, inFlight, a
       done.finally(() => waiting.delete(done));
       while (waiting.size >= inFlight && !failure) await Promise.race(waiting);
     };
-    for (const record of records) {
+    for await (const record of records) {
       if (failure) break;
       const key = record[1];
       const partition = key === null || key === undefined ? turn % partitions : partitionForKey(key, partitions);

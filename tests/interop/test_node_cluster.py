@@ -62,12 +62,14 @@ def test_the_node_producer_follows_the_leaders_through_a_kill_9_and_loses_nothin
         producer = subprocess.Popen(
             ["node", script, "--brokers", first, "--topic", TOPIC, "--count", str(EVENTS),
              "--batch", "10", "--in-flight", "4", "--acks", "all", "--timeout", "3000",
+             "--rate", "1000",
              "--delivery-timeout", "40000"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
         def partition0_end() -> int:
             meta = metadata(apis[victim], TOPIC)
             return meta["topics"][0]["partitions"][0]["end_offset"] if meta else 0
+        # --rate 1000: four seconds of events at least; the kill comes a fifth of the way.
         wait_for(lambda: partition0_end() >= EVENTS // PARTITIONS // 5, timeout=20,
                  interval=0.01, what="the producer a fifth of the way through partition 0")
         assert producer.poll() is None, "the producer finished before the kill"
