@@ -257,7 +257,14 @@ async function sendToCluster({ endpoints, topic, records, batchSize, inFlight, a
         // duplicate with offsets []: stored long ago, too old to name (§8); acknowledged.
         for (const [p, base, n] of reply.offsets) note(p, base, n);
         sent += batch.length;
-      }).catch((err) => { failure ??= err; });
+      }).catch((err) => {
+        if (err instanceof RailError && err.code === "OUT_OF_ORDER_SEQUENCE") {
+          // The new leader lacks batches the old one acknowledged: only acks=1 allows that.
+          err = new RailError(err.code, `${err.message} (acknowledged batches were lost in a ` +
+            "failover: with --acks all they cannot be)");
+        }
+        failure ??= err;
+      });
       chains.set(partition, done);
       waiting.add(done);
       done.finally(() => waiting.delete(done));

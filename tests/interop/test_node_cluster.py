@@ -57,6 +57,13 @@ def test_the_node_producer_follows_the_leaders_through_a_kill_9_and_loses_nothin
         assert missing.returncode == 1, describe_run(missing)
         assert "UNKNOWN_TOPIC" in missing.stderr and "create it first" in missing.stderr
 
+        # One broker of a cluster given as --broker: refused as not its leader, with a hint.
+        # (Event 1 alone, to a broker that does not lead its partition: nothing is stored.)
+        other = next(i for i in range(3) if i != leaders[zlib.crc32(b"node-1") % PARTITIONS])
+        single = run(["node", script, "--broker", apis[other], "--topic", TOPIC, "--count", "1"])
+        assert single.returncode == 1, describe_run(single)
+        assert "NOT_LEADER" in single.stderr and "give --brokers" in single.stderr
+
         # Bootstrap from one broker that is not the victim: the rest come from metadata.
         first = next(api for i, api in enumerate(apis) if i != victim)
         producer = subprocess.Popen(
@@ -165,6 +172,14 @@ def test_the_node_worker_follows_its_coordinator_and_leaders_through_a_kill_9(
                 producer.flush(timeout_s=40)
         sender = threading.Thread(target=send_steadily, daemon=True)
         sender.start()
+
+        # One broker given as --broker: it answers `poll` (as coordinator) or `join` (as
+        # another broker) with an error the worker explains.
+        for api in apis:
+            alone = run(["node", str(node_example / "worker.js"), "--broker", api, "--group",
+                         GROUP, "--topics", TOPIC, "--count", "1", "--timeout-ms", "5000"])
+            assert alone.returncode == 1, describe_run(alone)
+            assert "give --brokers" in alone.stderr, describe_run(alone)
 
         first = next(api for i, api in enumerate(apis) if i != victim)
         worker = subprocess.Popen(
