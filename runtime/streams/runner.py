@@ -23,6 +23,9 @@ POLL_S = 0.2
 # Events per commit at most: bounds a commit's changelog batch (its changed keys), which
 # must fit in one produce (the topic's max_batch_bytes, 8 MiB by default).
 CYCLE_EVENTS = 10_000
+# Events processed between two looks at the last commit's acknowledgements (its changelog
+# batch is sent once its outputs are stored: see Task.pump).
+PUMP_EVENTS = 2_000
 # The youngest generation's threshold while the loop runs (CPython's default: 700).  A
 # cycle keeps tens of thousands of events and records alive at once (a poll reply is
 # decoded whole); at 700 allocations a collection they were scanned again and again as
@@ -137,7 +140,9 @@ class Runner:
             host.current = (tp[0], tp[1], evs[0].offset, time.monotonic())
             before = task.offset
             for i in range(0, len(evs), CYCLE_EVENTS):
-                task.process(evs[i:i + CYCLE_EVENTS])
+                for j in range(i, min(i + CYCLE_EVENTS, len(evs)), PUMP_EVENTS):
+                    task.process(evs[j:min(j + PUMP_EVENTS, i + CYCLE_EVENTS)])
+                    task.pump()  # the last commit's changelog batch goes out meanwhile
                 task.commit()
             host.processed += task.offset - before
             offsets[tp] = task.offset

@@ -89,9 +89,24 @@ class Sender:
                                                           batch.records)))
         return sending
 
+    def pump(self, sending: Sending) -> None:
+        """Take the replies that are in, without waiting; once every batch is stored, send
+        the tail.  Called between parts of the next batch of work, so that the tail is
+        usually sent and stored by the time ``finish`` is called."""
+        pending = sending.pending
+        done = 0
+        while done < len(pending) and self.conn.arrived(pending[done][1], 0):
+            self._reply(*pending[done])
+            done += 1
+        if done:
+            del pending[:done]
+        if not pending and sending.tail is not None:
+            tail, sending.tail = sending.tail, None
+            pending.append((tail, self._send(tail, tail.sequence, tail.records)))
+
     def finish(self, sending: Sending) -> list[OutBatch]:
-        """Wait until every batch ``start`` sent is stored (or was); return those a probe
-        found not stored before (now stored)."""
+        """Wait until every batch ``start`` sent (and the tail) is stored (or was); return
+        those a probe found not stored before (now stored)."""
         self._wait(sending.pending)
         sending.pending = []
         if sending.tail is not None:

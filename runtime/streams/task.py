@@ -278,6 +278,12 @@ class Task:
         """The last commit's batches are not all acknowledged yet (see ``settle``)."""
         return self._sending is not None
 
+    def pump(self) -> None:
+        """Take the last commit's acknowledgements that are in and send its changelog
+        batch once its outputs are stored (no waiting: see Sender.pump)."""
+        if self._sending is not None:
+            self.sender.pump(self._sending)
+
     def settle(self) -> None:
         """Wait for the acknowledgements of the last commit's batches (if not yet)."""
         sending, confirms = self._sending, self._confirms
