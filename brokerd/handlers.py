@@ -189,7 +189,7 @@ class Handlers:
             case p.CreatePartitions():
                 return self.handle_create_partitions(request)
             case p.DeleteRecords():
-                return self.handle_delete_records(request)
+                return self.handle_delete_records(request, client)
             case p.DeleteGroup():
                 return self.handle_delete_group(request, client)
             case p.Release():
@@ -574,13 +574,12 @@ class Handlers:
         return p.CreatePartitionsReply(id=req.id, topic=topic.name,
                                        partitions=len(topic.partitions))
 
-    def handle_delete_records(self, req: p.DeleteRecords) -> p.Reply:
-        if self.cluster is not None:  # on the leader, up to its high watermark
+    def handle_delete_records(self, req: p.DeleteRecords, client: Client) -> p.Reply | None:
+        if self.cluster is not None:  # on the leader; answered once the ISR followed
             from brokerd.cluster.admin import delete_records
-            start = delete_records(self.cluster, req.topic, req.partition, req.offset)
-        else:
-            plog = self.topics.get(req.topic).partition(req.partition)
-            start = plog.delete_records(plog.end_offset if req.offset == -1 else req.offset)
+            return delete_records(self.cluster, req, client)
+        plog = self.topics.get(req.topic).partition(req.partition)
+        start = plog.delete_records(plog.end_offset if req.offset == -1 else req.offset)
         return p.DeleteRecordsReply(id=req.id, topic=req.topic, partition=req.partition,
                                     start_offset=start)
 

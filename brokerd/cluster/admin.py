@@ -14,7 +14,9 @@
   the live brokers, as ``create_topic``); each broker's watch on the record takes them up.
 - **delete_records**: only the partition's leader moves its start offset (at most to its
   high watermark); followers move theirs up to the leader's, which travels in every
-  ``replica_fetch`` answer (Kafka's log start offset in fetch responses).
+  ``replica_fetch`` answer (Kafka's log start offset in fetch responses), and say where
+  theirs is in their next ``replica_fetch``; the leader answers once every in-sync
+  replica's start has reached the new one (Kafka's low watermark).
 
 Runs on the broker loop; ZooKeeper calls are bounded by the session timeout.
 """
@@ -26,12 +28,15 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from brokerd import protocol as p
 from brokerd.cluster.coordinator import OFFSETS_TOPIC
-from brokerd.cluster.replica import Replica
+from brokerd.cluster.replica import LEADER, Replica
 from brokerd.cluster.zk import PartitionState, StaleVersion, TopicRecord
 from brokerd.errors import (
     BadRequest,
     NotController,
+    NotEnoughReplicas,
+    NotLeader,
     OffsetOutOfRange,
     StorageError,
     UnknownPartition,
@@ -41,6 +46,7 @@ from brokerd.topics import check_name
 
 if TYPE_CHECKING:
     from brokerd.cluster.node import Cluster
+    from brokerd.waiters import Client
 
 log = logging.getLogger("brokerd.cluster")
 CAS_TRIES = 5
@@ -146,9 +152,11 @@ def create_partitions(cluster: Cluster, name: str, count: int) -> int:
 
 
 # -- delete_records -----------------------------------------------------------------------
-def delete_records(cluster: Cluster, name: str, partition: int, offset: int) -> int:
-    """On the partition's leader: move its start offset to ``offset`` (-1: its high
-    watermark); returns the new start offset."""
+def delete_records(cluster: Cluster, req: p.DeleteRecords, client: Client) -> p.Reply | None:
+    """On the partition's leader: move its start offset to ``req.offset`` (-1: its high
+    watermark), and answer once every in-sync replica has moved its own there (their
+    replica fetches say so), as Kafka's DeleteRecords does."""
+    name, partition = req.topic, req.partition
     check_name(name)
     record = cluster.topic_records.get(name)
     if record is None or name in cluster.deleting:
@@ -156,14 +164,38 @@ def delete_records(cluster: Cluster, name: str, partition: int, offset: int) -> 
     if not 0 <= partition < len(record.replicas):
         raise UnknownPartition(f"topic {name!r} has partitions "
                                f"0..{len(record.replicas) - 1}, not {partition}")
-    plog = cluster.leading(name, partition).plog
-    end = plog.high_watermark or 0
-    if offset == -1:
-        offset = end
+    replica = cluster.leading(name, partition)
+    end = replica.plog.high_watermark or 0
+    offset = end if req.offset == -1 else req.offset
     if offset > end:
         raise OffsetOutOfRange(f"cannot delete records of {name}[{partition}] up to "
                                f"{offset}: it ends at {end} (its high watermark)")
-    return plog.delete_records(offset)
+    start = replica.plog.delete_records(offset)
+    reply = p.DeleteRecordsReply(id=req.id, topic=name, partition=partition,
+                                 start_offset=start)
+    if replica.low_watermark() >= start:
+        return reply
+    wait_ms = 2 * cluster.config.replica_lag_time_ms  # an in-sync replica that does not
+    # fetch in that time has left the ISR, and the low watermark no longer waits for it
+
+    def answer(final: bool) -> bool:
+        broker = cluster.broker
+        if cluster.replicas.get(replica.key) is not replica or replica.role != LEADER:
+            broker.send_error(client, req.id, NotLeader(
+                f"{name}[{partition}]: this broker stopped leading before every in-sync "
+                "replica moved its start offset: send delete_records to the new leader"))
+        elif replica.low_watermark() >= start:
+            broker.send(client, reply)
+        elif final:
+            broker.send_error(client, req.id, NotEnoughReplicas(
+                f"{name}[{partition}]: the leader's start offset is {start}, but in-sync "
+                f"replicas have not moved theirs within {wait_ms} ms: retry (deleting "
+                "again is harmless)"))
+        else:
+            return False
+        return True
+    cluster.broker._park(client, wait_ms, answer, [replica.key], None)
+    return None
 
 
 def follow_start_offset(replica: Replica, leader_start: int) -> None:

@@ -48,6 +48,9 @@ class Follow:
     """Of the topic followed: an answer about a deleted topic of that name is not used."""
     offset: int = -1
     """Where to fetch from next; -1 until the loop has truncated."""
+    start_offset: int = 0
+    """This broker's start offset of the partition (the leader waits for it to move
+    before it answers delete_records)."""
     waiting: bool = False
     """A request is out, or the loop has not yet applied the last answer."""
     sent_at: float = 0.0
@@ -80,9 +83,10 @@ class ReplicaFetcher:
     def unfollow(self, tp: TP) -> None:
         self._command(("unfollow", tp))
 
-    def resume(self, tp: TP, leader_epoch: int, offset: int) -> None:
-        """The loop applied the last answer: fetch ``tp`` from ``offset`` next."""
-        self._command(("resume", tp, leader_epoch, offset))
+    def resume(self, tp: TP, leader_epoch: int, offset: int, start_offset: int) -> None:
+        """The loop applied the last answer: fetch ``tp`` from ``offset`` next (the log
+        starts at ``start_offset`` now)."""
+        self._command(("resume", tp, leader_epoch, offset, start_offset))
 
     def stop(self) -> None:
         self._command(("stop",))
@@ -160,10 +164,10 @@ class ReplicaFetcher:
                     follows[f.tp] = f
                 case ("unfollow", tp):
                     follows.pop(tp, None)
-                case ("resume", tp, epoch, offset):
+                case ("resume", tp, epoch, offset, start):
                     known = follows.get(tp)
                     if known is not None and known.leader_epoch == epoch:
-                        known.offset, known.waiting = offset, False
+                        known.offset, known.start_offset, known.waiting = offset, start, False
 
     def _request(self, f: Follow, rid: int) -> p.Request:
         if f.offset < 0:
@@ -171,7 +175,8 @@ class ReplicaFetcher:
                                           epoch=f.last_epoch, leader_epoch=f.leader_epoch)
         return p.ReplicaFetch(id=rid, topic=f.tp[0], partition=f.tp[1], offset=f.offset,
                               replica_id=self.broker_id, leader_epoch=f.leader_epoch,
-                              max_wait_ms=POLL_WAIT_MS, topic_id=f.topic_id)
+                              max_wait_ms=POLL_WAIT_MS, topic_id=f.topic_id,
+                              start_offset=f.start_offset)
 
     def _received(self, body: bytes, follows: dict[TP, Follow],
                   pending: dict[int, tuple[TP, int, int, str]]) -> None:

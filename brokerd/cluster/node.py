@@ -367,6 +367,7 @@ class Cluster:
         first (it may stay stored: an idempotent retry is not duplicated), and only then
         may the high watermark move on the smaller ISR."""
         replica.state, replica.version = state, version
+        self.broker.waiting.data_arrived(replica.key)  # a delete_records may wait for fewer
         if replica.role == LEADER and not replica.enough_in_sync():
             for ack in self.broker.acks.fail({replica.plog}):
                 self.broker.send_error(ack.client, ack.reply.id, NotEnoughReplicas(
@@ -403,7 +404,7 @@ class Cluster:
                         *tp, plog.end_offset, target, epoch)
             plog.truncate_to(target)
         replica.epochs.truncate(plog.end_offset)
-        self.fetcher.resume(tp, leader_epoch, plog.end_offset)
+        self.fetcher.resume(tp, leader_epoch, plog.end_offset, plog.start_offset)
 
     def _fetched(self, replica: Replica, leader_epoch: int, offset: int,
                  reply: p.ReplicaFetchReply) -> None:
@@ -422,7 +423,7 @@ class Cluster:
                                       min(reply.high_watermark, plog.end_offset))
             if reply.batches:
                 self.broker.appended(self.broker.topics.topics[tp[0]], tp[1])
-        self.fetcher.resume(tp, leader_epoch, plog.end_offset)
+        self.fetcher.resume(tp, leader_epoch, plog.end_offset, plog.start_offset)
 
     # -- the leader's side ------------------------------------------------------------
     def leading(self, topic: str, partition: int) -> Replica:
@@ -464,6 +465,9 @@ class Cluster:
         if req.offset > replica.plog.end_offset:
             raise OffsetOutOfRange(f"fetch from {req.offset} past the leader's end "
                                    f"{replica.plog.end_offset}: truncate by epoch first")
+        if req.start_offset > replica.follower_start.get(req.replica_id, -1):
+            replica.follower_start[req.replica_id] = req.start_offset
+            self.broker.waiting.data_arrived(replica.key)  # a delete_records may wait
         if replica.follower_fetched(req.replica_id, req.offset, time.monotonic()):
             self._high_watermark_moved(replica)
         if replica.may_join_isr(req.replica_id):

@@ -34,6 +34,8 @@ class Replica:
     version: int = -1
     follower_end: dict[int, int] = field(default_factory=dict)
     caught_up_at: dict[int, float] = field(default_factory=dict)
+    follower_start: dict[int, int] = field(default_factory=dict)
+    """Each follower's start offset, as its last replica fetch said."""
     sent_end: dict[int, int] = field(default_factory=dict)
     """The leader's log end when it last answered each follower: a fetch from there on
     means the follower caught up with what it was sent (Kafka's lastCaughtUpTime)."""
@@ -57,6 +59,7 @@ class Replica:
         self.state, self.version, self.role = state, version, LEADER
         self.epochs.assign(state.leader_epoch, self.plog.end_offset)
         self.follower_end.clear()
+        self.follower_start.clear()
         self.sent_end.clear()
         self.caught_up_at = {b: now for b in state.isr}
         self.led_since = now
@@ -95,6 +98,13 @@ class Replica:
             self.plog.high_watermark = new
             return True
         return False
+
+    def low_watermark(self) -> int:
+        """The smallest start offset among the in-sync replicas: records below it are
+        deleted on every one of them (what delete_records waits for)."""
+        return min((self.plog.start_offset if b == self.broker_id
+                    else self.follower_start.get(b, 0) for b in self.isr),
+                   default=self.plog.start_offset)
 
     def may_join_isr(self, follower: int) -> bool:
         """A follower outside the ISR that holds everything up to the high watermark."""
