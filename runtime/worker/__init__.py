@@ -57,7 +57,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from brokerd.protocol import EXIT_CONFIG, EXIT_OK
+from brokerd.protocol import EXIT_CONFIG, EXIT_OK, MAX_SESSION_TIMEOUT_MS
 from runtime.client import DEFAULT_BROKER, Consumer, Event, Producer
 from runtime.connection import BrokerError, BrokerUnavailable
 from runtime.dlq import send_to_dlq
@@ -282,6 +282,7 @@ class Worker:
         self.loop = asyncio.new_event_loop() if self.is_async else None
         self.producer = Producer(options.broker)
         self.consumer: Consumer | None = None
+        self.revoked: dict[tuple[str, int], float] = {}  # moved away, not released: since
         self.broker_away_since: float | None = None
         self.ctx = Context(options.name, options.member_id, self.log, self.producer)
         self.flight = FlightRecord(options.flight, options.topics, max(1, options.concurrency))
@@ -323,10 +324,18 @@ class Worker:
         opts = self.options
         while self.consumer is None:
             try:
-                self.consumer = Consumer(opts.broker, group=opts.group, topics=opts.topics,
-                                         member_id=opts.member_id, start=opts.start,
-                                         session_timeout_ms=opts.session_timeout_ms,
-                                         client_id=opts.name)
+                # A rebalance hands partitions over after the drain (docs/workers.md):
+                # the sync path has finished every event it polled when it learns of one,
+                # so the consumer commits and releases them itself; the lanes release
+                # theirs once their running handlers are done (_hand_over).
+                concurrent = opts.concurrency > 1 or opts.key_rate > 0
+                self.consumer = Consumer(
+                    opts.broker, group=opts.group, topics=opts.topics,
+                    member_id=opts.member_id, start=opts.start,
+                    session_timeout_ms=opts.session_timeout_ms, client_id=opts.name,
+                    rebalance_timeout_ms=min(int(opts.drain_timeout_s * 1000),
+                                             MAX_SESSION_TIMEOUT_MS),
+                    on_revoke=self._on_revoke if concurrent else None)
             except BrokerUnavailable as exc:
                 if self.stopping:
                     return EXIT_OK
@@ -467,7 +476,9 @@ class Worker:
                 self._take(consumer, lanes, wait=not lanes.pending)
             if consumer.generation != generation:
                 generation = consumer.generation
-                lanes.forget(set(consumer.assignment))
+                lanes.forget(set(consumer.assignment), keep=set(self.revoked))
+            if self.revoked:
+                self._hand_over(consumer, lanes)
             due = lanes.release() if lanes.later else None
             if lanes.pending:
                 wait = OUTCOME_WAIT_S if lanes.pending < window else 0.5
@@ -547,6 +558,30 @@ class Worker:
                 item = outcomes.get_nowait()
             except queue.Empty:
                 return
+
+    def _on_revoke(self, tps: list[tuple[str, int]]) -> None:
+        now = time.monotonic()
+        for tp in tps:
+            self.revoked.setdefault(tp, now)
+
+    def _hand_over(self, consumer: Consumer, lanes: Lanes) -> None:
+        """Release the partitions a rebalance moved away once none of their events runs
+        (or ``drain_timeout_s`` after the move): their watermark is committed first, so the
+        new owner starts after what was finished here and at what was not."""
+        busy = {(e.topic, e.partition) for e in lanes.running.values()}
+        now = time.monotonic()
+        for tp in [tp for tp, since in self.revoked.items()
+                   if tp not in busy or now - since >= self.options.drain_timeout_s]:
+            del self.revoked[tp]
+            mark = lanes.watermark_of(tp)
+            try:
+                if mark is not None:
+                    self.producer.flush()  # what its finished handlers sent is acked first
+                    consumer.commit({tp: mark}, sync=True)
+                consumer.release([tp])
+            except BrokerError as exc:  # the hand-over ends at the broker's timeout
+                self.log.warning("could not hand over %s[%d]: %s", tp[0], tp[1], exc)
+            lanes.forget(set(consumer.assignment), keep=set(self.revoked))
 
     def _commit_finished(self, consumer: Consumer, lanes: Lanes) -> None:
         marks = lanes.watermarks()

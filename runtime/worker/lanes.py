@@ -181,10 +181,18 @@ class Lanes:
                 out[tp] = track.watermark()
         return out
 
-    def forget(self, owned: set[tuple[str, int]]) -> None:
+    def watermark_of(self, tp: tuple[str, int]) -> int | None:
+        """One partition's next offset to commit (None: nothing taken of it)."""
+        track = self.tracks.get(tp)
+        return None if track is None else track.watermark()
+
+    def forget(self, owned: set[tuple[str, int]],
+               keep: set[tuple[str, int]] | frozenset[tuple[str, int]] = frozenset()) -> None:
         """Drop what is queued of partitions no longer ``owned`` (a rebalance moved them),
         and their tracks: their next owner (maybe us again) starts from the committed offset.
-        Running events finish; their outcome is committed by nobody."""
+        Running events finish; their outcome is committed by nobody.  The tracks of the
+        partitions in ``keep`` stay (being handed over: their running events finish and
+        are committed first; what was dropped stays unfinished, below the watermark)."""
         gone = {tp for tp in self.tracks if tp not in owned}
         if not gone:
             return
@@ -203,7 +211,7 @@ class Lanes:
                 else:
                     self.lanes[lane].clear()
         self.pending -= dropped
-        for tp in gone:
+        for tp in gone - set(keep):
             del self.tracks[tp]
 
 
