@@ -1,0 +1,159 @@
+"""``rail up --zookeeper HOSTS --broker-id N``: the supervisor's own broker joins a cluster.
+
+Two supervisors (broker ids 0 and 1, one configured by rail.toml's [broker] keys, the other
+by flags) and one plain broker (id 2) form a cluster; rail.toml's topics are created with
+replication; the workers of both supervisors share one group and consume from the leaders.
+An unreachable ZooKeeper and a taken id are clear errors with brokerd's exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from brokerd import protocol as p
+from runtime.client import Producer
+from runtime.routing import Router
+from tests.cluster.client import metadata, start_member
+from tests.cluster.zookeeper import ZooKeeper
+from tests.helpers import (
+    ROOT,
+    free_port,
+    python_env,
+    stop_process,
+    wait_for,
+    written_lines,
+)
+
+EVENTS = 400
+
+
+def rail(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=ROOT,
+                          env=python_env(), capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def supervisor_folder(folder: Path, out: Path, broker_keys: str = "") -> tuple[Path, str, str]:
+    """A rail.toml with its own ports and a worker ``cook`` appending each value to ``out``;
+    the toml's path, its control endpoint and its broker's endpoint."""
+    folder.mkdir(parents=True)
+    control = f"tcp://127.0.0.1:{free_port()}"
+    api = f"tcp://127.0.0.1:{free_port()}"
+    (folder / "cook.py").write_text(
+        f"def handle(event, ctx):\n    with open({str(out)!r}, 'a') as f:\n"
+        "        f.write(f'{event.value}\\n')\n")
+    (folder / "rail.toml").write_text(
+        f'[broker]\nbind = "{api}"\ningest = "tcp://127.0.0.1:{free_port()}"\n{broker_keys}'
+        f'[supervisor]\ncontrol = "{control}"\ngrace_s = 5\n'
+        '[topics.orders]\npartitions = 4\n'
+        '[workers.cook]\nscript = "cook.py"\ntopics = ["orders"]\n')
+    return folder / "rail.toml", control, api
+
+
+def start_up(toml: Path, *flags: str) -> subprocess.Popen[bytes]:
+    with open(toml.parent / "up.err", "wb") as err:
+        return subprocess.Popen([sys.executable, "-m", "runtime.cli", "up", "-c", str(toml),
+                                 *flags], stdout=subprocess.DEVNULL, stderr=err,
+                                env=python_env(), cwd=toml.parent)
+
+
+def status(control: str) -> dict[str, Any] | None:
+    run = rail("status", "--json", "--control", control)
+    return json.loads(run.stdout) if run.returncode == 0 else None
+
+
+def cook_running(control: str) -> bool:
+    s = status(control)
+    return bool(s and s["broker"]["state"] == "running" and s["workers"][0]["state"] == "running")
+
+
+def test_two_supervisors_and_a_broker_form_a_cluster_whose_workers_share_the_events(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    plain = start_member(tmp_path, zookeeper, 2)
+    ups: list[subprocess.Popen[bytes]] = []
+    outs = [tmp_path / "out0.txt", tmp_path / "out1.txt"]
+    try:
+        toml0, control0, api0 = supervisor_folder(
+            tmp_path / "s0", outs[0], f'zookeeper = "{zookeeper.hosts}"\nbroker_id = 0\n')
+        ups.append(start_up(toml0))
+        wait_for(lambda: cook_running(control0), 60, 0.2, "supervisor 0 and its cook running")
+        toml1, control1, api1 = supervisor_folder(tmp_path / "s1", outs[1])
+        ups.append(start_up(toml1, "--zookeeper", zookeeper.hosts, "--broker-id", "1"))
+        wait_for(lambda: cook_running(control1), 60, 0.2, "supervisor 1 and its cook running")
+
+        every = f"{api0},{api1},{plain.api}"
+        meta = wait_for(lambda: (m := metadata(api1, "orders")) and len(m["brokers"]) == 3
+                        and m, 30, 0.2, "broker 1 to see three brokers")
+        assert sorted(b["id"] for b in meta["brokers"]) == [0, 1, 2]
+        # created by supervisor 0 while brokers 0 and 2 were live: min(3, live) replicas
+        parts = meta["topics"][0]["partitions"]
+        assert len(parts) == 4
+        assert all(sorted(x["replicas"]) == [0, 2] for x in parts), parts
+        wait_for(lambda: all(sorted(x["isr"]) == [0, 2] for x in
+                             metadata(api1, "orders")["topics"][0]["partitions"]),  # type: ignore[index]
+                 30, 0.2, "every replica of orders in sync")
+
+        router = Router(every, timeout_s=5.0)
+        try:
+            def settled() -> bool:  # both members own partitions: no rebalance to come
+                members = router.call(p.DescribeGroup(group="cook")).members
+                return sorted(m.member_id for m in members) == ["cook-0.b0", "cook-0.b1"] \
+                    and all(m.assignment for m in members)
+            wait_for(settled, 60, 0.2, "both cooks in group cook, each with partitions")
+        finally:
+            router.close()
+        with Producer(every, acks="all") as producer:
+            for i in range(EVENTS):
+                producer.send("orders", i, key=str(i))
+        wait_for(lambda: sum(len(written_lines(o)) for o in outs) >= EVENTS, 60, 0.2,
+                 f"{EVENTS} events handled")
+        by_cook = [[int(v) for v in written_lines(o)] for o in outs]
+        assert all(by_cook), "a cook on each supervisor handled events"
+        assert sorted(by_cook[0] + by_cook[1]) == list(range(EVENTS))
+        # each supervisor reads the group at its coordinator (maybe another broker)
+        wait_for(lambda: (s := status(control1)) and s["workers"][0]["processed"] == EVENTS,
+                 30, 0.2, f"rail status to count {EVENTS} committed")
+    finally:
+        for up in ups:
+            stop_process(up, 30)
+        plain.stop()
+    assert [up.returncode for up in ups] == [0, 0]
+
+
+def test_an_unreachable_zookeeper_and_a_taken_id_are_clear_errors(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    plain = start_member(tmp_path, zookeeper, 2)
+    try:
+        cases = [(["--zookeeper", f"127.0.0.1:{free_port()}", "--broker-id", "0"], 69,
+                  "cannot be reached"),
+                 (["--zookeeper", zookeeper.hosts, "--broker-id", "2"], 78,
+                  "broker id 2 is taken")]
+        runs = []
+        for index, (flags, _, _) in enumerate(cases):  # at once: each waits ~10 s
+            toml, _, _ = supervisor_folder(tmp_path / f"s{index}", tmp_path / "out.txt")
+            runs.append(subprocess.Popen(
+                [sys.executable, "-m", "runtime.cli", "up", "-c", str(toml), *flags],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                env=python_env(), cwd=ROOT))
+        for run, (flags, code, words) in zip(runs, cases):
+            try:
+                _, err = run.communicate(timeout=40)
+            finally:
+                stop_process(run)
+            assert run.returncode == code, (flags, err)
+            assert words in err, err
+        for flags, words in (
+                (["--zookeeper", zookeeper.hosts], "needs broker.broker_id"),
+                (["--zookeeper", zookeeper.hosts, "--broker-id", "0", "--broker", plain.api],
+                 "give one of them"),
+                (["--broker-id", "0"], "set broker.zookeeper")):
+            done = rail("up", "-c", str(toml), *flags)
+            assert done.returncode == 78, (flags, done.stderr)
+            assert words in done.stderr, done.stderr
+        assert plain.proc.poll() is None, "the broker holding id 2 keeps serving"
+    finally:
+        plain.stop()
