@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from brokerd.protocol import EXIT_BIND, EXIT_CONFIG
+from brokerd.protocol import EXIT_BIND, EXIT_CONFIG, EXIT_UNAVAILABLE
 from runtime.config import RailConfig
 from runtime.policy import Backoff, Intensity
 from runtime.process import Child, child_env
@@ -44,8 +44,24 @@ class BrokerChild:
         b = self.config.broker
         security = [*(["--curve-secret-key", b.curve_secret_key] if b.curve_secret_key else []),
                     *(["--acl", b.acl] if b.acl else [])]
+        cluster = [*(["--zookeeper", b.zookeeper] if b.zookeeper else []),
+                   *(["--broker-id", str(b.broker_id)] if b.broker_id is not None else []),
+                   *(["--advertise", b.advertise] if b.advertise else [])]
         return [sys.executable, "-m", "brokerd", "--data-dir", b.data_dir, "--bind", b.bind,
-                "--ingest", b.ingest, *security]
+                "--ingest", b.ingest, *security, *cluster]
+
+    @property
+    def member_tag(self) -> str:
+        """Appended to this supervisor's member ids: in a cluster, supervisors on other
+        brokers run replicas of the same workers in the same groups, and a member id
+        names one member (``cook-0`` of broker 1 is ``cook-0.b1``)."""
+        return f".b{self.config.broker.broker_id}" if self.clustered else ""
+
+    @property
+    def clustered(self) -> bool:
+        """Its broker joins a cluster (``[broker].zookeeper``): requests go where they are
+        served (``runtime.routing.Router``), not all to this broker."""
+        return bool(self.config.broker.zookeeper) and not self.external
 
     @property
     def grace_s(self) -> float:
@@ -80,9 +96,22 @@ class BrokerChild:
             child.signal(signal.SIGKILL)
             child.proc.wait(5)
         self.child = None
-        print(f"rail: brokerd did not become ready (exit code {code}): {self.cause()} "
-              f"(log: {self.log})", file=sys.stderr)
+        print(f"rail: {self.why_not_ready(code)}brokerd did not become ready (exit code "
+              f"{code}): {self.cause()} (log: {self.log})", file=sys.stderr)
         return None, code
+
+    def why_not_ready(self, code: int | None) -> str:
+        """A broker joining a cluster: what its exit code means, in a sentence of its own."""
+        b = self.config.broker
+        if not b.zookeeper:
+            return ""
+        if code == EXIT_UNAVAILABLE:
+            return (f"ZooKeeper at {b.zookeeper} cannot be reached: start it, or fix "
+                    "[broker].zookeeper / --zookeeper. ")
+        if code == EXIT_CONFIG and "already registered" in self.cause():
+            return (f"broker id {b.broker_id} is taken by another live broker of the cluster: "
+                    "give this one its own [broker].broker_id / --broker-id. ")
+        return ""
 
     def cause(self) -> str:
         """The line of brokerd's log (since its last start) that says why it stopped."""

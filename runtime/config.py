@@ -29,6 +29,11 @@ class BrokerSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     endpoint: str = ""  # a running broker to use instead of starting one
     curve_secret_key: str = ""  # brokerd --curve-secret-key (docs/security.md)
     acl: str = ""  # brokerd --acl: acl.toml, needed with curve_secret_key
+    # a cluster (docs/cluster.md): brokerd --zookeeper HOST:PORT[,...][/chroot], --broker-id
+    # (each broker its own, >= 0) and --advertise (the endpoint others use, if not bind)
+    zookeeper: str = ""
+    broker_id: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    advertise: str = ""
 
 
 class SupervisorSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -82,6 +87,20 @@ class RailConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     topics: dict[str, TopicSection] = {}
     workers: dict[str, WorkerSpec] = {}
     connectors: list[dict[str, Any]] = []  # Rail Connect: each becomes a worker (resolve)
+
+
+def check_broker(broker: BrokerSection) -> None:
+    """The [broker] keys that only make sense together, once the flags are applied."""
+    if broker.zookeeper and broker.endpoint:
+        raise ConfigError("broker.zookeeper starts a broker that joins a cluster, "
+                          "broker.endpoint (or --broker) uses a running one: give one of them")
+    if broker.zookeeper and broker.broker_id is None:
+        raise ConfigError("broker.zookeeper needs broker.broker_id (--broker-id N): each "
+                          "broker of the cluster its own N >= 0")
+    if not broker.zookeeper and (broker.broker_id is not None or broker.advertise):
+        key = "broker_id" if broker.broker_id is not None else "advertise"
+        raise ConfigError(f"broker.{key} is for a broker in a cluster: set broker.zookeeper "
+                          "(--zookeeper HOST:PORT[/chroot]) too, or drop it")
 
 
 def load_config(path: str | Path | None) -> tuple[RailConfig, Path]:

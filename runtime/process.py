@@ -138,8 +138,10 @@ class Watcher:
         return Backoff(self.spec.backoff_s, self.spec.backoff_max_s,
                        stable_s=max(10.0, self.spec.backoff_max_s))
 
-    def new_replica(self, index: int) -> Replica:
-        replica = Replica(index, f"{self.name}-{index}", self.backoff())
+    def new_replica(self, index: int, tag: str = "") -> Replica:
+        """Replica ``index``, member ``<name>-<index><tag>`` of its group (``tag``: what
+        tells this supervisor's replicas from another's in the same group)."""
+        replica = Replica(index, f"{self.name}-{index}{tag}", self.backoff())
         self.replicas[index] = replica
         return replica
 

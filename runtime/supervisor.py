@@ -23,7 +23,8 @@ import msgspec
 import zmq
 
 from brokerd import protocol as p
-from brokerd.protocol import EXIT_BIND, EXIT_CONFIG, EXIT_STORAGE
+from brokerd.protocol import EXIT_BIND, EXIT_CONFIG, EXIT_STORAGE, EXIT_UNAVAILABLE
+from runtime import routing
 from runtime.brokerchild import BrokerChild
 from runtime.client import Producer
 from runtime.config import RailConfig, WorkerSpec
@@ -32,7 +33,6 @@ from runtime.control import ControlHandlers, ControlServer, counted
 from runtime.dlq import dlq_topic, fetch_range, send_to_dlq
 from runtime.logfiles import LogRotation, PrefixedOutput
 from runtime.policy import Health
-from runtime import routing
 from runtime.process import Child, Replica, Watcher, child_env, describe_exit
 from runtime.registry import Baselines, Registry, baseline, replace_atomically
 from runtime.reload import Reloader, script_digest
@@ -249,7 +249,8 @@ class Supervisor:
             endpoint, code = self.broker.wait_ready()
             if endpoint is None:
                 # its own exit code when it names the cause (bind, config, storage)
-                return code if code in (EXIT_BIND, EXIT_CONFIG, EXIT_STORAGE) else 1
+                return code if code in (EXIT_BIND, EXIT_CONFIG, EXIT_STORAGE,
+                                        EXIT_UNAVAILABLE) else 1
             self.broker.endpoint = endpoint
         try:
             for topic, section in self.config.topics.items():
@@ -263,8 +264,8 @@ class Supervisor:
 
     def conn(self) -> Connection:
         if self._conn is None:
-            self._conn = routing.connect(self.broker.endpoint, context=self.context,
-                                         timeout_s=2.0)
+            connect = routing.Router if self.broker.clustered else routing.connect
+            self._conn = connect(self.broker.endpoint, context=self.context, timeout_s=2.0)
         return self._conn
 
     def _drop_conn(self) -> None:
@@ -355,7 +356,8 @@ class Supervisor:
             for key in suspects:  # the counts are gone with the last supervisor: one each
                 watcher.crashes.record([key], "a crash before the supervisor restarted")
         for index in range(watcher.spec.replicas):
-            replica = watcher.replicas.get(index) or watcher.new_replica(index)
+            replica = watcher.replicas.get(index) or watcher.new_replica(index,
+                                                                        self.broker.member_tag)
             if replica.child is None:
                 self.spawn(watcher, replica)
 

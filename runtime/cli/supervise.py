@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -16,7 +16,7 @@ import psutil
 from runtime import control
 from runtime.cli.common import guarded
 from runtime.cli.logs import add_logs_command
-from runtime.config import load_config
+from runtime.config import ConfigError, check_broker, load_config
 from runtime.policy import POLICIES
 
 DOWN_WAIT_S = 120.0
@@ -29,7 +29,15 @@ def add_supervisor_commands(sub: argparse._SubParsersAction) -> None:
                         "rail.toml and of the run-time registrations; Ctrl-C stops them all.")
     up.add_argument("-c", "--config", help="the rail.toml to use (default ./rail.toml)")
     up.add_argument("--broker", help="use the running broker at this endpoint instead of "
-                    "starting one")
+                    "starting one (a cluster's: tcp://a:7400,tcp://b:7400,...)")
+    up.add_argument("--zookeeper", metavar="HOST:PORT[,...][/chroot]",
+                    help="the broker rail up starts joins the cluster coordinated by this "
+                    "ZooKeeper (default [broker].zookeeper); needs --broker-id")
+    up.add_argument("--broker-id", type=int, metavar="N", help="that broker's id in the "
+                    "cluster, its own N >= 0 (default [broker].broker_id)")
+    up.add_argument("--advertise", metavar="ENDPOINT", help="the endpoint other brokers and "
+                    "clients reach that broker at, when not its bind (default "
+                    "[broker].advertise)")
     up.add_argument("--data-dir", help="broker data, logs and registrations "
                     "(default [broker].data_dir)")
     up.add_argument("--control", help="control socket to bind (default [supervisor].control)")
@@ -99,9 +107,29 @@ def cmd_up(args: argparse.Namespace) -> int:
         config.supervisor.metrics = args.metrics
     if args.console:
         config.supervisor.console = args.console
+    apply_cluster_flags(args, config.broker)
     path = Path(args.config or "rail.toml").resolve()
     return Supervisor(config, base, broker_endpoint=args.broker or "", config_path=path,
                       toml=toml).run()
+
+
+def apply_cluster_flags(args: argparse.Namespace, broker: Any) -> None:
+    """--zookeeper, --broker-id, --advertise over rail.toml's [broker]; then the checks.
+    ``--broker`` alone runs workers only: the file's keys for a broker to start do not
+    apply then."""
+    if args.broker and not (args.zookeeper or args.broker_id is not None or args.advertise):
+        broker.zookeeper, broker.broker_id, broker.advertise = "", None, ""
+    if args.zookeeper:
+        broker.zookeeper = args.zookeeper
+    if args.broker_id is not None:
+        if args.broker_id < 0:
+            raise ConfigError(f"--broker-id {args.broker_id}: an id is a number >= 0")
+        broker.broker_id = args.broker_id
+    if args.advertise:
+        broker.advertise = args.advertise
+    if args.broker:
+        broker.endpoint = args.broker
+    check_broker(broker)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
