@@ -277,6 +277,7 @@ def test_a_window_that_takes_whole_batches_is_exact_after_kill_9(
                                    items[i:i + CHUNK], 2, pause(rng, i, len(items), mid_stream))
         if rng.random() < 0.3:
             shutil.rmtree(tmp_path / "state", ignore_errors=True)  # restore from changelog
+    assert mid_stream > 0, "no kill landed mid-stream: the test proves nothing"
     replica = Replica(broker, script, tmp_path / "state", "t-0")
     try:
         wait_caught_up(broker, "tumble")
