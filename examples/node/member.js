@@ -128,9 +128,10 @@ class ClusterMember {
   // next round asks metadata again).
   async atLeader(topic, partition, op, fields, timeoutMs = CALL_TIMEOUT_MS) {
     const tp = tpOf(topic, partition);
-    const leader = this.cluster.leaders.get(tp);
+    const leader = this.cluster.leaderOf(tp);
     if (!leader) {
       await this.cluster.refresh(this.topics).catch(() => {});
+      if (!this.cluster.leaderOf(tp)) await sleep(RETRY_MS);
       return null;
     }
     try {
@@ -224,4 +225,4 @@ class ClusterMember {
   }
 }
 
-module.exports = { ClusterMember, FETCH_WAIT_MS };
+module.exports = { ClusterMember };

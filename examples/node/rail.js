@@ -295,6 +295,13 @@ class RailCluster {
     this.silentUntil.set(endpoint, Date.now() + SILENT_MS);
   }
 
+  // The leader of `tp` as last learned, unless it did not answer lately: metadata names a
+  // killed leader until its ZooKeeper session expires, and a request to it costs a timeout.
+  leaderOf(tp) {
+    const leader = this.leaders.get(tp);
+    return leader && !(this.silentUntil.get(leader) > Date.now()) ? leader : undefined;
+  }
+
   async askMetadata(topics) {
     const candidates = this.candidates();
     let lastError = null;
@@ -348,7 +355,7 @@ class RailCluster {
     const deadline = Date.now() + deadlineMs;
     let last = null;
     while (Date.now() < deadline) {
-      const leader = this.leaders.get(tp);
+      const leader = this.leaderOf(tp);
       if (!leader) {
         try {
           await this.refresh([topic]);
@@ -356,7 +363,7 @@ class RailCluster {
           if (!(err instanceof RailError) || err.code !== "UNAVAILABLE") throw err;
           last = err;
         }
-        if (!this.leaders.get(tp)) await sleep(RETRY_MS);
+        if (!this.leaderOf(tp)) await sleep(RETRY_MS);
         continue;
       }
       try {
