@@ -148,7 +148,7 @@ def test_the_node_worker_follows_its_coordinator_and_leaders_through_a_kill_9(
     try:
         with RawClient(apis[0]) as raw:
             raw.ok("create_topic", topic=TOPIC, partitions=PARTITIONS)
-        wait_in_sync(apis, TOPIC, PARTITIONS, 3)
+        leaders = wait_in_sync(apis, TOPIC, PARTITIONS, 3)
 
         def coordinator() -> str | None:
             with RawClient(apis[0]) as raw:
@@ -156,6 +156,7 @@ def test_the_node_worker_follows_its_coordinator_and_leaders_through_a_kill_9(
             return reply["api"] if reply["op"] == "find_coordinator" else None
         victim = apis.index(wait_for(coordinator, timeout=20, interval=0.2,
                                      what="the group's coordinator"))
+        assert victim in leaders.values(), "the coordinator leads a partition too"
         wait_in_sync(apis, "__rail_offsets", 8, 3)
 
         def send_steadily() -> None:
