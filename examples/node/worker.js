@@ -235,7 +235,7 @@ async function runInCluster({ bootstrap, group, topics, count, deadline, session
     }
     member.close();
   }
-  log(`handled ${handled} events, committed, left ${group}`);
+  log(`handled ${handled} events${exitCode === 1 ? "" : ", committed"}, left ${group}`);
   return exitCode;
 }
 
