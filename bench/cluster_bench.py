@@ -47,12 +47,15 @@ for path in (ROOT, ROOT / "bench"):  # spawned children inherit sys.path
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from common import free_port, run_in_process, stop_popen
+from common import free_port, run_in_process, spawn, stop_popen
 from tests.cluster.client import wait_in_sync
 from tests.cluster.zookeeper import start_zookeeper
 from tests.helpers import start_broker
 
 PAYLOAD = b"x" * 100
+LATENCY_EVENTS, LATENCY_RATE = 25_000, 5_000.0  # 5 s at the issue's 5,000 events/s
+FAILOVER_S = 16.0  # a steady stream this long; the leader is killed a quarter in
+SESSION_TIMEOUT_S = 6.0  # the brokers' ZooKeeper session (brokerd's default)
 
 
 # -- Rail ------------------------------------------------------------------------------
@@ -89,6 +92,73 @@ def rail_consume(leader: str, events: int) -> dict[str, Any]:
     return {"rate": events / seconds}
 
 
+def rail_latency_consume(bootstrap: str, count: int, ready: str) -> dict[str, Any]:
+    """A group member (the cluster ``Consumer``) reading ``count`` events whose values are
+    their send times: produce-to-consume latency of each."""
+    from common import latency_summary_ms
+
+    from runtime.client import Consumer
+    latencies: list[int] = []
+    with Consumer(bootstrap, group="latency", topics=["bench"], start="latest") as consumer:
+        deadline = time.monotonic() + 30
+        while not (consumer.assignment and consumer._fetching):  # parked at the leader
+            consumer.poll(0.05)
+            if time.monotonic() > deadline:
+                raise TimeoutError("no assignment")
+        Path(ready).touch()
+        while len(latencies) < count:
+            for event in consumer.poll(1.0):
+                latencies.append(time.time_ns() - event.value)
+    return latency_summary_ms(latencies)
+
+
+def rail_latency_produce(bootstrap: str, count: int, rate: float) -> dict[str, Any]:
+    """``count`` events at ``rate`` a second, each sent at once (``linger_ms=0``)."""
+    from runtime.client import Producer
+    with Producer(bootstrap, acks="all", linger_ms=0) as producer:
+        due = time.perf_counter()
+        for _ in range(count):
+            while time.perf_counter() < due:
+                pass
+            producer.send("bench", time.time_ns())
+            due += 1 / rate
+        producer.flush()
+        return {"errors": len(producer.errors)}
+
+
+def rail_steady_produce(bootstrap: str, seconds: float, rate: float) -> dict[str, Any]:
+    """``acks="all"`` sends at ``rate`` a second for ``seconds``: (sent, acked) times."""
+    from runtime.client import Producer
+    acked: list[tuple[float, float]] = []
+    failed: list[str] = []
+
+    def note(sent: float) -> Any:
+        def done(_partition: int, _offset: int, error: Any) -> None:
+            (failed.append(error.code) if error else acked.append((sent, time.time())))
+        return done
+    with Producer(bootstrap, acks="all", linger_ms=0, request_timeout_s=5) as producer:
+        end = time.perf_counter() + seconds
+        due = time.perf_counter()
+        while time.perf_counter() < end:
+            producer.send("bench", PAYLOAD, callback=note(time.time()))
+            due += 1 / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
+        producer.flush(timeout_s=60)
+    return {"acked": acked, "failed": failed}
+
+
+def run_single(folder: Path, events: int) -> dict[str, Any]:
+    """The same produce against one broker without ZooKeeper: what replication costs."""
+    broker = start_broker(folder / "single")
+    try:
+        from tests.integration.wire import RawClient
+        with RawClient(broker.api) as raw:
+            raw.ok("create_topic", topic="bench", partitions=1)
+        return {"produce": run_in_process(rail_produce, broker.api, events)["rate"]}
+    finally:
+        broker.stop()
+
+
 def run_rail(folder: Path, events: int) -> dict[str, Any]:
     zk = start_zookeeper(folder / "zk", nodes=1)
     brokers = []
@@ -104,8 +174,30 @@ def run_rail(folder: Path, events: int) -> dict[str, Any]:
         leader = apis[wait_in_sync(apis, "bench", 1, 3)[0]]
         produced = run_in_process(rail_produce, ",".join(apis), events)
         consumed = run_in_process(rail_consume, leader, events)
+        # produce -> consume latency at 5,000 events/s through the cluster consumer
+        ready = folder / "consumer-ready"
+        with spawn(rail_latency_consume, ",".join(apis), LATENCY_EVENTS, str(ready)) as reader:
+            deadline = time.monotonic() + 60
+            while not ready.exists():
+                reader.ensure_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the latency consumer never got its partition")
+                time.sleep(0.05)
+            latency_errors = run_in_process(rail_latency_produce, ",".join(apis),
+                                            LATENCY_EVENTS, LATENCY_RATE)["errors"]
+            latency = reader.result(120)
+        # failover: kill -9 the leader under a steady acks=all stream; then the first ack of
+        # an event sent after the kill (the old leader can answer none of those)
+        with spawn(rail_steady_produce, ",".join(apis), FAILOVER_S, 2_000.0) as steady:
+            time.sleep(FAILOVER_S / 4)
+            killed_at = time.time()
+            brokers[[b.api for b in brokers].index(leader)].kill9()
+            stream = steady.result(FAILOVER_S + 90)
+        after = [acked for sent, acked in stream["acked"] if sent > killed_at]
         return {"produce": produced["rate"], "consume": consumed["rate"],
-                "errors": produced["errors"]}
+                "p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"],
+                "failover_s": (min(after) - killed_at) if after else float("inf"),
+                "errors": produced["errors"] + latency_errors + len(stream["failed"])}
     finally:
         for b in brokers:
             b.stop()
@@ -209,21 +301,33 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"cluster_bench: needs {tool} (apt-get install nats-server zookeeper)")
             return 2
-    rows: dict[str, list[dict[str, Any]]] = {"rail": [], "nats": []}
+    rows: dict[str, list[dict[str, Any]]] = {"rail": [], "nats": [], "single": []}
     for run in range(args.runs):
-        for name, fn in (("rail", run_rail), ("nats", run_nats)):
+        for name, fn in (("rail", run_rail), ("nats", run_nats), ("single", run_single)):
             with tempfile.TemporaryDirectory(prefix=f"cluster-bench-{name}-") as folder:
                 row = fn(Path(folder), args.events)
             rows[name].append(row)
-            print(f"run {run + 1} {name}: produce {row['produce']:,.0f}/s, "
-                  f"consume {row['consume']:,.0f}/s", flush=True)
-    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("produce", "consume")}
+            print(f"run {run + 1} {name}: " + ", ".join(
+                f"{k} {v:,.0f}/s" if k in ("produce", "consume") else f"{k} {v:.3g}"
+                for k, v in row.items() if k != "errors"), flush=True)
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "errors"}
            for name, rs in rows.items()}
+    rail, nats, single = med["rail"], med["nats"], med["single"]
     print(f"\n{args.events:,} events of 100 B, replication factor 3, medians of {args.runs}:")
     print("| | Rail | NATS JetStream | Rail / NATS |\n| --- | ---: | ---: | ---: |")
     for k in ("produce", "consume"):
-        print(f"| {k} (events/s) | {med['rail'][k]:,.0f} | {med['nats'][k]:,.0f} | "
-              f"{med['rail'][k] / med['nats'][k]:.2f} |")
+        print(f"| {k} (events/s) | {rail[k]:,.0f} | {nats[k]:,.0f} | {rail[k] / nats[k]:.2f} |")
+    verdict = {True: "pass", False: "FAIL"}
+    print(f"\n| target (issue 12) | value | limit | result |\n| --- | ---: | ---: | --- |\n"
+          f"| produce, Rail RF 3 / NATS R3 | {rail['produce'] / nats['produce']:.1f}x | >= 5x | "
+          f"{verdict[rail['produce'] >= 5 * nats['produce']]} |\n"
+          f"| produce, RF 3 / single broker ({single['produce']:,.0f}/s) | "
+          f"{rail['produce'] / single['produce']:.0%} | >= 30% | "
+          f"{verdict[rail['produce'] >= 0.3 * single['produce']]} |\n"
+          f"| produce -> consume p99 at {LATENCY_RATE:,.0f}/s (p50 {rail['p50_ms']:.2f} ms) | "
+          f"{rail['p99_ms']:.2f} ms | <= 3 ms | {verdict[rail['p99_ms'] <= 3]} |\n"
+          f"| failover: kill -9 of the leader -> first acks=all ack | {rail['failover_s']:.2f} s "
+          f"| <= {SESSION_TIMEOUT_S + 1:g} s | {verdict[rail['failover_s'] <= SESSION_TIMEOUT_S + 1]} |")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"events": args.events, "runs": rows,
                                            "medians": med}, indent=1))
@@ -231,7 +335,7 @@ def main() -> int:
     if left.stdout.strip() and str(os.getpid()) not in left.stdout.split():
         print(f"left running: {left.stdout.split()}")
         return 1
-    return 1 if any(r["errors"] for r in rows["rail"]) else 0
+    return 1 if any(r.get("errors") for r in rows["rail"]) else 0
 
 
 if __name__ == "__main__":
