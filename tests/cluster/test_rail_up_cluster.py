@@ -9,6 +9,8 @@ An unreachable ZooKeeper and a taken id are clear errors with brokerd's exit cod
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +124,50 @@ def test_two_supervisors_and_a_broker_form_a_cluster_whose_workers_share_the_eve
             stop_process(up, 30)
         plain.stop()
     assert [up.returncode for up in ups] == [0, 0]
+
+
+def test_the_supervisors_broker_killed_with_kill_9_is_restarted_and_rejoins_the_cluster(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """Its workers go on through the cluster's other brokers while it is away; back, it
+    waits out its old registration, registers again and catches up."""
+    plain = [start_member(tmp_path, zookeeper, i) for i in (1, 2)]
+    up: subprocess.Popen[bytes] | None = None
+    out = tmp_path / "out.txt"
+    try:
+        toml, control, api = supervisor_folder(tmp_path / "s0", out)
+        up = start_up(toml, "--zookeeper", zookeeper.hosts, "--broker-id", "0")
+        wait_for(lambda: cook_running(control), 60, 0.2, "the supervisor and its cook running")
+        meta = metadata(plain[0].api, "orders")
+        assert meta is not None
+        assert all(sorted(x["replicas"]) == [0, 1, 2] for x in meta["topics"][0]["partitions"])
+        every = ",".join([api, *(b.api for b in plain)])
+        broker_pid = status(control)["broker"]["pid"]  # type: ignore[index]
+        with Producer(every, acks="all") as producer:
+            for i in range(EVENTS):
+                if i == EVENTS // 4:
+                    kill9_pid(broker_pid)
+                producer.send("orders", i, key=str(i))
+        wait_for(lambda: set(map(int, written_lines(out))) >= set(range(EVENTS)), 90, 0.2,
+                 f"all {EVENTS} events handled through the kill")
+
+        def back() -> bool:
+            s = status(control)
+            return bool(s and s["broker"]["state"] == "running" and s["broker"]["restarts"] == 1
+                        and s["broker"]["pid"] != broker_pid)
+        wait_for(back, 30, 0.2, "the supervisor to restart its broker")
+        wait_for(lambda: all(sorted(x["isr"]) == [0, 1, 2] for x in
+                             metadata(plain[0].api, "orders")["topics"][0]["partitions"]),  # type: ignore[index]
+                 60, 0.2, "broker 0 back in every ISR of orders")
+    finally:
+        if up is not None:
+            stop_process(up, 30)
+        for b in plain:
+            b.stop()
+    assert up.returncode == 0
+
+
+def kill9_pid(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
 
 
 def test_an_unreachable_zookeeper_and_a_taken_id_are_clear_errors(
