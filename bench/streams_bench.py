@@ -234,6 +234,9 @@ def main() -> int:
                  for s in by.values()]
         print(f"| {job} | {' | '.join(cells)} |")
     for job, by in results.items():
+        print(f"{job} runs: " + "; ".join(f"{name} {', '.join(f'{x:.2f}' for x in xs)}"
+                                          for name, xs in by.items()))
+    for job, by in results.items():
         rail_s = median(by["rail streams"])
         if "bytewax" in by:
             print(f"{job}: Rail Streams is {median(by['bytewax']) / rail_s:.2f}x Bytewax's speed")
