@@ -63,6 +63,7 @@ def test_rail_restart_drains_in_flight_events_and_never_stalls_other_workers(
     assert slow_out.read_text().count("start") == 4  # nothing handled twice
 
 
+EVENTS = 24  # 12 s of handling for one replica at concurrency 4: the second joins well before
 STAMPS = """
 import os, time
 def handle(event, ctx):
@@ -83,7 +84,7 @@ def test_a_rebalance_drains_the_moved_partition_before_its_new_owner_starts(
     out = tmp_path / "stamps.txt"
     with Producer(workers.broker.api) as producer:
         producer._call(p.CreateTopic(topic="orders", partitions=2))
-        for i in range(12):
+        for i in range(EVENTS):
             producer.send("orders", i, partition=i % 2, key=f"k{i}")
     script = workers.script(STAMPS.format(out=str(out)))
     flags = ("--concurrency", "4", "--drain-timeout-s", "20")
@@ -91,12 +92,13 @@ def test_a_rebalance_drains_the_moved_partition_before_its_new_owner_starts(
     wait_for(lambda: sum(line.startswith("start") for line in written_lines(out)) >= 4, 20,
              what="4 handlers running in the first replica")
     second = workers.start(script, *flags)
-    wait_for(lambda: sum(line.startswith("end") for line in written_lines(out)) >= 12, 60,
+    wait_for(lambda: sum(line.startswith("end") for line in written_lines(out)) >= EVENTS, 90,
              what="every event handled")
     time.sleep(1)
     rows = [line.split() for line in written_lines(out)]
     ends = [(int(q), int(o)) for kind, q, o, _, _ in rows if kind == "end"]
-    assert sorted(ends) == sorted({(i % 2, i // 2) for i in range(12)}), "handled twice or lost"
+    assert sorted(ends) == sorted({(i % 2, i // 2) for i in range(EVENTS)}), \
+        "handled twice or lost"
     pids = {int(pid) for _, _, _, pid, _ in rows}
     assert pids == {first.pid, second.pid}, "the second replica took no partition"
     for part in (0, 1):  # per partition, one process at a time
