@@ -268,6 +268,9 @@ class Producer:
         self._sequences[tp] = seq + len(records)
         batch = _Batch(tp[0], tp[1], records, seq if self.producer_id else -1, callbacks,
                        self._ids.get(tp, self.producer_id))
+        # The delivery timeout runs from here (Kafka's, from send()): a batch that waits for
+        # a leader before its first try must not look as old as the clock.
+        batch.first_sent_at = time.monotonic()
         if self.acks == 0:
             conn = self._conn_for(tp) or self.conn
             if not self._transmit([batch], conn, block=True):

@@ -18,6 +18,7 @@ import pytest
 
 from brokerd import protocol as p
 from runtime import producer as producer_module
+from runtime.connection import BrokerError
 from runtime.producer import MAX_REQUESTS, Producer
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -365,3 +366,20 @@ def test_an_out_of_order_batch_in_a_shared_request_resends_only_its_partition(
     again = [r for r in fake.sent if r["partition"] != 9 and r["sequence"] == 1]
     assert len(again) == 49, "the other partitions' batches were not sent twice"
     assert not lingering.errors
+
+
+def test_a_batch_waiting_for_a_leader_before_its_first_send_is_not_given_up_at_once(
+        producer: Producer) -> None:
+    """In a cluster a partition whose leader is not known yet waits for metadata; its batch
+    was never sent, and the delivery timeout runs from the send() call, not from 0."""
+    failed: list[BrokerError] = []
+    with producer._lock:
+        producer._cl.clustered = True
+        producer._cl.moved.add(("t", 0))
+        producer._cl.refresh_at = float("inf")  # no metadata request in this test
+        producer._cl.conns = {}  # the fixture closed the real one
+    producer.send("t", 0, partition=0,
+                  callback=lambda partition, offset, error: error and failed.append(error))
+    with producer._lock:
+        producer._retry_stale()
+    assert not failed and producer._unacked[("t", 0)]
