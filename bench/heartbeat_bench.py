@@ -13,11 +13,13 @@ process's CPU time over the window; medians of the runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,21 +69,34 @@ def drive(sockets: list[zmq.Socket], requests: list[tuple[zmq.Socket, bytes]], r
     return after.user + after.system - before.user - before.system, sent
 
 
-def rail_run(groups: int, seconds: float) -> dict[str, Any]:
-    folder = tempfile.mkdtemp(prefix="rail-hb-")
+@contextlib.contextmanager
+def serving(command: list[str]) -> Iterator[tuple[psutil.Process, list[zmq.Socket]]]:
+    """Start a server (``command`` + its endpoint; it prints a line once ready), and four
+    DEALER sockets connected to it; stop both by the end."""
     api = f"tcp://127.0.0.1:{free_port()}"
-    broker = subprocess.Popen(
-        [sys.executable, "-m", "brokerd", "--data-dir", folder, "--bind", api,
-         "--ingest", f"tcp://127.0.0.1:{free_port()}"], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([*command, api], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
     context = zmq.Context()
     sockets = [context.socket(zmq.DEALER) for _ in range(4)]
     try:
-        assert broker.stdout is not None
-        broker.stdout.readline()
+        assert server.stdout is not None
+        server.stdout.readline()
         for s in sockets:
             s.connect(api)
+        yield psutil.Process(server.pid), sockets
+    finally:
+        for s in sockets:
+            s.close(linger=0)
+        context.term()
+        server.kill()
+        server.wait(10)
 
+
+def rail_run(groups: int, seconds: float) -> dict[str, Any]:
+    folder = tempfile.mkdtemp(prefix="rail-hb-")
+    broker = [sys.executable, "-m", "brokerd", "--data-dir", folder,
+              "--ingest", f"tcp://127.0.0.1:{free_port()}", "--bind"]
+    with serving(broker) as (proc, sockets):
         def call(s: zmq.Socket, request: dict[str, Any]) -> dict[str, Any]:
             s.send(msgspec.msgpack.encode(request))
             return msgspec.msgpack.decode(s.recv())
@@ -94,36 +109,14 @@ def rail_run(groups: int, seconds: float) -> dict[str, Any]:
             interval_ms = reply["heartbeat_interval_ms"]
             requests.append((s, msgspec.msgpack.encode(
                 {"op": "heartbeat", "id": 2, "group": f"g{g}", "member_id": reply["member_id"]})))
-        rate = groups / (interval_ms / 1000)
-        cpu, sent = drive(sockets, requests, rate, seconds, psutil.Process(broker.pid))
-        return {"rate": sent / seconds, "cpu_pct": 100 * cpu / seconds, "us": 1e6 * cpu / sent}
-    finally:
-        for s in sockets:
-            s.close(linger=0)
-        context.term()
-        broker.terminate()
-        broker.wait(10)
+        cpu, sent = drive(sockets, requests, groups / (interval_ms / 1000), seconds, proc)
+    return {"rate": sent / seconds, "cpu_pct": 100 * cpu / seconds, "us": 1e6 * cpu / sent}
 
 
 def echo_run(rate: float, seconds: float) -> dict[str, Any]:
-    api = f"tcp://127.0.0.1:{free_port()}"
-    server = subprocess.Popen([sys.executable, "-c", ECHO, api], stdout=subprocess.PIPE)
-    context = zmq.Context()
-    sockets = [context.socket(zmq.DEALER) for _ in range(4)]
-    try:
-        assert server.stdout is not None
-        server.stdout.readline()
-        for s in sockets:
-            s.connect(api)
-        requests = [(s, b"x" * 80) for s in sockets]
-        cpu, sent = drive(sockets, requests, rate, seconds, psutil.Process(server.pid))
-        return {"rate": sent / seconds, "cpu_pct": 100 * cpu / seconds, "us": 1e6 * cpu / sent}
-    finally:
-        for s in sockets:
-            s.close(linger=0)
-        context.term()
-        server.kill()
-        server.wait(10)
+    with serving([sys.executable, "-c", ECHO]) as (proc, sockets):
+        cpu, sent = drive(sockets, [(s, b"x" * 80) for s in sockets], rate, seconds, proc)
+    return {"rate": sent / seconds, "cpu_pct": 100 * cpu / seconds, "us": 1e6 * cpu / sent}
 
 
 def main() -> int:
