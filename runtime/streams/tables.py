@@ -59,7 +59,7 @@ class Grouped:
         return Grouped(self.stream, window, emit)
 
     def count(self, name: str) -> Table:
-        return self.aggregate(name, lambda: 0, lambda n, _v: n + 1, merge=_plus)
+        return self.aggregate(name, lambda: 0, _count, merge=_plus)
 
     def sum(self, name: str, fn: Callable[[Any], Any] = lambda v: v) -> Table:
         return self.aggregate(name, lambda: 0, lambda total, v: total + fn(v), merge=_plus)
@@ -97,6 +97,10 @@ class Grouped:
 
 def _plus(a: Any, b: Any) -> Any:
     return a + b
+
+
+def _count(n: int, _value: Any) -> int:
+    return n + 1
 
 
 class Table(Stream):
@@ -198,15 +202,17 @@ class WindowedTable:
         ck, known, add, last = task.ck, live.known, self.agg.add, live.last
         cache, dirty = live.store.cache, live.store.dirty
         size, grace = self.size, self.grace
+        now = ck.stream_time
+        counting = add is _count  # counted inline: no call per event
         for event in events:
             try:
                 value = event.value if decode is None else decode(event.value)
                 ts = event.timestamp
-                if ts > ck.stream_time:  # noqa: PLR1730 - faster than max()
-                    ck.stream_time = ts
-                now = ck.stream_time
-                if live.due <= now:
-                    self._advance(task, live)
+                if ts > now:
+                    now = ck.stream_time = ts
+                    # a window closes only as stream time moves (one added since is open)
+                    if live.due <= now:
+                        self._advance(task, live)
                 start = ts - ts % size
                 if start + size + grace <= now:
                     ck.late += 1
@@ -216,7 +222,7 @@ class WindowedTable:
                     hit = last.get(key)
                     if hit is not None and hit[0] == start and hit[1][0] is not None:
                         held = hit[1]
-                        held[0] = add(held[0], value)
+                        held[0] = held[0] + 1 if counting else add(held[0], value)
                         dirty.add(hit[2])
                         continue
                 skey = encode_key([key, start])
@@ -256,17 +262,20 @@ class WindowedTable:
     def _advance(self, task: Task, live: _Live) -> None:
         """Close the windows stream time has passed (grace included); forget expired ones."""
         w, now, store = self.window, task.ck.stream_time, live.store
-        while live.closing and live.closing[0][0] + w.grace_ms <= now:
-            end, skey, key = heapq.heappop(live.closing)
-            held = store.get(skey)
+        closing, expiring, cache, dirty = live.closing, live.expiring, store.cache, store.dirty
+        grace, retention, push = w.grace_ms, w.retention, self.table.push
+        on_close = self.emit == "close"
+        while closing and closing[0][0] + grace <= now:
+            end, skey, key = heapq.heappop(closing)
+            held = cache.get(skey) or store.get(skey)
             held[1] = True  # closed (in place, like an update)
-            store.dirty.add(skey)
-            heapq.heappush(live.expiring, (end + w.retention, skey))
-            if self.emit == "close":
-                self.table.push(task, key, {"start": end - w.size_ms, "end": end,
-                                            "value": held[0]}, end - 1)
-        while live.expiring and live.expiring[0][0] <= now:
-            skey = heapq.heappop(live.expiring)[1]
+            dirty.add(skey)
+            heapq.heappush(expiring, (end + retention, skey))
+            if on_close:
+                push(task, key, {"start": end - w.size_ms, "end": end, "value": held[0]},
+                     end - 1)
+        while expiring and expiring[0][0] <= now:
+            skey = heapq.heappop(expiring)[1]
             store.delete(skey)
             live.known.discard(skey)
         live.set_due(w.grace_ms)
