@@ -122,30 +122,50 @@ def _update(task: Task, table: Table, agg: Aggregation, key: Any, value: Any, ts
 class _Live:
     """A task's windows of one store: open ones by end, closed ones by expiry, and all of
     them (a window not known is not in the store: no need to look it up).  ``due``: the
-    stream time at which the next window closes or expires (checked once per event)."""
+    stream time at which the next window closes or expires (checked once per event).
+
+    Windows are grouped by the time they close (or expire) and those times kept in heaps:
+    one heap operation per distinct time, not per window (with many keys, the windows of
+    one period share it).  A group is handled in store-key order: the same order whatever
+    the order the windows came in (a restored task rebuilds the groups from the store)."""
 
     def __init__(self, table: WindowedTable, task: Task) -> None:
         self.store = task.store(table.table.name)
-        self.closing: list[tuple[int, bytes, Any]] = []  # (end, store key, key)
-        self.expiring: list[tuple[int, bytes]] = []
+        self.closing: dict[int, list[tuple[bytes, Any]]] = {}  # end -> [(store key, key)]
+        self.close_at: list[int] = []  # heap of closing's ends
+        self.expiring: dict[int, list[bytes]] = {}  # expiry -> store keys of closed windows
+        self.expire_at: list[int] = []  # heap of expiring's times
         self.known: set[bytes] = set()
         self.last: dict[str, tuple[int, list[Any], bytes]] = {}  # see WindowedTable.run
         w = table.window
         for skey, (_, closed) in self.store.items():
             self.known.add(skey)
-            end = decode_key(skey)[1] + w.size_ms
+            key, start = decode_key(skey)
             if closed:
-                self.expiring.append((end + w.retention, skey))
+                self.expire(start + w.size_ms + w.retention, skey)
             else:
-                self.closing.append((end, skey, decode_key(skey)[0]))
-        heapq.heapify(self.closing)
-        heapq.heapify(self.expiring)
+                self.close(start + w.size_ms, skey, key)
         self.due = 0
         self.set_due(w.grace_ms)
 
+    def close(self, end: int, skey: bytes, key: Any) -> None:
+        """Window ``skey`` (of ``key``) closes at ``end`` (plus grace)."""
+        group = self.closing.get(end)
+        if group is None:
+            group = self.closing[end] = []
+            heapq.heappush(self.close_at, end)
+        group.append((skey, key))
+
+    def expire(self, at: int, skey: bytes) -> None:
+        group = self.expiring.get(at)
+        if group is None:
+            group = self.expiring[at] = []
+            heapq.heappush(self.expire_at, at)
+        group.append(skey)
+
     def set_due(self, grace_ms: int) -> None:
-        close = self.closing[0][0] + grace_ms if self.closing else _NEVER
-        self.due = min(close, self.expiring[0][0]) if self.expiring else close
+        close = self.close_at[0] + grace_ms if self.close_at else _NEVER
+        self.due = min(close, self.expire_at[0]) if self.expire_at else close
 
 
 _NEVER = 2**63
@@ -249,7 +269,7 @@ class WindowedTable:
             store.create(skey, [state, False])  # not known: in no store
             live.known.add(skey)
             end = start + self.size
-            heapq.heappush(live.closing, (end, skey, key))
+            live.close(end, skey, key)
             live.due = min(live.due, end + self.grace)  # once per window: not hot
         else:
             state = held[0]
@@ -262,20 +282,21 @@ class WindowedTable:
     def _advance(self, task: Task, live: _Live) -> None:
         """Close the windows stream time has passed (grace included); forget expired ones."""
         w, now, store = self.window, task.ck.stream_time, live.store
-        closing, expiring, cache, dirty = live.closing, live.expiring, store.cache, store.dirty
+        close_at, expire_at, cache, dirty = live.close_at, live.expire_at, store.cache, store.dirty
         grace, retention, push = w.grace_ms, w.retention, self.table.push
         on_close = self.emit == "close"
-        while closing and closing[0][0] + grace <= now:
-            end, skey, key = heapq.heappop(closing)
-            held = cache.get(skey) or store.get(skey)
-            held[1] = True  # closed (in place, like an update)
-            dirty.add(skey)
-            heapq.heappush(expiring, (end + retention, skey))
-            if on_close:
-                push(task, key, {"start": end - w.size_ms, "end": end, "value": held[0]},
-                     end - 1)
-        while expiring and expiring[0][0] <= now:
-            skey = heapq.heappop(expiring)[1]
-            store.delete(skey)
-            live.known.discard(skey)
+        while close_at and close_at[0] + grace <= now:
+            end = heapq.heappop(close_at)
+            start = end - w.size_ms
+            for skey, key in sorted(live.closing.pop(end)):
+                held = cache.get(skey) or store.get(skey)
+                held[1] = True  # closed (in place, like an update)
+                dirty.add(skey)
+                live.expire(end + retention, skey)
+                if on_close:
+                    push(task, key, {"start": start, "end": end, "value": held[0]}, end - 1)
+        while expire_at and expire_at[0] <= now:
+            for skey in sorted(live.expiring.pop(heapq.heappop(expire_at))):
+                store.delete(skey)
+                live.known.discard(skey)
         live.set_due(w.grace_ms)
