@@ -21,7 +21,6 @@ in commits of 5,000 keys), then a task restored from it with no local file.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import statistics
 import sys
@@ -199,10 +198,6 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     evs = events(args.events, args.keys)
-    # The events stay in memory for the plain loop and Bytewax; frozen, the garbage
-    # collector no longer walks their 2M objects, for any of the three (in a real worker
-    # process, they would not be there at all).
-    gc.freeze()
     results: dict[str, dict[str, list[float]]] = {"window": {}, "map/filter": {}}
     with tempfile.TemporaryDirectory(prefix="streams-bench-") as tmp:
         broker = start_broker(Path(tmp) / "data")
