@@ -53,7 +53,8 @@ def _runner(stages: list[tuple[bool, Callable[[Any], Any]]], topic: str) -> Run:
         records = _decoded(task, events, decode, failed)
         for keep, fn in stages:
             records = _filter(records, fn, failed) if keep else _map(records, fn, failed)
-        queue_of, queues = task.queue, {}
+        queue_of = task.queue
+        queues: dict[str, list[list[Any]]] = {}
         for i, value in records:
             event = events[i]
             key = event.key

@@ -224,6 +224,7 @@ class WindowedTable:
         size, grace = self.size, self.grace
         now = ck.stream_time
         counting = add is _count  # counted inline: no call per event
+        held: list[Any] | None
         for event in events:
             try:
                 value = event.value if decode is None else decode(event.value)

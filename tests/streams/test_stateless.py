@@ -7,6 +7,7 @@ import random
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,8 +105,8 @@ def test_a_chain_run_over_whole_batches_is_exact_after_kill_9(
         broker: BrokerProcess, tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     script = write_script(tmp_path, CHAIN)
-    items: list[tuple[str, object, int]] = [(f"k{i % 13}", {"n": i}, 1_000 + i)
-                                            for i in range(4000)]
+    items: list[tuple[str, dict[str, Any], int]] = [
+        (f"k{i % 13}", {"n": i}, 1_000 + i) for i in range(4000)]
     for i in rng.sample(range(4000), 15):
         items[i] = (items[i][0], {"n": str(i)}, items[i][2])  # does not decode
     mid_stream = 0

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -267,7 +268,7 @@ def test_a_window_that_takes_whole_batches_is_exact_after_kill_9(
         broker: BrokerProcess, tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     script = write_script(tmp_path, BATCHED)
-    items: list[tuple[str, object, int]] = [
+    items: list[tuple[str, dict[str, Any], int]] = [
         (f"k{i % 5}", {"n": i}, 10_000 + i * 5 - rng.choice([0, 0, 0, 200, 700, 2000]))
         for i in range(3200)]
     items[1234] = ("k4", {"n": "x"}, items[1234][2])  # does not decode: dead letter
