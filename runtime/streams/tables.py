@@ -142,7 +142,7 @@ class _Live:
             self.known.add(skey)
             key, start = decode_key(skey)
             if closed:
-                self.expire(start + w.size_ms + w.retention, skey)
+                self.expire(start + w.size_ms + w.retention, [skey])
             else:
                 self.close(start + w.size_ms, skey, key)
         self.due = 0
@@ -156,12 +156,13 @@ class _Live:
             heapq.heappush(self.close_at, end)
         group.append((skey, key))
 
-    def expire(self, at: int, skey: bytes) -> None:
+    def expire(self, at: int, skeys: list[bytes]) -> None:
+        """Closed windows ``skeys`` are deleted at ``at``."""
         group = self.expiring.get(at)
         if group is None:
             group = self.expiring[at] = []
             heapq.heappush(self.expire_at, at)
-        group.append(skey)
+        group.extend(skeys)
 
     def set_due(self, grace_ms: int) -> None:
         close = self.close_at[0] + grace_ms if self.close_at else _NEVER
@@ -249,7 +250,7 @@ class WindowedTable:
                 skey = encode_key([key, start])
                 held = cache.get(skey) if skey in known else None
                 if held is None or held[0] is None:
-                    self._add(task, live, key, value, ts, start)
+                    self._add(task, live, key, value, ts, start, skey)
                     held = cache[skey]
                 else:
                     held[0] = add(held[0], value)
@@ -259,10 +260,12 @@ class WindowedTable:
             except Exception as exc:  # noqa: BLE001 - any failure of user code: dead letter
                 task.dead_letter(event, exc)
 
-    def _add(self, task: Task, live: _Live, key: Any, value: Any, ts: int,
-             start: int) -> None:
-        """Add ``value`` to window ``start`` of ``key`` (open: not late)."""
-        skey = encode_key([key, start])
+    def _add(self, task: Task, live: _Live, key: Any, value: Any, ts: int, start: int,
+             skey: bytes | None = None) -> None:
+        """Add ``value`` to window ``start`` of ``key`` (open: not late), whose store key
+        is ``skey`` (encoded here if not given)."""
+        if skey is None:
+            skey = encode_key([key, start])
         store = live.store
         held = (store.cache.get(skey) or store.get(skey)) if skey in live.known else None
         if held is None:
@@ -289,11 +292,12 @@ class WindowedTable:
         while close_at and close_at[0] + grace <= now:
             end = heapq.heappop(close_at)
             start = end - w.size_ms
-            for skey, key in sorted(live.closing.pop(end)):
+            group = sorted(live.closing.pop(end))
+            live.expire(end + retention, [skey for skey, _key in group])
+            for skey, key in group:
                 held = cache.get(skey) or store.get(skey)
                 held[1] = True  # closed (in place, like an update)
                 dirty.add(skey)
-                live.expire(end + retention, skey)
                 if on_close:
                     push(task, key, {"start": start, "end": end, "value": held[0]}, end - 1)
         while expire_at and expire_at[0] <= now:
