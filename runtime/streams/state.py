@@ -26,6 +26,7 @@ class StateStore:
         self.cache: dict[bytes, Any] = {}  # decoded values; None: deleted
         self.dirty: set[bytes] = set()
         self.born: set[bytes] = set()  # dirty keys that were in no store before (``create``)
+        self.commits = 0  # how many times ``take_updates`` emptied ``dirty``
 
     def get(self, key: bytes) -> Any:
         value = self.cache.get(key, _MISSING)
@@ -70,4 +71,5 @@ class StateStore:
         updates = [(self.name, key, None if cache[key] is None else _encode(cache[key]))
                    for key in sorted(self.dirty)]
         self.dirty.clear()
+        self.commits += 1
         return updates

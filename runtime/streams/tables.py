@@ -137,6 +137,7 @@ class _Live:
         self.expire_at: list[int] = []  # heap of expiring's times
         self.known: set[bytes] = set()
         self.last: dict[str, tuple[int, list[Any], bytes]] = {}  # see WindowedTable.run
+        self.last_commits = 0  # the store's commit count when ``last`` was started
         w = table.window
         for skey, (_, closed) in self.store.items():
             self.known.add(skey)
@@ -217,11 +218,15 @@ class WindowedTable:
         or an event that fails goes the way ``update`` and ``Task._run`` go.
 
         ``live.last`` remembers, per str key, its latest window (start, cached value, store
-        key): the next events of a key mostly fall in it.  An entry outlives its window's
-        close, but only late events (dropped before the lookup) could fall in it then."""
+        key) changed since the last commit (so the window is dirty already): the next
+        events of a key mostly fall in it.  An entry outlives its window's close, but only
+        late events (dropped before the lookup) could fall in it then."""
         live = task.local(self.name, _Live, self, task)
         ck, known, add, last = task.ck, live.known, self.agg.add, live.last
         cache, dirty = live.store.cache, live.store.dirty
+        if live.last_commits != live.store.commits:  # a commit took the dirty keys
+            last.clear()
+            live.last_commits = live.store.commits
         size, grace = self.size, self.grace
         now = ck.stream_time
         counting = add is _count  # counted inline: no call per event
@@ -245,7 +250,6 @@ class WindowedTable:
                     if hit is not None and hit[0] == start and hit[1][0] is not None:
                         held = hit[1]
                         held[0] = held[0] + 1 if counting else add(held[0], value)
-                        dirty.add(hit[2])
                         continue
                 skey = encode_key([key, start])
                 held = cache.get(skey) if skey in known else None

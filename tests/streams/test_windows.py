@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from brokerd.protocol import partition_for_key
@@ -293,5 +294,48 @@ def test_a_window_that_takes_whole_batches_is_exact_after_kill_9(
     try:
         assert sum(changelog.last_checkpoint(conn, "tumble.changelog", part).late
                    for part in range(2)) == want_late
+    finally:
+        conn.close()
+
+
+def test_the_batched_window_stores_every_change_at_each_commit(broker: BrokerProcess,
+                                                                tmp_path: Path) -> None:
+    """A window updated across commits (its key's cached window reused) is written at each
+    commit, to the local file and to the changelog: what a restore starts from."""
+    from brokerd import protocol as p
+    from runtime.consumer import Event
+    from runtime.streams import Pipeline, Tumbling
+    from runtime.streams.localstore import LocalStore
+    from runtime.streams.sender import Sender
+    from runtime.streams.tables import encode_key
+    from runtime.streams.task import Task
+
+    app = Pipeline("unit", source="orders", state_dir=tmp_path)
+    app.stream.group_by().window(Tumbling(SIZE), emit="close").count("n").to("out")
+    app.freeze()
+    conn = Connection(broker.api)
+    try:
+        for topic, config in (("orders", {}), ("out", {}),
+                              ("unit.changelog", {"cleanup_policy": "compact"})):
+            conn.call(p.CreateTopic(topic=topic, config=config, exist_ok=True))
+        task = Task(app, "orders", 0, conn, Sender(conn), {"out": 1, "orders.dlq": 1},
+                    tmp_path)
+        task.restore()
+        assert app.stream.run is not None  # the batched path
+        for first in (0, 3, 6):  # three commits, all in window [0, SIZE)
+            task.process([Event("orders", 0, i, {}, "k", None, 10 + i)
+                          for i in range(first, first + 3)])
+            task.commit()
+            task.settle()
+            stored = LocalStore(tmp_path / "unit" / "orders-0.sqlite")
+            try:
+                assert msgspec.msgpack.decode(stored.get("n", encode_key(["k", 0]))) == \
+                    [first + 3, False]
+            finally:
+                stored.close()
+        logged = changelog.read(conn, "unit.changelog", 0)
+        assert [u[2] for u in logged.updates] == [msgspec.msgpack.encode([c, False])
+                                                  for c in (3, 6, 9)]
+        task.close()
     finally:
         conn.close()
