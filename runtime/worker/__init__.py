@@ -328,14 +328,17 @@ class Worker:
                 # A rebalance hands partitions over after the drain (docs/workers.md):
                 # the sync path has finished every event it polled when it learns of one,
                 # so the consumer commits and releases them itself; the lanes release
-                # theirs once their running handlers are done (_hand_over).
+                # theirs once their running handlers are done (_hand_over).  Not a sync
+                # path under a rate limit: its batch can take minutes to go through, and
+                # the new owner would wait that long.
                 concurrent = opts.concurrency > 1 or opts.key_rate > 0
+                hand_over = concurrent or opts.rate <= 0
                 self.consumer = Consumer(
                     opts.broker, group=opts.group, topics=opts.topics,
                     member_id=opts.member_id, start=opts.start,
                     session_timeout_ms=opts.session_timeout_ms, client_id=opts.name,
                     rebalance_timeout_ms=min(int(opts.drain_timeout_s * 1000),
-                                             MAX_SESSION_TIMEOUT_MS),
+                                             MAX_SESSION_TIMEOUT_MS) if hand_over else 0,
                     on_revoke=self._on_revoke if concurrent else None)
             except BrokerUnavailable as exc:
                 if self.stopping:
