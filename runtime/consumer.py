@@ -512,6 +512,16 @@ class Consumer:
         for t, part, o in items:
             self._pending.setdefault((t, part), o)  # one pending already is a later one
 
+    def check_assignment(self) -> None:
+        """Learn the current assignment now (a heartbeat) without polling for events: for
+        a caller with events in hand that must see a rebalance to release partitions.  A
+        broker (or coordinator) that does not answer is left for the next poll to report."""
+        try:
+            self._refresh_assignment()
+        except BrokerError as exc:
+            if exc.code not in ("UNAVAILABLE", "NOT_COORDINATOR", "COORDINATOR_LOADING"):
+                raise
+
     def _refresh_assignment(self) -> None:
         try:
             reply = self.conn.call(p.Heartbeat(group=self.group, member_id=self.member_id))

@@ -78,6 +78,7 @@ POLL_TIMEOUT_S = 5.0  # a stop interrupts an idle poll at once (request_stop), s
 HEALTH_IDLE_EVERY_S = 5.0  # while idle and unchanged, report this often instead
 OUTCOME_WAIT_S = 0.02  # with handlers running and room for more: look for new events this often
 WINDOW_PER_SLOT = 10  # events taken ahead per concurrent slot (at least MIN_WINDOW)
+ASSIGNMENT_CHECK_S = 1.0  # a full window asks for its assignment this often
 MIN_WINDOW = 100
 Handler = Callable[[Event, "Context"], Any]
 
@@ -328,17 +329,14 @@ class Worker:
                 # A rebalance hands partitions over after the drain (docs/workers.md):
                 # the sync path has finished every event it polled when it learns of one,
                 # so the consumer commits and releases them itself; the lanes release
-                # theirs once their running handlers are done (_hand_over).  Not a sync
-                # path under a rate limit: its batch can take minutes to go through, and
-                # the new owner would wait that long.
-                concurrent = opts.concurrency > 1 or opts.key_rate > 0
-                hand_over = concurrent or opts.rate <= 0
+                # theirs once their running handlers are done (_hand_over).
+                concurrent = self.concurrent
                 self.consumer = Consumer(
                     opts.broker, group=opts.group, topics=opts.topics,
                     member_id=opts.member_id, start=opts.start,
                     session_timeout_ms=opts.session_timeout_ms, client_id=opts.name,
                     rebalance_timeout_ms=min(int(opts.drain_timeout_s * 1000),
-                                             MAX_SESSION_TIMEOUT_MS) if hand_over else 0,
+                                             MAX_SESSION_TIMEOUT_MS),
                     on_revoke=self._on_revoke if concurrent else None)
             except BrokerUnavailable as exc:
                 if self.stopping:
@@ -354,7 +352,7 @@ class Worker:
         self.log.info("worker %s joined group %s for %s as %s", opts.name, opts.group,
                       ",".join(opts.topics), self.consumer.member_id)
         try:
-            if self.options.concurrency > 1 or self.options.key_rate > 0:
+            if self.concurrent:
                 self._run_concurrent(self.consumer)
             else:
                 while not self.stopping:
@@ -363,6 +361,14 @@ class Worker:
             self.state = "stopping"
             self._shutdown()
         return EXIT_OK
+
+    @property
+    def concurrent(self) -> bool:
+        """The lanes run the handlers (``_run_concurrent``): with concurrency, a rate per key,
+        or a rate: a rate-limited batch can take minutes, and the lanes' loop keeps polling
+        meanwhile, so a rebalance drains the moved partitions instead of waiting for it."""
+        o = self.options
+        return o.concurrency > 1 or o.key_rate > 0 or o.rate > 0
 
     def _step(self, consumer: Consumer) -> None:
         handled = dict(consumer.positions)
@@ -479,9 +485,16 @@ class Worker:
             lanes.key_interval = 1.0 / self.options.key_rate
         window = max(MIN_WINDOW, WINDOW_PER_SLOT * limit)
         generation = consumer.generation
+        polled_at = time.monotonic()
         while not self.stopping:
             if lanes.pending < window:
                 self._take(consumer, lanes, wait=not lanes.pending)
+                polled_at = time.monotonic()
+            elif time.monotonic() - polled_at > ASSIGNMENT_CHECK_S:
+                # A full window (a slow or rate-limited handler) polls nothing for long:
+                # ask whether a rebalance moved partitions away, to drain and release them.
+                consumer.check_assignment()
+                polled_at = time.monotonic()
             if consumer.generation != generation:
                 generation = consumer.generation
                 lanes.forget(set(consumer.assignment), keep=set(self.revoked))
