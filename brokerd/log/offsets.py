@@ -48,6 +48,9 @@ class OffsetStore:
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / "offsets.log"
         self.offsets: dict[Key, int] = {}
+        # The same offsets by group: describe_group of every group (a /metrics scrape)
+        # must not scan every group's offsets for each one.
+        self._by_group: dict[str, dict[tuple[str, int], int]] = {}
         self.dropped_bytes = 0
         self._load()
         self._rewrite()
@@ -70,7 +73,7 @@ class OffsetStore:
                 group, topic, partition, offset = _body.decode(body)
             except msgspec.DecodeError:
                 break
-            self.offsets[(group, topic, partition)] = offset
+            self._set(group, topic, partition, offset)
             pos += ENTRY_HEAD.size + length
         self.dropped_bytes = len(data) - pos
         if self.dropped_bytes:
@@ -92,24 +95,32 @@ class OffsetStore:
         self._size += len(data)
         self._dirty = True
         for topic, partition, offset in items:
-            self.offsets[(group, topic, partition)] = offset
+            self._set(group, topic, partition, offset)
         if self._size > max(COMPACT_MIN_BYTES, COMPACT_FACTOR * len(self.offsets) * 64):
             self.compact()
 
     def get(self, group: str, topic: str, partition: int) -> int | None:
         return self.offsets.get((group, topic, partition))
 
+    def _set(self, group: str, topic: str, partition: int, offset: int) -> None:
+        self.offsets[(group, topic, partition)] = offset
+        self._by_group.setdefault(group, {})[(topic, partition)] = offset
+
     def for_group(self, group: str) -> dict[tuple[str, int], int]:
-        return {(t, p): o for (g, t, p), o in self.offsets.items() if g == group}
+        return dict(self._by_group.get(group, ()))
 
     def groups(self) -> set[str]:
-        return {g for g, _, _ in self.offsets}
+        return set(self._by_group)
 
     def forget(self, group: str | None = None, topic: str | None = None) -> None:
         """Drop the offsets of a deleted group or topic (durable at the next compaction)."""
         for key in [k for k in self.offsets if (group is None or k[0] == group)
                     and (topic is None or k[1] == topic)]:
             del self.offsets[key]
+            mine = self._by_group[key[0]]
+            del mine[(key[1], key[2])]
+            if not mine:
+                del self._by_group[key[0]]
         self.compact()
 
     def compact(self) -> None:

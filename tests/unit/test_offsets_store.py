@@ -191,3 +191,18 @@ def test_a_compaction_cut_short_before_its_rename_leaves_the_old_entries(tmp_pat
         assert store.offsets == {("g", "t", 0): 1, ("g", "t", 1): 2}
     finally:
         store.close()
+
+
+def test_offsets_by_group_follow_commits_forgets_and_a_reload(tmp_path: Path) -> None:
+    store = OffsetStore(tmp_path)
+    store.commit("a", [("t", 0, 5), ("t", 1, 7)])
+    store.commit("b", [("t", 0, 9)])
+    store.commit("a", [("t", 0, 6)])
+    assert store.for_group("a") == {("t", 0): 6, ("t", 1): 7}
+    assert store.groups() == {"a", "b"}
+    store.forget(topic="t", group="b")
+    assert store.for_group("b") == {} and store.groups() == {"a"}
+    store.close()
+    again = OffsetStore(tmp_path)
+    assert again.for_group("a") == {("t", 0): 6, ("t", 1): 7} and again.groups() == {"a"}
+    again.close()
