@@ -148,7 +148,8 @@ class Supervisor:
             self.console = ConsoleThread(Settings(
                 broker=self.broker.endpoint, control=self.config.supervisor.control,
                 host=host or "127.0.0.1", port=int(port),
-                token=os.environ.get("RAIL_CONSOLE_TOKEN", "")))
+                token=os.environ.get("RAIL_CONSOLE_TOKEN", ""),
+                history=str(self.data_dir / "console-lag.jsonl")))
             served = self.console.start()
         except ConsoleConfigError as exc:
             print(f"rail: console: {exc}", file=sys.stderr)

@@ -35,6 +35,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="how often the console asks the supervisor for the tree (default "
                     "%(default)s); the broker for the overview and lag history every other "
                     "time")
+    ap.add_argument("--history", default="", metavar="FILE",
+                    help="keep the lag history in FILE, so a restarted console shows the last "
+                    "hour (default: in memory only; rail up --console keeps one in its data "
+                    "folder)")
     ap.set_defaults(run=cmd_console)
 
 
@@ -50,7 +54,7 @@ def cmd_console(args: argparse.Namespace) -> int:
         return 2
     settings = Settings(broker=args.broker, control=args.control, host=host.strip("[]"),
                         port=int(port), read_only=args.read_only, token=args.token,
-                        every_s=args.every)
+                        every_s=args.every, history=args.history)
     try:
         print(f"rail console: http://{args.bind}/ (broker {args.broker}"
               + (f", supervisor {args.control}" if args.control else "")

@@ -36,6 +36,7 @@ class Settings:
     read_only: bool = False
     token: str = ""
     every_s: float = 1.0  # scrape interval of the tree (the overview: every other one)
+    history: str = ""  # the lag history's file ("": in memory only)
 
 
 BROKER = web.AppKey("broker", BrokerGateway)
@@ -252,7 +253,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[BROKER] = BrokerGateway(settings.broker)
     app[HUB] = Hub()
-    app[SCRAPER] = Scraper(app[HUB], app[BROKER], settings.control or None, settings.every_s)
+    app[SCRAPER] = Scraper(app[HUB], app[BROKER], settings.control or None, settings.every_s,
+                           Path(settings.history) if settings.history else None)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.router.add_static("/static/", STATIC)

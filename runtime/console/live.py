@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from brokerd import protocol as p
@@ -79,12 +80,12 @@ class Scraper:
     """Fills the hub; keeps the lag history and the throughput series."""
 
     def __init__(self, hub: Hub, gateway: BrokerGateway, control: str | None,
-                 every_s: float = 1.0) -> None:
+                 every_s: float = 1.0, history: Path | None = None) -> None:
         self.hub = hub
         self.gateway = gateway
         self.tree = Tree(control) if control else None
         self.every_s = every_s
-        self.lag = LagHistory()
+        self.lag = LagHistory(path=history)
         self.throughput: deque[dict[str, Any]] = deque(maxlen=THROUGHPUT_POINTS)
         self.groups: list[dict[str, Any]] = []
 

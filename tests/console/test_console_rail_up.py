@@ -37,7 +37,20 @@ def test_rail_up_serves_the_console_with_its_supervision_tree(tmp_path: Path) ->
             data = get(f"http://127.0.0.1:{port}/api/live/tree")
             return data if data and "quiet" in json.dumps(data) else None
         wait_for(tree, 40, 0.3, "the console's tree with the worker quiet")
+
+        def history() -> list[Any]:
+            data = get(f"http://127.0.0.1:{port}/api/groups/quiet")
+            return data["lag_history"][""] if data else []
+        before = wait_for(history, 30, 0.3, "a lag point of the group quiet")
     finally:
         up.stop()
     assert up.proc.returncode == 0, up.log.read_text()[-2000:]
     assert get(f"http://127.0.0.1:{port}/api/live/tree") is None, "the console outlived rail up"
+    # restarted, the console shows the lag history from before (kept in the data folder)
+    again = Process(rail("up", "-c", str(tmp_path / "rail.toml"), "--console",
+                         f"127.0.0.1:{port}"), tmp_path / "up2.log")
+    try:
+        after = wait_for(history, 40, 0.3, "the console to answer again")
+        assert [tuple(point) for point in after[:len(before)]] == [tuple(p) for p in before]
+    finally:
+        again.stop()

@@ -3,6 +3,7 @@ log, events/s between two status replies, and the bind check."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,25 @@ def test_binding_beyond_loopback_needs_a_token() -> None:
     check_bind("0.0.0.0", "t0ken")
     with pytest.raises(ConsoleConfigError, match="token"):
         check_bind("0.0.0.0", "")
+
+
+def test_lag_history_kept_in_a_file_survives_a_restart_and_stays_one_window(
+        tmp_path: Path) -> None:
+    path, now = tmp_path / "lag.jsonl", time.time()
+    history = LagHistory(window_s=60, path=path)
+    history.record([group("kitchen", {("orders", 0): 9})], now=now - 200)  # past the hour
+    history.record([group("kitchen", {("orders", 0): 5, ("drinks", 0): 1})], now=now - 30)
+    history.record([group("kitchen", {("orders", 0): 2, ("drinks", 0): 0})], now=now - 10)
+    with open(path, "ab") as f:
+        f.write(b'[12, {"kitch')  # a console killed mid-write
+    again = LagHistory(window_s=60, path=path)  # the console restarted
+    assert again.of("kitchen") == history.of("kitchen") == {
+        "": [(now - 30, 6), (now - 10, 2)], "orders": [(now - 30, 5), (now - 10, 2)],
+        "drinks": [(now - 30, 1), (now - 10, 0)]}
+    # the file spans more than two windows: the next scrape rewrites it with the last one
+    fresh = LagHistory(window_s=60, path=tmp_path / "fresh.jsonl")
+    fresh.record([group("g", {("t", 0): 1})], now=now - 200)
+    fresh.record([group("g", {("t", 0): 3})], now=now)
+    lines = (tmp_path / "fresh.jsonl").read_bytes().splitlines()
+    assert len(lines) == 1 and LagHistory(window_s=60, path=tmp_path / "fresh.jsonl").of(
+        "g")[""] == [(now, 3)]
