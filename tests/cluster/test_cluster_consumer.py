@@ -124,10 +124,12 @@ def test_a_group_consumes_from_the_leaders_and_commits_at_the_coordinator(
         time.sleep(0.5)
         assert sum(len(readers[0].seen[q]) - before[q] for q in range(PARTITIONS)) == 100
     finally:
-        for r in readers:
-            r.close()
-        for b in brokers:
-            b.stop()
+        try:
+            for r in readers:
+                r.close()
+        finally:  # the brokers stop whatever closing the readers did
+            for b in brokers:
+                b.stop()
 
 
 def test_kill_9_of_the_coordinator_then_of_a_leader_loses_nothing_and_never_goes_back(
@@ -205,10 +207,12 @@ def test_kill_9_of_the_coordinator_then_of_a_leader_loses_nothing_and_never_goes
             assert reader.acked[part] == sorted(reader.acked[part]), reader.acked[part]
     finally:
         stop.set()
-        if reader is not None:
-            reader.close()
-        for b in brokers:
-            b.stop()
+        try:
+            if reader is not None:
+                reader.close()
+        finally:  # the brokers stop whatever closing the reader did
+            for b in brokers:
+                b.stop()
 
 
 RECORD = """
@@ -274,7 +278,9 @@ def test_worker_hosts_run_on_a_cluster_through_a_leader_kill_9(
         wait_for(lambda: committed() == dict(ends), 60, what="every partition committed")
         assert all(proc.poll() is None for proc in workers.procs), "a worker host died"
     finally:
-        if workers is not None:
-            workers.stop_all()
-        for b in brokers:
-            b.stop()
+        try:
+            if workers is not None:
+                workers.stop_all()
+        finally:
+            for b in brokers:
+                b.stop()
