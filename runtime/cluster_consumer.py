@@ -30,9 +30,9 @@ import msgspec
 import zmq
 
 from brokerd import protocol as p
-from runtime.connection import BrokerError, BrokerUnavailable, Connection
-from runtime.consumer import COMMIT_WHEN_QUIET_S, SETTLE_EVERY_S, Consumer, Event, events_of_fetch
-from runtime.routing import leaders_of, metadata_from_any
+from runtime.connection import DEFAULT_BROKER, BrokerError, Connection
+from runtime.consumer import Consumer, Event, events_of_fetch
+from runtime.routing import bootstrap_list, call_any, leaders_of, metadata_from_any
 
 TP = tuple[str, int]
 _fetch_decoder = msgspec.msgpack.Decoder(p.FetchReply | p.ErrorReply)
@@ -51,25 +51,15 @@ LEADER_GONE = frozenset({"NOT_LEADER", "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EP
 def find_coordinator(endpoints: list[str], context: zmq.Context, group: str,
                      timeout_s: float) -> p.FindCoordinatorReply:
     """The group's coordinator, from the first of ``endpoints`` that names one."""
-    error: BrokerError = BrokerUnavailable(",".join(endpoints), timeout_s)
-    for endpoint in dict.fromkeys(endpoints):
-        conn = Connection(endpoint, context=context, timeout_s=timeout_s)
-        try:
-            return conn.call(p.FindCoordinator(group=group))
-        except BrokerError as exc:
-            if exc.code not in COORDINATOR_GONE:
-                raise
-            error = exc
-        finally:
-            conn.close()
-    raise error
+    return call_any(endpoints, context, p.FindCoordinator(group=group), timeout_s,
+                    COORDINATOR_GONE)
 
 
 class ClusterConsumer(Consumer):
     """A member of consumer group ``group`` in a cluster; see the module docstring."""
 
     def __init__(self, broker: str, **kwargs: Any) -> None:
-        self._bootstrap = [e.strip() for e in broker.split(",") if e.strip()]
+        self._bootstrap = bootstrap_list(broker, DEFAULT_BROKER)
         self._brokers: list[str] = []
         self._leaders: dict[TP, str | None] = {}
         self._links: dict[str, Connection] = {}  # fetch connections, by leader endpoint
@@ -83,11 +73,9 @@ class ClusterConsumer(Consumer):
         self._lost_at = 0.0  # when the coordinator was last seen gone
         self._heard: tuple[float, int, list[tuple[str, int]]] | None = None
         self._context = zmq.Context.instance()
-        timeout_s = kwargs.get("timeout_s", 10.0)
-        self._coordinator = find_coordinator(self._bootstrap, self._context, kwargs["group"],
-                                             min(timeout_s, CALL_TIMEOUT_S)).api \
-            if self._bootstrap else ""
-        super().__init__(self._coordinator or broker, **kwargs)
+        coordinator = find_coordinator(self._bootstrap, self._context, kwargs["group"],
+                                       min(kwargs.get("timeout_s", 10.0), CALL_TIMEOUT_S))
+        super().__init__(coordinator.api, **kwargs)
 
     # -- membership -------------------------------------------------------------------
     def _join(self) -> None:
@@ -189,7 +177,8 @@ class ClusterConsumer(Consumer):
         except BrokerError as exc:
             if exc.code != "NOT_MEMBER" and exc.code not in COORDINATOR_GONE:
                 raise
-            self._lost_at = time.monotonic() if exc.code in COORDINATOR_GONE else self._lost_at
+            if exc.code in COORDINATOR_GONE:
+                self._lost_at = time.monotonic()
             self._join()
             return
         self._set_assignment(reply.generation, reply.assignment)
@@ -224,21 +213,10 @@ class ClusterConsumer(Consumer):
         deadline = time.monotonic() + timeout_s
         while True:
             self._membership()
-            if self._inflight:
-                self._settle_commits()
-            now = time.monotonic()
-            wait_until = deadline
-            if self._pending:
-                due = self._last_commit_at + self.commit_interval_s
-                if now >= due:
-                    self._send_pending()
-                else:
-                    wait_until = min(deadline, due, now + COMMIT_WHEN_QUIET_S)
-            if self._inflight:
-                wait_until = min(wait_until, now + SETTLE_EVERY_S)
+            wait_until = self._tend_commits(deadline)
             self._fetch_all()
             if self._waiting or len(self._fetch_at) < len(self._owned):
-                wait_until = min(wait_until, now + REFRESH_S)
+                wait_until = min(wait_until, time.monotonic() + REFRESH_S)
             events = self._receive(max(0.0, wait_until - time.monotonic()))
             if events:
                 self._fetch_all()  # the next fetches are on their way while the caller works

@@ -296,20 +296,9 @@ class Consumer:
         """
         deadline = time.monotonic() + timeout_s
         while True:
-            if self._inflight:
-                self._settle_commits()
+            wait_until = self._tend_commits(deadline)
             if self._poll_id is None:
                 self._send_poll()
-            wait_until = deadline
-            if self._pending:  # wake up for an async commit that falls due while we wait
-                now = time.monotonic()
-                due = self._last_commit_at + self.commit_interval_s
-                if now >= due:
-                    self._send_pending()
-                else:
-                    wait_until = min(deadline, due, now + COMMIT_WHEN_QUIET_S)
-            if self._inflight:  # and to see that the commits in flight were accepted
-                wait_until = min(wait_until, time.monotonic() + SETTLE_EVERY_S)
             reply = self._await_poll(max(0.0, wait_until - time.monotonic()))
             if reply is None and self._pending:
                 # Nothing came for a moment: send what is held now rather than at the end
@@ -332,6 +321,24 @@ class Consumer:
                 return events
             if time.monotonic() >= deadline:
                 return []
+
+    def _tend_commits(self, deadline: float) -> float:
+        """Take the answers to async commits, send the held ones that fell due; return
+        until when a poll may wait: sooner than ``deadline`` while a held commit falls due
+        or commits in flight need looking at."""
+        if self._inflight:
+            self._settle_commits()
+        wait_until = deadline
+        if self._pending:  # wake up for an async commit that falls due while we wait
+            now = time.monotonic()
+            due = self._last_commit_at + self.commit_interval_s
+            if now >= due:
+                self._send_pending()
+            else:
+                wait_until = min(deadline, due, now + COMMIT_WHEN_QUIET_S)
+        if self._inflight:  # and to see that the commits in flight were accepted
+            wait_until = min(wait_until, time.monotonic() + SETTLE_EVERY_S)
+        return wait_until
 
     @property
     def _long_wait_ms(self) -> int:

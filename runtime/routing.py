@@ -18,22 +18,30 @@ def bootstrap_list(broker: str, default: str) -> list[str]:
     return [e.strip() for e in broker.split(",") if e.strip()] or [default]
 
 
-def metadata_from_any(endpoints: list[str], context: zmq.Context, topics: list[str] | None,
-                      timeout_s: float) -> p.MetadataReply:
-    """Metadata from the first of ``endpoints`` that answers, each on a connection of its
-    own (so that no other request's replies interleave); BrokerUnavailable if none does."""
+def call_any(endpoints: list[str], context: zmq.Context, request: Any, timeout_s: float,
+             retriable: frozenset[str] = frozenset({"UNAVAILABLE"})) -> Any:
+    """``request``'s reply from the first of ``endpoints`` that answers it, each asked on a
+    connection of its own (so that no other request's replies interleave); a refusal in
+    ``retriable`` moves on to the next one.  The last error if none answers."""
     error: BrokerError = BrokerUnavailable(",".join(endpoints), timeout_s)
     for endpoint in dict.fromkeys(endpoints):
         conn = Connection(endpoint, context=context, timeout_s=timeout_s)
         try:
-            return cast(p.MetadataReply, conn.call(p.Metadata(topics=topics)))
+            return conn.call(request)
         except BrokerError as exc:
-            if exc.code != "UNAVAILABLE":
+            if exc.code not in retriable:
                 raise
             error = exc
         finally:
             conn.close()
     raise error
+
+
+def metadata_from_any(endpoints: list[str], context: zmq.Context, topics: list[str] | None,
+                      timeout_s: float) -> p.MetadataReply:
+    """Metadata from the first of ``endpoints`` that answers."""
+    return cast(p.MetadataReply, call_any(endpoints, context, p.Metadata(topics=topics),
+                                          timeout_s))
 
 
 def leaders_of(meta: p.MetadataReply) -> tuple[list[str], dict[tuple[str, int], str | None]]:
@@ -114,9 +122,9 @@ class Router:
         if isinstance(request, _GROUP_OPS):
             api = self._coordinators.get(request.group)
             if api is None:
-                api = self._coordinators[request.group] = self._any(
-                    lambda conn: conn.call(p.FindCoordinator(group=request.group),
-                                           min(timeout_s, 2.0)).api)
+                api = self._coordinators[request.group] = call_any(
+                    self._brokers + self.bootstrap, self.context,
+                    p.FindCoordinator(group=request.group), min(timeout_s, 2.0), _MOVED).api
             return api
         if isinstance(request, _PARTITION_OPS):
             tp = (request.topic, request.partition)
@@ -130,19 +138,6 @@ class Router:
                 return leader
         candidates = list(dict.fromkeys(self._brokers + self.bootstrap))
         return candidates[self._turn % len(candidates)]
-
-    def _any(self, ask: Any) -> Any:
-        """``ask(connection)`` of the first broker that answers it."""
-        error: BrokerError = BrokerUnavailable(self.endpoint, 2.0)
-        for endpoint in dict.fromkeys(self._brokers + self.bootstrap):
-            try:
-                return ask(self._conn(endpoint))
-            except BrokerError as exc:
-                if exc.code not in _MOVED:
-                    raise
-                self._drop(endpoint)
-                error = exc
-        raise error
 
     def _forget(self, request: Any, endpoint: str | None, exc: BrokerError) -> None:
         if isinstance(request, _GROUP_OPS):
