@@ -99,6 +99,11 @@ class Group:
                 tp for tp, owner in self.owners.items() if owner == member_id)
         return got
 
+    def hands_over(self, tp: TP, member_id: str) -> bool:
+        """``member_id`` still holds ``tp``, which a rebalance moved away from it."""
+        holding = self.revoking.get(tp)
+        return holding is not None and holding[0] == member_id
+
     @property
     def state(self) -> str:
         return "stable" if self.members else "empty"
@@ -220,7 +225,7 @@ class Coordinator:
         """``member_id`` is done with ``tps`` (it committed what it handled): hand over
         those it was handing over; return them."""
         group, _ = self.member(group_name, member_id, now_ms)
-        done = [tp for tp in tps if group.revoking.get(tp, ("", 0))[0] == member_id]
+        done = [tp for tp in tps if group.hands_over(tp, member_id)]
         self._hand_over(group, done)
         return done
 
@@ -304,8 +309,7 @@ class Coordinator:
             group, _ = self.member(group_name, member_id, now_ms)
             for topic, partition, _offset in items:
                 owner = group.owners.get((topic, partition))
-                if owner != member_id and group.revoking.get(
-                        (topic, partition), ("", 0))[0] != member_id:
+                if owner != member_id and not group.hands_over((topic, partition), member_id):
                     raise StaleGeneration(
                         f"{topic}[{partition}] belongs to {owner or 'nobody'} in generation "
                         f"{group.generation} (you sent generation {generation}): poll or "

@@ -330,14 +330,13 @@ class Worker:
                 # the sync path has finished every event it polled when it learns of one,
                 # so the consumer commits and releases them itself; the lanes release
                 # theirs once their running handlers are done (_hand_over).
-                concurrent = self.concurrent
                 self.consumer = Consumer(
                     opts.broker, group=opts.group, topics=opts.topics,
                     member_id=opts.member_id, start=opts.start,
                     session_timeout_ms=opts.session_timeout_ms, client_id=opts.name,
                     rebalance_timeout_ms=min(int(opts.drain_timeout_s * 1000),
                                              MAX_SESSION_TIMEOUT_MS),
-                    on_revoke=self._on_revoke if concurrent else None)
+                    on_revoke=self._on_revoke if self.concurrent else None)
             except BrokerUnavailable as exc:
                 if self.stopping:
                     return EXIT_OK
