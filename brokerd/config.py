@@ -52,6 +52,11 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics: str = ""
     """``host:port`` for Prometheus ``/metrics`` (port 0: any free one); empty: off."""
     zookeeper_session_timeout_ms: int = 6_000
+    auto_leader_rebalance: bool = True
+    """As controller, move leadership back to preferred replicas (Kafka's
+    ``auto.leader.rebalance.enable``; brokerd/cluster/reassign.py)."""
+    leader_imbalance_check_interval_ms: int = 300_000
+    leader_imbalance_per_broker_percent: int = 10
     curve_secret_key: str = ""
     """The broker's CURVE secret key file (``rail keys new``): CURVE on every socket."""
     acl: str = ""
