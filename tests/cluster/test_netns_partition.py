@@ -1,0 +1,301 @@
+"""Network partitions made of Linux network namespaces: ZooKeeper and each of three brokers
+in a namespace of its own, joined by veth pairs to a bridge, the test's clients in the root
+namespace.  A broker's link is taken down at the bridge (packets stop both ways, its process
+keeps running), then brought back; the history checks run at the end of each scenario."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from runtime.client import BrokerError, Consumer, Producer
+from tests.cluster import netns
+from tests.cluster.client import check_replicas, metadata, wait_in_sync
+from tests.cluster.zookeeper import available
+from tests.helpers import (
+    ROOT,
+    BrokerProcess,
+    python_env,
+    stop_process,
+    wait_for,
+    written_lines,
+)
+from tests.integration.wire import RawClient
+
+WHY_NOT = netns.why_not() or available()
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+
+SESSION_S = 4.0  # the brokers' ZooKeeper session timeout
+PARTITIONS = 3
+GROUP = "partitioned"
+CONFIG = f"zookeeper_session_timeout_ms = {int(SESSION_S * 1000)}\nreplica_lag_time_ms = 4000\n"
+
+
+@dataclass
+class Cluster:
+    net: netns.Network
+    zk: netns.NetZooKeeper | None = None
+    hosts: list[netns.Host] = field(default_factory=list)
+    brokers: list[BrokerProcess] = field(default_factory=list)
+
+    @property
+    def apis(self) -> list[str]:
+        return [b.api for b in self.brokers]
+
+    def stop(self) -> None:
+        for b in self.brokers:
+            b.stop()
+        if self.zk is not None:
+            self.zk.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """ZooKeeper and three brokers, each in its own namespace on a fresh bridge; every
+    process, namespace, veth and the bridge removed afterwards, even on failure."""
+    net = netns.Network.create()
+    made = Cluster(net)
+    try:
+        made.zk = netns.start_zookeeper(net.add("zk", 2), tmp_path / "zk")
+        config = tmp_path / "broker.toml"
+        config.write_text(CONFIG)
+        for i in range(3):
+            made.hosts.append(net.add(f"b{i}", 10 + i))
+            made.brokers.append(netns.start_broker_in(made.hosts[i], tmp_path, made.zk, i,
+                                                      config))
+        yield made
+    finally:
+        try:
+            made.stop()
+        finally:
+            net.close()
+
+
+class Stream:
+    """A steady keyed ``acks="all"`` stream from the Python Producer given the bootstrap
+    list, in a thread; every acknowledgement kept with the time it came."""
+
+    def __init__(self, apis: list[str]) -> None:
+        self.producer = Producer(",".join(apis), acks="all", request_timeout_s=3)
+        self.acked: list[tuple[int, int, Any, float]] = []
+        self.failed: list[BrokerError] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            def done(part: int, offset: int, error: BrokerError | None, v: str = f"p{i}") -> None:
+                if error is None:
+                    self.acked.append((part, offset, v, time.time()))
+                else:
+                    self.failed.append(error)
+            self.producer.send("t", f"p{i}", key=f"k{i % 101}", callback=done)
+            i += 1
+            if i % 10 == 0:
+                time.sleep(0.01)
+
+    def acks_since(self, partition: int, since: float) -> int:
+        return sum(1 for part, _, _, at in self.acked if part == partition and at > since)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.producer.flush(timeout_s=60)
+        self.producer.close()
+        assert not self.failed and not self.producer.errors, \
+            (self.failed + self.producer.errors)[:3]
+
+
+class GroupReader:
+    """A group member polling in a thread and committing (sync) after every batch; it keeps
+    what it read and each offset the coordinator acknowledged, in order."""
+
+    def __init__(self, apis: list[str]) -> None:
+        self.consumer = Consumer(",".join(apis), group=GROUP, topics=["t"],
+                                 session_timeout_ms=6000, timeout_s=5)
+        self.seen: dict[int, list[tuple[int, Any]]] = defaultdict(list)
+        self.committed: dict[int, list[int]] = defaultdict(list)
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                events = self.consumer.poll(0.2)
+                for e in events:
+                    self.seen[e.partition].append((e.offset, e.value))
+                if events:
+                    self.consumer.commit(sync=True)
+                for (_, part), offset in self.consumer.committed.items():
+                    if not self.committed[part] or self.committed[part][-1] != offset:
+                        self.committed[part].append(offset)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.errors.append(exc)
+
+    def read(self) -> int:
+        return sum(map(len, list(self.seen.values())))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        with contextlib.suppress(BrokerError):
+            self.consumer.close()
+
+    def check(self, acked: list[tuple[int, int, Any]]) -> None:
+        """Every acknowledged record read with the value at its offset, no offset skipped,
+        committed offsets never backwards."""
+        assert not self.errors, self.errors
+        got = {(part, offset): v for part, rows in self.seen.items() for offset, v in rows}
+        missing = sorted({(part, offset) for part, offset, _ in acked} - set(got))
+        assert not missing, f"acknowledged but never consumed: {missing[:5]}"
+        assert all(got[(part, offset)] == v for part, offset, v in acked)
+        for part, rows in self.seen.items():
+            for (before, _), (after, _) in itertools.pairwise(rows):
+                assert after <= before + 1, f"partition {part} skipped {before + 1}..{after - 1}"
+            assert self.committed[part] == sorted(self.committed[part]), self.committed[part]
+
+
+# A client on the old leader's side of the partition: it runs in the leader's namespace and
+# sends one produce at a time to it, writing a line per reply.
+STALE = """
+import json, sys, time
+from pathlib import Path
+import msgspec
+from tests.integration.wire import RawClient
+api, acks, out, stop = sys.argv[1], sys.argv[2], open(sys.argv[3], "a"), Path(sys.argv[4])
+acks = acks if acks == "all" else int(acks)
+deadline = time.time() + 120
+with RawClient(api) as raw:
+    i = 0
+    while not stop.exists() and time.time() < deadline:
+        value, sent = f"stale-{acks}-{i}", time.time()
+        records = msgspec.Raw(msgspec.msgpack.encode([[value]]))
+        reply = raw.call("produce", timeout_s=30, topic="t", partition=0, acks=acks,
+                         records=records)
+        out.write(json.dumps({"value": value, "acks": acks, "sent": sent, "at": time.time(),
+                              "offsets": reply.get("offsets"), "code": reply.get("code")}) + "\\n")
+        out.flush()
+        i += 1
+        time.sleep(0.02)
+"""
+
+
+class StaleClients:
+    """Two clients in a broker's namespace (they stay with it through a cut), producing to
+    it with acks "all" and 1."""
+
+    def __init__(self, host: netns.Host, api: str, folder: Path) -> None:
+        self.outs = [folder / "stale-all.jsonl", folder / "stale-1.jsonl"]
+        self.stop_file = folder / "stale.stop"
+        self.procs = []
+        with open(folder / "stale.err", "w") as err:
+            for acks, out in zip(("all", "1"), self.outs, strict=True):
+                self.procs.append(subprocess.Popen(
+                    ["ip", "netns", "exec", host.ns, sys.executable, "-c", STALE, api, acks,
+                     str(out), str(self.stop_file)], env=python_env(), cwd=ROOT, stderr=err))
+
+    def replies(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for out in self.outs for line in written_lines(out)]
+
+    def close(self) -> None:
+        self.stop_file.touch()
+        for proc in self.procs:
+            try:
+                proc.wait(35)
+            except subprocess.TimeoutExpired:
+                stop_process(proc)
+
+
+def leader_of(apis: list[str], topic: str, partition: int) -> int | None:
+    """The partition's leader as the first of ``apis`` that answers names it."""
+    for api in apis:
+        meta = metadata(api, topic)
+        if meta is not None:
+            leader = meta["topics"][0]["partitions"][partition]["leader"]
+            return leader if leader >= 0 else None
+    return None
+
+
+def test_a_leader_cut_off_by_a_network_partition_is_replaced_and_rejoins_by_epoch(
+        cluster: Cluster, tmp_path: Path) -> None:
+    apis = cluster.apis
+    with RawClient(apis[0]) as raw:
+        raw.ok("create_topic", topic="t", partitions=PARTITIONS,
+               config={"replication_factor": 3, "min_insync_replicas": 2})
+    victim = wait_in_sync(apis, "t", PARTITIONS, 3)[0]
+    others = [api for i, api in enumerate(apis) if i != victim]
+    stream = Stream(apis)
+    reader = GroupReader(apis)
+    stale = StaleClients(cluster.hosts[victim], apis[victim], tmp_path)
+    try:
+        wait_for(lambda: stream.acks_since(0, 0) >= 200 and reader.read() >= 200 and sum(
+            r["acks"] == "all" and bool(r["offsets"]) for r in stale.replies()) >= 5, 60,
+            what="acks, reads and the stale client's acks=all acks before the cut")
+
+        cluster.net.cut(cluster.hosts[victim])
+        cut_at = time.time()
+        wait_for(lambda: leader_of(others, "t", 0) not in (None, victim), 30,
+                 interval=0.2, what="a leader elected without the cut-off one")
+        elected_at = time.time()
+        new = leader_of(others, "t", 0)
+        assert elected_at - cut_at >= SESSION_S * 0.5, "elected before the session could expire"
+        wait_for(lambda: stream.acks_since(0, elected_at) >= 100, 30,
+                 what="the producer going on at the new leader")
+        wait_for(lambda: any(r["sent"] > cut_at + SESSION_S + 1 for r in stale.replies()), 30,
+                 what="the stale client's replies past the old leader's session")
+
+        cluster.net.heal(cluster.hosts[victim])
+        wait_in_sync(apis, "t", PARTITIONS, 3, timeout=45)
+        healed_at = time.time()
+        wait_for(lambda: stream.acks_since(0, healed_at) >= 50, 30, what="acks after the heal")
+        stream.finish()
+        ends: dict[int, int] = defaultdict(int)
+        for part, offset, _, _ in stream.acked:
+            ends[part] = max(ends[part], offset + 1)
+        wait_for(lambda: all(reader.committed[q] and reader.committed[q][-1] >= end
+                             for q, end in ends.items()), 60,
+                 what="the group to commit every record")
+    finally:
+        stale.close()
+        reader.close()
+        cluster.stop()
+
+    replies = stale.replies()
+    after_cut = [r for r in replies if r["sent"] > cut_at]
+    wrong = [r for r in after_cut if r["acks"] == "all" and r["offsets"]]
+    assert not wrong, f"the cut-off leader acknowledged acks=all it could not replicate: {wrong}"
+    late = [r for r in replies if r["sent"] > cut_at + SESSION_S and not r["code"]]
+    assert not late, f"the cut-off leader took writes past its session: {late[:3]}"
+    assert any(r["code"] == "NOT_LEADER" for r in after_cut), after_cut[-3:]
+    assert any(r["acks"] == 1 and r["offsets"] for r in after_cut), \
+        "the cut-off leader took no acks=1 write before it noticed: nothing to truncate"
+    log = cluster.brokers[victim].log()
+    assert "ZooKeeper session SUSPENDED: every leader replica steps down" in log
+    assert "t[0]: truncating from" in log, "the old leader rejoined without truncating by epoch"
+    assert f"t[0]: follower of broker {new}" in log
+
+    stale_acked = [(0, off, r["value"]) for r in replies if r["acks"] == "all" and r["offsets"]
+                   for _, off, _ in r["offsets"]]
+    acked = [(part, offset, v) for part, offset, v, _ in stream.acked] + stale_acked
+    logs = check_replicas(cluster.brokers, "t", PARTITIONS, acked)
+    kept = {msgspec.msgpack.decode(record)[0] for _, record in logs["0"][0]}
+    assert not [r for r in after_cut if r["value"] in kept], \
+        "a record the cut-off leader took after the cut survived"
+    reader.check(acked)
