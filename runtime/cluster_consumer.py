@@ -31,7 +31,7 @@ import zmq
 
 from brokerd import protocol as p
 from runtime.connection import DEFAULT_BROKER, BrokerError, Connection
-from runtime.consumer import Consumer, Event, events_of_fetch
+from runtime.consumer import Batch, Consumer, batches_of_fetch
 from runtime.routing import bootstrap_list, call_any, leaders_of, metadata_from_any
 
 TP = tuple[str, int]
@@ -208,8 +208,9 @@ class ClusterConsumer(Consumer):
         self._lost_at = max(self._lost_at, sent_at or time.monotonic())
 
     # -- fetching ---------------------------------------------------------------------
-    def poll(self, timeout_s: float = 1.0) -> list[Event]:
-        """The next events of the assigned partitions (maybe none after ``timeout_s``)."""
+    def poll_batches(self, timeout_s: float = 1.0) -> list[Batch]:
+        """The next records of the assigned partitions, a ``Batch`` per stored batch (maybe
+        none after ``timeout_s``): see ``Consumer.poll_batches``; ``poll`` is built on it."""
         deadline = time.monotonic() + timeout_s
         while True:
             self._membership()
@@ -217,10 +218,10 @@ class ClusterConsumer(Consumer):
             self._fetch_all()
             if self._waiting or len(self._fetch_at) < len(self._owned):
                 wait_until = min(wait_until, time.monotonic() + REFRESH_S)
-            events = self._receive(max(0.0, wait_until - time.monotonic()))
-            if events:
+            batches = self._receive(max(0.0, wait_until - time.monotonic()))
+            if batches:
                 self._fetch_all()  # the next fetches are on their way while the caller works
-                return events
+                return batches
             if self._pending:  # nothing came for a moment: send what is held now
                 self._send_pending()
             if time.monotonic() >= deadline:
@@ -253,8 +254,8 @@ class ClusterConsumer(Consumer):
             self._fetching[tp] = (leader, rid, now)
             self._asked[(leader, rid)] = tp
 
-    def _receive(self, timeout_s: float) -> list[Event]:
-        """The events of the fetch replies that come within ``timeout_s``."""
+    def _receive(self, timeout_s: float) -> list[Batch]:
+        """The batches of the fetch replies that come within ``timeout_s``."""
         self._check_links()
         if not self._links:
             time.sleep(timeout_s)
@@ -264,7 +265,7 @@ class ClusterConsumer(Consumer):
             for link in self._links.values():
                 self._poller.register(link.socket, zmq.POLLIN)
         ready = dict(self._poller.poll(max(0, int(timeout_s * 1000))))
-        events: list[Event] = []
+        batches: list[Batch] = []
         for endpoint, link in list(self._links.items()):
             if link.socket not in ready:
                 continue
@@ -274,10 +275,10 @@ class ClusterConsumer(Consumer):
                 if tp is None or self._fetching.get(tp, ("", 0))[1] != rid:
                     continue  # for a partition dropped or sought since
                 del self._fetching[tp]
-                events.extend(self._fetched(tp, _fetch_decoder.decode(body)))
-        return events
+                batches.extend(self._fetched(tp, _fetch_decoder.decode(body)))
+        return batches
 
-    def _fetched(self, tp: TP, reply: p.FetchReply | p.ErrorReply) -> list[Event]:
+    def _fetched(self, tp: TP, reply: p.FetchReply | p.ErrorReply) -> list[Batch]:
         if isinstance(reply, p.ErrorReply):
             if reply.code == "OFFSET_OUT_OF_RANGE":
                 self._fetch_at.pop(tp, None)  # found again: the committed offset, clamped
@@ -289,9 +290,10 @@ class ClusterConsumer(Consumer):
             return []
         if tp not in self._owned or self._fetch_at.get(tp) != reply.offset:
             return []
-        got = events_of_fetch(reply)
+        got = batches_of_fetch(reply)
         if got:
-            self._fetch_at[tp] = self.positions[tp] = got[-1].offset + 1
+            last = got[-1]
+            self._fetch_at[tp] = self.positions[tp] = last.base_offset + len(last.records)
         return got
 
     def _drop_fetch(self, tp: TP) -> None:

@@ -27,19 +27,52 @@ class Event(msgspec.Struct):
     timestamp: int = 0
 
 
+class Batch(msgspec.Struct):
+    """Records of one partition in offset order, as they came off the wire (no ``Event``
+    per record): ``records[i]`` is at offset ``base_offset + i``; a record whose own
+    ``timestamp`` is None has the batch's ``timestamp`` (the time the broker appended it).
+    ``Consumer.poll_batches`` returns these; ``events()`` turns one into ``poll``'s events."""
+
+    topic: str
+    partition: int
+    base_offset: int
+    timestamp: int
+    records: list[p.WireRecord]
+
+    def events(self) -> list[Event]:
+        topic, part, ts = self.topic, self.partition, self.timestamp
+        return [Event(topic, part, offset, r.value, r.key, r.headers,
+                      ts if r.timestamp is None else r.timestamp)
+                for offset, r in enumerate(self.records, self.base_offset)]
+
+
+def events_of_batches(batches: list[Batch]) -> list[Event]:
+    events: list[Event] = []
+    for batch in batches:
+        events.extend(batch.events())
+    return events
+
+
 _records = msgspec.msgpack.Decoder(list[p.WireRecord])
 
 
-def events_of_fetch(reply: p.FetchReply) -> list[Event]:
-    """A fetch reply's stored batches as events, from its ``offset`` on (a batch may start
-    below the offset asked for)."""
-    out: list[Event] = []
+def batches_of_fetch(reply: p.FetchReply) -> list[Batch]:
+    """A fetch reply's stored batches, from its ``offset`` on (a batch may start below the
+    offset asked for)."""
+    out: list[Batch] = []
     for base, ts, raw in reply.batches:
-        for i, r in enumerate(_records.decode(raw)):
-            if base + i >= reply.offset:
-                out.append(Event(reply.topic, reply.partition, base + i, r.value, r.key,
-                                 r.headers, ts if r.timestamp is None else r.timestamp))
+        records = _records.decode(raw)
+        if base < reply.offset:
+            records = records[reply.offset - base:]
+            base = reply.offset
+        if records:
+            out.append(Batch(reply.topic, reply.partition, base, ts, records))
     return out
+
+
+def events_of_fetch(reply: p.FetchReply) -> list[Event]:
+    """A fetch reply's records as events, from its ``offset`` on."""
+    return events_of_batches(batches_of_fetch(reply))
 
 
 class _Batch3(msgspec.Struct, array_like=True):
@@ -105,17 +138,17 @@ def _in_cluster(broker: str, group: str, timeout_s: float) -> bool:
     return bool(reply.coordinator >= 0)
 
 
-def events_of(data: _PartitionData) -> list[Event]:
-    """Flatten a partition's batches into events, skipping records before ``offset``."""
+def batches_of(data: _PartitionData, first: int) -> list[Batch]:
+    """A partition's stored batches from offset ``first`` on."""
     out = []
-    topic, part, first = data.topic, data.partition, data.offset
+    topic, part = data.topic, data.partition
     for batch in data.batches:
-        offset = batch.base_offset
-        for r in batch.records:
-            if offset >= first:
-                out.append(Event(topic, part, offset, r.value, r.key, r.headers,
-                                 batch.append_timestamp if r.timestamp is None else r.timestamp))
-            offset += 1
+        base, records = batch.base_offset, batch.records
+        if base < first:
+            records = records[first - base:]
+            base = first
+        if records:
+            out.append(Batch(topic, part, base, batch.append_timestamp, records))
     return out
 
 
@@ -294,6 +327,13 @@ class Consumer:
         One poll request is always parked at the broker, even between calls, so events
         that arrive while the caller works are on their way at once.
         """
+        return events_of_batches(self.poll_batches(timeout_s))
+
+    def poll_batches(self, timeout_s: float = 1.0) -> list[Batch]:
+        """As ``poll``, but the records as they came off the wire, a ``Batch`` per stored
+        batch (in each partition's offset order), without building an ``Event`` per record:
+        for callers that go through many records at once.  Positions, commits and
+        rebalances are the same as ``poll``'s (``poll`` is built on this)."""
         deadline = time.monotonic() + timeout_s
         while True:
             wait_until = self._tend_commits(deadline)
@@ -304,7 +344,7 @@ class Consumer:
                 # Nothing came for a moment: send what is held now rather than at the end
                 # of the interval, so that a rebalance soon after replays less.
                 self._send_pending()
-            events = [] if reply is None else self._take(reply)
+            batches = [] if reply is None else self._take(reply)
             # Stream replies that are already here come along (a backlog is one batch).
             # A reply that read every partition to its end was the last one when the
             # broker sent it: looking for another would cost a system call for nothing.
@@ -314,11 +354,11 @@ class Consumer:
                     break
                 reply = self._await_poll(0)
                 if reply is not None:
-                    events.extend(self._take(reply))
-            if events:
+                    batches.extend(self._take(reply))
+            if batches:
                 if self._poll_id is None:
                     self._send_poll()
-                return events
+                return batches
             if time.monotonic() >= deadline:
                 return []
 
@@ -382,26 +422,28 @@ class Consumer:
         self._poll_id = None
         self.conn.end_stream(rid)
 
-    def _take(self, reply: _PollReply) -> list[Event]:
+    def _take(self, reply: _PollReply) -> list[Batch]:
         if reply.generation > self.generation:  # a prefetched reply may predate a rebalance
             self._set_assignment(reply.generation, reply.assignment)
         owned = self._owned
-        events: list[Event] = []
+        batches: list[Batch] = []
         for data in reply.partitions:
             tp = (data.topic, data.partition)
             if tp not in owned:
                 continue
-            got = events_of(data)
+            first = data.offset
             floor = self._floors.get(tp)
             if floor is not None:
                 if reply.id > floor[1]:  # a poll sent after the seek reads from its offset
                     del self._floors[tp]
                 else:
-                    got = [e for e in got if e.offset >= floor[0]]
+                    first = max(first, floor[0])
+            got = batches_of(data, first)
             if got:
-                self.positions[tp] = got[-1].offset + 1
-                events.extend(got)
-        return events
+                last = got[-1]
+                self.positions[tp] = last.base_offset + len(last.records)
+                batches.extend(got)
+        return batches
 
     # -- committing -------------------------------------------------------------------
     @property
