@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -299,3 +300,47 @@ def test_a_leader_cut_off_by_a_network_partition_is_replaced_and_rejoins_by_epoc
     assert not [r for r in after_cut if r["value"] in kept], \
         "a record the cut-off leader took after the cut survived"
     reader.check(acked)
+
+
+def isr_at(api: str, topic: str) -> list[int] | None:
+    meta = metadata(api, topic)
+    return None if meta is None else sorted(meta["topics"][0]["partitions"][0]["isr"])
+
+
+def test_a_follower_cut_off_leaves_the_isr_and_rejoins_it_after_the_heal(
+        cluster: Cluster) -> None:
+    apis = cluster.apis
+    with RawClient(apis[0]) as raw:
+        raw.ok("create_topic", topic="t", partitions=1,
+               config={"replication_factor": 3, "min_insync_replicas": 2})
+    leader = wait_in_sync(apis, "t", 1, 3)[0]
+    controller = metadata(apis[leader], "t")["controller"]  # type: ignore[index]
+    # A follower that is not the controller either: only the ISR has to change.
+    cut = next(i for i in range(3) if i not in (leader, controller))
+    stream = Stream(apis)
+    try:
+        wait_for(lambda: stream.acks_since(0, 0) >= 200, 30, what="acks before the cut")
+        cluster.net.cut(cluster.hosts[cut])
+        cut_at = time.time()
+        rest = sorted({0, 1, 2} - {cut})
+        wait_for(lambda: isr_at(apis[leader], "t") == rest, 30, interval=0.1,
+                 what="the leader to drop the cut-off follower from the ISR")
+        shrunk_at = time.time()
+        assert shrunk_at - cut_at >= 4.0 * 0.9, "the ISR shrank before replica_lag_time_ms"
+        wait_for(lambda: stream.acks_since(0, shrunk_at) >= 200, 30,
+                 what="acks=all going on with two in-sync replicas")
+        assert leader_of([apis[leader]], "t", 0) == leader, "the leader must not change"
+
+        cluster.net.heal(cluster.hosts[cut])
+        wait_in_sync(apis, "t", 1, 3, timeout=45)
+        healed_at = time.time()
+        wait_for(lambda: stream.acks_since(0, healed_at) >= 100, 30, what="acks after the heal")
+        stream.finish()
+    finally:
+        cluster.stop()
+    changes = [sorted(json.loads(after)) for after in re.findall(
+        r"t\[0\]: isr \[[\d, ]*\] -> (\[[\d, ]*\])", cluster.brokers[leader].log())]
+    assert changes[:2] == [rest, [0, 1, 2]], f"the leader's ISR changes: {changes}"
+    acked = [(part, offset, v) for part, offset, v, _ in stream.acked]
+    logs = check_replicas(cluster.brokers, "t", 1, acked)
+    assert len(logs["0"][0]) == len(acked), "every record acknowledged, each once"
