@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,10 +53,16 @@ class BrokerChild:
 
     @property
     def member_tag(self) -> str:
-        """Appended to this supervisor's member ids: in a cluster, supervisors on other
-        brokers run replicas of the same workers in the same groups, and a member id
-        names one member (``cook-0`` of broker 1 is ``cook-0.b1``)."""
-        return f".b{self.config.broker.broker_id}" if self.clustered else ""
+        """Appended to this supervisor's member ids: supervisors on other hosts (or other
+        brokers of a cluster) run replicas of the same workers in the same groups, and a
+        member id names one member.  ``[supervisor].node`` (``rail up --node``) if set;
+        else ``cook-0`` of broker 1 is ``cook-0.b1``, and workers run against a broker
+        elsewhere (``--broker``) are ``cook-0.<host name>``."""
+        if self.config.supervisor.node:
+            return f".{self.config.supervisor.node}"
+        if self.clustered:
+            return f".b{self.config.broker.broker_id}"
+        return f".{socket.gethostname().split('.')[0]}" if self.external else ""
 
     @property
     def clustered(self) -> bool:

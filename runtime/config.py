@@ -15,6 +15,7 @@ import msgspec
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:7402"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"  # [supervisor].node, in member ids
 BROKER_NAME = "brokerd"  # what rail status calls the broker; no worker may take it
 
 
@@ -45,6 +46,10 @@ class SupervisorSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     metrics: str = ""  # host:port for Prometheus /metrics (port 0: a free one); "": off
     console: str = ""  # host:port for the web console (docs/console.md); "": off
     delays: bool = False  # run the delay mover (rail.delays) for delayed sends
+    # This supervisor's name in its workers' member ids (cook-0.<node>): supervisors on
+    # several hosts run replicas of the same workers in the same groups.  "": b<broker id>
+    # when its broker joins a cluster, the host's name with --broker, none otherwise.
+    node: Annotated[str, msgspec.Meta(pattern=f"^$|{NODE_PATTERN}")] = ""
 
 
 class TopicSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

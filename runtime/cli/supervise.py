@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import psutil
 from runtime import control
 from runtime.cli.common import guarded
 from runtime.cli.logs import add_logs_command
-from runtime.config import ConfigError, check_broker, load_config
+from runtime.config import NODE_PATTERN, ConfigError, check_broker, load_config
 from runtime.policy import POLICIES
 
 DOWN_WAIT_S = 120.0
@@ -38,6 +39,10 @@ def add_supervisor_commands(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--advertise", metavar="ENDPOINT", help="the endpoint other brokers and "
                     "clients reach that broker at, when not its bind (default "
                     "[broker].advertise)")
+    up.add_argument("--node", metavar="NAME", help="this supervisor's name in its workers' "
+                    "member ids (cook-0.NAME; default [supervisor].node, else b<broker id> "
+                    "in a cluster, the host name with --broker): unique per supervisor "
+                    "sharing groups")
     up.add_argument("--data-dir", help="broker data, logs and registrations "
                     "(default [broker].data_dir)")
     up.add_argument("--control", help="control socket to bind (default [supervisor].control)")
@@ -103,6 +108,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         config.broker.data_dir = str(Path(args.data_dir).resolve())
     if args.control:
         config.supervisor.control = args.control
+    if args.node:
+        if not re.match(NODE_PATTERN, args.node):
+            raise ConfigError(f"--node {args.node!r}: letters, digits, '_', '.' and '-', "
+                              "at most 63, starting with a letter or digit")
+        config.supervisor.node = args.node
     if args.metrics:
         config.supervisor.metrics = args.metrics
     if args.console:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,50 @@ def test_an_unreachable_zookeeper_and_a_taken_id_are_clear_errors(
         assert plain.proc.poll() is None, "the broker holding id 2 keeps serving"
     finally:
         plain.stop()
+
+
+def test_workers_only_supervisors_on_a_broker_list_are_distinct_members(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """``rail up --broker a,b`` on two hosts (here: one named by --node, one by default by
+    the host's name): two members of group cook, not one member id claimed twice (which
+    would hand both the same partitions); each event handled once."""
+    brokers = [start_member(tmp_path, zookeeper, i) for i in range(2)]
+    every = ",".join(b.api for b in brokers)
+    ups: list[subprocess.Popen[bytes]] = []
+    outs = [tmp_path / "out0.txt", tmp_path / "out1.txt"]
+    try:
+        controls = []
+        for i, flags in enumerate((["--node", "host-a"], [])):
+            toml, control, _ = supervisor_folder(tmp_path / f"s{i}", outs[i])
+            controls.append(control)
+            ups.append(start_up(toml, "--broker", every, *flags))
+        for control in controls:
+            wait_for(lambda c=control: cook_running(c), 60, 0.2, "a workers-only cook running")
+        expected = sorted(["cook-0.host-a", f"cook-0.{socket.gethostname().split('.')[0]}"])
+        router = Router(every, timeout_s=5.0)
+        try:
+            def settled() -> bool:
+                members = router.call(p.DescribeGroup(group="cook")).members
+                return sorted(m.member_id for m in members) == expected \
+                    and all(m.assignment for m in members)
+            wait_for(settled, 60, 0.2, f"members {expected}, each with partitions")
+        finally:
+            router.close()
+        with Producer(every, acks="all") as producer:
+            for i in range(EVENTS):
+                producer.send("orders", i, key=str(i))
+        wait_for(lambda: sum(len(written_lines(o)) for o in outs) >= EVENTS, 60, 0.2,
+                 f"{EVENTS} events handled")
+        by_cook = [[int(v) for v in written_lines(o)] for o in outs]
+        assert all(by_cook), "a cook on each supervisor handled events"
+        assert sorted(by_cook[0] + by_cook[1]) == list(range(EVENTS))
+    finally:
+        try:
+            for up in ups:
+                stop_process(up, 30)
+        finally:
+            for b in brokers:
+                b.stop()
+    assert [up.returncode for up in ups] == [0, 0]
+    bad = rail("up", "--broker", every, "--node", "../x", "-c", str(tmp_path / "s0" / "rail.toml"))
+    assert bad.returncode != 0 and "--node '../x'" in bad.stderr, bad.stderr
