@@ -270,6 +270,35 @@ class ListGroups(_Request, tag="list_groups"):
     pass
 
 
+class Reassignment(msgspec.Struct, kw_only=True):
+    topic: str
+    partition: Partition
+    replicas: list[int]
+    """The new replica list (its first broker is the preferred leader)."""
+    adding: list[int] = []
+    removing: list[int] = []
+    """In ``list_reassignments``: the brokers that join, and those that leave."""
+
+
+class ReassignPartitions(_Request, tag="reassign_partitions"):
+    """In a cluster: move partitions' replicas (Kafka's AlterPartitionReassignments); the
+    controller carries it out after the reply.  All or nothing."""
+
+    partitions: Annotated[list[Reassignment], msgspec.Meta(min_length=1, max_length=65536)]
+
+
+class ListReassignments(_Request, tag="list_reassignments"):
+    pass
+
+
+class ElectLeaders(_Request, tag="elect_leaders"):
+    """To the controller: move leadership to each partition's preferred replica (the first
+    of its replica list) where it is in sync; no topic: every partition."""
+
+    topic: str | None = None
+    partition: Partition | None = None
+
+
 class Stats(_Request, tag="stats"):
     pass
 
@@ -282,7 +311,7 @@ Request = Union[
     Produce, Fetch, Join, Heartbeat, Poll, Commit, Seek, Leave, CreateTopic, DeleteTopic,
     Metadata, ListOffsets, DescribeGroup, ListGroups, Stats, Ping, CreatePartitions,
     DeleteRecords, DeleteGroup, ReplicaFetch, OffsetForLeaderEpoch, ProduceBatches,
-    FindCoordinator, Release,
+    FindCoordinator, Release, ReassignPartitions, ListReassignments, ElectLeaders,
 ]
 OPS = tuple(t.__struct_config__.tag for t in Request.__args__)  # type: ignore[attr-defined]
 
@@ -486,6 +515,30 @@ class DescribeGroupReply(_Reply, tag="describe_group"):
     partitions: list[GroupPartition]
 
 
+class ReassignPartitionsReply(_Reply, tag="reassign_partitions"):
+    partitions: list[Reassignment]
+    """The reassignments now in progress, as asked."""
+
+
+class ListReassignmentsReply(_Reply, tag="list_reassignments"):
+    reassignments: list[Reassignment]
+
+
+class Election(msgspec.Struct, kw_only=True):
+    topic: str
+    partition: int
+    leader: int
+    """The leader now (-1: none)."""
+    code: str = ""
+    """"" when the preferred replica leads now; else why not: PREFERRED_NOT_AVAILABLE (not
+    live, or not in sync), REASSIGNMENT_IN_PROGRESS, CONFLICT (the state changed: retry)."""
+    message: str = ""
+
+
+class ElectLeadersReply(_Reply, tag="elect_leaders"):
+    partitions: list[Election]
+
+
 class FindCoordinatorReply(_Reply, tag="find_coordinator"):
     coordinator: int
     """The coordinator's broker id (-1: a single broker, which coordinates every group)."""
@@ -512,6 +565,7 @@ Reply = Union[
     ListOffsetsReply, DescribeGroupReply, ListGroupsReply, StatsReply, PingReply,
     CreatePartitionsReply, DeleteRecordsReply, DeleteGroupReply, ReplicaFetchReply,
     OffsetForLeaderEpochReply, ProduceBatchesReply, FindCoordinatorReply, ReleaseReply,
+    ReassignPartitionsReply, ListReassignmentsReply, ElectLeadersReply,
 ]
 
 

@@ -27,6 +27,7 @@ from brokerd.cluster import admin
 from brokerd.cluster.coordinator import OFFSETS_TOPIC, GroupOffsets, GroupTopics
 from brokerd.cluster.epochs import LeaderEpochs
 from brokerd.cluster.fetcher import Follow, ReplicaFetcher
+from brokerd.cluster.reassign import Reassigner
 from brokerd.cluster.replica import FOLLOWER, LEADER, Replica
 from brokerd.cluster.topic_id import read_topic_id, write_topic_id
 from brokerd.cluster.zk import (
@@ -66,7 +67,8 @@ log = logging.getLogger("brokerd.cluster")
 TP = tuple[str, int]
 ISR_CHECK_S = 0.5
 # The events whose handling calls ZooKeeper.
-ZK_EVENTS = frozenset({"brokers", "controller", "topics", "topic", "state", "deletions"})
+ZK_EVENTS = frozenset({"brokers", "controller", "topics", "topic", "state", "deletions",
+                       "reassign"})
 
 
 class Cluster:
@@ -108,6 +110,7 @@ class Cluster:
         self._lost = False
         self.next_timer = time.monotonic() + ISR_CHECK_S
         self._endpoints = ("", "")
+        self.reassigner = Reassigner(self)
 
     # -- life -------------------------------------------------------------------------
     def start(self, api: str, ingest: str) -> None:
@@ -188,6 +191,8 @@ class Cluster:
                 self._topic_seen(name)
             case ("deletions",):
                 admin.apply_deletions(self)
+            case ("reassign",):
+                self.reassigner.resume()
             case ("state", topic, partition, state, version):
                 if self.fenced:
                     pass
@@ -257,6 +262,7 @@ class Cluster:
             self.broker.coordinator.topics_changed({name})
         if name in self.deleting:
             return
+        self.reassigner.assignment_changed(name, record)
         # a topic this broker holds no replica of is watched too: its metadata names the
         # leaders, so a client may bootstrap from any broker
         held = any(self.id in r for r in record.replicas)
@@ -538,6 +544,7 @@ class Cluster:
                     self._change_isr(replica, [b for b in replica.isr if b not in lagging])
                 except (KazooException, ClusterError) as exc:
                     log.warning("cannot shrink the isr of %s[%d]: %r", *replica.key, exc)
+        self.reassigner.tick(now)
 
     # -- topics -----------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int | None,
@@ -620,6 +627,7 @@ class Cluster:
         log.info("broker %d is the controller (epoch %d)", self.id, epoch)
         self._elect_leaders()
         admin.complete_deletions(self)
+        self.reassigner.resume()
 
     def _elect_leaders(self) -> None:
         """Give every partition whose leader is gone a leader from its live ISR (never an

@@ -9,6 +9,7 @@ Znodes, under the chroot given with ``--zookeeper host:port/chroot`` (see docs/c
     /topics/<name>/partitions/<p>/state    PartitionState, changed only by compare-and-set
     /admin/delete_topics/<name>            the id of a topic marked for deletion
     /admin/delete_topics/<name>/<id>       broker <id> deleted its copy
+    /admin/reassign_partitions/<name>:<p>  {"replicas", "original"}: a reassignment in progress
 
 Watches fire on kazoo's thread; ``ClusterStore`` only turns them into events for
 ``on_event``, which the broker loop reads (never touches broker state from that thread).
@@ -69,6 +70,14 @@ class BrokerRecord(msgspec.Struct, kw_only=True):
 
 Event = tuple[Any, ...]
 DELETIONS = "/admin/delete_topics"
+REASSIGNMENTS = "/admin/reassign_partitions"
+
+
+class PendingReassignment(msgspec.Struct, kw_only=True):
+    replicas: list[int]
+    """The target replica list."""
+    original: list[int]
+    """The replica list when it was asked for (to tell who joins and who leaves)."""
 
 
 class ClusterStore:
@@ -93,7 +102,7 @@ class ClusterStore:
         except KazooTimeoutError as exc:
             raise ClusterError(f"cannot reach ZooKeeper at {self.hosts} within "
                                f"{timeout_s:.0f} s: is it running?") from exc
-        for path in ("/brokers/ids", "/topics", DELETIONS):
+        for path in ("/brokers/ids", "/topics", DELETIONS, REASSIGNMENTS):
             self.zk.ensure_path(path)
 
     def stop(self) -> None:
@@ -317,6 +326,71 @@ class ClusterStore:
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:
             raise StaleVersion(f"cannot remove topic {name!r}: {failed[0]!r}")
+
+    # -- reassignment ------------------------------------------------------------------
+    def start_reassignments(self, plan: dict[tuple[str, int], PendingReassignment]) -> None:
+        """Create one znode per partition in one transaction: all or none (a partition
+        with a reassignment in progress already fails it)."""
+        tx = self.zk.transaction()
+        for (name, partition), pending in plan.items():
+            tx.create(f"{REASSIGNMENTS}/{name}:{partition}", msgspec.json.encode(pending))
+        results = tx.commit()
+        for (name, partition), result in zip(plan, results):
+            if isinstance(result, NodeExistsError):
+                raise ClusterError(f"{name}[{partition}] is being reassigned already: wait "
+                                   "for it to complete (rail cluster reassign --list)")
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            raise ClusterError(f"cannot start the reassignment: {failed[0]!r}")
+
+    def reassignments(self, watch: bool = False) -> dict[tuple[str, int], PendingReassignment]:
+        """The reassignments in progress (with ``watch``: report the next change as
+        ``("reassign",)``)."""
+        out = {}
+        for child in self.zk.get_children(
+                REASSIGNMENTS, watch=self._reassign_watch if watch else None):
+            name, _, partition = child.rpartition(":")
+            try:
+                data, _ = self.zk.get(f"{REASSIGNMENTS}/{child}")
+            except NoNodeError:
+                continue
+            out[(name, int(partition))] = msgspec.json.decode(data, type=PendingReassignment)
+        return out
+
+    def _reassign_watch(self, event: Any) -> None:
+        self.on_event(("reassign",))
+
+    def set_assignment(self, name: str, record: TopicRecord, version: int,
+                       controller_epoch_version: int) -> None:
+        """The controller stores a topic's new replica lists (compare-and-set)."""
+        tx = self.zk.transaction()
+        tx.check("/controller_epoch", controller_epoch_version)
+        tx.set_data(f"/topics/{name}", msgspec.json.encode(record), version)
+        results = tx.commit()
+        if any(isinstance(r, Exception) for r in results):
+            raise StaleVersion(f"topic {name!r}: a newer controller or record: {results!r}")
+
+    def finish_reassignment(self, name: str, partition: int, record: TopicRecord,
+                            version: int, state: PartitionState, state_version: int,
+                            controller_epoch_version: int) -> None:
+        """The last step, in one transaction: the final replica list, then the partition's
+        state (so a broker sees the list before the ISR that follows it), the znode gone."""
+        tx = self.zk.transaction()
+        tx.check("/controller_epoch", controller_epoch_version)
+        tx.set_data(f"/topics/{name}", msgspec.json.encode(record), version)
+        tx.set_data(f"/topics/{name}/partitions/{partition}/state",
+                    msgspec.json.encode(state), state_version)
+        tx.delete(f"{REASSIGNMENTS}/{name}:{partition}")
+        results = tx.commit()
+        if any(isinstance(r, Exception) for r in results):
+            raise StaleVersion(f"{name}[{partition}]: a newer controller, record or state: "
+                               f"{results!r}")
+
+    def drop_reassignment(self, name: str, partition: int) -> None:
+        try:
+            self.zk.delete(f"{REASSIGNMENTS}/{name}:{partition}")
+        except NoNodeError:
+            pass
 
     def _children(self, path: str) -> list[str]:
         try:

@@ -1,0 +1,339 @@
+"""Partition reassignment and preferred-leader election against a real ZooKeeper and three
+real brokers: replicas move (the leader's too) while ``acks=all`` producers keep sending,
+a reassignment survives a kill -9 of the controller, leadership goes back to the preferred
+replica after a killed broker returns (``rail cluster elect-leaders``, and the controller's
+automatic rebalance), and bad plans change nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.client import (
+    LeaderProducer,
+    check_history,
+    check_replicas,
+    metadata,
+    read_log,
+    start_member,
+    wait_in_sync,
+)
+from tests.cluster.test_admin import _consume, _leader_api
+from tests.cluster.zookeeper import ZooKeeper
+from tests.helpers import ROOT, BrokerProcess, python_env, start_broker, wait_for
+from tests.integration.wire import RawClient
+
+SESSION = "zookeeper_session_timeout_ms = 4000\n"  # failover in seconds, not tens
+
+
+def rail(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=ROOT,
+                          env=python_env(), capture_output=True, text=True, timeout=30,
+                          check=False)
+
+
+def start_three(tmp_path: Path, zookeeper: ZooKeeper, config: str) -> list[BrokerProcess]:
+    path = tmp_path / "broker.toml"
+    path.write_text(config)
+    brokers: list[BrokerProcess] = []
+    try:
+        for i in range(3):
+            brokers.append(start_member(tmp_path, zookeeper, i, "--config", str(path)))
+    except BaseException:
+        for b in brokers:
+            b.stop()
+        raise
+    return brokers
+
+
+class Sending:
+    """Producers in threads, each sending its own numbered values with ``acks=all`` to its
+    partitions, batch after batch, until stopped."""
+
+    def __init__(self, apis: list[str], targets: list[tuple[str, list[int]]]) -> None:
+        self.producers = [LeaderProducer(apis, topic, producer_id=100 + i)
+                          for i, (topic, _) in enumerate(targets)]
+        self.stop_event = threading.Event()
+        self.failures: list[Exception] = []
+        self.threads = [threading.Thread(target=self._run, args=(prod, parts), daemon=True)
+                        for prod, (_, parts) in zip(self.producers, targets)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, producer: LeaderProducer, partitions: list[int]) -> None:
+        n = 0
+        try:
+            while not self.stop_event.is_set():
+                part = partitions[n % len(partitions)]
+                producer.send(part, [f"{producer.topic}-{n}-{i}" for i in range(5)])
+                n += 1
+                self.stop_event.wait(0.01)
+        except (TimeoutError, AssertionError, OSError) as exc:  # stop() asserts none
+            self.failures.append(exc)
+
+    def acked(self, topic: str) -> list[tuple[int, int, Any]]:
+        return [a for prod in self.producers if prod.topic == topic for a in prod.acked]
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(70)
+        for prod in self.producers:
+            prod.close()
+        assert not self.failures, self.failures
+        assert all(prod.acked for prod in self.producers), "a producer never got an ack"
+
+
+def _partition(api: str, topic: str, partition: int) -> dict[str, Any]:
+    meta = metadata(api, topic)
+    assert meta is not None, f"no metadata from {api}"
+    return meta["topics"][0]["partitions"][partition]
+
+
+def _reassignments(api: str) -> list[dict[str, Any]]:
+    with RawClient(api) as raw:
+        return raw.ok("list_reassignments")["reassignments"]
+
+
+def _logs(brokers: list[BrokerProcess], ids: list[int], topic: str
+          ) -> dict[str, dict[int, list[tuple[int, bytes]]]]:
+    return {str(i): {0: read_log(brokers[i].data_dir, topic, 0)} for i in ids}
+
+
+def test_replicas_move_with_the_leader_under_acks_all_producers_and_bad_plans_change_nothing(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """``a`` moves from {0,1} to {1,2} (its leader 0 leaves), ``b`` from {0,1} to {0,2}
+    (a follower leaves), in one plan through ``rail cluster reassign --plan``."""
+    brokers = start_three(tmp_path, zookeeper, SESSION)
+    sending: Sending | None = None
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            for name in ("a", "b"):
+                raw.ok("create_topic", topic=name, partitions=1,
+                       config={"replication_factor": 2})
+        for name in ("a", "b"):
+            wait_in_sync(apis, name, 1, 2)
+            assert _partition(apis[0], name, 0)["replicas"] == [0, 1]
+
+        with RawClient(apis[2]) as raw:  # bad plans: specific errors, nothing changed
+            def bad(*items: dict[str, Any]) -> str:
+                return raw.error_code("reassign_partitions", partitions=list(items))
+            assert bad({"topic": "nope", "partition": 0, "replicas": [1, 2]}) == "UNKNOWN_TOPIC"
+            assert bad({"topic": "a", "partition": 3, "replicas": [1, 2]}) == "UNKNOWN_PARTITION"
+            assert bad({"topic": "a", "partition": 0, "replicas": [1, 7]}) == "BAD_REQUEST"
+            assert bad({"topic": "a", "partition": 0, "replicas": [2, 2]}) == "BAD_REQUEST"
+            assert bad({"topic": "a", "partition": 0, "replicas": []}) == "BAD_REQUEST"
+            assert bad({"topic": "a", "partition": 0, "replicas": [2]}) == "BAD_REQUEST"  # < min isr
+            assert bad({"topic": "b", "partition": 0, "replicas": [0, 2]},
+                       {"topic": "a", "partition": 0, "replicas": [1, 9]}) == "BAD_REQUEST"
+            assert raw.error_code("reassign_partitions", partitions=[]) == "BAD_REQUEST"
+            assert raw.call("reassign_partitions", partitions=[{"topic": "a", "partition": 0,
+                            "replicas": [1, 7]}])["message"].startswith("a[0]: no live broker")
+            controller = raw.ok("metadata", topics=["a"])["controller"]
+            other = next(i for i in range(3) if i != controller)
+        with RawClient(apis[other]) as raw:
+            assert raw.error_code("elect_leaders") == "NOT_CONTROLLER"
+        assert _reassignments(apis[1]) == []
+        for name in ("a", "b"):
+            assert _partition(apis[2], name, 0)["replicas"] == [0, 1]
+
+        sending = Sending(apis, [("a", [0]), ("b", [0])])
+        wait_for(lambda: all(len(sending.acked(t)) >= 50 for t in ("a", "b")), timeout=20,
+                 interval=0.1, what="acks before the move")
+        plan = tmp_path / "plan.json"
+        plan.write_text(json.dumps({"partitions": [
+            {"topic": "a", "partition": 0, "replicas": [1, 2]},
+            {"topic": "b", "partition": 0, "replicas": [0, 2]}]}))
+        run = rail("cluster", "reassign", "--plan", str(plan), "--broker", apis[1])
+        assert run.returncode == 0, run.stderr
+        assert "a[0]: moving to 1,2" in run.stdout
+        wait_for(lambda: rail("cluster", "reassign", "--plan", str(plan), "--verify",
+                              "--broker", f"{apis[0]},{apis[2]}").returncode == 0,
+                 timeout=30, interval=0.3, what="the plan complete")
+        wait_for(lambda: all(len(sending.acked(t)) >= 200 for t in ("a", "b")), timeout=20,
+                 interval=0.1, what="acks after the move")
+        sending.stop()
+        verify = rail("cluster", "reassign", "--plan", str(plan), "--verify", "--json",
+                      "--broker", apis[2])
+        assert [r["state"] for r in json.loads(verify.stdout)] == ["complete", "complete"]
+        assert "no reassignment in progress" in rail("cluster", "reassign", "--list",
+                                                     "--broker", apis[0]).stdout
+
+        for name, replicas, gone in (("a", [1, 2], 0), ("b", [0, 2], 1)):
+            leaders = wait_in_sync(apis, name, 1, 2)
+            assert leaders[0] in replicas
+            for api in apis:  # every broker's metadata, also of one that lost its copy
+                assert _partition(api, name, 0)["replicas"] == replicas
+            wait_for(lambda name=name, gone=gone: not (
+                brokers[gone].data_dir / "topics" / name).exists(), timeout=10,
+                interval=0.1, what=f"broker {gone}'s copy of {name} deleted")
+            consumed = _consume(_leader_api(apis, name, 0), name, 0)
+            acked = [v for _, _, v in sending.acked(name)]
+            assert sorted(consumed) == sorted(set(consumed)), f"{name}: a duplicate"
+            assert set(acked) <= set(consumed), f"{name}: an acknowledged event is missing"
+    finally:
+        if sending is not None:
+            sending.stop_event.set()
+        for b in brokers:
+            b.stop()
+    check_history(sending.acked("a"), _logs(brokers, [1, 2], "a"))
+    check_history(sending.acked("b"), _logs(brokers, [0, 2], "b"))
+
+
+def test_a_reassignment_completes_on_the_next_controller_after_a_kill_9(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """The new replica is paused (SIGSTOP) so the reassignment stops half-way (old and new
+    replicas in the list, the new one not in sync); the controller is killed with kill -9
+    and the new replica woken: the next controller finishes it from ZooKeeper."""
+    brokers = start_three(tmp_path, zookeeper, SESSION)
+    sending: Sending | None = None
+    paused: BrokerProcess | None = None
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="c", partitions=3, config={"replication_factor": 2})
+        wait_in_sync(apis, "c", 3, 2)
+        controller = metadata(apis[0], "c")["controller"]  # type: ignore[index]
+        x = next(i for i in range(3) if i != controller)  # the new replica
+        z = 3 - controller - x
+        part = next(i for i in range(3) if x not in _partition(apis[0], "c", i)["replicas"])
+        assert sorted(_partition(apis[0], "c", part)["replicas"]) == sorted([controller, z])
+        sending = Sending([apis[controller], apis[z], apis[x]], [("c", [part])])
+        wait_for(lambda: len(sending.acked("c")) >= 50, timeout=20, interval=0.1,
+                 what="acks before the move")
+
+        os.kill(brokers[x].pid, signal.SIGSTOP)
+        paused = brokers[x]
+        target = [x, z]
+        with RawClient(apis[z]) as raw:
+            raw.ok("reassign_partitions",
+                   partitions=[{"topic": "c", "partition": part, "replicas": target}])
+            # In progress: asked again, alone or in a plan, it fails whole.
+            reply = raw.call("reassign_partitions",
+                             partitions=[{"topic": "c", "partition": part, "replicas": [z, x]}])
+            assert reply["code"] == "BAD_REQUEST" and "being reassigned" in reply["message"]
+            other = (part + 1) % 3
+            assert raw.error_code("reassign_partitions", partitions=[
+                {"topic": "c", "partition": other, "replicas": [controller, z]},
+                {"topic": "c", "partition": part, "replicas": target}]) == "BAD_REQUEST"
+        listed = _reassignments(apis[z])
+        assert [(r["partition"], r["replicas"], r["adding"], r["removing"]) for r in listed] \
+            == [(part, target, [x], [controller])]
+        wait_for(lambda: len(_partition(apis[z], "c", part)["replicas"]) == 3, timeout=10,
+                 interval=0.1, what="old and new replicas in the list")
+        assert x not in _partition(apis[z], "c", part)["isr"]
+
+        brokers[controller].kill9()
+        os.kill(brokers[x].pid, signal.SIGCONT)
+        paused = None
+        live = [apis[z], apis[x]]
+        wait_for(lambda: _reassignments(apis[z]) == [], timeout=40, interval=0.3,
+                 what="the reassignment completed by the next controller")
+        assert metadata(apis[z], "c")["controller"] != controller  # type: ignore[index]
+        assert _partition(apis[z], "c", part)["replicas"] == target
+        wait_for(lambda: sorted(_partition(_leader_api(live, "c", part), "c", part)["isr"])
+                 == sorted(target),
+                 timeout=20, interval=0.2, what="both new replicas in sync")
+        count = len(sending.acked("c"))
+        wait_for(lambda: len(sending.acked("c")) >= count + 50, timeout=20, interval=0.1,
+                 what="acks after the move")
+        sending.stop()
+    finally:
+        if paused is not None:
+            os.kill(paused.pid, signal.SIGCONT)
+        if sending is not None:
+            sending.stop_event.set()
+        for b in brokers:
+            b.stop()
+    logs = {str(i): {part: read_log(brokers[i].data_dir, "c", part)} for i in target}
+    check_history(sending.acked("c"), logs)
+
+
+@pytest.mark.parametrize("how", ["elect-leaders", "auto"])
+def test_leadership_goes_back_to_the_preferred_replica_after_a_kill_9(
+        tmp_path: Path, zookeeper: ZooKeeper, how: str) -> None:
+    """A broker leading a partition is killed with kill -9 and restarted; once it is in
+    sync again, ``rail cluster elect-leaders`` (the automatic rebalance switched off, so
+    nothing moves before it) or the controller's rebalance timer makes it leader again."""
+    auto = ("auto_leader_rebalance = true\nleader_imbalance_check_interval_ms = 1000\n"
+            if how == "auto" else "auto_leader_rebalance = false\n")
+    brokers = start_three(tmp_path, zookeeper, SESSION + auto)
+    ports = [int(b.api.rsplit(":", 1)[1]) for b in brokers]
+    sending: Sending | None = None
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="e", partitions=3)
+        wait_in_sync(apis, "e", 3, 3)
+        controller = metadata(apis[0], "e")["controller"]  # type: ignore[index]
+        victim = next(i for i in range(3) if i != controller)
+        preferred = {i: _partition(apis[0], "e", i)["replicas"][0] for i in range(3)}
+        assert sorted(preferred.values()) == [0, 1, 2]
+        sending = Sending(apis, [("e", [0, 1, 2])])
+        wait_for(lambda: len(sending.acked("e")) >= 60, timeout=20, interval=0.1,
+                 what="acks before the kill")
+
+        brokers[victim].kill9()
+        mine = next(i for i, b in preferred.items() if b == victim)
+        wait_for(lambda: _partition(apis[controller], "e", mine)["leader"] not in (victim, -1),
+                 timeout=20, interval=0.2, what="a new leader of the victim's partition")
+        brokers[victim] = start_member(tmp_path, zookeeper, victim, "--config",
+                                       str(tmp_path / "broker.toml"), api_port=ports[victim])
+        wait_for(lambda: all(len(_partition(apis[controller], "e", i)["isr"]) == 3
+                             for i in range(3)), timeout=30, interval=0.2,
+                 what="the victim back in sync")
+
+        def preferred_lead() -> bool:
+            return all(_partition(apis[controller], "e", i)["leader"] == preferred[i]
+                       for i in range(3))
+        if how == "elect-leaders":
+            time.sleep(2)  # the rebalance switched off: nothing moves by itself
+            assert not preferred_lead()
+            run = rail("cluster", "elect-leaders", "e", "--broker", apis[victim])
+            assert run.returncode == 0, run.stdout + run.stderr
+            assert "3 partitions led by the preferred replica, 0 not" in run.stdout
+            assert preferred_lead()
+            one = rail("cluster", "elect-leaders", "e", "7", "--broker", apis[controller])
+            assert one.returncode == 1 and "UNKNOWN_PARTITION" in one.stderr
+        else:
+            wait_for(preferred_lead, timeout=20, interval=0.2,
+                     what="the rebalance timer giving the partition back")
+        wait_in_sync(apis, "e", 3, 3)
+        count = len(sending.acked("e"))
+        wait_for(lambda: len(sending.acked("e")) >= count + 60, timeout=20, interval=0.1,
+                 what="acks after the election")
+        sending.stop()
+    finally:
+        if sending is not None:
+            sending.stop_event.set()
+        for b in brokers:
+            b.stop()
+    check_replicas(brokers, "e", 3, sending.acked("e"))
+
+
+def test_a_single_broker_refuses_reassignment_and_election_clearly(tmp_path: Path) -> None:
+    broker = start_broker(tmp_path / "data")
+    try:
+        with RawClient(broker.api) as raw:
+            raw.ok("create_topic", topic="t", partitions=1)
+            for op, fields in (("reassign_partitions", {"partitions": [
+                    {"topic": "t", "partition": 0, "replicas": [1]}]}),
+                    ("list_reassignments", {}), ("elect_leaders", {})):
+                reply = raw.call(op, **fields)
+                assert reply["code"] == "BAD_REQUEST" and "not in a cluster" in reply["message"]
+            assert raw.ok("ping")["op"] == "ping"  # still serving
+        run = rail("cluster", "elect-leaders", "--broker", broker.api)
+        assert run.returncode == 1 and "single broker" in run.stderr
+    finally:
+        broker.stop()
+
