@@ -248,6 +248,15 @@ def test_a_reassignment_completes_on_the_next_controller_after_a_kill_9(
         wait_for(lambda: len(sending.acked("c")) >= count + 50, timeout=20, interval=0.1,
                  what="acks after the move")
         sending.stop()
+        # The old controller, removed while it was down, comes back: it empties its copy
+        # of the partition it lost and keeps the others.
+        segment = brokers[controller].data_dir / "topics" / "c" / str(part) / f"{0:020d}.log"
+        assert segment.stat().st_size > 0
+        brokers[controller] = start_member(tmp_path, zookeeper, controller, "--config",
+                                           str(tmp_path / "broker.toml"))
+        wait_for(lambda: segment.stat().st_size == 0, timeout=15, interval=0.1,
+                 what="the removed copy emptied")
+        wait_in_sync([b.api for b in brokers], "c", 3, 2)
     finally:
         if paused is not None:
             os.kill(paused.pid, signal.SIGCONT)
@@ -257,6 +266,7 @@ def test_a_reassignment_completes_on_the_next_controller_after_a_kill_9(
             b.stop()
     logs = {str(i): {part: read_log(brokers[i].data_dir, "c", part)} for i in target}
     check_history(sending.acked("c"), logs)
+    assert read_log(brokers[controller].data_dir, "c", part) == []
 
 
 @pytest.mark.parametrize("how", ["elect-leaders", "auto"])
