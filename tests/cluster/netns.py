@@ -5,7 +5,8 @@ The test process stays in the root namespace and reaches every host through the 
 (at ``.1``); ZooKeeper runs in a namespace of its own (``.2``) and each broker in its own
 (``.10`` and up), so every endpoint a broker registers is a real, routable address.
 ``cut(host)`` takes the host's veth down at the bridge: a real partition (no RST, packets
-just stop, both ways), while processes inside the namespace still reach each other.
+just stop, both ways), while processes inside the namespace still reach each other;
+``cut_between(a, b)`` drops only what two hosts send each other (iptables in each).
 ``Network.close`` removes every namespace, veth and the bridge, after killing by pid
 whatever still runs in a namespace (``ip netns pids``).
 """
@@ -112,21 +113,40 @@ class Network:
     def heal(self, host: Host) -> None:
         _ip("link", "set", host.veth, "up")
 
+    def cut_between(self, a: Host, b: Host) -> None:
+        """Partition two hosts from each other only: each namespace drops what it sends to
+        the other (iptables in the namespace, gone with it).  Both still reach the rest."""
+        for src, dst in ((a, b), (b, a)):
+            _iptables(src, "-A", dst.addr)
+
+    def heal_between(self, a: Host, b: Host) -> None:
+        for src, dst in ((a, b), (b, a)):
+            _iptables(src, "-D", dst.addr)
+
+
     def close(self) -> None:
         """Kill by pid anything left in the namespaces, then remove them and the bridge
         (a namespace's veth end goes with it, and its peer with that)."""
         for host in self.hosts:
-            pids = subprocess.run(["ip", "netns", "pids", host.ns], check=False, capture_output=True,
-                                  text=True).stdout.split()
+            pids = subprocess.run(["ip", "netns", "pids", host.ns], check=False,
+                                  capture_output=True, text=True).stdout.split()
             for pid in pids:
                 try:
                     os.kill(int(pid), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            subprocess.run(["ip", "netns", "del", host.ns], check=False, capture_output=True)
-            subprocess.run(["ip", "link", "del", host.veth], check=False, capture_output=True)
+            for command in (["netns", "del", host.ns], ["link", "del", host.veth]):
+                subprocess.run(["ip", *command], check=False, capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
         self.hosts.clear()
+
+
+def _iptables(host: Host, action: str, destination: str) -> None:
+    command = ["ip", "netns", "exec", host.ns, "iptables", action, "OUTPUT", "-d",
+               f"{destination}/32", "-j", "DROP"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip()}")
 
 
 @dataclass

@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import json
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ import pytest
 
 from runtime.client import BrokerError, Consumer, Producer
 from tests.cluster import netns
-from tests.cluster.client import check_replicas, metadata, wait_in_sync
+from tests.cluster.client import LeaderProducer, check_replicas, metadata, wait_in_sync
 from tests.cluster.zookeeper import available
 from tests.helpers import (
     ROOT,
@@ -344,3 +345,55 @@ def test_a_follower_cut_off_leaves_the_isr_and_rejoins_it_after_the_heal(
     acked = [(part, offset, v) for part, offset, v, _ in stream.acked]
     logs = check_replicas(cluster.brokers, "t", 1, acked)
     assert len(logs["0"][0]) == len(acked), "every record acknowledged, each once"
+
+
+@pytest.mark.skipif(shutil.which("iptables") is None,
+                    reason="needs iptables to cut brokers from each other only")
+def test_a_leader_cut_off_from_its_followers_only_refuses_acks_all_until_the_heal(
+        cluster: Cluster) -> None:
+    """The leader still holds its ZooKeeper session, so nobody replaces it (no unclean
+    election); it shrinks the ISR to itself and refuses what it cannot replicate.  Its
+    followers lead the other partitions and go on."""
+    apis = cluster.apis
+    with RawClient(apis[0]) as raw:
+        raw.ok("create_topic", topic="t", partitions=PARTITIONS,
+               config={"replication_factor": 3, "min_insync_replicas": 2})
+    victim = wait_in_sync(apis, "t", PARTITIONS, 3)[0]
+    followers = [cluster.hosts[i] for i in range(3) if i != victim]
+    stream = Stream(apis)
+    try:
+        wait_for(lambda: stream.acks_since(0, 0) >= 100, 30, what="acks before the cut")
+        for host in followers:
+            cluster.net.cut_between(cluster.hosts[victim], host)
+        cut_at = time.time()
+        wait_for(lambda: isr_at(apis[victim], "t") == [victim], 30, interval=0.1,
+                 what="the cut-off leader to shrink the ISR to itself")
+        shrunk_at = time.time()
+        with RawClient(apis[victim]) as raw:
+            refused = raw.call("produce", topic="t", partition=0, acks="all",
+                               records=msgspec.Raw(msgspec.msgpack.encode([["refused"]])))
+        assert refused.get("code") == "NOT_ENOUGH_REPLICAS", refused
+        # The other partitions go on.  (Not through the stream: its Producer's send() blocks
+        # once partition 0 holds max_in_flight unacked batches, whatever the partition.)
+        probe = LeaderProducer(apis, "t", producer_id=77)
+        for i in range(60):
+            probe.send(1 + i % (PARTITIONS - 1), [f"probe-{i}"], deadline_s=20)
+        probe.close()
+        others = [api for i, api in enumerate(apis) if i != victim]
+        wait_for(lambda: time.time() > shrunk_at + 2, 3, what="two seconds on one replica")
+        assert leader_of(others, "t", 0) == victim, "a live leader is never replaced"
+
+        for host in followers:
+            cluster.net.heal_between(cluster.hosts[victim], host)
+        assert stream.acks_since(0, cut_at + 0.5) == 0, "acks=all nobody else could have had"
+        wait_in_sync(apis, "t", PARTITIONS, 3, timeout=45)
+        healed_at = time.time()
+        wait_for(lambda: stream.acks_since(0, healed_at) >= 50, 30,
+                 what="partition 0 taking acks=all again")
+        stream.finish()
+    finally:
+        cluster.stop()
+    acked = [(part, offset, v) for part, offset, v, _ in stream.acked] + probe.acked
+    logs = check_replicas(cluster.brokers, "t", PARTITIONS, acked)
+    assert sum(len(copy) for copy in logs["0"].values()) == len(acked), \
+        "every record acknowledged, each once, and nothing refused stored"
