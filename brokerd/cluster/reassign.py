@@ -35,6 +35,7 @@ from kazoo.exceptions import KazooException
 
 from brokerd import protocol as p
 from brokerd.cluster.epochs import LeaderEpochs
+from brokerd.cluster.topic_id import read_topic_id
 from brokerd.cluster.zk import (
     ClusterError,
     PartitionState,
@@ -42,7 +43,13 @@ from brokerd.cluster.zk import (
     StaleVersion,
     TopicRecord,
 )
-from brokerd.errors import BadRequest, NotController, UnknownPartition, UnknownTopic
+from brokerd.errors import (
+    BadRequest,
+    NotController,
+    StorageError,
+    UnknownPartition,
+    UnknownTopic,
+)
 from brokerd.topics import check_name
 
 if TYPE_CHECKING:
@@ -135,18 +142,21 @@ class Reassigner:
         up, and the automatic preferred-leader rebalance."""
         if self.cluster.controller_epoch is None:
             return
-        try:
-            self._progress_all()
-            if self.cluster.config.auto_leader_rebalance and now >= self.next_rebalance:
-                self.next_rebalance = now + self.rebalance_s
+        self._progress_all()
+        if self.cluster.config.auto_leader_rebalance and now >= self.next_rebalance:
+            self.next_rebalance = now + self.rebalance_s
+            try:
                 self.rebalance()
-        except (KazooException, ClusterError) as exc:
-            log.warning("controller: reassignment or rebalance postponed: %r", exc)
+            except (KazooException, ClusterError) as exc:
+                log.warning("controller: leader rebalance postponed: %r", exc)
 
     def _progress_all(self) -> None:
         for tp, pending in list(self.pending.items()):
-            if self._progress(tp, pending):
-                del self.pending[tp]
+            try:
+                if self._progress(tp, pending):
+                    del self.pending[tp]
+            except (KazooException, ClusterError) as exc:  # a lost compare-and-set, say
+                log.warning("controller: reassignment of %s[%d] postponed: %r", *tp, exc)
 
     def _progress(self, tp: TP, pending: PendingReassignment) -> bool:
         """One step of a reassignment, from what ZooKeeper holds; True once it is over."""
@@ -169,17 +179,16 @@ class Reassigner:
         state, state_version = self.store.state(name, partition)
         if any(b not in state.isr for b in target):  # (b) not all caught up yet
             return False
-        live = set(cluster.brokers)
+        live, controller_epoch = set(cluster.brokers), cluster.controller_epoch or 0
         isr = [b for b in target if b in state.isr]
         if state.leader in target and state.leader in live:
-            new = msgspec.structs.replace(state, isr=isr,
-                                          controller_epoch=cluster.controller_epoch)
+            new = msgspec.structs.replace(state, isr=isr, controller_epoch=controller_epoch)
         else:  # (c) leadership moves to an in-sync new replica
             candidates = [b for b in isr if b in live]
             if not candidates:
                 return False
             new = PartitionState(leader=candidates[0], leader_epoch=state.leader_epoch + 1,
-                                 isr=isr, controller_epoch=cluster.controller_epoch)
+                                 isr=isr, controller_epoch=controller_epoch)
         final = _with_replicas(record, partition, list(target))
         self.store.finish_reassignment(name, partition, final, version, new, state_version,
                                        epoch_version)  # (d)
@@ -207,20 +216,27 @@ class Reassigner:
                 cluster.other_states[tp] = self.store.state(*tp)[0]
                 log.info("%s[%d]: no longer a replica here (replicas %s)", *tp, replicas)
         local = cluster.broker.topics.topics.get(name)
-        if local is None:
+        # only a copy of this very topic (its id), never one this broker cannot place
+        if local is None or any(read_topic_id(plog.directory) != record.topic_id
+                                for plog in local.partitions):
             return
-        if not any(cluster.id in r for r in record.replicas):
-            log.info("topic %s has no replica here any more: deleting the local copy", name)
-            cluster._checked.discard(name)
-            cluster.broker.topics.delete(name)
-            return
-        for index, plog in enumerate(local.partitions):
-            if index < len(record.replicas) and cluster.id not in record.replicas[index] \
-                    and plog.end_offset > plog.start_offset:
-                log.info("%s[%d]: no longer a replica here: emptying the local copy", name,
-                         index)
-                plog.truncate_to(plog.start_offset)
-                LeaderEpochs(plog.directory).truncate(plog.start_offset)
+        try:
+            if not any(cluster.id in r for r in record.replicas):
+                log.info("topic %s has no replica here any more: deleting the local copy",
+                         name)
+                cluster._checked.discard(name)
+                cluster.broker.topics.delete(name)
+                return
+            for index, plog in enumerate(local.partitions):
+                if index < len(record.replicas) and cluster.id not in record.replicas[index] \
+                        and plog.end_offset > plog.start_offset:
+                    log.info("%s[%d]: no longer a replica here: emptying the local copy",
+                             name, index)
+                    plog.truncate_to(plog.start_offset)
+                    LeaderEpochs(plog.directory).truncate(plog.start_offset)
+        except StorageError as exc:  # tried again when the topic's record is next seen
+            log.error("%s: cannot delete a copy this broker no longer holds: %s", name,
+                      exc.message)
 
     # -- the controller: preferred leaders -------------------------------------------------
     def elect(self, topic: str | None, partition: int | None) -> list[p.Election]:
