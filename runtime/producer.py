@@ -191,6 +191,84 @@ class Producer:
                 if len(buf) >= self.batch_size:
                     self._ship(tp)
 
+    def send_records(self, topic: str, records: list[tuple[Any, Any, dict[str, Any] | None]],
+                     partition: int | None = None, callback: Callback | None = None) -> None:
+        """Queue many events, each ``(key, value, headers)`` (key and headers may be None),
+        in one call: what ``send(topic, value, key=key, headers=headers,
+        partition=partition, callback=callback)`` does for each in turn (keyed ones to
+        their key's partition, keyless ones to the sticky partition; each partition's in
+        list order, numbered and batched as ``send`` would), without a Python call and a
+        lock a record.  Sources that hand over thousands of records with their own keys
+        and headers (Connect's) spent a third of their CPU in ``send``.  One difference:
+        with ``linger_ms=0`` the call's records ship together at its end, not one batch
+        each."""
+        if not records:
+            return
+        wire = [(value,) if key is None and headers is None else (value, key, headers, None)
+                for key, value, headers in records]
+        with self._lock:
+            if partition is None:
+                count = self._partitions.get(topic) or self.partitions_for(topic)
+                if count > 1:
+                    touched = self._spread(topic, count, wire, records, callback)
+                else:
+                    touched = self._extend((topic, 0), wire, callback)
+            else:
+                touched = self._extend((topic, partition), wire, callback)
+            if not self.linger_s:
+                self._ship_all([tp for tp in touched if tp in self._buffers])
+
+    def _extend(self, tp: tuple[str, int], wire: list[tuple[Any, ...]],
+                callback: Callback | None) -> list[tuple[str, int]]:
+        """``send_records`` into one partition: whole slices, cut where ``send`` would
+        (a batch ships once it holds ``batch_size``) (lock held)."""
+        size, start, end = self.batch_size, 0, len(wire)
+        while start < end:
+            buf = self._buffers.get(tp)
+            if buf is None:
+                buf = self._buffers[tp] = []
+                self._buffer_since[tp] = time.monotonic()
+                if not self._work.is_set():
+                    self._work.set()
+            part = wire[start:start + size - len(buf)]
+            buf.extend(part)
+            if callback is not None:
+                self._callbacks.setdefault(tp, []).extend([callback] * len(part))
+            start += len(part)
+            if len(buf) >= size:
+                self._ship(tp)
+        return [tp]
+
+    def _spread(self, topic: str, count: int, wire: list[tuple[Any, ...]],
+                records: list[tuple[Any, Any, dict[str, Any] | None]],
+                callback: Callback | None) -> list[tuple[str, int]]:
+        """``send_records`` over a topic's ``count`` partitions: ``send``'s choice and
+        buffering, record by record, with the lookups held in locals (lock held)."""
+        buffers, sticky, size, for_key = self._buffers, self._sticky, self.batch_size, \
+            p.partition_for_key
+        touched: set[tuple[str, int]] = set()
+        for record, (key, _, _) in zip(wire, records):
+            if key is None:
+                part = sticky.get(topic)
+                if part is None:
+                    part = self._pick(topic, None)
+            else:
+                part = for_key(key, count)
+            tp = (topic, part)
+            buf = buffers.get(tp)
+            if buf is None:
+                buf = buffers[tp] = []
+                self._buffer_since[tp] = time.monotonic()
+                touched.add(tp)
+                if not self._work.is_set():
+                    self._work.set()
+            buf.append(record)
+            if callback is not None:
+                self._callbacks.setdefault(tp, []).append(callback)
+            if len(buf) >= size:
+                self._ship(tp)
+        return list(touched)
+
     def send_delayed(self, topic: str, value: Any, *, delay_s: float | None = None,
                      at: Any = None, key: Any = None,
                      headers: dict[str, Any] | None = None) -> None:
