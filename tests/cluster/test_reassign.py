@@ -143,6 +143,10 @@ def test_replicas_move_with_the_leader_under_acks_all_producers_and_bad_plans_ch
             other = next(i for i in range(3) if i != controller)
         with RawClient(apis[other]) as raw:
             assert raw.error_code("elect_leaders") == "NOT_CONTROLLER"
+        run = rail("cluster", "reassign", "a", "0", "--replicas", "1,7", "--broker", apis[0])
+        assert run.returncode == 1 and "BAD_REQUEST: a[0]: no live broker has id 7" in run.stderr
+        run = rail("cluster", "reassign", "a", "0", "--broker", apis[0])
+        assert run.returncode == 2 and "--replicas" in run.stderr
         assert _reassignments(apis[1]) == []
         for name in ("a", "b"):
             assert _partition(apis[2], name, 0)["replicas"] == [0, 1]
@@ -215,9 +219,10 @@ def test_a_reassignment_completes_on_the_next_controller_after_a_kill_9(
         os.kill(brokers[x].pid, signal.SIGSTOP)
         paused = brokers[x]
         target = [x, z]
+        run = rail("cluster", "reassign", "c", str(part), "--replicas", f"{x},{z}",
+                   "--broker", apis[z])
+        assert run.returncode == 0, run.stderr
         with RawClient(apis[z]) as raw:
-            raw.ok("reassign_partitions",
-                   partitions=[{"topic": "c", "partition": part, "replicas": target}])
             # In progress: asked again, alone or in a plan, it fails whole.
             reply = raw.call("reassign_partitions",
                              partitions=[{"topic": "c", "partition": part, "replicas": [z, x]}])
