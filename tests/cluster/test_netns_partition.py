@@ -115,12 +115,18 @@ class Stream:
         return sum(1 for part, _, _, at in self.acked if part == partition and at > since)
 
     def finish(self) -> None:
+        """Stop sending, wait for every ack; no send may have failed."""
         self.stop.set()
         self.thread.join(10)
         self.producer.flush(timeout_s=60)
-        self.producer.close()
         assert not self.failed and not self.producer.errors, \
             (self.failed + self.producer.errors)[:3]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        with contextlib.suppress(BrokerError):  # a failed run must still stop the brokers
+            self.producer.close(timeout_s=1)
 
 
 class GroupReader:
@@ -277,6 +283,7 @@ def test_a_leader_cut_off_by_a_network_partition_is_replaced_and_rejoins_by_epoc
     finally:
         stale.close()
         reader.close()
+        stream.close()
         cluster.stop()
 
     replies = stale.replies()
@@ -338,6 +345,7 @@ def test_a_follower_cut_off_leaves_the_isr_and_rejoins_it_after_the_heal(
         wait_for(lambda: stream.acks_since(0, healed_at) >= 100, 30, what="acks after the heal")
         stream.finish()
     finally:
+        stream.close()
         cluster.stop()
     changes = [sorted(json.loads(after)) for after in re.findall(
         r"t\[0\]: isr \[[\d, ]*\] -> (\[[\d, ]*\])", cluster.brokers[leader].log())]
@@ -392,6 +400,7 @@ def test_a_leader_cut_off_from_its_followers_only_refuses_acks_all_until_the_hea
                  what="partition 0 taking acks=all again")
         stream.finish()
     finally:
+        stream.close()
         cluster.stop()
     acked = [(part, offset, v) for part, offset, v, _ in stream.acked] + probe.acked
     logs = check_replicas(cluster.brokers, "t", PARTITIONS, acked)
