@@ -45,7 +45,6 @@ class SourceTask:
         self.point = Checkpoint()
         self.stored_ahead: set[int] = set()  # sequence numbers stored already (recover)
         self.headers = Headers(self.key, None)
-        self.single: dict[str, bool] = {}  # topic -> it has one partition
 
     def run(self) -> int:
         broker = self.host.options.broker
@@ -114,8 +113,10 @@ class SourceTask:
         self.host.idle = False
         point = self.point
         offsets, stored_ahead, header = point.offsets, self.stored_ahead, self.headers.value
-        first, topics, prepare, send = self.topics[0], self.topics, self.settings.prepare, \
-            producer.send
+        first, topics, prepare = self.topics[0], self.topics, self.settings.prepare
+        # Each topic's records, in order, for one send_records call a topic (not a send
+        # a record: a third of the task's CPU went there).
+        out: dict[str, list[tuple[Any, Any, dict[str, Any]]]] = {}
         for record in batch:
             topic = record.topic or first
             prepared: tuple[Any, Any, str] | BadRecord | None
@@ -140,9 +141,13 @@ class SourceTask:
                 self._reject(producer, record, topic, headers, prepared)
             else:
                 value, key, topic = prepared
-                send(topic, value, key=key, headers=headers,
-                     partition=0 if self._single(producer, topic) else None)
+                records = out.get(topic)
+                if records is None:
+                    records = out[topic] = []
+                records.append((key, value, headers))
             offsets[record.source_partition] = record.source_offset
+        for topic, records in out.items():
+            producer.send_records(topic, records)  # a one-partition topic: no key hashing
         point.partition = self.headers.partition
         producer.flush()
         if producer.errors:
@@ -150,13 +155,6 @@ class SourceTask:
                                f"{producer.errors[0]}")
         self._checkpoint(conn, producer)
         self.host.processed += len(batch)
-
-    def _single(self, producer: Producer, topic: str) -> bool:
-        """Whether ``topic`` has one partition: then a keyed record needs no hashing."""
-        single = self.single.get(topic)
-        if single is None:
-            single = self.single[topic] = producer.partitions_for(topic) == 1
-        return single
 
     def _reject(self, producer: Producer, record: SourceRecord, topic: str,
                 headers: dict[str, Any], error: BadRecord) -> None:
