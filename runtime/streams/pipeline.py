@@ -115,4 +115,4 @@ class Pipeline:
         for stream in self.streams:
             stream.freeze()
         for _topic, root in self.topologies:
-            root.run = root.run or chain_run(root)
+            root.run_batch = chain_run(root)

@@ -15,6 +15,7 @@ from runtime.streams.errors import PipelineError
 
 if TYPE_CHECKING:
     from runtime.consumer import Event
+    from runtime.streams.chain import BatchRun
     from runtime.streams.pipeline import Pipeline
     from runtime.streams.tables import Grouped, Table
     from runtime.streams.task import Task
@@ -40,6 +41,9 @@ class Stream:
         self.children: list[Push] = []
         self.runs: dict[Push, Run] = {}  # children that can also take whole batches
         self.run: Run | None = None  # set by freeze: the only child's, if it has one
+        # Set by Pipeline.freeze on a root whose children are a stateless chain: runs a
+        # consumer Batch through it (runtime.streams.chain)
+        self.run_batch: BatchRun | None = None
         # Stateless children, for runtime.streams.chain: ("filter"/"map", fn, out stream)
         # or ("to", topic, None)
         self.stages: dict[Push, tuple[str, Any, Stream | None]] = {}

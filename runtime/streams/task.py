@@ -31,7 +31,7 @@ import msgspec
 
 from brokerd.protocol import partition_for_key
 from runtime.connection import Connection
-from runtime.consumer import Event
+from runtime.consumer import Batch, Event
 from runtime.dlq import dead_letter_headers, dlq_topic
 from runtime.streams import changelog
 from runtime.streams.checkpoint import Checkpoint
@@ -181,6 +181,27 @@ class Task:
         self.seqs = {(t, part): seq for t, part, seq in ck.seqs}
 
     # -- processing -------------------------------------------------------------------
+    @property
+    def takes_batches(self) -> bool:
+        """The pipeline runs consumer batches as they come (``process_batch``)."""
+        return self.root.run_batch is not None
+
+    def process_batch(self, batch: Batch) -> None:
+        """Run ``batch`` through the pipeline's chain (see ``takes_batches``), from the next
+        offset on: records before it (delivered again) are skipped, as is a batch that
+        does not reach it or starts past it."""
+        offset, base, records = self.ck.offset, batch.base_offset, batch.records
+        if base != offset:
+            if not base < offset < base + len(records):
+                return
+            records = records[offset - base:]
+            batch = Batch(batch.topic, batch.partition, offset, batch.timestamp, records)
+        assert self.root.run_batch is not None
+        self.root.run_batch(self, batch,
+                            self.pipeline.decode if self.topic == self.pipeline.source else None)
+        self.ck.offset += len(records)
+        self.processed_since_commit += len(records)
+
     def process(self, events: list[Event]) -> None:
         """Run ``events`` through the pipeline, skipping any not at the next offset (a
         delivery from before a seek, or again)."""
