@@ -57,11 +57,12 @@ def leaders_of(meta: p.MetadataReply) -> tuple[list[str], dict[tuple[str, int], 
 
 # Requests that only a group's coordinator answers, and those only a partition's leader.
 _GROUP_OPS = (p.Join, p.Heartbeat, p.Leave, p.Commit, p.DescribeGroup, p.DeleteGroup)
-_PARTITION_OPS = (p.Fetch, p.ListOffsets, p.DeleteRecords)
+_PARTITION_OPS = (p.Fetch, p.ListOffsets, p.DeleteRecords, p.Produce)
 # Refusals after which the request goes again, to where fresh metadata points.
 _MOVED = frozenset({"NOT_LEADER", "NOT_COORDINATOR", "COORDINATOR_LOADING", "NOT_CONTROLLER",
                     "FENCED_LEADER_EPOCH", "UNAVAILABLE"})
 RETRY_S = 0.2
+ANY_BROKER_S = 3.0  # a request any broker answers goes to the next one after this long
 
 
 class Router:
@@ -97,7 +98,9 @@ class Router:
             endpoint = None
             try:
                 endpoint = self._target(request, left)
-                return self._conn(endpoint).call(request, left)
+                if not isinstance(request, _GROUP_OPS + _PARTITION_OPS):
+                    left = min(left, ANY_BROKER_S)  # any broker will do: not a dead one's
+                return self._conn(endpoint).call(request, left)  # whole timeout
             except BrokerError as exc:
                 if exc.code not in _MOVED:
                     raise
@@ -115,8 +118,21 @@ class Router:
         return rid
 
     def wait(self, request_id: int, timeout_s: float | None = None) -> Any:
+        """The reply to ``request_id``; a refusal as moved (NOT_LEADER...) forgets where
+        the request went, so the next one asks the cluster again."""
         conn, sent = self._sent.pop(request_id)
-        return conn.wait(sent, timeout_s)
+        try:
+            return conn.wait(sent, timeout_s)
+        except BrokerError as exc:
+            if exc.code in _MOVED:
+                self._leaders.clear()
+                self._coordinators.clear()
+            raise
+
+    def arrived(self, request_id: int, timeout_s: float) -> bool:
+        """Whether the reply to ``request_id`` is in (waiting up to ``timeout_s``)."""
+        conn, sent = self._sent[request_id]
+        return conn.arrived(sent, timeout_s)
 
     def _target(self, request: Any, timeout_s: float) -> str:
         if isinstance(request, _GROUP_OPS):
