@@ -11,7 +11,7 @@ from collections import defaultdict
 from brokerd import protocol as p
 from brokerd.protocol import EXIT_CONFIG
 from runtime.connection import BrokerError, BrokerUnavailable
-from runtime.consumer import Consumer, Event
+from runtime.consumer import Batch, Consumer, Event, events_of_batches
 from runtime.dlq import dlq_topic
 from runtime.routing import connect
 from runtime.streams.errors import StreamsError
@@ -29,8 +29,10 @@ POLL_S = 0.2
 CYCLE_EVENTS = 50_000
 DIRTY_KEYS = 10_000
 # Events processed between two looks at the last commit's acknowledgements (its changelog
-# batch is sent once its outputs are stored: see Task.pump), and at the limits above.
+# batch is sent once its outputs are stored: see Task.pump), and at the limits above; a
+# stateless chain takes the records of a stored batch at once, up to PUMP_RECORDS.
 PUMP_EVENTS = 2_000
+PUMP_RECORDS = 10_000
 # The youngest generation's threshold while the loop runs (CPython's default: 700).  A
 # cycle keeps tens of thousands of events and records alive at once (a poll reply is
 # decoded whole); at 700 allocations a collection they were scanned again and again as
@@ -81,6 +83,8 @@ class Runner:
                 host.state = "running"
                 host.log.info("streams app %s running as %s", self.pipeline.app,
                               consumer.member_id)
+                if self.assigned is not None:  # the join's: seek before the first poll
+                    self._reassign(consumer, self.assigned)  # is sent, not after its reply
                 while not host.stopping:
                     self._cycle(consumer)
             finally:
@@ -123,33 +127,24 @@ class Runner:
     def _cycle(self, consumer: Consumer) -> None:
         host = self.host
         host.idle = True
-        events = consumer.poll(POLL_S)
+        batches = consumer.poll_batches(POLL_S)
         host.idle = False
         if self.assigned is not None:
             self._reassign(consumer, self.assigned)
-        by_task: dict[tuple[str, int], list[Event]]
-        tp = (events[0].topic, events[0].partition) if events else None
-        if len(self.tasks) == 1 and tp in self.tasks and \
-                (events[-1].topic, events[-1].partition) == tp:
-            # One task, and the events are its own (Task.process checks they follow on)
-            by_task = {tp: events}
-        else:
-            by_task = defaultdict(list)
-            for event in events:
-                by_task[(event.topic, event.partition)].append(event)
+        by_task: dict[tuple[str, int], list[Batch]] = defaultdict(list)
+        for batch in batches:
+            by_task[(batch.topic, batch.partition)].append(batch)
         offsets = {}
-        for tp, evs in by_task.items():
+        for tp, got in by_task.items():
             task = self.tasks.get(tp)
             if task is None:
                 continue
-            host.current = (tp[0], tp[1], evs[0].offset, time.monotonic())
+            host.current = (tp[0], tp[1], got[0].base_offset, time.monotonic())
             before = task.offset
-            for i in range(0, len(evs), PUMP_EVENTS):
-                task.process(evs[i:i + PUMP_EVENTS])
-                task.pump()  # the last commit's changelog batch goes out meanwhile
-                if task.processed_since_commit >= CYCLE_EVENTS or \
-                        task.dirty_keys() >= DIRTY_KEYS:
-                    task.commit()
+            if task.takes_batches:
+                self._run_batches(task, got)
+            else:
+                self._run_events(task, events_of_batches(got))
             task.commit()
             host.processed += task.offset - before
             offsets[tp] = task.offset
@@ -161,6 +156,28 @@ class Runner:
                 consumer.commit(offsets, sync=False)  # for lag only: tasks keep their own
             except BrokerError as exc:
                 host.log.warning("group commit: %s", exc)
+
+    @staticmethod
+    def _run_events(task: Task, events: list[Event]) -> None:
+        for i in range(0, len(events), PUMP_EVENTS):
+            task.process(events[i:i + PUMP_EVENTS])
+            Runner._pump(task)
+
+    @staticmethod
+    def _run_batches(task: Task, batches: list[Batch]) -> None:
+        for batch in batches:
+            records = batch.records
+            for i in range(0, len(records), PUMP_RECORDS):
+                task.process_batch(batch if len(records) <= PUMP_RECORDS else Batch(
+                    batch.topic, batch.partition, batch.base_offset + i, batch.timestamp,
+                    records[i:i + PUMP_RECORDS]))
+                Runner._pump(task)
+
+    @staticmethod
+    def _pump(task: Task) -> None:
+        task.pump()  # the last commit's changelog batch goes out meanwhile
+        if task.processed_since_commit >= CYCLE_EVENTS or task.dirty_keys() >= DIRTY_KEYS:
+            task.commit()
 
     def _reassign(self, consumer: Consumer, assignment: list[tuple[str, int]]) -> None:
         self.assigned = None
@@ -176,6 +193,12 @@ class Runner:
                                task.restored_from, task.offset)
         for topic, part in sorted(wanted):
             self._seek(consumer, self.tasks[(topic, part)])
+        # The group's offsets show the lag; a task may be further than its partition's
+        # (it commits its own first), with nothing left to read that would commit them.
+        try:
+            consumer.commit({tp: self.tasks[tp].offset for tp in wanted}, sync=False)
+        except BrokerError as exc:
+            self.host.log.warning("group commit: %s", exc)
 
     def _seek(self, consumer: Consumer, task: Task) -> None:
         """Read ``task``'s partition from its offset; if retention deleted it already, from
