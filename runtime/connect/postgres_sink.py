@@ -18,10 +18,12 @@ from typing import Any
 from runtime.client import Event
 from runtime.connect.errors import ConnectError, ConnectorConfigError
 from runtime.connect.sql_sink import TableSink
+from runtime.consumer import Batch, events_of_batches
 
 
 class PostgresSink(TableSink):
     pipelined = True  # psycopg waits for the server without the GIL: the next batch meanwhile
+    takes_batches = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -71,11 +73,31 @@ class PostgresSink(TableSink):
             last = self.last_events(events, self.locked_offsets(cur, next_offsets))
             if last:
                 self.apply(cur, list(last.items()))
-            cur.executemany(
-                f"INSERT INTO {self.offsets_table} VALUES (%s, %s, %s, %s) ON CONFLICT "
-                "(connector, topic, partition) DO UPDATE SET next_offset = "
-                f"GREATEST({self.offsets_table}.next_offset, EXCLUDED.next_offset)",
-                [(self.name, t, part, o) for (t, part), o in next_offsets.items()])
+            self.store_offsets(cur, next_offsets)
+
+    def put_batches(self, batches: list[Batch], next_offsets: dict[tuple[str, int], int]
+                    ) -> None:
+        """``put`` without an event a record.  If PostgreSQL refuses the batch (a value
+        its column type rejects, a constraint) nothing of it is applied, and ``put`` takes
+        it again as events to find the rows it refuses."""
+        import psycopg
+
+        self.ensure_rows(next_offsets)
+        try:
+            with self.db.transaction(), self.db.cursor() as cur:
+                last = self.last_values(batches, self.locked_offsets(cur, next_offsets))
+                if last:
+                    self.stage(cur, list(last.items()))
+                self.store_offsets(cur, next_offsets)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
+            self.put(events_of_batches(batches), next_offsets)
+
+    def store_offsets(self, cur: Any, next_offsets: dict[tuple[str, int], int]) -> None:
+        cur.executemany(
+            f"INSERT INTO {self.offsets_table} VALUES (%s, %s, %s, %s) ON CONFLICT "
+            "(connector, topic, partition) DO UPDATE SET next_offset = "
+            f"GREATEST({self.offsets_table}.next_offset, EXCLUDED.next_offset)",
+            [(self.name, t, part, o) for (t, part), o in next_offsets.items()])
 
     def apply(self, cur: Any, changes: list[tuple[Any, Event]], again: bool = False) -> None:
         """Apply ``changes`` in a savepoint; if PostgreSQL refuses them (a value its column
@@ -87,7 +109,7 @@ class PostgresSink(TableSink):
             with self.db.transaction():
                 if again:
                     cur.execute("TRUNCATE rail_stage, rail_gone")
-                self.stage(cur, changes)
+                self.stage(cur, [(k, e.value) for k, e in changes])
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             if len(changes) == 1:
                 self.refused(changes[0][1], exc)
@@ -96,14 +118,17 @@ class PostgresSink(TableSink):
             self.apply(cur, changes[:half], again=True)
             self.apply(cur, changes[half:], again=True)
 
-    def stage(self, cur: Any, changes: list[tuple[Any, Event]]) -> None:
-        upserts = [self.row(k, e.value) for k, e in changes if e.value is not None]
+    def stage(self, cur: Any, changes: list[tuple[Any, Any]]) -> None:
+        """Upsert and delete ``changes`` (key, value; None: delete) through the staging
+        tables."""
+        make = self.row
+        upserts = [make(k, v) for k, v in changes if v is not None]
         if upserts:
             with cur.copy(self.copy_rows) as copy:
                 for row in upserts:
                     copy.write_row(row)
             cur.execute(self.upsert)
-        gone = [k for k, e in changes if e.value is None]
+        gone = [k for k, v in changes if v is None]
         if gone:
             with cur.copy(self.copy_keys) as copy:
                 for key in gone:

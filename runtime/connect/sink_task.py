@@ -19,13 +19,16 @@ sink's ``check``, or that the sink refused (``take_rejected``), stops the task
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from runtime.client import Consumer, Event, Producer
 from runtime.connect.api import Sink
 from runtime.connect.errors import BadRecord, ConnectError
 from runtime.connect.settings import ConnectorSettings
 from runtime.connection import BrokerUnavailable
+from runtime.consumer import Batch, events_of_batches
 from runtime.dlq import send_to_dlq
 from runtime.worker import Hosted
 
@@ -45,6 +48,10 @@ class SinkTask:
             if sink.pipelined else None
         # The batch whose put is running: its future, next offsets and size.
         self.flying: tuple[Future[None], dict[tuple[str, int], int], int] | None = None
+        # Records go to put_batches as they came off the wire where nothing needs an
+        # event: no transforms, a converter that leaves a decoded map as it is.
+        self.wire = sink.takes_batches and not settings.transforms \
+            and settings.converter in ("json", "msgpack")
 
     def run(self) -> int:
         consumer = self._join()
@@ -53,12 +60,19 @@ class SinkTask:
         self.host.state = "running"
         try:
             while not self.host.stopping:
+                if self.wire:
+                    batches = self._gather_batches(consumer)
+                    for chunk in chunks(batches, self.settings.batch):
+                        self._deliver_batches(consumer, chunk)
+                    if not batches:
+                        self._settle(consumer)  # nothing new: the last batch's offsets now
+                    continue
                 events = self._gather(consumer)
                 size = self.settings.batch
                 for start in range(0, len(events), size):
                     self._deliver(consumer, events[start:start + size])
                 if not events:
-                    self._settle(consumer)  # nothing new: the last batch's offsets now
+                    self._settle(consumer)
             self._settle(consumer)
         finally:
             self.host.state = "stopping"
@@ -99,27 +113,73 @@ class SinkTask:
         self.host.idle = False
         return events
 
-    def _deliver(self, consumer: Consumer, events: list[Event]) -> None:
+    def _gather_batches(self, consumer: Consumer) -> list[Batch]:
+        """``_gather`` for the wire path."""
+        self.host.idle = True
+        try:
+            batches = consumer.poll_batches(POLL_S)
+            count = sum(len(b.records) for b in batches)
+            deadline = time.monotonic() + self.settings.linger_s
+            while (batches and count < self.settings.batch and not self.host.stopping
+                   and time.monotonic() < deadline):
+                more = consumer.poll_batches(max(0.0, deadline - time.monotonic()))
+                if not more:
+                    break
+                batches.extend(more)
+                count += sum(len(b.records) for b in more)
+        except BrokerUnavailable as exc:
+            self.host.log.warning("%s; waiting for it", exc)
+            time.sleep(BROKER_RETRY_S)
+            return []
+        self.host.idle = False
+        return batches
+
+    def _reread_floors(self, consumer: Consumer) -> None:
         if consumer.generation != self.generation:  # a rebalance: read the floors again
             self._settle(consumer)
             self.generation = consumer.generation
             self.floors = self.sink.stored_offsets(list(self.host.options.topics)) or {}
+
+    def _deliver_batches(self, consumer: Consumer, batches: list[Batch]) -> None:
+        """``_deliver`` without an event a record, where every record is a plain row
+        (``Sink.put_batches``); anything else (a record to convert or reject, a partition
+        delivered again after a rejoin) goes the events' way."""
+        self._reread_floors(consumer)
+        ordered = batches_in_order(batches, self.floors)
+        if ordered is None or not plain(ordered[0]):
+            self._deliver(consumer, events_of_batches(batches))
+            return
+        fresh, next_offsets = ordered
+        if fresh:
+            self._launch(consumer, self.sink.put_batches, fresh, next_offsets,
+                         (fresh[0].topic, fresh[0].partition, fresh[0].base_offset),
+                         sum(len(b.records) for b in fresh))
+
+    def _deliver(self, consumer: Consumer, events: list[Event]) -> None:
+        self._reread_floors(consumer)
         fresh, next_offsets = in_order(events, self.floors)
         if not fresh:
             return
         ready = self._convert(fresh)
+        self._launch(consumer, self.sink.put, ready, next_offsets,
+                     (fresh[0].topic, fresh[0].partition, fresh[0].offset), len(ready))
+
+    def _launch(self, consumer: Consumer, put: Callable[[Any, dict[tuple[str, int], int]], None],
+                ready: Any, next_offsets: dict[tuple[str, int], int],
+                first: tuple[str, int, int], count: int) -> None:
+        """Settle the batch in flight, then ``put`` this one (on the putter thread, if the
+        sink is pipelined)."""
         self._settle(consumer)
         self.floors.update(next_offsets)  # the next batch starts after this one
-        self.host.current = (fresh[0].topic, fresh[0].partition, fresh[0].offset,
-                             time.monotonic())
+        self.host.current = (*first, time.monotonic())
         future: Future[None]
         if self.putter is not None:
-            future = self.putter.submit(self.sink.put, ready, next_offsets)
+            future = self.putter.submit(put, ready, next_offsets)
         else:
-            self.sink.put(ready, next_offsets)
+            put(ready, next_offsets)
             future = Future()
             future.set_result(None)
-        self.flying = (future, next_offsets, len(ready))
+        self.flying = (future, next_offsets, count)
         if self.putter is None:
             self._settle(consumer)
 
@@ -172,6 +232,61 @@ class SinkTask:
             self.producer = Producer(self.host.options.broker)
         send_to_dlq(self.producer, event, error, 1)
         self.host.failed += 1
+
+
+def chunks(batches: list[Batch], size: int) -> list[list[Batch]]:
+    """``batches`` in groups of at most ``size`` records, a batch cut where a group ends."""
+    out: list[list[Batch]] = []
+    group: list[Batch] = []
+    count = 0
+    for b in batches:
+        records, start = b.records, 0
+        while start < len(records):
+            take = min(size - count, len(records) - start)
+            group.append(b if take == len(records) else
+                         Batch(b.topic, b.partition, b.base_offset + start, b.timestamp,
+                               records[start:start + take]))
+            count += take
+            start += take
+            if count >= size:
+                out.append(group)
+                group, count = [], 0
+    if group:
+        out.append(group)
+    return out
+
+
+def batches_in_order(batches: list[Batch], floors: dict[tuple[str, int], int]
+                     ) -> tuple[list[Batch], dict[tuple[str, int], int]] | None:
+    """``in_order`` for batches: each cut at its partition's floor, and the next offset of
+    each partition after them; None when a partition's batches overlap (a rejoin delivered
+    it again from its committed offset): ``in_order`` sorts those out event by event."""
+    next_offsets: dict[tuple[str, int], int] = {}
+    out = []
+    for b in batches:
+        tp = (b.topic, b.partition)
+        floor = next_offsets.get(tp)
+        if floor is None:
+            floor = floors.get(tp, 0)
+        elif b.base_offset < floor:
+            return None
+        end = b.base_offset + len(b.records)
+        if end <= floor:
+            continue
+        if b.base_offset < floor:
+            b = Batch(b.topic, b.partition, floor, b.timestamp, b.records[floor - b.base_offset:])
+        out.append(b)
+        next_offsets[tp] = end
+    return out, next_offsets
+
+
+def plain(batches: list[Batch]) -> bool:
+    """Every record has a key and a map value or none (a tombstone): a row as it is."""
+    for b in batches:
+        for r in b.records:
+            if r.key is None or not (r.value.__class__ is dict or r.value is None):
+                return False
+    return True
 
 
 def in_order(events: list[Event], floors: dict[tuple[str, int], int]

@@ -116,7 +116,7 @@ class SourceTask:
         first, topics, prepare = self.topics[0], self.topics, self.settings.prepare
         # Each topic's records, in order, for one send_records call a topic (not a send
         # a record: a third of the task's CPU went there).
-        out: dict[str, list[tuple[Any, Any, dict[str, Any]]]] = {}
+        out: dict[str, list[tuple[Any, Any, dict[str, Any] | None]]] = {}
         for record in batch:
             topic = record.topic or first
             prepared: tuple[Any, Any, str] | BadRecord | None

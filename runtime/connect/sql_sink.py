@@ -26,6 +26,7 @@ from typing import Any
 from runtime.client import Event
 from runtime.connect.api import Sink
 from runtime.connect.errors import BadRecord, ConnectorConfigError
+from runtime.consumer import Batch
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 OFFSETS_TABLE = "rail_connect_offsets"
@@ -113,6 +114,26 @@ class TableSink(Sink):
             if key is None or key.__class__ is bytes:
                 key = key_of(e)
             last[key] = e
+        return last
+
+    @staticmethod
+    def last_values(batches: list[Batch], stored: dict[tuple[str, int], int]
+                    ) -> dict[Any, Any]:
+        """``last_events`` for ``put_batches``: each key's last value (None: delete), the
+        records below the ``stored`` offsets cut off; every record has a key (the task
+        sends no other this way), a ``bytes`` one taken as UTF-8 text as ``key_of`` does."""
+        last: dict[Any, Any] = {}
+        for b in batches:
+            skip = stored.get((b.topic, b.partition), 0) - b.base_offset
+            for r in b.records[skip:] if skip > 0 else b.records:
+                last[r.key] = r.value
+        if any(k.__class__ is bytes for k in last):  # again, in order: b"1" and "1" are one
+            last = {}
+            for b in batches:
+                skip = stored.get((b.topic, b.partition), 0) - b.base_offset
+                for r in b.records[skip:] if skip > 0 else b.records:
+                    key = r.key
+                    last[key.decode() if key.__class__ is bytes else key] = r.value
         return last
 
     def refused(self, event: Event, error: Exception) -> None:
