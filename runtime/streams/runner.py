@@ -33,6 +33,10 @@ DIRTY_KEYS = 10_000
 # stateless chain takes the records of a stored batch at once, up to PUMP_RECORDS.
 PUMP_EVENTS = 2_000
 PUMP_RECORDS = 10_000
+# A task that got this many records in one poll has a backlog: it does not commit at the
+# end of that poll (every commit waits for the last one's acknowledgements) but after
+# CYCLE_EVENTS, or at the end of a poll that brought less.
+BACKLOG_RECORDS = 20_000
 # The youngest generation's threshold while the loop runs (CPython's default: 700).  A
 # cycle keeps tens of thousands of events and records alive at once (a poll reply is
 # decoded whole); at 700 allocations a collection they were scanned again and again as
@@ -134,7 +138,7 @@ class Runner:
         by_task: dict[tuple[str, int], list[Batch]] = defaultdict(list)
         for batch in batches:
             by_task[(batch.topic, batch.partition)].append(batch)
-        offsets = {}
+        backlog = set()  # tasks that got a full poll's worth: more is on its way
         for tp, got in by_task.items():
             task = self.tasks.get(tp)
             if task is None:
@@ -145,15 +149,20 @@ class Runner:
                 self._run_batches(task, got)
             else:
                 self._run_events(task, events_of_batches(got))
-            task.commit()
             host.processed += task.offset - before
-            offsets[tp] = task.offset
+            if sum(len(b.records) for b in got) >= BACKLOG_RECORDS:
+                backlog.add(tp)
         host.current = None
-        for task in self.tasks.values():  # nothing in flight when partitions may move
-            task.settle()
+        for tp, task in self.tasks.items():
+            if tp not in backlog:  # else committed with what comes next (or next cycle)
+                task.commit()
+            task.settle()  # nothing in flight when partitions may move
+        # For lag only (tasks keep their own offsets): where each task committed; the
+        # consumer sends an offset it sent already no more.
+        offsets = {tp: task.offset for tp, task in self.tasks.items() if tp not in backlog}
         if offsets:
             try:
-                consumer.commit(offsets, sync=False)  # for lag only: tasks keep their own
+                consumer.commit(offsets, sync=False)
             except BrokerError as exc:
                 host.log.warning("group commit: %s", exc)
 

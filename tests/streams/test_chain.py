@@ -77,3 +77,63 @@ def test_a_chain_over_batches_sends_what_event_by_event_processing_sends(
     assert [e.headers["rail.source.offset"] for e in dlq] == [str(i) for i in failed]
     assert all(e.headers["rail.error"].startswith(("ValidationError", "ValueError"))
                for e in dlq)
+
+
+def test_a_task_with_a_backlog_commits_per_cycle_not_per_poll_and_catches_up_exactly(
+        broker: BrokerProcess, tmp_path: Path, monkeypatch: Any) -> None:
+    """While polls bring BACKLOG_RECORDS or more, a task commits every CYCLE_EVENTS only
+    (not at the end of each poll); the rest once a poll brings less (here: none)."""
+    import logging
+    import threading
+
+    from runtime.consumer import Consumer
+    from runtime.streams import runner as runner_module
+    from runtime.worker import Hosted, Options
+    from tests.helpers import wait_for
+    from tests.streams.harness import lag, produce
+
+    polls: list[int] = []
+    commits: list[int] = []  # events in each commit
+
+    class SmallPolls(Consumer):  # a stored batch (~1,000 records) a reply: many polls
+        def __init__(self, broker: str, **kwargs: Any) -> None:
+            super().__init__(broker, max_bytes=1_000, **kwargs)
+
+        def poll_batches(self, timeout_s: float = 1.0) -> list[Batch]:
+            got = super().poll_batches(timeout_s)
+            if got:
+                polls.append(sum(len(b.records) for b in got))
+            return got
+
+    real_commit = Task.commit
+
+    def commit(task: Task) -> bool:
+        count = task.processed_since_commit
+        if real_commit(task):
+            commits.append(count)
+            return True
+        return False
+
+    monkeypatch.setattr(runner_module, "Consumer", SmallPolls)
+    monkeypatch.setattr(runner_module, "BACKLOG_RECORDS", 20)
+    monkeypatch.setattr(runner_module, "CYCLE_EVENTS", 2_500)
+    monkeypatch.setattr(Task, "commit", commit)
+    produce(broker, "orders", [(f"k{i % 7}", {"n": i}, 1_000 + i) for i in range(3_500)], 1)
+    app = Pipeline("backlog", source="orders", state_dir=tmp_path)
+    app.stream.filter(lambda v: v["n"] % 2 == 0).map(lambda v: v["n"]).to("evens")
+    host = Hosted(Options(broker=broker.api, group="backlog", topics=["orders"],
+                          name="backlog", member_id="backlog-0"), logging.getLogger("test"))
+    runner = runner_module.Runner(app, host)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: lag(broker, "backlog") == 0, 30, what="the group to catch up")
+    finally:
+        host.stopping = True
+        thread.join(10)
+    assert not thread.is_alive()
+    assert len(polls) >= 3, polls  # else this proves nothing
+    # A commit at the end of each poll would make one per poll (about 1,000 events each).
+    assert sum(commits) == 3_500 and all(c >= 2_500 for c in commits[:-1]), (commits, polls)
+    assert [(e.key, e.value) for e in read(broker, "evens")] == \
+        [(f"k{i % 7}", i) for i in range(0, 3_500, 2)]
