@@ -90,9 +90,12 @@ class Reassigner:
         """Check ``plan`` whole, then start it (all or nothing)."""
         live = set(self.cluster.brokers)
         started: dict[TP, PendingReassignment] = {}
+        records: dict[str, TopicRecord] = {}
         for item in plan:
             tp = (item.topic, item.partition)
-            record = self._record(item.topic)
+            if item.topic not in records:
+                records[item.topic] = self._record(item.topic)
+            record = records[item.topic]
             if not 0 <= item.partition < len(record.replicas):
                 raise UnknownPartition(f"topic {item.topic!r} has partitions "
                                        f"0..{len(record.replicas) - 1}, not {item.partition}")
@@ -292,25 +295,31 @@ class Reassigner:
     def rebalance(self) -> None:
         """Kafka's auto leader rebalance: for each broker whose share of partitions not led
         by it, of those it is the preferred leader of, is above the threshold, elect it
-        where it is in sync."""
+        where it is in sync.  Counted from the records and states this broker keeps
+        from its watches (no ZooKeeper read per partition on the loop); each election
+        reads the state again before its compare-and-set."""
         cluster = self.cluster
         threshold = cluster.config.leader_imbalance_per_broker_percent / 100
         by_preferred: dict[int, list[tuple[TP, list[int], int]]] = {}
-        for name in self.store.topics():
-            record = self.store.topic(name)
-            if record is None or name in cluster.deleting:
+        for name, record in list(cluster.topic_records.items()):
+            if name in cluster.deleting:
                 continue
             for index, replicas in enumerate(record.replicas):
-                state, _ = self.store.state(name, index)
-                by_preferred.setdefault(replicas[0], []).append(
-                    ((name, index), replicas, state.leader))
-        pending = self.store.reassignments()
+                tp = (name, index)
+                held = cluster.replicas.get(tp)
+                state = held.state if held is not None else cluster.other_states.get(tp)
+                if replicas and state is not None:
+                    by_preferred.setdefault(replicas[0], []).append((tp, replicas,
+                                                                     state.leader))
+        pending: dict[TP, PendingReassignment] | None = None
         for broker, partitions in by_preferred.items():
             elsewhere = [(tp, r) for tp, r, leader in partitions if leader != broker]
             if broker not in cluster.brokers or len(elsewhere) <= threshold * len(partitions):
                 continue
             log.info("controller: broker %d leads %d of the %d partitions it prefers: "
                      "electing it", broker, len(partitions) - len(elsewhere), len(partitions))
+            if pending is None:
+                pending = self.store.reassignments()
             for tp, replicas in elsewhere:
                 self._elect_preferred(tp, replicas, pending)
 
