@@ -121,8 +121,7 @@ class PostgresSink(TableSink):
     def stage(self, cur: Any, changes: list[tuple[Any, Any]]) -> None:
         """Upsert and delete ``changes`` (key, value; None: delete) through the staging
         tables."""
-        make = self.row
-        upserts = [make(k, v) for k, v in changes if v is not None]
+        upserts = self.rows(changes)
         if upserts:
             with cur.copy(self.copy_rows) as copy:
                 for row in upserts:

@@ -144,3 +144,13 @@ def test_a_batch_mixing_rows_and_records_for_the_event_path_is_applied_as_the_ev
         table = dict(db.execute("SELECT id, qty FROM mixed").fetchall())
     assert table == want
     assert not read_topic(broker.api, "mixed.dlq")
+
+
+def test_rows_fill_the_columns_with_the_key_and_nested_cells_as_json():
+    sink = PostgresSink.__new__(PostgresSink)
+    sink.document, sink.columns, sink.key_index = False, ["name", "id", "tags"], 1
+    changes = [("1", {"id": 9, "name": "a"}), ("2", None), ("3", {"tags": ["x"], "id": 3})]
+    assert sink.rows(changes) == [["a", "1", None], [None, "3", '["x"]']]
+    assert sink.rows(changes[:1]) == [["a", "1", None]]
+    sink.document, sink.columns, sink.key_index = True, ["key", "value"], 0
+    assert sink.rows(changes) == [["1", '{"id": 9, "name": "a"}'], ["3", '{"tags": ["x"], "id": 3}']]
