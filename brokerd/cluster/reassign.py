@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("brokerd.cluster")
 TP = tuple[str, int]
+LOOK_AGAIN_S = 5.0
 
 
 class Reassigner:
@@ -68,6 +69,8 @@ class Reassigner:
         self.store = cluster.store
         self.pending: dict[TP, PendingReassignment] = {}
         """As controller: the reassignments in progress, as ZooKeeper holds them."""
+        self._looked: dict[TP, float] = {}
+        """When the controller last read each one's record and state from ZooKeeper."""
         config = cluster.config
         self.rebalance_s = max(config.leader_imbalance_check_interval_ms, 100) / 1000
         self.next_rebalance = time.monotonic() + self.rebalance_s
@@ -138,6 +141,7 @@ class Reassigner:
         if self.cluster.controller_epoch is None:
             return
         self.pending = self.store.reassignments(watch=True)
+        self._looked = {tp: at for tp, at in self._looked.items() if tp in self.pending}
         self._progress_all()
 
     def tick(self, now: float) -> None:
@@ -154,12 +158,29 @@ class Reassigner:
                 log.warning("controller: leader rebalance postponed: %r", exc)
 
     def _progress_all(self) -> None:
+        now = time.monotonic()
         for tp, pending in list(self.pending.items()):
+            if self._catching_up(tp, pending) and now < self._looked.get(tp, 0) + LOOK_AGAIN_S:
+                continue
+            self._looked[tp] = now
             try:
                 if self._progress(tp, pending):
                     del self.pending[tp]
+                    self._looked.pop(tp, None)
             except (KazooException, ClusterError) as exc:  # a lost compare-and-set, say
                 log.warning("controller: reassignment of %s[%d] postponed: %r", *tp, exc)
+
+    def _catching_up(self, tp: TP, pending: PendingReassignment) -> bool:
+        """Whether the watches' copies say the new replicas are listed but not all in
+        the ISR yet: then the timer need not read ZooKeeper for ``tp`` (it still does
+        every LOOK_AGAIN_S, should a watch have been missed)."""
+        cluster = self.cluster
+        record = cluster.topic_records.get(tp[0])
+        held = cluster.replicas.get(tp)
+        state = held.state if held is not None else cluster.other_states.get(tp)
+        return (record is not None and tp[1] < len(record.replicas) and state is not None
+                and all(b in record.replicas[tp[1]] for b in pending.replicas)
+                and any(b not in state.isr for b in pending.replicas))
 
     def _progress(self, tp: TP, pending: PendingReassignment) -> bool:
         """One step of a reassignment, from what ZooKeeper holds; True once it is over."""
