@@ -78,6 +78,7 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.broker} is a single broker, not a member of a cluster "
                            "(start brokers with --broker-id and --zookeeper: docs/cluster.md)")
     status = summarize(meta)
+    status["reassignments"] = _moving(args)
     if args.json:
         print(json.dumps(status, indent=1))
     else:
@@ -115,6 +116,12 @@ def print_status(status: dict[str, Any], every: bool) -> None:
     parts = status["partitions"]
     print(f"{plural(len(parts), 'partition')}: {status['offline']} offline, "
           f"{status['under_replicated']} under-replicated")
+    moving = status["reassignments"]
+    if moving:
+        print(f"{plural(len(moving), 'reassignment')} in progress (their partitions count "
+              "as under-replicated until the new replicas are in sync):")
+    for r in moving:
+        print(f"  {_moving_line(r)}")
     shown = parts if every else [x for x in parts if x["state"] != "ok"]
     if not shown:
         return
@@ -161,14 +168,11 @@ def _any(args: argparse.Namespace, request: Any) -> Any:
 
 def cmd_cluster_reassign(args: argparse.Namespace) -> int:
     if args.list:
-        moving = _any(args, p.ListReassignments()).reassignments
-        rows = [{"topic": r.topic, "partition": r.partition, "replicas": r.replicas,
-                 "adding": r.adding, "removing": r.removing} for r in moving]
+        rows = _moving(args)
         if args.json:
             print(json.dumps(rows, indent=1))
         for r in [] if args.json else rows:
-            print(f"{r['topic']}[{r['partition']}] -> {_ids(r['replicas'])} (adding "
-                  f"{_ids(r['adding']) or '-'}, removing {_ids(r['removing']) or '-'})")
+            print(_moving_line(r))
         if not rows and not args.json:
             print("no reassignment in progress")
         return EXIT_OK
@@ -198,6 +202,17 @@ def cmd_cluster_reassign(args: argparse.Namespace) -> int:
         print(f"{r['topic']}[{r['partition']}]: {r['state']} (replicas "
               f"{_ids(r['replicas'] or [])}, planned {_ids(r['planned'])})")
     return EXIT_OK if all(r["state"] == "complete" for r in rows) else EXIT_ERROR
+
+
+def _moving(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The reassignments in progress."""
+    return [_item(r) | {"adding": r.adding, "removing": r.removing}
+            for r in _any(args, p.ListReassignments()).reassignments]
+
+
+def _moving_line(r: dict[str, Any]) -> str:
+    return (f"{r['topic']}[{r['partition']}] -> {_ids(r['replicas'])} (adding "
+            f"{_ids(r['adding']) or '-'}, removing {_ids(r['removing']) or '-'})")
 
 
 def _ids(ids: list[int]) -> str:

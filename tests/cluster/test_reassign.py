@@ -236,6 +236,11 @@ def test_a_reassignment_completes_on_the_next_controller_after_a_kill_9(
             == [(part, target, [x], [controller])]
         wait_for(lambda: len(_partition(apis[z], "c", part)["replicas"]) == 3, timeout=10,
                  interval=0.1, what="old and new replicas in the list")
+        status = rail("cluster", "status", "--broker", apis[z])
+        assert "1 reassignment in progress" in status.stdout, status.stdout + status.stderr
+        assert f"c[{part}] -> {x},{z} (adding {x}, removing {controller})" in status.stdout
+        assert f"c[{part}] -> {x},{z}" in rail("cluster", "reassign", "--list", "--broker",
+                                                apis[z]).stdout
         assert x not in _partition(apis[z], "c", part)["isr"]
 
         brokers[controller].kill9()
