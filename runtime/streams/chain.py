@@ -135,18 +135,21 @@ class _Columns:
 
 
 def _queue(task: Task, topic: str, cols: _Columns) -> None:
-    """Queue the outputs ``[value, key, None, timestamp]`` on their partitions' queues."""
+    """Queue the outputs ``[value, key, None, timestamp]`` for their partitions, encoded."""
     keys = [r.key for r in cols.records]
-    if task.partitions[topic] == 1:  # one queue for all
-        task.queue(topic, None).extend(zip(cols.values, keys, repeat(None), cols.stamps))
+    records = list(zip(cols.values, keys, repeat(None), cols.stamps))
+    if not records:
         return
-    queue_of = task.queue
-    queues: dict[str, list[Any]] = {}
-    for value, key, ts in zip(cols.values, keys, cols.stamps):
-        if key.__class__ is str:
-            queue = queues.get(key)
-            if queue is None:
-                queue = queues[key] = queue_of(topic, key)
-        else:
-            queue = queue_of(topic, key)
-        queue.append((value, key, None, ts))
+    if task.partitions[topic] == 1:
+        task.add_encoded(topic, 0, records)
+        return
+    by_part: dict[int, list[Any]] = {}
+    part_of = task.partition_of
+    for record in records:
+        part = part_of(topic, record[1])
+        queue = by_part.get(part)
+        if queue is None:
+            queue = by_part[part] = []
+        queue.append(record)
+    for part, queue in sorted(by_part.items()):
+        task.add_encoded(topic, part, queue)

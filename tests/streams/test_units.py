@@ -53,3 +53,24 @@ def test_the_local_file_keeps_state_checkpoint_and_outbox_together(tmp_path: Pat
     again.commit(Checkpoint(commit=4, offset=50), [("s", b"k", None)], [])
     assert again.get("s", b"k") is None and again.outbox() == []
     again.close()
+
+
+def test_encoded_runs_join_into_arrays_that_decode_to_the_same_records_in_order() -> None:
+    from runtime.streams.task import BATCH_RECORDS, _joined
+
+    sizes = [1, 15, 16, 3, 65_535, 65_536, 2]  # each msgpack array header form, both sides
+    runs, want, first = [], [], 0
+    for n in sizes:
+        records = [[i, f"k{i}", None, i] for i in range(first, first + n)]
+        runs.append((n, msgspec.msgpack.encode(records)))
+        want += records
+        first += n
+    joined = _joined(runs)
+    got = [r for count, encoded in joined for r in msgspec.msgpack.decode(encoded)]
+    assert got == want
+    assert all(len(msgspec.msgpack.decode(encoded)) == count for count, encoded in joined)
+    # Joined up to BATCH_RECORDS; a run bigger than that alone stays alone.
+    assert [count for count, _ in joined] == [1 + 15 + 16 + 3, 65_535, 65_536, 2]
+    assert all(count <= BATCH_RECORDS for count, _ in joined[:1])
+    small = _joined([(1, msgspec.msgpack.encode([[0]]))] * (BATCH_RECORDS + 1))
+    assert [count for count, _ in small] == [BATCH_RECORDS, 1]
