@@ -6,11 +6,12 @@ Needs Debian's ``zookeeper`` package (it brings Java).  In a temp folder, on fre
 ports, it starts a one-node ZooKeeper and three brokers that join it (``python -m brokerd
 --broker-id N --zookeeper ...``), then ``rail up`` with a copy of the pizzeria's rail.toml
 and ``--broker`` naming all three (rail.toml's topics are created with three replicas),
-without the Rail Streams step (``dishes``: Rail Streams does not run on a cluster yet).
+its Rail Streams step (``dishes``) included.
 The hall takes half the orders (``acks="all"``), the leader of ``orders`` partition 0 is
 killed with kill -9 while the kitchen cooks them, and the hall takes the other half from
 the new leaders.  It ends with the pizzeria's exact count check (every ordered item made
-exactly once, every group's lag 0).  Everything it started is stopped by its pid, also on
+exactly once, the streams step's dishes per station equal to the tally, every group's lag
+0).  Everything it started is stopped by its pid, also on
 a failure or Ctrl-C; the exit code is 0 only if the check passed.
 """
 
@@ -114,7 +115,7 @@ def leader_of(router: Router, topic: str, partition: int) -> int:
 
 def run_demo(args: argparse.Namespace, tmp: Path, cluster: Cluster) -> int:
     every = start_cluster(cluster, tmp)
-    toml, config = pizzeria.prepare(tmp, without=("dishes",))
+    toml, config = pizzeria.prepare(tmp)
     data = Path(config["broker"]["data_dir"])
     up_log = tmp / "rail-up.log"
     print(f"pizzeria: rail up -c {toml} --broker {every}")
