@@ -14,6 +14,11 @@ read again after every rebalance.  An event that fails conversion, a transform o
 sink's ``check``, or that the sink refused (``take_rejected``), stops the task
 (``errors.tolerance = "none"``) or goes to ``<topic>.dlq`` with the error in its headers
 (``"all"``), before the batch's offsets are committed.
+
+A sink with ``put_batches`` (``Sink.takes_batches``) gets the records as the consumer took
+them off the wire (``poll_batches``: no ``Event`` a record, ordered and cut per batch)
+whenever a chunk holds only keyed records with a map value or a tombstone and nothing needs
+converting; any other chunk goes the event path above.
 """
 
 from __future__ import annotations
