@@ -31,6 +31,8 @@ class Batch(msgspec.Struct):
     """Records of one partition in offset order, as they came off the wire (no ``Event``
     per record): ``records[i]`` is at offset ``base_offset + i``; a record whose own
     ``timestamp`` is None has the batch's ``timestamp`` (the time the broker appended it).
+    ``end_offset``: the partition's end when the broker read the batch (0: not known); past
+    the batch's last record, the log held more already.
     ``Consumer.poll_batches`` returns these; ``events()`` turns one into ``poll``'s events."""
 
     topic: str
@@ -38,6 +40,7 @@ class Batch(msgspec.Struct):
     base_offset: int
     timestamp: int
     records: list[p.WireRecord]
+    end_offset: int = 0
 
     def events(self) -> list[Event]:
         topic, part, ts = self.topic, self.partition, self.timestamp
@@ -66,7 +69,7 @@ def batches_of_fetch(reply: p.FetchReply) -> list[Batch]:
             records = records[reply.offset - base:]
             base = reply.offset
         if records:
-            out.append(Batch(reply.topic, reply.partition, base, ts, records))
+            out.append(Batch(reply.topic, reply.partition, base, ts, records, reply.end_offset))
     return out
 
 
@@ -141,14 +144,14 @@ def _in_cluster(broker: str, group: str, timeout_s: float) -> bool:
 def batches_of(data: _PartitionData, first: int) -> list[Batch]:
     """A partition's stored batches from offset ``first`` on."""
     out = []
-    topic, part = data.topic, data.partition
+    topic, part, end = data.topic, data.partition, data.end_offset
     for batch in data.batches:
         base, records = batch.base_offset, batch.records
         if base < first:
             records = records[first - base:]
             base = first
         if records:
-            out.append(Batch(topic, part, base, batch.append_timestamp, records))
+            out.append(Batch(topic, part, base, batch.append_timestamp, records, end))
     return out
 
 

@@ -33,10 +33,6 @@ DIRTY_KEYS = 10_000
 # stateless chain takes the records of a stored batch at once, up to PUMP_RECORDS.
 PUMP_EVENTS = 2_000
 PUMP_RECORDS = 10_000
-# A task that got this many records in one poll has a backlog: it does not commit at the
-# end of that poll (every commit waits for the last one's acknowledgements) but after
-# CYCLE_EVENTS, or at the end of a poll that brought less.
-BACKLOG_RECORDS = 20_000
 # The youngest generation's threshold while the loop runs (CPython's default: 700).  A
 # cycle keeps tens of thousands of events and records alive at once (a poll reply is
 # decoded whole); at 700 allocations a collection they were scanned again and again as
@@ -138,7 +134,10 @@ class Runner:
         by_task: dict[tuple[str, int], list[Batch]] = defaultdict(list)
         for batch in batches:
             by_task[(batch.topic, batch.partition)].append(batch)
-        backlog = set()  # tasks that got a full poll's worth: more is on its way
+        # Tasks whose partition held more than this poll brought when the broker read it
+        # (a backlog): they commit after CYCLE_EVENTS, not at the end of each poll (every
+        # commit waits for the last one's acknowledgements), and once caught up.
+        backlog = set()
         for tp, got in by_task.items():
             task = self.tasks.get(tp)
             if task is None:
@@ -150,11 +149,11 @@ class Runner:
             else:
                 self._run_events(task, events_of_batches(got))
             host.processed += task.offset - before
-            if sum(len(b.records) for b in got) >= BACKLOG_RECORDS:
+            if got[-1].end_offset > task.offset:
                 backlog.add(tp)
         host.current = None
         for tp, task in self.tasks.items():
-            if tp not in backlog:  # else committed with what comes next (or next cycle)
+            if tp not in backlog:
                 task.commit()
             task.settle()  # nothing in flight when partitions may move
         # For lag only (tasks keep their own offsets): where each task committed; the
@@ -179,7 +178,7 @@ class Runner:
             for i in range(0, len(records), PUMP_RECORDS):
                 task.process_batch(batch if len(records) <= PUMP_RECORDS else Batch(
                     batch.topic, batch.partition, batch.base_offset + i, batch.timestamp,
-                    records[i:i + PUMP_RECORDS]))
+                    records[i:i + PUMP_RECORDS], batch.end_offset))
                 Runner._pump(task)
 
     @staticmethod

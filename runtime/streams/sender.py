@@ -78,12 +78,14 @@ class Sender:
         for the rest): the caller works on while the broker stores them.  ``tail`` (a
         changelog batch) waits in the returned ``Sending`` until they are all stored."""
         sending = Sending([], [], tail)
+        fresh: set[tuple[str, int]] = set()  # a probe stored a record there: the rest is new
         for batch in batches:
-            if batch.probe:
+            if batch.probe and (batch.topic, batch.partition) not in fresh:
                 self._wait(sending.pending)
                 sending.pending = []
                 if self._probe(batch):
                     sending.settled.append(batch)
+                    fresh.add((batch.topic, batch.partition))
             else:
                 sending.pending.append((batch, self._send(batch, batch.sequence,
                                                           batch.records)))

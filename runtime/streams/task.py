@@ -249,7 +249,8 @@ class Task:
             if not base < offset < base + len(records):
                 return
             records = records[offset - base:]
-            batch = Batch(batch.topic, batch.partition, offset, batch.timestamp, records)
+            batch = Batch(batch.topic, batch.partition, offset, batch.timestamp, records,
+                          batch.end_offset)
         assert self.root.run_batch is not None
         self.root.run_batch(self, batch,
                             self.pipeline.decode if self.topic == self.pipeline.source else None)

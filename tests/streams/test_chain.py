@@ -81,8 +81,9 @@ def test_a_chain_over_batches_sends_what_event_by_event_processing_sends(
 
 def test_a_task_with_a_backlog_commits_per_cycle_not_per_poll_and_catches_up_exactly(
         broker: BrokerProcess, tmp_path: Path, monkeypatch: Any) -> None:
-    """While polls bring BACKLOG_RECORDS or more, a task commits every CYCLE_EVENTS only
-    (not at the end of each poll); the rest once a poll brings less (here: none)."""
+    """While its partition holds more than a poll brings, a task commits every CYCLE_EVENTS
+    only (not at the end of each poll); the rest at the end of the poll that reached the
+    end."""
     import logging
     import threading
 
@@ -115,7 +116,6 @@ def test_a_task_with_a_backlog_commits_per_cycle_not_per_poll_and_catches_up_exa
         return False
 
     monkeypatch.setattr(runner_module, "Consumer", SmallPolls)
-    monkeypatch.setattr(runner_module, "BACKLOG_RECORDS", 20)
     monkeypatch.setattr(runner_module, "CYCLE_EVENTS", 2_500)
     monkeypatch.setattr(Task, "commit", commit)
     produce(broker, "orders", [(f"k{i % 7}", {"n": i}, 1_000 + i) for i in range(3_500)], 1)

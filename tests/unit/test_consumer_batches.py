@@ -42,6 +42,7 @@ def _drain(consumer: Consumer, count: int, fast: bool) -> list[Any]:
         if fast:
             for batch in consumer.poll_batches(0.5):
                 assert isinstance(batch, Batch) and batch.records
+                assert batch.end_offset >= batch.base_offset + len(batch.records)
                 for offset, r in enumerate(batch.records, batch.base_offset):
                     ts = batch.timestamp if r.timestamp is None else r.timestamp
                     got.append((batch.partition, offset, r.value, r.key, r.headers, ts))
@@ -93,6 +94,8 @@ def test_a_seek_into_a_stored_batch_starts_the_next_batch_there(broker: BrokerPr
         assert len(_drain(consumer, 100, fast=True)) == 100
         consumer.seek(TOPIC, 0, 37)
         again = _drain(consumer, 63, fast=True)
+        consumer.seek(TOPIC, 0, 99)
+        assert [b.end_offset for b in consumer.poll_batches(5)] == [100]  # the log's end
         assert consumer.positions[(TOPIC, 0)] == 100
     assert [(off, value) for _, off, value, *_ in again] == [(i, i) for i in range(37, 100)]
 
@@ -108,7 +111,7 @@ def test_a_fetch_replys_batches_start_at_the_offset_asked_for(broker: BrokerProc
     finally:
         conn.close()
     batches = batches_of_fetch(reply)
-    assert batches[0].base_offset == 20
+    assert batches[0].base_offset == 20 and batches[-1].end_offset == 50
     assert [r.value for b in batches for r in b.records] == list(range(20, 50))
     events = events_of_fetch(reply)
     assert [(e.offset, e.value) for e in events] == [(i, i) for i in range(20, 50)]
