@@ -102,7 +102,8 @@ class _Columns:
         self.failed: list[tuple[WireRecord, Exception]] = []
 
     def map(self, fn: Callable[[Any], Any]) -> None:
-        values, out = self.values, []
+        values = self.values
+        out: list[Any] = []
         lost: list[int] = []  # positions whose call raised, ascending
         while True:
             try:  # list.extend keeps what map gave before it raised

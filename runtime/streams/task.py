@@ -323,9 +323,8 @@ class Task:
         batches = []
         for topic, part in sorted(self.out.keys() | self.encoded.keys()):
             records = self.out.get((topic, part), [])
-            runs = [encoded for i in range(0, len(records), BATCH_RECORDS)
-                    for encoded in _fitted(records[i:i + BATCH_RECORDS])]
-            runs = [(len(chunk), encoded) for chunk, encoded in runs]
+            runs = [(len(chunk), encoded) for i in range(0, len(records), BATCH_RECORDS)
+                    for chunk, encoded in _fitted(records[i:i + BATCH_RECORDS])]
             probe = (topic, part) not in self.settled
             for count, encoded in _joined(runs + self.encoded.get((topic, part), [])):
                 seq = self.seqs.get((topic, part), 0)
