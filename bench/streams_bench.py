@@ -10,6 +10,8 @@ outputs, changelog and checkpoints with acks "all", as a pipeline does in produc
 time is from the pipeline's start until every task has committed the last input offset.
 Bytewax reads the same events from its own local input (``TestingSource``) and writes to a
 ``TestingSink``; the plain loop computes the same results in a dict.  Medians of ``--runs``.
+Rail's CPU time is printed too (its process's, all threads, and the broker's): on a loaded
+machine its time waiting for a core shows as the difference.
 
 The restore figure: a changelog of ``--restore-keys`` keys (written as a pipeline writes it,
 in commits of 5,000 keys), then a task restored from it with no local file.
@@ -117,13 +119,14 @@ def load(api: str, topic: str, evs: list[tuple[str, dict[str, int], int]]) -> No
         producer.flush()
 
 
-def run_rail(api: str, pipeline: Pipeline, end: int) -> float:
-    """Run ``pipeline`` in this process until its task committed offset ``end``; seconds."""
+def run_rail(api: str, pipeline: Pipeline, end: int) -> tuple[float, float]:
+    """Run ``pipeline`` in this process until its task committed offset ``end``: seconds,
+    and the CPU seconds this process used meanwhile (every thread: the pipeline's, ZeroMQ's)."""
     options = Options(broker=api, group=pipeline.app, topics=[pipeline.source],
                       name=pipeline.app, member_id=f"{pipeline.app}-0")
     host = Hosted(options, logging.getLogger("bench"))
     runner = Runner(pipeline, host)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
     while True:
@@ -134,20 +137,20 @@ def run_rail(api: str, pipeline: Pipeline, end: int) -> float:
         if not thread.is_alive():
             raise RuntimeError("the pipeline stopped early")
         time.sleep(0.005)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     host.stopping = True
     thread.join(30)
-    return elapsed
+    return elapsed, cpu
 
 
-def rail_window(api: str, state: Path, run: int, end: int) -> float:
+def rail_window(api: str, state: Path, run: int, end: int) -> tuple[float, float]:
     app = Pipeline(f"bw{run}", source="events", state_dir=state)
     (app.stream.group_by().window(Tumbling(WINDOW_MS), emit="close").count("counts")
         .to(f"bw{run}.out"))
     return run_rail(api, app, end)
 
 
-def rail_map_filter(api: str, state: Path, run: int, end: int) -> float:
+def rail_map_filter(api: str, state: Path, run: int, end: int) -> tuple[float, float]:
     app = Pipeline(f"bm{run}", source="events", state_dir=state)
     app.stream.filter(keep).map(price).to(f"bm{run}.out")
     return run_rail(api, app, end)
@@ -184,6 +187,13 @@ def restore(api: str, state: Path, keys: int) -> float:
         conn.close()
 
 
+def broker_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the broker process has used so far."""
+    import psutil
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -199,6 +209,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     evs = events(args.events, args.keys)
     results: dict[str, dict[str, list[float]]] = {"window": {}, "map/filter": {}}
+    cpus: dict[str, dict[str, list[float]]] = {"window": {}, "map/filter": {}}
     with tempfile.TemporaryDirectory(prefix="streams-bench-") as tmp:
         broker = start_broker(Path(tmp) / "data")
         try:
@@ -214,8 +225,12 @@ def main() -> int:
                         t = time.perf_counter()
                         bw(evs)
                         results[job].setdefault("bytewax", []).append(time.perf_counter() - t)
-                    secs = rail(broker.api, Path(tmp) / f"state-{job[0]}{run}", run, len(evs))
+                    before = broker_cpu(broker.pid)
+                    secs, cpu = rail(broker.api, Path(tmp) / f"state-{job[0]}{run}", run,
+                                     len(evs))
                     results[job].setdefault("rail streams", []).append(secs)
+                    cpus[job].setdefault("pipeline", []).append(cpu)
+                    cpus[job].setdefault("broker", []).append(broker_cpu(broker.pid) - before)
                     print(f"run {run + 1}: {job} done", file=sys.stderr, flush=True)
             restore_s = restore(broker.api, Path(tmp) / "restore", args.restore_keys) \
                 if args.restore_keys else None
@@ -237,6 +252,9 @@ def main() -> int:
             print(f"{job}: Rail Streams is {median(by['bytewax']) / rail_s:.2f}x Bytewax's speed")
         print(f"{job}: Rail Streams runs at {median(by['plain loop']) / rail_s:.1%} of the plain "
               "loop's speed")
+    for job, by in cpus.items():
+        print(f"{job}: Rail Streams' CPU time (medians): the pipeline's process "
+              f"{median(by['pipeline']):.2f} s, the broker {median(by['broker']):.2f} s")
     if restore_s is not None:
         print(f"restore of a {args.restore_keys:,}-key store from its changelog: {restore_s:.2f} s")
     return 0
