@@ -4,7 +4,10 @@ A partition's batches reach the broker in sequence order: at most ``max_in_fligh
 of a partition and MAX_REQUESTS (500) requests are in flight, so ZeroMQ's queues never
 refuse a request or drop a reply; a batch that could not be queued holds back the later
 ones of its partition; a partition's first batch goes alone until acknowledged; an
-OUT_OF_ORDER_SEQUENCE resends the partition's unacked batches in order, at once.
+OUT_OF_ORDER_SEQUENCE resends the partition's unacked batches in order, at once.  A
+partition's batches past its ``max_in_flight`` wait in the producer, in order, while the
+other partitions' go on (a stuck partition, whose leader is paused or short of in-sync
+replicas, must not stall them); ``send`` waits only once MAX_WAITING records wait so.
 
 Batches that are ready together (a linger round, a flush, the batches a first
 acknowledgement released) travel together: one ``produce_batches`` request carries up to
@@ -51,7 +54,9 @@ WINDOW = p.IDEMPOTENCE_WINDOW  # batches per partition the broker recognises ret
 # a reply (a wait for the request timeout).  Resends may leave old copies queued: half.
 MAX_REQUESTS = 500
 MAX_BATCHES = 1024  # batches in one produce_batches request
+MAX_WAITING = 100_000  # records of a partition waiting behind its max_in_flight batches
 LINGER_REQUESTS = 4  # a linger round ships only while fewer requests than this are unanswered
+BUSY_S = 0.1  # ... counting those sent this recently (older ones wait on a stuck partition)
 # A request body over this is split in two (the broker's default max_request_bytes is 16 MiB).
 SPLIT_BYTES = p.MAX_REQUEST_BYTES // 2
 Callback = Callable[[int, int, "BrokerError | None"], None]
@@ -162,6 +167,8 @@ class Producer:
                 partition = self._sticky.get(topic) if key is None else None
                 if partition is None:
                     partition = self._pick(topic, key)
+            elif topic not in self._partitions and len(self._cl.bootstrap) > 1:
+                self.partitions_for(topic)  # a cluster's leaders, as a keyed send learns them
             tp = (topic, partition)
             buf = self._buffers.get(tp)
             if buf is None:
@@ -181,6 +188,8 @@ class Producer:
         with self._lock:
             if partition is None:
                 partition = self._pick(topic, key)
+            elif topic not in self._partitions and len(self._cl.bootstrap) > 1:
+                self.partitions_for(topic)
             tp = (topic, partition)
             records = [(v,) for v in values] if key is None else [(v, key) for v in values]
             for start in range(0, len(records), self.batch_size):
@@ -214,6 +223,8 @@ class Producer:
                 else:
                     touched = self._extend((topic, 0), wire, callback)
             else:
+                if topic not in self._partitions and len(self._cl.bootstrap) > 1:
+                    self.partitions_for(topic)
                 touched = self._extend((topic, partition), wire, callback)
             if not self.linger_s:
                 self._ship_all([tp for tp in touched if tp in self._buffers])
@@ -335,10 +346,10 @@ class Producer:
             # Collect the acks that came meanwhile now and then, not after every send: each
             # look at the socket is a system call, right when its I/O thread wants the CPU.
             self._collect()
-        # At most WINDOW batches in flight per partition (the broker recognises a retry only
-        # among a producer's last WINDOW batches of a partition), MAX_REQUESTS in all.
-        while (len(self._unacked.get(tp, ())) >= self.max_in_flight
-               or len(self._in_flight) >= MAX_REQUESTS):
+        # MAX_REQUESTS in flight in all; a partition's batches past its max_in_flight wait
+        # in the producer (_waits) without holding up the others' (as Kafka's accumulator),
+        # up to MAX_WAITING records, then this send waits (as Kafka's at buffer.memory).
+        while len(self._in_flight) >= MAX_REQUESTS or self._backlog(tp) >= MAX_WAITING:
             self._receive(self.request_timeout_s)
         # Numbered only now: the wait may have given up on earlier batches and changed the
         # partition's producer id (_expire).
@@ -356,18 +367,26 @@ class Producer:
             return None
         queue = self._unacked.setdefault(tp, deque())
         queue.append(batch)
-        if tp in self._held or tp in self._cl.moved or self._waits(queue, batch):
+        if tp in self._held or tp in self._cl.moved or self._waits(queue, batch, len(queue) - 1):
             return None  # sent in its turn (_send_waiting)
         return batch
 
-    @staticmethod
-    def _waits(queue: deque[_Batch], batch: _Batch) -> bool:
-        """``batch`` waits for the first batch of its partition under its producer id
-        (sequence 0) to be acked.  Were that one lost in transit and this one to arrive,
-        the broker would take this one for the producer's first (it accepts any sequence
-        from a producer it does not know) and answer the retry of the lost one as a
-        duplicate: acknowledged, never stored."""
-        return queue[0].sequence == 0 and queue[0] is not batch
+    def _waits(self, queue: deque[_Batch], batch: _Batch, index: int) -> bool:
+        """``batch``, at ``index`` in its partition's unacked ``queue``, waits: behind
+        ``max_in_flight`` unacked batches (the broker recognises a retry only among a
+        producer's last WINDOW batches of a partition), or for the first batch under its
+        producer id (sequence 0) to be acked.  Were that one lost in transit and this one
+        to arrive, the broker would take this one for the producer's first (it accepts any
+        sequence from a producer it does not know) and answer the retry of the lost one as
+        a duplicate: acknowledged, never stored."""
+        return index >= self.max_in_flight or (queue[0].sequence == 0 and queue[0] is not batch)
+
+    def _backlog(self, tp: tuple[str, int]) -> int:
+        """Records of ``tp`` formed into batches that wait behind max_in_flight others."""
+        queue = self._unacked.get(tp)
+        if not queue or len(queue) <= self.max_in_flight:
+            return 0
+        return sum(len(b.records) for i, b in enumerate(queue) if i >= self.max_in_flight)
 
     def _send_batches(self, batches: list[_Batch]) -> None:
         """Send ``batches`` (a partition's in sequence order) in as few requests as may be.
@@ -543,7 +562,7 @@ class Producer:
         released = False
         if queue and batch in queue:
             queue.remove(batch)
-            released = batch.sequence == 0 and bool(queue)
+            released = bool(queue) and (batch.sequence == 0 or len(queue) >= self.max_in_flight)
         for i, callback in enumerate(batch.callbacks):
             callback(batch.partition, base + i if base >= 0 else -1, None)
         return released
@@ -627,10 +646,10 @@ class Producer:
                 continue  # sent once metadata names its leader (_refresh)
             self._held.discard(tp)
             queue = self._unacked.get(tp, deque())
-            for batch in queue:
+            for i, batch in enumerate(queue):
                 if batch.in_flight:
                     continue
-                if self._waits(queue, batch):
+                if self._waits(queue, batch, i):
                     break
                 out.append(batch)
         self._send_batches(out)
@@ -722,13 +741,27 @@ class Producer:
                 # While LINGER_REQUESTS requests are unanswered the broker is the bottleneck:
                 # let the batches grow instead of queueing more small ones behind them (as
                 # Kafka's max.in.flight does).  A full batch ships from send() regardless.
-                if len(self._in_flight) < LINGER_REQUESTS:
+                if not self._busy(now):
                     self._ship_all([tp for tp, since in self._buffer_since.items()
                                     if now - since >= self.linger_s])
                 self._collect()
                 self._retry_stale()
                 if not (self._buffers or self._in_flight or self._held or self._cl.moved):
                     self._work.clear()
+
+    def _busy(self, now: float) -> bool:
+        """LINGER_REQUESTS requests sent within BUSY_S are unanswered.  Older ones do not
+        count: they wait on a partition that is stuck (a paused leader, too few in-sync
+        replicas), and must not keep the other partitions' batches from going."""
+        if len(self._in_flight) < LINGER_REQUESTS:
+            return False
+        young = 0
+        for request in self._in_flight.values():
+            if now - request.batches[0].sent_at < BUSY_S:
+                young += 1
+                if young >= LINGER_REQUESTS:
+                    return True
+        return False
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Send everything queued and wait until the broker acknowledged it all."""
