@@ -6,6 +6,7 @@ automatic rebalance), and bad plans change nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from runtime.client import BrokerError, Producer
 from tests.cluster.client import (
     LeaderProducer,
     check_history,
@@ -53,6 +55,52 @@ def start_three(tmp_path: Path, zookeeper: ZooKeeper, config: str) -> list[Broke
             b.stop()
         raise
     return brokers
+
+
+class Keyed:
+    """The Python ``Producer`` given the cluster's endpoints, sending keyed events with
+    ``acks="all"`` from a thread until stopped; what it acknowledged, by callback."""
+
+    def __init__(self, apis: list[str], topic: str) -> None:
+        self.producer = Producer(",".join(apis), acks="all", request_timeout_s=30)
+        self.topic = topic
+        self.acked: list[tuple[int, int, Any]] = []
+        self.failed: list[BrokerError] = []
+        self.sent = 0
+        self.closed = False
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            value = f"keyed-{self.sent}"
+
+            def done(partition: int, offset: int, error: BrokerError | None,
+                     value: str = value) -> None:
+                if error is None:
+                    self.acked.append((partition, offset, value))
+                else:
+                    self.failed.append(error)
+            self.producer.send(self.topic, value, key=f"k{self.sent % 13}", callback=done)
+            self.sent += 1
+            if self.sent % 20 == 0:
+                self.stop_event.wait(0.01)  # a steady stream, not one burst
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(10)
+        self.producer.flush(timeout_s=60)
+        self.close(timeout_s=5)
+        assert not self.failed and not self.producer.errors, \
+            (self.failed + self.producer.errors)[:3]
+        assert len(self.acked) == self.sent > 0
+
+    def close(self, timeout_s: float) -> None:
+        self.stop_event.set()
+        if not self.closed:
+            self.closed = True
+            self.producer.close(timeout_s=timeout_s)
 
 
 class Sending:
@@ -115,6 +163,7 @@ def test_replicas_move_with_the_leader_under_acks_all_producers_and_bad_plans_ch
     (a follower leaves), in one plan through ``rail cluster reassign --plan``."""
     brokers = start_three(tmp_path, zookeeper, SESSION)
     sending: Sending | None = None
+    keyed: Keyed | None = None
     try:
         apis = [b.api for b in brokers]
         with RawClient(apis[0]) as raw:
@@ -152,6 +201,7 @@ def test_replicas_move_with_the_leader_under_acks_all_producers_and_bad_plans_ch
             assert _partition(apis[2], name, 0)["replicas"] == [0, 1]
 
         sending = Sending(apis, [("a", [0]), ("b", [0])])
+        keyed = Keyed(apis, "a")
         wait_for(lambda: all(len(sending.acked(t)) >= 50 for t in ("a", "b")), timeout=20,
                  interval=0.1, what="acks before the move")
         plan = tmp_path / "plan.json"
@@ -167,6 +217,7 @@ def test_replicas_move_with_the_leader_under_acks_all_producers_and_bad_plans_ch
         wait_for(lambda: all(len(sending.acked(t)) >= 200 for t in ("a", "b")), timeout=20,
                  interval=0.1, what="acks after the move")
         sending.stop()
+        keyed.stop()
         verify = rail("cluster", "reassign", "--plan", str(plan), "--verify", "--json",
                       "--broker", apis[2])
         assert [r["state"] for r in json.loads(verify.stdout)] == ["complete", "complete"]
@@ -182,15 +233,18 @@ def test_replicas_move_with_the_leader_under_acks_all_producers_and_bad_plans_ch
                 brokers[gone].data_dir / "topics" / name).exists(), timeout=10,
                 interval=0.1, what=f"broker {gone}'s copy of {name} deleted")
             consumed = _consume(_leader_api(apis, name, 0), name, 0)
-            acked = [v for _, _, v in sending.acked(name)]
+            acked = [v for _, _, v in sending.acked(name) + (keyed.acked if name == "a" else [])]
             assert sorted(consumed) == sorted(set(consumed)), f"{name}: a duplicate"
             assert set(acked) <= set(consumed), f"{name}: an acknowledged event is missing"
     finally:
         if sending is not None:
             sending.stop_event.set()
+        if keyed is not None:
+            with contextlib.suppress(BrokerError):  # a failed run must still stop the brokers
+                keyed.close(timeout_s=1)
         for b in brokers:
             b.stop()
-    check_history(sending.acked("a"), _logs(brokers, [1, 2], "a"))
+    check_history(sending.acked("a") + keyed.acked, _logs(brokers, [1, 2], "a"))
     check_history(sending.acked("b"), _logs(brokers, [0, 2], "b"))
 
 
