@@ -61,6 +61,7 @@ def test_a_chain_over_batches_sends_what_event_by_event_processing_sends(
             task.commit()
             task.settle()
         assert task.offset == 300
+        assert task.ck.stream_time == 1_299  # the latest of the records that decode
         out, dlq = read(broker, "out"), read(broker, "orders.dlq")
         task.close()
     finally:
