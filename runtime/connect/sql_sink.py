@@ -122,6 +122,13 @@ class TableSink(Sink):
             if key is None or key.__class__ is bytes:
                 key = key_of(e)
             last[key] = e
+        if mixed(last):  # again, in order: "5" and 5 are one row
+            last = {}
+            for e in events:
+                key = e.key
+                if key is None or key.__class__ is bytes:
+                    key = key_of(e)
+                last[str(key)] = e
         return last
 
     @staticmethod
@@ -135,13 +142,15 @@ class TableSink(Sink):
             skip = stored.get((b.topic, b.partition), 0) - b.base_offset
             for r in b.records[skip:] if skip > 0 else b.records:
                 last[r.key] = r.value
-        if any(k.__class__ is bytes for k in last):  # again, in order: b"1" and "1" are one
-            last = {}
+        if any(k.__class__ is bytes for k in last) or mixed(last):  # again, in order:
+            text = mixed({k.decode() if k.__class__ is bytes else k: 0 for k in last})
+            last = {}  # b"1" and "1" are one row, and with text keys about, "5" and 5
             for b in batches:
                 skip = stored.get((b.topic, b.partition), 0) - b.base_offset
                 for r in b.records[skip:] if skip > 0 else b.records:
                     key = r.key
-                    last[key.decode() if key.__class__ is bytes else key] = r.value
+                    key = key.decode() if key.__class__ is bytes else key
+                    last[str(key) if text else key] = r.value
         return last
 
     def refused(self, event: Event, error: Exception) -> None:
@@ -153,6 +162,15 @@ class TableSink(Sink):
     def take_rejected(self) -> list[tuple[Event, BadRecord]]:
         rejected, self.rejected = self.rejected, []
         return rejected
+
+
+def mixed(last: dict[Any, Any]) -> bool:
+    """Keys of text and of other types together: the database takes ``"5"`` and ``5`` for
+    one row (a key column of either type), which one upsert statement cannot write twice
+    (PostgreSQL: "ON CONFLICT DO UPDATE command cannot affect row a second time"); so
+    such a batch is reduced by the keys' text, the last event winning."""
+    classes = {k.__class__ for k in last}
+    return len(classes) > 1 and str in classes
 
 
 def cell(value: Any) -> Any:
