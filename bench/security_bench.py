@@ -14,6 +14,10 @@ RAIL_CURVE_SERVER_KEY / RAIL_CURVE_KEY_FILE like every Rail client):
 The ACL's cost is the broker's CPU time (/proc schedstat, all threads) per event during W1 send(),
 curve+acl against curve (the same encryption, so the difference is the check); and the
 check itself timed in-process (Security.authorize on a produce, a remembered decision).
+Where W2's time goes: the CPU of the broker and of the consumer during W2, each split into
+Python (the main and heartbeat threads) and ZeroMQ's I/O thread, where libzmq encrypts and
+decrypts every CURVE message; their sum against W2's elapsed time says how many of the
+machine's cores W2 kept busy.
 Targets (issue 13): W1 and W2 with CURVE >= 70% of plaintext; the ACL adds <= 5% produce CPU.
 """
 
@@ -112,16 +116,34 @@ def client_env(mode: str, keys: Keys) -> None:
         os.environ["RAIL_CURVE_KEY_FILE"] = str(keys.client_secret)
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds of every thread of ``pid``, in nanoseconds' precision (the scheduler's
-    sum_exec_runtime; psutil's user+system tick by 10 ms, an eighth of a W1 run here)."""
-    total = 0
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of ``pid``'s threads, ZeroMQ's I/O threads (``zmq_io``) apart from the
+    rest (``python``), in nanoseconds' precision (the scheduler's sum_exec_runtime;
+    psutil's user+system tick by 10 ms, an eighth of a W1 run here)."""
+    out = {"python": 0.0, "zmq_io": 0.0}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            name = (task / "comm").read_text().strip()
+            ns = int((task / "schedstat").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             continue  # a thread that ended meanwhile
-    return total / 1e9
+        out["zmq_io" if name.startswith("ZMQbg/IO") else "python"] += ns / 1e9
+    return out
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds of every thread of ``pid``."""
+    return sum(thread_cpu_s(pid).values())
+
+
+def _drain_cpu(api: str, topic: str, n: int) -> dict[str, float]:
+    """broker_bench's W2 (poll and commit all n), with this process's CPU split as
+    thread_cpu_s splits it (joining and closing included: a few ms; importing not)."""
+    import runtime.client  # noqa: F401 - imported by _rail_drain, here outside the count
+    before = thread_cpu_s(os.getpid())
+    seconds = _rail_drain(api, topic, n)
+    after = thread_cpu_s(os.getpid())
+    return {"seconds": seconds, **{k: after[k] - before[k] for k in after}}
 
 
 def requests(api: str) -> int:
@@ -151,8 +173,16 @@ def session(mode: str, keys: Keys, n: int) -> dict[str, float]:
             bulk = _topic("bulk")
             with spawn(_rail_send_many, broker.api, bulk, n, 1) as child:
                 out["send_many"] = n / child.result(600.0)
-            with spawn(_rail_drain, broker.api, bulk, n) as child:
-                out["consume"] = n / child.result(600.0)
+            before_w2 = thread_cpu_s(broker.pid)
+            with spawn(_drain_cpu, broker.api, bulk, n) as child:
+                w2 = child.result(600.0)
+            broker_w2 = thread_cpu_s(broker.pid)
+            out["consume"] = n / w2["seconds"]
+            for side, cpu in (("broker", {k: broker_w2[k] - before_w2[k] for k in broker_w2}),
+                              ("client", w2)):
+                for kind in ("python", "zmq_io"):
+                    out[f"w2_{side}_{kind}_us"] = cpu[kind] / n * 1e6
+            out["w2_elapsed_us"] = w2["seconds"] / n * 1e6
     finally:
         client_env("plaintext", keys)
     return out
@@ -256,6 +286,17 @@ def report(runs: list[dict[str, dict[str, float]]], micro: dict[str, float], n: 
          "target": "-", "result": "-"},
     ], ["measure", "curve", "curve+acl", "acl adds", "target", "result"],
         title="The ACL check's CPU on produce")
+    w2_rows = []
+    for mode in MODES:
+        cpu = {k: m[mode][f"w2_{k}_us"] for k in ("broker_python", "broker_zmq_io",
+                                                   "client_python", "client_zmq_io")}
+        total = sum(cpu.values())
+        w2_rows.append({"security": mode, **{k: f"{v:.3f}" for k, v in cpu.items()},
+                        "all": f"{total:.3f}", "elapsed": f"{m[mode]['w2_elapsed_us']:.3f}",
+                        "cores busy": f"{total / m[mode]['w2_elapsed_us']:.2f}"})
+    print_table(w2_rows, ["security", "broker_python", "broker_zmq_io", "client_python",
+                          "client_zmq_io", "all", "elapsed", "cores busy"],
+                title="Where W2's time goes: CPU us per consumed event (medians)")
     per_request = m["curve"]["request_cpu_us"] * 1000
     share = micro["acl_check_ns"] / per_request * 100
     print(f"\nin-process: Security.authorize(produce) {micro['acl_check_ns']:.0f} ns a request;"
