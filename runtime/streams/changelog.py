@@ -21,6 +21,7 @@ import msgspec
 
 from brokerd import protocol as p
 from runtime.connection import Connection
+from runtime.routing import Router
 from runtime.streams import checkpoint as ck
 from runtime.streams.errors import StreamsError
 
@@ -59,7 +60,7 @@ class Restored(msgspec.Struct):
     end_offset: int
 
 
-def read(conn: Connection, topic: str, partition: int, start: int = 0) -> Restored:
+def read(conn: Connection | Router, topic: str, partition: int, start: int = 0) -> Restored:
     """Read changelog ``topic[partition]`` from ``start`` to its end (compacted: with gaps)."""
     updates: list[tuple[str, bytes, bytes | None]] = []
     checkpoint = None
@@ -87,7 +88,7 @@ def read(conn: Connection, topic: str, partition: int, start: int = 0) -> Restor
     return Restored(updates, checkpoint, max(offset, end or 0))
 
 
-def last_checkpoint(conn: Connection, topic: str, partition: int) -> ck.Checkpoint | None:
+def last_checkpoint(conn: Connection | Router, topic: str, partition: int) -> ck.Checkpoint | None:
     """The checkpoint of the last commit in changelog ``topic[partition]`` (None: empty).
 
     Every batch of a changelog ends with its checkpoint, and the cleaner never drops the

@@ -9,13 +9,14 @@ import msgspec
 
 from brokerd import protocol as p
 from runtime.connection import Connection
+from runtime.routing import Router
 from runtime.streams import changelog
 from runtime.streams.errors import StreamsError
 
 encode_key = msgspec.msgpack.Encoder().encode
 
 
-def table(conn: Connection, app: str, store: str) -> dict[bytes, Any]:
+def table(conn: Connection | Router, app: str, store: str) -> dict[bytes, Any]:
     """Every key of ``store`` (as msgpack bytes) with its value."""
     topics = [t for t in conn.call(p.Metadata()).topics if changelog.is_changelog_of(app, t.name)]
     if not topics:
@@ -34,7 +35,7 @@ def table(conn: Connection, app: str, store: str) -> dict[bytes, Any]:
     return values
 
 
-def get(conn: Connection, app: str, store: str, key: Any) -> Any:
+def get(conn: Connection | Router, app: str, store: str, key: Any) -> Any:
     """The value of ``key`` in ``store`` of application ``app`` (None if absent); a window
     store's key is ``[key, window start]``."""
     return table(conn, app, store).get(encode_key(key))

@@ -15,6 +15,7 @@ import msgspec
 
 from brokerd import protocol as p
 from runtime.connection import BrokerError, Connection
+from runtime.routing import Router
 from runtime.streams.errors import StreamsError
 
 _raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
@@ -64,7 +65,7 @@ class Sender:
     the broker expects; from the first one stored on, the rest go as one batch.
     """
 
-    def __init__(self, conn: Connection, acks: Literal[0, 1, "all"] = "all") -> None:
+    def __init__(self, conn: Connection | Router, acks: Literal[0, 1, "all"] = "all") -> None:
         self.conn = conn
         self.acks = acks
         self.duplicates = 0  # batches or probe records the broker already had

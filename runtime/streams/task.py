@@ -33,6 +33,7 @@ from brokerd.protocol import partition_for_key
 from runtime.connection import Connection
 from runtime.consumer import Batch, Event
 from runtime.dlq import dead_letter_headers, dlq_topic
+from runtime.routing import Router
 from runtime.streams import changelog
 from runtime.streams.checkpoint import Checkpoint
 from runtime.streams.errors import StreamsError
@@ -91,7 +92,7 @@ def _joined(runs: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
 
 
 class Task:
-    def __init__(self, pipeline: Pipeline, topic: str, partition: int, conn: Connection,
+    def __init__(self, pipeline: Pipeline, topic: str, partition: int, conn: Connection | Router,
                  sender: Sender, partitions: dict[str, int], state_dir: Path) -> None:
         self.pipeline = pipeline
         self.topic = topic
