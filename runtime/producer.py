@@ -6,8 +6,9 @@ refuse a request or drop a reply; a batch that could not be queued holds back th
 ones of its partition; a partition's first batch goes alone until acknowledged; an
 OUT_OF_ORDER_SEQUENCE resends the partition's unacked batches in order, at once.  A
 partition's batches past its ``max_in_flight`` wait in the producer, in order, while the
-other partitions' go on (a stuck partition, whose leader is paused or short of in-sync
-replicas, must not stall them); ``send`` waits only once MAX_WAITING records wait so.
+other partitions' go on, once its oldest batch waited STUCK_S (a stuck partition, whose
+leader is paused or short of in-sync replicas, must not stall them); ``send`` waits then
+only once MAX_WAITING records wait so.
 
 Batches that are ready together (a linger round, a flush, the batches a first
 acknowledgement released) travel together: one ``produce_batches`` request carries up to
@@ -55,6 +56,7 @@ WINDOW = p.IDEMPOTENCE_WINDOW  # batches per partition the broker recognises ret
 MAX_REQUESTS = 500
 MAX_BATCHES = 1024  # batches in one produce_batches request
 MAX_WAITING = 100_000  # records of a partition waiting behind its max_in_flight batches
+STUCK_S = 0.2  # a partition whose oldest batch waits this long no longer holds up sends
 LINGER_REQUESTS = 4  # a linger round ships only while fewer requests than this are unanswered
 BUSY_S = 0.1  # ... counting those sent this recently (older ones wait on a stuck partition)
 # A request body over this is split in two (the broker's default max_request_bytes is 16 MiB).
@@ -346,11 +348,15 @@ class Producer:
             # Collect the acks that came meanwhile now and then, not after every send: each
             # look at the socket is a system call, right when its I/O thread wants the CPU.
             self._collect()
-        # MAX_REQUESTS in flight in all; a partition's batches past its max_in_flight wait
-        # in the producer (_waits) without holding up the others' (as Kafka's accumulator),
-        # up to MAX_WAITING records, then this send waits (as Kafka's at buffer.memory).
-        while len(self._in_flight) >= MAX_REQUESTS or self._backlog(tp) >= MAX_WAITING:
-            self._receive(self.request_timeout_s)
+        # MAX_REQUESTS in flight in all, max_in_flight batches per partition: a send waits
+        # for acks (what keeps a fast producer's batches full).  But a partition whose
+        # oldest batch waits past STUCK_S is stuck (a paused leader, too few in-sync
+        # replicas): its further batches wait in the producer (_waits) while the other
+        # partitions go on, as in Kafka's accumulator, up to MAX_WAITING records.
+        while (len(self._in_flight) >= MAX_REQUESTS or self._backlog(tp) >= MAX_WAITING
+               or (len(self._unacked.get(tp, ())) >= self.max_in_flight
+                   and not self._stuck(tp))):
+            self._receive(STUCK_S)
         # Numbered only now: the wait may have given up on earlier batches and changed the
         # partition's producer id (_expire).
         seq = self._sequences.get(tp, 0)
@@ -380,6 +386,11 @@ class Producer:
         sequence from a producer it does not know) and answer the retry of the lost one as
         a duplicate: acknowledged, never stored."""
         return index >= self.max_in_flight or (queue[0].sequence == 0 and queue[0] is not batch)
+
+    def _stuck(self, tp: tuple[str, int]) -> bool:
+        """The oldest unacked batch of ``tp`` was sent more than STUCK_S ago."""
+        queue = self._unacked.get(tp)
+        return bool(queue) and 0 < queue[0].sent_at < time.monotonic() - STUCK_S
 
     def _backlog(self, tp: tuple[str, int]) -> int:
         """Records of ``tp`` formed into batches that wait behind max_in_flight others."""
