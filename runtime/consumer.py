@@ -352,7 +352,7 @@ class Consumer:
             # A reply that read every partition to its end was the last one when the
             # broker sent it: looking for another would cost a system call for nothing.
             for _ in range(GATHER_REPLIES):
-                if (reply is None or _caught_up(reply) or self._poll_id is None
+                if (reply is None or _caught_up(reply) or not reply.more
                         or not self.conn.arrived(self._poll_id, 0)):
                     break
                 reply = self._await_poll(0)
@@ -419,7 +419,9 @@ class Consumer:
             raise
         if not reply.more:
             self._end_poll(rid)
-        return reply
+            if reply.partitions:  # the next poll goes before this one's records are
+                self._send_poll()  # decoded: its reply is read (and, with CURVE,
+        return reply  # encrypted and decrypted whole) meanwhile
 
     def _end_poll(self, rid: int) -> None:
         self._poll_id = None
