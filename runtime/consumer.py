@@ -353,7 +353,7 @@ class Consumer:
             # broker sent it: looking for another would cost a system call for nothing.
             for _ in range(GATHER_REPLIES):
                 if (reply is None or _caught_up(reply) or not reply.more
-                        or not self.conn.arrived(self._poll_id, 0)):
+                        or self._poll_id is None or not self.conn.arrived(self._poll_id, 0)):
                     break
                 reply = self._await_poll(0)
                 if reply is not None:
