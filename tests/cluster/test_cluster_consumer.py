@@ -44,9 +44,9 @@ class Reader:
     """A group member polling in a thread, committing (sync) after every batch; it keeps
     every event it got and every offset the coordinator acknowledged, in order."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.consumer = Consumer(bootstrap, group=GROUP, topics=["t"], session_timeout_ms=6000,
-                                 timeout_s=20)
+    def __init__(self, bootstrap: str, group: str = GROUP, timeout_s: float = 20) -> None:
+        self.consumer = Consumer(bootstrap, group=group, topics=["t"], session_timeout_ms=6000,
+                                 timeout_s=timeout_s)
         self.seen: dict[int, list[tuple[int, Any]]] = defaultdict(list)
         self.acked: dict[int, list[int]] = defaultdict(list)  # committed, as acknowledged
         self.errors: list[BaseException] = []

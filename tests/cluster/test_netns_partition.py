@@ -24,9 +24,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from runtime.client import BrokerError, Consumer, Producer
+from runtime.client import BrokerError, Producer
 from tests.cluster import netns
 from tests.cluster.client import LeaderProducer, check_replicas, metadata, wait_in_sync
+from tests.cluster.test_cluster_consumer import Reader
 from tests.cluster.zookeeper import available
 from tests.helpers import (
     ROOT,
@@ -132,42 +133,16 @@ class Stream:
             self.producer.close(timeout_s=1)
 
 
-class GroupReader:
-    """A group member polling in a thread and committing (sync) after every batch; it keeps
-    what it read and each offset the coordinator acknowledged, in order."""
+class GroupReader(Reader):
+    """A group member polling in a thread and committing (sync) after every batch
+    (test_cluster_consumer's ``Reader``); it keeps what it read and each offset the
+    coordinator acknowledged, in order."""
 
     def __init__(self, apis: list[str]) -> None:
-        self.consumer = Consumer(",".join(apis), group=GROUP, topics=["t"],
-                                 session_timeout_ms=6000, timeout_s=5)
-        self.seen: dict[int, list[tuple[int, Any]]] = defaultdict(list)
-        self.committed: dict[int, list[int]] = defaultdict(list)
-        self.errors: list[BaseException] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                events = self.consumer.poll(0.2)
-                for e in events:
-                    self.seen[e.partition].append((e.offset, e.value))
-                if events:
-                    self.consumer.commit(sync=True)
-                for (_, part), offset in self.consumer.committed.items():
-                    if not self.committed[part] or self.committed[part][-1] != offset:
-                        self.committed[part].append(offset)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.errors.append(exc)
+        super().__init__(",".join(apis), group=GROUP, timeout_s=5)
 
     def read(self) -> int:
         return sum(map(len, list(self.seen.values())))
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        with contextlib.suppress(BrokerError):
-            self.consumer.close()
 
     def check(self, acked: list[tuple[int, int, Any]]) -> None:
         """Every acknowledged record read with the value at its offset, no offset skipped,
@@ -180,7 +155,7 @@ class GroupReader:
         for part, rows in self.seen.items():
             for (before, _), (after, _) in itertools.pairwise(rows):
                 assert after <= before + 1, f"partition {part} skipped {before + 1}..{after - 1}"
-            assert self.committed[part] == sorted(self.committed[part]), self.committed[part]
+            assert self.acked[part] == sorted(self.acked[part]), self.acked[part]
 
 
 # A client on the old leader's side of the partition: it runs in the leader's namespace and
@@ -280,7 +255,7 @@ def test_a_leader_cut_off_by_a_network_partition_is_replaced_and_rejoins_by_epoc
         ends: dict[int, int] = defaultdict(int)
         for part, offset, _, _ in stream.acked:
             ends[part] = max(ends[part], offset + 1)
-        wait_for(lambda: all(reader.committed[q] and reader.committed[q][-1] >= end
+        wait_for(lambda: all(reader.acked[q] and reader.acked[q][-1] >= end
                              for q, end in ends.items()), 60,
                  what="the group to commit every record")
     finally:

@@ -74,6 +74,18 @@ def cook_running(control: str) -> bool:
     return bool(s and s["broker"]["state"] == "running" and s["workers"][0]["state"] == "running")
 
 
+def send_and_check_each_handled_once(every: str, outs: list[Path]) -> None:
+    """EVENTS keyed orders, acks=all; each handled once, by the cooks of both supervisors."""
+    with Producer(every, acks="all") as producer:
+        for i in range(EVENTS):
+            producer.send("orders", i, key=str(i))
+    wait_for(lambda: sum(len(written_lines(o)) for o in outs) >= EVENTS, 60, 0.2,
+             f"{EVENTS} events handled")
+    by_cook = [[int(v) for v in written_lines(o)] for o in outs]
+    assert all(by_cook), "a cook on each supervisor handled events"
+    assert sorted(by_cook[0] + by_cook[1]) == list(range(EVENTS))
+
+
 def test_two_supervisors_and_a_broker_form_a_cluster_whose_workers_share_the_events(
         tmp_path: Path, zookeeper: ZooKeeper) -> None:
     plain = start_member(tmp_path, zookeeper, 2)
@@ -109,14 +121,7 @@ def test_two_supervisors_and_a_broker_form_a_cluster_whose_workers_share_the_eve
             wait_for(settled, 60, 0.2, "both cooks in group cook, each with partitions")
         finally:
             router.close()
-        with Producer(every, acks="all") as producer:
-            for i in range(EVENTS):
-                producer.send("orders", i, key=str(i))
-        wait_for(lambda: sum(len(written_lines(o)) for o in outs) >= EVENTS, 60, 0.2,
-                 f"{EVENTS} events handled")
-        by_cook = [[int(v) for v in written_lines(o)] for o in outs]
-        assert all(by_cook), "a cook on each supervisor handled events"
-        assert sorted(by_cook[0] + by_cook[1]) == list(range(EVENTS))
+        send_and_check_each_handled_once(every, outs)
         # each supervisor reads the group at its coordinator (maybe another broker)
         wait_for(lambda: (s := status(control1)) and s["workers"][0]["processed"] == EVENTS,
                  30, 0.2, f"rail status to count {EVENTS} committed")
@@ -233,14 +238,7 @@ def test_workers_only_supervisors_on_a_broker_list_are_distinct_members(
             wait_for(settled, 60, 0.2, f"members {expected}, each with partitions")
         finally:
             router.close()
-        with Producer(every, acks="all") as producer:
-            for i in range(EVENTS):
-                producer.send("orders", i, key=str(i))
-        wait_for(lambda: sum(len(written_lines(o)) for o in outs) >= EVENTS, 60, 0.2,
-                 f"{EVENTS} events handled")
-        by_cook = [[int(v) for v in written_lines(o)] for o in outs]
-        assert all(by_cook), "a cook on each supervisor handled events"
-        assert sorted(by_cook[0] + by_cook[1]) == list(range(EVENTS))
+        send_and_check_each_handled_once(every, outs)
     finally:
         try:
             for up in ups:
