@@ -161,8 +161,12 @@ class Watcher:
         return "degraded" if alive else "exited"
 
 
+# The supervisor's own secrets, which no child (broker, worker) needs: the console's token.
+WITHHELD = ("RAIL_CONSOLE_TOKEN",)
+
+
 def child_env(extra: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in WITHHELD}
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                      else "")
     env["PYTHONUNBUFFERED"] = "1"
