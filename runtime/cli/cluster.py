@@ -47,8 +47,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "replicas, waits until they are in sync, moves leadership if the leader leaves, "
         "then drops the old replicas (docs/cluster.md). The first replica is the "
         "preferred leader.")), "the result")
-    reassign.add_argument("topic", nargs="?")
-    reassign.add_argument("partition", nargs="?", type=int)
+    reassign.add_argument("topic", nargs="?", help="the topic of the partition to move "
+                          "(not with --plan)")
+    reassign.add_argument("partition", nargs="?", type=int, help="the partition to move")
     reassign.add_argument("--replicas", help="the new replica list: broker ids, comma-separated")
     reassign.add_argument("--plan", metavar="FILE", help="a JSON plan of many partitions")
     reassign.add_argument("--verify", action="store_true",
