@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 
 from brokerd import protocol as p
@@ -156,13 +157,24 @@ def test_a_reader_gone_before_the_first_line_gets_no_traceback(broker: BrokerPro
     assert len(events(broker, "small")) == 3
 
 
+# ``rail`` as a terminal starts it: SIGINT at its default and unblocked.  A process that
+# inherits SIGINT ignored or blocked keeps it so (as it should: that is how nohup and
+# background jobs work), and the whole suite's CI run twice started it that way here.
+AS_IN_A_TERMINAL = [sys.executable, "-c", "import os, signal, sys; "
+                    "signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+                    "os.execv(sys.executable, [sys.executable, '-m', 'runtime.cli', "
+                    "*sys.argv[1:]])"]
+
+
 def test_ctrl_c_stops_a_following_tail_with_130_and_no_traceback(broker: BrokerProcess) -> None:
     import signal
     create_topic(broker, "quiet", 1)
     for extra in ([], ["--group", "watchers"]):
         others = requests_by_others(broker)
         before = others()
-        proc = subprocess.Popen([*RAIL, "tail", "quiet", "-f", *extra], env=rail_env(broker),
+        proc = subprocess.Popen([*AS_IN_A_TERMINAL, "tail", "quiet", "-f", *extra],
+                                env=rail_env(broker),
                                 cwd=ROOT, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         try:
