@@ -169,8 +169,8 @@ class Producer:
                 partition = self._sticky.get(topic) if key is None else None
                 if partition is None:
                     partition = self._pick(topic, key)
-            elif topic not in self._partitions and len(self._cl.bootstrap) > 1:
-                self.partitions_for(topic)  # a cluster's leaders, as a keyed send learns them
+            elif topic not in self._partitions:
+                self._learn_leaders(topic)
             tp = (topic, partition)
             buf = self._buffers.get(tp)
             if buf is None:
@@ -190,8 +190,8 @@ class Producer:
         with self._lock:
             if partition is None:
                 partition = self._pick(topic, key)
-            elif topic not in self._partitions and len(self._cl.bootstrap) > 1:
-                self.partitions_for(topic)
+            elif topic not in self._partitions:
+                self._learn_leaders(topic)
             tp = (topic, partition)
             records = [(v,) for v in values] if key is None else [(v, key) for v in values]
             for start in range(0, len(records), self.batch_size):
@@ -225,8 +225,8 @@ class Producer:
                 else:
                     touched = self._extend((topic, 0), wire, callback)
             else:
-                if topic not in self._partitions and len(self._cl.bootstrap) > 1:
-                    self.partitions_for(topic)
+                if topic not in self._partitions:
+                    self._learn_leaders(topic)
                 touched = self._extend((topic, partition), wire, callback)
             if not self.linger_s:
                 self._ship_all([tp for tp in touched if tp in self._buffers])
@@ -299,6 +299,13 @@ class Producer:
             with self._lock:
                 count = self._partitions[topic] = self._lookup_partitions(topic)
         return count
+
+    def _learn_leaders(self, topic: str) -> None:
+        """A send to an explicit partition of a topic not looked up yet: given a cluster's
+        endpoints, learn its leaders first, as a keyed send does (else the first broker's
+        NOT_LEADER would be final)."""
+        if len(self._cl.bootstrap) > 1:
+            self.partitions_for(topic)
 
     def _lookup_partitions(self, topic: str) -> int:
         try:
@@ -390,7 +397,9 @@ class Producer:
     def _stuck(self, tp: tuple[str, int]) -> bool:
         """The oldest unacked batch of ``tp`` was sent more than STUCK_S ago."""
         queue = self._unacked.get(tp)
-        return bool(queue) and 0 < queue[0].sent_at < time.monotonic() - STUCK_S
+        if not queue:
+            return False
+        return 0 < queue[0].sent_at < time.monotonic() - STUCK_S
 
     def _backlog(self, tp: tuple[str, int]) -> int:
         """Records of ``tp`` formed into batches that wait behind max_in_flight others."""
