@@ -182,17 +182,28 @@ class Broker(Handlers):
         for fd in (api_fd, pull_fd, flusher_fd, signal_fd, cluster_fd):
             if fd >= 0:
                 poller.register(fd, select.EPOLLIN)
+        fetcher = self.cluster.fetcher if self.cluster is not None else None
+        fetcher_fds: set[int] = set()
+        if fetcher is not None:
+            def watch(fd: int) -> None:
+                fetcher_fds.add(fd)
+                poller.register(fd, select.EPOLLIN)
+            fetcher.watch = watch
         self._topics_flush_at = self._scan_flush_deadline()
         flush_at = self._flush_deadline()
         api_ready, pull_more = self._api_readable(), True  # look before the first sleep
+        fetched_more = False
         try:
             while not self._stopping:
-                timeout = 0 if api_ready or pull_more else self._timeout_ms(flush_at)
+                timeout = (0 if api_ready or pull_more or fetched_more
+                           else self._timeout_ms(flush_at))
                 fired = [fd for fd, _ in poller.poll(timeout / 1000)]
                 if flusher_fd in fired:
                     self._round_done(self.flusher.finished())
                 if cluster_fd in fired and self.cluster is not None:
                     self.cluster.handle_events()
+                if fetcher is not None and (fetched_more or not fetcher_fds.isdisjoint(fired)):
+                    fetcher.receive()  # a follower's answers first: a high watermark waits
                 if api_ready or api_fd in fired:
                     self._drain_api(api_ready)
                 if pull_more or pull_fd in fired:
@@ -206,6 +217,7 @@ class Broker(Handlers):
                 self._timers()
                 flush_at = self._maybe_flush()
                 api_ready = self._api_readable()  # this turn's sends may have taken its wake-up
+                fetched_more = fetcher is not None and fetcher.readable()
         finally:
             poller.close()
             self._shutdown()
@@ -267,7 +279,7 @@ class Broker(Handlers):
         """How long the loop may sleep: until the soonest timer (1 ms late rather than early)."""
         soonest = min(self._next_retention, self.memory.next_check)
         if self.cluster is not None:
-            soonest = min(soonest, self.cluster.next_timer)
+            soonest = min(soonest, self.cluster.next_timer, self.cluster.fetcher.next_due)
         for deadline in (flush_at, self.waiting.next_deadline(), self._expiry_at):
             if deadline is not None and deadline < soonest:
                 soonest = deadline
@@ -282,8 +294,11 @@ class Broker(Handlers):
             self.sessions_changed()
         if now >= self.memory.next_check:
             self.memory.check(now)
-        if self.cluster is not None and now >= self.cluster.next_timer:
-            self.cluster.timers(now)
+        if self.cluster is not None:
+            if now >= self.cluster.next_timer:
+                self.cluster.timers(now)
+            if now >= self.cluster.fetcher.next_due:
+                self.cluster.fetcher.tick(now)
         if now >= self._next_retention:
             self._next_retention = now + self.config.retention_check_ms / 1000
             self.housekeeping()

@@ -1,24 +1,24 @@
-"""The replica fetcher: one thread that copies the partitions this broker follows.
+"""The replica fetcher: copies the partitions this broker follows, on the broker loop.
 
 For each followed partition it first asks the leader where the follower's last epoch ended
-(``offset_for_leader_epoch``) and hands that to the loop, which truncates; then it sends
-``replica_fetch`` from the follower's log end, hands each answer to the loop, which appends
-it, and fetches again from the new end only once the loop says where that is.  So the
-leader never counts as replicated what this broker has not written.
+(``offset_for_leader_epoch``) and hands that to ``on_result``, which truncates; then it
+sends ``replica_fetch`` from the follower's log end, hands each answer to ``on_result``,
+which appends it, and fetches again from the new end only once ``resume`` says where that
+is.  So the leader never counts as replicated what this broker has not written.
 
-Thread-safety: the loop calls ``follow``, ``unfollow``, ``resume`` and ``stop``, which only
-put commands on a queue and wake the thread (a pipe in its poll: a ``resume`` waiting for
-the poll's timeout would cap replication at one round per timeout); the thread owns the
-sockets; results go to ``on_result`` (which queues them for the loop and wakes it).
+It runs on the loop, not on a thread of its own: an answer is appended and the next fetch
+sent in the same loop turn that read it.  (A thread cost two hand-offs per round, answer
+to the loop and the loop's ``resume`` back, each a pipe write and a wake-up: the round
+trip a high watermark waits for was half hand-offs; with the GIL a thread runs nothing in
+parallel anyway.)  The loop polls ``fds`` (``watch`` registers a new one), calls
+``receive`` when one fired or ``readable`` said a reply waits, and ``tick`` at
+``next_due``.  Nothing here blocks: a send the socket cannot queue is retried.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ TP = tuple[str, int]
 POLL_WAIT_MS = 500
 RETRY_S = 0.2
 REPLY_TIMEOUT_S = 5.0
+NEVER = float("inf")
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Follow:
     """This broker's start offset of the partition (the leader waits for it to move
     before it answers delete_records)."""
     waiting: bool = False
-    """A request is out, or the loop has not yet applied the last answer."""
+    """A request is out, or its answer was not applied (``resume`` not called)."""
     sent_at: float = 0.0
     retry_at: float = 0.0
 
@@ -65,109 +66,99 @@ class ReplicaFetcher:
         self.on_result = on_result
         self.context = context
         self.secure = secure  # with CURVE on: a client with this broker's key (docs/security.md)
-        self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._thread = threading.Thread(target=self._run, name="replica-fetcher", daemon=True)
+        self.watch: Callable[[int], None] = lambda fd: None
+        """Set by the loop: called with the file descriptor of each new socket."""
+        self.next_due = NEVER
+        """When ``tick`` has a retry or a reply timeout to look at (monotonic)."""
+        self.follows: dict[TP, Follow] = {}
+        self._sockets: dict[str, zmq.Socket] = {}
+        self._poller = zmq.Poller()
+        self._pending: dict[int, tuple[TP, int, int, str]] = {}  # id -> (tp, offset, epoch, topic id)
+        self._ids = itertools.count(1)
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(p.Reply).decode
 
-    # -- the loop's side --------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
     def follow(self, follow: Follow) -> None:
-        self._command(("follow", follow))
+        self.follows[follow.tp] = follow
+        self._send(follow, time.monotonic())
 
     def unfollow(self, tp: TP) -> None:
-        self._command(("unfollow", tp))
+        self.follows.pop(tp, None)
 
     def resume(self, tp: TP, leader_epoch: int, offset: int, start_offset: int) -> None:
-        """The loop applied the last answer: fetch ``tp`` from ``offset`` next (the log
-        starts at ``start_offset`` now)."""
-        self._command(("resume", tp, leader_epoch, offset, start_offset))
+        """The last answer is applied: fetch ``tp`` from ``offset`` now (the log starts at
+        ``start_offset``)."""
+        known = self.follows.get(tp)
+        if known is not None and known.leader_epoch == leader_epoch:
+            known.offset, known.start_offset, known.waiting = offset, start_offset, False
+            self._send(known, time.monotonic())
 
     def stop(self) -> None:
-        self._command(("stop",))
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._sockets.clear()
+        self.follows.clear()
 
-    def _command(self, command: tuple[Any, ...]) -> None:
-        self._commands.put(command)
-        try:
-            os.write(self._wake_w, b"!")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups the thread has yet to read: it will
+    # -- the loop's polling -----------------------------------------------------------
+    def readable(self) -> bool:
+        """An answer waits (zmq's descriptors signal only a change: a turn's sends can
+        take the signal of an answer that arrived meanwhile, so the loop asks)."""
+        return bool(self._sockets) and bool(self._poller.poll(0))
 
-    # -- the thread -------------------------------------------------------------------
-    def _run(self) -> None:
-        follows: dict[TP, Follow] = {}
-        sockets: dict[str, zmq.Socket] = {}
-        pending: dict[int, tuple[TP, int, int, str]] = {}  # id -> (tp, offset, epoch, topic id)
-        ids = itertools.count(1)
-        poller = zmq.Poller()
-        poller.register(self._wake_r, zmq.POLLIN)
-        try:
+    def receive(self) -> None:
+        """Apply every answer waiting on the sockets."""
+        for sock, _ in self._poller.poll(0):
             while True:
-                if not self._apply_commands(follows):
-                    return
-                now = time.monotonic()
-                for f in follows.values():
-                    if f.waiting and now - f.sent_at > REPLY_TIMEOUT_S + POLL_WAIT_MS / 1000:
-                        f.waiting = False  # lost (or the loop is slow): ask again; the loop
-                        # ignores an answer for an offset that is no longer its log's end
-                    if not f.waiting and now >= f.retry_at:
-                        sock = sockets.get(f.endpoint)
-                        if sock is None:
-                            sock = sockets[f.endpoint] = self.context.socket(zmq.DEALER)
-                            sock.setsockopt(zmq.LINGER, 0)
-                            if self.secure is not None:
-                                self.secure(sock)
-                            sock.connect(f.endpoint)
-                            poller.register(sock, zmq.POLLIN)
-                        rid = next(ids)
-                        pending[rid] = (f.tp, f.offset, f.leader_epoch, f.topic_id)
-                        sock.send(self._encode(self._request(f, rid)))
-                        f.waiting, f.sent_at = True, now
-                for sock, _ in poller.poll(50):
-                    if sock == self._wake_r:
-                        self._drain_wakeups()
-                        continue
-                    while sock.poll(0):
-                        self._received(sock.recv(), follows, pending)
-        except Exception:  # a bug here must be loud, not a silent stop
-            log.exception("replica fetcher stopped")
-        finally:
-            for sock in sockets.values():
-                sock.close(linger=0)
+                try:
+                    body = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._received(body)
 
-    def _drain_wakeups(self) -> None:
+    def tick(self, now: float) -> None:
+        """Ask again where an answer is overdue or an error's pause is over."""
+        self.next_due = NEVER
+        for f in list(self.follows.values()):
+            if f.waiting and now - f.sent_at > REPLY_TIMEOUT_S + POLL_WAIT_MS / 1000:
+                f.waiting = False  # lost (or its answer was dropped): ask again; an answer
+                # for an offset that is no longer the log's end is ignored
+            if not f.waiting:
+                self._send(f, now)
+            self._due(f)
+
+    # -- requests and answers ---------------------------------------------------------
+    def _send(self, f: Follow, now: float) -> None:
+        if f.waiting:
+            return
+        if now < f.retry_at:
+            self._due(f)
+            return
+        sock = self._sockets.get(f.endpoint) or self._connect(f.endpoint)
+        rid = next(self._ids)
         try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+            sock.send(self._encode(self._request(f, rid)), zmq.NOBLOCK)
+        except zmq.Again:  # the socket's queue is full: the leader is not reading
+            f.retry_at = now + RETRY_S
+            self._due(f)
+            return
+        self._pending[rid] = (f.tp, f.offset, f.leader_epoch, f.topic_id)
+        f.waiting, f.sent_at = True, now
+        self._due(f)
 
-    def _apply_commands(self, follows: dict[TP, Follow]) -> bool:
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return True
-            match command:
-                case ("stop",):
-                    return False
-                case ("follow", Follow() as f):
-                    follows[f.tp] = f
-                case ("unfollow", tp):
-                    follows.pop(tp, None)
-                case ("resume", tp, epoch, offset, start):
-                    known = follows.get(tp)
-                    if known is not None and known.leader_epoch == epoch:
-                        known.offset, known.start_offset, known.waiting = offset, start, False
+    def _due(self, f: Follow) -> None:
+        due = f.sent_at + REPLY_TIMEOUT_S + POLL_WAIT_MS / 1000 if f.waiting else f.retry_at
+        if due < self.next_due:
+            self.next_due = due
+
+    def _connect(self, endpoint: str) -> zmq.Socket:
+        sock = self._sockets[endpoint] = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.secure is not None:
+            self.secure(sock)
+        sock.connect(endpoint)
+        self._poller.register(sock, zmq.POLLIN)
+        self.watch(sock.getsockopt(zmq.FD))
+        return sock
 
     def _request(self, f: Follow, rid: int) -> p.Request:
         if f.offset < 0:
@@ -178,15 +169,14 @@ class ReplicaFetcher:
                               max_wait_ms=POLL_WAIT_MS, topic_id=f.topic_id,
                               start_offset=f.start_offset)
 
-    def _received(self, body: bytes, follows: dict[TP, Follow],
-                  pending: dict[int, tuple[TP, int, int, str]]) -> None:
+    def _received(self, body: bytes) -> None:
         try:
             reply = self._decode(body)
         except msgspec.DecodeError:
             log.error("replica fetcher: an undecodable reply")
             return
-        asked = pending.pop(reply.id, None)
-        f = follows.get(asked[0]) if asked else None
+        asked = self._pending.pop(reply.id, None)
+        f = self.follows.get(asked[0]) if asked else None
         if f is None or asked is None:
             return
         tp, offset, epoch, topic_id = asked  # what this answers: a late answer to an
@@ -200,6 +190,7 @@ class ReplicaFetcher:
                 self.on_result(("fetched", tp, topic_id, epoch, offset, reply))
             case p.ErrorReply():
                 f.waiting, f.retry_at = False, time.monotonic() + RETRY_S
+                self._due(f)
                 if reply.code != "UNKNOWN_LEADER_EPOCH":  # the leader has not caught up yet
                     log.info("replica fetch of %s[%d] from broker %d: %s: %s", *f.tp,
                              f.leader, reply.code, reply.message)

@@ -1,8 +1,8 @@
 """This broker's part in a cluster: replica roles, the leader's side of replication, and
 the controller when elected.
 
-Everything here runs on the broker loop.  ZooKeeper watches and the replica fetcher run on
-threads of their own and only post events (``_post``), which wake the loop through a pipe;
+Everything here runs on the broker loop, the replica fetcher too.  ZooKeeper watches run on
+kazoo's threads and only post events (``_post``), which wake the loop through a pipe;
 ``handle_events`` applies them one at a time, like Kafka's controller event queue.  ZooKeeper
 writes are compare-and-set on the znode version; the controller's also check the controller
 epoch, so a controller that was replaced cannot decide anything.  An ISR change is stored
@@ -83,7 +83,7 @@ class Cluster:
         self.store = ClusterStore(config.zookeeper, self.id, self._post,
                                   config.zookeeper_session_timeout_ms / 1000)
         security = broker.security
-        self.fetcher = ReplicaFetcher(self.id, self._post, broker.context,
+        self.fetcher = ReplicaFetcher(self.id, self._apply, broker.context,
                                       security.connect_securely if security else None)
         self.replicas: dict[TP, Replica] = {}
         self.topic_records: dict[str, TopicRecord] = {}
@@ -118,7 +118,6 @@ class Cluster:
         self._endpoints = (self.config.advertise or api, ingest)
         self.store.start()
         self.store.register(*self._endpoints)
-        self.fetcher.start()
         self._refresh()
         log.info("broker %d joined the cluster at %s (controller: %d)", self.id,
                  self.config.zookeeper, self.controller_id)
@@ -161,13 +160,17 @@ class Cluster:
                 event = self._events.get_nowait()
             except queue.Empty:
                 return
-            try:
-                self._handle(event)
-            except (KazooException, ClusterError) as exc:
-                log.warning("cluster event %s failed: %r; retried when ZooKeeper is back",
-                            event[0], exc)
-            except RailError as exc:
-                log.error("cluster event %s failed: %s", event[0], exc.message)
+            self._apply(event)
+
+    def _apply(self, event: tuple[Any, ...]) -> None:
+        """Handle one event (from ``handle_events``, or the fetcher's answers directly)."""
+        try:
+            self._handle(event)
+        except (KazooException, ClusterError) as exc:
+            log.warning("cluster event %s failed: %r; retried when ZooKeeper is back",
+                        event[0], exc)
+        except RailError as exc:
+            log.error("cluster event %s failed: %s", event[0], exc.message)
 
     def _handle(self, event: tuple[Any, ...]) -> None:
         if event[0] in ZK_EVENTS and not self.store.connected:
