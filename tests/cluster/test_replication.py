@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -295,3 +296,59 @@ def test_all_brokers_killed_at_once_and_restarted_lose_nothing_acknowledged(
             b.stop()
     logs = check_replicas(brokers, "t", PARTITIONS, producer.acked)
     assert sum(len(v) for v in logs["0"].values()) == 60
+
+
+def test_the_zookeeper_leader_killed_under_acks_all_producers_loses_nothing(
+        tmp_path: Path) -> None:
+    """Killing the ensemble's leader drops every broker's connection until the two nodes
+    left elect a new one: the brokers step down meanwhile, then lead again on the sessions
+    they kept, and producing resumes, with nothing acknowledged lost or doubled."""
+    from tests.cluster.zookeeper import available, start_zookeeper
+    why = available()
+    if why:
+        pytest.skip(why)
+    ensemble = start_zookeeper(tmp_path / "zk3", nodes=3)
+    brokers: list[BrokerProcess] = []
+    try:
+        brokers = start_three(tmp_path, ensemble)
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="t", partitions=PARTITIONS)
+        wait_in_sync(apis, "t", PARTITIONS, 3)
+        producer = LeaderProducer(apis, "t", producer_id=41)
+        stop = threading.Event()
+        acked_at: list[float] = []
+
+        def produce() -> None:
+            i = 0
+            while not stop.is_set():
+                producer.send(i % PARTITIONS, [f"v-{i}"])
+                acked_at.append(time.monotonic())
+                i += 1
+        worker = threading.Thread(target=produce, daemon=True)
+        worker.start()
+        wait_for(lambda: len(acked_at) >= 30, timeout=30, what="30 acks before the kill")
+        leader = next(i for i in range(3) if ensemble.mode(i) == "leader")
+        killed_at = time.monotonic()
+        ensemble.kill9(leader)
+        wait_for(lambda: any(ensemble.mode(i) == "leader" for i in range(3) if i != leader),
+                 timeout=60, interval=0.2, what="a new ZooKeeper leader")
+        # Writes resume on every partition: 30 more acks after the kill, all partitions.
+        wait_for(lambda: sum(1 for t in acked_at if t > killed_at) >= 30, timeout=60,
+                 interval=0.2, what="30 acks after the ZooKeeper leader's kill")
+        stop.set()
+        worker.join(timeout=70)
+        assert not worker.is_alive()
+        # The pause is the election plus the brokers' step down and return (about 1 s
+        # here), well inside their 6 s sessions: no session was lost.
+        gaps = [b - a for a, b in zip(acked_at, acked_at[1:], strict=False)]
+        assert max(gaps) < 12, f"writes paused {max(gaps):.1f} s"
+        ensemble.start_node(leader)
+        wait_in_sync(apis, "t", PARTITIONS, 3, timeout=60)
+        producer.close()
+    finally:
+        for b in brokers:
+            b.stop()
+        ensemble.stop()
+    logs = check_replicas(brokers, "t", PARTITIONS, producer.acked)
+    assert sum(len(v) for v in logs["0"].values()) == len(producer.acked)
