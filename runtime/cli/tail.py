@@ -10,20 +10,23 @@ import argparse
 import json
 import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 
 from brokerd import protocol as p
 from runtime.cli.common import (
-    UsageError, connect, event_json, event_line, guarded, jsonable, parse_time, plural,
+    CommandError, UsageError, connect, event_json, event_line, guarded, jsonable, parse_time, plural,
     set_handler, with_broker,
 )
 from runtime.client import Consumer, Event, events_of_fetch
 from runtime.connection import Connection
+from runtime.routing import Router
 
 TAIL_LAST = 10  # without -o or --from-beginning, tail shows this many last events per partition
 FOLLOW_WAIT_MS = 500
+GROUP_QUIET_S = 15.0  # --group without --follow: give up when nothing comes this long short of the end
 Render = Callable[[Event], bytes]
 
 
@@ -156,20 +159,58 @@ def _fetch_round(conn: Connection, topic: str, positions: dict[int, int],
 def _tail_group(args: argparse.Namespace, render: Render) -> int:
     start = "earliest" if args.from_beginning else "latest"
     out, shown = sys.stdout.buffer, 0
-    with Consumer(args.broker, group=args.group, topics=[args.topic], start=start,
-                  client_id="rail-tail", timeout_s=5.0) as consumer:
-        while True:
-            events = consumer.poll(timeout_s=1.0)
-            done: dict[tuple[str, int], int] = {}
-            for event in events[:None if args.count is None else args.count - shown]:
-                out.write(render(event))
-                done[(event.topic, event.partition)] = event.offset + 1
-                shown += 1
-            out.flush()
-            if done:
-                consumer.commit(done)
-            if shown == args.count or (not events and not args.follow):
-                return 0
+    admin = connect(args)
+    try:
+        # Without --follow: the end is each partition's end now (an empty poll is not it:
+        # joining, or finding a new leader after a failover, can take longer than a poll).
+        ends = None if args.follow else {
+            i.partition: (i.start_offset, i.end_offset)
+            for i in admin.call(p.Metadata(topics=[args.topic])).topics[0].partitions}
+        with Consumer(args.broker, group=args.group, topics=[args.topic], start=start,
+                      client_id="rail-tail", timeout_s=5.0) as consumer:
+            quiet_since = time.monotonic()
+            while True:
+                events = consumer.poll(timeout_s=1.0)
+                done: dict[tuple[str, int], int] = {}
+                for event in events[:None if args.count is None else args.count - shown]:
+                    out.write(render(event))
+                    done[(event.topic, event.partition)] = event.offset + 1
+                    shown += 1
+                out.flush()
+                if done:
+                    consumer.commit(done)
+                if shown == args.count:
+                    return 0
+                if events or ends is None:
+                    quiet_since = time.monotonic()
+                elif _read_to_end(consumer, admin, args, ends):
+                    return 0
+                elif time.monotonic() - quiet_since > GROUP_QUIET_S:
+                    raise CommandError(
+                        f"group {args.group}: nothing more came for {GROUP_QUIET_S:.0f} s "
+                        f"before the end of {args.topic} (its partitions {sorted(ends)} end at "
+                        f"{[e for _, e in ends.values()]}): is a partition without a leader?")
+    finally:
+        admin.close()
+
+
+def _read_to_end(consumer: Consumer, admin: Connection | Router, args: argparse.Namespace,
+                 ends: dict[int, tuple[int, int]]) -> bool:
+    """Every partition this member was given is read up to its end as of the start: its
+    position, else the group's committed offset, else where ``start`` puts it."""
+    mine = [tp for tp in consumer.assignment if tp[0] == args.topic and tp[1] in ends]
+    if not mine:
+        return False  # not given partitions yet (or all went to other members: they wait)
+    reply = admin.call(p.DescribeGroup(group=args.group))
+    committed = {(x.topic, x.partition): x.committed for x in reply.partitions}
+    for tp in mine:
+        first, end = ends[tp[1]]
+        position = consumer.positions.get(tp, committed.get(tp))
+        if position is None:
+            position = first if args.from_beginning else end
+        if position < end:
+            return False
+    return True
 
 
 # -- writing --------------------------------------------------------------------------

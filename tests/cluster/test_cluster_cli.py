@@ -94,6 +94,20 @@ def test_rail_given_the_clusters_endpoints_sends_tails_and_describes_groups_thro
             return json.loads(run.stdout) if run.returncode == 0 else None
         again = wait_for(described, 60, interval=0.5, what="the group described after the kill")
         assert sum(x["committed"] or 0 for x in again["partitions"]) == 30
+
+        # Offsets moved back and the group deleted, at whichever broker coordinates it now.
+        reset = rail("groups", "reset-offsets", "cooks", "--topic", "t", "--to-earliest",
+                     "--execute", "--broker", every)
+        assert reset.returncode == 0, reset.stderr
+        moved = described()
+        assert moved is not None and sum(x["committed"] or 0 for x in moved["partitions"]) == 0
+        reread = rail("tail", "t", "--group", "cooks", "--broker", every)
+        assert reread.returncode == 0 and len(reread.stdout.splitlines()) == 30, reread.stderr
+        deleted = rail("groups", "delete", "cooks", "--broker", every)
+        assert deleted.returncode == 0, deleted.stderr
+        listed = rail("groups", "--json", "--broker", every)
+        assert listed.returncode == 0, listed.stderr
+        assert "cooks" not in [g["group"] for g in json.loads(listed.stdout)]
     finally:
         for b in brokers:
             b.stop()
