@@ -15,7 +15,8 @@ keeps several batches in flight, and is idempotent by default: every batch carri
 producer id and sequence number, so a batch retried after a timeout or a broker restart is
 never written twice.  A batch not acknowledged within ``delivery_timeout_s`` (default 120)
 is given up: its callbacks get an ``UNAVAILABLE`` error, it is added to
-``producer.errors``, and a ``send`` waiting for room in flight returns.  The consumer is a group member: the broker assigns it partitions and
+``producer.errors`` (which keeps the last 10,000), and a ``send`` waiting for room in flight
+returns.  The consumer is a group member: the broker assigns it partitions and
 remembers its position, and a streaming poll parked at the broker sends each new event as
 it arrives.  ``commit`` makes progress durable: a sync commit waits for the broker; async
 commits go out at most once per ``commit_interval_ms`` (default 100), the ones in between

@@ -30,7 +30,7 @@ import msgspec
 import zmq
 
 from brokerd import protocol as p
-from runtime.connection import DEFAULT_BROKER, BrokerError, Connection
+from runtime.connection import DEFAULT_BROKER, BrokerError, Connection, keep_error
 from runtime.consumer import Batch, Consumer, batches_of_fetch
 from runtime.routing import bootstrap_list, call_any, leaders_of, metadata_from_any
 
@@ -286,7 +286,7 @@ class ClusterConsumer(Consumer):
             elif reply.code in LEADER_GONE:
                 self._waiting.add(tp)
             else:
-                self.conn.async_errors.append(BrokerError(reply.code, reply.message))
+                keep_error(self.conn.async_errors, BrokerError(reply.code, reply.message))
             return []
         if tp not in self._owned or self._fetch_at.get(tp) != reply.offset:
             return []

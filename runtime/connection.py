@@ -25,6 +25,17 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _encoder = msgspec.msgpack.Encoder()
 _replies = msgspec.msgpack.Decoder(p.Reply)
 
+MAX_ERRORS = 10_000
+"""Errors a client keeps for its caller to read (``Producer.errors``, ``async_errors``)."""
+
+
+def keep_error(errors: list[BrokerError], error: BrokerError) -> None:
+    """Append ``error``; past MAX_ERRORS drop the oldest half, so that a long-running
+    client whose errors nobody reads does not grow without end."""
+    if len(errors) >= MAX_ERRORS:
+        del errors[:MAX_ERRORS // 2]
+    errors.append(error)
+
 
 class BrokerError(Exception):
     """The broker refused a request: ``code`` is stable, ``message`` says what to do."""
@@ -175,7 +186,7 @@ class Connection:
             self._unwatched.discard(request_id)
             reply = _replies.decode(body)
             if isinstance(reply, p.ErrorReply):
-                self.async_errors.append(BrokerError(reply.code, reply.message))
+                keep_error(self.async_errors, BrokerError(reply.code, reply.message))
             return
         self._stash[request_id] = body
 

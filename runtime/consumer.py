@@ -13,7 +13,13 @@ from typing import Any, Callable, Literal
 import msgspec
 
 from brokerd import protocol as p
-from runtime.connection import DEFAULT_BROKER, BrokerError, BrokerUnavailable, Connection
+from runtime.connection import (
+    DEFAULT_BROKER,
+    BrokerError,
+    BrokerUnavailable,
+    Connection,
+    keep_error,
+)
 
 class Event(msgspec.Struct):
     """One record as a consumer sees it."""
@@ -556,7 +562,7 @@ class Consumer:
             del self._sent[(t, part)]
         if exc.code not in RETRIED:
             if sent_at is not None:  # a sync commit raises it instead
-                self.conn.async_errors.append(exc)
+                keep_error(self.conn.async_errors, exc)
             return
         if exc.code == "NOT_MEMBER" and sent_at is not None and sent_at > self._joined_at:
             self._forgotten_at = max(self._forgotten_at, sent_at)  # poll joins again

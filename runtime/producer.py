@@ -40,7 +40,14 @@ import msgspec
 import zmq
 
 from brokerd import protocol as p
-from runtime.connection import DEFAULT_BROKER, BrokerError, BrokerUnavailable, Connection, check
+from runtime.connection import (
+    DEFAULT_BROKER,
+    BrokerError,
+    BrokerUnavailable,
+    Connection,
+    check,
+    keep_error,
+)
 from runtime.routing import bootstrap_list, leaders_of, metadata_from_any
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -605,8 +612,9 @@ class Producer:
         self._report(batch, error)
 
     def _report(self, batch: _Batch, error: BrokerError) -> None:
-        """A batch failed for good: ``producer.errors`` and its callbacks say so."""
-        self.errors.append(error)
+        """A batch failed for good: ``producer.errors`` (the last MAX_ERRORS) and its
+        callbacks say so."""
+        keep_error(self.errors, error)
         for callback in batch.callbacks:
             callback(batch.partition, -1, error)
 
