@@ -4,13 +4,18 @@ leader's endpoint per partition.  Shared by the producer and the cluster consume
 from __future__ import annotations
 
 import itertools
+import re
+import socket
 import time
+from collections.abc import Iterator
 from typing import Any, cast
 
 import zmq
 
 from brokerd import protocol as p
 from runtime.connection import BrokerError, BrokerUnavailable, Connection
+
+PROBE_S = 0.3  # a TCP connect that takes longer than this counts as refused (refusing)
 
 
 def bootstrap_list(broker: str, default: str) -> list[str]:
@@ -22,9 +27,10 @@ def call_any(endpoints: list[str], context: zmq.Context, request: Any, timeout_s
              retriable: frozenset[str] = frozenset({"UNAVAILABLE"})) -> Any:
     """``request``'s reply from the first of ``endpoints`` that answers it, each asked on a
     connection of its own (so that no other request's replies interleave); a refusal in
-    ``retriable`` moves on to the next one.  The last error if none answers."""
+    ``retriable`` moves on to the next one.  The last error if none answers.  Endpoints
+    whose port refuses connections are asked last (``refusing``)."""
     error: BrokerError = BrokerUnavailable(",".join(endpoints), timeout_s)
-    for endpoint in dict.fromkeys(endpoints):
+    for endpoint in _refusing_last(list(dict.fromkeys(endpoints))):
         conn = Connection(endpoint, context=context, timeout_s=timeout_s)
         try:
             return conn.call(request)
@@ -35,6 +41,37 @@ def call_any(endpoints: list[str], context: zmq.Context, request: Any, timeout_s
         finally:
             conn.close()
     raise error
+
+
+def _refusing_last(endpoints: list[str]) -> Iterator[str]:
+    """``endpoints`` in order, those ``refusing`` (looked at one by one, as reached)
+    after the others."""
+    if len(endpoints) < 2:
+        yield from endpoints
+        return
+    refused = []
+    for endpoint in endpoints:
+        if refusing(endpoint):
+            refused.append(endpoint)
+        else:
+            yield endpoint
+    yield from refused
+
+
+def refusing(endpoint: str) -> bool:
+    """Whether ``endpoint`` (``tcp://host:port``) refuses TCP connections now: a broker
+    that is down.  ZeroMQ would keep retrying such a connection in silence, and a request
+    sent there waits for its whole timeout (seconds per dead broker in a bootstrap list,
+    for each metadata or coordinator look-up); a refused connect takes microseconds.  A
+    host that does not answer at all counts as refusing after PROBE_S."""
+    match = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+)", endpoint.strip())
+    if match is None or match.group(1) == "*":
+        return False
+    try:
+        with socket.create_connection((match.group(1), int(match.group(2))), timeout=PROBE_S):
+            return False
+    except OSError:
+        return True
 
 
 def metadata_from_any(endpoints: list[str], context: zmq.Context, topics: list[str] | None,
@@ -153,6 +190,10 @@ class Router:
             if leader is not None:
                 return leader
         candidates = list(dict.fromkeys(self._brokers + self.bootstrap))
+        for _ in range(len(candidates) if len(candidates) > 1 else 0):
+            if not refusing(candidates[self._turn % len(candidates)]):
+                break
+            self._turn += 1  # down: the next one (all down: the one after the last tried)
         return candidates[self._turn % len(candidates)]
 
     def _forget(self, request: Any, endpoint: str | None, exc: BrokerError) -> None:
