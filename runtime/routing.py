@@ -256,6 +256,10 @@ class Router:
         self._conns.clear()
 
 
+Link = Connection | Router
+"""What ``connect`` gives: a request-at-a-time link to one broker or to a cluster."""
+
+
 def connect(endpoints: str, context: zmq.Context | None = None,
             timeout_s: float = 10.0) -> Connection | Router:
     """A Connection to one broker, or a Router over a cluster's endpoints."""

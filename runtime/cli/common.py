@@ -11,6 +11,8 @@ import sys
 from datetime import datetime
 from typing import Any, Callable
 
+import zmq
+
 from runtime.client import DEFAULT_BROKER, Event
 from runtime.connection import BrokerError, Connection
 from runtime import routing
@@ -87,6 +89,11 @@ def guarded(func: Callable[[argparse.Namespace], int],
             bad = arg_bytes(exc.object[exc.start:exc.end])
             print(f"rail {name}: {arg_bytes(exc.object)!r} is not UTF-8 (byte {bad[0]:#x}): "
                   "topic and group names must be UTF-8 text", file=sys.stderr)
+            return EXIT_ERROR
+        except zmq.ZMQError as exc:  # an endpoint ZeroMQ cannot use (a --broker without tcp://)
+            hint = (": give tcp://HOST:PORT (a cluster's several, comma-separated)"
+                    if exc.errno == zmq.EINVAL else "")
+            print(f"rail {name}: {exc}{hint}", file=sys.stderr)
             return EXIT_ERROR
         except OSError as exc:
             print(f"rail {name}: {exc}", file=sys.stderr)

@@ -128,9 +128,10 @@ def show_source_offsets(broker: str, name: str, entry: dict[str, Any]) -> None:
     """A source's checkpoints in ``_connect-offsets`` (what a restart resumes from, before
     the tail scan)."""
     from runtime.connect.offsets import load_checkpoint
-    from runtime.connection import BrokerError, Connection
+    from runtime.connection import BrokerError
+    from runtime.routing import connect
 
-    conn = Connection(broker, timeout_s=5)
+    conn = connect(broker, timeout_s=5)
     try:
         for task in range(max(1, int(entry.get("tasks", 1)))):
             point = load_checkpoint(conn, f"{name}/{task}")

@@ -28,7 +28,7 @@ import msgspec
 from brokerd import protocol as p
 from runtime.client import events_of_fetch
 from runtime.connect.errors import ConnectError
-from runtime.connection import Connection
+from runtime.routing import Link
 
 OFFSETS_TOPIC = "_connect-offsets"
 HEADER = "rail.src"
@@ -66,12 +66,12 @@ def record_headers(task_key: str, seq: int, partition: str, offset: Any) -> dict
     return {HEADER: Headers(task_key, None).value(seq, partition, offset)}
 
 
-def ensure_offsets_topic(conn: Connection) -> None:
+def ensure_offsets_topic(conn: Link) -> None:
     conn.call(p.CreateTopic(topic=OFFSETS_TOPIC, partitions=1,
                             config={"cleanup_policy": "compact"}, exist_ok=True))
 
 
-def read_partition(conn: Connection, topic: str, partition: int, start: int) -> list[Any]:
+def read_partition(conn: Link, topic: str, partition: int, start: int) -> list[Any]:
     """Every event of ``topic[partition]`` from ``start`` to its end offset now."""
     events: list[Any] = []
     offset = start
@@ -86,7 +86,7 @@ def read_partition(conn: Connection, topic: str, partition: int, start: int) -> 
         offset = got[-1].offset + 1
 
 
-def load_checkpoint(conn: Connection, task_key: str) -> Checkpoint:
+def load_checkpoint(conn: Link, task_key: str) -> Checkpoint:
     ensure_offsets_topic(conn)
     last = None
     for event in read_partition(conn, OFFSETS_TOPIC, 0, 0):
@@ -95,7 +95,7 @@ def load_checkpoint(conn: Connection, task_key: str) -> Checkpoint:
     return Checkpoint() if last is None else msgspec.convert(last, Checkpoint, strict=False)
 
 
-def recover(conn: Connection, task_key: str, topics: list[str]) -> tuple[Checkpoint, set[int]]:
+def recover(conn: Link, task_key: str, topics: list[str]) -> tuple[Checkpoint, set[int]]:
     """The last checkpoint, advanced by the task's records stored after it, and the
     sequence numbers stored beyond the first one missing.
 

@@ -27,8 +27,9 @@ from runtime.connect.offsets import (
 )
 from runtime.connect.records import SourceRecord
 from runtime.connect.settings import ConnectorSettings
-from runtime.connection import BrokerUnavailable, Connection
+from runtime.connection import BrokerUnavailable
 from runtime.dlq import dlq_topic
+from runtime.routing import Link, connect
 from runtime.worker import Hosted
 
 IDLE_PAUSE_S = 0.1  # after the source said it has nothing now
@@ -48,7 +49,7 @@ class SourceTask:
 
     def run(self) -> int:
         broker = self.host.options.broker
-        conn = Connection(broker)
+        conn = connect(broker)
         try:
             point = self._recover(conn)
             if point is None:
@@ -73,7 +74,7 @@ class SourceTask:
             conn.close()
         return 0
 
-    def _recover(self, conn: Connection) -> Checkpoint | None:
+    def _recover(self, conn: Link) -> Checkpoint | None:
         scanned = self.topics + [dlq_topic(t) for t in self.topics]
         while not self.host.stopping:
             try:
@@ -84,7 +85,7 @@ class SourceTask:
                 time.sleep(BROKER_RETRY_S)
         return None
 
-    def _loop(self, conn: Connection, producer: Producer) -> None:
+    def _loop(self, conn: Link, producer: Producer) -> None:
         records = self.source.records()
         self.host.state = "running"
         while not self.host.stopping:
@@ -109,7 +110,7 @@ class SourceTask:
                 break
         return batch
 
-    def _send(self, conn: Connection, producer: Producer, batch: list[SourceRecord]) -> None:
+    def _send(self, conn: Link, producer: Producer, batch: list[SourceRecord]) -> None:
         self.host.idle = False
         point = self.point
         offsets, stored_ahead, header = point.offsets, self.stored_ahead, self.headers.value
@@ -166,7 +167,7 @@ class SourceTask:
         producer.send(dlq_topic(topic), record.value, key=record.key, headers=headers)
         self.host.failed += 1
 
-    def _checkpoint(self, conn: Connection, producer: Producer) -> None:
+    def _checkpoint(self, conn: Link, producer: Producer) -> None:
         scanned = set(self.topics) | {dlq_topic(t) for t in self.topics}
         for info in conn.call(p.Metadata(topics=None)).topics:
             if info.name not in scanned:

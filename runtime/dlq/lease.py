@@ -13,8 +13,9 @@ import threading
 import time
 
 from brokerd import protocol as p
-from runtime.connection import BrokerError, Connection
+from runtime.connection import BrokerError
 from runtime.dlq.letters import cursor_group
+from runtime.routing import Link, connect
 
 SESSION_MS = 3000
 HEARTBEAT_S = 0.5
@@ -34,7 +35,7 @@ class Lease:
         self._stop = threading.Event()
         self._beats: threading.Thread | None = None
 
-    def acquire(self, conn: Connection, wait_s: float = WAIT_S) -> None:
+    def acquire(self, conn: Link, wait_s: float = WAIT_S) -> None:
         """Become the group's only member, or raise ``BrokerError("REPLAY_RUNNING")``."""
         deadline = time.monotonic() + wait_s
         while True:
@@ -54,7 +55,7 @@ class Lease:
         self._beats.start()
 
     def _beat(self) -> None:
-        conn = Connection(self.broker, timeout_s=HEARTBEAT_S * 4)
+        conn = connect(self.broker, timeout_s=HEARTBEAT_S * 4)
         try:
             while not self._stop.wait(HEARTBEAT_S):
                 try:
@@ -75,12 +76,12 @@ class Lease:
             raise BrokerError("REPLAY_RUNNING", f"this replay of {self.dlq} lost its lease "
                               f"(silent past {SESSION_MS} ms): run it again")
 
-    def commit(self, conn: Connection, offsets: list[tuple[str, int, int]]) -> None:
+    def commit(self, conn: Link, offsets: list[tuple[str, int, int]]) -> None:
         """Commit ``offsets`` to the group as its member."""
         conn.call(p.Commit(group=self.group, offsets=offsets, member_id=self.member_id,
                            generation=self.generation))
 
-    def release(self, conn: Connection) -> None:
+    def release(self, conn: Link) -> None:
         self._stop.set()
         if self._beats is not None:
             self._beats.join(timeout=HEARTBEAT_S * 8)

@@ -19,11 +19,12 @@ from typing import Any
 
 from brokerd import protocol as p
 from runtime.client import Event, Producer
-from runtime.connection import BrokerError, Connection
+from runtime.connection import BrokerError
 from runtime.dlq.lease import Lease
 from runtime.dlq.letters import (REPLAYED_FROM, cursor_group, fetch_range, header, ledger_topic,
                                  location, parse_location, partitions, read_all, source_topic,
                                  text)
+from runtime.routing import Link
 
 INTENT_KEY = "intent"
 LEDGER_SEGMENT_BYTES = 1024 * 1024  # small: compaction cleans only rolled segments
@@ -57,7 +58,7 @@ class ReplayRecord:
         return self.intent is not None and self.intent.get("state") == "open"
 
 
-def load_record(conn: Connection, dlq: str) -> ReplayRecord:
+def load_record(conn: Link, dlq: str) -> ReplayRecord:
     """Read ``dlq``'s replay cursor (committed offsets) and ledger from the broker."""
     record = ReplayRecord(dlq)
     described = conn.call(p.DescribeGroup(group=cursor_group(dlq)))
@@ -85,20 +86,20 @@ def ledger_entry(producer: Producer, dead: Event, to: str | None) -> dict[str, A
     return entry
 
 
-def ensure_ledger(conn: Connection, dlq: str) -> None:
+def ensure_ledger(conn: Link, dlq: str) -> None:
     conn.call(p.CreateTopic(topic=ledger_topic(dlq), partitions=1,
                             config={"cleanup_policy": "compact", "retention_ms": -1,
                                     "segment_bytes": LEDGER_SEGMENT_BYTES}, exist_ok=True))
 
 
-def _source_ends(conn: Connection, topics: set[str]) -> dict[str, dict[str, int]]:
+def _source_ends(conn: Link, topics: set[str]) -> dict[str, dict[str, int]]:
     ends: dict[str, dict[str, int]] = {}
     for topic in sorted(topics):
         ends[topic] = {str(i.partition): i.end_offset for i in partitions(conn, topic) or []}
     return ends
 
 
-def interrupted_sends(conn: Connection, record: ReplayRecord) -> list[tuple[Event, str]]:
+def interrupted_sends(conn: Link, record: ReplayRecord) -> list[tuple[Event, str]]:
     """The dead letters an interrupted replay had sent, with where each went.
 
     The source topics are read from the end offsets the intent noted before anything was
@@ -116,7 +117,7 @@ def interrupted_sends(conn: Connection, record: ReplayRecord) -> list[tuple[Even
             for dead in _dead_letters_at(conn, record.dlq, set(sent))]
 
 
-def recover(conn: Connection, producer: Producer | None, record: ReplayRecord) -> int:
+def recover(conn: Link, producer: Producer | None, record: ReplayRecord) -> int:
     """Finish an interrupted replay: record as replayed whatever of it reached its source
     (in ``record``, and in the ledger unless ``producer`` is None, as on a dry run).
     Returns how many dead letters were found sent."""
@@ -134,7 +135,7 @@ def recover(conn: Connection, producer: Producer | None, record: ReplayRecord) -
     return len(found)
 
 
-def _dead_letters_at(conn: Connection, dlq: str, places: set[tuple[int, int]]) -> list[Event]:
+def _dead_letters_at(conn: Link, dlq: str, places: set[tuple[int, int]]) -> list[Event]:
     """The dead letters of ``dlq`` at these (partition, offset) places that still exist."""
     found: list[Event] = []
     for part in sorted({pl[0] for pl in places}):
@@ -150,7 +151,7 @@ def flush(producer: Producer) -> None:
         raise producer.errors[0]
 
 
-def send_intent(conn: Connection, producer: Producer, dlq: str, events: list[Event]) -> None:
+def send_intent(conn: Link, producer: Producer, dlq: str, events: list[Event]) -> None:
     """Durably note, before sending, where the source topics ended (see ``recover``)."""
     sources = _source_ends(conn, {source_topic(e) for e in events})
     producer.send(ledger_topic(dlq), {"state": "open", "sources": sources,
@@ -167,7 +168,7 @@ def record_replays(producer: Producer, dlq: str, events: list[Event],
     flush(producer)
 
 
-def move_cursor(lease: Lease, conn: Connection, record: ReplayRecord,
+def move_cursor(lease: Lease, conn: Link, record: ReplayRecord,
                 moves: dict[int, int]) -> None:
     """Commit the cursor forward as the lease's member.  The ledger already covers what it
     would, so a commit refused (the lease was lost) loses nothing."""

@@ -15,7 +15,8 @@ from typing import Any
 
 from brokerd import protocol as p
 from runtime.client import Event, Producer, events_of_fetch
-from runtime.connection import BrokerError, Connection
+from runtime.connection import BrokerError
+from runtime.routing import Link
 
 SUFFIX = ".dlq"
 HEADER_PREFIX = "rail."
@@ -126,7 +127,7 @@ def replay_headers(event: Event) -> dict[str, Any]:
 # -- reading ----------------------------------------------------------------------------
 
 
-def fetch_range(conn: Connection, topic: str, partition: int, start: int, end: int,
+def fetch_range(conn: Link, topic: str, partition: int, start: int, end: int,
                 max_wait_ms: int = 0) -> list[Event]:
     """The events of ``topic[partition]`` from ``start`` up to (not including) ``end``."""
     events: list[Event] = []
@@ -142,7 +143,7 @@ def fetch_range(conn: Connection, topic: str, partition: int, start: int, end: i
     return events
 
 
-def partitions(conn: Connection, topic: str) -> list[p.PartitionInfo] | None:
+def partitions(conn: Link, topic: str) -> list[p.PartitionInfo] | None:
     """``topic``'s partitions with their start and end offsets, or None if it is missing."""
     try:
         return list(conn.call(p.Metadata(topics=[topic])).topics[0].partitions)
@@ -152,7 +153,7 @@ def partitions(conn: Connection, topic: str) -> list[p.PartitionInfo] | None:
         raise
 
 
-def read_all(conn: Connection, topic: str) -> list[Event]:
+def read_all(conn: Link, topic: str) -> list[Event]:
     """Every event currently in ``topic``, partition by partition (fetch, not a group)."""
     events: list[Event] = []
     for info in partitions(conn, topic) or []:

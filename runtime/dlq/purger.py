@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from brokerd import protocol as p
 from runtime.client import Producer
-from runtime.connection import BrokerError, Connection
+from runtime.connection import BrokerError
 from runtime.dlq import ledger
 from runtime.dlq.letters import dlq_name, ledger_topic, partitions
+from runtime.routing import Link, connect
 
 
 def purge(broker: str, topic: str, before: int | None,
@@ -15,7 +16,7 @@ def purge(broker: str, topic: str, before: int | None,
     ``partition``), then forget their ledger records.  Returns ``{partition: (old start,
     new start)}``.  Raises ``BrokerError("UNKNOWN_TOPIC")`` when there is no such DLQ."""
     dlq = dlq_name(topic)
-    conn = Connection(broker, timeout_s=10.0)
+    conn = connect(broker, timeout_s=10.0)
     try:
         infos = partitions(conn, dlq)
         if infos is None:
@@ -31,7 +32,7 @@ def purge(broker: str, topic: str, before: int | None,
         conn.close()
 
 
-def _move_start(conn: Connection, dlq: str, info: p.PartitionInfo, before: int | None) -> int:
+def _move_start(conn: Link, dlq: str, info: p.PartitionInfo, before: int | None) -> int:
     target = -1 if before is None else min(before, info.end_offset)
     if target != -1 and target <= info.start_offset:
         return info.start_offset
@@ -39,7 +40,7 @@ def _move_start(conn: Connection, dlq: str, info: p.PartitionInfo, before: int |
                                          offset=target)).start_offset)
 
 
-def _forget(broker: str, conn: Connection, dlq: str, starts: dict[int, int]) -> None:
+def _forget(broker: str, conn: Link, dlq: str, starts: dict[int, int]) -> None:
     """Tombstone the ledger records of purged dead letters, so compaction drops them."""
     if partitions(conn, ledger_topic(dlq)) is None:
         return

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from runtime.client import Event, Producer
-from runtime.connection import BrokerError, Connection
+from runtime.connection import BrokerError
 from runtime.dlq import ledger
 from runtime.dlq.lease import WAIT_S, Lease
 from runtime.dlq.ledger import ReplayRecord
 from runtime.dlq.letters import (dlq_name, fetch_range, location, partitions, replay_headers,
                                  source_topic)
 from runtime.dlq.selection import Selection
+from runtime.routing import Link, connect
 
 
 @dataclass
@@ -28,7 +29,7 @@ class ReplayResult:
     """Dead letters in the selection skipped because they had been replayed already."""
 
 
-def candidates(conn: Connection, record: ReplayRecord, selection: Selection,
+def candidates(conn: Link, record: ReplayRecord, selection: Selection,
                result: ReplayResult) -> dict[int, int]:
     """Fill ``result.selected``; return the cursor each partition may move to."""
     moves: dict[int, int] = {}
@@ -61,7 +62,7 @@ def replay(broker: str, topic: str, selection: Selection | None = None,
     ``REPLAY_RUNNING`` when another replay of it does not end within ``wait_s``."""
     selection = selection or Selection()
     dlq = dlq_name(topic)
-    conn = Connection(broker, timeout_s=10.0)
+    conn = connect(broker, timeout_s=10.0)
     try:
         if partitions(conn, dlq) is None:
             raise BrokerError("UNKNOWN_TOPIC", f"there is no dead-letter topic {dlq}")
@@ -82,7 +83,7 @@ def replay(broker: str, topic: str, selection: Selection | None = None,
         conn.close()
 
 
-def _replay(lease: Lease, conn: Connection, producer: Producer, dlq: str,
+def _replay(lease: Lease, conn: Link, producer: Producer, dlq: str,
             selection: Selection) -> ReplayResult:
     result = ReplayResult(dlq)
     record = ledger.load_record(conn, dlq)

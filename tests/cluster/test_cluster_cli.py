@@ -153,3 +153,56 @@ def test_rail_up_runs_workers_on_a_cluster(tmp_path: Path, zookeeper: ZooKeeper)
             stop_process(up)
         for b in brokers:
             b.stop()
+
+
+def test_rail_dlq_lists_replays_and_purges_on_a_cluster_through_a_kill_9(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """``rail dlq`` given the cluster's endpoints (replay and purge once took the list for
+    one endpoint and died with a ZeroMQ traceback): each dead letter replayed once across a
+    kill -9 of the controller, then purged."""
+    from runtime.client import Event
+    from runtime.dlq import REPLAYED_FROM, dead_letter_headers
+
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        every = ",".join(apis)
+        for topic in ("orders", "orders.dlq"):
+            made = rail("topics", "create", topic, "--partitions", "2", "--broker", every)
+            assert made.returncode == 0, made.stderr
+        wait_in_sync(apis, "orders.dlq", 2, 3)
+        with Producer(every, acks="all") as producer:
+            for i in range(10):
+                original = Event("orders", 0, i, {"n": i}, f"k{i}", {"trace": str(i)}, 0)
+                producer.send("orders.dlq", original.value, key=original.key, partition=i % 2,
+                              headers=dead_letter_headers(original, ValueError("no oven"), 4))
+            producer.flush()
+            assert not producer.errors
+        listed = rail("dlq", "list", "orders", "--json", "--broker", every)
+        assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 10, listed.stderr
+        first = rail("dlq", "replay", "orders", "-p", "0", "--broker", every)
+        assert first.returncode == 0 and "replayed 5 dead letters" in first.stderr, first.stderr
+
+        controller = int(json.loads(rail("cluster", "status", "--json", "--broker", every)
+                                    .stdout)["controller"])
+        brokers[controller].kill9()
+
+        def replayed_rest() -> str | None:
+            run = rail("dlq", "replay", "orders", "--broker", every)
+            return run.stderr if run.returncode == 0 else None
+        rest = wait_for(replayed_rest, 60, interval=0.5, what="a replay after the kill")
+        assert "replayed 5 dead letters" in rest, rest
+        again = rail("dlq", "replay", "orders", "--broker", every)
+        assert again.returncode == 0 and "replayed 0 dead letters" in again.stderr, again.stderr
+        read = rail("tail", "orders", "--from-beginning", "--json", "--broker", every)
+        assert read.returncode == 0, read.stderr
+        sources = sorted(json.loads(line)["headers"][REPLAYED_FROM]
+                         for line in read.stdout.splitlines())
+        assert sources == sorted(f"orders.dlq[{i % 2}]@{i // 2}" for i in range(10))
+        purged = rail("dlq", "purge", "orders", "--all", "--yes", "--broker", every)
+        assert purged.returncode == 0 and "purged 10 dead letters" in purged.stderr, purged.stderr
+        left = rail("dlq", "list", "orders", "--json", "--broker", every)
+        assert left.returncode == 0 and json.loads(left.stdout) == [], left.stderr
+    finally:
+        for b in brokers:
+            b.stop()

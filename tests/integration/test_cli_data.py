@@ -102,6 +102,14 @@ def test_an_unreachable_broker_is_one_line_and_nonzero(broker: BrokerProcess) ->
     assert len(done.stderr.strip().splitlines()) == 1 and "is it running" in done.stderr
 
 
+def test_an_endpoint_zeromq_cannot_use_is_one_line_and_nonzero() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "topics", "--broker", "localhost:7400"],
+        env=python_env(), cwd=ROOT, text=True, capture_output=True, timeout=60)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1 and "tcp://HOST:PORT" in done.stderr
+
+
 def test_rail_run_runs_a_worker_in_the_foreground(broker: BrokerProcess) -> None:
     import signal
     rail(broker, "send", "orders", '{"pizza": 1}')
