@@ -22,7 +22,8 @@ import msgspec
 
 from brokerd import protocol as p
 from runtime.client import Consumer, Event
-from runtime.connection import BrokerError, BrokerUnavailable, Connection
+from runtime.connection import BrokerError, BrokerUnavailable
+from runtime.routing import connect
 from runtime.worker import Hosted
 from runtime.worker.delays import DELAY_TOPIC, DUE, TARGET, forward_producer_id
 from runtime.worker.lanes import Track
@@ -39,7 +40,7 @@ class Mover:
         self.consumer = Consumer(opts.broker, group=opts.group, topics=[DELAY_TOPIC],
                                  member_id=opts.member_id, client_id=opts.name,
                                  session_timeout_ms=opts.session_timeout_ms)
-        self.conn = Connection(opts.broker)
+        self.conn = connect(opts.broker)  # a Router given a cluster's endpoints
         self.heap: list[tuple[int, int, int, Event]] = []  # due ms, partition, offset, event
         self.tracks: dict[int, Track] = {}
         self.partitions: dict[str, int] = {}  # partition count of each target topic

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,47 @@ def test_workers_only_supervisors_on_a_broker_list_are_distinct_members(
     assert [up.returncode for up in ups] == [0, 0]
     bad = rail("up", "--broker", every, "--node", "../x", "-c", str(tmp_path / "s0" / "rail.toml"))
     assert bad.returncode != 0 and "--node '../x'" in bad.stderr, bad.stderr
+
+
+def test_delayed_events_arrive_once_after_their_time_on_a_cluster(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """``delays = true`` on a workers-only supervisor given the cluster's endpoints: its
+    delay mover (which once opened one connection on the whole endpoint list and died)
+    forwards each delayed event once, never before its time."""
+    brokers = [start_member(tmp_path, zookeeper, i) for i in range(2)]
+    every = ",".join(b.api for b in brokers)
+    folder, out = tmp_path / "s", tmp_path / "out.txt"
+    folder.mkdir()
+    (folder / "rec.py").write_text(
+        "import time\n"
+        f"def handle(event, ctx):\n    with open({str(out)!r}, 'a') as f:\n"
+        "        f.write(f'{event.value} {time.time()}\\n')\n")
+    control = f"tcp://127.0.0.1:{free_port()}"
+    (folder / "rail.toml").write_text(
+        f'[supervisor]\ncontrol = "{control}"\ngrace_s = 5\ndelays = true\n'
+        '[topics.orders]\npartitions = 2\n'
+        '[workers.rec]\nscript = "rec.py"\ntopics = ["orders"]\n')
+    up = start_up(folder / "rail.toml", "--broker", every)
+    try:
+        def running() -> bool:
+            s = status(control)
+            return bool(s and all(w["state"] == "running" for w in s["workers"])
+                        and any(w["name"] == "rec" for w in s["workers"]))
+        wait_for(running, 60, 0.2, "the recorder running")
+        due: dict[str, float] = {}
+        with Producer(every, acks="all") as producer:
+            for i in range(20):
+                due[f"d{i}"] = time.time() + 2.0
+                producer.send_delayed("orders", f"d{i}", key=str(i), delay_s=2.0)
+            producer.flush()
+            assert not producer.errors
+        wait_for(lambda: len(written_lines(out)) >= 20, 60, 0.2, "20 delayed events")
+        time.sleep(1.0)  # nothing more comes
+        got = [line.split() for line in written_lines(out)]
+        assert sorted(v for v, _ in got) == sorted(due)
+        assert all(float(t) >= due[v] - 0.05 for v, t in got), "one arrived before its time"
+    finally:
+        stop_process(up, 30)
+        for b in brokers:
+            b.stop()
+    assert up.returncode == 0, (folder / "up.err").read_text()[-2000:]
