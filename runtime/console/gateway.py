@@ -13,7 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from runtime.connection import BrokerUnavailable, Connection
+from runtime.connection import BrokerUnavailable
+from runtime.routing import Link, connect
 
 T = TypeVar("T")
 
@@ -27,10 +28,10 @@ class BrokerGateway:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console-broker")
         self._local = threading.local()
 
-    def _connection(self) -> Connection:
+    def _connection(self) -> Link:
         conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = Connection(self.endpoint, timeout_s=self.timeout_s)
+        if conn is None:  # a cluster's endpoint list: a Router (requests go where served)
+            conn = self._local.conn = connect(self.endpoint, timeout_s=self.timeout_s)
         return conn
 
     def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:

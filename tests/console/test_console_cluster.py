@@ -69,3 +69,14 @@ def test_console_shows_replicas_isr_and_reads_each_partition_from_its_leader(
         assert listed["clustered"] and listed["topics"][0]["under_replicated"] >= 1
     finally:
         proc.stop()
+    # Given the cluster's endpoint list, the dead broker first: it serves the same.
+    (tmp_path / "listed").mkdir()
+    proc, console = start_console(tmp_path / "listed", f"{apis[1]},{apis[0]}", "")
+    try:
+        assert any(len(x["isr"]) < len(x["replicas"]) for x in partitions(console))
+        status, page = call(f"{console}/api/topics/t/messages?from=start&limit=100")
+        assert status == 200, page
+        assert sorted(m["value"]["text"] for m in page["messages"]) == sorted(
+            f"v{i}" for i in range(10))
+    finally:
+        proc.stop()
