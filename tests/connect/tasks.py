@@ -14,7 +14,7 @@ import msgspec
 from brokerd import protocol as p
 from runtime.client import Event, events_of_fetch
 from runtime.connect.settings import TASK_SCRIPT, env_name, parse
-from runtime.connection import Connection
+from runtime.routing import connect
 from tests.helpers import ROOT, kill9_process, python_env, stop_process
 
 
@@ -44,8 +44,9 @@ class Task:
 
 
 def read_topic(broker: str, topic: str) -> list[Event]:
-    """Every event of every partition of ``topic`` (none if it does not exist)."""
-    conn = Connection(broker)
+    """Every event of every partition of ``topic`` (none if it does not exist); ``broker``
+    may be a cluster's endpoint list."""
+    conn = connect(broker)
     try:
         try:
             meta = conn.call(p.Metadata(topics=[topic]))
@@ -69,7 +70,7 @@ def read_topic(broker: str, topic: str) -> list[Event]:
 
 def count(broker: str, topic: str) -> int:
     """Records in ``topic`` by its end offsets (cheap: no records are read)."""
-    conn = Connection(broker)
+    conn = connect(broker)
     try:
         meta = conn.call(p.Metadata(topics=None))
         return sum(part.end_offset for t in meta.topics if t.name == topic
