@@ -98,13 +98,16 @@ def test_two_supervisors_and_a_broker_form_a_cluster_whose_workers_share_the_eve
         ups.append(start_up(toml0))
         wait_for(lambda: cook_running(control0), 60, 0.2, "supervisor 0 and its cook running")
         toml1, control1, api1 = supervisor_folder(tmp_path / "s1", outs[1])
-        ups.append(start_up(toml1, "--zookeeper", zookeeper.hosts, "--broker-id", "1"))
+        advertised = api1.replace("127.0.0.1", "localhost")  # what clients are told
+        ups.append(start_up(toml1, "--zookeeper", zookeeper.hosts, "--broker-id", "1",
+                            "--advertise", advertised))
         wait_for(lambda: cook_running(control1), 60, 0.2, "supervisor 1 and its cook running")
 
         every = f"{api0},{api1},{plain.api}"
         meta = wait_for(lambda: (m := metadata(api1, "orders")) and len(m["brokers"]) == 3
                         and m, 30, 0.2, "broker 1 to see three brokers")
         assert sorted(b["id"] for b in meta["brokers"]) == [0, 1, 2]
+        assert {b["id"]: b["api"] for b in meta["brokers"]}[1] == advertised
         # created by supervisor 0 while brokers 0 and 2 were live: min(3, live) replicas
         parts = meta["topics"][0]["partitions"]
         assert len(parts) == 4
