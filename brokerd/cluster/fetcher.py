@@ -56,6 +56,8 @@ class Follow:
     """A request is out, or its answer was not applied (``resume`` not called)."""
     sent_at: float = 0.0
     retry_at: float = 0.0
+    rid: int = 0
+    """The id of the request out (its entry in ``_pending`` goes when it is given up)."""
 
 
 class ReplicaFetcher:
@@ -79,11 +81,14 @@ class ReplicaFetcher:
         self._decode = msgspec.msgpack.Decoder(p.Reply).decode
 
     def follow(self, follow: Follow) -> None:
+        self.unfollow(follow.tp)  # an answer to the request of the one it replaces is stale
         self.follows[follow.tp] = follow
         self._send(follow, time.monotonic())
 
     def unfollow(self, tp: TP) -> None:
-        self.follows.pop(tp, None)
+        gone = self.follows.pop(tp, None)
+        if gone is not None:
+            self._pending.pop(gone.rid, None)
 
     def resume(self, tp: TP, leader_epoch: int, offset: int, start_offset: int) -> None:
         """The last answer is applied: fetch ``tp`` from ``offset`` now (the log starts at
@@ -122,6 +127,7 @@ class ReplicaFetcher:
             if f.waiting and now - f.sent_at > REPLY_TIMEOUT_S + POLL_WAIT_MS / 1000:
                 f.waiting = False  # lost (or its answer was dropped): ask again; an answer
                 # for an offset that is no longer the log's end is ignored
+                self._pending.pop(f.rid, None)  # a dead leader's would pile up
             if not f.waiting:
                 self._send(f, now)
             self._due(f)
@@ -142,7 +148,7 @@ class ReplicaFetcher:
             self._due(f)
             return
         self._pending[rid] = (f.tp, f.offset, f.leader_epoch, f.topic_id)
-        f.waiting, f.sent_at = True, now
+        f.waiting, f.sent_at, f.rid = True, now, rid
         self._due(f)
 
     def _due(self, f: Follow) -> None:
