@@ -189,10 +189,12 @@ class Broker(Handlers):
                 fetcher_fds.add(fd)
                 poller.register(fd, select.EPOLLIN)
             fetcher.watch = watch
+            for fd in fetcher.fds():  # made while the broker joined, before this loop
+                watch(fd)
         self._topics_flush_at = self._scan_flush_deadline()
         flush_at = self._flush_deadline()
         api_ready, pull_more = self._api_readable(), True  # look before the first sleep
-        fetched_more = False
+        fetched_more = fetcher is not None  # answers may have come while it joined
         try:
             while not self._stopping:
                 timeout = (0 if api_ready or pull_more or fetched_more

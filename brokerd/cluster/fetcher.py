@@ -10,7 +10,7 @@ It runs on the loop, not on a thread of its own: an answer is appended and the n
 sent in the same loop turn that read it.  (A thread cost two hand-offs per round, answer
 to the loop and the loop's ``resume`` back, each a pipe write and a wake-up: the round
 trip a high watermark waits for was half hand-offs; with the GIL a thread runs nothing in
-parallel anyway.)  The loop polls ``fds`` (``watch`` registers a new one), calls
+parallel anyway.)  The loop polls ``fds`` (``watch`` registers each new one), calls
 ``receive`` when one fired or ``readable`` said a reply waits, and ``tick`` at
 ``next_due``.  Nothing here blocks: a send the socket cannot queue is retried.
 """
@@ -105,6 +105,11 @@ class ReplicaFetcher:
         self.follows.clear()
 
     # -- the loop's polling -----------------------------------------------------------
+    def fds(self) -> list[int]:
+        """The descriptors of the sockets made so far (before the loop set ``watch``: the
+        replicas followed when the broker joined)."""
+        return [int(sock.getsockopt(zmq.FD)) for sock in self._sockets.values()]
+
     def readable(self) -> bool:
         """An answer waits (zmq's descriptors signal only a change: a turn's sends can
         take the signal of an answer that arrived meanwhile, so the loop asks)."""
@@ -163,7 +168,7 @@ class ReplicaFetcher:
             self.secure(sock)
         sock.connect(endpoint)
         self._poller.register(sock, zmq.POLLIN)
-        self.watch(sock.getsockopt(zmq.FD))
+        self.watch(int(sock.getsockopt(zmq.FD)))
         return sock
 
     def _request(self, f: Follow, rid: int) -> p.Request:

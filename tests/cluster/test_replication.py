@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -225,20 +226,36 @@ def test_a_leader_paused_past_its_session_is_fenced_and_rejoins_by_epoch(
     assert len(logs["0"][0]) >= 40
 
 
-def test_the_controller_killed_and_a_zookeeper_node_killed_lose_nothing(
-        tmp_path: Path) -> None:
+@pytest.fixture
+def ensemble(tmp_path: Path) -> Iterator[ZooKeeper]:
+    """A ZooKeeper ensemble of three nodes."""
     from tests.cluster.zookeeper import available, start_zookeeper
     why = available()
     if why:
         pytest.skip(why)
-    ensemble = start_zookeeper(tmp_path / "zk3", nodes=3)
+    zk = start_zookeeper(tmp_path / "zk3", nodes=3)
+    try:
+        yield zk
+    finally:
+        zk.stop()
+
+
+def three_with_topic(tmp_path: Path, zookeeper: ZooKeeper) -> tuple[list[BrokerProcess],
+                                                                   list[str]]:
+    """Three brokers and topic ``t`` (PARTITIONS partitions) in sync on all of them."""
+    brokers = start_three(tmp_path, zookeeper)
+    apis = [b.api for b in brokers]
+    with RawClient(apis[0]) as raw:
+        raw.ok("create_topic", topic="t", partitions=PARTITIONS)
+    wait_in_sync(apis, "t", PARTITIONS, 3)
+    return brokers, apis
+
+
+def test_the_controller_killed_and_a_zookeeper_node_killed_lose_nothing(
+        tmp_path: Path, ensemble: ZooKeeper) -> None:
     brokers: list[BrokerProcess] = []
     try:
-        brokers = start_three(tmp_path, ensemble)
-        apis = [b.api for b in brokers]
-        with RawClient(apis[0]) as raw:
-            raw.ok("create_topic", topic="t", partitions=PARTITIONS)
-        wait_in_sync(apis, "t", PARTITIONS, 3)
+        brokers, apis = three_with_topic(tmp_path, ensemble)
         controller = metadata(apis[0], "t")["controller"]  # type: ignore[index]
         producer = LeaderProducer(apis, "t", producer_id=21)
         for i in range(30):
@@ -264,7 +281,6 @@ def test_the_controller_killed_and_a_zookeeper_node_killed_lose_nothing(
     finally:
         for b in brokers:
             b.stop()
-        ensemble.stop()
     logs = check_replicas(brokers, "t", PARTITIONS, producer.acked)
     assert sum(len(v) for v in logs["0"].values()) == 60
 
@@ -299,22 +315,13 @@ def test_all_brokers_killed_at_once_and_restarted_lose_nothing_acknowledged(
 
 
 def test_the_zookeeper_leader_killed_under_acks_all_producers_loses_nothing(
-        tmp_path: Path) -> None:
+        tmp_path: Path, ensemble: ZooKeeper) -> None:
     """Killing the ensemble's leader drops every broker's connection until the two nodes
     left elect a new one: the brokers step down meanwhile, then lead again on the sessions
     they kept, and producing resumes, with nothing acknowledged lost or doubled."""
-    from tests.cluster.zookeeper import available, start_zookeeper
-    why = available()
-    if why:
-        pytest.skip(why)
-    ensemble = start_zookeeper(tmp_path / "zk3", nodes=3)
     brokers: list[BrokerProcess] = []
     try:
-        brokers = start_three(tmp_path, ensemble)
-        apis = [b.api for b in brokers]
-        with RawClient(apis[0]) as raw:
-            raw.ok("create_topic", topic="t", partitions=PARTITIONS)
-        wait_in_sync(apis, "t", PARTITIONS, 3)
+        brokers, apis = three_with_topic(tmp_path, ensemble)
         producer = LeaderProducer(apis, "t", producer_id=41)
         stop = threading.Event()
         acked_at: list[float] = []
@@ -347,6 +354,34 @@ def test_the_zookeeper_leader_killed_under_acks_all_producers_loses_nothing(
     finally:
         for b in brokers:
             b.stop()
-        ensemble.stop()
     logs = check_replicas(brokers, "t", PARTITIONS, producer.acked)
     assert sum(len(v) for v in logs["0"].values()) == len(producer.acked)
+
+
+def test_a_restarted_follower_replicates_at_once_not_at_the_loops_timers(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """A follower takes up its replicas while it joins, before its loop runs: the sockets
+    to their leaders must be in the loop's poll too.  (They once were not: each round
+    waited for the loop's next timer, 20 acks=all produces took 5.6 s instead of 0.02.)"""
+    brokers = [start_member(tmp_path, zookeeper, i) for i in range(2)]
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="t", partitions=1, config={"min_insync_replicas": 2})
+        follower = 1 - wait_in_sync(apis, "t", 1, 2)[0]
+        brokers[follower].kill9()
+        brokers[follower] = start_member(tmp_path, zookeeper, follower,
+                                         api_port=int(apis[follower].rsplit(":", 1)[1]))
+        wait_in_sync(apis, "t", 1, 2, timeout=60)
+        producer = LeaderProducer(apis, "t", producer_id=51)
+        producer.send(0, ["first"])  # connected, leader known
+        started = time.monotonic()
+        for i in range(20):
+            producer.send(0, [f"v{i}"])
+        elapsed = time.monotonic() - started
+        producer.close()
+        assert elapsed < 2.0, f"20 acks=all produces took {elapsed:.2f} s"
+    finally:
+        for b in brokers:
+            b.stop()
+    check_replicas(brokers, "t", 1, producer.acked)
