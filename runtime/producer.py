@@ -29,6 +29,7 @@ Used from one thread at a time; its own lock guards it against its linger thread
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -323,7 +324,14 @@ class Producer:
         except BrokerError as exc:
             if exc.code != "UNKNOWN_TOPIC":
                 raise
-        return self._call(p.CreateTopic(topic=topic, exist_ok=True)).partitions
+        partitions = self._call(p.CreateTopic(topic=topic, exist_ok=True)).partitions
+        if len(self._cl.bootstrap) > 1 and not self._cl.clustered:
+            # A cluster's brokers learn of the topic from ZooKeeper a moment later: learn
+            # that this is a cluster, so that the sends wait for metadata to name the
+            # leaders (_refresh) instead of taking the first broker's NOT_LEADER as final.
+            with contextlib.suppress(BrokerError):
+                self._learn(self._metadata([]))
+        return int(partitions)
 
     def _pick(self, topic: str, key: Any) -> int:
         count = self._partitions.get(topic) or self.partitions_for(topic)

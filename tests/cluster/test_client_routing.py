@@ -74,3 +74,30 @@ def test_a_producer_follows_the_leaders_through_a_kill_9_and_loses_nothing(
         for b in brokers:
             b.stop()
     check_replicas(brokers, "t", PARTITIONS, acked)
+
+
+def test_a_producer_sends_to_topics_it_creates_on_a_cluster(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """A send to a topic that does not exist creates it (as on a single broker); in a
+    cluster the brokers learn of it from ZooKeeper a moment later: the producer waits for
+    its leaders instead of taking the first broker's NOT_LEADER as final (it once did)."""
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        topics = [f"new-{i}" for i in range(6)]
+        # each broker first in the list for two of the topics: the first one is asked to
+        # create the topic and, while it knows no cluster yet, gets the first sends
+        for n, topic in enumerate(topics):
+            first = brokers[n % 3].api
+            every = ",".join([first] + [b.api for b in brokers if b.api != first])
+            with Producer(every, acks="all") as producer:
+                for i in range(10):
+                    producer.send(topic, i)
+                producer.flush(timeout_s=60)
+                assert not producer.errors, (topic, producer.errors[:3])
+        for topic in topics:
+            with RawClient(brokers[0].api) as raw:
+                meta = raw.ok("metadata", topics=[topic])
+            assert sum(x["end_offset"] for x in meta["topics"][0]["partitions"]) == 10
+    finally:
+        for b in brokers:
+            b.stop()
