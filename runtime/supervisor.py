@@ -257,6 +257,9 @@ class Supervisor:
             for topic, section in self.config.topics.items():
                 self.conn().call(p.CreateTopic(topic=topic, partitions=section.partitions,
                                                exist_ok=True))
+            if self.config.supervisor.delays and DELAY_TOPIC not in self.config.topics:
+                # a cluster creates a topic only when asked: delayed sends need it first
+                self.conn().call(p.CreateTopic(topic=DELAY_TOPIC, exist_ok=True))
         except BrokerError as exc:
             print(f"rail: cannot create the topics of rail.toml: {exc}", file=sys.stderr)
             self.broker.stop()

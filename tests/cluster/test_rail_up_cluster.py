@@ -21,6 +21,7 @@ from typing import Any
 from brokerd import protocol as p
 from runtime.client import Producer
 from runtime.routing import Router
+from runtime.worker.delays import DELAY_TOPIC
 from tests.cluster.client import metadata, start_member
 from tests.cluster.zookeeper import ZooKeeper
 from tests.helpers import (
@@ -280,6 +281,12 @@ def test_delayed_events_arrive_once_after_their_time_on_a_cluster(
             return bool(s and all(w["state"] == "running" for w in s["workers"])
                         and any(w["name"] == "rec" for w in s["workers"]))
         wait_for(running, 60, 0.2, "the recorder running")
+
+        def delays_led() -> bool:  # the mover's topic exists and has its leaders
+            meta = metadata(brokers[0].api, DELAY_TOPIC)
+            return bool(meta and meta["topics"] and all(
+                x["leader"] >= 0 for x in meta["topics"][0]["partitions"]))
+        wait_for(delays_led, 60, 0.2, f"{DELAY_TOPIC} created and led")
         due: dict[str, float] = {}
         with Producer(every, acks="all") as producer:
             for i in range(20):
