@@ -191,7 +191,10 @@ class Router:
                 return leader
         candidates = list(dict.fromkeys(self._brokers + self.bootstrap))
         for _ in range(len(candidates) if len(candidates) > 1 else 0):
-            if not refusing(candidates[self._turn % len(candidates)]):
+            endpoint = candidates[self._turn % len(candidates)]
+            # Looked at before a connection is made, not on every request: one that did
+            # not answer is dropped (_forget), so the next request looks again.
+            if endpoint in self._conns or not refusing(endpoint):
                 break
             self._turn += 1  # down: the next one (all down: the one after the last tried)
         return candidates[self._turn % len(candidates)]
@@ -261,7 +264,7 @@ Link = Connection | Router
 
 
 def connect(endpoints: str, context: zmq.Context | None = None,
-            timeout_s: float = 10.0) -> Connection | Router:
+            timeout_s: float = 10.0) -> Link:
     """A Connection to one broker, or a Router over a cluster's endpoints."""
     if "," in endpoints.strip(", "):
         return Router(endpoints, context=context, timeout_s=timeout_s)

@@ -22,7 +22,7 @@ from runtime.cli.common import (
 )
 from runtime.client import Consumer, Event, events_of_fetch
 from runtime.connection import Connection
-from runtime.routing import Router
+from runtime.routing import Link
 
 TAIL_LAST = 10  # without -o or --from-beginning, tail shows this many last events per partition
 FOLLOW_WAIT_MS = 500
@@ -194,7 +194,7 @@ def _tail_group(args: argparse.Namespace, render: Render) -> int:
         admin.close()
 
 
-def _read_to_end(consumer: Consumer, admin: Connection | Router, args: argparse.Namespace,
+def _read_to_end(consumer: Consumer, admin: Link, args: argparse.Namespace,
                  ends: dict[int, tuple[int, int]]) -> bool:
     """Every partition this member was given is read up to its end as of the start: its
     position, else the group's committed offset, else where ``start`` puts it."""
