@@ -188,9 +188,7 @@ class Broker(Handlers):
             def watch(fd: int) -> None:
                 fetcher_fds.add(fd)
                 poller.register(fd, select.EPOLLIN)
-            fetcher.watch = watch
-            for fd in fetcher.fds():  # made while the broker joined, before this loop
-                watch(fd)
+            fetcher.watch_with(watch)
         self._topics_flush_at = self._scan_flush_deadline()
         flush_at = self._flush_deadline()
         api_ready, pull_more = self._api_readable(), True  # look before the first sleep

@@ -10,7 +10,7 @@ It runs on the loop, not on a thread of its own: an answer is appended and the n
 sent in the same loop turn that read it.  (A thread cost two hand-offs per round, answer
 to the loop and the loop's ``resume`` back, each a pipe write and a wake-up: the round
 trip a high watermark waits for was half hand-offs; with the GIL a thread runs nothing in
-parallel anyway.)  The loop polls ``fds`` (``watch`` registers each new one), calls
+parallel anyway.)  The loop polls the sockets' descriptors (``watch_with``), calls
 ``receive`` when one fired or ``readable`` said a reply waits, and ``tick`` at
 ``next_due``.  Nothing here blocks: a send the socket cannot queue is retried.
 """
@@ -68,8 +68,7 @@ class ReplicaFetcher:
         self.on_result = on_result
         self.context = context
         self.secure = secure  # with CURVE on: a client with this broker's key (docs/security.md)
-        self.watch: Callable[[int], None] = lambda fd: None
-        """Set by the loop: called with the file descriptor of each new socket."""
+        self._watch: Callable[[int], None] = lambda fd: None
         self.next_due = NEVER
         """When ``tick`` has a retry or a reply timeout to look at (monotonic)."""
         self.follows: dict[TP, Follow] = {}
@@ -105,10 +104,13 @@ class ReplicaFetcher:
         self.follows.clear()
 
     # -- the loop's polling -----------------------------------------------------------
-    def fds(self) -> list[int]:
-        """The descriptors of the sockets made so far (before the loop set ``watch``: the
-        replicas followed when the broker joined)."""
-        return [int(sock.getsockopt(zmq.FD)) for sock in self._sockets.values()]
+    def watch_with(self, watch: Callable[[int], None]) -> None:
+        """Call ``watch`` with the file descriptor of each socket: those made so far (for
+        the replicas followed while the broker joined, before its loop ran) and each new
+        one."""
+        self._watch = watch
+        for sock in self._sockets.values():
+            watch(int(sock.getsockopt(zmq.FD)))
 
     def readable(self) -> bool:
         """An answer waits (zmq's descriptors signal only a change: a turn's sends can
@@ -168,7 +170,7 @@ class ReplicaFetcher:
             self.secure(sock)
         sock.connect(endpoint)
         self._poller.register(sock, zmq.POLLIN)
-        self.watch(int(sock.getsockopt(zmq.FD)))
+        self._watch(int(sock.getsockopt(zmq.FD)))
         return sock
 
     def _request(self, f: Follow, rid: int) -> p.Request:

@@ -20,7 +20,7 @@ def test_requests_to_a_dead_leader_do_not_pile_up() -> None:
     results: list[tuple] = []
     fetcher = ReplicaFetcher(1, results.append, zmq.Context.instance())
     watched: list[int] = []
-    fetcher.watch = watched.append
+    fetcher.watch_with(watched.append)
     dead = f"tcp://127.0.0.1:{free_port()}"
     try:
         for partition in range(3):
