@@ -99,6 +99,7 @@ _PARTITION_OPS = (p.Fetch, p.ListOffsets, p.DeleteRecords, p.Produce)
 _MOVED = frozenset({"NOT_LEADER", "NOT_COORDINATOR", "COORDINATOR_LOADING", "NOT_CONTROLLER",
                     "FENCED_LEADER_EPOCH", "UNAVAILABLE"})
 RETRY_S = 0.2
+SETTLE_S = 0.02  # how often a new topic's metadata is looked at until every broker has it
 ANY_BROKER_S = 3.0  # a request any broker answers goes to the next one after this long
 
 
@@ -107,7 +108,10 @@ class Router:
     (``rail``, the supervisor): each request goes to the broker that serves it, the group's
     coordinator (``find_coordinator``), the partition's leader (metadata) or any live
     broker, and again elsewhere when it was refused as moved, until ``timeout_s``.
-    ``list_groups`` asks every broker (each lists the groups it coordinates)."""
+    ``list_groups`` asks every broker (each lists the groups it coordinates).  A
+    ``create_topic`` is answered once every live broker names a leader for each of the
+    topic's partitions (each learns of a new topic from ZooKeeper a moment after the one
+    that created it), so the next request through the Router finds it wherever it goes."""
 
     def __init__(self, endpoints: str, context: zmq.Context | None = None,
                  timeout_s: float = 10.0) -> None:
@@ -137,7 +141,10 @@ class Router:
                 endpoint = self._target(request, left)
                 if not isinstance(request, _GROUP_OPS + _PARTITION_OPS):
                     left = min(left, ANY_BROKER_S)  # any broker will do: not a dead one's
-                return self._conn(endpoint).call(request, left)  # whole timeout
+                reply = self._conn(endpoint).call(request, left)  # whole timeout
+                if isinstance(request, p.CreateTopic):
+                    self._settle(request.topic, deadline)
+                return reply
             except BrokerError as exc:
                 if exc.code not in _MOVED:
                     raise
@@ -216,10 +223,16 @@ class Router:
         self._brokers, leaders = leaders_of(meta)
         self._leaders.update(leaders)
         by_leader: dict[str, dict[tuple[str, int], p.PartitionInfo]] = {}
-        for endpoint in set(leaders.values()) - {None}:
+        for endpoint in {e for e in leaders.values() if e is not None}:
+            if endpoint not in self._conns and refusing(endpoint):
+                continue  # dead, not yet replaced: its partitions keep the first figures
             try:
-                reply = self._conn(endpoint).call(request, max(0.1, deadline - time.monotonic()))
+                # A leader just killed is named until the controller moves its partitions
+                # (seconds): each such call must not take the whole timeout.
+                reply = self._conn(endpoint).call(
+                    request, max(0.1, min(ANY_BROKER_S, deadline - time.monotonic())))
             except BrokerError:
+                self._drop(endpoint)  # the next call looks whether it refuses first
                 continue  # its partitions keep the first answer's figures
             by_leader[endpoint] = {(t.name, i.partition): i for t in reply.topics
                                    for i in t.partitions}
@@ -228,6 +241,35 @@ class Router:
                                 .get((topic.name, i.partition), i) for i in topic.partitions]
         meta.id = request.id
         return meta
+
+    def _settle(self, topic: str, deadline: float) -> None:
+        """Wait until every live broker names a leader for each partition of ``topic``
+        (until ``deadline``: a broker that never does is the next request's problem)."""
+        waiting = None
+        while time.monotonic() < deadline:
+            if waiting is None:
+                try:
+                    meta = metadata_from_any(self._brokers + self.bootstrap, self.context, [],
+                                             max(0.1, deadline - time.monotonic()))
+                except BrokerError:
+                    return  # created all the same; the next request finds its leaders
+                self._brokers = [b.api for b in meta.brokers]
+                waiting = list(self._brokers)
+            while waiting:
+                try:
+                    reply = self._conn(waiting[0]).call(p.Metadata(topics=[topic]),
+                                                        max(0.1, deadline - time.monotonic()))
+                except BrokerError as exc:
+                    if exc.code != "UNKNOWN_TOPIC":
+                        self._drop(waiting[0])
+                        waiting = None  # gone meanwhile: ask who is live again
+                    break
+                if any(part.leader < 0 for part in reply.topics[0].partitions):
+                    break
+                waiting.pop(0)
+            else:
+                return
+            time.sleep(SETTLE_S)
 
     def _list_groups(self, request: p.ListGroups, deadline: float) -> p.ListGroupsReply:
         meta = metadata_from_any(self._brokers + self.bootstrap, self.context, [],

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from brokerd import protocol as p
 from runtime.client import BrokerError, Producer
+from runtime.connection import Connection
+from runtime.routing import connect
 from tests.cluster.client import check_replicas, start_member, wait_in_sync
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
@@ -98,6 +102,65 @@ def test_a_producer_sends_to_topics_it_creates_on_a_cluster(
             with RawClient(brokers[0].api) as raw:
                 meta = raw.ok("metadata", topics=[topic])
             assert sum(x["end_offset"] for x in meta["topics"][0]["partitions"]) == 10
+    finally:
+        for b in brokers:
+            b.stop()
+
+
+def test_a_topic_created_through_an_endpoint_list_is_known_to_every_broker_at_once(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """``create_topic`` through a Router is answered once every live broker names a leader
+    for each partition: a Connect task that created ``_connect-offsets`` and read it at once
+    through another broker was told UNKNOWN_TOPIC and stopped (it once did, in CI)."""
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        conn = connect(",".join(b.api for b in brokers))
+        each = [Connection(b.api) for b in brokers]  # open already: asked at once
+        try:
+            for c in each:
+                c.call(p.Metadata(topics=[]))
+            for i in range(20):
+                conn.call(p.CreateTopic(topic=f"made-{i}", partitions=3))
+                for c in each:
+                    try:
+                        parts = c.call(p.Metadata(topics=[f"made-{i}"])).topics[0].partitions
+                    except BrokerError as exc:
+                        raise AssertionError(f"made-{i} at {c.endpoint}: {exc}") from exc
+                    assert min(x.leader for x in parts) >= 0, (i, c.endpoint, parts)
+        finally:
+            conn.close()
+            for c in each:
+                c.close()
+    finally:
+        for b in brokers:
+            b.stop()
+
+
+def test_metadata_through_an_endpoint_list_does_not_wait_out_a_killed_leader(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """The Router takes each partition's offsets from its leader; a leader killed is still
+    named as such until the controller moves its partitions, and asking it once took the
+    whole timeout (10 s) on every such call: a Connect source, which looks at metadata
+    after each batch, stood still that long.  Now one call waits 3 s at most for it, and
+    the next ones skip it (its port refuses) until a new leader is named."""
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="m", partitions=1)
+        leader = wait_in_sync(apis, "m", 1, 3)[0]
+        conn = connect(",".join(apis), timeout_s=10.0)
+        try:
+            conn.call(p.Metadata(topics=None))  # a connection to the leader, as in use
+            brokers[leader].kill9()
+            took = []
+            for _ in range(3):
+                started = time.monotonic()
+                conn.call(p.Metadata(topics=None))
+                took.append(time.monotonic() - started)
+            assert took[0] < 5.0 and max(took[1:]) < 1.0, took
+        finally:
+            conn.close()
     finally:
         for b in brokers:
             b.stop()

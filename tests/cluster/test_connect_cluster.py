@@ -6,9 +6,10 @@ the offsets the cluster kept)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.cluster.client import wait_in_sync
+from tests.cluster.client import metadata, wait_in_sync
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
 from tests.connect.tasks import Task, count, read_topic, write_lines
@@ -34,14 +35,28 @@ def test_a_file_source_on_a_cluster_writes_each_line_once_through_leader_and_tas
                     "config": {"path": str(path)}, "batch": 200}
         task = Task(settings, every, tmp_path / "task.log")
         try:
-            wait_for(lambda: count(every, "lines") > 3_000, 60, 0.01, "3,000 lines")
+            tasks = [task]
+
+            def waiting(predicate: Callable[[], bool], what: str) -> None:
+                """wait_for, and what each broker and the task say if it times out."""
+                try:
+                    wait_for(predicate, 90, 0.02, what)
+                except TimeoutError as exc:
+                    views = {api: metadata(api, "lines") for api in apis}
+                    raise AssertionError(
+                        f"{exc}; each broker's view: {views}; the task (exit "
+                        f"{tasks[-1].proc.poll()}): {tasks[-1].log()[-3000:]}; the brokers: "
+                        f"{[b.log()[-2000:] for b in brokers]}") from None
+
+            waiting(lambda: count(every, "lines") > 3_000, "3,000 lines")
             brokers[leader].kill9()  # the topic's leader, mid-file
             assert count(every, "lines") < half, "the kill came too late to matter"
-            wait_for(lambda: count(every, "lines") >= half, 90, 0.05, "the first half")
+            waiting(lambda: count(every, "lines") >= half, "the first half")
             task.kill9()  # and the task itself, its offsets kept by the cluster
             write_lines(path, half, LINES)  # the rest comes while it is down
             task = Task(settings, every, tmp_path / "task.log")
-            wait_for(lambda: count(every, "lines") >= LINES, 90, 0.1, "every line")
+            tasks.append(task)
+            waiting(lambda: count(every, "lines") >= LINES, "every line")
             time.sleep(0.5)  # anything repeated would land now
             ids = sorted(e.value["id"] for e in read_topic(every, "lines"))
             assert ids == list(range(LINES)), (len(ids), len(set(ids)))
