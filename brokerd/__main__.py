@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import resource
+import signal
 import sys
 
 import zmq
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_CONFIG
     logs.setup(config.log_level)
+    # kill -USR1 <pid>: every thread's Python stack to stderr (a broker that seems stuck)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     security = None
     if config.curve_secret_key or config.acl:
         from brokerd.security import Security, SecurityError

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import importlib.util
 import inspect
 import logging
@@ -834,6 +835,8 @@ def serve(script: Script, options: Options, parent: int | None = None) -> int:
     """Run ``script`` until SIGTERM/SIGINT (or its parent dies); return the exit code."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {options.name} %(levelname)s: %(message)s")
+    # kill -USR1 <pid>: every thread's Python stack to the log (a worker that seems stuck)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if script.run_hosted is not None:
         return serve_hosted(script.run_hosted, options, parent)
     worker = Worker(script, options)

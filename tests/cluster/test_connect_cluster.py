@@ -5,6 +5,9 @@ the offsets the cluster kept)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,10 +45,13 @@ def test_a_file_source_on_a_cluster_writes_each_line_once_through_leader_and_tas
                 try:
                     wait_for(predicate, 90, 0.02, what)
                 except TimeoutError as exc:
+                    with contextlib.suppress(ProcessLookupError):  # its stacks, to its log
+                        os.kill(tasks[-1].proc.pid, signal.SIGUSR1)
+                    time.sleep(0.5)
                     views = {api: metadata(api, "lines") for api in apis}
                     raise AssertionError(
                         f"{exc}; each broker's view: {views}; the task (exit "
-                        f"{tasks[-1].proc.poll()}): {tasks[-1].log()[-3000:]}; the brokers: "
+                        f"{tasks[-1].proc.poll()}): {tasks[-1].log()[-8000:]}; the brokers: "
                         f"{[b.log()[-2000:] for b in brokers]}") from None
 
             waiting(lambda: count(every, "lines") > 3_000, "3,000 lines")
