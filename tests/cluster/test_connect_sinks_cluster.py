@@ -1,0 +1,138 @@
+"""Rail Connect on a cluster beyond the file source (``test_connect_cluster.py``).
+
+The PostgreSQL sink: given the endpoint list, it applies every
+change exactly once through a kill -9 of the broker that coordinates its group (and leads
+some of its partitions) and a kill -9 of the task itself: the table ends equal to the
+topic's latest value per key, and no row was ever written with an older value after a
+newer one.  The HTTP source answers 200 only for events that survive a kill -9 of their
+leader."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.client import Producer
+from runtime.connect.settings import parse
+from tests.cluster.client import wait_in_sync
+from tests.cluster.test_replication import start_three
+from tests.cluster.zookeeper import ZooKeeper
+from tests.connect.postgres import AVAILABLE, PostgresServer
+from tests.connect.tasks import Task, read_topic
+from tests.connect.test_http_source import listening, post
+from tests.connect.test_postgres_sink import (
+    EVENTS,
+    KEYS,
+    TOPIC,
+    applied,
+    check_exactly_once,
+    prepare_tables,
+    sink_entry,
+)
+from tests.helpers import free_port, wait_for
+from tests.integration.wire import RawClient
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresServer]:
+    if not AVAILABLE:
+        pytest.skip("PostgreSQL server binaries (initdb, postgres) not found: install "
+                    "Debian's postgresql or set RAIL_PG_BIN")
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_postgres_sink_on_a_cluster_applies_each_change_once_through_coordinator_and_task_kills(
+        tmp_path: Path, zookeeper: ZooKeeper, postgres: PostgresServer) -> None:
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        every = ",".join(apis)
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic=TOPIC, partitions=3)
+        wait_in_sync(apis, TOPIC, 3, 3)
+        rng = random.Random(7)
+        with Producer(every, acks="all") as producer:
+            for i in range(EVENTS):
+                key = rng.randrange(KEYS)
+                value = None if rng.random() < 0.05 else {"id": key, "name": f"n{i}", "qty": i}
+                producer.send(TOPIC, value, key=str(key))
+            producer.flush(timeout_s=60)
+            assert not producer.errors, producer.errors[:3]
+        prepare_tables(postgres.dsn)
+        entry = sink_entry(postgres.dsn)
+        with RawClient(apis[0]) as raw:
+            found = raw.ok("find_coordinator", group=parse(entry).group)
+        coordinator = apis.index(found["api"])
+        task = Task(entry, every, tmp_path / "sink.log")
+        try:
+            wait_for(lambda: applied(postgres.dsn) > 4_000, 60, 0.01, "4,000 applied")
+            brokers[coordinator].kill9()  # its group's coordinator, a partition's leader
+            assert applied(postgres.dsn) < EVENTS // 2, "the kill came too late to matter"
+            wait_for(lambda: applied(postgres.dsn) > EVENTS // 2, 90, 0.02, "half applied")
+            task.kill9()
+            assert applied(postgres.dsn) < EVENTS, "the task's kill came too late to matter"
+            task = Task(entry, every, tmp_path / "sink.log")
+            wait_for(lambda: applied(postgres.dsn) >= EVENTS, 90, 0.1, "every event applied")
+        finally:
+            task.stop()
+        assert task.proc.returncode == 0, task.log()[-3000:]
+        check_exactly_once(postgres.dsn, every)
+        with RawClient(apis[(coordinator + 1) % 3]) as raw:
+            meta = raw.ok("metadata", topics=[TOPIC])
+        assert sum(x["end_offset"] for x in meta["topics"][0]["partitions"]) == EVENTS
+    finally:
+        for b in brokers:
+            b.stop()
+
+
+def test_an_http_source_on_a_cluster_answers_200_only_for_what_survives_a_leader_kill(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """A client posts numbered events, retrying each answered 503 until it gets a 200;
+    the leader of the topic is killed with kill -9 on the way.  Every event answered 200
+    is in the topic (acks "all": on every replica in sync before the answer), and only
+    an event answered 503 at least once may be there twice (a 503 may have been stored)."""
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        every = ",".join(apis)
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="web", partitions=1)
+        leader = wait_in_sync(apis, "web", 1, 3)[0]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/events"
+        entry = {"name": "web-in", "kind": "source", "class": "http", "topics": ["web"],
+                 "config": {"listen": f"127.0.0.1:{port}", "timeout_s": 2}}
+        task = Task(entry, every, tmp_path / "http.log")
+        refused: set[int] = set()
+        try:
+            wait_for(lambda: listening(url), 30, 0.1, "the HTTP source to listen")
+            for n in range(600):
+                if n == 200:
+                    brokers[leader].kill9()
+                while True:
+                    status, _ = post(url, json.dumps([{"n": n, "i": i} for i in range(5)])
+                                     .encode())
+                    if status == 200:
+                        break
+                    assert status == 503, status
+                    refused.add(n)
+            assert refused, "the kill came too late to matter"
+        finally:
+            task.stop()
+        assert task.proc.returncode == 0, task.log()[-3000:]
+        stored = Counter((e.value["n"], e.value["i"]) for e in read_topic(every, "web"))
+        assert set(stored) == {(n, i) for n in range(600) for i in range(5)}
+        twice = {n for (n, _i), times in stored.items() if times > 1}
+        assert twice <= refused, sorted(twice - refused)[:10]
+    finally:
+        for b in brokers:
+            b.stop()
