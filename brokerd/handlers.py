@@ -200,7 +200,8 @@ class Handlers:
                 return self._clustered().handle_replica_fetch(request, client)
             case p.OffsetForLeaderEpoch():
                 return self._clustered().handle_offset_for_leader_epoch(request)
-            case p.ReassignPartitions() | p.ListReassignments() | p.ElectLeaders():
+            case (p.ReassignPartitions() | p.ListReassignments() | p.ElectLeaders()
+                  | p.CancelReassignments()):
                 return self._clustered().reassigner.handle(request)
         raise UnknownOp(f"unhandled op {type(request).__name__}")
 

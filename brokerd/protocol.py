@@ -278,6 +278,9 @@ class Reassignment(msgspec.Struct, kw_only=True):
     adding: list[int] = []
     removing: list[int] = []
     """In ``list_reassignments``: the brokers that join, and those that leave."""
+    cancelled: bool = False
+    """In ``list_reassignments``: cancelled, going back to the list it had (``removing``
+    the brokers that joined it)."""
 
 
 class ReassignPartitions(_Request, tag="reassign_partitions"):
@@ -289,6 +292,19 @@ class ReassignPartitions(_Request, tag="reassign_partitions"):
 
 class ListReassignments(_Request, tag="list_reassignments"):
     pass
+
+
+class PartitionRef(msgspec.Struct, kw_only=True):
+    topic: str
+    partition: Partition
+
+
+class CancelReassignments(_Request, tag="cancel_reassignments"):
+    """In a cluster: cancel reassignments in progress (Kafka's AlterPartitionReassignments
+    with no replicas): each partition's replica list goes back to the one it had; none
+    named: every reassignment in progress."""
+
+    partitions: Annotated[list[PartitionRef], msgspec.Meta(max_length=65536)] = []
 
 
 class ElectLeaders(_Request, tag="elect_leaders"):
@@ -312,6 +328,7 @@ Request = Union[
     Metadata, ListOffsets, DescribeGroup, ListGroups, Stats, Ping, CreatePartitions,
     DeleteRecords, DeleteGroup, ReplicaFetch, OffsetForLeaderEpoch, ProduceBatches,
     FindCoordinator, Release, ReassignPartitions, ListReassignments, ElectLeaders,
+    CancelReassignments,
 ]
 OPS = tuple(t.__struct_config__.tag for t in Request.__args__)  # type: ignore[attr-defined]
 
@@ -524,6 +541,20 @@ class ListReassignmentsReply(_Reply, tag="list_reassignments"):
     reassignments: list[Reassignment]
 
 
+class Cancellation(msgspec.Struct, kw_only=True):
+    topic: str
+    partition: int
+    code: str = ""
+    """"" when the cancel is recorded (the controller then moves the list back; see
+    ``list_reassignments``); NOT_IN_PROGRESS when no reassignment of it is in progress
+    (never started, or finished before the cancel)."""
+    message: str = ""
+
+
+class CancelReassignmentsReply(_Reply, tag="cancel_reassignments"):
+    partitions: list[Cancellation]
+
+
 class Election(msgspec.Struct, kw_only=True):
     topic: str
     partition: int
@@ -566,6 +597,7 @@ Reply = Union[
     CreatePartitionsReply, DeleteRecordsReply, DeleteGroupReply, ReplicaFetchReply,
     OffsetForLeaderEpochReply, ProduceBatchesReply, FindCoordinatorReply, ReleaseReply,
     ReassignPartitionsReply, ListReassignmentsReply, ElectLeadersReply,
+    CancelReassignmentsReply,
 ]
 
 

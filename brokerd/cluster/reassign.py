@@ -14,6 +14,9 @@ kafka-leader-election.sh, ``auto.leader.rebalance.enable``).
   first in-sync new replica (leader epoch + 1) if it is not in the new set, and the
   znode goes.  Each broker, seeing the record change (``assignment_changed``), takes up
   the replicas it gained and drops those it lost: it stops following and deletes its copy.
+  A reassignment marked cancelled (``cancel_reassignments``) goes back instead: the list
+  becomes the original one at once, the leader moving to an in-sync original replica if
+  a new one leads.
 - **A preferred-leader election** (``elect_leaders``, on the controller) makes the first
   replica of a partition's list its leader (leader epoch + 1) where it is live and in
   sync.  The controller's timer does the same for every broker whose share of
@@ -77,13 +80,15 @@ class Reassigner:
 
     # -- requests -----------------------------------------------------------------------
     def handle(self, req: p.ReassignPartitions | p.ListReassignments | p.ElectLeaders
-               ) -> p.Reply:
+               | p.CancelReassignments) -> p.Reply:
         if not self.store.connected:
             raise NotController(f"broker {self.cluster.id} has lost its ZooKeeper "
                                 "connection: send it to another broker, or retry")
         if isinstance(req, p.ReassignPartitions):
             self.request(req.partitions)
             return p.ReassignPartitionsReply(id=req.id, partitions=req.partitions)
+        if isinstance(req, p.CancelReassignments):
+            return p.CancelReassignmentsReply(id=req.id, partitions=self.cancel(req.partitions))
         if isinstance(req, p.ListReassignments):
             return p.ListReassignmentsReply(id=req.id, reassignments=[
                 _describe(tp, pending) for tp, pending in sorted(self.store.reassignments().items())])
@@ -178,7 +183,8 @@ class Reassigner:
         record = cluster.topic_records.get(tp[0])
         held = cluster.replicas.get(tp)
         state = held.state if held is not None else cluster.other_states.get(tp)
-        return (record is not None and tp[1] < len(record.replicas) and state is not None
+        return (not pending.cancelled and record is not None and tp[1] < len(record.replicas)
+                and state is not None
                 and all(b in record.replicas[tp[1]] for b in pending.replicas)
                 and any(b not in state.isr for b in pending.replicas))
 
@@ -192,7 +198,15 @@ class Reassigner:
             self.store.drop_reassignment(name, partition)
             return True
         record, version = found
-        current, target = record.replicas[partition], pending.replicas
+        asked = self.store.reassignment(name, partition)  # as it is now: cancelled, say
+        if asked is None:
+            return True  # finished by an earlier controller's last step
+        pending, reassign_version = asked
+        self.pending[tp] = pending
+        current = record.replicas[partition]
+        if pending.cancelled:
+            return self._revert(tp, record, version, pending, reassign_version)
+        target = pending.replicas
         adding = [b for b in target if b not in current]
         if adding:  # (a) the new replicas join the list and start catching up
             grown = _with_replicas(record, partition, current + adding)
@@ -215,10 +229,57 @@ class Reassigner:
                                  isr=isr, controller_epoch=controller_epoch)
         final = _with_replicas(record, partition, list(target))
         self.store.finish_reassignment(name, partition, final, version, new, state_version,
-                                       epoch_version)  # (d)
+                                       epoch_version, reassign_version)  # (d)
         log.info("controller: %s[%d] reassigned %s -> %s, leader %d at epoch %d", *tp,
                  current, target, new.leader, new.leader_epoch)
         return True
+
+    def _revert(self, tp: TP, record: TopicRecord, version: int, pending: PendingReassignment,
+                reassign_version: int) -> bool:
+        """A cancelled reassignment: the list goes back to the original replicas at once,
+        without waiting for them all to be in sync (as Kafka's cancel); the ISR keeps those
+        of them that are, and the leader moves to the first of them in sync if a new
+        replica leads (after a failover).  If none of them is in sync and live, it waits:
+        only the ISR holds everything acknowledged."""
+        cluster, (name, partition) = self.cluster, tp
+        target, current = pending.original, record.replicas[partition]
+        state, state_version = self.store.state(name, partition)
+        live, controller_epoch = set(cluster.brokers), cluster.controller_epoch or 0
+        isr = [b for b in state.isr if b in target]
+        if state.leader in target and state.leader in live:
+            new = msgspec.structs.replace(state, isr=isr, controller_epoch=controller_epoch)
+        else:
+            candidates = [b for b in isr if b in live]
+            if not candidates:
+                return False
+            new = PartitionState(leader=candidates[0], leader_epoch=state.leader_epoch + 1,
+                                 isr=isr, controller_epoch=controller_epoch)
+        final = _with_replicas(record, partition, list(target))
+        self.store.finish_reassignment(name, partition, final, version, new, state_version,
+                                       cluster.controller_epoch_version, reassign_version)
+        log.info("controller: %s[%d] reassignment to %s cancelled: replicas %s -> %s, leader "
+                 "%d at epoch %d", *tp, pending.replicas, current, target, new.leader,
+                 new.leader_epoch)
+        return True
+
+    def cancel(self, partitions: list[p.PartitionRef]) -> list[p.Cancellation]:
+        """Mark the reassignments of ``partitions`` (none named: all in progress)
+        cancelled; the controller carries the cancellation out."""
+        for x in partitions:
+            check_name(x.topic)  # never a path: it names a znode
+        named = [(x.topic, x.partition) for x in partitions] or \
+            sorted(self.store.reassignments())
+        out = []
+        for name, partition in named:
+            result = p.Cancellation(topic=name, partition=partition)
+            if not self.store.cancel_reassignment(name, partition):
+                result.code = "NOT_IN_PROGRESS"
+                result.message = f"{name}[{partition}] is not being reassigned (now)"
+            out.append(result)
+        done = [f"{x.topic}[{x.partition}]" for x in out if not x.code]
+        if done:
+            log.info("reassignment cancel asked: %s", ", ".join(done))
+        return out
 
     # -- every broker: a changed replica list -----------------------------------------------
     def assignment_changed(self, name: str, record: TopicRecord) -> None:
@@ -354,4 +415,5 @@ def _with_replicas(record: TopicRecord, partition: int, replicas: list[int]) -> 
 def _describe(tp: TP, pending: PendingReassignment) -> p.Reassignment:
     return p.Reassignment(topic=tp[0], partition=tp[1], replicas=pending.replicas,
                           adding=[b for b in pending.replicas if b not in pending.original],
-                          removing=[b for b in pending.original if b not in pending.replicas])
+                          removing=[b for b in pending.original if b not in pending.replicas],
+                          cancelled=pending.cancelled)

@@ -9,7 +9,7 @@ Znodes, under the chroot given with ``--zookeeper host:port/chroot`` (see docs/c
     /topics/<name>/partitions/<p>/state    PartitionState, changed only by compare-and-set
     /admin/delete_topics/<name>            the id of a topic marked for deletion
     /admin/delete_topics/<name>/<id>       broker <id> deleted its copy
-    /admin/reassign_partitions/<name>:<p>  {"replicas", "original"}: a reassignment in progress
+    /admin/reassign_partitions/<name>:<p>  {"replicas", "original", "cancelled"}: a reassignment in progress
 
 Watches fire on kazoo's thread; ``ClusterStore`` only turns them into events for
 ``on_event``, which the broker loop reads (never touches broker state from that thread).
@@ -78,6 +78,9 @@ class PendingReassignment(msgspec.Struct, kw_only=True):
     """The target replica list."""
     original: list[int]
     """The replica list when it was asked for (to tell who joins and who leaves)."""
+    cancelled: bool = False
+    """Cancelled (``cancel_reassignments``): the controller takes the list back to
+    ``original`` instead."""
 
 
 class ClusterStore:
@@ -345,17 +348,46 @@ class ClusterStore:
 
     def reassignments(self, watch: bool = False) -> dict[tuple[str, int], PendingReassignment]:
         """The reassignments in progress (with ``watch``: report the next change as
-        ``("reassign",)``)."""
+        ``("reassign",)``: one started, finished or cancelled)."""
         out = {}
-        for child in self.zk.get_children(
-                REASSIGNMENTS, watch=self._reassign_watch if watch else None):
+        watcher = self._reassign_watch if watch else None
+        for child in self.zk.get_children(REASSIGNMENTS, watch=watcher):
             name, _, partition = child.rpartition(":")
             try:
-                data, _ = self.zk.get(f"{REASSIGNMENTS}/{child}")
+                data, _ = self.zk.get(f"{REASSIGNMENTS}/{child}", watch=watcher)
             except NoNodeError:
                 continue
             out[(name, int(partition))] = msgspec.json.decode(data, type=PendingReassignment)
         return out
+
+    def reassignment(self, name: str, partition: int) -> tuple[PendingReassignment, int] | None:
+        """One reassignment in progress and its znode's version (None: there is none)."""
+        try:
+            data, stat = self.zk.get(f"{REASSIGNMENTS}/{name}:{partition}")
+        except NoNodeError:
+            return None
+        return msgspec.json.decode(data, type=PendingReassignment), stat.version
+
+    def cancel_reassignment(self, name: str, partition: int) -> bool:
+        """Mark a reassignment in progress cancelled (compare-and-set: the controller's
+        last step deletes the znode at the version it read, so it either finishes before
+        this or sees the mark); False if there is none to cancel."""
+        while True:
+            found = self.reassignment(name, partition)
+            if found is None:
+                return False
+            pending, version = found
+            if pending.cancelled:
+                return True
+            marked = msgspec.structs.replace(pending, cancelled=True)
+            try:
+                self.zk.set(f"{REASSIGNMENTS}/{name}:{partition}",
+                            msgspec.json.encode(marked), version)
+                return True
+            except BadVersionError:
+                continue  # changed meanwhile: read it again
+            except NoNodeError:
+                return False  # finished meanwhile
 
     def _reassign_watch(self, event: Any) -> None:
         self.on_event(("reassign",))
@@ -372,15 +404,16 @@ class ClusterStore:
 
     def finish_reassignment(self, name: str, partition: int, record: TopicRecord,
                             version: int, state: PartitionState, state_version: int,
-                            controller_epoch_version: int) -> None:
+                            controller_epoch_version: int, reassign_version: int) -> None:
         """The last step, in one transaction: the final replica list, then the partition's
-        state (so a broker sees the list before the ISR that follows it), the znode gone."""
+        state (so a broker sees the list before the ISR that follows it), the znode gone
+        (at the version read: a cancel made meanwhile fails the whole step)."""
         tx = self.zk.transaction()
         tx.check("/controller_epoch", controller_epoch_version)
         tx.set_data(f"/topics/{name}", msgspec.json.encode(record), version)
         tx.set_data(f"/topics/{name}/partitions/{partition}/state",
                     msgspec.json.encode(state), state_version)
-        tx.delete(f"{REASSIGNMENTS}/{name}:{partition}")
+        tx.delete(f"{REASSIGNMENTS}/{name}:{partition}", reassign_version)
         results = tx.commit()
         if any(isinstance(r, Exception) for r in results):
             raise StaleVersion(f"{name}[{partition}]: a newer controller, record or state: "

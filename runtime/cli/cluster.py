@@ -40,7 +40,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     reassign = with_json(with_broker(inner.add_parser(
         "reassign", help="move partitions' replicas to other brokers; --verify: are they "
-        "there yet; --list: the reassignments in progress",
+        "there yet; --list: the reassignments in progress; --cancel: put them back",
         description="Asks the cluster to move a partition's replicas (TOPIC PARTITION "
         "--replicas 2,3) or every partition of a plan file (--plan FILE: {\"partitions\": "
         "[{\"topic\", \"partition\", \"replicas\"}]}). The controller adds the new "
@@ -57,6 +57,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                           "done (exit 0 when all are, else 1)")
     reassign.add_argument("--list", action="store_true",
                           help="list the reassignments in progress")
+    reassign.add_argument("--cancel", action="store_true",
+                          help="cancel the reassignment of TOPIC PARTITION, of each partition "
+                          "of --plan, or with neither every one in progress: each goes back "
+                          "to the replicas it had (exit 1 when one named was not in progress)")
     set_handler(reassign, guarded(cmd_cluster_reassign, "cluster reassign"))
 
     elect = with_json(with_broker(inner.add_parser(
@@ -177,6 +181,8 @@ def cmd_cluster_reassign(args: argparse.Namespace) -> int:
         if not rows and not args.json:
             print("no reassignment in progress")
         return EXIT_OK
+    if args.cancel:
+        return _cancel(args)
     plan = _plan(args)
     if not args.verify:
         _any(args, p.ReassignPartitions(partitions=plan))
@@ -205,13 +211,43 @@ def cmd_cluster_reassign(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r["state"] == "complete" for r in rows) else EXIT_ERROR
 
 
+def _cancel(args: argparse.Namespace) -> int:
+    if args.verify or args.list or args.replicas:
+        raise UsageError("--cancel takes TOPIC PARTITION, --plan FILE, or nothing (every "
+                         "reassignment in progress); not --verify, --list or --replicas")
+    if args.plan:
+        named = [p.PartitionRef(topic=x.topic, partition=x.partition)
+                 for x in _plan(args)]
+    elif args.topic is not None:
+        if args.partition is None:
+            raise UsageError("--cancel TOPIC needs its PARTITION too")
+        named = [p.PartitionRef(topic=args.topic, partition=args.partition)]
+    else:
+        named = []
+    reply = _any(args, p.CancelReassignments(partitions=named))
+    rows = [{"topic": x.topic, "partition": x.partition, "code": x.code, "message": x.message}
+            for x in reply.partitions]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    for r in [] if args.json else rows:
+        print(f"{r['topic']}[{r['partition']}]: " + (
+            "cancelled, going back to its replicas before (rail cluster reassign --list)"
+            if not r["code"] else f"{r['code']}: {r['message']}"))
+    if not rows and not args.json:
+        print("no reassignment in progress")
+    return EXIT_ERROR if any(r["code"] for r in rows) else EXIT_OK
+
+
 def _moving(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The reassignments in progress."""
-    return [_item(r) | {"adding": r.adding, "removing": r.removing}
+    return [_item(r) | {"adding": r.adding, "removing": r.removing, "cancelled": r.cancelled}
             for r in _any(args, p.ListReassignments()).reassignments]
 
 
 def _moving_line(r: dict[str, Any]) -> str:
+    if r.get("cancelled"):
+        return (f"{r['topic']}[{r['partition']}] -> {_ids(r['replicas'])} cancelled: going "
+                f"back (dropping {_ids(r['adding']) or '-'})")
     return (f"{r['topic']}[{r['partition']}] -> {_ids(r['replicas'])} (adding "
             f"{_ids(r['adding']) or '-'}, removing {_ids(r['removing']) or '-'})")
 

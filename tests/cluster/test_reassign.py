@@ -411,3 +411,73 @@ def test_a_single_broker_refuses_reassignment_and_election_clearly(tmp_path: Pat
     finally:
         broker.stop()
 
+
+
+def test_a_cancelled_reassignment_puts_the_replicas_back_under_an_acks_all_producer(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """A reassignment stopped half-way (its new replica paused, SIGSTOP: old and new
+    replicas in the list) is cancelled with ``rail cluster reassign TOPIC PARTITION
+    --cancel``: the list goes back to the old replicas without waiting for the new one,
+    which, woken, drops its copy; the producer's acknowledged events are all there once,
+    the old replicas identical; a second cancel says it is not in progress (exit 1)."""
+    brokers = start_three(tmp_path, zookeeper, SESSION)
+    sending: Sending | None = None
+    paused: BrokerProcess | None = None
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="k", partitions=3, config={"replication_factor": 2})
+        wait_in_sync(apis, "k", 3, 2)
+        part = 0
+        original = _partition(apis[0], "k", part)["replicas"]
+        x = next(i for i in range(3) if i not in original)  # the new replica
+        stays, leaves = original[1], original[0]
+        sending = Sending([apis[i] for i in original] + [apis[x]], [("k", [part])])
+        wait_for(lambda: len(sending.acked("k")) >= 50, timeout=20, interval=0.1,
+                 what="acks before the move")
+        os.kill(brokers[x].pid, signal.SIGSTOP)
+        paused = brokers[x]
+        run = rail("cluster", "reassign", "k", str(part), "--replicas", f"{x},{stays}",
+                   "--broker", apis[stays])
+        assert run.returncode == 0, run.stderr
+        wait_for(lambda: len(_partition(apis[stays], "k", part)["replicas"]) == 3, timeout=10,
+                 interval=0.1, what="old and new replicas in the list")
+        assert x not in _partition(apis[stays], "k", part)["isr"]
+
+        run = rail("cluster", "reassign", "k", str(part), "--cancel", "--broker", apis[leaves])
+        assert run.returncode == 0 and "cancelled" in run.stdout, run.stdout + run.stderr
+        wait_for(lambda: _reassignments(apis[stays]) == [], timeout=20, interval=0.1,
+                 what="the cancellation carried out (the new replica still paused)")
+        for api in (apis[stays], apis[leaves]):
+            assert _partition(api, "k", part)["replicas"] == original
+        assert sorted(_partition(apis[stays], "k", part)["isr"]) == sorted(original)
+        count = len(sending.acked("k"))
+        wait_for(lambda: len(sending.acked("k")) >= count + 50, timeout=20, interval=0.1,
+                 what="acks after the cancel")
+
+        again = rail("cluster", "reassign", "k", str(part), "--cancel", "--broker", apis[stays])
+        assert again.returncode == 1 and "NOT_IN_PROGRESS" in again.stdout, \
+            again.stdout + again.stderr
+        none = rail("cluster", "reassign", "--cancel", "--broker", apis[stays])
+        assert none.returncode == 0 and "no reassignment in progress" in none.stdout, \
+            none.stdout + none.stderr
+        with RawClient(apis[stays]) as raw:
+            assert raw.error_code("cancel_reassignments",
+                                  partitions=[{"topic": "../etc", "partition": 0}]) \
+                == "INVALID_TOPIC"
+            assert raw.ok("ping")["op"] == "ping"
+
+        os.kill(brokers[x].pid, signal.SIGCONT)  # it learns it is not a replica: its copy goes
+        paused = None
+        wait_for(lambda: read_log(brokers[x].data_dir, "k", part) == [], timeout=15,
+                 interval=0.1, what="the new replica's copy emptied")
+        sending.stop()
+    finally:
+        if paused is not None:
+            os.kill(paused.pid, signal.SIGCONT)
+        if sending is not None:
+            sending.stop_event.set()
+        for b in brokers:
+            b.stop()
+    logs = {str(i): {part: read_log(brokers[i].data_dir, "k", part)} for i in original}
+    check_history(sending.acked("k"), logs)
