@@ -281,6 +281,9 @@ class Reassignment(msgspec.Struct, kw_only=True):
     cancelled: bool = False
     """In ``list_reassignments``: cancelled, going back to the list it had (``removing``
     the brokers that joined it)."""
+    throttle: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Bytes a second the leader sends each new replica while it catches up (0: no
+    limit, as fast as they fetch)."""
 
 
 class ReassignPartitions(_Request, tag="reassign_partitions"):

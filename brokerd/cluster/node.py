@@ -139,6 +139,7 @@ class Cluster:
     def _refresh(self) -> None:
         self.brokers = self.store.brokers()
         self._elect_controller()
+        self.reassigner.changed()  # the throttles (and, as controller, the moves)
         self._checked.clear()
         admin.apply_deletions(self)  # first: a topic marked for deletion is not taken up
         self._topics_changed()
@@ -195,7 +196,7 @@ class Cluster:
             case ("deletions",):
                 admin.apply_deletions(self)
             case ("reassign",):
-                self.reassigner.resume()
+                self.reassigner.changed()
             case ("state", topic, partition, state, version):
                 if self.fenced:
                     pass
@@ -481,6 +482,9 @@ class Cluster:
             self._high_watermark_moved(replica)
         if replica.may_join_isr(req.replica_id):
             self._change_isr(replica, replica.isr + [req.replica_id])
+        allowed = self.reassigner.allowance(replica.key, req.replica_id, time.monotonic())
+        if allowed is not None:
+            return self._throttled_fetch(replica, req, client, allowed)
         reply = self._replica_reply(replica, req)
         if reply.batches or req.max_wait_ms == 0:
             return reply
@@ -497,12 +501,53 @@ class Cluster:
         self.broker._park(client, req.max_wait_ms, answer, [replica.key], None)
         return None
 
-    def _replica_reply(self, replica: Replica, req: p.ReplicaFetch) -> p.ReplicaFetchReply:
+    def _throttled_fetch(self, replica: Replica, req: p.ReplicaFetch, client: Client,
+                         allowed: int) -> p.Reply | None:
+        """A new replica of a throttled reassignment: at most its allowance (at least one
+        batch once it is positive); while it is spent, the fetch waits for it to refill."""
+        tp, follower = replica.key, req.replica_id
+
+        def reply_now() -> p.ReplicaFetchReply:
+            reply = self._replica_reply(replica, req, max(1, min(req.max_bytes, allowed)))
+            self.reassigner.spent(tp, follower, sum(len(b) for b in reply.batches))
+            return reply
+
+        if allowed > 0:
+            reply = reply_now()
+            if reply.batches or req.max_wait_ms == 0:
+                return reply
+        wait_s = self.reassigner.spent(tp, follower, 0) if allowed <= 0 else 0.0
+        wait_ms = max(1, min(req.max_wait_ms, int(wait_s * 1000) + 1)) if allowed <= 0 \
+            else req.max_wait_ms
+
+        def answer(final: bool) -> bool:
+            nonlocal allowed
+            if replica.role != LEADER or replica.leader_epoch != req.leader_epoch:
+                self.broker.send_error(client, req.id, NotLeader("leadership moved"))
+                return True
+            allowed = self.reassigner.allowance(tp, follower, time.monotonic()) or 0
+            if allowed <= 0 and not final:
+                return False
+            if allowed <= 0:  # still spent at the deadline: nothing this time
+                self.broker.send(client, self._replica_reply(replica, req, 0))
+                return True
+            again = reply_now()
+            if again.batches or final:
+                self.broker.send(client, again)
+                return True
+            return False
+        # Woken by new data only when it may send some; else at the deadline.
+        self.broker._park(client, wait_ms, answer, [replica.key] if allowed > 0 else [], None)
+        return None
+
+    def _replica_reply(self, replica: Replica, req: p.ReplicaFetch,
+                       max_bytes: int | None = None) -> p.ReplicaFetchReply:
         plog = replica.plog
         # Below the start offset (records deleted while the follower was away): nothing,
         # and the start offset, from which the follower starts again.
-        batches = (plog.read_all(req.offset, req.max_bytes)
-                   if plog.start_offset <= req.offset < plog.end_offset else [])
+        max_bytes = req.max_bytes if max_bytes is None else max_bytes
+        batches = (plog.read_all(req.offset, max_bytes) if max_bytes > 0 and
+                   plog.start_offset <= req.offset < plog.end_offset else [])
         replica.sent_end[req.replica_id] = plog.end_offset
         return p.ReplicaFetchReply(
             id=req.id, topic=req.topic, partition=req.partition,

@@ -14,6 +14,8 @@ kafka-leader-election.sh, ``auto.leader.rebalance.enable``).
   first in-sync new replica (leader epoch + 1) if it is not in the new set, and the
   znode goes.  Each broker, seeing the record change (``assignment_changed``), takes up
   the replicas it gained and drops those it lost: it stops following and deletes its copy.
+  A reassignment may carry a throttle: every broker keeps a token bucket per new replica
+  of such a partition, and as its leader sends it at most that many bytes a second.
   A reassignment marked cancelled (``cancel_reassignments``) goes back instead: the list
   becomes the original one at once, the leader moving to an in-sync original replica if
   a new one leads.
@@ -77,6 +79,9 @@ class Reassigner:
         config = cluster.config
         self.rebalance_s = max(config.leader_imbalance_check_interval_ms, 100) / 1000
         self.next_rebalance = time.monotonic() + self.rebalance_s
+        self.throttles: dict[TP, tuple[frozenset[int], int]] = {}
+        """Every broker's: the new replicas of each throttled reassignment, and the rate."""
+        self._buckets: dict[tuple[TP, int], list[float]] = {}  # [bytes allowed, at]
 
     # -- requests -----------------------------------------------------------------------
     def handle(self, req: p.ReassignPartitions | p.ListReassignments | p.ElectLeaders
@@ -123,7 +128,8 @@ class Reassigner:
                 raise BadRequest(f"{item.topic}[{item.partition}]: {len(item.replicas)} "
                                  f"replica(s), fewer than its min_insync_replicas={min_isr}")
             started[tp] = PendingReassignment(replicas=list(item.replicas),
-                                              original=list(record.replicas[item.partition]))
+                                              original=list(record.replicas[item.partition]),
+                                              throttle=item.throttle)
         try:
             self.store.start_reassignments(started)
         except ClusterError as exc:
@@ -139,13 +145,52 @@ class Reassigner:
                                (" (it is being deleted)" if record else ""))
         return record
 
+    # -- every broker: throttles ----------------------------------------------------------
+    def changed(self) -> None:
+        """The reassignments changed (or this broker joined): take up their throttles and,
+        as controller, carry them on."""
+        pending = self.store.reassignments(watch=True)
+        self.throttles = {tp: (frozenset(b for b in r.replicas if b not in r.original),
+                               r.throttle)
+                          for tp, r in pending.items() if r.throttle > 0 and not r.cancelled}
+        self._buckets = {key: bucket for key, bucket in self._buckets.items()
+                         if key[0] in self.throttles}
+        for (name, partition), (adding, rate) in self.throttles.items():
+            log.debug("%s[%d]: new replicas %s copy at most %d B/s", name, partition,
+                      sorted(adding), rate)
+        self.resume(pending)
+
+    def allowance(self, tp: TP, follower: int, now: float) -> int | None:
+        """Bytes the leader of ``tp`` may send ``follower`` now: None if it is not
+        throttled; <= 0 while its allowance is spent (it refills at the rate, up to one
+        second's worth)."""
+        throttled = self.throttles.get(tp)
+        if throttled is None or follower not in throttled[0]:
+            return None
+        rate = throttled[1]
+        bucket = self._buckets.get((tp, follower))
+        if bucket is None:
+            bucket = self._buckets[(tp, follower)] = [float(rate), now]
+        bucket[0] = min(float(rate), bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        return int(bucket[0])
+
+    def spent(self, tp: TP, follower: int, sent: int) -> float:
+        """Count ``sent`` bytes against ``follower``'s allowance; the seconds until it is
+        positive again."""
+        bucket = self._buckets.get((tp, follower))
+        if bucket is None:
+            return 0.0
+        bucket[0] -= sent
+        return max(0.0, -bucket[0]) / self.throttles[tp][1] if bucket[0] <= 0 else 0.0
+
     # -- the controller: reassignments ----------------------------------------------------
-    def resume(self) -> None:
+    def resume(self, pending: dict[TP, PendingReassignment] | None = None) -> None:
         """As controller (elected, or told the znodes changed): read the reassignments in
         progress and move each as far as it can go now."""
         if self.cluster.controller_epoch is None:
             return
-        self.pending = self.store.reassignments(watch=True)
+        self.pending = self.store.reassignments(watch=True) if pending is None else pending
         self._looked = {tp: at for tp, at in self._looked.items() if tp in self.pending}
         self._progress_all()
 
@@ -416,4 +461,4 @@ def _describe(tp: TP, pending: PendingReassignment) -> p.Reassignment:
     return p.Reassignment(topic=tp[0], partition=tp[1], replicas=pending.replicas,
                           adding=[b for b in pending.replicas if b not in pending.original],
                           removing=[b for b in pending.original if b not in pending.replicas],
-                          cancelled=pending.cancelled)
+                          cancelled=pending.cancelled, throttle=pending.throttle)

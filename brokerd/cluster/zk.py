@@ -9,7 +9,7 @@ Znodes, under the chroot given with ``--zookeeper host:port/chroot`` (see docs/c
     /topics/<name>/partitions/<p>/state    PartitionState, changed only by compare-and-set
     /admin/delete_topics/<name>            the id of a topic marked for deletion
     /admin/delete_topics/<name>/<id>       broker <id> deleted its copy
-    /admin/reassign_partitions/<name>:<p>  {"replicas", "original", "cancelled"}: a reassignment in progress
+    /admin/reassign_partitions/<name>:<p>  {"replicas", "original", "cancelled", "throttle"}: a reassignment in progress
 
 Watches fire on kazoo's thread; ``ClusterStore`` only turns them into events for
 ``on_event``, which the broker loop reads (never touches broker state from that thread).
@@ -81,6 +81,8 @@ class PendingReassignment(msgspec.Struct, kw_only=True):
     cancelled: bool = False
     """Cancelled (``cancel_reassignments``): the controller takes the list back to
     ``original`` instead."""
+    throttle: int = 0
+    """Bytes a second the leader sends each new replica while it catches up (0: no limit)."""
 
 
 class ClusterStore:

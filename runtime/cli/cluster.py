@@ -57,6 +57,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                           "done (exit 0 when all are, else 1)")
     reassign.add_argument("--list", action="store_true",
                           help="list the reassignments in progress")
+    reassign.add_argument("--throttle", type=int, default=0, metavar="BYTES",
+                          help="bytes a second each partition's leader sends each new "
+                          "replica while it catches up (default: no limit)")
     reassign.add_argument("--cancel", action="store_true",
                           help="cancel the reassignment of TOPIC PARTITION, of each partition "
                           "of --plan, or with neither every one in progress: each goes back "
@@ -184,6 +187,10 @@ def cmd_cluster_reassign(args: argparse.Namespace) -> int:
     if args.cancel:
         return _cancel(args)
     plan = _plan(args)
+    if args.throttle < 0:
+        raise UsageError(f"--throttle takes bytes a second (0: no limit), not {args.throttle}")
+    for x in plan:
+        x.throttle = args.throttle
     if not args.verify:
         _any(args, p.ReassignPartitions(partitions=plan))
         if args.json:
@@ -240,7 +247,8 @@ def _cancel(args: argparse.Namespace) -> int:
 
 def _moving(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The reassignments in progress."""
-    return [_item(r) | {"adding": r.adding, "removing": r.removing, "cancelled": r.cancelled}
+    return [_item(r) | {"adding": r.adding, "removing": r.removing, "cancelled": r.cancelled,
+                        "throttle": r.throttle}
             for r in _any(args, p.ListReassignments()).reassignments]
 
 
@@ -248,8 +256,9 @@ def _moving_line(r: dict[str, Any]) -> str:
     if r.get("cancelled"):
         return (f"{r['topic']}[{r['partition']}] -> {_ids(r['replicas'])} cancelled: going "
                 f"back (dropping {_ids(r['adding']) or '-'})")
+    throttle = f", throttled to {r['throttle']:,} B/s" if r.get("throttle") else ""
     return (f"{r['topic']}[{r['partition']}] -> {_ids(r['replicas'])} (adding "
-            f"{_ids(r['adding']) or '-'}, removing {_ids(r['removing']) or '-'})")
+            f"{_ids(r['adding']) or '-'}, removing {_ids(r['removing']) or '-'}{throttle})")
 
 
 def _ids(ids: list[int]) -> str:

@@ -138,8 +138,13 @@ class LeaderProducer:
 
 
 def read_log(data_dir: Path, topic: str, partition: int) -> list[tuple[int, bytes]]:
-    """(offset, record bytes) of every record a stopped broker holds for the partition."""
-    plog = PartitionLog(data_dir / "topics" / topic / str(partition), TopicDefaults())
+    """(offset, record bytes) of every record a stopped broker holds for the partition
+    (none if it holds no copy: opening one would create it).  Never of a running broker:
+    opening its log recovers the tail it is writing."""
+    directory = data_dir / "topics" / topic / str(partition)
+    if not directory.exists():
+        return []
+    plog = PartitionLog(directory, TopicDefaults())
     try:
         out = []
         offset = plog.start_offset

@@ -469,8 +469,8 @@ def test_a_cancelled_reassignment_puts_the_replicas_back_under_an_acks_all_produ
 
         os.kill(brokers[x].pid, signal.SIGCONT)  # it learns it is not a replica: its copy goes
         paused = None
-        wait_for(lambda: read_log(brokers[x].data_dir, "k", part) == [], timeout=15,
-                 interval=0.1, what="the new replica's copy emptied")
+        wait_for(lambda: _dropped(brokers[x], "k", part), timeout=15, interval=0.1,
+                 what="the new replica's copy emptied")
         sending.stop()
     finally:
         if paused is not None:
@@ -481,3 +481,70 @@ def test_a_cancelled_reassignment_puts_the_replicas_back_under_an_acks_all_produ
             b.stop()
     logs = {str(i): {part: read_log(brokers[i].data_dir, "k", part)} for i in original}
     check_history(sending.acked("k"), logs)
+
+
+def _dropped(broker: BrokerProcess, topic: str, partition: int) -> bool:
+    """Whether a running broker holds no records of the partition (looked at on disk
+    without opening its log, which would recover the tail it writes)."""
+    folder = broker.data_dir / "topics" / topic / str(partition)
+    return not folder.exists() or all(f.stat().st_size == 0 for f in folder.glob("*.log"))
+
+
+def _until_done(api: str, timeout: float) -> float:
+    """Seconds until no reassignment is in progress."""
+    started = time.monotonic()
+    wait_for(lambda: _reassignments(api) == [], timeout=timeout, interval=0.05,
+             what="the reassignment done")
+    return time.monotonic() - started
+
+
+def test_a_throttled_reassignment_copies_at_the_rate_asked(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """``--throttle 400000``: the new replica copies 2 MB at 400 kB/s (one second's worth
+    at once, then the rate), so it takes at least 3 s, where the same copy unthrottled
+    takes a fraction of it; the copy is identical and ends in sync."""
+    brokers = start_three(tmp_path, zookeeper, SESSION)
+    try:
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="big", partitions=1, config={"replication_factor": 2})
+        wait_in_sync(apis, "big", 1, 2)
+        original = _partition(apis[0], "big", 0)["replicas"]
+        x = next(i for i in range(3) if i not in original)
+        # batches of 20 kB: a throttled fetch sends at least one whole batch
+        with Producer(",".join(apis), acks="all", batch_size=20) as producer:
+            for _ in range(2_000):
+                producer.send("big", os.urandom(1_000))  # incompressible: 2 MB on disk
+            producer.flush(timeout_s=60)
+            assert not producer.errors, producer.errors[:3]
+        grown = ",".join(map(str, original + [x]))
+
+        run = rail("cluster", "reassign", "big", "0", "--replicas", grown, "--throttle",
+                   "400000", "--broker", apis[0])
+        assert run.returncode == 0, run.stderr
+        listed = rail("cluster", "reassign", "--list", "--broker", apis[0]).stdout
+        assert "throttled to 400,000 B/s" in listed, listed
+        throttled = _until_done(apis[0], 60)
+        assert throttled >= 3.0, f"2 MB at 400 kB/s took {throttled:.2f} s"
+        wait_in_sync(apis, "big", 1, 3)
+
+        back = ",".join(map(str, original))
+        assert rail("cluster", "reassign", "big", "0", "--replicas", back, "--broker",
+                    apis[0]).returncode == 0
+        _until_done(apis[0], 30)
+        wait_for(lambda: _dropped(brokers[x], "big", 0), timeout=15, interval=0.1,
+                 what="the copy dropped")
+        assert rail("cluster", "reassign", "big", "0", "--replicas", grown, "--broker",
+                    apis[0]).returncode == 0
+        unthrottled = _until_done(apis[0], 30)
+        assert unthrottled < throttled / 2, (unthrottled, throttled)
+        wait_in_sync(apis, "big", 1, 3)
+        with RawClient(apis[0]) as raw:
+            assert raw.error_code("reassign_partitions", partitions=[
+                {"topic": "big", "partition": 0, "replicas": original, "throttle": -1}]) \
+                == "BAD_REQUEST"
+    finally:
+        for b in brokers:
+            b.stop()
+    copies = [read_log(b.data_dir, "big", 0) for b in brokers]
+    assert len(copies[0]) == 2_000 and copies[0] == copies[1] == copies[2]
