@@ -244,31 +244,35 @@ class Router:
 
     def _settle(self, topic: str, deadline: float) -> None:
         """Wait until every live broker names a leader for each partition of ``topic``
-        (until ``deadline``: a broker that never does is the next request's problem)."""
-        waiting = None
-        while time.monotonic() < deadline:
-            if waiting is None:
-                try:
-                    meta = metadata_from_any(self._brokers + self.bootstrap, self.context, [],
-                                             max(0.1, deadline - time.monotonic()))
-                except BrokerError:
-                    return  # created all the same; the next request finds its leaders
-                self._brokers = [b.api for b in meta.brokers]
-                waiting = list(self._brokers)
-            while waiting:
-                try:
-                    reply = self._conn(waiting[0]).call(p.Metadata(topics=[topic]),
-                                                        max(0.1, deadline - time.monotonic()))
-                except BrokerError as exc:
-                    if exc.code != "UNKNOWN_TOPIC":
-                        self._drop(waiting[0])
-                        waiting = None  # gone meanwhile: ask who is live again
-                    break
-                if any(part.leader < 0 for part in reply.topics[0].partitions):
-                    break
+        (until ``deadline``).  A broker that refuses connections or does not answer
+        within ANY_BROKER_S is not waited for: it learns of the topic when it is back."""
+        try:
+            meta = metadata_from_any(self._brokers + self.bootstrap, self.context, [],
+                                     max(0.1, deadline - time.monotonic()))
+        except BrokerError:
+            return  # created all the same; the next request finds its leaders
+        self._brokers = [b.api for b in meta.brokers]
+        waiting = list(self._brokers)
+        while waiting and time.monotonic() < deadline:
+            endpoint = waiting[0]
+            if refusing(endpoint):  # (a TCP connect: create_topic is rare)
+                self._drop(endpoint)
                 waiting.pop(0)
-            else:
-                return
+                continue
+            try:
+                reply = self._conn(endpoint).call(
+                    p.Metadata(topics=[topic]),
+                    max(0.1, min(ANY_BROKER_S, deadline - time.monotonic())))
+            except BrokerError as exc:
+                if exc.code != "UNKNOWN_TOPIC":
+                    self._drop(endpoint)
+                    waiting.pop(0)
+                    continue
+                reply = None
+            if reply is not None and all(part.leader >= 0
+                                         for part in reply.topics[0].partitions):
+                waiting.pop(0)
+                continue
             time.sleep(SETTLE_S)
 
     def _list_groups(self, request: p.ListGroups, deadline: float) -> p.ListGroupsReply:

@@ -164,3 +164,25 @@ def test_metadata_through_an_endpoint_list_does_not_wait_out_a_killed_leader(
     finally:
         for b in brokers:
             b.stop()
+
+
+def test_a_topic_created_through_an_endpoint_list_right_after_a_kill_is_answered_at_once(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """A broker killed is still registered until its ZooKeeper session expires; the
+    Router's wait for every broker to know a new topic skips it (its port refuses) rather
+    than waiting out its timeout."""
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        conn = connect(",".join(b.api for b in brokers), timeout_s=10.0)
+        try:
+            conn.call(p.CreateTopic(topic="before", partitions=1))
+            brokers[2].kill9()
+            started = time.monotonic()
+            conn.call(p.CreateTopic(topic="after", partitions=1))
+            took = time.monotonic() - started
+            assert took < 3.0, took
+        finally:
+            conn.close()
+    finally:
+        for b in brokers:
+            b.stop()
