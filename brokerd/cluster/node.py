@@ -679,7 +679,10 @@ class Cluster:
 
     def _elect_leaders(self) -> None:
         """Give every partition whose leader is gone a leader from its live ISR (never an
-        out-of-sync replica); one without a live ISR member goes offline until one returns."""
+        out-of-sync replica); one without a live ISR member goes offline until one returns.
+        Where the leader lives, drop the followers that are gone from its ISR (Kafka's
+        controller does so on a broker's failure): else every ``acks=all`` produce there
+        waits for them until its leader drops them, ``replica_lag_time_ms`` later."""
         assert self.controller_epoch is not None
         live = set(self.brokers)
         for name in self.store.topics():
@@ -689,6 +692,19 @@ class Cluster:
             for index in range(len(record.replicas)):
                 state, version = self.store.state(name, index)
                 if state.leader in live:
+                    if all(b in live for b in state.isr):
+                        continue
+                    new = PartitionState(leader=state.leader, leader_epoch=state.leader_epoch,
+                                         isr=[b for b in state.isr if b in live],
+                                         controller_epoch=self.controller_epoch)
+                    try:
+                        self.store.set_state(name, index, new, version,
+                                             self.controller_epoch_version)
+                    except StaleVersion as exc:  # the leader changed it: it looks itself
+                        log.warning("controller: %s", exc)
+                        continue
+                    log.info("controller: %s[%d] isr %s -> %s (gone: %s)", name, index,
+                             state.isr, new.isr, sorted(set(state.isr) - live))
                     continue
                 alive = [b for b in record.replicas[index] if b in state.isr and b in live]
                 if alive:
