@@ -2,10 +2,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.helpers import BrokerProcess, start_broker
+
+if TYPE_CHECKING:
+    from tests.connect.postgres import PostgresServer
 
 
 @pytest.fixture
@@ -16,3 +20,19 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session's tests that need one (each uses its own
+    tables): the connect tests, the connect tests on a cluster."""
+    # psycopg is imported only by the tests that use it
+    from tests.connect.postgres import AVAILABLE, PostgresServer
+    if not AVAILABLE:
+        pytest.skip("PostgreSQL server binaries (initdb, postgres) not found: install "
+                    "Debian's postgresql or set RAIL_PG_BIN")
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -262,16 +262,9 @@ class Reassigner:
         state, state_version = self.store.state(name, partition)
         if any(b not in state.isr for b in target):  # (b) not all caught up yet
             return False
-        live, controller_epoch = set(cluster.brokers), cluster.controller_epoch or 0
-        isr = [b for b in target if b in state.isr]
-        if state.leader in target and state.leader in live:
-            new = msgspec.structs.replace(state, isr=isr, controller_epoch=controller_epoch)
-        else:  # (c) leadership moves to an in-sync new replica
-            candidates = [b for b in isr if b in live]
-            if not candidates:
-                return False
-            new = PartitionState(leader=candidates[0], leader_epoch=state.leader_epoch + 1,
-                                 isr=isr, controller_epoch=controller_epoch)
+        new = self._state_for(state, target)  # (c) the leader moves if it leaves
+        if new is None:
+            return False
         final = _with_replicas(record, partition, list(target))
         self.store.finish_reassignment(name, partition, final, version, new, state_version,
                                        epoch_version, reassign_version)  # (d)
@@ -289,16 +282,9 @@ class Reassigner:
         cluster, (name, partition) = self.cluster, tp
         target, current = pending.original, record.replicas[partition]
         state, state_version = self.store.state(name, partition)
-        live, controller_epoch = set(cluster.brokers), cluster.controller_epoch or 0
-        isr = [b for b in state.isr if b in target]
-        if state.leader in target and state.leader in live:
-            new = msgspec.structs.replace(state, isr=isr, controller_epoch=controller_epoch)
-        else:
-            candidates = [b for b in isr if b in live]
-            if not candidates:
-                return False
-            new = PartitionState(leader=candidates[0], leader_epoch=state.leader_epoch + 1,
-                                 isr=isr, controller_epoch=controller_epoch)
+        new = self._state_for(state, target)
+        if new is None:
+            return False
         final = _with_replicas(record, partition, list(target))
         self.store.finish_reassignment(name, partition, final, version, new, state_version,
                                        cluster.controller_epoch_version, reassign_version)
@@ -306,6 +292,21 @@ class Reassigner:
                  "%d at epoch %d", *tp, pending.replicas, current, target, new.leader,
                  new.leader_epoch)
         return True
+
+    def _state_for(self, state: PartitionState, target: list[int]) -> PartitionState | None:
+        """The partition's state once its replicas are ``target``: the ISR those of them
+        in it; the leader the same if it stays and lives, else the first of them in sync
+        and live (leader epoch + 1); None if there is none (wait)."""
+        cluster = self.cluster
+        live, controller_epoch = set(cluster.brokers), cluster.controller_epoch or 0
+        isr = [b for b in target if b in state.isr]
+        if state.leader in target and state.leader in live:
+            return msgspec.structs.replace(state, isr=isr, controller_epoch=controller_epoch)
+        candidates = [b for b in isr if b in live]
+        if not candidates:
+            return None
+        return PartitionState(leader=candidates[0], leader_epoch=state.leader_epoch + 1,
+                              isr=isr, controller_epoch=controller_epoch)
 
     def cancel(self, partitions: list[p.PartitionRef]) -> list[p.Cancellation]:
         """Mark the reassignments of ``partitions`` (none named: all in progress)

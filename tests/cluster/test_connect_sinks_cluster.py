@@ -12,17 +12,14 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from runtime.client import Producer
 from runtime.connect.settings import parse
 from tests.cluster.client import wait_in_sync
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
-from tests.connect.postgres import AVAILABLE, PostgresServer
+from tests.connect.postgres import PostgresServer
 from tests.connect.tasks import Task, read_topic
 from tests.connect.test_http_source import listening, post
 from tests.connect.test_postgres_sink import (
@@ -36,18 +33,6 @@ from tests.connect.test_postgres_sink import (
 )
 from tests.helpers import free_port, wait_for
 from tests.integration.wire import RawClient
-
-
-@pytest.fixture
-def postgres() -> Iterator[PostgresServer]:
-    if not AVAILABLE:
-        pytest.skip("PostgreSQL server binaries (initdb, postgres) not found: install "
-                    "Debian's postgresql or set RAIL_PG_BIN")
-    server = PostgresServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_postgres_sink_on_a_cluster_applies_each_change_once_through_coordinator_and_task_kills(
