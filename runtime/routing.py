@@ -28,10 +28,18 @@ def call_any(endpoints: list[str], context: zmq.Context, request: Any, timeout_s
     """``request``'s reply from the first of ``endpoints`` that answers it, each asked on a
     connection of its own (so that no other request's replies interleave); a refusal in
     ``retriable`` moves on to the next one.  The last error if none answers.  Endpoints
-    whose port refuses connections are asked last (``refusing``)."""
+    whose port refuses connections are asked last (``refusing``).  All within
+    ``timeout_s``: each but the last is given ANY_BROKER_S at most (a broker killed after
+    it took the request must not hold up the others' answer for the whole timeout)."""
     error: BrokerError = BrokerUnavailable(",".join(endpoints), timeout_s)
-    for endpoint in _refusing_last(list(dict.fromkeys(endpoints))):
-        conn = Connection(endpoint, context=context, timeout_s=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    unique = list(dict.fromkeys(endpoints))
+    for i, endpoint in enumerate(_refusing_last(unique)):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        conn = Connection(endpoint, context=context,
+                          timeout_s=left if i == len(unique) - 1 else min(left, ANY_BROKER_S))
         try:
             return conn.call(request)
         except BrokerError as exc:
