@@ -62,13 +62,13 @@ class ConnectorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     linger_ms: Annotated[float, msgspec.Meta(ge=0)] = 50.0
     acks: Literal[1, "all"] | None = None
-    """A source's producer acks; None (the default): 1 on a single broker (what it
-    acknowledged survives its kill -9), "all" on a cluster (what the leader alone
-    acknowledged is lost if it dies before its followers copy it)."""
+    """The producer acks of a source (and of a sink's dead letters); None (the default):
+    1 on a single broker (what it acknowledged survives its kill -9), "all" on a cluster
+    (what the leader alone acknowledged is lost if it dies before its followers copy it)."""
 
-    def source_acks(self, broker: str) -> Literal[1, "all"]:
-        """The acks a source sends with to ``broker`` (an endpoint or a cluster's list):
-        ``acks`` if set, else by what ``broker`` is; "all" if no broker answers now."""
+    def producer_acks(self, broker: str) -> Literal[1, "all"]:
+        """The acks to send with to ``broker`` (an endpoint or a cluster's list): ``acks``
+        if set, else by what ``broker`` is; "all" if no broker answers now."""
         if self.acks is not None:
             return self.acks
         link = connect(broker, timeout_s=5.0)

@@ -234,7 +234,8 @@ class SinkTask:
                                f"[{event.partition}]@{event.offset}: {error} "
                                "(errors.tolerance = \"none\")")
         if self.producer is None:
-            self.producer = Producer(self.host.options.broker)
+            broker = self.host.options.broker
+            self.producer = Producer(broker, acks=self.settings.producer_acks(broker))
         send_to_dlq(self.producer, event, error, 1)
         self.host.failed += 1
 

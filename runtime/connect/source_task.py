@@ -56,7 +56,7 @@ class SourceTask:
                 return 0
             self.point = point
             self.headers = Headers(self.key, point.partition)
-            acks = self.settings.source_acks(broker)
+            acks = self.settings.producer_acks(broker)
             self.host.log.info("source %s resumes at %s (seq %d, acks %s)", self.key,
                                self.point.offsets or "the beginning", self.point.seq, acks)
             self.source.open(dict(self.point.offsets))  # a config error leaves nothing open
