@@ -482,7 +482,9 @@ class Cluster:
             self._high_watermark_moved(replica)
         if replica.may_join_isr(req.replica_id):
             self._change_isr(replica, replica.isr + [req.replica_id])
-        allowed = self.reassigner.allowance(replica.key, req.replica_id, time.monotonic())
+        # a new replica once in sync is not held back (as in Kafka): acks=all waits for it
+        allowed = None if req.replica_id in replica.isr else \
+            self.reassigner.allowance(replica.key, req.replica_id, time.monotonic())
         if allowed is not None:
             return self._throttled_fetch(replica, req, client, allowed)
         reply = self._replica_reply(replica, req)
