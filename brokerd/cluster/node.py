@@ -693,26 +693,15 @@ class Cluster:
                 continue
             for index in range(len(record.replicas)):
                 state, version = self.store.state(name, index)
+                isr = [b for b in state.isr if b in live]
                 if state.leader in live:
-                    if all(b in live for b in state.isr):
+                    if isr == state.isr:
                         continue
                     new = PartitionState(leader=state.leader, leader_epoch=state.leader_epoch,
-                                         isr=[b for b in state.isr if b in live],
-                                         controller_epoch=self.controller_epoch)
-                    try:
-                        self.store.set_state(name, index, new, version,
-                                             self.controller_epoch_version)
-                    except StaleVersion as exc:  # the leader changed it: it looks itself
-                        log.warning("controller: %s", exc)
-                        continue
-                    log.info("controller: %s[%d] isr %s -> %s (gone: %s)", name, index,
-                             state.isr, new.isr, sorted(set(state.isr) - live))
-                    continue
-                alive = [b for b in record.replicas[index] if b in state.isr and b in live]
-                if alive:
+                                         isr=isr, controller_epoch=self.controller_epoch)
+                elif alive := [b for b in record.replicas[index] if b in isr]:
                     new = PartitionState(leader=alive[0], leader_epoch=state.leader_epoch + 1,
-                                         isr=[b for b in state.isr if b in live],
-                                         controller_epoch=self.controller_epoch)
+                                         isr=isr, controller_epoch=self.controller_epoch)
                 elif state.leader != -1:
                     new = PartitionState(leader=-1, leader_epoch=state.leader_epoch + 1,
                                          isr=state.isr, controller_epoch=self.controller_epoch)
@@ -721,8 +710,12 @@ class Cluster:
                 try:
                     self.store.set_state(name, index, new, version,
                                          self.controller_epoch_version)
-                except StaleVersion as exc:
+                except StaleVersion as exc:  # changed meanwhile (by its leader, say)
                     log.warning("controller: %s", exc)
                     continue
-                log.info("controller: %s[%d] leader %d -> %d at epoch %d (isr %s)", name,
-                         index, state.leader, new.leader, new.leader_epoch, new.isr)
+                if new.leader == state.leader:
+                    log.info("controller: %s[%d] isr %s -> %s (gone: %s)", name, index,
+                             state.isr, new.isr, sorted(set(state.isr) - live))
+                else:
+                    log.info("controller: %s[%d] leader %d -> %d at epoch %d (isr %s)", name,
+                             index, state.leader, new.leader, new.leader_epoch, new.isr)

@@ -249,48 +249,28 @@ class Reassigner:
         pending, reassign_version = asked
         self.pending[tp] = pending
         current = record.replicas[partition]
-        if pending.cancelled:
-            return self._revert(tp, record, version, pending, reassign_version)
-        target = pending.replicas
+        # Cancelled: back to the original list at once, without waiting for all of it to
+        # be in sync (as Kafka's cancel); the leader moves if a new replica leads.
+        target = pending.original if pending.cancelled else pending.replicas
         adding = [b for b in target if b not in current]
-        if adding:  # (a) the new replicas join the list and start catching up
+        if adding and not pending.cancelled:  # (a) the new replicas join the list
             grown = _with_replicas(record, partition, current + adding)
             self.store.set_assignment(name, grown, version, epoch_version)
             log.info("controller: %s[%d] replicas %s -> %s (catching up)", *tp, current,
                      grown.replicas[partition])
             return False
         state, state_version = self.store.state(name, partition)
-        if any(b not in state.isr for b in target):  # (b) not all caught up yet
-            return False
+        if not pending.cancelled and any(b not in state.isr for b in target):
+            return False  # (b) not all caught up yet
         new = self._state_for(state, target)  # (c) the leader moves if it leaves
         if new is None:
-            return False
+            return False  # none of them in sync and live: only the ISR holds everything
         final = _with_replicas(record, partition, list(target))
         self.store.finish_reassignment(name, partition, final, version, new, state_version,
                                        epoch_version, reassign_version)  # (d)
-        log.info("controller: %s[%d] reassigned %s -> %s, leader %d at epoch %d", *tp,
-                 current, target, new.leader, new.leader_epoch)
-        return True
-
-    def _revert(self, tp: TP, record: TopicRecord, version: int, pending: PendingReassignment,
-                reassign_version: int) -> bool:
-        """A cancelled reassignment: the list goes back to the original replicas at once,
-        without waiting for them all to be in sync (as Kafka's cancel); the ISR keeps those
-        of them that are, and the leader moves to the first of them in sync if a new
-        replica leads (after a failover).  If none of them is in sync and live, it waits:
-        only the ISR holds everything acknowledged."""
-        cluster, (name, partition) = self.cluster, tp
-        target, current = pending.original, record.replicas[partition]
-        state, state_version = self.store.state(name, partition)
-        new = self._state_for(state, target)
-        if new is None:
-            return False
-        final = _with_replicas(record, partition, list(target))
-        self.store.finish_reassignment(name, partition, final, version, new, state_version,
-                                       cluster.controller_epoch_version, reassign_version)
-        log.info("controller: %s[%d] reassignment to %s cancelled: replicas %s -> %s, leader "
-                 "%d at epoch %d", *tp, pending.replicas, current, target, new.leader,
-                 new.leader_epoch)
+        log.info("controller: %s[%d] %s %s -> %s, leader %d at epoch %d", *tp,
+                 f"reassignment to {pending.replicas} cancelled:" if pending.cancelled
+                 else "reassigned", current, target, new.leader, new.leader_epoch)
         return True
 
     def _state_for(self, state: PartitionState, target: list[int]) -> PartitionState | None:
