@@ -30,6 +30,7 @@ from tests.cluster.client import (
     wait_in_sync,
 )
 from tests.cluster.test_admin import _consume, _leader_api
+from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
 from tests.helpers import ROOT, BrokerProcess, python_env, start_broker, wait_for
 from tests.integration.wire import RawClient
@@ -41,20 +42,6 @@ def rail(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=ROOT,
                           env=python_env(), capture_output=True, text=True, timeout=30,
                           check=False)
-
-
-def start_three(tmp_path: Path, zookeeper: ZooKeeper, config: str) -> list[BrokerProcess]:
-    path = tmp_path / "broker.toml"
-    path.write_text(config)
-    brokers: list[BrokerProcess] = []
-    try:
-        for i in range(3):
-            brokers.append(start_member(tmp_path, zookeeper, i, "--config", str(path)))
-    except BaseException:
-        for b in brokers:
-            b.stop()
-        raise
-    return brokers
 
 
 class Keyed:

@@ -32,11 +32,19 @@ PARTITIONS = 3
 ONE = msgspec.Raw(msgspec.msgpack.encode([[1]]))
 
 
-def start_three(tmp_path: Path, zookeeper: ZooKeeper) -> list[BrokerProcess]:
+def start_three(tmp_path: Path, zookeeper: ZooKeeper,
+                config: str | None = None) -> list[BrokerProcess]:
+    """Brokers 0, 1 and 2; with ``config``, each started with it as ``--config``
+    (written to ``tmp_path / "broker.toml"``)."""
+    extra: tuple[str, ...] = ()
+    if config is not None:
+        path = tmp_path / "broker.toml"
+        path.write_text(config)
+        extra = ("--config", str(path))
     brokers: list[BrokerProcess] = []
     try:
         for i in range(3):
-            brokers.append(start_member(tmp_path, zookeeper, i))
+            brokers.append(start_member(tmp_path, zookeeper, i, *extra))
     except BaseException:
         for b in brokers:
             b.stop()
@@ -396,9 +404,8 @@ def test_a_follower_killed_leaves_the_isr_when_its_session_ends_not_after_the_la
     Kafka's default is 30 s).  The controller drops it as soon as its ZooKeeper session
     ends (4 s here), as Kafka's does; it rejoins once restarted and caught up.  Every
     acknowledged event is there once."""
-    config = tmp_path / "broker.toml"
-    config.write_text("zookeeper_session_timeout_ms = 4000\nreplica_lag_time_ms = 60000\n")
-    brokers = [start_member(tmp_path, zookeeper, i, "--config", str(config)) for i in range(3)]
+    brokers = start_three(tmp_path, zookeeper,
+                          "zookeeper_session_timeout_ms = 4000\nreplica_lag_time_ms = 60000\n")
     try:
         apis = [b.api for b in brokers]
         every = ",".join(apis)
@@ -422,7 +429,8 @@ def test_a_follower_killed_leaves_the_isr_when_its_session_ends_not_after_the_la
         assert took < 15, f"acks=all waited {took:.1f} s for a dead follower"
         isr = metadata(apis[leader], "f")["topics"][0]["partitions"][0]["isr"]  # type: ignore[index]
         assert follower not in isr, isr
-        brokers[follower] = start_member(tmp_path, zookeeper, follower, "--config", str(config),
+        brokers[follower] = start_member(tmp_path, zookeeper, follower, "--config",
+                                         str(tmp_path / "broker.toml"),
                                          api_port=int(apis[follower].rsplit(":", 1)[1]))
         wait_in_sync(apis, "f", 1, 3)
         assert sorted(e.value for e in read_topic(every, "f")) == list(range(200))
