@@ -120,15 +120,23 @@ class _Cluster:
 
 
 class Producer:
-    """Send events to topics; see the module docstring.  ``acks``: 0, 1 or "all"."""
+    """Send events to topics; see the module docstring.  ``acks``: 0, 1, "all", or None
+    (the default): by the brokers, "all" on a cluster (what a leader alone acknowledged is
+    lost if it dies before its followers copy it) and 1 on a single broker (what it
+    acknowledged survives its kill -9).  The producer learns which from the first
+    metadata it reads, before the first batch of a topic leaves; until then it is "all"
+    given several endpoints and 1 given one."""
 
-    def __init__(self, broker: str = DEFAULT_BROKER, *, acks: int | str = 1,
+    def __init__(self, broker: str = DEFAULT_BROKER, *, acks: int | str | None = None,
                  batch_size: int = 1000, linger_ms: float = 5.0, max_in_flight: int = 16,
                  idempotent: bool = True, request_timeout_s: float = 10.0,
                  delivery_timeout_s: float = 120.0) -> None:
-        if acks not in (0, 1, "all"):
-            raise ValueError("acks must be 0, 1 or 'all'")
+        if acks not in (None, 0, 1, "all"):
+            raise ValueError("acks must be 0, 1, 'all' or None (by the brokers)")
         bootstrap = bootstrap_list(broker, DEFAULT_BROKER)
+        self._acks_unknown = acks is None  # learned from the first metadata (_learn)
+        if acks is None:
+            acks = "all" if len(bootstrap) > 1 else 1
         self.conn = Connection(bootstrap[0], timeout_s=request_timeout_s,
                                watch_reconnects=acks != 0)
         self.acks = acks
@@ -311,8 +319,8 @@ class Producer:
     def _learn_leaders(self, topic: str) -> None:
         """A send to an explicit partition of a topic not looked up yet: given a cluster's
         endpoints, learn its leaders first, as a keyed send does (else the first broker's
-        NOT_LEADER would be final)."""
-        if len(self._cl.bootstrap) > 1:
+        NOT_LEADER would be final); so too while the acks are to be learned."""
+        if len(self._cl.bootstrap) > 1 or self._acks_unknown:
             self.partitions_for(topic)
 
     def _lookup_partitions(self, topic: str) -> int:
@@ -325,10 +333,11 @@ class Producer:
             if exc.code != "UNKNOWN_TOPIC":
                 raise
         partitions = self._call(p.CreateTopic(topic=topic, exist_ok=True)).partitions
-        if len(self._cl.bootstrap) > 1 and not self._cl.clustered:
+        if (len(self._cl.bootstrap) > 1 or self._acks_unknown) and not self._cl.clustered:
             # A cluster's brokers learn of the topic from ZooKeeper a moment later: learn
             # that this is a cluster, so that the sends wait for metadata to name the
-            # leaders (_refresh) instead of taking the first broker's NOT_LEADER as final.
+            # leaders (_refresh) instead of taking the first broker's NOT_LEADER as final,
+            # and with which acks to send.
             with contextlib.suppress(BrokerError):
                 self._learn(self._metadata([]))
         return int(partitions)
@@ -666,6 +675,9 @@ class Producer:
     def _learn(self, meta: p.MetadataReply) -> None:
         """Take the leaders a metadata reply names (a single broker names none)."""
         brokers, leaders = leaders_of(meta)
+        if self._acks_unknown:
+            self._acks_unknown = False
+            self.acks = "all" if brokers else 1
         if brokers:
             self._cl.clustered = True
             self._cl.brokers = brokers

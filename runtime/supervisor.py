@@ -510,9 +510,9 @@ class Supervisor:
                 LOG.warning("%s: %s[%d]@%d crashed it %s but is gone from the log", watcher.name,
                             topic, partition, offset, counted(len(reasons), "time"))
             else:
-                # in a cluster what the leader alone acknowledged may be lost
-                clustered = self.broker.clustered or "," in self.broker.endpoint
-                producer = Producer(self.broker.endpoint, acks="all" if clustered else 1)
+                # acks by the brokers: "all" in a cluster (what the leader alone
+                # acknowledged may be lost)
+                producer = Producer(self.broker.endpoint)
                 try:
                     send_to_dlq(producer, events[0], CrashedWorker(reasons), len(reasons))
                     producer.flush(timeout_s=5.0)

@@ -7,9 +7,9 @@ ports, it starts a one-node ZooKeeper and three brokers that join it (``python -
 --broker-id N --zookeeper ...``), then ``rail up`` with a copy of the pizzeria's rail.toml
 and ``--broker`` naming all three (rail.toml's topics are created with three replicas),
 its Rail Streams step (``dishes``) included.
-The hall takes half the orders (``acks="all"``), the leader of ``orders`` partition 0 is
-killed with kill -9 while the kitchen cooks them, and the hall takes the other half from
-the new leaders.  It ends with the pizzeria's exact count check (every ordered item made
+The hall takes half the orders (``acks="all"``, the producer's default on a cluster), the
+leader of ``orders`` partition 0 is killed with kill -9 while the kitchen cooks them, and
+the hall takes the other half from the new leaders.  It ends with the pizzeria's exact count check (every ordered item made
 exactly once, the streams step's dishes per station equal to the tally, every group's lag
 0).  Everything it started is stopped by its pid, also on
 a failure or Ctrl-C; the exit code is 0 only if the check passed.
@@ -131,12 +131,12 @@ def run_demo(args: argparse.Namespace, tmp: Path, cluster: Cluster) -> int:
         print("pizzeria: every station is at its post")
         started = time.monotonic()
         first = args.orders // 2
-        expected = [hall.take_orders(every, first, acks="all")]
+        expected = [hall.take_orders(every, first)]
         victim = leader_of(router, "orders", 0)
         cluster.brokers[victim].kill9()
         print(f"cluster: took {first} orders, then killed broker {victim} (leader of "
               "orders[0]) with kill -9")
-        expected.append(hall.take_orders(every, args.orders - first, acks="all"))
+        expected.append(hall.take_orders(every, args.orders - first))
         print(f"cluster: took {args.orders - first} more orders from the new leaders")
         return pizzeria.count_check(router, config, data, merged(expected), started,
                                     args.timeout, alive)

@@ -36,9 +36,10 @@ def random_order(rng: random.Random, order_id: str) -> dict:
 
 
 def take_orders(broker: str, count: int, seed: int | None = None,
-                acks: int | str = 1) -> dict:
-    """Send ``count`` orders; return the expected counts.  ``acks="all"`` on a cluster
-    whose leader may die: an order acknowledged by the leader alone could be lost."""
+                acks: int | str | None = None) -> dict:
+    """Send ``count`` orders; return the expected counts.  ``acks``: the producer's
+    default, "all" on a cluster (whose leader may die: an order acknowledged by the leader
+    alone could be lost) and 1 on a single broker."""
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:6]
     expected = {kind: 0 for kind in MENU}

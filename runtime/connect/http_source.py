@@ -51,7 +51,7 @@ class HttpSource(Connector):
                                        "on one port: set tasks = 1")
 
     def serve(self, host: Hosted, settings: ConnectorSettings) -> int:
-        producer = Producer(host.options.broker, acks=settings.producer_acks(host.options.broker),
+        producer = Producer(host.options.broker, acks=settings.acks,
                             request_timeout_s=self.timeout_s,
                             delivery_timeout_s=self.timeout_s)
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rail-http-send")

@@ -23,12 +23,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from brokerd import protocol as p
 from runtime.connect.converters import Converter, converter
 from runtime.connect.errors import ConnectorConfigError
 from runtime.connect.transforms import apply_all, build
-from runtime.connection import BrokerError
-from runtime.routing import connect
 
 ENV = "RAIL_CONNECTOR_"  # + the connector's name: its entry, as JSON, in the environment
 TASK_SCRIPT = str(Path(__file__).resolve().parent / "task.py")
@@ -63,21 +60,9 @@ class ConnectorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     linger_ms: Annotated[float, msgspec.Meta(ge=0)] = 50.0
     acks: Literal[1, "all"] | None = None
     """The producer acks of a source (and of a sink's dead letters); None (the default):
-    1 on a single broker (what it acknowledged survives its kill -9), "all" on a cluster
-    (what the leader alone acknowledged is lost if it dies before its followers copy it)."""
-
-    def producer_acks(self, broker: str) -> Literal[1, "all"]:
-        """The acks to send with to ``broker`` (an endpoint or a cluster's list): ``acks``
-        if set, else by what ``broker`` is; "all" if no broker answers now."""
-        if self.acks is not None:
-            return self.acks
-        link = connect(broker, timeout_s=5.0)
-        try:
-            return "all" if link.call(p.Metadata(topics=[])).brokers else 1
-        except BrokerError:
-            return "all"
-        finally:
-            link.close()
+    the producer's own default, by the brokers: 1 on a single broker (what it acknowledged
+    survives its kill -9), "all" on a cluster (what the leader alone acknowledged is lost
+    if it dies before its followers copy it)."""
 
     def __post_init__(self) -> None:
         try:

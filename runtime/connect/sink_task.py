@@ -235,7 +235,7 @@ class SinkTask:
                                "(errors.tolerance = \"none\")")
         if self.producer is None:
             broker = self.host.options.broker
-            self.producer = Producer(broker, acks=self.settings.producer_acks(broker))
+            self.producer = Producer(broker, acks=self.settings.acks)
         send_to_dlq(self.producer, event, error, 1)
         self.host.failed += 1
 

@@ -56,16 +56,18 @@ class SourceTask:
                 return 0
             self.point = point
             self.headers = Headers(self.key, point.partition)
-            acks = self.settings.producer_acks(broker)
-            self.host.log.info("source %s resumes at %s (seq %d, acks %s)", self.key,
-                               self.point.offsets or "the beginning", self.point.seq, acks)
             self.source.open(dict(self.point.offsets))  # a config error leaves nothing open
             try:
                 # A producer batch as big as the task's (up to the producer's 1,000 by
                 # default): fewer batches for the broker to frame, check and index.
-                producer = Producer(broker, acks=acks,
+                producer = Producer(broker, acks=self.settings.acks,
                                     batch_size=max(1000, min(self.settings.batch, 10_000)))
                 try:
+                    for topic in self.topics:  # learns the acks too: "all" on a cluster
+                        producer.partitions_for(topic)
+                    self.host.log.info("source %s resumes at %s (seq %d, acks %s)", self.key,
+                                       self.point.offsets or "the beginning", self.point.seq,
+                                       producer.acks)
                     self._loop(conn, producer)
                 finally:
                     producer.close(timeout_s=10)

@@ -60,7 +60,6 @@ import zmq
 
 from brokerd.protocol import EXIT_CONFIG, EXIT_OK, MAX_SESSION_TIMEOUT_MS
 from runtime.client import DEFAULT_BROKER, Consumer, Event, Producer
-from runtime.cluster_consumer import ClusterConsumer
 from runtime.connection import BrokerError, BrokerUnavailable
 from runtime.dlq import send_to_dlq
 from runtime.worker.delays import send_delayed
@@ -343,10 +342,6 @@ class Worker:
                     return EXIT_OK
                 self._broker_away(exc)
         self.ctx.member_id = self.consumer.member_id
-        if isinstance(self.consumer, ClusterConsumer):
-            # a leader may die: what it alone acknowledged can be lost after the event's
-            # offset is committed, so in a cluster ctx.send waits for the in-sync replicas
-            self.producer.acks = "all"
         self._call_hook(self.script.setup)
         self.state = "running"
         self.log.info("worker %s joined group %s for %s as %s", opts.name, opts.group,

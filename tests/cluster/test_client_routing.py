@@ -6,6 +6,8 @@ once, and every record sent is acknowledged."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ from runtime.routing import connect
 from tests.cluster.client import check_replicas, start_member, wait_in_sync
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
-from tests.helpers import wait_for
+from tests.helpers import start_broker, wait_for
 from tests.integration.wire import RawClient
 
 PARTITIONS = 4
@@ -103,6 +105,54 @@ def test_a_producer_sends_to_topics_it_creates_on_a_cluster(
                 meta = raw.ok("metadata", topics=[topic])
             assert sum(x["end_offset"] for x in meta["topics"][0]["partitions"]) == 10
     finally:
+        for b in brokers:
+            b.stop()
+
+
+def test_the_producer_sends_with_acks_all_on_a_cluster_and_1_on_a_single_broker(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """Unless told otherwise a Producer sends with acks="all" on a cluster (with acks=1 a
+    batch only a killed leader had is lost: Connect's file source lost lines so) and with
+    acks=1 on a single broker.  Shown by what the broker does, not only the attribute:
+    with a follower of the partition paused, the send is not acknowledged until it
+    continues (acks=1 is answered after the leader's append).  Given one endpoint (the
+    leader, or another broker) and sending to an explicit partition, the producer still
+    learns it is a cluster, and where the leader is, before the batch leaves."""
+    single = start_broker(tmp_path / "single")
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        with Producer(single.api, linger_ms=0) as producer:
+            producer.send("s", "x", partition=0)
+            producer.send("s", "y", key="k")
+            producer.flush(timeout_s=10)
+            assert producer.acks == 1
+        apis = [b.api for b in brokers]
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="d", partitions=1)
+        leader = wait_in_sync(apis, "d", 1, 3)[0]
+        follower = brokers[(leader + 1) % 3]
+        for n, bootstrap in enumerate((apis[leader], apis[(leader + 2) % 3], ",".join(apis))):
+            with Producer(bootstrap, linger_ms=0) as producer:
+                assert producer.acks == ("all" if n == 2 else 1), "before it read metadata"
+                os.kill(follower.pid, signal.SIGSTOP)
+                try:
+                    if n == 2:
+                        producer.send("d", f"keyed-{n}", key="k")
+                    else:
+                        producer.send("d", f"explicit-{n}", partition=0)
+                    assert producer.acks == "all", bootstrap
+                    with contextlib.suppress(BrokerError):
+                        producer.flush(timeout_s=1.0)
+                    assert producer._in_flight, f"acknowledged without the paused follower: {n}"
+                finally:
+                    os.kill(follower.pid, signal.SIGCONT)
+                producer.flush(timeout_s=30)
+                assert not producer.errors, producer.errors[:3]
+        with RawClient(apis[leader]) as raw:
+            meta = raw.ok("metadata", topics=["d"])
+        assert meta["topics"][0]["partitions"][0]["end_offset"] == 3
+    finally:
+        single.stop()
         for b in brokers:
             b.stop()
 

@@ -136,7 +136,7 @@ def fake() -> FakeBroker:
 def producer(fake: FakeBroker) -> Iterator[Producer]:
     """A producer (linger 0: every send ships at once) on the fake broker, its linger
     thread stopped so that only the test drives it."""
-    producer = Producer("tcp://127.0.0.1:9", linger_ms=0, request_timeout_s=60)
+    producer = Producer("tcp://127.0.0.1:9", acks=1, linger_ms=0, request_timeout_s=60)
     with producer._lock:
         producer._closed = True
         producer._work.set()
@@ -311,7 +311,7 @@ def test_a_batch_refused_for_good_does_not_get_the_next_ones_resent_forever(
 @pytest.fixture
 def lingering(fake: FakeBroker) -> Iterator[Producer]:
     """A producer that ships only on flush (its linger thread stopped), on the fake broker."""
-    producer = Producer("tcp://127.0.0.1:9", request_timeout_s=60)
+    producer = Producer("tcp://127.0.0.1:9", acks=1, request_timeout_s=60)
     with producer._lock:
         producer._closed = True
         producer._work.set()
