@@ -111,6 +111,13 @@ class OutOfOrderSequence(RailError):
     code = "OUT_OF_ORDER_SEQUENCE"
 
 
+class OffsetMismatch(RailError):
+    """A produce with ``expected_offset``: the partition's log ends elsewhere (another writer
+    appended since the producer last looked); nothing was appended."""
+
+    code = "OFFSET_MISMATCH"
+
+
 class NotAuthorized(RailError):
     """The connection's principal lacks the ACL rule this request needs (docs/security.md)."""
 

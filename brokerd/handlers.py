@@ -213,6 +213,8 @@ class Handlers:
         if req.producer_id and (req.partition is None or req.sequence < 0):
             raise BadRequest("an idempotent produce (producer_id) must name its partition "
                              "and carry its sequence number (>= 0)")
+        if req.expected_offset is not None and req.partition is None:
+            raise BadRequest("a produce with expected_offset must name its partition")
         config = existing.config if existing else self.config.topic_defaults
         if req.partition is not None and req.partition >= config.partitions:
             raise UnknownPartition(f"topic {req.topic!r} has partitions "
@@ -238,7 +240,7 @@ class Handlers:
                 self.cluster.check_produce(topic.name, index, req.acks)
         for index, (payload, recs) in split.items():
             base, dup, need = self._append(topic, index, payload, recs, req.producer_id,
-                                           req.sequence, now)
+                                           req.sequence, now, req.expected_offset)
             duplicate = duplicate or dup
             if base is not None:
                 offsets.append((index, base, len(recs)))
@@ -251,15 +253,17 @@ class Handlers:
         return None
 
     def _append(self, topic: Topic, index: int, payload: bytes | msgspec.Raw,
-                recs: list[Record], producer_id: int, sequence: int,
-                now: int) -> tuple[int | None, bool, tuple[PartitionLog, int] | None]:
+                recs: list[Record], producer_id: int, sequence: int, now: int,
+                expected_offset: int | None = None
+                ) -> tuple[int | None, bool, tuple[PartitionLog, int] | None]:
         """Append one partition's batch: (its base offset, whether it was a duplicate,
         what an acknowledgement must wait for).  A duplicate whose offsets the broker no
         longer knows has base None."""
         plog = topic.partition(index)
         first, highest = _timestamps(recs, now)
         try:
-            base = plog.append(payload, len(recs), first, highest, producer_id, sequence, now)
+            base = plog.append(payload, len(recs), first, highest, producer_id, sequence, now,
+                               expected_offset)
         except DuplicateBatch as dup:
             if dup.base_offset is None:
                 return None, True, None

@@ -21,9 +21,10 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 6  # 2: create_partitions, delete_records, delete_group; 3: cluster;
+PROTOCOL_VERSION = 7  # 2: create_partitions, delete_records, delete_group; 3: cluster;
 # 4: produce_batches; 5: find_coordinator, NOT_COORDINATOR, COORDINATOR_LOADING;
-# 6: join's rebalance_timeout_ms, release (partitions handed over, not taken)
+# 6: join's rebalance_timeout_ms, release (partitions handed over, not taken);
+# 7: produce's expected_offset, OFFSET_MISMATCH (a single writer's fence)
 
 # Limits (the broker's defaults; see BrokerConfig for the knobs).
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -58,7 +59,7 @@ ERROR_CODES = (
     "STALE_GENERATION", "OUT_OF_ORDER_SEQUENCE", "STORAGE_ERROR", "TOO_MANY_WAITING",
     "SHUTTING_DOWN", "INTERNAL", "UNKNOWN_GROUP", "GROUP_NOT_EMPTY", "NOT_LEADER",
     "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "NOT_ENOUGH_REPLICAS", "NOT_CONTROLLER",
-    "NOT_AUTHORIZED", "NOT_COORDINATOR", "COORDINATOR_LOADING",
+    "NOT_AUTHORIZED", "NOT_COORDINATOR", "COORDINATOR_LOADING", "OFFSET_MISMATCH",
 )
 
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
@@ -84,6 +85,9 @@ class Produce(_Request, tag="produce"):
     acks: Acks = 1
     producer_id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
     sequence: Annotated[int, msgspec.Meta(ge=-1, le=2**31 - 1)] = -1
+    # Append only if the partition's log ends at this offset (a single writer's fence,
+    # version 7); a batch the broker already has (idempotent retry) is still a duplicate.
+    expected_offset: NonNeg | None = None
 
 
 class TopicBatch(msgspec.Struct, array_like=True):

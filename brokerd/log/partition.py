@@ -19,7 +19,12 @@ from pathlib import Path
 
 import msgspec
 
-from brokerd.errors import MessageTooLarge, OffsetOutOfRange, StorageError
+from brokerd.errors import (
+    MessageTooLarge,
+    OffsetMismatch,
+    OffsetOutOfRange,
+    StorageError,
+)
 from brokerd.log.batch import (
     HEADER_SIZE,
     BatchHeader,
@@ -213,17 +218,24 @@ class PartitionLog:
     # -- appending --------------------------------------------------------------------
     def append(self, payload: bytes | memoryview, record_count: int, first_timestamp: int,
                max_timestamp: int, producer_id: int = 0, base_sequence: int = -1,
-               append_timestamp: int | None = None) -> int:
+               append_timestamp: int | None = None, expected_offset: int | None = None) -> int:
         """Append one batch and return its base offset.
 
         With a producer id, a retried batch raises ``DuplicateBatch`` (holding the offset it
-        got the first time) and a gap raises ``OutOfOrderSequence``; nothing is written.
+        got the first time) and a gap raises ``OutOfOrderSequence``; with
+        ``expected_offset``, a log that does not end there raises ``OffsetMismatch`` (after
+        the duplicate check: a retry of a stored batch is still a duplicate); nothing is
+        written.
         """
         if len(payload) > self.config.max_batch_bytes:  # recovery would take it for damage
             raise MessageTooLarge(f"batch of {len(payload)} bytes is over max_batch_bytes "
                                   f"({self.config.max_batch_bytes})")
         if producer_id:
             self.producers.check(producer_id, base_sequence, record_count)
+        if expected_offset is not None and expected_offset != self.end_offset:
+            raise OffsetMismatch(
+                f"{self.directory.parent.name}[{self.directory.name}] ends at offset "
+                f"{self.end_offset}, not {expected_offset}: another producer appended since")
         appended = now_ms() if append_timestamp is None else append_timestamp
         self._maybe_roll(HEADER_SIZE + len(payload), appended)
         base = self.end_offset

@@ -313,6 +313,39 @@ def test_an_idempotent_retry_gets_the_original_offsets(client: RawClient) -> Non
     assert client.ok("fetch", topic="idem", partition=1, offset=0)["end_offset"] == 3
 
 
+def test_expected_offset_appends_only_where_the_log_ends_and_a_retry_is_still_a_duplicate(
+        client: RawClient) -> None:
+    """A single writer's fence (version 7): a produce with ``expected_offset`` is appended
+    only if the partition's log ends there; else OFFSET_MISMATCH and nothing stored.  The
+    idempotence check comes first: a retry of a batch the broker has is a duplicate even
+    though the log has moved on (the writer's own retry after a lost reply)."""
+    client.ok("create_topic", topic="fence", partitions=2, config={"fsync": "never"})
+    first = client.ok("produce", topic="fence", partition=1, expected_offset=0,
+                      producer_id=9, sequence=0, records=[["a"], ["b"]])
+    assert first["offsets"] == [[1, 0, 2]] and first["duplicate"] is False
+    other = client.ok("produce", topic="fence", partition=1, records=[["zombie"]])
+    assert other["offsets"] == [[1, 2, 1]]
+    stale = client.call("produce", topic="fence", partition=1, expected_offset=2,
+                        producer_id=9, sequence=2, records=[["c"]])
+    assert stale["code"] == "OFFSET_MISMATCH", stale
+    assert "fence[1] ends at offset 3, not 2" in stale["message"]
+    retry = client.ok("produce", topic="fence", partition=1, expected_offset=0,
+                      producer_id=9, sequence=0, records=[["a"], ["b"]])
+    assert retry["offsets"] == [[1, 0, 2]] and retry["duplicate"] is True
+    nxt = client.ok("produce", topic="fence", partition=1, expected_offset=3,
+                    producer_id=9, sequence=2, records=[["c"]], acks="all")
+    assert nxt["offsets"] == [[1, 3, 1]]
+    ahead = client.call("produce", topic="fence", partition=1, expected_offset=9,
+                        records=[["d"]])
+    assert ahead["code"] == "OFFSET_MISMATCH"
+    assert client.call("produce", topic="fence", expected_offset=0,
+                       records=[["e"]])["code"] == "BAD_REQUEST", "no partition named"
+    assert client.call("produce", topic="fence", partition=0, expected_offset=-1,
+                       records=[["e"]])["code"] == "BAD_REQUEST"
+    assert client.ok("fetch", topic="fence", partition=1, offset=0)["end_offset"] == 4
+    assert client.ok("fetch", topic="fence", partition=0, offset=0)["end_offset"] == 0
+
+
 def test_producer_fields_and_timestamps_out_of_range_are_bad_requests_that_create_nothing(
         client: RawClient) -> None:
     refused = [
