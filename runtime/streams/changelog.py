@@ -89,18 +89,30 @@ def read(conn: Connection | Router, topic: str, partition: int, start: int = 0) 
 
 
 def last_checkpoint(conn: Connection | Router, topic: str, partition: int) -> ck.Checkpoint | None:
-    """The checkpoint of the last commit in changelog ``topic[partition]`` (None: empty).
+    """The checkpoint of the last commit in changelog ``topic[partition]`` (None: empty)."""
+    return last_checkpoint_at(conn, topic, partition)[0]
+
+
+def end_offset(conn: Connection | Router, topic: str, partition: int) -> int:
+    return int(conn.call(p.Fetch(topic=topic, partition=partition, offset=0,
+                                 max_bytes=1)).end_offset)
+
+
+def last_checkpoint_at(conn: Connection | Router, topic: str,
+                       partition: int) -> tuple[ck.Checkpoint | None, int]:
+    """The checkpoint of the last commit in changelog ``topic[partition]`` (None: empty),
+    and the partition's end offset.
 
     Every batch of a changelog ends with its checkpoint, and the cleaner never drops the
     latest record of a key, so the record just below the end offset is always one."""
-    end = conn.call(p.Fetch(topic=topic, partition=partition, offset=0, max_bytes=1)).end_offset
+    end = end_offset(conn, topic, partition)
     if end == 0:
-        return None
+        return None, 0
     reply = conn.call(p.Fetch(topic=topic, partition=partition, offset=end - 1,
                               max_bytes=FETCH_BYTES))
     for base, _ts, raw in reply.batches:
         records = _records.decode(raw)
         if base <= end - 1 < base + len(records) and records[end - 1 - base].key == CHECKPOINT_KEY:
-            return ck.decode(records[end - 1 - base].value)
+            return ck.decode(records[end - 1 - base].value), end
     raise StreamsError(f"{topic}[{partition}] does not end with a checkpoint: is it written "
                        "by anything but this application's pipeline?")

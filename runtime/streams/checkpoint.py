@@ -11,8 +11,10 @@ class Checkpoint(msgspec.Struct, kw_only=True):
 
     ``offset``: the next input offset to process.  ``seqs``: the next sequence of this task's
     producer per output ``[topic, partition]``.  ``changelog_seq``: the next sequence of the
-    changelog producer.  ``incarnation``: which restore of the task wrote it (a random id),
-    so that a host coming back with old local files can tell another host wrote since.
+    changelog producer, ``writer``.  ``incarnation``: which restore of the task wrote it (a
+    random id), so that a host coming back with old local files can tell another host wrote
+    since; each incarnation writes the changelog under a producer id of its own, so that
+    the broker never takes one incarnation's batch for another's retry.
     """
 
     commit: int = 0
@@ -21,6 +23,7 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     stream_time: int = -1
     seqs: list[tuple[str, int, int]] = []
     changelog_seq: int = 0
+    writer: int = 0  # the changelog producer id of this incarnation (0: from before it had one)
     late: int = 0
     dead_letters: int = 0
 

@@ -14,7 +14,7 @@ from runtime.connection import BrokerError, BrokerUnavailable
 from runtime.consumer import Batch, Consumer, Event, events_of_batches
 from runtime.dlq import dlq_topic
 from runtime.routing import connect
-from runtime.streams.errors import StreamsError
+from runtime.streams.errors import Fenced, StreamsError
 from runtime.streams.pipeline import Pipeline
 from runtime.streams.sender import Sender
 from runtime.streams.task import Task
@@ -40,6 +40,7 @@ PUMP_RECORDS = 10_000
 # pipeline (and 10% more at 100,000 than at 1,000,000).  Dead objects are freed by their
 # reference counts anyway: only cyclic garbage waits for a collection.
 GC_THRESHOLD = 1_000_000
+EXIT_FENCED = 75  # sysexits EX_TEMPFAIL: fenced (errors.Fenced); a restart restores and goes on
 
 
 class Runner:
@@ -65,6 +66,10 @@ class Runner:
             self.host.log.error("streams app %s stops: %s", self.pipeline.app, exc)
             self.host.state = "failed"
             return EXIT_CONFIG
+        except Fenced as exc:
+            self.host.log.warning("streams app %s: fenced: %s", self.pipeline.app, exc)
+            self.host.state = "failed"
+            return EXIT_FENCED
         finally:
             gc.set_threshold(*thresholds)
 

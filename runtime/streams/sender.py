@@ -16,7 +16,7 @@ import msgspec
 from brokerd import protocol as p
 from runtime.connection import BrokerError, Connection
 from runtime.routing import Router
-from runtime.streams.errors import StreamsError
+from runtime.streams.errors import Fenced, StreamsError
 
 _raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _encoder = msgspec.msgpack.Encoder()
@@ -53,6 +53,7 @@ class Sending:
     pending: list[tuple[OutBatch, int]]
     settled: list[OutBatch]
     tail: OutBatch | None = None  # sent by ``finish`` once all the others are stored
+    tail_at: int | None = None  # where the tail's partition must end (expected_offset)
 
 
 class Sender:
@@ -69,16 +70,23 @@ class Sender:
         self.conn = conn
         self.acks = acks
         self.duplicates = 0  # batches or probe records the broker already had
+        # where a tail's partition ended after it was stored (its reply's offsets)
+        self.ends: dict[tuple[str, int], int] = {}
 
     def send_all(self, batches: list[OutBatch]) -> list[OutBatch]:
         """Send ``batches``; return those a probe found not stored before (now stored)."""
         return self.finish(self.start(batches))
 
-    def start(self, batches: list[OutBatch], tail: OutBatch | None = None) -> Sending:
+    def start(self, batches: list[OutBatch], tail: OutBatch | None = None,
+              tail_at: int | None = None) -> Sending:
         """Send ``batches`` in order, waiting only where a probe must (``finish`` waits
         for the rest): the caller works on while the broker stores them.  ``tail`` (a
-        changelog batch) waits in the returned ``Sending`` until they are all stored."""
-        sending = Sending([], [], tail)
+        changelog batch) waits in the returned ``Sending`` until they are all stored; it
+        is appended only if its partition ends at ``tail_at`` then (its writer's fence:
+        ``Fenced`` if not), and ``ends`` says where the partition ended after it."""
+        if tail is not None:
+            self.ends.pop((tail.topic, tail.partition), None)
+        sending = Sending([], [], tail, tail_at)
         fresh: set[tuple[str, int]] = set()  # a probe stored a record there: the rest is new
         for batch in batches:
             if batch.probe and (batch.topic, batch.partition) not in fresh:
@@ -105,7 +113,7 @@ class Sender:
             del pending[:done]
         if not pending and sending.tail is not None:
             tail, sending.tail = sending.tail, None
-            pending.append((tail, self._send(tail, tail.sequence, tail.records)))
+            pending.append((tail, self._send(tail, tail.sequence, tail.records, sending.tail_at)))
 
     def finish(self, sending: Sending) -> list[OutBatch]:
         """Wait until every batch ``start`` sent (and the tail) is stored (or was); return
@@ -114,13 +122,15 @@ class Sender:
         sending.pending = []
         if sending.tail is not None:
             tail, sending.tail = sending.tail, None
-            self._wait([(tail, self._send(tail, tail.sequence, tail.records))])
+            self._wait([(tail, self._send(tail, tail.sequence, tail.records, sending.tail_at))])
         return sending.settled
 
-    def _send(self, batch: OutBatch, sequence: int, records: bytes) -> int:
+    def _send(self, batch: OutBatch, sequence: int, records: bytes,
+              expected_offset: int | None = None) -> int:
         return self.conn.send(p.Produce(topic=batch.topic, partition=batch.partition,
                                         records=msgspec.Raw(records), acks=self.acks,
-                                        producer_id=batch.producer_id, sequence=sequence))
+                                        producer_id=batch.producer_id, sequence=sequence,
+                                        expected_offset=expected_offset))
 
     def _wait(self, pending: list[tuple[OutBatch, int]]) -> None:
         for batch, rid in pending:
@@ -136,9 +146,15 @@ class Sender:
                     f"{batch.topic}[{batch.partition}] refused sequence {batch.sequence} of "
                     f"producer {batch.producer_id}: the broker lost records this task had "
                     f"stored (or forgot the producer): {exc.message}") from exc
+            if exc.code == "OFFSET_MISMATCH":
+                raise Fenced(f"{batch.topic}[{batch.partition}]: another replica wrote this "
+                             f"task's changelog since it restored ({exc.code}: {exc.message}): this one "
+                             "leaves the group to restore from the changelog") from exc
             raise
         if reply.duplicate:
             self.duplicates += 1
+        for _part, base, count in reply.offsets:
+            self.ends[(batch.topic, batch.partition)] = base + count
         return not reply.duplicate
 
     def _probe(self, batch: OutBatch) -> bool:

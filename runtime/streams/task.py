@@ -103,7 +103,6 @@ class Task:
         self.partitions = partitions
         self.changelog = pipeline.changelog(topic)
         self.producer_id = producer_id(pipeline.app, topic, str(partition))
-        self.changelog_pid = producer_id(pipeline.app, self.changelog, str(partition))
         self.disk = LocalStore(state_dir / pipeline.app / f"{topic}-{partition}.sqlite")
         self.stores: dict[str, StateStore] = {}
         self._locals: dict[str, Any] = {}
@@ -125,6 +124,11 @@ class Task:
         # changelog batch among them: (commit, incarnation) to confirm.
         self._sending: Sending | None = None
         self._confirms: tuple[int, str] | None = None
+        # Where the changelog partition ends: this task's next changelog batch is appended
+        # only there (expected_offset), so a zombie's batch never lands between a new
+        # owner's, nor the new owner's after a zombie's (Fenced).  Set by ``restore``.
+        self.changelog_end = 0
+        self.changelog_pid = 0  # this incarnation's changelog producer id (``_adopt``)
         self.processed_since_commit = 0
         self.restored_from = ""  # "local", "changelog" or "nothing", for logs and tests
 
@@ -193,7 +197,8 @@ class Task:
         """Resume from the local file when the changelog agrees it is current, else from
         the changelog; then send the outbox a crash left unsent."""
         mine = self.disk.checkpoint()
-        last = changelog.last_checkpoint(self.conn, self.changelog, self.partition)
+        last, self.changelog_end = changelog.last_checkpoint_at(self.conn, self.changelog,
+                                                               self.partition)
         known = {(mine.commit, mine.incarnation)} if mine else set()
         confirmed = self.disk.confirmed()
         if confirmed:
@@ -215,25 +220,37 @@ class Task:
             return
         if last is None:
             self.disk.reset()
-            self._adopt(Checkpoint(incarnation=secrets.token_hex(8)))
+            self._adopt(self._incarnation(Checkpoint()))
             self.restored_from = "nothing"
             return
         got = changelog.read(self.conn, self.changelog, self.partition)
         assert got.checkpoint is not None  # last_checkpoint found one
         restored = got.checkpoint
+        self.changelog_end = got.end_offset
         self.disk.replace_all(restored, got.updates)
         self.disk.confirm(restored.commit, restored.incarnation)
         # Outputs past this checkpoint may be stored already (its writer died before its
         # next changelog batch): probe every output partition until caught up.
-        restored.incarnation = secrets.token_hex(8)
-        self._adopt(restored)
+        self._adopt(self._incarnation(restored))
         self.restored_from = "changelog"
         log.info("%s[%d]: restored %d store records from %s up to commit %d", self.topic,
                  self.partition, len(got.updates), self.changelog, restored.commit)
 
+    def _incarnation(self, ck: Checkpoint) -> Checkpoint:
+        """``ck`` as a new incarnation's: a random id, and a changelog producer id of its
+        own, starting at sequence 0."""
+        ck.incarnation = secrets.token_hex(8)
+        ck.writer = producer_id(self.pipeline.app, self.changelog, str(self.partition),
+                                ck.incarnation)
+        ck.changelog_seq = 0
+        return ck
+
     def _adopt(self, ck: Checkpoint) -> None:
         self.ck = ck
         self.seqs = {(t, part): seq for t, part, seq in ck.seqs}
+        # a checkpoint from before incarnations had producer ids: the one they all shared
+        self.changelog_pid = ck.writer or producer_id(self.pipeline.app, self.changelog,
+                                                      str(self.partition))
 
     # -- processing -------------------------------------------------------------------
     @property
@@ -353,7 +370,8 @@ class Task:
         """Send ``batches``; a changelog batch (last) goes once the outputs are stored, so a
         checkpoint in the changelog always has its outputs stored (``settle`` sends it)."""
         if batches and batches[-1].topic == self.changelog:
-            self._sending = self.sender.start(batches[:-1], tail=batches[-1])
+            self._sending = self.sender.start(batches[:-1], tail=batches[-1],
+                                              tail_at=self.changelog_end)
             self._confirms = (self.ck.commit, self.ck.incarnation)
         else:
             self._sending = self.sender.start(batches)
@@ -379,6 +397,9 @@ class Task:
         self._sending = self._confirms = None
         if confirms is not None:
             self.disk.confirm(*confirms)
+            end = self.sender.ends.get((self.changelog, self.partition))
+            self.changelog_end = end if end is not None else changelog.end_offset(
+                self.conn, self.changelog, self.partition)  # a duplicate too old to name
 
     def close(self) -> None:
         self.disk.close()

@@ -24,7 +24,7 @@ MARKER = os.environ["CRASH_MARKER"]
 start = sender.Sender.start
 
 
-def send_outputs_then_die(self, batches, tail=None):
+def send_outputs_then_die(self, batches, tail=None, tail_at=None):
     # the 3rd (CRASH_CALL) commit of a run that has not crashed yet: outputs go (and are
     # stored), the changelog does not
     calls = getattr(self, "calls", 0) + 1
@@ -35,7 +35,7 @@ def send_outputs_then_die(self, batches, tail=None):
         self.finish(start(self, batches))
         open(MARKER, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
-    return start(self, batches, tail)
+    return start(self, batches, tail, tail_at)
 
 
 sender.Sender.start = send_outputs_then_die
