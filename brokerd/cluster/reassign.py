@@ -130,12 +130,32 @@ class Reassigner:
             started[tp] = PendingReassignment(replicas=list(item.replicas),
                                               original=list(record.replicas[item.partition]),
                                               throttle=item.throttle)
+        # The same move asked again while it runs changes its throttle (as Kafka's tool
+        # does when the plan is executed again): another move of it is refused.
+        rethrottled: dict[TP, tuple[PendingReassignment, int]] = {}
+        for tp, asked in started.items():
+            found = self.store.reassignment(*tp)
+            if found is None:
+                continue
+            running, version = found
+            if running.replicas != asked.replicas or running.cancelled:
+                raise BadRequest(f"{tp[0]}[{tp[1]}] is being reassigned already (to "
+                                 f"{running.replicas}{', cancelled' if running.cancelled else ''})"
+                                 ": wait for it to complete (rail cluster reassign --list), or "
+                                 "ask the same replicas again to change its throttle")
+            rethrottled[tp] = (msgspec.structs.replace(running, throttle=asked.throttle), version)
+        for tp in rethrottled:
+            del started[tp]
         try:
-            self.store.start_reassignments(started)
+            self.store.start_reassignments(started, rethrottled)
         except ClusterError as exc:
             raise BadRequest(str(exc)) from exc
-        log.info("reassignment asked: %s", ", ".join(
-            f"{t}[{i}] {r.original} -> {r.replicas}" for (t, i), r in started.items()))
+        if started:
+            log.info("reassignment asked: %s", ", ".join(
+                f"{t}[{i}] {r.original} -> {r.replicas}" for (t, i), r in started.items()))
+        if rethrottled:
+            log.info("reassignment throttle changed: %s", ", ".join(
+                f"{t}[{i}] {r.throttle or 'no limit'}" for (t, i), (r, _) in rethrottled.items()))
 
     def _record(self, name: str) -> TopicRecord:
         check_name(name)

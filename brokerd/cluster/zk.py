@@ -333,17 +333,29 @@ class ClusterStore:
             raise StaleVersion(f"cannot remove topic {name!r}: {failed[0]!r}")
 
     # -- reassignment ------------------------------------------------------------------
-    def start_reassignments(self, plan: dict[tuple[str, int], PendingReassignment]) -> None:
-        """Create one znode per partition in one transaction: all or none (a partition
-        with a reassignment in progress already fails it)."""
+    def start_reassignments(
+            self, plan: dict[tuple[str, int], PendingReassignment],
+            changed: dict[tuple[str, int], tuple[PendingReassignment, int]] | None = None
+    ) -> None:
+        """Create one znode per partition of ``plan`` and rewrite those of ``changed`` (a
+        new throttle: compare-and-set at the version read) in one transaction: all or none
+        (a partition with a reassignment in progress already fails it, as does one of
+        ``changed`` that finished or changed meanwhile)."""
+        changed = changed or {}
         tx = self.zk.transaction()
         for (name, partition), pending in plan.items():
             tx.create(f"{REASSIGNMENTS}/{name}:{partition}", msgspec.json.encode(pending))
+        for (name, partition), (pending, version) in changed.items():
+            tx.set_data(f"{REASSIGNMENTS}/{name}:{partition}", msgspec.json.encode(pending),
+                        version)
         results = tx.commit()
-        for (name, partition), result in zip(plan, results):
+        for (name, partition), result in zip([*plan, *changed], results):
             if isinstance(result, NodeExistsError):
                 raise ClusterError(f"{name}[{partition}] is being reassigned already: wait "
                                    "for it to complete (rail cluster reassign --list)")
+            if isinstance(result, (NoNodeError, BadVersionError)):
+                raise ClusterError(f"{name}[{partition}]: its reassignment finished or "
+                                   "changed meanwhile: look again (rail cluster reassign --list)")
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:
             raise ClusterError(f"cannot start the reassignment: {failed[0]!r}")

@@ -59,7 +59,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                           help="list the reassignments in progress")
     reassign.add_argument("--throttle", type=int, default=0, metavar="BYTES",
                           help="bytes a second each partition's leader sends each new "
-                          "replica while it catches up (default: no limit)")
+                          "replica while it catches up (default: no limit); the same move "
+                          "asked again while it runs takes the new throttle (0 lifts it)")
     reassign.add_argument("--cancel", action="store_true",
                           help="cancel the reassignment of TOPIC PARTITION, of each partition "
                           "of --plan, or with neither every one in progress: each goes back "
@@ -196,7 +197,8 @@ def cmd_cluster_reassign(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([_item(x) for x in plan], indent=1))
         for x in [] if args.json else plan:
-            print(f"{x.topic}[{x.partition}]: moving to {_ids(x.replicas)} "
+            rate = f", at most {x.throttle:,} B/s to each new replica" if x.throttle else ""
+            print(f"{x.topic}[{x.partition}]: moving to {_ids(x.replicas)}{rate} "
                   "(rail cluster reassign --verify ... says when it is done)")
         return EXIT_OK
     moving = {(r.topic, r.partition) for r in _any(args, p.ListReassignments()).reassignments}

@@ -264,14 +264,15 @@ def test_a_reassignment_completes_on_the_next_controller_after_a_kill_9(
                    "--broker", apis[z])
         assert run.returncode == 0, run.stderr
         with RawClient(apis[z]) as raw:
-            # In progress: asked again, alone or in a plan, it fails whole.
+            # In progress: another move of it, alone or in a plan, fails whole (the same
+            # move asked again only changes its throttle).
             reply = raw.call("reassign_partitions",
                              partitions=[{"topic": "c", "partition": part, "replicas": [z, x]}])
             assert reply["code"] == "BAD_REQUEST" and "being reassigned" in reply["message"]
             other = (part + 1) % 3
             assert raw.error_code("reassign_partitions", partitions=[
                 {"topic": "c", "partition": other, "replicas": [controller, z]},
-                {"topic": "c", "partition": part, "replicas": target}]) == "BAD_REQUEST"
+                {"topic": "c", "partition": part, "replicas": [z, x]}]) == "BAD_REQUEST"
         listed = _reassignments(apis[z])
         assert [(r["partition"], r["replicas"], r["adding"], r["removing"]) for r in listed] \
             == [(part, target, [x], [controller])]
@@ -525,6 +526,28 @@ def test_a_throttled_reassignment_copies_at_the_rate_asked(
                     apis[0]).returncode == 0
         unthrottled = _until_done(apis[0], 30)
         assert unthrottled < throttled / 2, (unthrottled, throttled)
+        wait_in_sync(apis, "big", 1, 3)
+
+        # A running throttle changes when the same move is asked again: 2 MB at 20 kB/s
+        # would take 100 s; lifted after a second, the copy ends within seconds.
+        assert rail("cluster", "reassign", "big", "0", "--replicas", back, "--broker",
+                    apis[0]).returncode == 0
+        _until_done(apis[0], 30)
+        wait_for(lambda: _dropped(brokers[x], "big", 0), timeout=15, interval=0.1,
+                 what="the copy dropped")
+        slow = rail("cluster", "reassign", "big", "0", "--replicas", grown, "--throttle",
+                    "20000", "--broker", apis[0])
+        assert slow.returncode == 0 and "at most 20,000 B/s" in slow.stdout, slow
+        time.sleep(1.0)
+        assert _reassignments(apis[0]), "done at 20 kB/s in a second"
+        other = rail("cluster", "reassign", "big", "0", "--replicas", back, "--broker", apis[0])
+        assert other.returncode != 0 and "being reassigned already" in other.stderr, other
+        lifted = rail("cluster", "reassign", "big", "0", "--replicas", grown, "--throttle", "0",
+                      "--broker", apis[0])
+        assert lifted.returncode == 0, lifted.stderr
+        assert "throttled" not in rail("cluster", "reassign", "--list", "--broker",
+                                       apis[0]).stdout
+        assert _until_done(apis[0], 30) < 15
         wait_in_sync(apis, "big", 1, 3)
         with RawClient(apis[0]) as raw:
             assert raw.error_code("reassign_partitions", partitions=[
