@@ -2,12 +2,16 @@
 
 A task's outputs are numbered per (producer id, partition) by sequences the task stores
 with its state, so a batch sent again after a crash carries the same numbers and the
-broker drops it as a duplicate (docs/protocol.md §8).  Not thread-safe: one task loop owns it.
+broker drops it as a duplicate (docs/protocol.md §8).  On a cluster the same makes a
+leader failover harmless: what a dead or moved leader did not answer goes again to the
+next one (``_wait``), which holds the producer state that rode in the replicated batches.
+Not thread-safe: one task loop owns it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +22,13 @@ from runtime.connection import BrokerError, Connection
 from runtime.routing import Router
 from runtime.streams.errors import Fenced, StreamsError
 
+# A leader that moved or died: its partitions' requests go again (same producer ids and
+# sequences) to the leader metadata names next, for up to FAILOVER_S (longer than a
+# ZooKeeper session: until it ends, metadata names the dead leader), RETRY_S apart.
+FAILOVER_CODES = frozenset({"NOT_LEADER", "FENCED_LEADER_EPOCH", "UNAVAILABLE",
+                            "NOT_ENOUGH_REPLICAS", "SHUTTING_DOWN"})
+FAILOVER_S = 60.0
+RETRY_S = 0.2
 _raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _encoder = msgspec.msgpack.Encoder()
 
@@ -46,11 +57,23 @@ class OutBatch:
 
 
 @dataclass
+class Sent:
+    """One produce request of a batch (all of it, or a probe's part), as sent: what a
+    resend after a leader failover sends again, under the same sequence."""
+
+    batch: OutBatch
+    sequence: int
+    records: bytes
+    expected_offset: int | None
+    rid: int
+
+
+@dataclass
 class Sending:
     """Batches ``Sender.start`` sent: the requests not answered yet, and the probed
     batches it found not stored before."""
 
-    pending: list[tuple[OutBatch, int]]
+    pending: list[Sent]
     settled: list[OutBatch]
     tail: OutBatch | None = None  # sent by ``finish`` once all the others are stored
     tail_at: int | None = None  # where the tail's partition must end (expected_offset)
@@ -69,6 +92,9 @@ class Sender:
     def __init__(self, conn: Connection | Router, acks: Literal[0, 1, "all"] = "all") -> None:
         self.conn = conn
         self.acks = acks
+        # On a cluster a request refused as moved, or unanswered (a dead leader), goes
+        # again to the partition's leader as metadata names it, for up to FAILOVER_S.
+        self.failover_s = FAILOVER_S if isinstance(conn, Router) else 0.0
         self.duplicates = 0  # batches or probe records the broker already had
         # where a tail's partition ended after it was stored (its reply's offsets)
         self.ends: dict[tuple[str, int], int] = {}
@@ -96,8 +122,7 @@ class Sender:
                     sending.settled.append(batch)
                     fresh.add((batch.topic, batch.partition))
             else:
-                sending.pending.append((batch, self._send(batch, batch.sequence,
-                                                          batch.records)))
+                sending.pending.append(self._send(batch, batch.sequence, batch.records))
         return sending
 
     def pump(self, sending: Sending) -> None:
@@ -106,14 +131,20 @@ class Sender:
         usually sent and stored by the time ``finish`` is called."""
         pending = sending.pending
         done = 0
-        while done < len(pending) and self.conn.arrived(pending[done][1], 0):
-            self._reply(*pending[done])
+        while done < len(pending) and self.conn.arrived(pending[done].rid, 0):
+            try:
+                self._reply(pending[done])
+            except BrokerError as exc:
+                if not self._moved(exc, None):
+                    raise
+                self._resend(pending, done, time.monotonic())  # ``finish`` waits for them
+                break
             done += 1
         if done:
             del pending[:done]
         if not pending and sending.tail is not None:
             tail, sending.tail = sending.tail, None
-            pending.append((tail, self._send(tail, tail.sequence, tail.records, sending.tail_at)))
+            pending.append(self._send(tail, tail.sequence, tail.records, sending.tail_at))
 
     def finish(self, sending: Sending) -> list[OutBatch]:
         """Wait until every batch ``start`` sent (and the tail) is stored (or was); return
@@ -122,24 +153,67 @@ class Sender:
         sending.pending = []
         if sending.tail is not None:
             tail, sending.tail = sending.tail, None
-            self._wait([(tail, self._send(tail, tail.sequence, tail.records, sending.tail_at))])
+            self._wait([self._send(tail, tail.sequence, tail.records, sending.tail_at)])
         return sending.settled
 
     def _send(self, batch: OutBatch, sequence: int, records: bytes,
-              expected_offset: int | None = None) -> int:
-        return self.conn.send(p.Produce(topic=batch.topic, partition=batch.partition,
-                                        records=msgspec.Raw(records), acks=self.acks,
-                                        producer_id=batch.producer_id, sequence=sequence,
-                                        expected_offset=expected_offset))
+              expected_offset: int | None = None) -> Sent:
+        rid = self.conn.send(p.Produce(topic=batch.topic, partition=batch.partition,
+                                       records=msgspec.Raw(records), acks=self.acks,
+                                       producer_id=batch.producer_id, sequence=sequence,
+                                       expected_offset=expected_offset))
+        return Sent(batch, sequence, records, expected_offset, rid)
 
-    def _wait(self, pending: list[tuple[OutBatch, int]]) -> None:
-        for batch, rid in pending:
-            self._reply(batch, rid)
+    def _wait(self, pending: list[Sent]) -> bool:
+        """Wait for every reply, in order.  On a cluster, a request refused as moved or
+        unanswered sends it and every one after it again, in order (each partition's
+        leader as metadata names it now), with the same producer ids and sequences: what
+        the old leader had replicated is a duplicate on the new one.  Whether the last
+        one was stored just now (not a duplicate)."""
+        since = None
+        stored = False
+        i = 0
+        while i < len(pending):
+            try:
+                stored = self._reply(pending[i])
+            except BrokerError as exc:
+                if since is None:
+                    since = time.monotonic()
+                if not self._moved(exc, since):
+                    raise
+                time.sleep(RETRY_S)
+                self._resend(pending, i, since)
+                continue
+            i += 1
+        return stored
 
-    def _reply(self, batch: OutBatch, rid: int) -> bool:
-        """Wait for the reply to ``rid``; True when the broker stored it just now."""
+    def _moved(self, exc: BrokerError, since: float | None) -> bool:
+        """Whether to send again what ``exc`` refused: on a cluster, for a leader that
+        moved or died, until FAILOVER_S after the first such refusal."""
+        return (exc.code in FAILOVER_CODES and self.failover_s > 0
+                and (since is None or time.monotonic() - since < self.failover_s))
+
+    def _resend(self, pending: list[Sent], start: int, since: float) -> None:
+        """Send ``pending[start:]`` again, in order (their earlier replies are not awaited);
+        a send that fails (no leader known yet) is tried again."""
+        j = start
+        while j < len(pending):
+            sent = pending[j]
+            try:
+                pending[j] = self._send(sent.batch, sent.sequence, sent.records,
+                                        sent.expected_offset)
+            except BrokerError as exc:
+                if not self._moved(exc, since):
+                    raise
+                time.sleep(RETRY_S)
+                continue
+            j += 1
+
+    def _reply(self, sent: Sent) -> bool:
+        """Wait for the reply to ``sent``; True when the broker stored it just now."""
+        batch = sent.batch
         try:
-            reply = self.conn.wait(rid)
+            reply = self.conn.wait(sent.rid)
         except BrokerError as exc:
             if exc.code == "OUT_OF_ORDER_SEQUENCE":
                 raise StreamsError(
@@ -148,8 +222,9 @@ class Sender:
                     f"stored (or forgot the producer): {exc.message}") from exc
             if exc.code == "OFFSET_MISMATCH":
                 raise Fenced(f"{batch.topic}[{batch.partition}]: another replica wrote this "
-                             f"task's changelog since it restored ({exc.code}: {exc.message}): this one "
-                             "leaves the group to restore from the changelog") from exc
+                             f"task's changelog since it restored ({exc.code}: "
+                             f"{exc.message}): this one leaves the group to restore from the "
+                             "changelog") from exc
             raise
         if reply.duplicate:
             self.duplicates += 1
@@ -161,10 +236,10 @@ class Sender:
         records = _raw_list.decode(batch.records)
         for i, record in enumerate(records):
             one = b"\x91" + bytes(record)  # a msgpack array of one element
-            if self._reply(batch, self._send(batch, batch.sequence + i, one)):
+            if self._wait([self._send(batch, batch.sequence + i, one)]):
                 rest = records[i + 1:]
                 if rest:
-                    self._reply(batch, self._send(batch, batch.sequence + i + 1,
-                                                  _encoder.encode(rest)))
+                    self._wait([self._send(batch, batch.sequence + i + 1,
+                                           _encoder.encode(rest))])
                 return True
         return False
