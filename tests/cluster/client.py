@@ -52,6 +52,15 @@ def wait_in_sync(apis: list[str], topic: str, partitions: int, replicas: int,
     return wait_for(check, timeout=timeout, interval=0.1, what=f"{topic} in sync")
 
 
+def create_in_sync(apis: list[str], topic: str, partitions: int = 1, replicas: int = 3,
+                   **fields: Any) -> dict[int, int]:
+    """Create ``topic`` through the first broker (``fields``: more of ``create_topic``'s,
+    e.g. ``config``) and wait until it is in sync (``wait_in_sync``): {partition: leader}."""
+    with RawClient(apis[0]) as raw:
+        raw.ok("create_topic", topic=topic, partitions=partitions, **fields)
+    return wait_in_sync(apis, topic, partitions, replicas)
+
+
 @dataclass
 class LeaderProducer:
     """An idempotent producer that follows leaders: on any failure it refreshes metadata

@@ -14,12 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.cluster.client import metadata, wait_in_sync
+from tests.cluster.client import create_in_sync, metadata
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
 from tests.connect.tasks import Task, count, read_topic, write_lines
 from tests.helpers import wait_for
-from tests.integration.wire import RawClient
 
 LINES = 60_000
 
@@ -30,9 +29,7 @@ def test_a_file_source_on_a_cluster_writes_each_line_once_through_leader_and_tas
     try:
         apis = [b.api for b in brokers]
         every = ",".join(apis)
-        with RawClient(apis[0]) as raw:
-            raw.ok("create_topic", topic="lines", partitions=1)
-        leader = wait_in_sync(apis, "lines", 1, 3)[0]
+        leader = create_in_sync(apis, "lines")[0]
         path = tmp_path / "in.jsonl"
         half = LINES // 2
         write_lines(path, 0, half, "w")

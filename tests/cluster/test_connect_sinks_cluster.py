@@ -17,7 +17,7 @@ from pathlib import Path
 
 from runtime.client import Producer
 from runtime.connect.settings import parse
-from tests.cluster.client import wait_in_sync
+from tests.cluster.client import create_in_sync
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
 from tests.connect.postgres import PostgresServer
@@ -42,9 +42,7 @@ def test_a_postgres_sink_on_a_cluster_applies_each_change_once_through_coordinat
     try:
         apis = [b.api for b in brokers]
         every = ",".join(apis)
-        with RawClient(apis[0]) as raw:
-            raw.ok("create_topic", topic=TOPIC, partitions=3)
-        wait_in_sync(apis, TOPIC, 3, 3)
+        create_in_sync(apis, TOPIC, 3)
         rng = random.Random(7)
         with Producer(every, acks="all") as producer:
             for i in range(EVENTS):
@@ -90,9 +88,7 @@ def test_an_http_source_on_a_cluster_answers_200_only_for_what_survives_a_leader
     try:
         apis = [b.api for b in brokers]
         every = ",".join(apis)
-        with RawClient(apis[0]) as raw:
-            raw.ok("create_topic", topic="web", partitions=1)
-        leader = wait_in_sync(apis, "web", 1, 3)[0]
+        leader = create_in_sync(apis, "web")[0]
         port = free_port()
         url = f"http://127.0.0.1:{port}/events"
         entry = {"name": "web-in", "kind": "source", "class": "http", "topics": ["web"],
@@ -139,9 +135,7 @@ def test_a_table_source_on_a_cluster_sends_each_row_once_through_leader_and_task
     try:
         apis = [b.api for b in brokers]
         every = ",".join(apis)
-        with RawClient(apis[0]) as raw:
-            raw.ok("create_topic", topic="rows", partitions=1)
-        leader = wait_in_sync(apis, "rows", 1, 3)[0]
+        leader = create_in_sync(apis, "rows")[0]
         with psycopg.connect(postgres.dsn, autocommit=True) as db:
             db.execute("DROP TABLE IF EXISTS cluster_rows")
             db.execute("CREATE TABLE cluster_rows (id BIGSERIAL PRIMARY KEY, payload TEXT)")

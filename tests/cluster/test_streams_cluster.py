@@ -24,11 +24,10 @@ from runtime.client import Producer
 from runtime.dlq import read_all
 from runtime.routing import Router
 from runtime.streams import query
-from tests.cluster.client import metadata, wait_in_sync
+from tests.cluster.client import create_in_sync, metadata
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
-from tests.helpers import ROOT, python_env, stop_process, wait_for
-from tests.integration.wire import RawClient
+from tests.helpers import ROOT, BrokerProcess, python_env, stop_process, wait_for
 from tests.streams.harness import write_script
 
 PARTITIONS = 3
@@ -69,6 +68,15 @@ class StreamsWorker:
             stop_process(self.proc, 15)
 
 
+def _stop(router: Router, worker: StreamsWorker, brokers: list[BrokerProcess]) -> None:
+    router.close()
+    try:
+        worker.stop()
+    finally:
+        for b in brokers:
+            b.stop()
+
+
 def leaders(api: str, topics: list[str]) -> Counter[int]:
     """How many partitions of ``topics`` each broker leads."""
     count: Counter[int] = Counter()
@@ -89,10 +97,7 @@ def test_a_streams_app_on_a_cluster_is_exact_through_a_leaders_and_its_own_kill_
     router = Router(every, timeout_s=5.0)
     items = [(f"k{i % 17}", {"n": i}) for i in range(3 * CHUNK)]
     try:
-        with RawClient(apis[0]) as raw:
-            raw.ok("create_topic", topic="orders", partitions=PARTITIONS,
-                   config={"min_insync_replicas": 2})
-        wait_in_sync(apis, "orders", PARTITIONS, 3)
+        create_in_sync(apis, "orders", PARTITIONS, config={"min_insync_replicas": 2})
         worker.ensure_running()
         wait_for(lambda: "running as" in worker.log(), 30, 0.1, "the pipeline to run")
         topics = ["orders", "tally.changelog", "counts-out"]
@@ -139,12 +144,7 @@ def test_a_streams_app_on_a_cluster_is_exact_through_a_leaders_and_its_own_kill_
         described = router.call(p.DescribeGroup(group="tally"))
         assert {m.member_id for m in described.members} <= {"tally-0"}
     finally:
-        router.close()
-        try:
-            worker.stop()
-        finally:
-            for b in brokers:
-                b.stop()
+        _stop(router, worker, brokers)
 
 
 RELAY = """
@@ -168,12 +168,8 @@ def test_a_streams_worker_rides_out_the_kill_of_its_outputs_leader_in_place(
     router = Router(every, timeout_s=5.0)
     total = 3000
     try:
-        with RawClient(apis[0]) as raw:
-            for topic in ("src", "copies"):
-                raw.ok("create_topic", topic=topic, partitions=PARTITIONS,
-                       config={"min_insync_replicas": 2})
-        wait_in_sync(apis, "src", PARTITIONS, 3)
-        wait_in_sync(apis, "copies", PARTITIONS, 3)
+        for topic in ("src", "copies"):
+            create_in_sync(apis, topic, PARTITIONS, config={"min_insync_replicas": 2})
         victim = metadata(apis[0], "copies")["topics"][0]["partitions"][0]["leader"]
         worker.ensure_running()
         wait_for(lambda: "running as" in worker.log(), 30, 0.1, "the pipeline to run")
@@ -203,9 +199,4 @@ def test_a_streams_worker_rides_out_the_kill_of_its_outputs_leader_in_place(
         values = Counter(e.value["n"] for e in read_all(router, "copies"))
         assert values == Counter(range(total)), sorted((values - Counter(range(total))).items())[:5]
     finally:
-        router.close()
-        try:
-            worker.stop()
-        finally:
-            for b in brokers:
-                b.stop()
+        _stop(router, worker, brokers)
