@@ -137,9 +137,9 @@ class Producer:
         self._acks_unknown = acks is None  # learned from the first metadata (_learn)
         if acks is None:
             acks = "all" if len(bootstrap) > 1 else 1
+        self._acks: int | str = acks
         self.conn = Connection(bootstrap[0], timeout_s=request_timeout_s,
                                watch_reconnects=acks != 0)
-        self.acks = acks
         self.batch_size = batch_size
         self.linger_s = linger_ms / 1000
         self.max_in_flight = min(max_in_flight, WINDOW)
@@ -169,6 +169,17 @@ class Producer:
         self.errors: list[BrokerError] = []
         self._linger = threading.Thread(target=self._linger_loop, daemon=True, name="rail-linger")
         self._linger.start()
+
+    @property
+    def acks(self) -> int | str:
+        return self._acks
+
+    @acks.setter
+    def acks(self, acks: int | str) -> None:
+        """Set by its user: kept, not learned from the brokers any more."""
+        if acks not in (0, 1, "all"):
+            raise ValueError("acks must be 0, 1 or 'all'")
+        self._acks, self._acks_unknown = acks, False
 
     # -- sending ----------------------------------------------------------------------
     def send(self, topic: str, value: Any, key: Any = None, headers: dict[str, Any] | None = None,
@@ -677,7 +688,7 @@ class Producer:
         brokers, leaders = leaders_of(meta)
         if self._acks_unknown:
             self._acks_unknown = False
-            self.acks = "all" if brokers else 1
+            self._acks = "all" if brokers else 1
         if brokers:
             self._cl.clustered = True
             self._cl.brokers = brokers

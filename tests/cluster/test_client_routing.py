@@ -148,9 +148,14 @@ def test_the_producer_sends_with_acks_all_on_a_cluster_and_1_on_a_single_broker(
                     os.kill(follower.pid, signal.SIGCONT)
                 producer.flush(timeout_s=30)
                 assert not producer.errors, producer.errors[:3]
+        with Producer(apis[leader], linger_ms=0) as producer:
+            producer.acks = 1  # set by its user: kept, not learned
+            producer.send("d", "set", partition=0)
+            producer.flush(timeout_s=30)
+            assert producer.acks == 1
         with RawClient(apis[leader]) as raw:
             meta = raw.ok("metadata", topics=["d"])
-        assert meta["topics"][0]["partitions"][0]["end_offset"] == 3
+        assert meta["topics"][0]["partitions"][0]["end_offset"] == 4
     finally:
         single.stop()
         for b in brokers:
