@@ -49,13 +49,15 @@ from runtime.connection import (
     check,
     keep_error,
 )
-from runtime.routing import bootstrap_list, leaders_of, metadata_from_any
+from runtime.routing import bootstrap_list, call_any, leaders_of, metadata_from_any
 
 _encode = msgspec.msgpack.Encoder().encode
 # A prebuilt decoder: msgspec.msgpack.decode(body, type=p.Reply) rebuilds the union's
 # type tree on every call (12 us an ack against 0.3 us).
 _decode_reply = msgspec.msgpack.Decoder(p.Reply).decode
 RETRIABLE = {"STORAGE_ERROR", "UNAVAILABLE", "SHUTTING_DOWN"}
+# A create_topic refused so goes to the next broker of a cluster.
+CREATE_ELSEWHERE = frozenset({"UNAVAILABLE", "NOT_CONTROLLER", "SHUTTING_DOWN"})
 WINDOW = p.IDEMPOTENCE_WINDOW  # batches per partition the broker recognises retries among
 # Produce requests in flight on the connection, all partitions together.  Each is one
 # message in ZeroMQ's queues, which hold 1,000 (SNDHWM, RCVHWM): past that the producer's
@@ -343,7 +345,15 @@ class Producer:
         except BrokerError as exc:
             if exc.code != "UNKNOWN_TOPIC":
                 raise
-        partitions = self._call(p.CreateTopic(topic=topic, exist_ok=True)).partitions
+        create = p.CreateTopic(topic=topic, exist_ok=True)
+        if len(self._cl.bootstrap) > 1 or self._cl.clustered:
+            # Any live broker of the cluster creates it, not only the first endpoint (which
+            # may be the one just killed: a sink's first dead letter once waited 10 s on it
+            # and stopped the task).
+            partitions = call_any(self._cl.brokers + self._cl.bootstrap, self.conn.context,
+                                  create, self.request_timeout_s, CREATE_ELSEWHERE).partitions
+        else:
+            partitions = self._call(create).partitions
         if (len(self._cl.bootstrap) > 1 or self._acks_unknown) and not self._cl.clustered:
             # A cluster's brokers learn of the topic from ZooKeeper a moment later: learn
             # that this is a cluster, so that the sends wait for metadata to name the

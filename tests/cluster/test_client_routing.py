@@ -109,6 +109,37 @@ def test_a_producer_sends_to_topics_it_creates_on_a_cluster(
             b.stop()
 
 
+def test_a_producer_creates_topics_through_the_live_brokers_when_the_first_endpoint_is_dead(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """The first endpoint of the list killed with kill -9: a send to a topic that does not
+    exist yet creates it through another broker at once (it once went to the first
+    endpoint only: 10 s, then UNAVAILABLE; a Connect sink's first dead letter after its
+    coordinator's kill stopped the task so)."""
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        brokers[0].kill9()
+
+        def registered() -> list[int]:
+            with RawClient(apis[1]) as raw:
+                return [b["id"] for b in raw.ok("metadata", topics=[])["brokers"]]
+        # (until its session ends the dead broker may be given the new topic's partitions)
+        wait_for(lambda: registered() == [1, 2], 30, 0.1, "broker 0's registration to end")
+        started = time.monotonic()
+        with Producer(",".join(apis), request_timeout_s=10) as producer:
+            for i in range(10):
+                producer.send("after-kill", i, key=str(i))
+            producer.flush(timeout_s=60)
+            assert not producer.errors, producer.errors[:3]
+        assert time.monotonic() - started < 5, "it waited out the dead endpoint"
+        with RawClient(apis[1]) as raw:
+            meta = raw.ok("metadata", topics=["after-kill"])
+        assert sum(x["end_offset"] for x in meta["topics"][0]["partitions"]) == 10
+    finally:
+        for b in brokers:
+            b.stop()
+
+
 def test_the_producer_sends_with_acks_all_on_a_cluster_and_1_on_a_single_broker(
         tmp_path: Path, zookeeper: ZooKeeper) -> None:
     """Unless told otherwise a Producer sends with acks="all" on a cluster (with acks=1 a

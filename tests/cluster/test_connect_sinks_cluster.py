@@ -5,7 +5,8 @@ change exactly once through a kill -9 of the broker that coordinates its group (
 some of its partitions) and a kill -9 of the task itself: the table ends equal to the
 topic's latest value per key, and no row was ever written with an older value after a
 newer one.  The HTTP source answers 200 only for events that survive a kill -9 of their
-leader.  The SQL table source sends each row once through a leader kill and its own."""
+leader.  The SQL table source sends each row once through a leader kill and its own.  The
+SQLite sink keeps each key's latest value through its coordinator's kill."""
 
 from __future__ import annotations
 
@@ -181,6 +182,59 @@ def test_a_table_source_on_a_cluster_sends_each_row_once_through_leader_and_task
         assert "acks all" in task.log(), task.log()[-3000:]
         got = sorted(e.value["id"] for e in read_topic(every, "rows"))
         assert got == ids, (len(got), len(ids), sorted((Counter(got) - Counter(ids)).items())[:5])
+    finally:
+        for b in brokers:
+            b.stop()
+
+
+def test_a_sqlite_sink_on_a_cluster_keeps_the_latest_value_per_key_through_a_coordinator_kill(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """The SQLite sink (its offsets in the database, with the rows) given the endpoint list:
+    the broker that coordinates its group (and leads a partition) is killed with kill -9
+    mid-stream.  Every event is applied (the offsets it stored sum to the topic's), the
+    table holds each key's latest value, and the keyless events reach the DLQ, which
+    the sink writes with acks "all" on a cluster."""
+    import sqlite3
+
+    from tests.connect.test_sqlite_sink import rows, stored
+
+    brokers = start_three(tmp_path, zookeeper)
+    try:
+        apis = [b.api for b in brokers]
+        every = ",".join(apis)
+        create_in_sync(apis, "docs", 3)
+        latest: dict[str, int] = {}
+        with Producer(every) as producer:
+            for i in range(6_000):
+                if i % 1_000 == 500:
+                    producer.send("docs", {"orphan": i})  # no key: cannot be a row
+                key = f"k{i % 97}"
+                producer.send("docs", {"v": i}, key=key)
+                latest[key] = i
+            producer.flush(timeout_s=60)
+            assert not producer.errors, producer.errors[:3]
+        db = tmp_path / "docs.db"
+        entry = {"name": "docs-out", "kind": "sink", "class": "sqlite", "topics": ["docs"],
+                 "errors": {"tolerance": "all"}, "batch": 50, "linger_ms": 5,
+                 "config": {"path": str(db), "table": "docs"}}
+        with RawClient(apis[0]) as raw:
+            found = raw.ok("find_coordinator", group=parse(entry).group)
+        coordinator = apis.index(found["api"])
+        task = Task(entry, every, tmp_path / "sqlite.log")
+        try:
+            wait_for(lambda: (stored(db) or 0) > 1_000, 60, 0.01, "1,000 applied")
+            brokers[coordinator].kill9()
+            assert (stored(db) or 0) < 6_006, "the kill came too late to matter"
+            wait_for(lambda: stored(db) == 6_006, 90, 0.1, "every event applied")
+        finally:
+            task.stop()
+        assert task.proc.returncode == 0, task.log()[-3000:]
+        assert {k: json.loads(v) for k, v in rows(db).items()} == \
+            {k: {"v": v} for k, v in latest.items()}
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM docs").fetchone()[0] == 97
+        dead = {e.value["orphan"] for e in read_topic(every, "docs.dlq")}
+        assert dead == {i for i in range(6_000) if i % 1_000 == 500}
     finally:
         for b in brokers:
             b.stop()
