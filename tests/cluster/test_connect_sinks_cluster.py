@@ -6,7 +6,8 @@ some of its partitions) and a kill -9 of the task itself: the table ends equal t
 topic's latest value per key, and no row was ever written with an older value after a
 newer one.  The HTTP source answers 200 only for events that survive a kill -9 of their
 leader.  The SQL table source sends each row once through a leader kill and its own.  The
-SQLite sink keeps each key's latest value through its coordinator's kill."""
+SQLite sink keeps each key's latest value through its coordinator's kill, and the JSONL and
+HTTP sinks deliver every event (at least once) through one."""
 
 from __future__ import annotations
 
@@ -236,5 +237,71 @@ def test_a_sqlite_sink_on_a_cluster_keeps_the_latest_value_per_key_through_a_coo
         dead = {e.value["orphan"] for e in read_topic(every, "docs.dlq")}
         assert dead == {i for i in range(6_000) if i % 1_000 == 500}
     finally:
+        for b in brokers:
+            b.stop()
+
+
+def test_jsonl_and_http_sinks_on_a_cluster_deliver_everything_through_a_coordinator_kill(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """The JSONL and HTTP sinks (at least once, docs/connect.md) read one topic on a
+    cluster, each in its group; the broker that coordinates the HTTP sink's group is
+    killed with kill -9 mid-stream, while the HTTP server fails half its requests.  Every
+    event ends in the file, every event but the poison ones reaches the server, and the
+    poison ones reach the DLQ."""
+    import threading
+
+    from tests.connect.test_http_sink import FlakyServer
+    from tests.connect.test_jsonl_sink import lines
+
+    brokers = start_three(tmp_path, zookeeper)
+    server = FlakyServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        apis = [b.api for b in brokers]
+        every = ",".join(apis)
+        create_in_sync(apis, "feed", 3)
+        total = 3_000
+        poison = set(range(11, total, 97))
+        with Producer(every) as producer:
+            for i in range(total):
+                producer.send("feed", {"i": i, "poison": i in poison}, key=f"k{i}")
+            producer.flush(timeout_s=60)
+            assert not producer.errors, producer.errors[:3]
+        folder = tmp_path / "out"
+        to_file = {"name": "to-file", "kind": "sink", "class": "jsonl", "topics": ["feed"],
+                   "batch": 100, "linger_ms": 5, "config": {"path": str(folder / "out.jsonl")}}
+        hook = {"name": "hook", "kind": "sink", "class": "http", "topics": ["feed"],
+                "batch": 50, "linger_ms": 5, "errors": {"tolerance": "all"},
+                "config": {"url": f"http://127.0.0.1:{server.server_port}/in", "retries": 50,
+                           "backoff_ms": 1, "max_backoff_ms": 20}}
+        with RawClient(apis[0]) as raw:
+            found = raw.ok("find_coordinator", group=parse(hook).group)
+        coordinator = apis.index(found["api"])
+        tasks = [Task(to_file, every, tmp_path / "file.log"), Task(hook, every, tmp_path / "hook.log")]
+
+        def delivered() -> int:
+            with server.lock:
+                return len({v["i"] for v in server.received})
+        try:
+            wait_for(lambda: delivered() > 300, 60, 0.01, "300 delivered")
+            brokers[coordinator].kill9()
+            assert delivered() < total - len(poison), "the kill came too late to matter"
+            wait_for(lambda: delivered() >= total - len(poison)
+                     and len({v["i"] for v in lines(folder)}) >= total, 120, 0.2,
+                     "every event delivered and written")
+            wait_for(lambda: {e.value["i"] for e in read_topic(every, "feed.dlq")} >= poison,
+                     60, 0.2, "the poison ones dead-lettered")
+        finally:
+            for task in tasks:
+                task.stop()
+        for task in tasks:
+            assert task.proc.returncode == 0, task.log()[-3000:]
+        with server.lock:
+            assert {v["i"] for v in server.received} == set(range(total)) - poison
+        assert {v["i"] for v in lines(folder)} == set(range(total))
+        assert {e.value["i"] for e in read_topic(every, "feed.dlq")} == poison
+    finally:
+        server.shutdown()
+        server.server_close()
         for b in brokers:
             b.stop()
