@@ -550,8 +550,11 @@ class Handlers:
             except TopicExists:
                 if not req.exist_ok:
                     raise
-                return p.CreateTopicReply(id=req.id, topic=req.topic, partitions=0,
-                                          created=False)
+                # its real count, as a single broker answers (a client picks a partition
+                # by it: the Python producer once drew from range(0) and failed)
+                record = self.cluster.store.topic(req.topic)
+                return p.CreateTopicReply(id=req.id, topic=req.topic, created=False,
+                                          partitions=len(record.replicas) if record else 0)
             return p.CreateTopicReply(id=req.id, topic=req.topic, partitions=count)
         existing = self.topics.topics.get(req.topic)
         if existing is not None and req.exist_ok:

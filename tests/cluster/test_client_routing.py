@@ -134,7 +134,12 @@ def test_a_producer_creates_topics_through_the_live_brokers_when_the_first_endpo
         assert time.monotonic() - started < 5, "it waited out the dead endpoint"
         with RawClient(apis[1]) as raw:
             meta = raw.ok("metadata", topics=["after-kill"])
+            again = raw.ok("create_topic", topic="after-kill", exist_ok=True)
         assert sum(x["end_offset"] for x in meta["topics"][0]["partitions"]) == 10
+        # an existing topic's real partition count, as on a single broker (it was 0, and the
+        # producer, creating a topic another broker had just created, drew from range(0))
+        assert again["created"] is False
+        assert again["partitions"] == len(meta["topics"][0]["partitions"])
     finally:
         for b in brokers:
             b.stop()
