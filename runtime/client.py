@@ -14,8 +14,9 @@ The producer batches records per partition (up to ``batch_size`` records or ``li
 keeps several batches in flight, and is idempotent by default: every batch carries a
 producer id and sequence number, so a batch retried after a timeout or a broker restart is
 never written twice.  It sends with ``acks=1`` on a single broker and ``acks="all"`` on a
-cluster unless told otherwise (``acks=``).  A batch not acknowledged within ``delivery_timeout_s`` (default 120)
-is given up: its callbacks get an ``UNAVAILABLE`` error, it is added to
+cluster unless told otherwise (``acks=``).  A batch not acknowledged within
+``delivery_timeout_s`` (default 120) is given up: its callbacks get an ``UNAVAILABLE``
+error, it is added to
 ``producer.errors`` (which keeps the last 10,000), and a ``send`` waiting for room in flight
 returns.  The consumer is a group member: the broker assigns it partitions and
 remembers its position, and a streaming poll parked at the broker sends each new event as

@@ -337,8 +337,11 @@ class Producer:
             self.partitions_for(topic)
 
     def _lookup_partitions(self, topic: str) -> int:
+        # Given a cluster (or several endpoints), any live broker answers, not only the
+        # first endpoint, which may be the one just killed.
+        any_broker = len(self._cl.bootstrap) > 1 or self._cl.clustered
         try:
-            meta = self._metadata([topic]) if len(self._cl.bootstrap) > 1 or self._cl.clustered \
+            meta = self._metadata([topic]) if any_broker \
                 else self._call(p.Metadata(topics=[topic]))
             self._learn(meta)
             return len(meta.topics[0].partitions)
@@ -346,10 +349,8 @@ class Producer:
             if exc.code != "UNKNOWN_TOPIC":
                 raise
         create = p.CreateTopic(topic=topic, exist_ok=True)
-        if len(self._cl.bootstrap) > 1 or self._cl.clustered:
-            # Any live broker of the cluster creates it, not only the first endpoint (which
-            # may be the one just killed: a sink's first dead letter once waited 10 s on it
-            # and stopped the task).
+        if any_broker:  # (a sink's first dead letter once waited 10 s on the dead first
+            # endpoint for its topic and stopped the task)
             partitions = call_any(self._cl.brokers + self._cl.bootstrap, self.conn.context,
                                   create, self.request_timeout_s, CREATE_ELSEWHERE).partitions
         else:

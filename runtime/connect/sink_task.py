@@ -234,8 +234,7 @@ class SinkTask:
                                f"[{event.partition}]@{event.offset}: {error} "
                                "(errors.tolerance = \"none\")")
         if self.producer is None:
-            broker = self.host.options.broker
-            self.producer = Producer(broker, acks=self.settings.acks)
+            self.producer = Producer(self.host.options.broker, acks=self.settings.acks)
         send_to_dlq(self.producer, event, error, 1)
         self.host.failed += 1
 

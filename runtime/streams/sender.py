@@ -96,7 +96,8 @@ class Sender:
         # again to the partition's leader as metadata names it, for up to FAILOVER_S.
         self.failover_s = FAILOVER_S if isinstance(conn, Router) else 0.0
         self.duplicates = 0  # batches or probe records the broker already had
-        # where a tail's partition ended after it was stored (its reply's offsets)
+        # where a tail's partition ended after it was stored (its reply's offsets): the
+        # fenced sends (expected_offset) only
         self.ends: dict[tuple[str, int], int] = {}
 
     def send_all(self, batches: list[OutBatch]) -> list[OutBatch]:
@@ -228,8 +229,9 @@ class Sender:
             raise
         if reply.duplicate:
             self.duplicates += 1
-        for _part, base, count in reply.offsets:
-            self.ends[(batch.topic, batch.partition)] = base + count
+        if sent.expected_offset is not None:
+            for _part, base, count in reply.offsets:
+                self.ends[(batch.topic, batch.partition)] = base + count
         return not reply.duplicate
 
     def _probe(self, batch: OutBatch) -> bool:

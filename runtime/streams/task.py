@@ -128,7 +128,6 @@ class Task:
         # only there (expected_offset), so a zombie's batch never lands between a new
         # owner's, nor the new owner's after a zombie's (Fenced).  Set by ``restore``.
         self.changelog_end = 0
-        self.changelog_pid = 0  # this incarnation's changelog producer id (``_adopt``)
         self.processed_since_commit = 0
         self.restored_from = ""  # "local", "changelog" or "nothing", for logs and tests
 
@@ -248,9 +247,13 @@ class Task:
     def _adopt(self, ck: Checkpoint) -> None:
         self.ck = ck
         self.seqs = {(t, part): seq for t, part, seq in ck.seqs}
-        # a checkpoint from before incarnations had producer ids: the one they all shared
-        self.changelog_pid = ck.writer or producer_id(self.pipeline.app, self.changelog,
-                                                      str(self.partition))
+
+    @property
+    def changelog_pid(self) -> int:
+        """This incarnation's changelog producer id; for a checkpoint from before
+        incarnations had their own, the one they all shared."""
+        return self.ck.writer or producer_id(self.pipeline.app, self.changelog,
+                                             str(self.partition))
 
     # -- processing -------------------------------------------------------------------
     @property

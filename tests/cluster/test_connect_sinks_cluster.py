@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+
+import psycopg
 
 from runtime.client import Producer
 from runtime.connect.settings import parse
@@ -24,7 +28,9 @@ from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
 from tests.connect.postgres import PostgresServer
 from tests.connect.tasks import Task, count, read_topic
+from tests.connect.test_http_sink import FlakyServer
 from tests.connect.test_http_source import listening, post
+from tests.connect.test_jsonl_sink import lines
 from tests.connect.test_postgres_sink import (
     EVENTS,
     KEYS,
@@ -34,6 +40,7 @@ from tests.connect.test_postgres_sink import (
     prepare_tables,
     sink_entry,
 )
+from tests.connect.test_sqlite_sink import rows, stored
 from tests.helpers import free_port, wait_for
 from tests.integration.wire import RawClient
 
@@ -129,10 +136,6 @@ def test_a_table_source_on_a_cluster_sends_each_row_once_through_leader_and_task
     its topic is killed with kill -9, then the task itself.  Every row is in the topic
     exactly once (the source sends with acks "all" on a cluster, its offsets in the
     replicated ``_connect-offsets``), and the task says which acks it used."""
-    import threading
-
-    import psycopg
-
     brokers = start_three(tmp_path, zookeeper)
     try:
         apis = [b.api for b in brokers]
@@ -195,10 +198,6 @@ def test_a_sqlite_sink_on_a_cluster_keeps_the_latest_value_per_key_through_a_coo
     mid-stream.  Every event is applied (the offsets it stored sum to the topic's), the
     table holds each key's latest value, and the keyless events reach the DLQ, which
     the sink writes with acks "all" on a cluster."""
-    import sqlite3
-
-    from tests.connect.test_sqlite_sink import rows, stored
-
     brokers = start_three(tmp_path, zookeeper)
     try:
         apis = [b.api for b in brokers]
@@ -248,11 +247,6 @@ def test_jsonl_and_http_sinks_on_a_cluster_deliver_everything_through_a_coordina
     killed with kill -9 mid-stream, while the HTTP server fails half its requests.  Every
     event ends in the file, every event but the poison ones reaches the server, and the
     poison ones reach the DLQ."""
-    import threading
-
-    from tests.connect.test_http_sink import FlakyServer
-    from tests.connect.test_jsonl_sink import lines
-
     brokers = start_three(tmp_path, zookeeper)
     server = FlakyServer()
     threading.Thread(target=server.serve_forever, daemon=True).start()
