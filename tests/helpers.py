@@ -6,6 +6,7 @@ Every process started here is stopped by pid (``stop``/``kill9``), never left be
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -20,10 +21,39 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+_given: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = range(15000, min(_ephemeral_low(), 32768))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, below the kernel's ephemeral range.
+
+    A port the kernel picks for ``bind(0)`` comes from the same range as the source ports of
+    outgoing connections, so between this call and the server's bind a ZeroMQ reconnect or a
+    ZooKeeper client can take it (a ``rail up`` then exits with "Address already in use").
+    Ports below the range are never handed out for that, and none is given twice in a run.
+    """
+    for _ in range(10_000):
+        port = random.choice(_PORTS)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port left in {_PORTS}")
 
 
 def written_lines(path: Path) -> list[str]:

@@ -58,6 +58,8 @@ class Rail:
         wait_for(self.answers, 30, what="rail up to answer status")
 
     def answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"rail up exited with {self.proc.returncode}:\n{self.log()}")
         return self.rail("status").returncode == 0
 
     def rail(self, *args: str) -> subprocess.CompletedProcess[str]:
