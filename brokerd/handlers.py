@@ -34,7 +34,7 @@ from brokerd.log.batch import HEADER_SIZE, Record, decode_records, key_content
 from brokerd.log.partition import now_ms
 from brokerd.log.producers import DuplicateBatch
 from brokerd.topics import check_name
-from brokerd.waiters import Client, DurableAck, Waiter
+from brokerd.waiters import Client, DurableAck, Waiter, topic_key
 
 if TYPE_CHECKING:
     from brokerd.config import BrokerConfig
@@ -62,6 +62,8 @@ class _Envelope(msgspec.Struct):
 
 
 ENVELOPE = msgspec.msgpack.Decoder(_Envelope)
+CREATE_WAIT_MS = 5_000
+"""The longest a cluster's ``create_topic`` waits for this broker to see the leaders."""
 
 
 def peek_envelope(body: bytes | memoryview) -> tuple[int, Any]:
@@ -171,7 +173,7 @@ class Handlers:
             case p.Seek():
                 return self.handle_seek(request)
             case p.CreateTopic():
-                return self.handle_create_topic(request)
+                return self.handle_create_topic(request, client)
             case p.DeleteTopic():
                 return self.handle_delete_topic(request)
             case p.Metadata():
@@ -216,14 +218,16 @@ class Handlers:
         if req.expected_offset is not None and req.partition is None:
             raise BadRequest("a produce with expected_offset must name its partition")
         config = existing.config if existing else self.config.topic_defaults
+        records = _decode_batch(req.records, config.max_batch_bytes)
+        if existing is None and self.cluster is not None:
+            # before the partition check: the topic may exist with more partitions than
+            # the defaults, its local copy not made yet
+            raise NotLeader(f"no topic {req.topic!r} on this broker: a cluster creates topics "
+                            "only with create_topic; refresh metadata")
         if req.partition is not None and req.partition >= config.partitions:
             raise UnknownPartition(f"topic {req.topic!r} has partitions "
                                    f"0..{config.partitions - 1}, not {req.partition}")
-        records = _decode_batch(req.records, config.max_batch_bytes)
         topic = existing
-        if topic is None and self.cluster is not None:
-            raise NotLeader(f"no topic {req.topic!r} on this broker: a cluster creates topics "
-                            "only with create_topic; refresh metadata")
         if topic is None:
             topic, created = self.topics.get_or_create(req.topic)
             if created:
@@ -543,10 +547,11 @@ class Handlers:
                 "(docs/cluster.md)")
 
     # -- topics -----------------------------------------------------------------------
-    def handle_create_topic(self, req: p.CreateTopic) -> p.Reply:
+    def handle_create_topic(self, req: p.CreateTopic, client: Client) -> p.Reply | None:
         if self.cluster is not None:
+            cluster = self.cluster
             try:
-                count = self.cluster.create_topic(req.topic, req.partitions, req.config)
+                count = cluster.create_topic(req.topic, req.partitions, req.config)
             except TopicExists:
                 if not req.exist_ok:
                     raise
@@ -555,7 +560,21 @@ class Handlers:
                 record = self.cluster.store.topic(req.topic)
                 return p.CreateTopicReply(id=req.id, topic=req.topic, created=False,
                                           partitions=len(record.replicas) if record else 0)
-            return p.CreateTopicReply(id=req.id, topic=req.topic, partitions=count)
+            reply = p.CreateTopicReply(id=req.id, topic=req.topic, partitions=count)
+            if cluster.led_here(req.topic):
+                return reply
+
+            # Answered once this broker's metadata names every partition's leader (as
+            # Kafka's controller answers CreateTopics), so what the client sends next here
+            # finds the topic; after CREATE_WAIT_MS it is answered anyway: it exists.
+            def answer(final: bool) -> bool:
+                if final or cluster.led_here(req.topic):
+                    self.send(client, reply)
+                    return True
+                return False
+            self.waiting.park(Waiter(client, time.monotonic() + CREATE_WAIT_MS / 1000, answer,
+                                     [topic_key(req.topic)]))
+            return None
         existing = self.topics.topics.get(req.topic)
         if existing is not None and req.exist_ok:
             return p.CreateTopicReply(id=req.id, topic=req.topic,

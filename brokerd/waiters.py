@@ -22,6 +22,12 @@ Client = tuple[bytes, bool]  # (ZeroMQ routing identity, sent as REQ with a deli
 TP = tuple[str, int]
 
 
+def topic_key(topic: str) -> TP:
+    """The key a request waiting on a topic's metadata parks under (``create_topic`` in a
+    cluster): no partition has index -1."""
+    return (topic, -1)
+
+
 @dataclass(eq=False)
 class Waiter:
     client: Client

@@ -51,11 +51,13 @@ from brokerd.errors import (
     StorageError,
     TopicExists,
     UnknownLeaderEpoch,
+    UnknownPartition,
     UnknownTopic,
 )
 from brokerd.groups import Coordinator
 from brokerd.log.batch import HEADER, HEADER_SIZE
 from brokerd.topics import check_name
+from brokerd.waiters import topic_key
 
 if TYPE_CHECKING:
     from brokerd.config import BrokerConfig
@@ -191,8 +193,11 @@ class Cluster:
                 self._elect_controller()
             case ("topics",):
                 self._topics_changed()
+                for name in self.topic_records:
+                    self.broker.waiting.data_arrived(topic_key(name))
             case ("topic", name):
                 self._topic_seen(name)
+                self.broker.waiting.data_arrived(topic_key(name))
             case ("deletions",):
                 admin.apply_deletions(self)
             case ("reassign",):
@@ -204,6 +209,7 @@ class Cluster:
                     self.other_states[(topic, partition)] = state
                 else:
                     self._apply_state((topic, partition), state, version)
+                self.broker.waiting.data_arrived(topic_key(topic))  # a create_topic waits
             case ("truncate", tp, topic_id, leader_epoch, epoch, end_offset):
                 if self._following(tp, topic_id, leader_epoch):
                     self._truncate(self.replicas[tp], leader_epoch, epoch, end_offset)
@@ -439,6 +445,10 @@ class Cluster:
     def leading(self, topic: str, partition: int) -> Replica:
         replica = self.replicas.get((topic, partition))
         if replica is None or replica.role != LEADER or self.fenced:
+            record = self.topic_records.get(topic)
+            if replica is None and record is not None and partition >= len(record.replicas):
+                raise UnknownPartition(f"topic {topic!r} has partitions "
+                                       f"0..{len(record.replicas) - 1}, not {partition}")
             leader = replica.state.leader if replica and replica.state else -1
             raise NotLeader(f"broker {self.id} does not lead {topic}[{partition}] (leader: "
                             f"{leader}): refresh metadata and send it to the leader")
@@ -637,6 +647,20 @@ class Cluster:
                 raise TopicExists(f"topic {name!r} already exists{marked}") from exc
             raise
         return config.partitions
+
+    def led_here(self, topic: str) -> bool:
+        """Whether this broker's ``metadata`` names a leader for every partition of
+        ``topic`` (what a client needs to route its first produce)."""
+        record = self.topic_records.get(topic)
+        if record is None:
+            return False
+        for index in range(len(record.replicas)):
+            info = p.PartitionInfo(partition=index, start_offset=-1, end_offset=-1,
+                                   size_bytes=0)
+            self.partition_info(topic, info)
+            if info.leader < 0:
+                return False
+        return True
 
     def partition_info(self, topic: str, info: p.PartitionInfo) -> None:
         replica = self.replicas.get((topic, info.partition))

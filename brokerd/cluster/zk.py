@@ -107,8 +107,24 @@ class ClusterStore:
         except KazooTimeoutError as exc:
             raise ClusterError(f"cannot reach ZooKeeper at {self.hosts} within "
                                f"{timeout_s:.0f} s: is it running?") from exc
+        if self.zk.chroot:
+            self._ensure_chroot(timeout_s)
         for path in ("/brokers/ids", "/topics", DELETIONS, REASSIGNMENTS):
             self.zk.ensure_path(path)
+
+    def _ensure_chroot(self, timeout_s: float) -> None:
+        """Create the chroot the connect string names, as Kafka does (KAFKA-404): a client
+        bound to it cannot create it (kazoo's paths are all below it), and without it the
+        first write fails with a bare ``NoNodeError``."""
+        if self.zk.exists("/") is not None:
+            return
+        root = KazooClient(hosts=self.hosts.split("/", 1)[0], timeout=self.session_timeout_s)
+        root.start(timeout=timeout_s)
+        try:
+            root.ensure_path(self.zk.chroot)
+        finally:
+            root.stop()
+            root.close()
 
     def stop(self) -> None:
         try:

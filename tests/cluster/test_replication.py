@@ -61,6 +61,19 @@ def test_a_replicated_topic_is_copied_to_every_broker_and_acked_once_in_sync(
             created = raw.ok("create_topic", topic="t", partitions=PARTITIONS)
             assert created["partitions"] == PARTITIONS
             assert raw.call("create_topic", topic="t")["code"] == "TOPIC_EXISTS"
+        for i, api in enumerate(apis):
+            # create_topic answers once the broker asked names every partition's leader
+            # (as Kafka's controller does): a client's next request there finds the topic
+            with RawClient(api) as raw:
+                raw.ok("create_topic", topic=f"at{i}", partitions=6)
+                meta = raw.ok("metadata", topics=[f"at{i}"])
+                [topic] = meta["topics"]
+                assert sorted(part["leader"] for part in topic["partitions"]) == \
+                    [0, 0, 1, 1, 2, 2], topic
+                led = next(part["partition"] for part in topic["partitions"]
+                           if part["leader"] == i)
+                assert raw.ok("produce", topic=f"at{i}", partition=led, records=ONE,
+                              acks=1)["offsets"] == [[led, 0, 1]]
         leaders = wait_in_sync(apis, "t", PARTITIONS, 3)
         producer = LeaderProducer(apis, "t", producer_id=7)
         for i in range(30):
