@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.zookeeper import ZooKeeper, available, start_zookeeper
+from tests.helpers import BrokerProcess, start_broker
 
 
 @pytest.fixture
@@ -19,3 +21,31 @@ def zookeeper(tmp_path: Path) -> Iterator[ZooKeeper]:
         yield zk
     finally:
         zk.stop()
+
+
+_chroots = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def shared_zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeper]:
+    """One ZooKeeper for a module; each test's cluster lives under a chroot of its own."""
+    why = available()
+    if why:
+        pytest.skip(why)
+    zk = start_zookeeper(tmp_path_factory.mktemp("zk"))
+    try:
+        yield zk
+    finally:
+        zk.stop()
+
+
+@pytest.fixture
+def one_broker_cluster(shared_zookeeper: ZooKeeper, tmp_path: Path) -> Iterator[BrokerProcess]:
+    """A fresh one-broker cluster (a chroot and a data dir of its own), stopped after the
+    test: for a single broker's tests run again against the cluster's code paths."""
+    proc = start_broker(tmp_path / "b1", "--broker-id", "1", "--zookeeper",
+                        f"{shared_zookeeper.hosts}/c{next(_chroots)}", timeout=30.0)
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -12,21 +12,16 @@ so and checks the cluster's answer instead.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
 
-from tests.cluster.zookeeper import ZooKeeper, available, start_zookeeper
-from tests.helpers import BrokerProcess, start_broker
+from tests.helpers import BrokerProcess
 from tests.integration.test_raw_protocol import *  # noqa: F403 (the tests, collected again)
 from tests.integration.test_raw_protocol import RawClient, context  # noqa: F401
-
-_chroots = itertools.count(1)
 
 # `poll` and `seek` are a single broker's (the broker keeps the member's positions); a
 # cluster answers them BAD_REQUEST by design (docs/protocol.md §20: a member keeps its own
@@ -46,28 +41,9 @@ for _name in POLL_TESTS:
     del globals()[_name]
 
 
-@pytest.fixture(scope="module")
-def shared_zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeper]:
-    """One ZooKeeper for the module; each test's cluster lives under a chroot of its own."""
-    why = available()
-    if why:
-        pytest.skip(why)
-    zk = start_zookeeper(tmp_path_factory.mktemp("zk"))
-    try:
-        yield zk
-    finally:
-        zk.stop()
-
-
 @pytest.fixture
-def broker(shared_zookeeper: ZooKeeper, tmp_path: Path) -> Iterator[BrokerProcess]:
-    """A fresh one-broker cluster (its own chroot and data dir), stopped after the test."""
-    proc = start_broker(tmp_path / "b1", "--broker-id", "1", "--zookeeper",
-                        f"{shared_zookeeper.hosts}/raw{next(_chroots)}", timeout=30.0)
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def broker(one_broker_cluster: BrokerProcess) -> BrokerProcess:
+    return one_broker_cluster
 
 
 GROUP_OPS = {"join", "heartbeat", "commit", "leave", "release", "describe_group",

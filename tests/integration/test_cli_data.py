@@ -12,6 +12,7 @@ from brokerd import protocol as p
 from runtime.cli import build_parser
 from runtime.client import Consumer, Event, Producer
 from runtime.dlq import dead_letter_headers
+from runtime.routing import connect
 from tests.helpers import ROOT, BrokerProcess, python_env, wait_for
 from tests.integration.cli import RAIL, create_topic, one_line, rail, rail_env
 
@@ -133,9 +134,12 @@ def test_rail_run_runs_a_worker_in_the_foreground(broker: BrokerProcess) -> None
 
 def commit(broker: BrokerProcess, group: str, topic: str, offsets: dict[int, int]) -> None:
     """Commit as a tool does (no member id): the group has no live members."""
-    with Producer(broker.api) as producer:
-        producer._call(p.Commit(group=group, offsets=[(topic, part, off)
-                                                      for part, off in offsets.items()]))
+    conn = connect(broker.api)  # to the group's coordinator, on a cluster too
+    try:
+        conn.call(p.Commit(group=group, offsets=[(topic, part, off)
+                                                 for part, off in offsets.items()]))
+    finally:
+        conn.close()
 
 
 def described(broker: BrokerProcess, group: str) -> dict:

@@ -15,9 +15,10 @@ import pytest
 
 from brokerd import protocol as p
 from runtime.client import Event, Producer
-from runtime.connection import BrokerError, Connection
+from runtime.connection import BrokerError
 from runtime.dlq import (REPLAYED_FROM, Lease, dead_letter_headers, dlq_topic, load_record,
                          read_all, send_to_dlq)
+from runtime.routing import connect
 from tests.helpers import ROOT, BrokerProcess, python_env, start_broker, wait_for, written_lines
 
 
@@ -49,7 +50,7 @@ def dead_letters(broker: BrokerProcess, count: int, topic: str = "orders", parti
 
 def replayed(broker: BrokerProcess, topic: str = "orders") -> Counter[str]:
     """How many times each dead letter reached ``topic``, by its ``rail.replayed-from``."""
-    conn = Connection(broker.api)
+    conn = connect(broker.api)
     try:
         return Counter(str((e.headers or {}).get(REPLAYED_FROM)) for e in read_all(conn, topic))
     finally:
@@ -218,7 +219,7 @@ def test_a_replay_killed_with_kill_9_at_a_random_moment_then_rerun_sends_nothing
         broker: BrokerProcess) -> None:
     total = 20_000
     dead_letters(broker, total)
-    conn = Connection(broker.api)
+    conn = connect(broker.api)
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "dlq", "replay", "orders"],
                             env={**python_env(), "RAIL_BROKER": broker.api}, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -259,7 +260,7 @@ def test_two_replays_at_once_send_each_dead_letter_once(broker: BrokerProcess) -
 def test_a_replay_waits_for_a_running_one_then_gives_up_in_one_line(
         broker: BrokerProcess) -> None:
     dead_letters(broker, 2)
-    conn = Connection(broker.api)
+    conn = connect(broker.api)
     lease = Lease(broker.api, "orders.dlq")
     lease.acquire(conn)
     try:
@@ -276,7 +277,7 @@ def test_a_replay_waits_for_a_running_one_then_gives_up_in_one_line(
 
 def test_a_replay_that_lost_its_lease_stops_before_sending(broker: BrokerProcess) -> None:
     dead_letters(broker, 1)
-    conn = Connection(broker.api)
+    conn = connect(broker.api)
     lease = Lease(broker.api, "orders.dlq")
     try:
         lease.acquire(conn)
@@ -328,7 +329,7 @@ def handled(tmp: Path) -> list[str]:
 
 
 def dlq_size(broker: BrokerProcess) -> int:
-    conn = Connection(broker.api)
+    conn = connect(broker.api)
     try:
         return len(read_all(conn, "orders.dlq"))
     finally:
@@ -395,7 +396,7 @@ def test_purge_all_empties_the_list_and_survives_a_broker_restart(tmp_path: Path
         rail(broker, "dlq", "replay", "orders", "--offsets", "0..0")
         rail(broker, "dlq", "purge", "orders", "--all", "--yes")
         assert listed(broker) == []
-        conn = Connection(broker.api)
+        conn = connect(broker.api)
         try:  # the ledger forgets purged dead letters (tombstones, for compaction)
             assert load_record(conn, "orders.dlq").replayed == {}
         finally:
@@ -427,7 +428,7 @@ def test_a_cursor_group_deleted_by_hand_makes_nothing_replay_twice(broker: Broke
     described = json.loads(rail(broker, "groups", "describe", "rail.dlq-replay.orders.dlq",
                                 "--json").stdout)
     assert [(x["committed"], x["lag"]) for x in described["partitions"]] == [(3, 0)]
-    conn = Connection(broker.api)
+    conn = connect(broker.api)
     try:
         conn.call(p.DeleteGroup(group="rail.dlq-replay.orders.dlq"))
     finally:
