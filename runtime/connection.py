@@ -74,6 +74,7 @@ class Connection:
         self._stash: dict[int, Any] = {}
         self._streams: dict[int, deque[bytes]] = {}  # ids that get many replies, in order
         self._unwatched: set[int] = set()
+        self._forgotten: set[int] = set()  # of _unwatched: dropped even when an error
         self.async_errors: list[BrokerError] = []
         # With watch_reconnects, ZeroMQ's monitor events say when the TCP connection was
         # lost and made again: requests written to the lost one will get no reply.
@@ -176,6 +177,13 @@ class Connection:
         """Nobody waits for this reply: drop it when it comes, keeping only an error."""
         self._unwatched.add(request_id)
 
+    def forget(self, request_id: int) -> None:
+        """Nobody will wait for this reply (the request was sent again elsewhere): drop it,
+        now if it is in, else when it comes, whatever it says."""
+        if self._stash.pop(request_id, None) is None:
+            self._unwatched.add(request_id)
+            self._forgotten.add(request_id)
+
     def keep(self, request_id: int, body: bytes) -> None:
         """File a reply for its waiter (or drop an unwatched one)."""
         queue = self._streams.get(request_id)
@@ -184,6 +192,9 @@ class Connection:
             return
         if request_id in self._unwatched:
             self._unwatched.discard(request_id)
+            if request_id in self._forgotten:
+                self._forgotten.discard(request_id)
+                return
             reply = _replies.decode(body)
             if isinstance(reply, p.ErrorReply):
                 keep_error(self.async_errors, BrokerError(reply.code, reply.message))

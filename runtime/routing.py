@@ -181,6 +181,12 @@ class Router:
                 self._coordinators.clear()
             raise
 
+    def forget(self, request_id: int) -> None:
+        """Nobody will wait for the reply to ``request_id`` (sent again elsewhere)."""
+        found = self._sent.pop(request_id, None)
+        if found is not None:
+            found[0].forget(found[1])
+
     def arrived(self, request_id: int, timeout_s: float) -> bool:
         """Whether the reply to ``request_id`` is in (waiting up to ``timeout_s``)."""
         conn, sent = self._sent[request_id]

@@ -200,6 +200,7 @@ class Sender:
         j = start
         while j < len(pending):
             sent = pending[j]
+            self.conn.forget(sent.rid)  # its reply, if one comes, is not waited for
             try:
                 pending[j] = self._send(sent.batch, sent.sequence, sent.records,
                                         sent.expected_offset)

@@ -338,3 +338,22 @@ def test_requests_to_a_broker_long_gone_fail_within_a_bound_instead_of_blocking(
         assert {e.code for e in producer.errors} == {"UNAVAILABLE"}
     finally:
         producer.close(timeout_s=1)
+
+
+def test_a_forgotten_reply_is_dropped_whether_it_came_before_or_after(
+        broker: BrokerProcess) -> None:
+    """``forget``: a request sent again elsewhere (the streams sender after a failover)
+    leaves nothing behind, neither its reply nor, for an error, an async error."""
+    conn = Connection(broker.api)
+    try:
+        early = conn.send(p.Ping())
+        assert conn.arrived(early, 10)
+        conn.forget(early)
+        late = conn.send(p.Produce(topic="no such/topic", records=msgspec.Raw(
+            msgspec.msgpack.encode([["x"]]))))  # answered with an error
+        conn.forget(late)
+        assert isinstance(conn.call(p.Ping()), p.PingReply)  # its reply came first
+        assert not conn._stash and not conn._unwatched and not conn._forgotten
+        assert conn.async_errors == []
+    finally:
+        conn.close()
