@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         print("brokerd: --zookeeper needs --broker-id N (each broker its own N >= 0)",
               file=sys.stderr)
         return EXIT_CONFIG
+    if config.zookeeper:
+        from brokerd.cluster.zk import connect_string_problem
+        problem = connect_string_problem(config.zookeeper)
+        if problem:
+            print(f"brokerd: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
     logs.setup(config.log_level)
     # kill -USR1 <pid>: every thread's Python stack to stderr (a broker that seems stuck)
     faulthandler.register(signal.SIGUSR1, all_threads=True)

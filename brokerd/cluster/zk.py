@@ -32,6 +32,8 @@ from kazoo.exceptions import (
     NoNodeError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.hosts import collect_hosts
+from kazoo.protocol.paths import normpath
 from kazoo.retry import KazooRetry
 
 log = logging.getLogger("brokerd.cluster")
@@ -83,6 +85,18 @@ class PendingReassignment(msgspec.Struct, kw_only=True):
     ``original`` instead."""
     throttle: int = 0
     """Bytes a second the leader sends each new replica while it catches up (0: no limit)."""
+
+
+def connect_string_problem(hosts: str) -> str | None:
+    """What is wrong with a ``--zookeeper`` string, found before any connection is tried
+    (a chroot with ``.`` or ``..`` once stopped the broker with a traceback)."""
+    try:
+        _, chroot = collect_hosts(hosts)
+        if chroot:
+            normpath(chroot)
+    except ValueError as exc:
+        return f"--zookeeper {hosts!r} is not host:port[,host:port...][/chroot]: {exc}"
+    return None
 
 
 class ClusterStore:

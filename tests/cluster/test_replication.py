@@ -195,7 +195,12 @@ def test_a_broker_id_taken_and_an_unreachable_zookeeper_are_clear_errors(
                 (["--broker-id", "5", "--zookeeper", zookeeper.hosts], 78, "already registered"),
                 (["--broker-id", "6", "--zookeeper", f"127.0.0.1:{free_port()}"], 69,
                  "cannot reach ZooKeeper"),
-                (["--zookeeper", zookeeper.hosts], 78, "--broker-id")):
+                (["--zookeeper", zookeeper.hosts], 78, "--broker-id"),
+                # a chroot ZooKeeper cannot hold (it was a traceback, exit 1)
+                (["--broker-id", "6", "--zookeeper", f"{zookeeper.hosts}/../x"], 78,
+                 "is not host:port[,host:port...][/chroot]: relative paths not allowed"),
+                (["--broker-id", "6", "--zookeeper", "127.0.0.1:port"], 78,
+                 "is not host:port")):
             done = subprocess.run(
                 [sys.executable, "-m", "brokerd", "--data-dir", str(tmp_path / "other"),
                  "--bind", "tcp://127.0.0.1:*", "--ingest", "tcp://127.0.0.1:*", *args],
