@@ -160,7 +160,9 @@ def test_a_streams_worker_rides_out_the_kill_of_its_outputs_leader_in_place(
     kill -9 of the leader of one of them stalls sends from all of them while inputs keep
     coming from the live leaders.  The worker is not restarted: what the dead leader did
     not answer goes again to the new leader once metadata names it (the same producer ids
-    and sequences), and every input is in the output exactly once."""
+    and sequences), and every input is in the output exactly once.  The worker is given
+    one endpoint, a broker that lives (with one endpoint its sends all went to that broker,
+    and the first NOT_LEADER stopped it)."""
     brokers = start_three(tmp_path, zookeeper)
     apis = [b.api for b in brokers]
     every = ",".join(apis)
@@ -171,6 +173,7 @@ def test_a_streams_worker_rides_out_the_kill_of_its_outputs_leader_in_place(
         for topic in ("src", "copies"):
             create_in_sync(apis, topic, PARTITIONS, config={"min_insync_replicas": 2})
         victim = metadata(apis[0], "copies")["topics"][0]["partitions"][0]["leader"]
+        worker.bootstrap = apis[(victim + 1) % len(apis)]
         worker.ensure_running()
         wait_for(lambda: "running as" in worker.log(), 30, 0.1, "the pipeline to run")
 
