@@ -564,7 +564,7 @@ class Handlers:
                     raise
                 # its real count, as a single broker answers (a client picks a partition
                 # by it: the Python producer once drew from range(0) and failed)
-                record = self.cluster.store.topic(req.topic)
+                record = cluster.store.topic(req.topic)
                 return p.CreateTopicReply(id=req.id, topic=req.topic, created=False,
                                           partitions=len(record.replicas) if record else 0)
             reply = p.CreateTopicReply(id=req.id, topic=req.topic, partitions=count)

@@ -652,15 +652,16 @@ class Cluster:
         """Whether this broker's ``metadata`` names a leader for every partition of
         ``topic`` (what a client needs to route its first produce)."""
         record = self.topic_records.get(topic)
-        if record is None:
-            return False
-        for index in range(len(record.replicas)):
-            info = p.PartitionInfo(partition=index, start_offset=-1, end_offset=-1,
-                                   size_bytes=0)
-            self.partition_info(topic, info)
-            if info.leader < 0:
-                return False
-        return True
+        return record is not None and all(
+            self.named_leader(topic, index) >= 0 for index in range(len(record.replicas)))
+
+    def named_leader(self, topic: str, partition: int) -> int:
+        """The leader this broker's ``metadata`` names for ``topic[partition]`` (-1: none
+        known, or not to be claimed: see ``partition_info``)."""
+        info = p.PartitionInfo(partition=partition, start_offset=-1, end_offset=-1,
+                               size_bytes=0)
+        self.partition_info(topic, info)
+        return info.leader
 
     def partition_info(self, topic: str, info: p.PartitionInfo) -> None:
         replica = self.replicas.get((topic, info.partition))

@@ -10,17 +10,23 @@ from tests.cluster.zookeeper import ZooKeeper, available, start_zookeeper
 from tests.helpers import BrokerProcess, start_broker
 
 
-@pytest.fixture
-def zookeeper(tmp_path: Path) -> Iterator[ZooKeeper]:
-    """A one-node ZooKeeper on free loopback ports, stopped after the test."""
+def _running_zookeeper(folder: Path) -> Iterator[ZooKeeper]:
+    """A one-node ZooKeeper on free loopback ports (the test skipped, saying why, where
+    there is none), stopped when the fixture ends."""
     why = available()
     if why:
         pytest.skip(why)
-    zk = start_zookeeper(tmp_path / "zk")
+    zk = start_zookeeper(folder)
     try:
         yield zk
     finally:
         zk.stop()
+
+
+@pytest.fixture
+def zookeeper(tmp_path: Path) -> Iterator[ZooKeeper]:
+    """A ZooKeeper for one test."""
+    yield from _running_zookeeper(tmp_path / "zk")
 
 
 _chroots = itertools.count(1)
@@ -29,14 +35,7 @@ _chroots = itertools.count(1)
 @pytest.fixture(scope="module")
 def shared_zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeper]:
     """One ZooKeeper for a module; each test's cluster lives under a chroot of its own."""
-    why = available()
-    if why:
-        pytest.skip(why)
-    zk = start_zookeeper(tmp_path_factory.mktemp("zk"))
-    try:
-        yield zk
-    finally:
-        zk.stop()
+    yield from _running_zookeeper(tmp_path_factory.mktemp("zk"))
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ so and checks the cluster's answer instead.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import zmq
 
+from tests.cluster.test_groups_coordinator import find_coordinator
 from tests.helpers import BrokerProcess
 from tests.integration.test_raw_protocol import *  # noqa: F403 (the tests, collected again)
 from tests.integration.test_raw_protocol import RawClient, context  # noqa: F401
@@ -57,25 +57,16 @@ class ClusterRawClient(RawClient):
 
     def __init__(self, endpoint: str, ctx: zmq.Context) -> None:
         super().__init__(endpoint, ctx)
+        self.endpoint = endpoint
         self.found: set[str] = set()
 
     def send(self, op: str, **fields: Any) -> int:
         group = fields.get("group")
         if op in GROUP_OPS and isinstance(group, str) and group not in self.found:
-            self.find_coordinator(group)
+            coordinator, _ = find_coordinator(self.endpoint, group)
+            assert coordinator == 1, coordinator
+            self.found.add(group)
         return super().send(op, **fields)
-
-    def find_coordinator(self, group: str) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            reply = self.wait(super().send("find_coordinator", group=group))
-            if reply["op"] == "find_coordinator":
-                assert reply["coordinator"] == 1, reply
-                self.found.add(group)
-                return
-            assert reply["code"] in ("NOT_COORDINATOR", "COORDINATOR_LOADING"), reply
-            assert time.monotonic() < deadline, reply
-            time.sleep(0.05)
 
 
 @pytest.fixture
