@@ -323,7 +323,7 @@ Link = Connection | Router
 """What ``connect`` gives: a request-at-a-time link to one broker or to a cluster."""
 
 
-PROBE_S = 2.0
+CLUSTER_PROBE_S = 2.0
 """The longest ``connect`` waits to learn whether one endpoint is a broker of a cluster."""
 
 
@@ -333,13 +333,13 @@ def connect(endpoints: str, context: zmq.Context | None = None,
     endpoints, or one broker that names a cluster's brokers in its ``metadata`` (asked
     once: a cluster's group and partition requests must go where they are served, as a
     Kafka client finds its cluster from one bootstrap server). A broker that does not
-    answer within PROBE_S is taken for a single one; the caller's first call says why."""
+    answer within CLUSTER_PROBE_S is taken for a single one; the caller's first call says why."""
     one = endpoints.strip(", ")
     if "," in one:
         return Router(endpoints, context=context, timeout_s=timeout_s)
     conn = Connection(one, context=context, timeout_s=timeout_s)
     try:
-        meta = conn.call(p.Metadata(topics=[]), timeout_s=min(timeout_s, PROBE_S))
+        meta = conn.call(p.Metadata(topics=[]), timeout_s=min(timeout_s, CLUSTER_PROBE_S))
     except BrokerError:
         return conn
     if not meta.brokers:
