@@ -27,6 +27,8 @@ from tests.cluster.zookeeper import ZooKeeper
 from tests.helpers import BrokerProcess, wait_for
 from tests.integration.wire import RawClient
 
+T = "t" * 249  # the longest valid topic name
+
 
 def _values(log: list[tuple[int, bytes]]) -> list[Any]:
     return [msgspec.msgpack.decode(r)[0] for _, r in log]
@@ -66,43 +68,44 @@ def test_a_topic_deleted_while_a_broker_is_down_and_created_again_never_mixes_lo
         tmp_path: Path, zookeeper: ZooKeeper, victim_role: str) -> None:
     """The killed broker is a plain replica (the controller waits for its registration
     to expire before it completes the deletion) or the controller itself (the next
-    controller completes the deletion the first one never saw)."""
+    controller completes the deletion the first one never saw).  The topic's name is the
+    longest valid one: its znodes, replica folders and topic-id files all hold it."""
     brokers = start_three(tmp_path, zookeeper)
     ports = [int(b.api.rsplit(":", 1)[1]) for b in brokers]
     producer: Producer | None = None
     try:
         apis = [b.api for b in brokers]
         with RawClient(apis[0]) as raw:
-            raw.ok("create_topic", topic="t", partitions=2)
+            raw.ok("create_topic", topic=T, partitions=2)
             raw.ok("create_topic", topic="g", partitions=1)
-        wait_in_sync(apis, "t", 2, 3)
+        wait_in_sync(apis, T, 2, 3)
         wait_in_sync(apis, "g", 1, 3)
         with RawClient(apis[0]) as raw:
-            controller = raw.ok("metadata", topics=["t"])["controller"]
-        old = LeaderProducer(apis, "t", producer_id=1)
+            controller = raw.ok("metadata", topics=[T])["controller"]
+        old = LeaderProducer(apis, T, producer_id=1)
         for i in range(20):
             old.send(i % 2, [f"old-{i}"])
         old.close()
         victim = controller if victim_role == "controller" else next(
             i for i in range(3) if i != controller)
-        old_id = read_topic_id(brokers[victim].data_dir / "topics" / "t" / "0")
+        old_id = read_topic_id(brokers[victim].data_dir / "topics" / T / "0")
         assert len(old_id) == 32
         brokers[victim].kill9()
         live = [b.api for i, b in enumerate(brokers) if i != victim]
 
         with RawClient(live[0]) as raw:
-            raw.ok("delete_topic", topic="t")
+            raw.ok("delete_topic", topic=T)
             raw.ok("delete_topic", topic="g")  # and not created again
-            assert raw.error_code("delete_topic", topic="t") == "UNKNOWN_TOPIC"  # deleting
+            assert raw.error_code("delete_topic", topic=T) == "UNKNOWN_TOPIC"  # deleting
             assert raw.error_code("delete_topic", topic="nope") == "UNKNOWN_TOPIC"
             assert raw.error_code("delete_topic", topic="__rail_offsets") == "BAD_REQUEST"
             # The deletion completes once the killed broker's registration expires (it
             # waits for every live replica): until then the name is taken.
-            wait_for(lambda: raw.call("create_topic", topic="t", partitions=2)["op"]
-                     == "create_topic", timeout=30, interval=0.2, what="t created again")
-        wait_in_sync(live, "t", 2, 2)
-        assert [_consume(_leader_api(live, "t", p), "t", p) for p in range(2)] == [[], []]
-        new = LeaderProducer(live, "t", producer_id=2)
+            wait_for(lambda: raw.call("create_topic", topic=T, partitions=2)["op"]
+                     == "create_topic", timeout=30, interval=0.2, what="the topic created again")
+        wait_in_sync(live, T, 2, 2)
+        assert [_consume(_leader_api(live, T, p), T, p) for p in range(2)] == [[], []]
+        new = LeaderProducer(live, T, producer_id=2)
         for i in range(20):
             new.send(i % 2, [f"new-{i}"])
         new.close()
@@ -110,18 +113,18 @@ def test_a_topic_deleted_while_a_broker_is_down_and_created_again_never_mixes_lo
         # The victim comes back with the old topic's files: it deletes them (another id).
         brokers[victim] = start_member(tmp_path, zookeeper, victim, api_port=ports[victim])
         apis = [b.api for b in brokers]
-        for name in ("t", "g"):  # not a replica of the new t, and g is gone: no copies
+        for name in (T, "g"):  # not a replica of the new t, and g is gone: no copies
             wait_for(lambda name=name: not (brokers[victim].data_dir / "topics" / name).exists(),
                      timeout=10, interval=0.1, what=f"the old copy of {name} deleted")
         with RawClient(brokers[victim].api) as raw:
-            assert raw.error_code("create_partitions", topic="t", partitions=2) == "BAD_REQUEST"
+            assert raw.error_code("create_partitions", topic=T, partitions=2) == "BAD_REQUEST"
             assert raw.error_code("create_partitions", topic="nope",
                                   partitions=3) == "UNKNOWN_TOPIC"
-            assert raw.ok("create_partitions", topic="t", partitions=4)["partitions"] == 4
-        wait_in_sync(apis, "t", 4, 2)
+            assert raw.ok("create_partitions", topic=T, partitions=4)["partitions"] == 4
+        wait_in_sync(apis, T, 4, 2)
 
         def every_leader_named() -> bool:  # by each broker, also of partitions it lacks
-            metas = [metadata(api, "t") for api in apis]
+            metas = [metadata(api, T) for api in apis]
             return all(m is not None and all(p["leader"] >= 0 and len(p["replicas"]) == 2
                                              for p in m["topics"][0]["partitions"])
                        for m in metas)
@@ -129,17 +132,17 @@ def test_a_topic_deleted_while_a_broker_is_down_and_created_again_never_mixes_lo
         producer = Producer(",".join(apis), acks="all", request_timeout_s=30)
         keyed = [f"key-{i}" for i in range(80)]
         for value in keyed:
-            producer.send("t", value, key=value)
+            producer.send(T, value, key=value)
         producer.flush(timeout_s=60)
         assert not producer.errors, producer.errors[:3]
-        consumed = {p: _consume(_leader_api(apis, "t", p), "t", p) for p in range(4)}
+        consumed = {p: _consume(_leader_api(apis, T, p), T, p) for p in range(4)}
         assert sorted(v for vs in consumed.values() for v in vs) == sorted(
             keyed + [f"new-{i}" for i in range(20)])
         assert all(any(v.startswith("key") for v in consumed[p]) for p in (2, 3)), \
             "the producer did not route to the new partitions"
         with RawClient(brokers[victim].api) as raw:
             replicas = {p["partition"]: p["replicas"]
-                        for p in raw.ok("metadata", topics=["t"])["topics"][0]["partitions"]}
+                        for p in raw.ok("metadata", topics=[T])["topics"][0]["partitions"]}
         assert any(victim in r for r in replicas.values())
     finally:
         if producer is not None:
@@ -147,7 +150,7 @@ def test_a_topic_deleted_while_a_broker_is_down_and_created_again_never_mixes_lo
                 producer.close(timeout_s=1)
         for b in brokers:
             b.stop()
-    _check_copies(brokers, "t", replicas, consumed, old_id)
+    _check_copies(brokers, T, replicas, consumed, old_id)
     assert not any((b.data_dir / "topics" / "g").exists() for b in brokers)
 
 
