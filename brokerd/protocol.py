@@ -15,6 +15,7 @@ that a client may need to know about.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
 from typing import Annotated, Any, Literal, Union
@@ -633,9 +634,21 @@ def partition_for_key(key: Any, partitions: int) -> int:
     return zlib.crc32(key_bytes(key)) % partitions
 
 
+MAX_NAME = 249  # characters of a topic or a group name
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 def valid_topic_name(name: str) -> bool:
     """``[A-Za-z0-9._-]{1,249}``, and never ``.`` or ``..``."""
     return _TOPIC_NAME.fullmatch(name) is not None and name not in (".", "..")
+
+
+def fitted_name(prefix: str, base: str, suffix: str, limit: int = MAX_NAME) -> str:
+    """``prefix + base + suffix``; when that is longer than ``limit`` characters, ``base``
+    is cut and 16 hex digits of its SHA-256 added, so that a name derived from a valid
+    name of any length is valid too and two bases still give two names."""
+    name = prefix + base + suffix
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(base.encode()).hexdigest()[:16]
+    return f"{prefix}{base[:limit - len(prefix) - len(suffix) - 17]}.{digest}{suffix}"

@@ -7,11 +7,9 @@ from.  A replayed one carries ``rail.replayed-from`` = ``<dlq>[partition]@offset
 
 from __future__ import annotations
 
-import hashlib
 import re
 import traceback
 from typing import Any
-
 
 from brokerd import protocol as p
 from runtime.client import Event, Producer, events_of_fetch
@@ -23,24 +21,13 @@ HEADER_PREFIX = "rail."
 REPLAYED_FROM = "rail.replayed-from"
 LEDGER_SUFFIX = ".replayed"
 CURSOR_GROUP_PREFIX = "rail.dlq-replay."
-MAX_NAME = 249  # of a topic or a group (brokerd.protocol)
 _LOCATION = re.compile(r"^(?P<topic>.+)\[(?P<partition>\d+)\]@(?P<offset>\d+)$")
-
-
-def _fitted(prefix: str, base: str, suffix: str) -> str:
-    """``prefix + base + suffix``, with ``base`` shortened and a hash of it added when the
-    whole would be past the 249 characters a topic or group name may have."""
-    name = prefix + base + suffix
-    if len(name) <= MAX_NAME:
-        return name
-    digest = hashlib.sha256(base.encode()).hexdigest()[:16]
-    return f"{prefix}{base[:MAX_NAME - len(prefix) - len(suffix) - 17]}.{digest}{suffix}"
 
 
 def dlq_topic(topic: str) -> str:
     """The dead-letter topic of ``topic``: ``topic.dlq`` (shortened with a hash when a
     name near the limit would not fit)."""
-    return _fitted("", topic, SUFFIX)
+    return p.fitted_name("", topic, SUFFIX)
 
 
 def dlq_name(topic: str) -> str:
@@ -50,12 +37,12 @@ def dlq_name(topic: str) -> str:
 
 def ledger_topic(dlq: str) -> str:
     """The compacted topic recording what was replayed from ``dlq``: ``<dlq>.replayed``."""
-    return _fitted("", dlq, LEDGER_SUFFIX)
+    return p.fitted_name("", dlq, LEDGER_SUFFIX)
 
 
 def cursor_group(dlq: str) -> str:
     """The group whose committed offsets are ``dlq``'s replay cursor."""
-    return _fitted(CURSOR_GROUP_PREFIX, dlq, "")
+    return p.fitted_name(CURSOR_GROUP_PREFIX, dlq, "")
 
 
 def location(topic: str, partition: int, offset: int) -> str:

@@ -14,6 +14,7 @@ last checkpoint.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,12 +35,19 @@ _records = msgspec.msgpack.Decoder(list[p.WireRecord])
 
 def changelog_topic(app: str, topology: int = 0) -> str:
     """``<app>.changelog`` for the tasks reading the source, ``<app>.changelog-N`` for
-    those reading repartition topic N."""
-    return f"{app}.changelog" if topology == 0 else f"{app}.changelog-{topology}"
+    those reading repartition topic N (``app`` cut and hashed where the name would pass
+    249 characters)."""
+    return p.fitted_name("", app, ".changelog" if topology == 0 else f".changelog-{topology}")
+
+
+_TOPOLOGY = re.compile(r"\.changelog-([1-9][0-9]{0,5})$")
 
 
 def is_changelog_of(app: str, topic: str) -> bool:
-    return topic == f"{app}.changelog" or topic.startswith(f"{app}.changelog-")
+    if topic == changelog_topic(app):
+        return True
+    found = _TOPOLOGY.search(topic)
+    return found is not None and topic == changelog_topic(app, int(found[1]))
 
 
 def batch_records(updates: Iterable[tuple[str, bytes, bytes | None]],

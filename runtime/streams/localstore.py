@@ -10,6 +10,7 @@ Not thread-safe: one task owns it.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Any
 
 import msgspec
 
+from brokerd.protocol import fitted_name
 from runtime.streams import checkpoint as ck
+from runtime.streams.errors import StreamsError
 from runtime.streams.sender import OutBatch
 
 SCHEMA = """
@@ -27,6 +30,28 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB);
 CREATE TABLE IF NOT EXISTS outbox (n INTEGER PRIMARY KEY, topic TEXT, partition INTEGER,
     producer_id INTEGER, sequence INTEGER, count INTEGER, records BLOB, probe INTEGER);
 """
+
+# A file name holds 255 bytes, and SQLite adds "-journal" (8) to the database's name for its
+# own files; its unix VFS refuses a path of more than 512 bytes, "-journal" included.
+FILE_NAME_MAX = 255 - len("-journal")
+PATH_MAX = 512 - len("-journal")
+APP_FOLDER_CUT = 64  # characters an application's folder is cut to when its path is long
+
+
+def local_file(state_dir: Path, app: str, topic: str, partition: int) -> Path:
+    """``state_dir/<app>/<topic>-<partition>.sqlite``; where a long application or topic
+    name would not fit a file name or SQLite's path limit, the folder is cut to 64
+    characters and the file name to what is left, each with a hash of the whole name."""
+    folder = state_dir.absolute() / app
+    name = f"{topic}-{partition}.sqlite"
+    if len(name) <= FILE_NAME_MAX and len(os.fsencode(folder / name)) <= PATH_MAX:
+        return folder / name
+    folder = state_dir.absolute() / fitted_name("", app, "", APP_FOLDER_CUT)
+    room = min(FILE_NAME_MAX, PATH_MAX - len(os.fsencode(folder)) - 1)
+    if room < 48:
+        raise StreamsError(f"the state directory {state_dir.absolute()} is too long a path "
+                           f"for SQLite's files (at most {PATH_MAX} bytes with the file's name)")
+    return folder / fitted_name("", topic, f"-{partition}.sqlite", room)
 
 
 class LocalStore:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from brokerd.protocol import valid_topic_name
+from brokerd.protocol import fitted_name, valid_topic_name
 from runtime.streams.errors import PipelineError
 from runtime.streams.stream import Stream
 
@@ -60,7 +60,7 @@ class Pipeline:
     def add_topology(self) -> tuple[str, Stream]:
         """A new internal topic, and the root stream of the tasks that read it."""
         index = len(self.topologies)
-        topic = f"{self.app}.repartition-{index}"
+        topic = fitted_name("", self.app, f".repartition-{index}")
         root = Stream(self, index)
         self.topologies.append((topic, root))
         return topic, root

@@ -37,7 +37,7 @@ from runtime.routing import Router
 from runtime.streams import changelog
 from runtime.streams.checkpoint import Checkpoint
 from runtime.streams.errors import StreamsError
-from runtime.streams.localstore import LocalStore
+from runtime.streams.localstore import LocalStore, local_file
 from runtime.streams.sender import OutBatch, Sender, Sending, producer_id
 from runtime.streams.state import StateStore
 
@@ -103,7 +103,7 @@ class Task:
         self.partitions = partitions
         self.changelog = pipeline.changelog(topic)
         self.producer_id = producer_id(pipeline.app, topic, str(partition))
-        self.disk = LocalStore(state_dir / pipeline.app / f"{topic}-{partition}.sqlite")
+        self.disk = LocalStore(local_file(state_dir, pipeline.app, topic, partition))
         self.stores: dict[str, StateStore] = {}
         self._locals: dict[str, Any] = {}
         self.out: dict[tuple[str, int], list[list[Any]]] = {}

@@ -9,7 +9,8 @@ import pytest
 
 from runtime.streams import Hopping, PipelineError, Session, Tumbling
 from runtime.streams.checkpoint import Checkpoint
-from runtime.streams.localstore import LocalStore
+from runtime.streams.errors import StreamsError
+from runtime.streams.localstore import LocalStore, local_file
 from runtime.streams.sender import OutBatch, producer_id
 from runtime.streams.task import BATCH_BYTES, _fitted
 
@@ -53,6 +54,19 @@ def test_the_local_file_keeps_state_checkpoint_and_outbox_together(tmp_path: Pat
     again.commit(Checkpoint(commit=4, offset=50), [("s", b"k", None)], [])
     assert again.get("s", b"k") is None and again.outbox() == []
     again.close()
+
+
+def test_local_files_keep_short_names_and_fit_long_ones_under_sqlites_limits(
+        tmp_path: Path) -> None:
+    assert local_file(tmp_path, "app", "orders", 3) == tmp_path / "app" / "orders-3.sqlite"
+    long_ones = {local_file(tmp_path, a * 249, t * 249, part)
+                 for a in "ab" for t in "st" for part in (0, 1023)}
+    assert len(long_ones) == 8, "distinct names keep distinct files"
+    assert all(len(f.name) <= 247 and len(bytes(f)) <= 504 for f in long_ones)
+    for f in long_ones:
+        LocalStore(f).close()
+    with pytest.raises(StreamsError, match="too long a path"):
+        local_file(tmp_path / ("d" * 200) / ("d" * 200), "app", "t" * 249, 0)
 
 
 def test_encoded_runs_join_into_arrays_that_decode_to_the_same_records_in_order() -> None:
