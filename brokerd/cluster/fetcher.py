@@ -89,13 +89,16 @@ class ReplicaFetcher:
         if gone is not None:
             self._pending.pop(gone.rid, None)
 
-    def resume(self, tp: TP, leader_epoch: int, offset: int, start_offset: int) -> None:
-        """The last answer is applied: fetch ``tp`` from ``offset`` now (the log starts at
-        ``start_offset``)."""
+    def resume(self, tp: TP, leader_epoch: int, offset: int, start_offset: int,
+               delay_s: float = 0.0) -> None:
+        """The last answer is applied: fetch ``tp`` from ``offset`` now, or ``delay_s``
+        from now (the log starts at ``start_offset``)."""
         known = self.follows.get(tp)
         if known is not None and known.leader_epoch == leader_epoch:
             known.offset, known.start_offset, known.waiting = offset, start_offset, False
-            self._send(known, time.monotonic())
+            now = time.monotonic()
+            known.retry_at = now + delay_s
+            self._send(known, now)
 
     def stop(self) -> None:
         for sock in self._sockets.values():

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("brokerd.cluster")
 TP = tuple[str, int]
 ISR_CHECK_S = 0.5
+STORAGE_RETRY_S = 1.0  # a follower whose append failed (a full disk) fetches again after
 # The events whose handling calls ZooKeeper.
 ZK_EVENTS = frozenset({"brokers", "controller", "topics", "topic", "state", "deletions",
                        "reassign"})
@@ -425,12 +426,22 @@ class Cluster:
     def _fetched(self, replica: Replica, leader_epoch: int, offset: int,
                  reply: p.ReplicaFetchReply) -> None:
         tp, plog = replica.key, replica.plog
+        delay_s = 0.0
         if offset == plog.end_offset:
             try:
                 for raw in reply.batches:
                     plog.append_replica(raw[:HEADER_SIZE], memoryview(raw)[HEADER_SIZE:])
-            except StorageError as exc:
-                log.error("%s[%d]: %s", *tp, exc.message)
+            except StorageError as exc:  # a full disk, say: fetch again after a pause (at
+                delay_s = STORAGE_RETRY_S  # once, the same answer would fail the same way)
+                if not replica.storage_error:
+                    log.error("%s[%d]: %s; trying again every %.0f s (the leader drops this "
+                              "broker from the ISR meanwhile)", *tp, exc.message, delay_s)
+                replica.storage_error = exc.message
+            else:
+                if replica.storage_error and reply.batches:
+                    log.warning("%s[%d]: appending again after: %s", *tp,
+                                replica.storage_error)
+                    replica.storage_error = ""
             admin.follow_start_offset(replica, reply.start_offset)
             for epoch, start in reply.epochs:
                 if start < plog.end_offset or start == plog.end_offset == reply.end_offset:
@@ -439,7 +450,7 @@ class Cluster:
                                       min(reply.high_watermark, plog.end_offset))
             if reply.batches:
                 self.broker.appended(self.broker.topics.topics[tp[0]], tp[1])
-        self.fetcher.resume(tp, leader_epoch, plog.end_offset, plog.start_offset)
+        self.fetcher.resume(tp, leader_epoch, plog.end_offset, plog.start_offset, delay_s)
 
     # -- the leader's side ------------------------------------------------------------
     def leading(self, topic: str, partition: int) -> Replica:

@@ -40,6 +40,9 @@ class Replica:
     """The leader's log end when it last answered each follower: a fetch from there on
     means the follower caught up with what it was sent (Kafka's lastCaughtUpTime)."""
     led_since: float = 0.0
+    storage_error: str = ""
+    """Why the last append of a fetched answer failed (a full disk, say); "" once one
+    succeeds."""
 
     @property
     def key(self) -> tuple[str, int]:
