@@ -13,11 +13,14 @@ is back and the state re-read.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import queue
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import KazooException
@@ -69,6 +72,11 @@ log = logging.getLogger("brokerd.cluster")
 TP = tuple[str, int]
 ISR_CHECK_S = 0.5
 STORAGE_RETRY_S = 1.0  # a follower whose append failed (a full disk) fetches again after
+STORAGE_PROBE_S = 2.0  # a broker withdrawn for its disk tries a write this often
+PROBE_BYTES = 1 << 20
+# The errors of a write that say the disk cannot take this broker's data now: a leader that
+# meets one withdraws (``storage_failed``).  Others (out of descriptors, say) do not.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 # The events whose handling calls ZooKeeper.
 ZK_EVENTS = frozenset({"brokers", "controller", "topics", "topic", "state", "deletions",
                        "reassign"})
@@ -111,6 +119,10 @@ class Cluster:
         self.controller_epoch_version = -1
         self.fenced = False
         self._lost = False
+        self.withdrawn = ""
+        """Why this broker withdrew from the cluster for its disk ("" while it has not):
+        it leads nothing and is not registered until a test write succeeds."""
+        self._probe_at = 0.0
         self.next_timer = time.monotonic() + ISR_CHECK_S
         self._endpoints = ("", "")
         self.reassigner = Reassigner(self)
@@ -229,6 +241,8 @@ class Cluster:
                 if replica.role == LEADER:
                     self._step_down(replica)
         elif state == "CONNECTED" and self.fenced:
+            if self.withdrawn:  # stays fenced; _probe_storage registers again
+                return
             self.fenced = False
             if self._lost:
                 self._lost = False
@@ -605,6 +619,8 @@ class Cluster:
 
     def timers(self, now: float) -> None:
         self.next_timer = now + ISR_CHECK_S
+        if self.withdrawn and now >= self._probe_at and self.store.connected:
+            self._probe_storage(now)
         if self.fenced or not self.store.connected:
             return
         lag_s = self.config.replica_lag_time_ms / 1000
@@ -616,6 +632,59 @@ class Cluster:
                 except (KazooException, ClusterError) as exc:
                     log.warning("cannot shrink the isr of %s[%d]: %r", *replica.key, exc)
         self.reassigner.tick(now)
+
+    # -- a disk that cannot take writes ---------------------------------------------
+    def storage_failed(self, why: str, cause: BaseException | None) -> None:
+        """A leader's write failed for its disk (full, read-only, an I/O error, a failed
+        fsync: ``cause`` None): withdraw.  Step down from every leadership at once and
+        delete this broker's registration, so that the controller moves each partition
+        led here to an in-sync replica elsewhere and drops this broker from the ISRs, as
+        for a dead broker.  Kafka halts a broker whose only log directory failed; this one
+        stays up (the same ZooKeeper session, the controller's role if it has it) and joins
+        again once a test write of 1 MiB succeeds (``_probe_storage``), as a follower that
+        truncates by epoch and catches up like a restarted broker."""
+        code = getattr(cause, "errno", None)
+        if self.withdrawn or (cause is not None and code not in DISK_ERRNOS):
+            return
+        log.error("withdrawing from the cluster: %s; every leadership here moves to another "
+                  "in-sync replica, and this broker joins again once its data dir takes a "
+                  "test write (every %.0f s)", why, STORAGE_PROBE_S)
+        self.withdrawn, self.fenced = why, True
+        self._probe_at = time.monotonic() + STORAGE_PROBE_S
+        for replica in self.replicas.values():
+            if replica.role == LEADER:
+                self._step_down(replica)
+        try:
+            self.store.unregister()
+        except KazooException as exc:  # the session is away: its end removes it anyway
+            log.warning("cannot delete this broker's registration now: %r", exc)
+
+    def _probe_storage(self, now: float) -> None:
+        """Write, fsync and remove 1 MiB in the data dir; once that works, register again
+        and take up every replica as the cluster's state says (as after a lost session)."""
+        self._probe_at = now + STORAGE_PROBE_S
+        path = Path(self.broker.config.data_dir) / ".storage-probe"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, bytes(PROBE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        try:
+            self.store.register(*self._endpoints)
+        except (KazooException, ClusterError) as exc:
+            log.warning("the data dir takes writes again, but registering failed: %r", exc)
+            return
+        log.warning("the data dir takes writes again (after: %s): joining the cluster again",
+                    self.withdrawn)
+        self.withdrawn, self.fenced, self._lost = "", False, False
+        self._refresh()
 
     # -- topics -----------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int | None,

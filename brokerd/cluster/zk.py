@@ -173,6 +173,14 @@ class ClusterStore:
                         "runs with it): give each broker its own --broker-id") from exc
                 time.sleep(0.25)
 
+    def unregister(self) -> None:
+        """Delete this broker's registration: to the controller it is gone (its leaderships
+        move, it leaves every ISR) while its session and watches stay."""
+        try:
+            self.zk.delete(f"/brokers/ids/{self.broker_id}")
+        except NoNodeError:
+            pass
+
     def brokers(self) -> dict[int, BrokerRecord]:
         out = {}
         for child in self.zk.get_children("/brokers/ids", watch=self._brokers_watch):

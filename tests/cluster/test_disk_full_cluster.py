@@ -1,20 +1,27 @@
 """A full disk in a cluster, on a real 8 MiB tmpfs under one broker of three (mounting one
 needs root: the test skips, saying why, without it).
 
-A follower whose disk is full leaves the in-sync replicas and waits (it does not fetch the
-same records again and again), the leader and the other follower go on acknowledging
-``acks="all"`` produce, and once space returns the follower catches up and rejoins: every
-replica ends identical and nothing acknowledged is lost or duplicated.
+A leader whose disk is full withdraws from the cluster (it steps down and deletes its
+registration, as if dead to the controller): each partition it led moves to an in-sync
+replica, producers retry there, and once a test write succeeds it registers again and
+catches up as a follower.  A follower whose disk is full leaves the in-sync replicas and
+waits (it does not fetch the same records again and again), the leader and the other
+follower go on acknowledging ``acks="all"`` produce, and once space returns the follower
+catches up and rejoins.  Each time every replica ends identical and nothing acknowledged
+is lost or duplicated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import psutil
 import pytest
 
@@ -26,15 +33,18 @@ from tests.cluster.client import (
     wait_in_sync,
 )
 from tests.cluster.zookeeper import ZooKeeper
-from tests.helpers import BrokerProcess
+from tests.helpers import BrokerProcess, start_broker
 from tests.integration.test_disk_full import fill
+from tests.integration.test_fsync_failure import SHIM_SOURCE
+from tests.integration.wire import RawClient
 
 SMALL = 2  # the broker on the small disk
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / f"b{SMALL}"  # that broker's data dir (its log stays outside)
+@contextlib.contextmanager
+def small_disk(tmp_path: Path, broker_id: int) -> Iterator[Path]:
+    """An 8 MiB tmpfs as broker ``broker_id``'s data dir (its log stays outside)."""
+    mount = tmp_path / f"b{broker_id}"
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
                           capture_output=True)
@@ -61,7 +71,12 @@ def start(tmp_path: Path, zookeeper: ZooKeeper) -> list[BrokerProcess]:
 
 
 def test_a_follower_with_a_full_disk_leaves_the_isr_waits_and_catches_up(
-        tmp_path: Path, small_disk: Path, zookeeper: ZooKeeper) -> None:
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    with small_disk(tmp_path, SMALL) as disk:
+        _follower_full(tmp_path, disk, zookeeper)
+
+
+def _follower_full(tmp_path: Path, disk: Path, zookeeper: ZooKeeper) -> None:
     brokers = start(tmp_path, zookeeper)
     producer: LeaderProducer | None = None
     try:
@@ -71,7 +86,7 @@ def test_a_follower_with_a_full_disk_leaves_the_isr_waits_and_catches_up(
         producer = LeaderProducer(apis, "t", producer_id=1)
         for i in range(20):
             producer.send(0, [f"before-{i}"])
-        filler = small_disk / "filler"
+        filler = disk / "filler"
         fill(filler)
         big = "x" * 2000
         for i in range(200):  # ~400 KB the full follower cannot store
@@ -97,4 +112,104 @@ def test_a_follower_with_a_full_disk_leaves_the_isr_waits_and_catches_up(
         for b in brokers:
             b.stop()
     assert len(acked) == 240
+    check_replicas(brokers, "t", 1, acked)
+
+
+def test_a_leader_with_a_full_disk_withdraws_its_partitions_move_and_it_comes_back(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    with small_disk(tmp_path, 0) as disk:
+        _leader_full(tmp_path, disk, zookeeper)
+
+
+def _leader_full(tmp_path: Path, disk: Path, zookeeper: ZooKeeper) -> None:
+    brokers = start(tmp_path, zookeeper)
+    producer: LeaderProducer | None = None
+    try:
+        apis = [b.api for b in brokers]
+        assert create_in_sync(apis, "t", 1, 3) == {0: 0}
+        producer = LeaderProducer(apis, "t", producer_id=1)
+        for i in range(20):
+            producer.send(0, [f"before-{i}"])
+        filler = disk / "filler"
+        fill(filler)
+        big = "x" * 2000
+        started = time.monotonic()
+        for i in range(100):  # the first meets the full disk: the leadership moves
+            producer.send(0, [f"full-{i}-{big}"], deadline_s=30)
+        assert "STORAGE_ERROR" in producer.errors, producer.errors
+        moved_s = time.monotonic() - started
+        with RawClient(apis[1]) as raw:
+            meta = raw.ok("metadata", topics=["t"])
+        part = meta["topics"][0]["partitions"][0]
+        assert part["leader"] in (1, 2) and 0 not in part["isr"], part
+        assert 0 not in [b["id"] for b in meta["brokers"]], "broker 0 is still registered"
+        with RawClient(apis[0]) as raw:
+            assert raw.ok("ping")["version"] >= 1, "the withdrawn broker keeps answering"
+            assert raw.error_code("fetch", topic="t", partition=0, offset=0) == "NOT_LEADER"
+        assert "withdrawing from the cluster" in brokers[0].log()
+        os.unlink(filler)
+        wait_in_sync(apis, "t", 1, 3)  # registered again, caught up, back in the ISR
+        assert "joining the cluster again" in brokers[0].log()
+        for i in range(20):
+            producer.send(0, [f"after-{i}"])
+        wait_in_sync(apis, "t", 1, 3)
+        acked = list(producer.acked)
+    finally:
+        if producer is not None:
+            producer.close()
+        for b in brokers:
+            b.stop()
+    assert moved_s < 15, f"the leadership took {moved_s:.1f} s to move"
+    assert len(acked) == 140
+    check_replicas(brokers, "t", 1, acked)
+
+
+def test_a_leader_whose_fsync_fails_withdraws_and_no_replica_diverges(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """The failed fsync takes 200 ms, so the followers copy its batch meanwhile; the leader
+    then cuts that batch from its own log.  Leading on, it would put the next producer's
+    batch at the offsets where the followers hold this one."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build the fsync-failure shim (.ci/run installs it)")
+    shim = tmp_path / "fsync_fail.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(shim), str(SHIM_SOURCE), "-ldl"],
+                   check=True)
+    trigger = tmp_path / "fail-next-fsync"
+    config = tmp_path / "broker.toml"
+    config.write_text("replica_lag_time_ms = 1500\n")
+    brokers = [start_broker(tmp_path / "b0", "--broker-id", "0", "--zookeeper", zookeeper.hosts,
+                            "--config", str(config), timeout=30.0,
+                            env={"LD_PRELOAD": str(shim), "RAIL_TEST_FSYNC_FAIL": str(trigger),
+                                 "RAIL_TEST_FSYNC_DELAY_MS": "200"})]
+    producers: list[LeaderProducer] = []
+    try:
+        for i in (1, 2):
+            brokers.append(start_member(tmp_path, zookeeper, i, "--config", str(config)))
+        apis = [b.api for b in brokers]
+        assert create_in_sync(apis, "t", 1, 3) == {0: 0}
+        producers = [LeaderProducer(apis, "t", producer_id=n) for n in (1, 2)]
+        for i in range(10):
+            producers[i % 2].send(0, [f"before-{i}"])
+        trigger.touch()
+        with RawClient(apis[0]) as raw:
+            failed = raw.call("produce", timeout_s=10, topic="t", partition=0, acks="all",
+                              producer_id=1, sequence=producers[0].sequences[0],
+                              records=msgspec.Raw(msgspec.msgpack.encode([["during-0"]])))
+        assert failed.get("code") == "STORAGE_ERROR", failed
+        assert not trigger.exists(), "the shim failed no fsync"
+        producers[1].send(0, ["during-1"])  # another producer's batch first, then the retry
+        for i in (0, *range(2, 20)):
+            producers[i % 2].send(0, [f"during-{i}"], deadline_s=30)
+        assert "withdrawing from the cluster" in brokers[0].log()
+        wait_in_sync(apis, "t", 1, 3)
+        for i in range(10):
+            producers[i % 2].send(0, [f"after-{i}"])
+        wait_in_sync(apis, "t", 1, 3)
+        acked = [a for p in producers for a in p.acked]
+    finally:
+        for p in producers:
+            p.close()
+        for b in brokers:
+            b.stop()
+    assert len(acked) == 40
     check_replicas(brokers, "t", 1, acked)
