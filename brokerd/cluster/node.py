@@ -123,6 +123,7 @@ class Cluster:
         """Why this broker withdrew from the cluster for its disk ("" while it has not):
         it leads nothing and is not registered until a test write succeeds."""
         self._probe_at = 0.0
+        self._unregistered = False
         self.next_timer = time.monotonic() + ISR_CHECK_S
         self._endpoints = ("", "")
         self.reassigner = Reassigner(self)
@@ -619,6 +620,8 @@ class Cluster:
 
     def timers(self, now: float) -> None:
         self.next_timer = now + ISR_CHECK_S
+        if self.withdrawn and not self._unregistered and self.store.connected:
+            self._unregister()
         if self.withdrawn and now >= self._probe_at and self.store.connected:
             self._probe_storage(now)
         if self.fenced or not self.store.connected:
@@ -654,9 +657,15 @@ class Cluster:
         for replica in self.replicas.values():
             if replica.role == LEADER:
                 self._step_down(replica)
+        self._unregister()
+
+    def _unregister(self) -> None:
+        """Delete the registration; while ZooKeeper is away, again at each timer."""
         try:
             self.store.unregister()
-        except KazooException as exc:  # the session is away: its end removes it anyway
+            self._unregistered = True
+        except KazooException as exc:
+            self._unregistered = False
             log.warning("cannot delete this broker's registration now: %r", exc)
 
     def _probe_storage(self, now: float) -> None:
@@ -676,6 +685,8 @@ class Cluster:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        if not self._unregistered:
+            return  # the old registration is still there: delete it first
         try:
             self.store.register(*self._endpoints)
         except (KazooException, ClusterError) as exc:
