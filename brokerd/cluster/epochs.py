@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from brokerd.errors import StorageError
 from brokerd.log.files import replace_atomically
 
 FILE = "leader-epochs"
@@ -36,9 +37,10 @@ class LeaderEpochs:
         """Epoch ``epoch`` writes from ``start_offset`` on (a no-op if already known)."""
         if self.entries and self.entries[-1][0] >= epoch:
             return
-        self.entries = [(e, o) for e, o in self.entries if o < start_offset]
-        self.entries.append((epoch, start_offset))
-        self._store()
+        entries = [(e, o) for e, o in self.entries if o < start_offset]
+        entries.append((epoch, start_offset))
+        self._store(entries)
+        self.entries = entries
 
     def end_offset(self, epoch: int, log_end: int) -> tuple[int, int]:
         """(the largest epoch <= ``epoch`` this log knows, the offset where it ended): the
@@ -55,8 +57,13 @@ class LeaderEpochs:
         """Forget the epochs that started at or past ``end_offset`` (the log was cut)."""
         kept = [(e, o) for e, o in self.entries if o < end_offset]
         if kept != self.entries:
+            self._store(kept)
             self.entries = kept
-            self._store()
 
-    def _store(self) -> None:
-        replace_atomically(self.path, msgspec.json.encode(self.entries))
+    def _store(self, entries: list[tuple[int, int]]) -> None:
+        """Raises StorageError (a full disk, say), with the file and ``entries`` unchanged."""
+        try:
+            replace_atomically(self.path, msgspec.json.encode(entries))
+        except OSError as exc:
+            raise StorageError.of(f"cannot store the leader epochs of {self.path.parent}",
+                                  exc) from exc

@@ -350,8 +350,12 @@ class Cluster:
             if replica.role == LEADER and same_epoch:
                 self._isr_changed(replica, state, version)
                 return
+            try:
+                replica.become_leader(state, version, time.monotonic())
+            except StorageError as exc:  # it cannot record its epoch: let another lead
+                self.storage_failed(exc.message, None)
+                return
             self.fetcher.unfollow(tp)
-            replica.become_leader(state, version, time.monotonic())
             log.info("%s[%d]: leader at epoch %d, isr %s, log end %d", *tp,
                      state.leader_epoch, state.isr, replica.plog.end_offset)
             if replica.topic == OFFSETS_TOPIC:
@@ -446,6 +450,9 @@ class Cluster:
             try:
                 for raw in reply.batches:
                     plog.append_replica(raw[:HEADER_SIZE], memoryview(raw)[HEADER_SIZE:])
+                for epoch, start in reply.epochs:
+                    if start < plog.end_offset or start == plog.end_offset == reply.end_offset:
+                        replica.epochs.assign(epoch, start)
             except StorageError as exc:  # a full disk, say: fetch again after a pause (at
                 delay_s = STORAGE_RETRY_S  # once, the same answer would fail the same way)
                 if not replica.storage_error:
@@ -458,9 +465,6 @@ class Cluster:
                                 replica.storage_error)
                     replica.storage_error = ""
             admin.follow_start_offset(replica, reply.start_offset)
-            for epoch, start in reply.epochs:
-                if start < plog.end_offset or start == plog.end_offset == reply.end_offset:
-                    replica.epochs.assign(epoch, start)
             plog.high_watermark = max(plog.high_watermark or 0,
                                       min(reply.high_watermark, plog.end_offset))
             if reply.batches:

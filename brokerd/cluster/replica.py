@@ -58,9 +58,10 @@ class Replica:
 
     # -- transitions ------------------------------------------------------------------
     def become_leader(self, state: PartitionState, version: int, now: float) -> None:
-        """Lead from ``state.leader_epoch`` on: new appends belong to that epoch."""
-        self.state, self.version, self.role = state, version, LEADER
+        """Lead from ``state.leader_epoch`` on: new appends belong to that epoch.  Raises
+        StorageError, changing nothing, when the epoch cannot be stored."""
         self.epochs.assign(state.leader_epoch, self.plog.end_offset)
+        self.state, self.version, self.role = state, version, LEADER
         self.follower_end.clear()
         self.follower_start.clear()
         self.sent_end.clear()

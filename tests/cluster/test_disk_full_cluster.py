@@ -213,3 +213,42 @@ def test_a_leader_whose_fsync_fails_withdraws_and_no_replica_diverges(
             b.stop()
     assert len(acked) == 40
     check_replicas(brokers, "t", 1, acked)
+
+
+def test_a_broker_elected_leader_with_a_full_disk_hands_the_leadership_on(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """Broker 1, next in line, cannot store its new leader epoch: it withdraws (it once
+    died of the OSError), and broker 2 leads."""
+    with small_disk(tmp_path, 1) as disk:
+        brokers = start(tmp_path, zookeeper)
+        producer: LeaderProducer | None = None
+        try:
+            apis = [b.api for b in brokers]
+            assert create_in_sync(apis, "t", 1, 3, config={"min_insync_replicas": 1}) == {0: 0}
+            producer = LeaderProducer(apis, "t", producer_id=1)
+            for i in range(20):
+                producer.send(0, [f"before-{i}"])
+            filler = disk / "filler"
+            fill(filler)
+            brokers[0].kill9()
+            producer.send(0, ["after-kill"], deadline_s=30)
+            with RawClient(apis[2]) as raw:
+                part = raw.ok("metadata", topics=["t"])["topics"][0]["partitions"][0]
+            assert part["leader"] == 2, part
+            assert brokers[1].proc.poll() is None, brokers[1].log()[-2000:]
+            assert "withdrawing from the cluster" in brokers[1].log()
+            os.unlink(filler)
+            live = apis[1:]
+            wait_in_sync(live, "t", 1, 2)
+            for i in range(10):
+                producer.send(0, [f"after-{i}"])
+            wait_in_sync(live, "t", 1, 2)
+            acked = list(producer.acked)
+        finally:
+            if producer is not None:
+                producer.close()
+            for b in brokers:
+                b.stop()
+        assert len(acked) == 31
+        copies = check_replicas(brokers[1:], "t", 1, acked)  # before the tmpfs goes
+        assert len(copies["0"][0]) == len(copies["1"][0]) == 31
