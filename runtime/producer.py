@@ -18,11 +18,12 @@ broker more than the records.
 
 In a cluster (``broker`` may list several bootstrap endpoints, comma-separated) each
 partition's batches go to its leader, over one connection per broker.  A batch refused
-because leadership moved (NOT_LEADER, NOT_ENOUGH_REPLICAS, a fenced epoch), or in flight on
-a connection that dropped, waits with the rest of its partition until fresh metadata names
-the new leader, then goes there with the same producer id and sequence: the new leader
-holds the producer state that rode in the replicated batches, so a batch the old leader
-had stored is recognised as a duplicate, not stored twice.
+because leadership moved (NOT_LEADER, NOT_ENOUGH_REPLICAS, a fenced epoch, a withdrawn
+leader's STORAGE_ERROR), or in flight on a connection that dropped, waits with the rest of
+its partition until fresh metadata names the new leader, then goes there with the same
+producer id and sequence: the new leader holds the producer state that rode in the
+replicated batches, so a batch the old leader had stored is recognised as a duplicate, not
+stored twice.
 
 Used from one thread at a time; its own lock guards it against its linger thread.
 """
@@ -75,7 +76,8 @@ Callback = Callable[[int, int, "BrokerError | None"], None]
 RECHECK_S = 0.1  # a wait for acks looks this often whether the connection came back
 # Codes that say a partition's leader is elsewhere (or not yet ready): wait for metadata.
 LEADER_MOVED = {"NOT_LEADER", "NOT_ENOUGH_REPLICAS", "FENCED_LEADER_EPOCH",
-                "UNKNOWN_LEADER_EPOCH"}
+                "UNKNOWN_LEADER_EPOCH",
+                "STORAGE_ERROR"}  # a leader whose disk refused a write withdraws (cluster.md)
 REFRESH_S = 0.1  # metadata is asked for at most this often while partitions wait for it
 
 

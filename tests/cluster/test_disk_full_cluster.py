@@ -25,6 +25,8 @@ import msgspec
 import psutil
 import pytest
 
+from runtime.consumer import Consumer
+from runtime.producer import Producer
 from tests.cluster.client import (
     LeaderProducer,
     check_replicas,
@@ -252,3 +254,40 @@ def test_a_broker_elected_leader_with_a_full_disk_hands_the_leadership_on(
         assert len(acked) == 31
         copies = check_replicas(brokers[1:], "t", 1, acked)  # before the tmpfs goes
         assert len(copies["0"][0]) == len(copies["1"][0]) == 31
+
+
+def test_the_python_producer_rides_out_a_leader_withdrawing_for_its_disk(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """The client a user has: a keyed ``acks="all"`` stream over three partitions, broker 0
+    (leader of one) fills its disk: every event is acknowledged, none fails, and a group
+    consumer reads each once."""
+    with small_disk(tmp_path, 0) as disk:
+        brokers = start(tmp_path, zookeeper)
+        try:
+            apis = [b.api for b in brokers]
+            create_in_sync(apis, "t", 3, 3)
+            producer = Producer(",".join(apis), acks="all")
+            for i in range(100):
+                producer.send("t", f"a{i}", key=str(i))
+            producer.flush(timeout_s=30)
+            fill(disk / "filler")
+            for i in range(3000):  # ~6 MB: the first to partition 0 fills broker 0
+                producer.send("t", f"b{i}-" + "x" * 2000, key=str(i))
+            producer.flush(timeout_s=60)
+            assert not producer.errors, producer.errors[:3]
+            producer.close()
+            assert "withdrawing from the cluster" in brokers[0].log()
+            os.unlink(disk / "filler")
+            wait_in_sync(apis, "t", 3, 3)
+            consumer = Consumer(",".join(apis), group="g", topics=["t"])
+            got: list[str] = []
+            try:
+                deadline = time.monotonic() + 60
+                while len(got) < 3100 and time.monotonic() < deadline:
+                    got += [e.value for e in consumer.poll(timeout_s=0.2)]
+            finally:
+                consumer.close()
+            assert len(got) == 3100 and len(set(got)) == 3100
+        finally:
+            for b in brokers:
+                b.stop()
