@@ -189,8 +189,9 @@ function toJSON(value) {
 // and resend the same batch, with the same producer_id and sequence, to the leader it names.
 // NOT_ENOUGH_REPLICAS: the ISR is below min_insync_replicas (a replica died and has not been
 // replaced yet); the batch may be stored, and a resend is recognised as its duplicate (§8).
+// STORAGE_ERROR: the leader's disk refused the write, and it has withdrawn (cluster.md).
 const LEADER_MOVED = new Set(["NOT_LEADER", "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH",
-  "NOT_ENOUGH_REPLICAS", "TIMEOUT"]);
+  "NOT_ENOUGH_REPLICAS", "STORAGE_ERROR", "TIMEOUT"]);
 const RETRY_MS = 200; // pause between attempts while leadership moves
 const METADATA_TIMEOUT_MS = 2000; // one broker's turn at answering metadata
 const SILENT_MS = 5000; // a broker that did not answer is asked last for this long
