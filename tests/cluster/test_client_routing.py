@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from brokerd import protocol as p
 from runtime.client import BrokerError, Producer
 from runtime.connection import Connection
@@ -79,7 +81,10 @@ def test_a_producer_follows_the_leaders_through_a_kill_9_and_loses_nothing(
                 producer.close(timeout_s=1)
         for b in brokers:
             b.stop()
-    check_replicas(brokers, "t", PARTITIONS, acked)
+    logs = check_replicas(brokers, "t", PARTITIONS, acked)
+    for partition, records in logs["0"].items():  # one producer: each partition in send order
+        sent_order = [int(msgspec.msgpack.decode(r)[0][1:]) for _, r in records]
+        assert sent_order == sorted(sent_order), f"partition {partition} is out of send order"
 
 
 def test_a_producer_sends_to_topics_it_creates_on_a_cluster(
