@@ -212,6 +212,8 @@ class Handlers:
         existing = self.topics.topics.get(req.topic)
         if existing is None:  # a topic's name was checked when it was created
             check_name(req.topic)
+        if self.cluster is not None:
+            self.cluster.check_client_write(req.topic)
         if req.producer_id and (req.partition is None or req.sequence < 0):
             raise BadRequest("an idempotent produce (producer_id) must name its partition "
                              "and carry its sequence number (>= 0)")
@@ -308,6 +310,7 @@ class Handlers:
                                            f"0..{len(topic.partitions) - 1}, not {batch.partition}")
                 records = _decode_batch(batch.records, topic.config.max_batch_bytes)
                 if self.cluster is not None:
+                    self.cluster.check_client_write(topic.name)
                     self.cluster.check_produce(topic.name, batch.partition, req.acks)
                 base, duplicate, need = self._append(topic, batch.partition, batch.records,
                                                      records, req.producer_id, batch.sequence, now)

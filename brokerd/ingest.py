@@ -84,6 +84,7 @@ class Ingest:
         broker = self.broker
         try:
             if broker.cluster is not None:  # a cluster creates topics only in ZooKeeper
+                broker.cluster.check_client_write(name)
                 topic, created = broker.topics.get(name), False
             else:
                 topic, created = broker.topics.get_or_create(name)

@@ -66,12 +66,17 @@ def _record(cluster: Cluster, name: str) -> tuple[TopicRecord, int]:
     return found
 
 
+def refuse_offsets_topic(name: str, what: str) -> None:
+    """Clients cannot change ``__rail_offsets`` (as Kafka refuses appends to and record
+    deletion from its internal topics): only the groups' coordinators write it."""
+    if name == OFFSETS_TOPIC:
+        raise BadRequest(f"{OFFSETS_TOPIC} holds the groups' committed offsets: {what}")
+
+
 # -- delete_topic -------------------------------------------------------------------------
 def delete_topic(cluster: Cluster, name: str) -> None:
     """Mark ``name`` for deletion; the brokers and the controller do the rest."""
-    if name == OFFSETS_TOPIC:
-        raise BadRequest(f"{OFFSETS_TOPIC} holds the groups' committed offsets: it cannot "
-                         "be deleted (delete_group removes a group's)")
+    refuse_offsets_topic(name, "it cannot be deleted (delete_group removes a group's)")
     record, _ = _record(cluster, name)
     cluster.store.mark_for_deletion(name, record.topic_id)
     cluster.deleting[name] = record.topic_id
@@ -122,6 +127,8 @@ def complete_deletions(cluster: Cluster) -> None:
 def create_partitions(cluster: Cluster, name: str, count: int) -> int:
     """Give ``name`` ``count`` partitions in all; the new ones are led by their first
     replica at epoch 0.  Returns ``count``."""
+    refuse_offsets_topic(name, "its partition count decides which partition holds each "
+                         "group's offsets, so it cannot grow")
     for _ in range(CAS_TRIES):
         record, version = _record(cluster, name)
         have = len(record.replicas)
@@ -158,6 +165,8 @@ def delete_records(cluster: Cluster, req: p.DeleteRecords, client: Client) -> p.
     replica fetches say so), as Kafka's DeleteRecords does."""
     name, partition = req.topic, req.partition
     check_name(name)
+    refuse_offsets_topic(name, "its records cannot be deleted (delete_group removes a "
+                         "group's; compaction keeps each group's latest)")
     record = cluster.topic_records.get(name)
     if record is None or name in cluster.deleting:
         raise UnknownTopic(f"unknown topic {name!r}: create it first (rail topics create)")

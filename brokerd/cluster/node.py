@@ -492,6 +492,13 @@ class Cluster:
                 f"{replica.isr}, fewer than min_insync_replicas={replica.min_insync}: "
                 "nothing was stored; retry once replicas catch up")
 
+    @staticmethod
+    def check_client_write(topic: str) -> None:
+        """A client's produce: never to ``__rail_offsets``, which only coordinators write
+        (a record there would move a group's offsets past its generation checks)."""
+        admin.refuse_offsets_topic(topic, "clients cannot produce to it (commit through "
+                                   "the group's coordinator)")
+
     def appended(self, topic: str, partition: int) -> None:
         replica = self.replicas.get((topic, partition))
         if replica is not None and replica.advance_high_watermark():

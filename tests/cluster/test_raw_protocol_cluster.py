@@ -90,3 +90,32 @@ def test_poll_and_seek_are_refused_in_a_cluster_and_join_commit_describe_are_ser
               offsets=[["orders", 0, 2]])
     parts = {d["partition"]: d for d in client.ok("describe_group", group="kitchen")["partitions"]}
     assert (parts[0]["committed"], parts[0]["lag"], parts[0]["position"]) == (2, 0, None)
+
+
+def test_clients_cannot_write_grow_or_trim_the_offsets_topic(client: RawClient) -> None:
+    """``__rail_offsets`` is the coordinators' own (as Kafka refuses appends to and record
+    deletion from its internal topics): a produce there would move a group's offsets past
+    its generation checks, and more partitions would send groups to partitions that do not
+    hold their offsets.  All were accepted before."""
+    client.ok("create_topic", topic="orders", partitions=1)
+    joined = client.ok("join", group="kitchen", topics=["orders"], member_id="k-1")
+    client.ok("produce", topic="orders", partition=0, records=[["a"], ["b"]], acks="all")
+    client.ok("commit", group="kitchen", member_id="k-1", generation=joined["generation"],
+              offsets=[["orders", 0, 2]])
+    internal = "__rail_offsets"
+    forged = [[["kitchen", "orders", 0], ["kitchen", "orders", 0]]]
+    for op, fields in (
+            ("produce", {"topic": internal, "partition": 0, "records": forged}),
+            ("create_partitions", {"topic": internal, "partitions": 16}),
+            ("delete_records", {"topic": internal, "partition": 0, "offset": -1}),
+            ("delete_topic", {"topic": internal})):
+        refused = client.call(op, **fields)
+        assert refused["code"] == "BAD_REQUEST", (op, refused)
+        assert "committed offsets" in refused["message"], refused
+    results = client.ok("produce_batches", batches=[[internal, 0, -1, forged],
+                                                    ["orders", 0, -1, [["c"]]]])["results"]
+    assert results[0][3] == "BAD_REQUEST" and results[1][3] == ""
+    meta = client.ok("metadata", topics=[internal])["topics"][0]
+    assert len(meta["partitions"]) == 8
+    parts = client.ok("describe_group", group="kitchen")["partitions"]
+    assert [(d["partition"], d["committed"]) for d in parts] == [(0, 2)]
