@@ -157,7 +157,9 @@ def _broker_families(stats: dict[str, Any], meta: p.MetadataReply) -> Iterator[M
              "Polls and fetches waiting for data (long polls)"),
             ("rail_brokers", max(len(meta.brokers), 1), "Brokers in the cluster (1 alone)"),
             ("rail_cluster_controller", meta.controller,
-             "The controller's broker id (-1 alone)")):
+             "The controller's broker id (-1 alone)"),
+            ("rail_broker_withdrawn", int(bool(stats.get("cluster", {}).get("withdrawn"))),
+             "1 while this broker has withdrawn from its cluster for its disk")):
         gauge = GaugeMetricFamily(name, help)
         gauge.add_metric([], value)
         yield gauge

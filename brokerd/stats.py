@@ -99,6 +99,9 @@ class Stats:
             "max_open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             "memory_trims": broker.memory.trims,
             "endpoints": {"api": broker.endpoints[0], "ingest": broker.endpoints[1]},
+            **({} if broker.cluster is None else {"cluster": {
+                "broker_id": broker.cluster.id, "controller": broker.cluster.controller_id,
+                "fenced": broker.cluster.fenced, "withdrawn": broker.cluster.withdrawn}}),
         }
 
     def _rates(self, totals: dict[str, int]) -> dict[str, float]:

@@ -148,10 +148,15 @@ def _leader_full(tmp_path: Path, disk: Path, zookeeper: ZooKeeper) -> None:
         with RawClient(apis[0]) as raw:
             assert raw.ok("ping")["version"] >= 1, "the withdrawn broker keeps answering"
             assert raw.error_code("fetch", topic="t", partition=0, offset=0) == "NOT_LEADER"
+            state = raw.ok("stats")["stats"]["cluster"]
+            assert state["fenced"] and "No space left" in state["withdrawn"], state
         assert "withdrawing from the cluster" in brokers[0].log()
         os.unlink(filler)
         wait_in_sync(apis, "t", 1, 3)  # registered again, caught up, back in the ISR
         assert "joining the cluster again" in brokers[0].log()
+        with RawClient(apis[0]) as raw:
+            state = raw.ok("stats")["stats"]["cluster"]
+            assert (state["fenced"], state["withdrawn"], state["broker_id"]) == (False, "", 0)
         for i in range(20):
             producer.send(0, [f"after-{i}"])
         wait_in_sync(apis, "t", 1, 3)
