@@ -98,6 +98,15 @@ def encode_header(
     return bytes(header)
 
 
+def mark_compacted(header_bytes: bytes, payload: bytes | memoryview) -> bytes:
+    """``header_bytes`` with ``ATTR_COMPACTED`` set and its CRC made again: the flag that
+    lets a batch follow a gap in offsets (what compaction leaves) in a dense scan."""
+    header = bytearray(header_bytes)
+    header[17] |= ATTR_COMPACTED  # the attributes byte (see the layout above)
+    struct.pack_into(">I", header, 12, crc32(payload, crc32(memoryview(header)[_CRC_FROM:])))
+    return bytes(header)
+
+
 def decode_header(buf: bytes | memoryview, pos: int = 0) -> BatchHeader:
     """Unpack the header at ``buf[pos:]`` without checking it."""
     return BatchHeader._make(HEADER.unpack_from(buf, pos))

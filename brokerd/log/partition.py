@@ -26,6 +26,7 @@ from brokerd.errors import (
     StorageError,
 )
 from brokerd.log.batch import (
+    ATTR_COMPACTED,
     HEADER_SIZE,
     BatchHeader,
     crc_ok,
@@ -33,6 +34,7 @@ from brokerd.log.batch import (
     decode_records,
     encode_header,
     header_problem,
+    mark_compacted,
 )
 from brokerd.log.config import LogConfig
 from brokerd.log.files import fsync_dir, replace_atomically
@@ -485,7 +487,8 @@ class PartitionLog:
         """Append a batch exactly as the leader stored it (same offsets, timestamps and
         producer fields), after checking it follows this log's end and its CRC."""
         header = decode_header(header_bytes)
-        if header.base_offset != self.end_offset:
+        gap = header.base_offset > self.end_offset and self.config.cleanup_policy == "compact"
+        if header.base_offset != self.end_offset and not gap:
             raise StorageError(f"{self.directory}: a replicated batch starts at "
                                f"{header.base_offset}, the log ends at {self.end_offset}")
         problem = header_problem(header, self.config.max_batch_bytes)
@@ -494,6 +497,12 @@ class PartitionLog:
         if problem or not crc_ok(header_bytes + bytes(payload), 0, header):
             raise StorageError(f"{self.directory}: a replicated batch is damaged: "
                                f"{problem or 'bad CRC'}")
+        if gap and not header.attributes & ATTR_COMPACTED:
+            # The leader's cleaner dropped the records before it (a batch that survived
+            # whole keeps its flags there): flagged here, the recovery's dense scan of this
+            # active segment accepts the gap, as it does after the cleaner's own batches.
+            header_bytes = mark_compacted(header_bytes, payload)
+            header = decode_header(header_bytes)
         self._maybe_roll(header.size, header.append_timestamp)
         self.segments[-1].append(header, header_bytes, payload)
         if header.producer_id:
