@@ -687,7 +687,7 @@ class Cluster:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.write(fd, bytes(PROBE_BYTES))
+                written = os.write(fd, bytes(PROBE_BYTES))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -696,6 +696,8 @@ class Cluster:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        if written < PROBE_BYTES:  # a disk with less room left than that is still full
+            return
         if not self._unregistered:
             return  # the old registration is still there: delete it first
         try:
@@ -706,7 +708,11 @@ class Cluster:
         log.warning("the data dir takes writes again (after: %s): joining the cluster again",
                     self.withdrawn)
         self.withdrawn, self.fenced, self._lost = "", False, False
-        self._refresh()
+        try:
+            self._refresh()
+        except (KazooException, ClusterError) as exc:
+            # The connection went meanwhile: its return (CONNECTED) re-reads the state.
+            log.warning("re-reading the cluster's state failed: %r", exc)
 
     # -- topics -----------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int | None,
