@@ -433,7 +433,8 @@ class Broker(Handlers):
                 try:
                     p.enforce_retention()
                     if topic.config.cleanup_policy == "compact" and len(p.segments) > 1:
-                        clean(p)
+                        # a replica whose high watermark is not known yet cleans nothing
+                        clean(p, limit=None if self.cluster is None else p.high_watermark or 0)
                 except (OSError, RailError) as exc:
                     log.error("housekeeping of %s failed: %s", p.directory, exc)
 

@@ -1,6 +1,9 @@
 """The cleaner of compacted topics: keep the latest record per key in closed segments.
 
-Offsets never change: a batch whose records all survive is copied as it is; a surviving
+Only what lies below ``cleanable_end`` is cleaned: the log's end, or in a cluster the high
+watermark, as in Kafka (a newer value not yet on every in-sync replica may be cut by a
+failover, so the older one stays until it is).  Offsets never change: a batch whose records
+all survive is copied as it is; a surviving
 record of a partly dropped batch is written as a batch of its own at its original offset
 (attribute ``ATTR_COMPACTED``), so offsets get gaps.  Records without a key are kept.  A
 tombstone (nil value) is kept for ``delete_retention_ms`` after it was appended, so
@@ -40,25 +43,42 @@ class CleanReport:
     bytes_after: int = 0
 
 
-def latest_offsets(log: PartitionLog) -> dict[bytes, int]:
-    """Map each key (its msgpack bytes) to the offset of its latest record."""
+def latest_offsets(log: PartitionLog, limit: int | None = None) -> dict[bytes, int]:
+    """Map each key (its msgpack bytes) to the offset of its latest record below ``limit``
+    (default: the log's end)."""
+    limit = log.end_offset if limit is None else limit
     latest: dict[bytes, int] = {}
     for seg in log.segments:
+        if seg.base_offset >= limit:
+            break
         for batch in seg.read(seg.base_offset, max(seg.size, 1), verify=False):
             for i, record in enumerate(decode_records(batch.payload)):
-                if not is_nil(record.key):
-                    latest[key_content(record.key)] = batch.header.base_offset + i
+                offset = batch.header.base_offset + i
+                if offset < limit and not is_nil(record.key):
+                    latest[key_content(record.key)] = offset
     return latest
 
 
-def clean(log: PartitionLog, now: int | None = None) -> CleanReport:
-    """Compact every closed segment of ``log``; the active segment is left alone."""
+def cleanable_end(log: PartitionLog) -> int:
+    """Where the cleaner stops: the log's end, or in a cluster its high watermark (as
+    Kafka's cleaner does).  A newer value above it may still be cut by a failover (it is
+    not on every in-sync replica yet), so it must not drop the older one, acknowledged."""
+    hw = log.high_watermark
+    return log.end_offset if hw is None else min(hw, log.end_offset)
+
+
+def clean(log: PartitionLog, now: int | None = None, limit: int | None = None) -> CleanReport:
+    """Compact every closed segment of ``log`` below ``limit`` (default ``cleanable_end``);
+    the active segment and every record from there on are left alone."""
     now = now_ms() if now is None else now
     report = CleanReport()
-    latest = latest_offsets(log)
+    limit = cleanable_end(log) if limit is None else min(limit, cleanable_end(log))
+    latest = latest_offsets(log, limit)
     horizon = now - log.config.delete_retention_ms
     for seg in log.segments[:-1]:
-        kept, dropped = _survivors(seg, latest, horizon)
+        if seg.base_offset >= limit:
+            break
+        kept, dropped = _survivors(seg, latest, horizon, limit)
         if dropped:
             report.bytes_before += seg.size
             _rewrite(log, seg, kept)
@@ -71,7 +91,8 @@ def clean(log: PartitionLog, now: int | None = None) -> CleanReport:
 Kept = list[StoredBatch | tuple[int, int, Record]]
 
 
-def _survivors(seg: Segment, latest: dict[bytes, int], horizon: int) -> tuple[Kept, int]:
+def _survivors(seg: Segment, latest: dict[bytes, int], horizon: int,
+               limit: int) -> tuple[Kept, int]:
     kept: Kept = []
     dropped = 0
     for batch in seg.read(seg.base_offset, max(seg.size, 1), verify=True):
@@ -79,8 +100,9 @@ def _survivors(seg: Segment, latest: dict[bytes, int], horizon: int) -> tuple[Ke
         records = decode_records(batch.payload)
         alive = [
             (header.base_offset + i, r) for i, r in enumerate(records)
-            if is_nil(r.key) or (latest.get(key_content(r.key)) == header.base_offset + i
-                                 and not (is_nil(r.value) and header.append_timestamp < horizon))
+            if header.base_offset + i >= limit or is_nil(r.key)
+            or (latest.get(key_content(r.key)) == header.base_offset + i
+                and not (is_nil(r.value) and header.append_timestamp < horizon))
         ]
         dropped += len(records) - len(alive)
         if len(alive) == len(records):

@@ -10,6 +10,9 @@ replica in sync, nor gain a new one by reassignment.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,22 @@ def _latest(api: str) -> dict[str, tuple[int, Any]]:
                     if base + i >= offset:
                         out[record[1]] = (base + i, record[0])
                 offset = base + len(records)
+
+
+def _leader_of(apis: list[str]) -> str | None:
+    for api in apis:
+        try:
+            with RawClient(api) as raw:
+                meta = raw.call("metadata", timeout_s=2.0, topics=["c"])
+        except AssertionError:
+            continue
+        if meta.get("op") != "metadata":
+            continue
+        by_id = {b["id"]: b["api"] for b in meta["brokers"]}
+        leader = by_id.get(meta["topics"][0]["partitions"][0]["leader"])
+        if leader == api:
+            return api
+    return None
 
 
 def test_a_follower_back_after_compaction_catches_up_survives_kill_9_and_leads(
@@ -89,3 +108,62 @@ def test_a_follower_back_after_compaction_catches_up_survives_kill_9_and_leads(
     for b in brokers:  # every record each copy kept is the one produced at its offset
         for offset, raw in read_log(b.data_dir, "c", 0):
             assert msgspec.msgpack.decode(raw) == history[offset], (b.data_dir, offset)
+
+
+def test_the_cleaner_keeps_an_acknowledged_value_whose_newer_one_is_not_replicated(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """Key ``k`` is acknowledged by every replica (acks "all"); with both followers paused
+    the leader takes a newer ``k`` (acks 1, above the high watermark) and cleans.  Killed,
+    it loses that newer value to the next leader's log, as an unreplicated write may be;
+    the acknowledged one must still be in its copy when it comes back, as in the others'.
+    Kafka's cleaner stops at the high watermark for this; Rail's cleaned up to the log
+    end, and the old leader came back without ``k`` at all."""
+    config = tmp_path / "broker.toml"
+    config.write_text("retention_check_ms = 300\nreplica_lag_time_ms = 60000\n")
+    brokers: list[BrokerProcess] = []
+    try:
+        for i in range(3):
+            brokers.append(start_member(tmp_path, zookeeper, i, "--config", str(config)))
+        apis = [b.api for b in brokers]
+        ports = [int(a.rsplit(":", 1)[1]) for a in apis]
+        assert create_in_sync(apis, "c", 1, 3, config={
+            "cleanup_policy": "compact", "segment_bytes": 1024}) == {0: 0}
+
+        def produce(raw: RawClient, key: str, n: int, acks: Any) -> int:
+            record = [{"n": n, "pad": "x" * 30}, key]
+            reply = raw.ok("produce", topic="c", partition=0, acks=acks,
+                           records=msgspec.Raw(msgspec.msgpack.encode([record])))
+            return int(reply["offsets"][0][1])
+
+        with RawClient(apis[0]) as raw:
+            acked = produce(raw, "k", 0, "all")
+            for i in range(40):  # rolls the segment that holds k
+                produce(raw, f"other-{i % 4}", i, "all")
+            for b in brokers[1:]:
+                os.kill(b.pid, signal.SIGSTOP)
+            try:
+                # The followers' fetches parked at the leader are answered with this first
+                # record (the paused processes read it when they are continued); the next
+                # ones reach no follower before the leader's kill.
+                produce(raw, "first", 0, 1)
+                produce(raw, "k", 1, 1)  # above the high watermark
+                for i in range(40):
+                    produce(raw, f"late-{i % 4}", i, 1)
+                time.sleep(1.0)  # the leader's cleaner runs every 0.3 s
+                brokers[0].kill9()
+            finally:
+                for b in brokers[1:]:
+                    os.kill(b.pid, signal.SIGCONT)
+        live = apis[1:]
+        wait_for(lambda: _leader_of(live) in live, timeout=30, interval=0.2,
+                 what="a new leader")
+        brokers[0] = start_member(tmp_path, zookeeper, 0, "--config", str(config),
+                                  api_port=ports[0])
+        wait_in_sync(apis, "c", 1, 3)
+    finally:
+        for b in brokers:
+            b.stop()
+    for b in brokers:
+        values = {msgspec.msgpack.decode(r)[1]: (o, msgspec.msgpack.decode(r)[0]["n"])
+                  for o, r in read_log(b.data_dir, "c", 0)}
+        assert values.get("k") == (acked, 0), (b.data_dir.name, values.get("k"))

@@ -65,6 +65,25 @@ def test_clean_keeps_the_latest_record_per_key_at_its_original_offset(tmp_path: 
         log.close()
 
 
+def test_clean_stops_at_the_high_watermark(tmp_path: Path) -> None:
+    """A replica's cleaner: what lies at or past its high watermark is kept, and a record
+    below it is dropped only for a newer one below it too (one past it may still be cut
+    by a failover, and the older one, acknowledged, must then be there)."""
+    log = PartitionLog(tmp_path, CONFIG)
+    try:
+        write(log, random_batches(random.Random(5), 150))
+        records = read_all(log)
+        hw = log.segments[len(log.segments) // 2].base_offset + 1
+        log.high_watermark = hw
+        below = [r for r in records if r.offset < hw]
+        kept_below = survivors(below, active_base=hw, now=10)
+        assert clean(log, now=10).records_dropped == len(below) - len(kept_below) > 0
+        log.high_watermark = None  # reads stop there: see every record
+        assert read_all(log) == kept_below + [r for r in records if r.offset >= hw]
+    finally:
+        log.close()
+
+
 def test_a_compacted_log_reads_the_same_after_reopen(tmp_path: Path) -> None:
     log = PartitionLog(tmp_path, CONFIG)
     write(log, random_batches(random.Random(2), 120))
