@@ -653,9 +653,9 @@ class Cluster:
         fsync: ``cause`` None): withdraw.  Step down from every leadership at once and
         delete this broker's registration, so that the controller moves each partition
         led here to an in-sync replica elsewhere and drops this broker from the ISRs, as
-        for a dead broker.  Kafka halts a broker whose only log directory failed; this one
-        stays up (the same ZooKeeper session, the controller's role if it has it) and joins
-        again once a test write of 1 MiB succeeds (``_probe_storage``), as a follower that
+        for a dead broker; a controller also gives up that role.  Kafka halts a broker
+        whose only log directory failed; this one stays up (the same ZooKeeper session) and
+        joins again once a test write of 1 MiB succeeds (``_probe_storage``), as a follower that
         truncates by epoch and catches up like a restarted broker."""
         code = getattr(cause, "errno", None)
         if self.withdrawn or (cause is not None and code not in DISK_ERRNOS):
@@ -668,11 +668,14 @@ class Cluster:
         for replica in self.replicas.values():
             if replica.role == LEADER:
                 self._step_down(replica)
+        self.controller_epoch = None  # it holds no role: another broker becomes controller
         self._unregister()
 
     def _unregister(self) -> None:
-        """Delete the registration; while ZooKeeper is away, again at each timer."""
+        """Delete the registration and give up the controller's znode if held; while
+        ZooKeeper is away, again at each timer."""
         try:
+            self.store.resign_controller()
             self.store.unregister()
             self._unregistered = True
         except KazooException as exc:
@@ -799,7 +802,7 @@ class Cluster:
     def _elect_controller(self) -> None:
         if self.controller_epoch is not None:
             return
-        epoch = self.store.try_become_controller()
+        epoch = None if self.withdrawn else self.store.try_become_controller()
         if epoch is None:
             current = self.store.controller()
             self.controller_id = -1 if current is None else current

@@ -181,6 +181,15 @@ class ClusterStore:
         except NoNodeError:
             pass
 
+    def resign_controller(self) -> None:
+        """Delete /controller if this broker holds it: the other brokers' watches elect."""
+        try:
+            data, stat = self.zk.get("/controller")
+            if int(msgspec.json.decode(data)["broker_id"]) == self.broker_id:
+                self.zk.delete("/controller", version=stat.version)
+        except (NoNodeError, BadVersionError):
+            pass
+
     def brokers(self) -> dict[int, BrokerRecord]:
         out = {}
         for child in self.zk.get_children("/brokers/ids", watch=self._brokers_watch):

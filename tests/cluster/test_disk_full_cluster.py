@@ -145,6 +145,7 @@ def _leader_full(tmp_path: Path, disk: Path, zookeeper: ZooKeeper) -> None:
         part = meta["topics"][0]["partitions"][0]
         assert part["leader"] in (1, 2) and 0 not in part["isr"], part
         assert 0 not in [b["id"] for b in meta["brokers"]], "broker 0 is still registered"
+        assert meta["controller"] in (1, 2), "the withdrawn controller kept its role"
         with RawClient(apis[0]) as raw:
             assert raw.ok("ping")["version"] >= 1, "the withdrawn broker keeps answering"
             assert raw.error_code("fetch", topic="t", partition=0, offset=0) == "NOT_LEADER"
