@@ -41,8 +41,10 @@ FETCH_WAIT_MS = 500  # how long a fetch stays parked at a leader with nothing to
 FETCH_LOST_S = 3.0  # a fetch unanswered this long past its wait: the leader is gone
 REFRESH_S = 0.2  # metadata is asked again at most this often while a partition waits
 CALL_TIMEOUT_S = 2.0  # one attempt at the coordinator (find, join, describe)
-# The coordinator moved, is loading, or does not answer: find it again and rejoin.
-COORDINATOR_GONE = frozenset({"NOT_COORDINATOR", "COORDINATOR_LOADING", "UNAVAILABLE"})
+# The coordinator moved, is loading, or does not answer, or its disk refused the commit
+# (it has withdrawn from the cluster: docs/cluster.md): find it again and rejoin.
+COORDINATOR_GONE = frozenset({"NOT_COORDINATOR", "COORDINATOR_LOADING", "UNAVAILABLE",
+                              "STORAGE_ERROR"})
 # A fetch refused for these waits for metadata that names another leader.
 LEADER_GONE = frozenset({"NOT_LEADER", "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH",
                          "UNAVAILABLE", "UNKNOWN_TOPIC", "UNKNOWN_PARTITION"})

@@ -103,9 +103,10 @@ def leaders_of(meta: p.MetadataReply) -> tuple[list[str], dict[tuple[str, int], 
 # Requests that only a group's coordinator answers, and those only a partition's leader.
 _GROUP_OPS = (p.Join, p.Heartbeat, p.Leave, p.Commit, p.DescribeGroup, p.DeleteGroup)
 _PARTITION_OPS = (p.Fetch, p.ListOffsets, p.DeleteRecords, p.Produce)
-# Refusals after which the request goes again, to where fresh metadata points.
+# Refusals after which the request goes again, to where fresh metadata points (a leader or
+# coordinator whose disk refused a write has withdrawn: STORAGE_ERROR).
 _MOVED = frozenset({"NOT_LEADER", "NOT_COORDINATOR", "COORDINATOR_LOADING", "NOT_CONTROLLER",
-                    "FENCED_LEADER_EPOCH", "UNAVAILABLE"})
+                    "FENCED_LEADER_EPOCH", "UNAVAILABLE", "STORAGE_ERROR"})
 RETRY_S = 0.2
 SETTLE_S = 0.02  # how often a new topic's metadata is looked at until every broker has it
 ANY_BROKER_S = 3.0  # a request any broker answers goes to the next one after this long

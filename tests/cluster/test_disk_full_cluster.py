@@ -34,6 +34,7 @@ from tests.cluster.client import (
     start_member,
     wait_in_sync,
 )
+from tests.cluster.test_groups_coordinator import find_coordinator
 from tests.cluster.zookeeper import ZooKeeper
 from tests.helpers import BrokerProcess, start_broker
 from tests.integration.test_disk_full import fill
@@ -294,6 +295,50 @@ def test_the_python_producer_rides_out_a_leader_withdrawing_for_its_disk(
             finally:
                 consumer.close()
             assert len(got) == 3100 and len(set(got)) == 3100
+        finally:
+            for b in brokers:
+                b.stop()
+
+
+def test_a_group_rides_out_its_coordinator_withdrawing_for_its_disk(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """The first write to hit broker 0's full disk is a commit of a group it coordinates:
+    the member's ``commit()`` does not raise (it raised STORAGE_ERROR), it finds the new
+    coordinator and rejoins, reads every event and its last commit is stored there."""
+    with small_disk(tmp_path, 0) as disk:
+        brokers = start(tmp_path, zookeeper)
+        try:
+            apis = [b.api for b in brokers]
+            create_in_sync(apis, "t", 1, 3)  # led by broker 0: nothing written there later
+            group = next(g for g in (f"g{i}" for i in range(200))
+                         if find_coordinator(apis[1], g)[0] == 0)
+            with Producer(",".join(apis), acks="all") as producer:
+                for i in range(2000):
+                    producer.send("t", i)
+                producer.flush(timeout_s=30)
+            def committed() -> list[tuple[int, int]]:
+                coordinator, api = find_coordinator(apis[1], group)
+                if coordinator == 0:
+                    return []
+                with RawClient(api) as raw:
+                    reply = raw.call("describe_group", group=group)
+                return [(d["partition"], d["committed"]) for d in reply.get("partitions", [])]
+
+            consumer = Consumer(",".join(apis), group=group, topics=["t"])
+            seen: set[int] = set()
+            try:
+                fill(disk / "filler")
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    seen.update(e.value for e in consumer.poll(timeout_s=0.2))
+                    consumer.commit()  # each one may be the write that fills the disk
+                    if "withdrawing" in brokers[0].log() and committed() == [(0, 2000)]:
+                        break
+            finally:
+                consumer.close()
+            assert "withdrawing from the cluster" in brokers[0].log()
+            assert seen == set(range(2000))
+            assert committed() == [(0, 2000)], "the last commit is at the new coordinator"
         finally:
             for b in brokers:
                 b.stop()
