@@ -20,8 +20,10 @@ const { RailCluster, RailError, recordsOf } = require("./rail");
 const CALL_TIMEOUT_MS = 3000; // one attempt at the coordinator or a leader
 const FETCH_WAIT_MS = 500; // how long a fetch stays parked at a leader with nothing new
 const RETRY_MS = 200;
-// The coordinator is elsewhere, or not ready yet, or the member must join again.
-const REJOIN = new Set(["NOT_COORDINATOR", "COORDINATOR_LOADING", "NOT_MEMBER", "TIMEOUT", "CLOSED"]);
+// The coordinator is elsewhere, or not ready yet, or the member must join again
+// (STORAGE_ERROR: the coordinator's disk refused the commit and it has withdrawn).
+const REJOIN = new Set(["NOT_COORDINATOR", "COORDINATOR_LOADING", "NOT_MEMBER", "TIMEOUT",
+  "CLOSED", "STORAGE_ERROR"]);
 // A fetch refused for these waits for metadata that names the partition's leader.
 const LEADER_GONE = new Set(["NOT_LEADER", "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH",
   "UNKNOWN_TOPIC", "UNKNOWN_PARTITION", "TIMEOUT", "CLOSED"]);
