@@ -456,9 +456,13 @@ class Cluster:
             except StorageError as exc:  # a full disk, say: fetch again after a pause (at
                 delay_s = STORAGE_RETRY_S  # once, the same answer would fail the same way)
                 if not replica.storage_error:
-                    log.error("%s[%d]: %s; trying again every %.0f s (the leader drops this "
-                              "broker from the ISR meanwhile)", *tp, exc.message, delay_s)
+                    log.error("%s[%d]: %s; trying again every %.0f s", *tp, exc.message,
+                              delay_s)
                 replica.storage_error = exc.message
+                if exc.__cause__ is not None:  # the disk, not the batch: leave the ISRs
+                    # now (as a Kafka broker's failed log directory does), not after
+                    # replica_lag_time_ms of acks=all produces waiting for this copy
+                    self.storage_failed(exc.message, exc.__cause__)
             else:
                 if replica.storage_error and reply.batches:
                     log.warning("%s[%d]: appending again after: %s", *tp,
@@ -649,14 +653,15 @@ class Cluster:
 
     # -- a disk that cannot take writes ---------------------------------------------
     def storage_failed(self, why: str, cause: BaseException | None) -> None:
-        """A leader's write failed for its disk (full, read-only, an I/O error, a failed
-        fsync: ``cause`` None): withdraw.  Step down from every leadership at once and
-        delete this broker's registration, so that the controller moves each partition
-        led here to an in-sync replica elsewhere and drops this broker from the ISRs, as
-        for a dead broker; a controller also gives up that role.  Kafka halts a broker
-        whose only log directory failed; this one stays up (the same ZooKeeper session) and
-        joins again once a test write of 1 MiB succeeds (``_probe_storage``), as a follower that
-        truncates by epoch and catches up like a restarted broker."""
+        """A write failed for the disk (full, read-only, an I/O error; a leader's append,
+        a follower's, or a failed fsync: ``cause`` None): withdraw.  Step down from every
+        leadership at once and delete this broker's registration, so that the controller
+        moves each partition led here to an in-sync replica elsewhere and drops this broker
+        from the ISRs, as for a dead broker; a controller also gives up that role.  Kafka
+        halts a broker whose only log directory failed; this one stays up (the same
+        ZooKeeper session) and joins again once a test write of 1 MiB succeeds
+        (``_probe_storage``), as a follower that truncates by epoch and catches up like a
+        restarted broker."""
         code = getattr(cause, "errno", None)
         if self.withdrawn or (cause is not None and code not in DISK_ERRNOS):
             return

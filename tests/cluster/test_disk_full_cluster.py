@@ -4,11 +4,11 @@ needs root: the test skips, saying why, without it).
 A leader whose disk is full withdraws from the cluster (it steps down and deletes its
 registration, as if dead to the controller): each partition it led moves to an in-sync
 replica, producers retry there, and once a test write succeeds it registers again and
-catches up as a follower.  A follower whose disk is full leaves the in-sync replicas and
-waits (it does not fetch the same records again and again), the leader and the other
-follower go on acknowledging ``acks="all"`` produce, and once space returns the follower
-catches up and rejoins.  Each time every replica ends identical and nothing acknowledged
-is lost or duplicated.
+catches up as a follower.  A follower whose disk is full withdraws the same way, so it
+leaves the in-sync replicas at once (not after ``replica_lag_time_ms`` of ``acks="all"``
+produces waiting for it), waits (it does not fetch the same records again and again), and
+once space returns joins again, catches up and rejoins the ISR.  Each time every replica
+ends identical and nothing acknowledged is lost or duplicated.
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ def small_disk(tmp_path: Path, broker_id: int) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def start(tmp_path: Path, zookeeper: ZooKeeper) -> list[BrokerProcess]:
+def start(tmp_path: Path, zookeeper: ZooKeeper, lag_ms: int = 1500) -> list[BrokerProcess]:
     config = tmp_path / "broker.toml"
-    config.write_text("replica_lag_time_ms = 1500\n")
+    config.write_text(f"replica_lag_time_ms = {lag_ms}\n")
     brokers: list[BrokerProcess] = []
     try:
         for i in range(3):
@@ -80,7 +80,8 @@ def test_a_follower_with_a_full_disk_leaves_the_isr_waits_and_catches_up(
 
 
 def _follower_full(tmp_path: Path, disk: Path, zookeeper: ZooKeeper) -> None:
-    brokers = start(tmp_path, zookeeper)
+    # A lag time of 60 s: only the follower's withdrawal can take it out of the ISR soon.
+    brokers = start(tmp_path, zookeeper, lag_ms=60_000)
     producer: LeaderProducer | None = None
     try:
         apis = [b.api for b in brokers]
@@ -92,9 +93,13 @@ def _follower_full(tmp_path: Path, disk: Path, zookeeper: ZooKeeper) -> None:
         filler = disk / "filler"
         fill(filler)
         big = "x" * 2000
+        started = time.monotonic()
         for i in range(200):  # ~400 KB the full follower cannot store
             producer.send(0, [f"full-{i}-{big}"])
+        took = time.monotonic() - started
+        assert took < 15, f"acks=all waited {took:.1f} s for the full follower"
         wait_in_sync(apis, "t", 1, 2)  # it left the ISR; acks="all" went on without it
+        assert "withdrawing from the cluster" in brokers[SMALL].log()
         follower = psutil.Process(brokers[SMALL].pid)
         before = follower.cpu_times()
         time.sleep(3.0)
