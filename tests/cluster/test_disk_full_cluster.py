@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import psutil
-import pytest
 
 from runtime.consumer import Consumer
 from runtime.producer import Producer
@@ -37,26 +34,16 @@ from tests.cluster.client import (
 from tests.cluster.test_groups_coordinator import find_coordinator
 from tests.cluster.zookeeper import ZooKeeper
 from tests.helpers import BrokerProcess, start_broker
-from tests.integration.test_disk_full import fill
-from tests.integration.test_fsync_failure import SHIM_SOURCE
+from tests.integration.test_disk_full import fill, tmpfs
+from tests.integration.test_fsync_failure import build_shim
 from tests.integration.wire import RawClient
 
 SMALL = 2  # the broker on the small disk
 
 
-@contextlib.contextmanager
-def small_disk(tmp_path: Path, broker_id: int) -> Iterator[Path]:
+def small_disk(tmp_path: Path, broker_id: int) -> contextlib.AbstractContextManager[Path]:
     """An 8 MiB tmpfs as broker ``broker_id``'s data dir (its log stays outside)."""
-    mount = tmp_path / f"b{broker_id}"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip("needs root to mount an 8 MiB tmpfs for the disk-full test")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    return tmpfs(tmp_path / f"b{broker_id}", "8m")
 
 
 def start(tmp_path: Path, zookeeper: ZooKeeper, lag_ms: int = 1500) -> list[BrokerProcess]:
@@ -71,6 +58,18 @@ def start(tmp_path: Path, zookeeper: ZooKeeper, lag_ms: int = 1500) -> list[Brok
             b.stop()
         raise
     return brokers
+
+
+def space_back(filler: Path, apis: list[str], producer: LeaderProducer,
+               count: int) -> list[tuple[int, int, Any]]:
+    """Free the space; once every broker of ``apis`` is in sync again (the full one
+    registered again and caught up), send ``count`` more: every acknowledged record."""
+    os.unlink(filler)
+    wait_in_sync(apis, "t", 1, len(apis))
+    for i in range(count):
+        producer.send(0, [f"after-{i}"])
+    wait_in_sync(apis, "t", 1, len(apis))
+    return list(producer.acked)
 
 
 def test_a_follower_with_a_full_disk_leaves_the_isr_waits_and_catches_up(
@@ -108,12 +107,7 @@ def _follower_full(tmp_path: Path, disk: Path, zookeeper: ZooKeeper) -> None:
         assert busy < 0.25, f"the full follower spins: {busy:.0%} of a core"
         log = brokers[SMALL].log_path.read_text(errors="replace")
         assert 0 < log.count("No space left") <= 20, log.count("No space left")
-        os.unlink(filler)
-        wait_in_sync(apis, "t", 1, 3)  # caught up and back in the ISR
-        for i in range(20):
-            producer.send(0, [f"after-{i}"])
-        wait_in_sync(apis, "t", 1, 3)
-        acked = list(producer.acked)
+        acked = space_back(filler, apis, producer, 20)
     finally:
         if producer is not None:
             producer.close()
@@ -158,16 +152,11 @@ def _leader_full(tmp_path: Path, disk: Path, zookeeper: ZooKeeper) -> None:
             state = raw.ok("stats")["stats"]["cluster"]
             assert state["fenced"] and "No space left" in state["withdrawn"], state
         assert "withdrawing from the cluster" in brokers[0].log()
-        os.unlink(filler)
-        wait_in_sync(apis, "t", 1, 3)  # registered again, caught up, back in the ISR
+        acked = space_back(filler, apis, producer, 20)
         assert "joining the cluster again" in brokers[0].log()
         with RawClient(apis[0]) as raw:
             state = raw.ok("stats")["stats"]["cluster"]
             assert (state["fenced"], state["withdrawn"], state["broker_id"]) == (False, "", 0)
-        for i in range(20):
-            producer.send(0, [f"after-{i}"])
-        wait_in_sync(apis, "t", 1, 3)
-        acked = list(producer.acked)
     finally:
         if producer is not None:
             producer.close()
@@ -183,11 +172,7 @@ def test_a_leader_whose_fsync_fails_withdraws_and_no_replica_diverges(
     """The failed fsync takes 200 ms, so the followers copy its batch meanwhile; the leader
     then cuts that batch from its own log.  Leading on, it would put the next producer's
     batch at the offsets where the followers hold this one."""
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc to build the fsync-failure shim (.ci/run installs it)")
-    shim = tmp_path / "fsync_fail.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(shim), str(SHIM_SOURCE), "-ldl"],
-                   check=True)
+    shim = build_shim(tmp_path)
     trigger = tmp_path / "fail-next-fsync"
     config = tmp_path / "broker.toml"
     config.write_text("replica_lag_time_ms = 1500\n")
@@ -251,13 +236,7 @@ def test_a_broker_elected_leader_with_a_full_disk_hands_the_leadership_on(
             assert part["leader"] == 2, part
             assert brokers[1].proc.poll() is None, brokers[1].log()[-2000:]
             assert "withdrawing from the cluster" in brokers[1].log()
-            os.unlink(filler)
-            live = apis[1:]
-            wait_in_sync(live, "t", 1, 2)
-            for i in range(10):
-                producer.send(0, [f"after-{i}"])
-            wait_in_sync(live, "t", 1, 2)
-            acked = list(producer.acked)
+            acked = space_back(filler, apis[1:], producer, 10)
         finally:
             if producer is not None:
                 producer.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -17,18 +18,25 @@ from tests.helpers import start_broker
 from tests.integration.wire import RawClient
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``"4m"``) mounted at ``mount`` (made here) and unmounted after;
+    the test skips, saying why, where it cannot be mounted (not root)."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
                           capture_output=True)
     if done.returncode != 0:
-        pytest.skip("needs root to mount a 4 MiB tmpfs for the disk-full test")
+        pytest.skip(f"needs root to mount a {size} tmpfs for the disk-full test")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "disk", "4m") as mount:
+        yield mount
 
 
 def fill(path: Path) -> int:

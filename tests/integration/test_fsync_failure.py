@@ -23,13 +23,19 @@ from tests.integration.wire import RawClient
 SHIM_SOURCE = Path(__file__).parent / "shims" / "fsync_fail.c"
 
 
-@pytest.fixture
-def failing_broker(tmp_path: Path) -> Iterator[tuple[BrokerProcess, Path]]:
+def build_shim(folder: Path) -> Path:
+    """The fsync-failure shim, built into ``folder`` (the test skips without gcc)."""
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc to build the fsync-failure shim (.ci/run installs it)")
-    shim = tmp_path / "fsync_fail.so"
+    shim = folder / "fsync_fail.so"
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(shim), str(SHIM_SOURCE), "-ldl"],
                    check=True)
+    return shim
+
+
+@pytest.fixture
+def failing_broker(tmp_path: Path) -> Iterator[tuple[BrokerProcess, Path]]:
+    shim = build_shim(tmp_path)
     trigger = tmp_path / "fail-next-fsync"
     broker = start_broker(tmp_path / "data", env={"LD_PRELOAD": str(shim),
                                                   "RAIL_TEST_FSYNC_FAIL": str(trigger)})
