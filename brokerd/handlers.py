@@ -276,8 +276,9 @@ class Handlers:
             return dup.base_offset, True, (plog, dup.base_offset + len(recs))
         except StorageError as exc:
             if self.cluster is not None and exc.__cause__ is not None:
-                self.cluster.storage_failed(exc.message, exc.__cause__)  # a full disk: the
-            raise  # partitions led here move to another replica
+                # a full disk, say: the partitions led here move to another replica
+                self.cluster.storage_failed(exc.message, exc.__cause__)
+            raise
         counters = topic.counters[index]
         counters.records_in += len(recs)
         counters.bytes_in += HEADER_SIZE + len(payload)

@@ -397,8 +397,8 @@ class Broker(Handlers):
             for ack in self.acks.fail(failed):
                 self.send_error(ack.client, ack.reply.id, StorageError(
                     f"{rnd.error}; the batch was not stored: retry it"))
-            if self.cluster is not None:  # replicas may hold what was cut here: leadership
-                self.cluster.storage_failed(f"an fsync failed: {rnd.error}", None)  # moves
+            if self.cluster is not None:  # followers may hold what was cut: lead no more
+                self.cluster.storage_failed(f"an fsync failed: {rnd.error}", None)
         self._covered = {}
         self._topics_flush_at = self._scan_flush_deadline()
         settled = self._settle()

@@ -59,6 +59,7 @@ from brokerd.errors import (
 )
 from brokerd.groups import Coordinator
 from brokerd.log.batch import HEADER, HEADER_SIZE
+from brokerd.log.files import write_all
 from brokerd.topics import check_name
 from brokerd.waiters import topic_key
 
@@ -635,10 +636,11 @@ class Cluster:
 
     def timers(self, now: float) -> None:
         self.next_timer = now + ISR_CHECK_S
-        if self.withdrawn and not self._unregistered and self.store.connected:
-            self._unregister()
-        if self.withdrawn and now >= self._probe_at and self.store.connected:
-            self._probe_storage(now)
+        if self.withdrawn and self.store.connected:
+            if not self._unregistered:
+                self._unregister()
+            if now >= self._probe_at:
+                self._probe_storage(now)
         if self.fenced or not self.store.connected:
             return
         lag_s = self.config.replica_lag_time_ms / 1000
@@ -695,7 +697,7 @@ class Cluster:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                written = os.write(fd, bytes(PROBE_BYTES))
+                write_all(fd, bytes(PROBE_BYTES))  # a full disk raises ENOSPC part-way
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -704,8 +706,6 @@ class Cluster:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
-        if written < PROBE_BYTES:  # a disk with less room left than that is still full
-            return
         if not self._unregistered:
             return  # the old registration is still there: delete it first
         try:

@@ -3,11 +3,11 @@
 Only what lies below ``cleanable_end`` is cleaned: the log's end, or in a cluster the high
 watermark, as in Kafka (a newer value not yet on every in-sync replica may be cut by a
 failover, so the older one stays until it is).  Offsets never change: a batch whose records
-all survive is copied as it is; a surviving
-record of a partly dropped batch is written as a batch of its own at its original offset
-(attribute ``ATTR_COMPACTED``), so offsets get gaps.  Records without a key are kept.  A
-tombstone (nil value) is kept for ``delete_retention_ms`` after it was appended, so
-consumers that lag can still see the delete, then dropped.
+all survive is copied as it is; a surviving record of a partly dropped batch is written as
+a batch of its own at its original offset (attribute ``ATTR_COMPACTED``), so offsets get
+gaps.  Records without a key are kept.  A tombstone (nil value) is kept for
+``delete_retention_ms`` after it was appended, so consumers that lag can still see the
+delete, then dropped.
 
 Each segment is rewritten to ``<base>.log.cleaned``, fsynced, renamed over the original,
 and its index rebuilt; a crash in between leaves either the old or the new file.
@@ -43,10 +43,9 @@ class CleanReport:
     bytes_after: int = 0
 
 
-def latest_offsets(log: PartitionLog, limit: int | None = None) -> dict[bytes, int]:
-    """Map each key (its msgpack bytes) to the offset of its latest record below ``limit``
-    (default: the log's end)."""
-    limit = log.end_offset if limit is None else limit
+def latest_offsets(log: PartitionLog, limit: int) -> dict[bytes, int]:
+    """Map each key (its msgpack bytes) to the offset of its latest record below
+    ``limit``."""
     latest: dict[bytes, int] = {}
     for seg in log.segments:
         if seg.base_offset >= limit:

@@ -19,8 +19,9 @@ from typing import Any
 import msgspec
 
 from tests.cluster.client import create_in_sync, read_log, start_member, wait_in_sync
+from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
-from tests.helpers import BrokerProcess, wait_for
+from tests.helpers import wait_for
 from tests.integration.wire import RawClient
 
 KEYS = 5
@@ -67,12 +68,10 @@ def _leader_of(apis: list[str]) -> str | None:
 
 def test_a_follower_back_after_compaction_catches_up_survives_kill_9_and_leads(
         tmp_path: Path, zookeeper: ZooKeeper) -> None:
-    config = tmp_path / "broker.toml"
-    config.write_text("retention_check_ms = 300\nreplica_lag_time_ms = 1500\n")
-    brokers: list[BrokerProcess] = []
+    brokers = start_three(tmp_path, zookeeper,
+                          "retention_check_ms = 300\nreplica_lag_time_ms = 1500\n")
+    config = tmp_path / "broker.toml"  # start_three wrote it: a restart takes it again
     try:
-        for i in range(3):
-            brokers.append(start_member(tmp_path, zookeeper, i, "--config", str(config)))
         apis = [b.api for b in brokers]
         port = int(apis[2].rsplit(":", 1)[1])
         create_in_sync(apis, "c", 1, 3,
@@ -118,12 +117,10 @@ def test_the_cleaner_keeps_an_acknowledged_value_whose_newer_one_is_not_replicat
     the acknowledged one must still be in its copy when it comes back, as in the others'.
     Kafka's cleaner stops at the high watermark for this; Rail's cleaned up to the log
     end, and the old leader came back without ``k`` at all."""
-    config = tmp_path / "broker.toml"
-    config.write_text("retention_check_ms = 300\nreplica_lag_time_ms = 60000\n")
-    brokers: list[BrokerProcess] = []
+    brokers = start_three(tmp_path, zookeeper,
+                          "retention_check_ms = 300\nreplica_lag_time_ms = 60000\n")
+    config = tmp_path / "broker.toml"  # start_three wrote it: a restart takes it again
     try:
-        for i in range(3):
-            brokers.append(start_member(tmp_path, zookeeper, i, "--config", str(config)))
         apis = [b.api for b in brokers]
         ports = [int(a.rsplit(":", 1)[1]) for a in apis]
         assert create_in_sync(apis, "c", 1, 3, config={

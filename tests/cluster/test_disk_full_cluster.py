@@ -32,6 +32,7 @@ from tests.cluster.client import (
     wait_in_sync,
 )
 from tests.cluster.test_groups_coordinator import find_coordinator
+from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
 from tests.helpers import BrokerProcess, start_broker
 from tests.integration.test_disk_full import fill, tmpfs
@@ -47,17 +48,7 @@ def small_disk(tmp_path: Path, broker_id: int) -> contextlib.AbstractContextMana
 
 
 def start(tmp_path: Path, zookeeper: ZooKeeper, lag_ms: int = 1500) -> list[BrokerProcess]:
-    config = tmp_path / "broker.toml"
-    config.write_text(f"replica_lag_time_ms = {lag_ms}\n")
-    brokers: list[BrokerProcess] = []
-    try:
-        for i in range(3):
-            brokers.append(start_member(tmp_path, zookeeper, i, "--config", str(config)))
-    except BaseException:
-        for b in brokers:
-            b.stop()
-        raise
-    return brokers
+    return start_three(tmp_path, zookeeper, f"replica_lag_time_ms = {lag_ms}\n")
 
 
 def space_back(filler: Path, apis: list[str], producer: LeaderProducer,

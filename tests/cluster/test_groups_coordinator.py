@@ -14,25 +14,14 @@ from typing import Any
 import msgspec
 import zmq
 
-from tests.cluster.client import metadata, start_member, wait_in_sync
+from tests.cluster.client import metadata, wait_in_sync
+from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
-from tests.helpers import BrokerProcess, start_broker, wait_for
+from tests.helpers import start_broker, wait_for
 from tests.integration.wire import RawClient
 
 GROUP = "pizzeria"
 RETRIABLE = {"NOT_COORDINATOR", "COORDINATOR_LOADING"}
-
-
-def start_three(tmp_path: Path, zookeeper: ZooKeeper) -> list[BrokerProcess]:
-    brokers: list[BrokerProcess] = []
-    try:
-        for i in range(3):
-            brokers.append(start_member(tmp_path, zookeeper, i))
-    except BaseException:
-        for b in brokers:
-            b.stop()
-        raise
-    return brokers
 
 
 def find_coordinator(api: str, group: str = GROUP, exclude: int = -1,
