@@ -44,6 +44,7 @@ from brokerd.cluster.zk import (
 from brokerd.config import topic_config
 from brokerd.errors import (
     BadRequest,
+    CorruptLogError,
     FencedLeaderEpoch,
     NotController,
     NotCoordinator,
@@ -547,7 +548,11 @@ class Cluster:
             if replica.role != LEADER or replica.leader_epoch != req.leader_epoch:
                 self.broker.send_error(client, req.id, NotLeader("leadership moved"))
                 return True
-            again = self._replica_reply(replica, req)
+            try:
+                again = self._replica_reply(replica, req)
+            except RailError as exc:
+                self.broker.send_error(client, req.id, exc)
+                return True
             if again.batches or final:
                 self.broker.send(client, again)
                 return True
@@ -585,7 +590,11 @@ class Cluster:
             if allowed <= 0:  # still spent at the deadline: nothing this time
                 self.broker.send(client, self._replica_reply(replica, req, 0))
                 return True
-            again = reply_now()
+            try:
+                again = reply_now()
+            except RailError as exc:
+                self.broker.send_error(client, req.id, exc)
+                return True
             if again.batches or final:
                 self.broker.send(client, again)
                 return True
@@ -600,8 +609,12 @@ class Cluster:
         # Below the start offset (records deleted while the follower was away): nothing,
         # and the start offset, from which the follower starts again.
         max_bytes = req.max_bytes if max_bytes is None else max_bytes
-        batches = (plog.read_all(req.offset, max_bytes) if max_bytes > 0 and
-                   plog.start_offset <= req.offset < plog.end_offset else [])
+        try:  # every batch checked: a damaged one must not be copied, nor stay here
+            batches = (plog.read_all(req.offset, max_bytes, verify=True) if max_bytes > 0
+                       and plog.start_offset <= req.offset < plog.end_offset else [])
+        except CorruptLogError as exc:
+            self.damaged(exc)
+            raise
         replica.sent_end[req.replica_id] = plog.end_offset
         return p.ReplicaFetchReply(
             id=req.id, topic=req.topic, partition=req.partition,
@@ -677,6 +690,42 @@ class Cluster:
                 self._step_down(replica)
         self.controller_epoch = None  # it holds no role: another broker becomes controller
         self._unregister()
+
+    def damaged(self, exc: CorruptLogError) -> None:
+        """A batch of this broker's copy of a partition failed its CRC check when read (bit
+        rot, a bad sector).  Where another in-sync replica holds the partition, its copy is
+        good (each batch's CRC was checked when it was replicated there): this broker
+        withdraws as for a failing disk (``storage_failed``: every partition led here moves
+        to an in-sync replica elsewhere) and cuts its copy back to the damaged segment's
+        first offset, so that when it joins again it copies that segment and everything
+        after it from the new leader.  Alone with the partition, it can only report the
+        damage to each reader (STORAGE_ERROR naming the file and byte) and keep serving
+        what lies before it."""
+        log_path = Path(exc.path)
+        tp = (log_path.parent.parent.name, int(log_path.parent.name))
+        replica = self.replicas.get(tp)
+        if replica is None:
+            return
+        others = [b for b in replica.isr if b != self.id and b in self.brokers]
+        if replica.role != LEADER or not others:
+            if replica.storage_error != exc.message:
+                log.error("%s[%d]: %s; no other in-sync replica holds a good copy: each read "
+                          "reaching it fails (delete_records past it to go on)", *tp,
+                          exc.message)
+            replica.storage_error = exc.message
+            return
+        self.storage_failed(f"{tp[0]}[{tp[1]}]: {exc.message}", None)
+        start = int(log_path.stem)
+        try:
+            replica.plog.truncate_to(start)
+        except StorageError as cut:
+            log.error("%s[%d]: cannot cut the damaged copy back to %d: %s", *tp, start,
+                      cut.message)
+            return
+        replica.epochs.truncate(replica.plog.end_offset)
+        log.warning("%s[%d]: cut back to offset %d; the in-sync replicas %s hold the rest, "
+                    "copied again once this broker joins", *tp, replica.plog.end_offset,
+                    others)
 
     def _unregister(self) -> None:
         """Delete the registration and give up the controller's znode if held; while

@@ -25,8 +25,10 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     cleanup_policy: Literal["delete", "compact"] = "delete"
     delete_retention_ms: int = DAY_MS
     """How long a compacted topic keeps a tombstone (nil value) before the cleaner drops it."""
-    verify_reads: bool = False
-    """Check each batch's CRC when reading (recovery always checks)."""
+    verify_reads: bool = True
+    """Check each batch's CRC when reading (recovery and replica fetches always check):
+    a damaged batch is reported (STORAGE_ERROR naming the file and byte), never served.
+    Costs nothing measurable: CRC-32 runs at tens of GB/s with zlib-ng."""
 
     def problem(self) -> str | None:
         """Say which setting is out of range, or None."""

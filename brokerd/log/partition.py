@@ -295,8 +295,11 @@ class PartitionLog:
             batches = [b for b in batches if b.header.base_offset < hw]
         return batches
 
-    def read_all(self, offset: int, max_bytes: int) -> list[StoredBatch]:
-        """``read`` past the high watermark too (for followers, which copy everything)."""
+    def read_all(self, offset: int, max_bytes: int,
+                 verify: bool | None = None) -> list[StoredBatch]:
+        """``read`` past the high watermark too (for followers, which copy everything);
+        ``verify``: check each batch's CRC (default: the topic's ``verify_reads``)."""
+        verify = self.config.verify_reads if verify is None else verify
         if offset < self.start_offset or offset > self.end_offset:
             raise OffsetOutOfRange(
                 f"offset {offset} is outside {self.directory.parent.name}[{self.directory.name}]'s range "
@@ -304,13 +307,13 @@ class PartitionLog:
             )
         active = self.segments[-1]
         if offset >= active.base_offset:  # at the tail, where consumers mostly read
-            return active.read(offset, max_bytes, self.config.verify_reads)
+            return active.read(offset, max_bytes, verify)
         out: list[StoredBatch] = []
         used = 0
         for seg in self._segments_from(offset):
             if used >= max_bytes:
                 break
-            batches = seg.read(offset, max_bytes - used, self.config.verify_reads)
+            batches = seg.read(offset, max_bytes - used, verify)
             out.extend(batches)
             used += sum(HEADER_SIZE + len(b.payload) for b in batches)
             if batches and batches[-1].header.next_offset < seg.next_offset:
