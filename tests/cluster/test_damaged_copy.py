@@ -92,11 +92,15 @@ def test_a_consumer_reading_a_damaged_batch_moves_the_partition_to_a_good_copy(
             found = meta["topics"][0]["partitions"][0]["leader"] if meta else -1
             return None if found in (-1, leader) else found
         moved_to = wait_for(new_leader, timeout=60, interval=0.2, what="a new leader")
-        with RawClient(apis[moved_to]) as raw:
-            got = raw.ok("fetch", topic="t", partition=0, offset=0, max_bytes=1 << 20)
-        values = [r[0] for b in got["batches"] for r in b[2]]
+
+        def served() -> list[str] | None:  # once its high watermark reached the end again
+            with RawClient(apis[moved_to]) as raw:
+                got = raw.call("fetch", topic="t", partition=0, offset=0, max_bytes=1 << 20)
+            assert got["op"] == "fetch", got  # (a preferred-leader move back waits 300 s)
+            values = [r[0] for b in got["batches"] for r in b[2]]
+            return values if len(values) == 300 else None
+        values = wait_for(served, timeout=30, interval=0.2, what="300 records at the leader")
         assert values[:5] == [f"v-0-{j}-" + "x" * 100 for j in range(5)]
-        assert len(values) == 300
         wait_in_sync(apis, "t", 1, 3, timeout=90)
         producer.close()
     finally:
