@@ -457,8 +457,11 @@ class Handlers:
         return reply, budget - left, behind
 
     def _park(self, client: Client, wait_ms: int, answer: Any, keys: list,
-              group: str | None) -> None:
-        if self.waiting.count(client[0]) >= self.config.max_waiting_per_client:
+              group: str | None, limited: bool = True) -> None:
+        """Park a request until ``answer`` says it answered, or ``wait_ms`` passed.
+        ``limited``: it counts against ``max_waiting_per_client`` (a follower's replica
+        fetches do not: it parks one per partition it follows here, by design)."""
+        if limited and self.waiting.count(client[0]) >= self.config.max_waiting_per_client:
             raise TooManyWaiting(
                 f"{self.config.max_waiting_per_client} requests of this client are already "
                 "parked: wait for their replies before sending more long polls")

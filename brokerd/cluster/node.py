@@ -557,7 +557,7 @@ class Cluster:
                 self.broker.send(client, again)
                 return True
             return False
-        self.broker._park(client, req.max_wait_ms, answer, [replica.key], None)
+        self.broker._park(client, req.max_wait_ms, answer, [replica.key], None, limited=False)
         return None
 
     def _throttled_fetch(self, replica: Replica, req: p.ReplicaFetch, client: Client,
@@ -600,7 +600,8 @@ class Cluster:
                 return True
             return False
         # Woken by new data only when it may send some; else at the deadline.
-        self.broker._park(client, wait_ms, answer, [replica.key] if allowed > 0 else [], None)
+        self.broker._park(client, wait_ms, answer, [replica.key] if allowed > 0 else [], None,
+                          limited=False)
         return None
 
     def _replica_reply(self, replica: Replica, req: p.ReplicaFetch,
