@@ -203,6 +203,8 @@ class Handlers:
                 return self.handle_find_coordinator(request)
             case p.ReplicaFetch():
                 return self._clustered().handle_replica_fetch(request, client)
+            case p.ReplicaFetchMany():
+                return self._clustered().handle_replica_fetch_many(request, client)
             case p.OffsetForLeaderEpoch():
                 return self._clustered().handle_offset_for_leader_epoch(request)
             case (p.ReassignPartitions() | p.ListReassignments() | p.ElectLeaders()

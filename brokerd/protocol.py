@@ -22,10 +22,11 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 7  # 2: create_partitions, delete_records, delete_group; 3: cluster;
+PROTOCOL_VERSION = 8  # 2: create_partitions, delete_records, delete_group; 3: cluster;
 # 4: produce_batches; 5: find_coordinator, NOT_COORDINATOR, COORDINATOR_LOADING;
 # 6: join's rebalance_timeout_ms, release (partitions handed over, not taken);
-# 7: produce's expected_offset, OFFSET_MISMATCH (a single writer's fence)
+# 7: produce's expected_offset, OFFSET_MISMATCH (a single writer's fence);
+# 8: replica_fetch_many (a follower's one fetch per leader; brokers only)
 
 # Limits (the broker's defaults; see BrokerConfig for the knobs).
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -239,6 +240,30 @@ class ReplicaFetch(_Request, tag="replica_fetch"):
     in-sync replica's has reached the new start."""
 
 
+class ReplicaPart(msgspec.Struct):
+    """One partition of a ``replica_fetch_many``: a ``replica_fetch``'s own fields."""
+
+    topic: str
+    partition: Partition
+    offset: NonNeg
+    leader_epoch: int
+    topic_id: str = ""
+    start_offset: int = 0
+
+
+class ReplicaFetchMany(_Request, tag="replica_fetch_many"):
+    """A follower copies every partition it follows from one leader with one request
+    (protocol 8; Kafka's one fetch per broker pair).  Each part is answered as its own
+    ``replica_fetch`` would be, in a streamed reply (``more``: others follow with this id):
+    the parts with batches (within ``max_bytes`` a reply) and errors at once, the others
+    when batches come or after ``max_wait_ms``."""
+
+    replica_id: NonNeg
+    parts: Annotated[list[ReplicaPart], msgspec.Meta(max_length=65536)]
+    max_wait_ms: WaitMs = 0
+    max_bytes: FetchBytes = DEFAULT_FETCH_BYTES
+
+
 class OffsetForLeaderEpoch(_Request, tag="offset_for_leader_epoch"):
     """Where ``epoch`` ended in the leader's log: where a follower truncates to."""
 
@@ -336,7 +361,7 @@ Request = Union[
     Metadata, ListOffsets, DescribeGroup, ListGroups, Stats, Ping, CreatePartitions,
     DeleteRecords, DeleteGroup, ReplicaFetch, OffsetForLeaderEpoch, ProduceBatches,
     FindCoordinator, Release, ReassignPartitions, ListReassignments, ElectLeaders,
-    CancelReassignments,
+    CancelReassignments, ReplicaFetchMany,
 ]
 OPS = tuple(t.__struct_config__.tag for t in Request.__args__)  # type: ignore[attr-defined]
 
@@ -474,6 +499,24 @@ class ReplicaFetchReply(_Reply, tag="replica_fetch"):
     (``delete_records``)."""
 
 
+class PartError(msgspec.Struct):
+    """A part of a ``replica_fetch_many`` that failed: the code a ``replica_fetch`` of it
+    would have got."""
+
+    topic: str
+    partition: int
+    code: str
+    message: str
+
+
+class ReplicaFetchManyReply(_Reply, tag="replica_fetch_many"):
+    fetched: list[ReplicaFetchReply] = []
+    errors: list[PartError] = []
+    more: bool = False
+    """True while parts of the request are still waiting: another reply with this id
+    follows (answered parts are not in it)."""
+
+
 class OffsetForLeaderEpochReply(_Reply, tag="offset_for_leader_epoch"):
     epoch: int
     end_offset: int
@@ -605,7 +648,7 @@ Reply = Union[
     CreatePartitionsReply, DeleteRecordsReply, DeleteGroupReply, ReplicaFetchReply,
     OffsetForLeaderEpochReply, ProduceBatchesReply, FindCoordinatorReply, ReleaseReply,
     ReassignPartitionsReply, ListReassignmentsReply, ElectLeadersReply,
-    CancelReassignmentsReply,
+    CancelReassignmentsReply, ReplicaFetchManyReply,
 ]
 
 

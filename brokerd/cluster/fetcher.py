@@ -75,6 +75,13 @@ class ReplicaFetcher:
         self._sockets: dict[str, zmq.Socket] = {}
         self._poller = zmq.Poller()
         self._pending: dict[int, tuple[TP, int, int, str]] = {}  # id -> (tp, offset, epoch, topic id)
+        self._many: dict[int, dict[TP, tuple[int, int, str]]] = {}
+        """The parts of each replica_fetch_many out: id -> {tp: (offset, epoch, topic id)}."""
+        self._ready: set[TP] = set()
+        """Partitions to fetch in the next replica_fetch_many to their leader."""
+        self._single: set[str] = set()
+        """Leaders that do not know replica_fetch_many (older than protocol 8)."""
+        self._receiving = False
         self._ids = itertools.count(1)
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(p.Reply).decode
@@ -86,8 +93,10 @@ class ReplicaFetcher:
 
     def unfollow(self, tp: TP) -> None:
         gone = self.follows.pop(tp, None)
+        self._ready.discard(tp)
         if gone is not None:
             self._pending.pop(gone.rid, None)
+            self._many.get(gone.rid, {}).pop(tp, None)
 
     def resume(self, tp: TP, leader_epoch: int, offset: int, start_offset: int,
                delay_s: float = 0.0) -> None:
@@ -121,14 +130,20 @@ class ReplicaFetcher:
         return bool(self._sockets) and bool(self._poller.poll(0))
 
     def receive(self) -> None:
-        """Apply every answer waiting on the sockets."""
-        for sock, _ in self._poller.poll(0):
-            while True:
-                try:
-                    body = sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._received(body)
+        """Apply every answer waiting on the sockets; then ask each leader, in one request,
+        for every partition those answers let go on."""
+        self._receiving = True
+        try:
+            for sock, _ in self._poller.poll(0):
+                while True:
+                    try:
+                        body = sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._received(body)
+        finally:
+            self._receiving = False
+        self._flush(time.monotonic())
 
     def tick(self, now: float) -> None:
         """Ask again where an answer is overdue or an error's pause is over."""
@@ -138,9 +153,15 @@ class ReplicaFetcher:
                 f.waiting = False  # lost (or its answer was dropped): ask again; an answer
                 # for an offset that is no longer the log's end is ignored
                 self._pending.pop(f.rid, None)  # a dead leader's would pile up
+                parts = self._many.get(f.rid)
+                if parts is not None:
+                    parts.pop(f.tp, None)
+                    if not parts:
+                        del self._many[f.rid]
             if not f.waiting:
                 self._send(f, now)
             self._due(f)
+        self._flush(now)
 
     # -- requests and answers ---------------------------------------------------------
     def _send(self, f: Follow, now: float) -> None:
@@ -148,6 +169,11 @@ class ReplicaFetcher:
             return
         if now < f.retry_at:
             self._due(f)
+            return
+        if f.offset >= 0 and f.endpoint not in self._single:
+            self._ready.add(f.tp)  # with the other partitions of its leader, in one request
+            if not self._receiving:
+                self._flush(now)
             return
         sock = self._sockets.get(f.endpoint) or self._connect(f.endpoint)
         rid = next(self._ids)
@@ -160,6 +186,35 @@ class ReplicaFetcher:
         self._pending[rid] = (f.tp, f.offset, f.leader_epoch, f.topic_id)
         f.waiting, f.sent_at, f.rid = True, now, rid
         self._due(f)
+
+    def _flush(self, now: float) -> None:
+        """Send one replica_fetch_many to each leader for its partitions that are ready."""
+        if not self._ready:
+            return
+        by_leader: dict[str, list[Follow]] = {}
+        for tp in self._ready:
+            f = self.follows.get(tp)
+            if f is not None and not f.waiting and f.offset >= 0:
+                by_leader.setdefault(f.endpoint, []).append(f)
+        self._ready.clear()
+        for endpoint, follows in by_leader.items():
+            sock = self._sockets.get(endpoint) or self._connect(endpoint)
+            rid = next(self._ids)
+            request = p.ReplicaFetchMany(
+                id=rid, replica_id=self.broker_id, max_wait_ms=POLL_WAIT_MS,
+                parts=[p.ReplicaPart(f.tp[0], f.tp[1], f.offset, f.leader_epoch, f.topic_id,
+                                     f.start_offset) for f in follows])
+            try:
+                sock.send(self._encode(request), zmq.NOBLOCK)
+            except zmq.Again:  # the socket's queue is full: the leader is not reading
+                for f in follows:
+                    f.retry_at = now + RETRY_S
+                    self._due(f)
+                continue
+            self._many[rid] = {f.tp: (f.offset, f.leader_epoch, f.topic_id) for f in follows}
+            for f in follows:
+                f.waiting, f.sent_at, f.rid = True, now, rid
+                self._due(f)
 
     def _due(self, f: Follow) -> None:
         due = f.sent_at + REPLY_TIMEOUT_S + POLL_WAIT_MS / 1000 if f.waiting else f.retry_at
@@ -191,6 +246,9 @@ class ReplicaFetcher:
         except msgspec.DecodeError:
             log.error("replica fetcher: an undecodable reply")
             return
+        if reply.id in self._many:
+            self._received_many(reply)
+            return
         asked = self._pending.pop(reply.id, None)
         f = self.follows.get(asked[0]) if asked else None
         if f is None or asked is None:
@@ -205,8 +263,53 @@ class ReplicaFetcher:
             case p.ReplicaFetchReply():
                 self.on_result(("fetched", tp, topic_id, epoch, offset, reply))
             case p.ErrorReply():
-                f.waiting, f.retry_at = False, time.monotonic() + RETRY_S
-                self._due(f)
-                if reply.code != "UNKNOWN_LEADER_EPOCH":  # the leader has not caught up yet
-                    log.info("replica fetch of %s[%d] from broker %d: %s: %s", *f.tp,
-                             f.leader, reply.code, reply.message)
+                self._failed(f, reply.code, reply.message)
+
+    def _received_many(self, reply: p.Reply) -> None:
+        parts = self._many[reply.id]
+        if isinstance(reply, p.ErrorReply):  # the whole request (a leader before protocol
+            del self._many[reply.id]  # 8 does not know it: ask it one partition at a time)
+            now = time.monotonic()
+            for tp in parts:
+                f = self.follows.get(tp)
+                if f is None or f.rid != reply.id:
+                    continue
+                if reply.code == "UNKNOWN_OP":
+                    self._single.add(f.endpoint)
+                    f.waiting = False
+                    self._send(f, now)
+                else:
+                    self._failed(f, reply.code, reply.message)
+            return
+        if not isinstance(reply, p.ReplicaFetchManyReply):
+            return
+        if not reply.more:
+            del self._many[reply.id]
+        for fetched in reply.fetched:
+            tp = (fetched.topic, fetched.partition)
+            asked = parts.pop(tp, None)
+            f = self.follows.get(tp)
+            if asked is None or f is None or asked != (f.offset, f.leader_epoch, f.topic_id):
+                continue  # an answer for a request that is not this follow's now
+            self.on_result(("fetched", tp, asked[2], asked[1], asked[0], fetched))
+        for error in reply.errors:
+            tp = (error.topic, error.partition)
+            asked = parts.pop(tp, None)
+            f = self.follows.get(tp)
+            if asked is None or f is None or asked != (f.offset, f.leader_epoch, f.topic_id):
+                continue
+            self._failed(f, error.code, error.message)
+        if not reply.more:  # a part the last reply did not name: ask again
+            now = time.monotonic()
+            for tp in parts:
+                f = self.follows.get(tp)
+                if f is not None and f.rid == reply.id:
+                    f.waiting = False
+                    self._send(f, now)
+
+    def _failed(self, f: Follow, code: str, message: str) -> None:
+        f.waiting, f.retry_at = False, time.monotonic() + RETRY_S
+        self._due(f)
+        if code != "UNKNOWN_LEADER_EPOCH":  # the leader has not caught up yet
+            log.info("replica fetch of %s[%d] from broker %d: %s: %s", *f.tp, f.leader,
+                     code, message)

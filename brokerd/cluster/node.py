@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import queue
 import time
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("brokerd.cluster")
 TP = tuple[str, int]
+FETCH_GRID_S = 0.25  # idle replica_fetch_many answers come on this grid (below)
 ISR_CHECK_S = 0.5
 STORAGE_RETRY_S = 1.0  # a follower whose append failed (a full disk) fetches again after
 STORAGE_PROBE_S = 2.0  # a broker withdrawn for its disk tries a write this often
@@ -511,33 +513,7 @@ class Cluster:
             self._high_watermark_moved(replica)
 
     def handle_replica_fetch(self, req: p.ReplicaFetch, client: Client) -> p.Reply | None:
-        replica = self.leading(req.topic, req.partition)
-        if req.leader_epoch < replica.leader_epoch:
-            raise FencedLeaderEpoch(f"epoch {req.leader_epoch} is over: {req.topic}"
-                                    f"[{req.partition}] is at epoch {replica.leader_epoch}")
-        if req.leader_epoch > replica.leader_epoch:
-            raise UnknownLeaderEpoch(f"this leader is at epoch {replica.leader_epoch}, "
-                                     f"not yet {req.leader_epoch}: retry")
-        if req.topic_id and req.topic_id != replica.topic_id:
-            raise UnknownTopic(f"{req.topic}[{req.partition}] here is topic id "
-                               f"{replica.topic_id}, not {req.topic_id}: that topic was "
-                               "deleted")
-        if req.replica_id not in replica.replicas or req.replica_id == self.id:
-            raise BadRequest(f"broker {req.replica_id} is not a follower of {req.topic}"
-                             f"[{req.partition}] (replicas {replica.replicas})")
-        if req.offset > replica.plog.end_offset:
-            raise OffsetOutOfRange(f"fetch from {req.offset} past the leader's end "
-                                   f"{replica.plog.end_offset}: truncate by epoch first")
-        if req.start_offset > replica.follower_start.get(req.replica_id, -1):
-            replica.follower_start[req.replica_id] = req.start_offset
-            self.broker.waiting.data_arrived(replica.key)  # a delete_records may wait
-        if replica.follower_fetched(req.replica_id, req.offset, time.monotonic()):
-            self._high_watermark_moved(replica)
-        if replica.may_join_isr(req.replica_id):
-            self._change_isr(replica, replica.isr + [req.replica_id])
-        # a new replica once in sync is not held back (as in Kafka): acks=all waits for it
-        allowed = None if req.replica_id in replica.isr else \
-            self.reassigner.allowance(replica.key, req.replica_id, time.monotonic())
+        replica, allowed = self._replica_fetched(req)
         if allowed is not None:
             return self._throttled_fetch(replica, req, client, allowed)
         reply = self._replica_reply(replica, req)
@@ -559,6 +535,132 @@ class Cluster:
             return False
         self.broker._park(client, req.max_wait_ms, answer, [replica.key], None, limited=False)
         return None
+
+    def handle_replica_fetch_many(self, req: p.ReplicaFetchMany,
+                                  client: Client) -> p.Reply | None:
+        """Each part as its own ``replica_fetch``, answered in streamed replies: the parts
+        with batches (up to ``max_bytes`` in a reply: the ones past it come back empty, and
+        their follower asks again at once) or an error now; the others stay parked until
+        batches come for them, or the deadline, or a throttled part's allowance refills.
+        An idle follower of a thousand partitions here costs two requests a second."""
+        waiting: dict[TP, p.ReplicaPart] = {}
+        refill_s = float("inf")
+
+        def answer_parts(parts: list[p.ReplicaPart], final: bool,
+                         note: bool) -> p.ReplicaFetchManyReply:
+            nonlocal refill_s
+            out = p.ReplicaFetchManyReply(id=req.id, fetched=[], errors=[])
+            used = 0
+            for part in parts:
+                tp = (part.topic, part.partition)
+                try:
+                    reply, wait_s = self._fetch_part(req, part, req.max_bytes - used, note)
+                except RailError as exc:
+                    waiting.pop(tp, None)
+                    out.errors.append(p.PartError(part.topic, part.partition, exc.code,
+                                                  exc.message))
+                    continue
+                if reply.batches or final or (used >= req.max_bytes and self._has_news(part)):
+                    waiting.pop(tp, None)
+                    out.fetched.append(reply)
+                    used += sum(len(b) for b in reply.batches)
+                else:
+                    waiting[tp] = part
+                    refill_s = min(refill_s, wait_s or refill_s)
+            out.more = bool(waiting)
+            return out
+
+        first = answer_parts(req.parts, req.max_wait_ms == 0, note=True)
+        if not waiting:
+            return first
+        if first.fetched or first.errors:
+            self.broker.send(client, first)
+
+        def answer(final: bool) -> bool:
+            parts = list(waiting.values()) if final else \
+                [part for part in waiting.values() if self._has_news(part)]
+            if not parts:
+                return False
+            out = answer_parts(parts, final, note=False)
+            if out.fetched or out.errors or not waiting:
+                self.broker.send(client, out)
+            return not waiting
+        if refill_s == float("inf"):
+            # Up to a quarter of a second longer, to the next quarter: a follower whose
+            # partitions became ready at different times asked in several requests, and
+            # they now come back idle together and are asked again as one.
+            now = time.monotonic()
+            end = math.ceil((now + req.max_wait_ms / 1000) / FETCH_GRID_S) * FETCH_GRID_S
+            wait_ms = math.ceil((end - now) * 1000)
+        else:
+            wait_ms = max(1, min(req.max_wait_ms, int(refill_s * 1000) + 1))
+        self.broker._park(client, wait_ms, answer, list(waiting), None, limited=False)
+        return None
+
+    def _has_news(self, part: p.ReplicaPart) -> bool:
+        """Whether a parked part has something to answer: batches past its offset, or
+        its leadership moved."""
+        replica = self.replicas.get((part.topic, part.partition))
+        return (replica is None or replica.role != LEADER
+                or replica.leader_epoch != part.leader_epoch
+                or replica.plog.end_offset > part.offset)
+
+    def _fetch_part(self, req: p.ReplicaFetchMany, part: p.ReplicaPart, budget: int,
+                    note: bool) -> tuple[p.ReplicaFetchReply, float]:
+        """A part's answer now (up to ``budget`` bytes, at least one batch while it is
+        positive), and for a throttled new replica whose allowance is spent, the seconds
+        until it refills (else 0); ``note``: as ``_replica_fetched``'s."""
+        single = p.ReplicaFetch(id=req.id, topic=part.topic, partition=part.partition,
+                                offset=part.offset, replica_id=req.replica_id,
+                                leader_epoch=part.leader_epoch, max_bytes=req.max_bytes,
+                                topic_id=part.topic_id, start_offset=part.start_offset)
+        replica, allowed = self._replica_fetched(single, note)
+        if allowed is None:
+            return self._replica_reply(replica, single, max(0, budget)), 0.0
+        if allowed > 0 and budget > 0:
+            reply = self._replica_reply(replica, single, min(budget, allowed))
+            self.reassigner.spent(replica.key, req.replica_id,
+                                  sum(len(b) for b in reply.batches))
+            return reply, 0.0
+        wait_s = self.reassigner.spent(replica.key, req.replica_id, 0) if allowed <= 0 else 0.0
+        return self._replica_reply(replica, single, 0), wait_s
+
+    def _replica_fetched(self, req: p.ReplicaFetch,
+                         note: bool = True) -> tuple[Replica, int | None]:
+        """Check a replica fetch and, with ``note``, note where the follower is (its log
+        end moves the high watermark; caught up, it joins the ISR): only when the request
+        arrives, never again for a parked one, whose follower may have moved since (a
+        replica removed and added again, its copy emptied, once joined the ISR on its old
+        request's offset). Return the replica and, for a throttled new replica, its
+        allowance (else None)."""
+        replica = self.leading(req.topic, req.partition)
+        if req.leader_epoch < replica.leader_epoch:
+            raise FencedLeaderEpoch(f"epoch {req.leader_epoch} is over: {req.topic}"
+                                    f"[{req.partition}] is at epoch {replica.leader_epoch}")
+        if req.leader_epoch > replica.leader_epoch:
+            raise UnknownLeaderEpoch(f"this leader is at epoch {replica.leader_epoch}, "
+                                     f"not yet {req.leader_epoch}: retry")
+        if req.topic_id and req.topic_id != replica.topic_id:
+            raise UnknownTopic(f"{req.topic}[{req.partition}] here is topic id "
+                               f"{replica.topic_id}, not {req.topic_id}: that topic was "
+                               "deleted")
+        if req.replica_id not in replica.replicas or req.replica_id == self.id:
+            raise BadRequest(f"broker {req.replica_id} is not a follower of {req.topic}"
+                             f"[{req.partition}] (replicas {replica.replicas})")
+        if req.offset > replica.plog.end_offset:
+            raise OffsetOutOfRange(f"fetch from {req.offset} past the leader's end "
+                                   f"{replica.plog.end_offset}: truncate by epoch first")
+        if note and req.start_offset > replica.follower_start.get(req.replica_id, -1):
+            replica.follower_start[req.replica_id] = req.start_offset
+            self.broker.waiting.data_arrived(replica.key)  # a delete_records may wait
+        if note and replica.follower_fetched(req.replica_id, req.offset, time.monotonic()):
+            self._high_watermark_moved(replica)
+        if note and replica.may_join_isr(req.replica_id):
+            self._change_isr(replica, replica.isr + [req.replica_id])
+        # a new replica once in sync is not held back (as in Kafka): acks=all waits for it
+        allowed = None if req.replica_id in replica.isr else \
+            self.reassigner.allowance(replica.key, req.replica_id, time.monotonic())
+        return replica, allowed
 
     def _throttled_fetch(self, replica: Replica, req: p.ReplicaFetch, client: Client,
                          allowed: int) -> p.Reply | None:
