@@ -58,6 +58,10 @@ class Follow:
     retry_at: float = 0.0
     rid: int = 0
     """The id of the request out (its entry in ``_pending`` goes when it is given up)."""
+    busy: bool = True
+    """Its last answer brought batches: fetched alone (a ``replica_fetch``), the round
+    trip a high watermark waits for; an idle one waits in its leader's
+    ``replica_fetch_many`` with the others."""
 
 
 class ReplicaFetcher:
@@ -170,7 +174,7 @@ class ReplicaFetcher:
         if now < f.retry_at:
             self._due(f)
             return
-        if f.offset >= 0 and f.endpoint not in self._single:
+        if f.offset >= 0 and not f.busy and f.endpoint not in self._single:
             self._ready.add(f.tp)  # with the other partitions of its leader, in one request
             if not self._receiving:
                 self._flush(now)
@@ -261,6 +265,7 @@ class ReplicaFetcher:
                 self.on_result(("truncate", tp, topic_id, epoch, reply.epoch,
                                 reply.end_offset))
             case p.ReplicaFetchReply():
+                f.busy = bool(reply.batches)
                 self.on_result(("fetched", tp, topic_id, epoch, offset, reply))
             case p.ErrorReply():
                 self._failed(f, reply.code, reply.message)
@@ -291,6 +296,7 @@ class ReplicaFetcher:
             f = self.follows.get(tp)
             if asked is None or f is None or asked != (f.offset, f.leader_epoch, f.topic_id):
                 continue  # an answer for a request that is not this follow's now
+            f.busy = bool(fetched.batches)
             self.on_result(("fetched", tp, asked[2], asked[1], asked[0], fetched))
         for error in reply.errors:
             tp = (error.topic, error.partition)

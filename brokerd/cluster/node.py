@@ -21,6 +21,7 @@ import os
 import queue
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -524,15 +525,8 @@ class Cluster:
             if replica.role != LEADER or replica.leader_epoch != req.leader_epoch:
                 self.broker.send_error(client, req.id, NotLeader("leadership moved"))
                 return True
-            try:
-                again = self._replica_reply(replica, req)
-            except RailError as exc:
-                self.broker.send_error(client, req.id, exc)
-                return True
-            if again.batches or final:
-                self.broker.send(client, again)
-                return True
-            return False
+            return self._answer_fetch(client, req, lambda: self._replica_reply(replica, req),
+                                      final)
         self.broker._park(client, req.max_wait_ms, answer, [replica.key], None, limited=False)
         return None
 
@@ -692,19 +686,25 @@ class Cluster:
             if allowed <= 0:  # still spent at the deadline: nothing this time
                 self.broker.send(client, self._replica_reply(replica, req, 0))
                 return True
-            try:
-                again = reply_now()
-            except RailError as exc:
-                self.broker.send_error(client, req.id, exc)
-                return True
-            if again.batches or final:
-                self.broker.send(client, again)
-                return True
-            return False
+            return self._answer_fetch(client, req, reply_now, final)
         # Woken by new data only when it may send some; else at the deadline.
         self.broker._park(client, wait_ms, answer, [replica.key] if allowed > 0 else [], None,
                           limited=False)
         return None
+
+    def _answer_fetch(self, client: Client, req: p.ReplicaFetch,
+                      read: Callable[[], p.ReplicaFetchReply], final: bool) -> bool:
+        """A parked replica fetch's try: send what ``read`` gives if it holds batches (or
+        at the deadline), or the error it raised; True once answered."""
+        try:
+            again = read()
+        except RailError as exc:
+            self.broker.send_error(client, req.id, exc)
+            return True
+        if again.batches or final:
+            self.broker.send(client, again)
+            return True
+        return False
 
     def _replica_reply(self, replica: Replica, req: p.ReplicaFetch,
                        max_bytes: int | None = None) -> p.ReplicaFetchReply:

@@ -29,15 +29,22 @@ def flip_a_byte(segment: Path, at: int) -> None:
     segment.write_bytes(data)
 
 
+def _sixty_batches(apis: list[str], producer_id: int) -> tuple[int, LeaderProducer]:
+    """Topic ``t`` (one partition, 4 KiB segments) in sync on the three brokers, with 60
+    batches of 5 records acknowledged by all: its leader, and the producer."""
+    leader = create_in_sync(apis, "t", 1, 3, config={"segment_bytes": 4096})[0]
+    producer = LeaderProducer(apis, "t", producer_id=producer_id)
+    for i in range(60):
+        producer.send(0, [f"v-{i}-{j}-" + "x" * 100 for j in range(5)])
+    return leader, producer
+
+
 def test_a_leader_with_a_damaged_batch_steps_aside_and_copies_it_again(
         tmp_path: Path, zookeeper: ZooKeeper) -> None:
     brokers = start_three(tmp_path, zookeeper)
     apis = [b.api for b in brokers]
     try:
-        leader = create_in_sync(apis, "t", 1, 3, config={"segment_bytes": 4096})[0]
-        producer = LeaderProducer(apis, "t", producer_id=7)
-        for i in range(60):
-            producer.send(0, [f"v-{i}-{j}-" + "x" * 100 for j in range(5)])
+        leader, producer = _sixty_batches(apis, producer_id=7)
         # A follower's disk is replaced: it must copy the whole partition again.
         wiped = next(i for i in range(3) if i != leader)
         port = int(apis[wiped].rsplit(":", 1)[1])
@@ -76,10 +83,7 @@ def test_a_consumer_reading_a_damaged_batch_moves_the_partition_to_a_good_copy(
     brokers = start_three(tmp_path, zookeeper)
     apis = [b.api for b in brokers]
     try:
-        leader = create_in_sync(apis, "t", 1, 3, config={"segment_bytes": 4096})[0]
-        producer = LeaderProducer(apis, "t", producer_id=8)
-        for i in range(60):
-            producer.send(0, [f"v-{i}-{j}-" + "x" * 100 for j in range(5)])
+        leader, producer = _sixty_batches(apis, producer_id=8)
         segments = sorted((brokers[leader].data_dir / "topics" / "t" / "0").glob("*.log"))
         flip_a_byte(segments[0], 200)
         with RawClient(apis[leader]) as raw:
