@@ -99,8 +99,16 @@ class ReplicaFetcher:
         gone = self.follows.pop(tp, None)
         self._ready.discard(tp)
         if gone is not None:
-            self._pending.pop(gone.rid, None)
-            self._many.get(gone.rid, {}).pop(tp, None)
+            self._forget(gone)
+
+    def _forget(self, f: Follow) -> None:
+        """Expect no answer for ``f`` to the request it has out (a late one is ignored)."""
+        self._pending.pop(f.rid, None)
+        parts = self._many.get(f.rid)
+        if parts is not None:
+            parts.pop(f.tp, None)
+            if not parts:
+                del self._many[f.rid]
 
     def resume(self, tp: TP, leader_epoch: int, offset: int, start_offset: int,
                delay_s: float = 0.0) -> None:
@@ -156,12 +164,7 @@ class ReplicaFetcher:
             if f.waiting and now - f.sent_at > REPLY_TIMEOUT_S + POLL_WAIT_MS / 1000:
                 f.waiting = False  # lost (or its answer was dropped): ask again; an answer
                 # for an offset that is no longer the log's end is ignored
-                self._pending.pop(f.rid, None)  # a dead leader's would pile up
-                parts = self._many.get(f.rid)
-                if parts is not None:
-                    parts.pop(f.tp, None)
-                    if not parts:
-                        del self._many[f.rid]
+                self._forget(f)  # a dead leader's would pile up
             if not f.waiting:
                 self._send(f, now)
             self._due(f)
@@ -291,20 +294,15 @@ class ReplicaFetcher:
         if not reply.more:
             del self._many[reply.id]
         for fetched in reply.fetched:
-            tp = (fetched.topic, fetched.partition)
-            asked = parts.pop(tp, None)
-            f = self.follows.get(tp)
-            if asked is None or f is None or asked != (f.offset, f.leader_epoch, f.topic_id):
-                continue  # an answer for a request that is not this follow's now
-            f.busy = bool(fetched.batches)
-            self.on_result(("fetched", tp, asked[2], asked[1], asked[0], fetched))
+            f = self._asked_now(parts, (fetched.topic, fetched.partition))
+            if f is not None:
+                f.busy = bool(fetched.batches)
+                self.on_result(("fetched", f.tp, f.topic_id, f.leader_epoch, f.offset,
+                                fetched))
         for error in reply.errors:
-            tp = (error.topic, error.partition)
-            asked = parts.pop(tp, None)
-            f = self.follows.get(tp)
-            if asked is None or f is None or asked != (f.offset, f.leader_epoch, f.topic_id):
-                continue
-            self._failed(f, error.code, error.message)
+            f = self._asked_now(parts, (error.topic, error.partition))
+            if f is not None:
+                self._failed(f, error.code, error.message)
         if not reply.more:  # a part the last reply did not name: ask again
             now = time.monotonic()
             for tp in parts:
@@ -312,6 +310,15 @@ class ReplicaFetcher:
                 if f is not None and f.rid == reply.id:
                     f.waiting = False
                     self._send(f, now)
+
+    def _asked_now(self, parts: dict[TP, tuple[int, int, str]], tp: TP) -> Follow | None:
+        """The follow of an answered part, if the part asked for what the follow still
+        wants (not an older offset or epoch, nor a deleted topic of its name)."""
+        asked = parts.pop(tp, None)
+        f = self.follows.get(tp)
+        if asked is None or f is None or asked != (f.offset, f.leader_epoch, f.topic_id):
+            return None
+        return f
 
     def _failed(self, f: Follow, code: str, message: str) -> None:
         f.waiting, f.retry_at = False, time.monotonic() + RETRY_S

@@ -560,7 +560,8 @@ class Cluster:
                     used += sum(len(b) for b in reply.batches)
                 else:
                     waiting[tp] = part
-                    refill_s = min(refill_s, wait_s or refill_s)
+                    if wait_s:
+                        refill_s = min(refill_s, wait_s)
             out.more = bool(waiting)
             return out
 
@@ -612,10 +613,7 @@ class Cluster:
         if allowed is None:
             return self._replica_reply(replica, single, max(0, budget)), 0.0
         if allowed > 0 and budget > 0:
-            reply = self._replica_reply(replica, single, min(budget, allowed))
-            self.reassigner.spent(replica.key, req.replica_id,
-                                  sum(len(b) for b in reply.batches))
-            return reply, 0.0
+            return self._spend(replica, single, min(budget, allowed)), 0.0
         wait_s = self.reassigner.spent(replica.key, req.replica_id, 0) if allowed <= 0 else 0.0
         return self._replica_reply(replica, single, 0), wait_s
 
@@ -663,9 +661,7 @@ class Cluster:
         tp, follower = replica.key, req.replica_id
 
         def reply_now() -> p.ReplicaFetchReply:
-            reply = self._replica_reply(replica, req, max(1, min(req.max_bytes, allowed)))
-            self.reassigner.spent(tp, follower, sum(len(b) for b in reply.batches))
-            return reply
+            return self._spend(replica, req, max(1, min(req.max_bytes, allowed)))
 
         if allowed > 0:
             reply = reply_now()
@@ -691,6 +687,14 @@ class Cluster:
         self.broker._park(client, wait_ms, answer, [replica.key] if allowed > 0 else [], None,
                           limited=False)
         return None
+
+    def _spend(self, replica: Replica, req: p.ReplicaFetch,
+               max_bytes: int) -> p.ReplicaFetchReply:
+        """A throttled new replica's answer of at most ``max_bytes`` (at least a batch),
+        counted against its allowance."""
+        reply = self._replica_reply(replica, req, max_bytes)
+        self.reassigner.spent(replica.key, req.replica_id, sum(len(b) for b in reply.batches))
+        return reply
 
     def _answer_fetch(self, client: Client, req: p.ReplicaFetch,
                       read: Callable[[], p.ReplicaFetchReply], final: bool) -> bool:
@@ -807,10 +811,10 @@ class Cluster:
         log_path = Path(exc.path)
         tp = (log_path.parent.parent.name, int(log_path.parent.name))
         replica = self.replicas.get(tp)
-        if replica is None:
-            return
+        if replica is None or replica.role != LEADER:
+            return  # it serves no reads of it (it has stepped aside for this damage already)
         others = [b for b in replica.isr if b != self.id and b in self.brokers]
-        if replica.role != LEADER or not others:
+        if not others:
             if replica.storage_error != exc.message:
                 log.error("%s[%d]: %s; no other in-sync replica holds a good copy: each read "
                           "reaching it fails (delete_records past it to go on)", *tp,

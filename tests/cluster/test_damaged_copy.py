@@ -39,6 +39,16 @@ def _sixty_batches(apis: list[str], producer_id: int) -> tuple[int, LeaderProduc
     return leader, producer
 
 
+def _led_elsewhere(api: str, leader: int) -> int:
+    """Wait until the broker at ``api`` names a leader of t[0] other than ``leader``."""
+    def new_leader() -> int | None:
+        meta = metadata(api, "t")
+        found = meta["topics"][0]["partitions"][0]["leader"] if meta else -1
+        return None if found in (-1, leader) else found
+    return wait_for(new_leader, timeout=60, interval=0.2,
+                    what="the partition led by another broker")
+
+
 def test_a_leader_with_a_damaged_batch_steps_aside_and_copies_it_again(
         tmp_path: Path, zookeeper: ZooKeeper) -> None:
     brokers = start_three(tmp_path, zookeeper)
@@ -56,12 +66,7 @@ def test_a_leader_with_a_damaged_batch_steps_aside_and_copies_it_again(
         assert len(segments) > 3
         flip_a_byte(segments[0], 200)
         brokers[wiped] = start_member(tmp_path, zookeeper, wiped, api_port=port)
-
-        def moved() -> bool:
-            meta = metadata(apis[wiped], "t")
-            return meta is not None and meta["topics"][0]["partitions"][0]["leader"] \
-                not in (-1, leader)
-        wait_for(moved, timeout=60, interval=0.2, what="the partition led by another broker")
+        _led_elsewhere(apis[wiped], leader)
         for i in range(10):  # writes go on, to the new leader
             producer.send(0, [f"after-{i}"])
         # Every copy whole again: the damaged one too, cut back and copied again.
@@ -89,13 +94,7 @@ def test_a_consumer_reading_a_damaged_batch_moves_the_partition_to_a_good_copy(
         with RawClient(apis[leader]) as raw:
             reply = raw.call("fetch", topic="t", partition=0, offset=0, max_bytes=100_000)
         assert reply["op"] == "error" and reply["code"] == "STORAGE_ERROR", reply
-        other = next(i for i in range(3) if i != leader)
-
-        def new_leader() -> int | None:
-            meta = metadata(apis[other], "t")
-            found = meta["topics"][0]["partitions"][0]["leader"] if meta else -1
-            return None if found in (-1, leader) else found
-        moved_to = wait_for(new_leader, timeout=60, interval=0.2, what="a new leader")
+        moved_to = _led_elsewhere(apis[next(i for i in range(3) if i != leader)], leader)
 
         def served() -> list[str] | None:  # once its high watermark reached the end again
             with RawClient(apis[moved_to]) as raw:
