@@ -20,7 +20,6 @@ from brokerd.config import topic_config
 from brokerd.describe import describe_group, topic_info
 from brokerd.errors import (
     BadRequest,
-    CorruptLogError,
     MessageTooLarge,
     NotLeader,
     RailError,
@@ -133,8 +132,6 @@ class Handlers:
                 self.security.authorize(request, frames[-1])
             reply = self.dispatch(request, client)
         except RailError as exc:
-            if self.cluster is not None and isinstance(exc, CorruptLogError):
-                self.cluster.damaged(exc)  # another replica's good copy may take over
             self.send_error(client, request.id, exc)
             return
         except Exception as exc:  # a bug must not take the broker down for everyone

@@ -27,7 +27,7 @@ import msgspec
 import zmq
 
 from brokerd.config import BrokerConfig
-from brokerd.errors import RailError, StorageError
+from brokerd.errors import CorruptLogError, RailError, StorageError
 from brokerd.flusher import Flusher, Round
 from brokerd.groups import Coordinator, Group
 from brokerd.handlers import Handlers
@@ -162,6 +162,10 @@ class Broker(Handlers):
 
     def send_error(self, client: Client, request_id: int, exc: RailError) -> None:
         self.stats.count(f"error.{exc.code}")
+        if self.cluster is not None and isinstance(exc, CorruptLogError):
+            # Whichever read found it (a request's, a parked fetch's or poll's, a
+            # follower's): another replica's good copy may take over.
+            self.cluster.damaged(exc)
         self.send(client, ErrorReply(id=request_id, code=exc.code, message=exc.message))
 
     # -- the loop ---------------------------------------------------------------------
