@@ -52,6 +52,9 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics: str = ""
     """``host:port`` for Prometheus ``/metrics`` (port 0: any free one); empty: off."""
     zookeeper_session_timeout_ms: int = 6_000
+    zookeeper_connection_timeout_ms: int = 10_000
+    """How long a starting broker tries to reach ZooKeeper before it exits 69 (Kafka's
+    ``zookeeper.connection.timeout.ms``)."""
     auto_leader_rebalance: bool = True
     """As controller, move leadership back to preferred replicas (Kafka's
     ``auto.leader.rebalance.enable``; brokerd/cluster/reassign.py)."""

@@ -137,7 +137,7 @@ class Cluster:
     def start(self, api: str, ingest: str) -> None:
         """Join: connect, register, take up every replica this broker holds."""
         self._endpoints = (self.config.advertise or api, ingest)
-        self.store.start()
+        self.store.start(self.config.zookeeper_connection_timeout_ms / 1000)
         self.store.register(*self._endpoints)
         self._refresh()
         log.info("broker %d joined the cluster at %s (controller: %d)", self.id,

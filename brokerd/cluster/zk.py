@@ -120,7 +120,7 @@ class ClusterStore:
             self.zk.start(timeout=timeout_s)
         except KazooTimeoutError as exc:
             raise ClusterError(f"cannot reach ZooKeeper at {self.hosts} within "
-                               f"{timeout_s:.0f} s: is it running?") from exc
+                               f"{timeout_s:g} s: is it running?") from exc
         if self.zk.chroot:
             self._ensure_chroot(timeout_s)
         for path in ("/brokers/ids", "/topics", DELETIONS, REASSIGNMENTS):
