@@ -60,6 +60,8 @@ def find_coordinator(endpoints: list[str], context: zmq.Context, group: str,
 class ClusterConsumer(Consumer):
     """A member of consumer group ``group`` in a cluster; see the module docstring."""
 
+    WATCH_COORDINATOR = True
+
     def __init__(self, broker: str, **kwargs: Any) -> None:
         self._bootstrap = bootstrap_list(broker, DEFAULT_BROKER)
         self._brokers: list[str] = []
@@ -118,7 +120,8 @@ class ClusterConsumer(Consumer):
             return
         errors = self.conn.async_errors
         self.conn.close()
-        self.conn = Connection(endpoint, context=self._context, timeout_s=self.conn.timeout_s)
+        self.conn = Connection(endpoint, context=self._context, timeout_s=self.conn.timeout_s,
+                               watch_reconnects=True)
         self.conn.async_errors = errors
 
     def _forget_progress(self) -> None:
@@ -144,7 +147,8 @@ class ClusterConsumer(Consumer):
                     if conn is not None:
                         conn.close()
                     conn = Connection(endpoint, context=self._context,
-                                      timeout_s=self._heartbeat_interval_s * 2)
+                                      timeout_s=self._heartbeat_interval_s * 2,
+                                      watch_reconnects=True)
                 sent_at = time.monotonic()
                 try:
                     reply = conn.call(p.Heartbeat(group=self.group, member_id=self.member_id))

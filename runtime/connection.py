@@ -27,6 +27,8 @@ _replies = msgspec.msgpack.Decoder(p.Reply)
 
 MAX_ERRORS = 10_000
 """Errors a client keeps for its caller to read (``Producer.errors``, ``async_errors``)."""
+LOST_CHECK_S = 0.25
+"""With ``watch_reconnects``, how often a wait looks whether the connection was lost."""
 
 
 def keep_error(errors: list[BrokerError], error: BrokerError) -> None:
@@ -47,9 +49,11 @@ class BrokerError(Exception):
 
 
 class BrokerUnavailable(BrokerError):
-    def __init__(self, endpoint: str, timeout_s: float) -> None:
-        super().__init__("UNAVAILABLE", f"no reply from the broker at {endpoint} within "
-                         f"{timeout_s:g} s: is it running (rail up, or python -m brokerd)?")
+    def __init__(self, endpoint: str, timeout_s: float, lost: bool = False) -> None:
+        super().__init__("UNAVAILABLE", (
+            f"the connection to the broker at {endpoint} was lost before it answered"
+            if lost else f"no reply from the broker at {endpoint} within {timeout_s:g} s")
+            + ": is it running (rail up, or python -m brokerd)?")
 
 
 class Connection:
@@ -80,6 +84,8 @@ class Connection:
         # lost and made again: requests written to the lost one will get no reply.
         self._monitor: zmq.Socket | None = None
         self._lost = self._back = self._dropped = False
+        self._drops = 0  # connections lost so far: a wait's request went down with one
+        self._lost_during = False  # the last wait ended as the connection was lost
         if watch_reconnects:
             self._monitor = self.socket.get_monitor_socket(
                 zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -139,10 +145,15 @@ class Connection:
 
     def wait(self, request_id: int, timeout_s: float | None = None,
              decoder: msgspec.msgpack.Decoder = _replies) -> Any:
-        """Wait for the reply to ``request_id``; other replies are kept for their waiters."""
+        """Wait for the reply to ``request_id``; other replies are kept for their waiters.
+
+        With ``watch_reconnects``, a connection lost during the wait ends it at once (the
+        request most likely went down with it): BrokerUnavailable, as after the timeout,
+        without waiting that out (a coordinator stopped or killed cost a sync commit its
+        whole timeout, 30 s in tests/cluster/test_rolling_restart.py)."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         if not self.arrived(request_id, timeout_s):
-            raise BrokerUnavailable(self.endpoint, timeout_s)
+            raise BrokerUnavailable(self.endpoint, timeout_s, lost=self._lost_during)
         return self.take(request_id, decoder)
 
     def take(self, request_id: int, decoder: msgspec.msgpack.Decoder = _replies) -> Any:
@@ -156,10 +167,23 @@ class Connection:
         return bool(self.socket.getsockopt(_EVENTS) & _POLLIN)
 
     def arrived(self, request_id: int, timeout_s: float) -> bool:
-        """Receive until the reply to ``request_id`` is in, or ``timeout_s`` passed."""
+        """Receive until the reply to ``request_id`` is in, or ``timeout_s`` passed (or,
+        with ``watch_reconnects``, the connection was lost meanwhile: ``_lost_during``)."""
         deadline = time.monotonic() + timeout_s
+        if self._monitor is not None:
+            self._watch()
+        drops, self._lost_during = self._drops, False
         while not (self._streams.get(request_id) or request_id in self._stash):
-            got = self.recv(max(0.0, deadline - time.monotonic()))
+            left = max(0.0, deadline - time.monotonic())
+            if self._monitor is None:
+                got = self.recv(left)
+            else:  # in slices, looking at the monitor between them
+                got = self.recv(min(left, LOST_CHECK_S))
+                if got is None and left > LOST_CHECK_S:
+                    self._watch()
+                    if self._drops == drops and not self._lost:
+                        continue
+                    self._lost_during = True  # lost meanwhile, or down since before
             if got is None:
                 return False
             self.keep(*got)
@@ -230,6 +254,7 @@ class Connection:
             event = recv_monitor_message(monitor)["event"]
             if event == zmq.EVENT_DISCONNECTED:
                 self._lost = self._dropped = True
+                self._drops += 1
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._lost:
                 self._lost, self._back = False, True
 

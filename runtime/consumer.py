@@ -174,6 +174,10 @@ class Consumer:
     Given several endpoints (``"tcp://a,tcp://b"``), or one broker of a cluster, it is a
     ``runtime.cluster_consumer.ClusterConsumer``, with the same API."""
 
+    # A wait at the coordinator ends as soon as the connection is lost (Connection's
+    # watch_reconnects): in a cluster another broker takes over its groups at once.
+    WATCH_COORDINATOR = False
+
     def __new__(cls, broker: str = DEFAULT_BROKER, **kwargs: Any) -> Consumer:
         if cls is Consumer and _in_cluster(broker, kwargs["group"], kwargs.get("timeout_s", 10.0)):
             from runtime.cluster_consumer import ClusterConsumer
@@ -205,7 +209,8 @@ class Consumer:
         # specialising attribute loads (poll got slower for the Producer that way).
         self.hooks = _Hooks(on_assign, on_revoke, rebalance_timeout_ms)
         self.releasing: set[tuple[str, int]] = set()  # revoked, not released yet
-        self.conn = Connection(broker, timeout_s=timeout_s)
+        self.conn = Connection(broker, timeout_s=timeout_s,
+                               watch_reconnects=self.WATCH_COORDINATOR)
         self.member_id = member_id
         self.generation = -1
         self.assignment: list[tuple[str, int]] = []
