@@ -304,8 +304,11 @@ class Router:
     def _conn(self, endpoint: str) -> Connection:
         conn = self._conns.get(endpoint)
         if conn is None:
+            # Watched: a request out at a broker that stops (or dies) fails at once, and
+            # goes again where the cluster now serves it, not after the whole timeout.
             conn = self._conns[endpoint] = Connection(endpoint, context=self.context,
-                                                      timeout_s=self.timeout_s)
+                                                      timeout_s=self.timeout_s,
+                                                      watch_reconnects=True)
         return conn
 
     def _drop(self, endpoint: str) -> None:

@@ -282,3 +282,60 @@ def test_a_topic_created_through_an_endpoint_list_right_after_a_kill_is_answered
     finally:
         for b in brokers:
             b.stop()
+
+
+def test_a_router_call_out_at_a_leader_that_stops_goes_to_the_new_one_at_once(
+        tmp_path: Path, zookeeper: ZooKeeper) -> None:
+    """The Router (``rail``, the supervisor, a streams worker's sender) with a produce out
+    at the leader when it is stopped (SIGTERM): the call goes on to the new leader within a
+    second, and the idempotent retry stores the record once.  It used to wait its whole
+    timeout (10 s) for a reply the stopped broker could not send, and then raise
+    UNAVAILABLE with no time left to try the new leader."""
+    brokers = start_three(tmp_path, zookeeper)
+    apis = [b.api for b in brokers]
+    acked: list[tuple[int, int, Any]] = []
+    slowest = [0.0]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    router = None
+    try:
+        with RawClient(apis[0]) as raw:
+            raw.ok("create_topic", topic="t", partitions=1)
+        leader = wait_in_sync(apis, "t", 1, 3)[0]
+        router = connect(",".join(apis), timeout_s=10)
+
+        def produce() -> None:
+            sequence = 0
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    reply = router.call(p.Produce(
+                        topic="t", partition=0, acks="all", producer_id=21, sequence=sequence,
+                        records=msgspec.Raw(msgspec.msgpack.encode([[f"v{sequence}"]]))))
+                except BrokerError as exc:
+                    errors.append(exc)
+                    return
+                slowest[0] = max(slowest[0], time.monotonic() - started)
+                acked.append((0, reply.offsets[0][1], f"v{sequence}"))
+                sequence += 1
+
+        sender = threading.Thread(target=produce, daemon=True)
+        sender.start()
+        wait_for(lambda: len(acked) >= 200, 30, what="200 acks before the stop")
+        assert brokers[leader].stop() == 0
+        at = len(acked)
+        wait_for(lambda: len(acked) >= at + 200 or errors, 30, what="200 more acks")
+        stop.set()
+        sender.join(30)
+        assert not errors, errors
+        assert slowest[0] < 2.0, f"a call took {slowest[0]:.1f} s through the leader's stop"
+        brokers[leader] = start_member(tmp_path, zookeeper, leader,
+                                       api_port=int(apis[leader].rsplit(":", 1)[1]))
+        wait_in_sync(apis, "t", 1, 3, timeout=60)
+    finally:
+        stop.set()
+        if router is not None:
+            router.close()
+        for b in brokers:
+            b.stop()
+    check_replicas(brokers, "t", 1, acked)

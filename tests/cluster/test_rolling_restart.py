@@ -9,15 +9,11 @@ gone; the connection's monitor does, and the wait now ends there."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-from runtime.client import BrokerError, Producer
 from tests.cluster.client import check_replicas, start_member, wait_in_sync
-from tests.cluster.test_cluster_consumer import Reader
+from tests.cluster.test_cluster_consumer import Reader, Writer
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
 from tests.helpers import wait_for
@@ -32,28 +28,13 @@ def test_a_rolling_restart_under_a_producer_and_a_group_loses_nothing_and_stalls
     brokers = start_three(tmp_path, zookeeper)
     ports = [int(b.api.rsplit(":", 1)[1]) for b in brokers]
     apis = [b.api for b in brokers]
-    produced: list[tuple[int, int, Any]] = []
-    failed: list[BrokerError] = []
-    stop = threading.Event()
+    writer: Writer | None = None
     readers: list[Reader] = []
     try:
         with RawClient(apis[0]) as raw:
             raw.ok("create_topic", topic="t", partitions=PARTITIONS)
         wait_in_sync(apis, "t", PARTITIONS, 3)
-        producer = Producer(",".join(apis), acks="all", request_timeout_s=30)
-
-        def produce() -> None:
-            i = 0
-            while not stop.is_set():
-                def done(part: int, offset: int, error: BrokerError | None, v: int = i) -> None:
-                    (failed.append(error) if error else produced.append((part, offset, v)))
-                producer.send("t", i, key=f"k{i % 101}", callback=done)
-                i += 1
-                if i % 20 == 0:
-                    time.sleep(0.01)  # a steady stream
-
-        sender = threading.Thread(target=produce, daemon=True)
-        sender.start()
+        writer = Writer(",".join(apis))
         readers = [Reader(",".join(apis), timeout_s=30) for _ in range(2)]
 
         def consumed() -> int:
@@ -67,21 +48,13 @@ def test_a_rolling_restart_under_a_producer_and_a_group_loses_nothing_and_stalls
             assert took < RESUMED_WITHIN_S, f"the group stalled {took:.1f} s after broker {i}"
             brokers[i] = start_member(tmp_path, zookeeper, i, api_port=ports[i])
             wait_in_sync(apis, "t", PARTITIONS, 3, timeout=60)
-        stop.set()
-        sender.join(30)
-        producer.flush(timeout_s=90)
-        producer.close()
-        assert not failed and not producer.errors, (failed + producer.errors)[:3]
-
-        ends: dict[int, int] = defaultdict(int)
-        for part, offset, _ in produced:
-            ends[part] = max(ends[part], offset + 1)
+        ends = writer.finish()
         wait_for(lambda: all(any(r.acked[part] and r.acked[part][-1] >= end for r in readers)
                              for part, end in ends.items()), 90,
                  what="the group to commit every record")
         for reader in readers:
             assert not reader.errors, reader.errors
-        stored = {(part, offset): v for part, offset, v in produced}
+        stored = {(part, offset): v for part, offset, v in writer.produced}
         got = {(part, offset): v for r in readers for part, rows in r.seen.items()
                for offset, v in rows}
         assert not set(stored) - set(got), sorted(set(stored) - set(got))[:5]
@@ -90,9 +63,10 @@ def test_a_rolling_restart_under_a_producer_and_a_group_loses_nothing_and_stalls
             for part, offsets in reader.acked.items():
                 assert offsets == sorted(offsets), (part, offsets)
     finally:
-        stop.set()
+        if writer is not None:
+            writer.stop.set()
         for reader in readers:
             reader.close()
         for b in brokers:
             b.stop()
-    check_replicas(brokers, "t", PARTITIONS, produced)
+    check_replicas(brokers, "t", PARTITIONS, writer.produced)
