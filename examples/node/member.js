@@ -23,10 +23,10 @@ const RETRY_MS = 200;
 // The coordinator is elsewhere, or not ready yet, or the member must join again
 // (STORAGE_ERROR: the coordinator's disk refused the commit and it has withdrawn).
 const REJOIN = new Set(["NOT_COORDINATOR", "COORDINATOR_LOADING", "NOT_MEMBER", "TIMEOUT",
-  "CLOSED", "STORAGE_ERROR"]);
+  "DISCONNECTED", "CLOSED", "STORAGE_ERROR"]);
 // A fetch refused for these waits for metadata that names the partition's leader.
 const LEADER_GONE = new Set(["NOT_LEADER", "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH",
-  "UNKNOWN_TOPIC", "UNKNOWN_PARTITION", "TIMEOUT", "CLOSED"]);
+  "UNKNOWN_TOPIC", "UNKNOWN_PARTITION", "TIMEOUT", "DISCONNECTED", "CLOSED"]);
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const tpOf = (topic, partition) => `${topic}/${partition}`;
@@ -58,7 +58,7 @@ class ClusterMember {
         { timeoutMs: CALL_TIMEOUT_MS });
     } catch (err) {
       if (err instanceof RailError && REJOIN.has(err.code) && err.code !== "NOT_MEMBER") {
-        if (err.code === "TIMEOUT") this.cluster.silent(coordinator);
+        if (err.code === "TIMEOUT" || err.code === "DISCONNECTED") this.cluster.silent(coordinator);
         this.coordinator = null;
       }
       throw err;
@@ -140,7 +140,7 @@ class ClusterMember {
       return await this.cluster.client(leader).request(op, { topic, partition, ...fields }, { timeoutMs });
     } catch (err) {
       if (!(err instanceof RailError) || !LEADER_GONE.has(err.code)) throw err;
-      if (err.code === "TIMEOUT") this.cluster.silent(leader);
+      if (err.code === "TIMEOUT" || err.code === "DISCONNECTED") this.cluster.silent(leader);
       if (this.cluster.leaders.get(tp) === leader) this.cluster.leaders.delete(tp);
       await sleep(RETRY_MS);
       return null;

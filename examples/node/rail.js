@@ -73,6 +73,13 @@ class RailClient {
     // has been answered by then.
     this.socket = new zmq.Dealer({ linger: 0, ...curveOptions() });
     this.socket.connect(endpoint);
+    // ZeroMQ reconnects in silence, and a request written to a connection that dropped
+    // gets no reply (§2.1): fail its waiters at once (DISCONNECTED, as for a timeout)
+    // rather than let each wait its timeout out for a broker that was stopped or killed.
+    this.socket.events.on("disconnect", () => {
+      this.failAll(new RailError("DISCONNECTED",
+        `the connection to ${this.endpoint} was lost before it answered`));
+    });
     this.nextId = 1;
     this.pending = new Map(); // id -> {resolve, reject, timer}
     this.sending = Promise.resolve(); // zeromq.js allows one send in progress at a time
@@ -191,7 +198,7 @@ function toJSON(value) {
 // replaced yet); the batch may be stored, and a resend is recognised as its duplicate (§8).
 // STORAGE_ERROR: the leader's disk refused the write, and it has withdrawn (cluster.md).
 const LEADER_MOVED = new Set(["NOT_LEADER", "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH",
-  "NOT_ENOUGH_REPLICAS", "STORAGE_ERROR", "TIMEOUT"]);
+  "NOT_ENOUGH_REPLICAS", "STORAGE_ERROR", "TIMEOUT", "DISCONNECTED"]);
 const RETRY_MS = 200; // pause between attempts while leadership moves
 const METADATA_TIMEOUT_MS = 2000; // one broker's turn at answering metadata
 const SILENT_MS = 5000; // a broker that did not answer is asked last for this long
@@ -311,7 +318,7 @@ class RailCluster {
       try {
         reply = await this.client(endpoint).request("metadata", { topics }, { timeoutMs: METADATA_TIMEOUT_MS });
       } catch (err) {
-        if (err instanceof RailError && err.code !== "TIMEOUT" && err.code !== "CLOSED") throw err;
+        if (err instanceof RailError && !["TIMEOUT", "DISCONNECTED", "CLOSED"].includes(err.code)) throw err;
         this.silent(endpoint);
         lastError = err;
         continue;
@@ -375,7 +382,7 @@ class RailCluster {
         if (!(err instanceof RailError) || !(LEADER_MOVED.has(err.code) || err.code === "CLOSED")) throw err;
         last = err;
         this.retries.set(err.code, (this.retries.get(err.code) ?? 0) + 1);
-        if (err.code === "TIMEOUT") this.silent(leader);
+        if (err.code === "TIMEOUT" || err.code === "DISCONNECTED") this.silent(leader);
         if (this.leaders.get(tp) === leader) this.leaders.delete(tp);
         await sleep(RETRY_MS);
       }
@@ -395,7 +402,8 @@ class RailCluster {
         return reply.api;
       } catch (err) {
         if (!(err instanceof RailError)) throw err;
-        if (err.code === "TIMEOUT") this.silent(endpoint);
+        if (err.code === "TIMEOUT" || err.code === "DISCONNECTED") this.silent(endpoint);
+        else if (err.code === "DISCONNECTED") this.silent(endpoint);
         else if (err.code !== "NOT_COORDINATOR" && err.code !== "CLOSED") throw err;
         lastError = err;
       }
