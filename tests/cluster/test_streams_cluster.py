@@ -77,6 +77,18 @@ def _stop(router: Router, worker: StreamsWorker, brokers: list[BrokerProcess]) -
             b.stop()
 
 
+def assert_exact(router: Router, items: list[tuple[str, Any]]) -> None:
+    """The counting app's table and output topic equal the reference for ``items``."""
+    expected = Counter(key for key, _ in items)
+    time.sleep(1.0)  # a late duplicate would show by now
+    assert dict(query.decoded(query.table(router, "tally", "counts"))) == dict(expected)
+    # the output topic: every key's counts 1..n, each once and in order
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for event in read_all(router, "counts-out"):
+        by_key[event.key].append(event.value)
+    assert by_key == {k: list(range(1, n + 1)) for k, n in expected.items()}
+
+
 def leaders(api: str, topics: list[str]) -> Counter[int]:
     """How many partitions of ``topics`` each broker leads."""
     count: Counter[int] = Counter()
@@ -131,15 +143,7 @@ def test_a_streams_app_on_a_cluster_is_exact_through_a_leaders_and_its_own_kill_
         send(items[2 * CHUNK:])
         wait_for(lambda: progressed(len(items)), 90, 0.2, "every order counted")
 
-        expected = Counter(key for key, _ in items)
-        time.sleep(1.0)  # a late duplicate would show by now
-        assert dict(query.decoded(query.table(router, "tally", "counts"))) == dict(expected)
-        # the output topic: every key's counts 1..n, each once and in order
-        by_key: dict[str, list[int]] = defaultdict(list)
-        for event in read_all(router, "counts-out"):
-            by_key[event.key].append(event.value)
-        assert {k: v for k, v in by_key.items()} == \
-            {k: list(range(1, n + 1)) for k, n in expected.items()}
+        assert_exact(router, items)
         assert worker.lives == 2  # the kill -9; the leader's failover was ridden in place
         described = router.call(p.DescribeGroup(group="tally"))
         assert {m.member_id for m in described.members} <= {"tally-0"}
@@ -246,13 +250,7 @@ def test_a_streams_app_rides_out_a_rolling_restart_exactly_without_stalling(
                     brokers[i - 1] = start_member(tmp_path, zookeeper, i - 1,
                                                   api_port=ports[i - 1])
                     wait_in_sync(apis, "orders", PARTITIONS, 3, timeout=60)
-        expected = Counter(key for key, _ in items)
-        time.sleep(1.0)  # a late duplicate would show by now
-        assert dict(query.decoded(query.table(router, "tally", "counts"))) == dict(expected)
-        by_key: dict[str, list[int]] = defaultdict(list)
-        for event in read_all(router, "counts-out"):
-            by_key[event.key].append(event.value)
-        assert by_key == {k: list(range(1, n + 1)) for k, n in expected.items()}
+        assert_exact(router, items)
         assert worker.lives == 1, f"a stop stopped the worker: {worker.log()}"
     finally:
         _stop(router, worker, brokers)
