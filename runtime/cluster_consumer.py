@@ -60,7 +60,7 @@ def find_coordinator(endpoints: list[str], context: zmq.Context, group: str,
 class ClusterConsumer(Consumer):
     """A member of consumer group ``group`` in a cluster; see the module docstring."""
 
-    WATCH_COORDINATOR = True
+    CLUSTERED = True
 
     def __init__(self, broker: str, **kwargs: Any) -> None:
         self._bootstrap = bootstrap_list(broker, DEFAULT_BROKER)
@@ -121,7 +121,7 @@ class ClusterConsumer(Consumer):
         errors = self.conn.async_errors
         self.conn.close()
         self.conn = Connection(endpoint, context=self._context, timeout_s=self.conn.timeout_s,
-                               watch_reconnects=True)
+                               end_waits_on_drop=True)
         self.conn.async_errors = errors
 
     def _forget_progress(self) -> None:
@@ -148,7 +148,7 @@ class ClusterConsumer(Consumer):
                         conn.close()
                     conn = Connection(endpoint, context=self._context,
                                       timeout_s=self._heartbeat_interval_s * 2,
-                                      watch_reconnects=True)
+                                      end_waits_on_drop=True)
                 sent_at = time.monotonic()
                 try:
                     reply = conn.call(p.Heartbeat(group=self.group, member_id=self.member_id))

@@ -28,7 +28,7 @@ _replies = msgspec.msgpack.Decoder(p.Reply)
 MAX_ERRORS = 10_000
 """Errors a client keeps for its caller to read (``Producer.errors``, ``async_errors``)."""
 LOST_CHECK_S = 0.25
-"""With ``watch_reconnects``, how often a wait looks whether the connection was lost."""
+"""With ``end_waits_on_drop``, how often a wait looks whether the connection was lost."""
 
 
 def keep_error(errors: list[BrokerError], error: BrokerError) -> None:
@@ -59,9 +59,10 @@ class BrokerUnavailable(BrokerError):
 class Connection:
     def __init__(self, endpoint: str = DEFAULT_BROKER, context: zmq.Context | None = None,
                  timeout_s: float = 10.0, watch_reconnects: bool = False,
-                 keys: ClientKeys | None = None) -> None:
+                 keys: ClientKeys | None = None, end_waits_on_drop: bool = False) -> None:
         """``keys``: CURVE keys (default: from $RAIL_CURVE_SERVER_KEY and
-        $RAIL_CURVE_KEY_FILE; neither set: plaintext)."""
+        $RAIL_CURVE_KEY_FILE; neither set: plaintext).  ``end_waits_on_drop`` (implies
+        ``watch_reconnects``): a wait ends as soon as the connection is lost (``wait``)."""
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         keys = keys or ClientKeys.from_env()  # a bad key fails before a socket exists
@@ -86,7 +87,8 @@ class Connection:
         self._lost = self._back = self._dropped = False
         self._drops = 0  # connections lost so far: a wait's request went down with one
         self._lost_during = False  # the last wait ended as the connection was lost
-        if watch_reconnects:
+        self._end_waits = end_waits_on_drop
+        if watch_reconnects or end_waits_on_drop:
             self._monitor = self.socket.get_monitor_socket(
                 zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
@@ -147,7 +149,7 @@ class Connection:
              decoder: msgspec.msgpack.Decoder = _replies) -> Any:
         """Wait for the reply to ``request_id``; other replies are kept for their waiters.
 
-        With ``watch_reconnects``, a connection lost during the wait ends it at once (the
+        With ``end_waits_on_drop``, a connection lost during the wait ends it at once (the
         request most likely went down with it): BrokerUnavailable, as after the timeout,
         without waiting that out (a coordinator stopped or killed cost a sync commit its
         whole timeout, 30 s in tests/cluster/test_rolling_restart.py)."""
@@ -168,14 +170,14 @@ class Connection:
 
     def arrived(self, request_id: int, timeout_s: float) -> bool:
         """Receive until the reply to ``request_id`` is in, or ``timeout_s`` passed (or,
-        with ``watch_reconnects``, the connection was lost meanwhile: ``_lost_during``)."""
+        with ``end_waits_on_drop``, the connection was lost meanwhile: ``_lost_during``)."""
         deadline = time.monotonic() + timeout_s
-        if self._monitor is not None:
+        if self._end_waits:
             self._watch()
         drops, self._lost_during = self._drops, False
         while not (self._streams.get(request_id) or request_id in self._stash):
             left = max(0.0, deadline - time.monotonic())
-            if self._monitor is None:
+            if not self._end_waits:
                 got = self.recv(left)
             else:  # in slices, looking at the monitor between them
                 got = self.recv(min(left, LOST_CHECK_S))
@@ -242,6 +244,13 @@ class Connection:
         self._watch()
         dropped, self._dropped = self._dropped, False
         return dropped
+
+    def drops(self) -> int:
+        """How many times the connection was lost so far (only with ``watch_reconnects``):
+        a request sent when it was lower than now was written to a lost connection, or
+        queued for the one made since: it may get no reply."""
+        self._watch()
+        return self._drops
 
     def is_down(self) -> bool:
         """The connection was lost and is not up again (only with ``watch_reconnects``)."""

@@ -15,6 +15,7 @@ import msgspec
 from brokerd import protocol as p
 from runtime.connection import (
     DEFAULT_BROKER,
+    LOST_CHECK_S,
     BrokerError,
     BrokerUnavailable,
     Connection,
@@ -174,9 +175,9 @@ class Consumer:
     Given several endpoints (``"tcp://a,tcp://b"``), or one broker of a cluster, it is a
     ``runtime.cluster_consumer.ClusterConsumer``, with the same API."""
 
-    # A wait at the coordinator ends as soon as the connection is lost (Connection's
-    # watch_reconnects): in a cluster another broker takes over its groups at once.
-    WATCH_COORDINATOR = False
+    # In a cluster a wait at the coordinator ends as soon as the connection is lost
+    # (Connection's end_waits_on_drop): another broker takes over its groups at once.
+    CLUSTERED = False
 
     def __new__(cls, broker: str = DEFAULT_BROKER, **kwargs: Any) -> Consumer:
         if cls is Consumer and _in_cluster(broker, kwargs["group"], kwargs.get("timeout_s", 10.0)):
@@ -209,8 +210,8 @@ class Consumer:
         # specialising attribute loads (poll got slower for the Producer that way).
         self.hooks = _Hooks(on_assign, on_revoke, rebalance_timeout_ms)
         self.releasing: set[tuple[str, int]] = set()  # revoked, not released yet
-        self.conn = Connection(broker, timeout_s=timeout_s,
-                               watch_reconnects=self.WATCH_COORDINATOR)
+        self.conn = Connection(broker, timeout_s=timeout_s, watch_reconnects=True,
+                               end_waits_on_drop=self.CLUSTERED)
         self.member_id = member_id
         self.generation = -1
         self.assignment: list[tuple[str, int]] = []
@@ -227,7 +228,7 @@ class Consumer:
         self._inflight: dict[int, tuple[float, list[tuple[str, int, int]]]] = {}
         self._last_commit_at = float("-inf")
         self._poll_id: int | None = None
-        self._poll_sent_at = 0.0
+        self._poll_sent = (0.0, 0)  # when the parked poll was sent, and the drops then
         # After a seek: (offset, id of the last poll sent before it); replies to that poll
         # or an earlier one may predate the seek, so their events below offset are dropped.
         self._floors: dict[tuple[str, int], tuple[int, int]] = {}
@@ -399,7 +400,7 @@ class Consumer:
         return min(5000, self.session_timeout_ms // 2)
 
     def _send_poll(self) -> None:
-        self._poll_sent_at = time.monotonic()
+        self._poll_sent = (time.monotonic(), self.conn.drops())
         self._poll_id = self.conn.send(p.Poll(group=self.group, member_id=self.member_id,
                                               max_bytes=self.max_bytes,
                                               max_wait_ms=self._long_wait_ms,
@@ -407,15 +408,27 @@ class Consumer:
         self.conn.stream(self._poll_id)
 
     def _await_poll(self, timeout_s: float) -> _PollReply | None:
-        """The parked poll's reply if it comes within ``timeout_s``, else None (still parked)."""
+        """The parked poll's reply if it comes within ``timeout_s``, else None (still parked,
+        or lost with its connection: then the next turn polls again)."""
         rid = self._poll_id
         assert rid is not None
-        if not self.conn.arrived(rid, timeout_s):
+        sent_at, drops = self._poll_sent
+        deadline = time.monotonic() + timeout_s
+        # In slices: a poll whose connection dropped (the broker restarted?) can get no
+        # reply.  It is sent again at once (a broker that no longer knows this member says
+        # NOT_MEMBER, and it joins again) rather than at the end of the wait: a worker
+        # went on 3-4 s after its broker's restart, the rest of its poll's wait.
+        while not self.conn.arrived(rid, min(LOST_CHECK_S, max(0.0, deadline - time.monotonic()))):
+            if self.conn.drops() != drops:
+                self._end_poll(rid)
+                return None
+            if time.monotonic() < deadline:
+                continue
             if self._forgotten_at > self._joined_at:  # this poll will not be answered
                 self._end_poll(rid)
                 self._join()
                 return None
-            overdue = time.monotonic() - self._poll_sent_at - self._long_wait_ms / 1000
+            overdue = time.monotonic() - sent_at - self._long_wait_ms / 1000
             if overdue > self.conn.timeout_s:
                 self._end_poll(rid)
                 raise BrokerUnavailable(self.conn.endpoint, self.conn.timeout_s)

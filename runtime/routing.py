@@ -308,7 +308,7 @@ class Router:
             # goes again where the cluster now serves it, not after the whole timeout.
             conn = self._conns[endpoint] = Connection(endpoint, context=self.context,
                                                       timeout_s=self.timeout_s,
-                                                      watch_reconnects=True)
+                                                      end_waits_on_drop=True)
         return conn
 
     def _drop(self, endpoint: str) -> None:
