@@ -550,6 +550,8 @@ class Cluster:
                 try:
                     reply, wait_s = self._fetch_part(req, part, req.max_bytes - used, note)
                 except RailError as exc:
+                    if isinstance(exc, CorruptLogError):
+                        self.damaged(exc)  # as Broker.send_error does for a whole request
                     waiting.pop(tp, None)
                     out.errors.append(p.PartError(part.topic, part.partition, exc.code,
                                                   exc.message))
@@ -716,12 +718,10 @@ class Cluster:
         # Below the start offset (records deleted while the follower was away): nothing,
         # and the start offset, from which the follower starts again.
         max_bytes = req.max_bytes if max_bytes is None else max_bytes
-        try:  # every batch checked: a damaged one must not be copied, nor stay here
-            batches = (plog.read_all(req.offset, max_bytes, verify=True) if max_bytes > 0
-                       and plog.start_offset <= req.offset < plog.end_offset else [])
-        except CorruptLogError as exc:
-            self.damaged(exc)
-            raise
+        # Every batch checked: a damaged one must not be copied (its CorruptLogError,
+        # answered, makes this broker step aside: Broker.send_error, answer_parts).
+        batches = (plog.read_all(req.offset, max_bytes, verify=True) if max_bytes > 0
+                   and plog.start_offset <= req.offset < plog.end_offset else [])
         replica.sent_end[req.replica_id] = plog.end_offset
         return p.ReplicaFetchReply(
             id=req.id, topic=req.topic, partition=req.partition,
