@@ -1,10 +1,13 @@
-"""Cluster test helpers: brokers joined to a ZooKeeper, a leader-following producer, and
-the history checker every fault scenario runs."""
+"""Cluster test helpers: brokers joined to a ZooKeeper, a leader-following producer, a
+steady Python Producer stream, and the history checker every fault scenario runs."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ import msgspec
 
 from brokerd.config import TopicDefaults
 from brokerd.log.partition import PartitionLog
+from runtime.client import BrokerError, Producer
 from tests.cluster.zookeeper import ZooKeeper
 from tests.helpers import BrokerProcess, start_broker, wait_for
 from tests.integration.wire import RawClient
@@ -59,6 +63,60 @@ def create_in_sync(apis: list[str], topic: str, partitions: int = 1, replicas: i
     with RawClient(apis[0]) as raw:
         raw.ok("create_topic", topic=topic, partitions=partitions, **fields)
     return wait_in_sync(apis, topic, partitions, replicas)
+
+
+class Stream:
+    """A steady keyed ``acks="all"`` stream to topic ``t`` from the Python Producer given
+    the bootstrap list, in a thread; every acknowledgement kept with the time it came."""
+
+    def __init__(self, apis: list[str], request_timeout_s: float = 3) -> None:
+        self.producer = Producer(",".join(apis), acks="all", request_timeout_s=request_timeout_s)
+        self.acked: list[tuple[int, int, Any, float]] = []
+        self.failed: list[BrokerError] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            def done(part: int, offset: int, error: BrokerError | None, v: str = f"p{i}") -> None:
+                if error is None:
+                    self.acked.append((part, offset, v, time.time()))
+                else:
+                    self.failed.append(error)
+            self.producer.send("t", f"p{i}", key=f"k{i % 101}", callback=done)
+            i += 1
+            if i % 10 == 0:
+                time.sleep(0.01)
+
+    def acks_since(self, partition: int, since: float) -> int:
+        return sum(1 for part, _, _, at in self.acked if part == partition and at > since)
+
+    def records(self) -> list[tuple[int, int, Any]]:
+        """``(partition, offset, value)`` of every acknowledged record."""
+        return [(part, offset, v) for part, offset, v, _ in self.acked]
+
+    def ends(self) -> dict[int, int]:
+        """Each partition's offset after its last acknowledged record."""
+        ends: dict[int, int] = defaultdict(int)
+        for part, offset, _, _ in self.acked:
+            ends[part] = max(ends[part], offset + 1)
+        return dict(ends)
+
+    def finish(self) -> None:
+        """Stop sending, wait for every ack; no send may have failed."""
+        self.stop.set()
+        self.thread.join(10)
+        self.producer.flush(timeout_s=60)
+        assert not self.failed and not self.producer.errors, \
+            (self.failed + self.producer.errors)[:3]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        with contextlib.suppress(BrokerError):  # a failed run must still stop the brokers
+            self.producer.close(timeout_s=1)
 
 
 @dataclass

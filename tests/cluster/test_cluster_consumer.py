@@ -18,7 +18,7 @@ from brokerd import protocol as p
 from runtime.client import BrokerError, Consumer, Producer
 from runtime.cluster_consumer import ClusterConsumer
 from runtime.connection import Connection
-from tests.cluster.client import start_member, wait_in_sync
+from tests.cluster.client import Stream, start_member, wait_in_sync
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
 from tests.helpers import wait_for, written_lines
@@ -38,42 +38,6 @@ def coordinator_of(apis: list[str], group: str) -> int:
             finally:
                 conn.close()
     raise AssertionError("no broker names a coordinator")
-
-
-class Writer:
-    """An ``acks="all"`` Producer sending a steady keyed stream of ints to ``t`` in a
-    thread; it keeps ``(partition, offset, value)`` of every acknowledged one."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.producer = Producer(bootstrap, acks="all", request_timeout_s=30)
-        self.produced: list[tuple[int, int, Any]] = []
-        self.failed: list[BrokerError] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            def done(part: int, offset: int, error: BrokerError | None, v: int = i) -> None:
-                (self.failed.append(error) if error else self.produced.append((part, offset, v)))
-            self.producer.send("t", i, key=f"k{i % 101}", callback=done)
-            i += 1
-            if i % 20 == 0:
-                time.sleep(0.01)  # a steady stream
-
-    def finish(self) -> dict[int, int]:
-        """Stop, flush, check that nothing failed; each partition's end offset."""
-        self.stop.set()
-        self.thread.join(30)
-        self.producer.flush(timeout_s=90)
-        self.producer.close()
-        assert not self.failed and not self.producer.errors, \
-            (self.failed + self.producer.errors)[:3]
-        ends: dict[int, int] = defaultdict(int)
-        for part, offset, _ in self.produced:
-            ends[part] = max(ends[part], offset + 1)
-        return ends
 
 
 class Reader:
@@ -173,13 +137,13 @@ def test_kill_9_of_the_coordinator_then_of_a_leader_loses_nothing_and_never_goes
     brokers = start_three(tmp_path, zookeeper)
     ports = [int(b.api.rsplit(":", 1)[1]) for b in brokers]
     reader: Reader | None = None
-    writer: Writer | None = None
+    stream: Stream | None = None
     try:
         apis = [b.api for b in brokers]
         with RawClient(apis[0]) as raw:
             raw.ok("create_topic", topic="t", partitions=PARTITIONS)
         leaders = wait_in_sync(apis, "t", PARTITIONS, 3)
-        writer = Writer(",".join(apis))
+        stream = Stream(apis, request_timeout_s=30)
         reader = Reader(",".join(apis))
         wait_for(lambda: sum(map(len, reader.seen.values())) >= 500, 60,
                  what="500 events before the first kill")
@@ -204,11 +168,12 @@ def test_kill_9_of_the_coordinator_then_of_a_leader_loses_nothing_and_never_goes
         wait_for(lambda: sum(map(len, reader.seen.values())) >= at + 500
                  and all(reader.consumer._leaders.get(("t", q)) not in (None, apis[victim])
                          for q in moved), 90, what="500 more events from the new leaders")
-        ends = writer.finish()
-        wait_for(lambda: reader.has(dict(ends)), 90, what="the group to commit every record")
+        stream.finish()
+        ends = stream.ends()
+        wait_for(lambda: reader.has(ends), 90, what="the group to commit every record")
         assert not reader.errors, reader.errors
         # Nothing acknowledged lost, each with the value stored at its offset.
-        stored = {(part, offset): v for part, offset, v in writer.produced}
+        stored = {(part, offset): v for part, offset, v in stream.records()}
         got = {(part, offset): v for part, rows in reader.seen.items() for offset, v in rows}
         assert not set(stored) - set(got), sorted(set(stored) - set(got))[:5]
         assert all(got[k] == v for k, v in stored.items())
@@ -219,8 +184,8 @@ def test_kill_9_of_the_coordinator_then_of_a_leader_loses_nothing_and_never_goes
             # What the coordinator acknowledged never goes backwards.
             assert reader.acked[part] == sorted(reader.acked[part]), reader.acked[part]
     finally:
-        if writer is not None:
-            writer.stop.set()
+        if stream is not None:
+            stream.close()
         try:
             if reader is not None:
                 reader.close()

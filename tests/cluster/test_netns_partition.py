@@ -6,16 +6,13 @@ partition heals; the history checks run at the end of each scenario."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +21,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from runtime.client import BrokerError, Producer
 from tests.cluster import netns
-from tests.cluster.client import LeaderProducer, check_replicas, metadata, wait_in_sync
+from tests.cluster.client import (
+    LeaderProducer,
+    Stream,
+    check_replicas,
+    metadata,
+    wait_in_sync,
+)
 from tests.cluster.test_cluster_consumer import Reader
 from tests.cluster.zookeeper import available
 from tests.helpers import (
@@ -88,49 +90,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             made.stop()
         finally:
             net.close()
-
-
-class Stream:
-    """A steady keyed ``acks="all"`` stream from the Python Producer given the bootstrap
-    list, in a thread; every acknowledgement kept with the time it came."""
-
-    def __init__(self, apis: list[str]) -> None:
-        self.producer = Producer(",".join(apis), acks="all", request_timeout_s=3)
-        self.acked: list[tuple[int, int, Any, float]] = []
-        self.failed: list[BrokerError] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            def done(part: int, offset: int, error: BrokerError | None, v: str = f"p{i}") -> None:
-                if error is None:
-                    self.acked.append((part, offset, v, time.time()))
-                else:
-                    self.failed.append(error)
-            self.producer.send("t", f"p{i}", key=f"k{i % 101}", callback=done)
-            i += 1
-            if i % 10 == 0:
-                time.sleep(0.01)
-
-    def acks_since(self, partition: int, since: float) -> int:
-        return sum(1 for part, _, _, at in self.acked if part == partition and at > since)
-
-    def finish(self) -> None:
-        """Stop sending, wait for every ack; no send may have failed."""
-        self.stop.set()
-        self.thread.join(10)
-        self.producer.flush(timeout_s=60)
-        assert not self.failed and not self.producer.errors, \
-            (self.failed + self.producer.errors)[:3]
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        with contextlib.suppress(BrokerError):  # a failed run must still stop the brokers
-            self.producer.close(timeout_s=1)
 
 
 class GroupReader(Reader):
@@ -252,9 +211,7 @@ def test_a_leader_cut_off_by_a_network_partition_is_replaced_and_rejoins_by_epoc
         healed_at = time.time()
         wait_for(lambda: stream.acks_since(0, healed_at) >= 50, 30, what="acks after the heal")
         stream.finish()
-        ends: dict[int, int] = defaultdict(int)
-        for part, offset, _, _ in stream.acked:
-            ends[part] = max(ends[part], offset + 1)
+        ends = stream.ends()
         wait_for(lambda: all(reader.acked[q] and reader.acked[q][-1] >= end
                              for q, end in ends.items()), 60,
                  what="the group to commit every record")
@@ -280,7 +237,7 @@ def test_a_leader_cut_off_by_a_network_partition_is_replaced_and_rejoins_by_epoc
 
     stale_acked = [(0, off, r["value"]) for r in replies if r["acks"] == "all" and r["offsets"]
                    for _, off, _ in r["offsets"]]
-    acked = [(part, offset, v) for part, offset, v, _ in stream.acked] + stale_acked
+    acked = stream.records() + stale_acked
     logs = check_replicas(cluster.brokers, "t", PARTITIONS, acked)
     kept = {msgspec.msgpack.decode(record)[0] for _, record in logs["0"][0]}
     assert not [r for r in after_cut if r["value"] in kept], \
@@ -333,7 +290,7 @@ def test_a_follower_cut_off_leaves_the_isr_and_rejoins_it_after_the_heal(
                      for after in re.findall(
                          r"(?<![\w.-])t\[0\]:? isr \[[\d, ]*\] -> (\[[\d, ]*\])", line))
     assert [isr for _, isr in changes[:2]] == [rest, [0, 1, 2]], f"the ISR changes: {changes}"
-    acked = [(part, offset, v) for part, offset, v, _ in stream.acked]
+    acked = stream.records()
     logs = check_replicas(cluster.brokers, "t", 1, acked)
     assert len(logs["0"][0]) == len(acked), "every record acknowledged, each once"
 
@@ -385,7 +342,7 @@ def test_a_leader_cut_off_from_its_followers_only_refuses_acks_all_until_the_hea
     finally:
         stream.close()
         cluster.stop()
-    acked = [(part, offset, v) for part, offset, v, _ in stream.acked] + probe.acked
+    acked = stream.records() + probe.acked
     logs = check_replicas(cluster.brokers, "t", PARTITIONS, acked)
     assert sum(len(copy) for copy in logs["0"].values()) == len(acked), \
         "every record acknowledged, each once, and nothing refused stored"

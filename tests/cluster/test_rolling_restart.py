@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.cluster.client import check_replicas, start_member, wait_in_sync
-from tests.cluster.test_cluster_consumer import Reader, Writer
+from tests.cluster.client import Stream, check_replicas, start_member, wait_in_sync
+from tests.cluster.test_cluster_consumer import Reader
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
 from tests.helpers import wait_for
@@ -28,13 +28,13 @@ def test_a_rolling_restart_under_a_producer_and_a_group_loses_nothing_and_stalls
     brokers = start_three(tmp_path, zookeeper)
     ports = [int(b.api.rsplit(":", 1)[1]) for b in brokers]
     apis = [b.api for b in brokers]
-    writer: Writer | None = None
+    stream: Stream | None = None
     readers: list[Reader] = []
     try:
         with RawClient(apis[0]) as raw:
             raw.ok("create_topic", topic="t", partitions=PARTITIONS)
         wait_in_sync(apis, "t", PARTITIONS, 3)
-        writer = Writer(",".join(apis))
+        stream = Stream(apis, request_timeout_s=30)
         readers = [Reader(",".join(apis), timeout_s=30) for _ in range(2)]
 
         def consumed() -> int:
@@ -48,13 +48,14 @@ def test_a_rolling_restart_under_a_producer_and_a_group_loses_nothing_and_stalls
             assert took < RESUMED_WITHIN_S, f"the group stalled {took:.1f} s after broker {i}"
             brokers[i] = start_member(tmp_path, zookeeper, i, api_port=ports[i])
             wait_in_sync(apis, "t", PARTITIONS, 3, timeout=60)
-        ends = writer.finish()
+        stream.finish()
+        ends = stream.ends()
         wait_for(lambda: all(any(r.acked[part] and r.acked[part][-1] >= end for r in readers)
                              for part, end in ends.items()), 90,
                  what="the group to commit every record")
         for reader in readers:
             assert not reader.errors, reader.errors
-        stored = {(part, offset): v for part, offset, v in writer.produced}
+        stored = {(part, offset): v for part, offset, v in stream.records()}
         got = {(part, offset): v for r in readers for part, rows in r.seen.items()
                for offset, v in rows}
         assert not set(stored) - set(got), sorted(set(stored) - set(got))[:5]
@@ -63,10 +64,10 @@ def test_a_rolling_restart_under_a_producer_and_a_group_loses_nothing_and_stalls
             for part, offsets in reader.acked.items():
                 assert offsets == sorted(offsets), (part, offsets)
     finally:
-        if writer is not None:
-            writer.stop.set()
+        if stream is not None:
+            stream.close()
         for reader in readers:
             reader.close()
         for b in brokers:
             b.stop()
-    check_replicas(brokers, "t", PARTITIONS, writer.produced)
+    check_replicas(brokers, "t", PARTITIONS, stream.records())
