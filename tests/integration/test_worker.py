@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -302,48 +303,56 @@ def test_a_worker_whose_parent_dies_stops(workers: Workers, tmp_path: Path) -> N
     assert len(lines(out)) == 10
 
 
+@contextlib.contextmanager
+def recorder_on_fixed_ports(tmp_path: Path, *extra: str) -> Iterator[
+        tuple[Workers, subprocess.Popen[str], Path]]:
+    """A broker on ports of its own (``restart_broker`` keeps them) and a RECORDER worker
+    host that has handled 5 events into the file given back; the worker and the broker of
+    the moment are stopped at the end."""
+    out = tmp_path / "out.jsonl"
+    workers = Workers(start_broker(tmp_path / "data", api_port=free_port(),
+                                   ingest_port=free_port()), tmp_path)
+    try:
+        produce(workers.broker, 5)
+        proc = workers.start(workers.script(RECORDER), *extra, env={"OUT": str(out)})
+        wait_for(lambda: len(lines(out)) == 5, 20, what="5 events handled")
+        yield workers, proc, out
+    finally:
+        workers.stop_all()
+        workers.broker.stop()
+
+
+def restart_broker(workers: Workers) -> BrokerProcess:
+    """Start the workers' broker again (after its kill) on its ports and data."""
+    old = workers.broker
+    workers.broker = start_broker(old.data_dir, api_port=int(old.api.rsplit(":", 1)[1]),
+                                  ingest_port=int(old.ingest.rsplit(":", 1)[1]))
+    return workers.broker
+
+
 def test_a_worker_goes_on_at_once_when_its_broker_is_restarted(tmp_path: Path) -> None:
     """The broker killed (kill -9) and started again at once, three times, as a supervisor
     does: each time the worker handles the next events within 1.5 s.  Its parked poll went
     down with the connection and used to be waited for to the end of its 5 s wait (3.3 to
     4.0 s after the restart); the lost connection now sends it again at once."""
-    out = tmp_path / "out.jsonl"
-    api_port, ingest_port = free_port(), free_port()
-    broker = start_broker(tmp_path / "data", api_port=api_port, ingest_port=ingest_port)
-    workers = Workers(broker, tmp_path)
-    try:
-        produce(broker, 5)
-        proc = workers.start(workers.script(RECORDER), env={"OUT": str(out)})
-        wait_for(lambda: len(lines(out)) == 5, 20, what="5 events handled")
+    with recorder_on_fixed_ports(tmp_path) as (workers, proc, out):
         for restart in range(1, 4):
             time.sleep(0.7 * restart)  # each kill at another point of the poll's wait
-            broker.kill9()
+            workers.broker.kill9()
             killed = time.monotonic()
-            broker = workers.broker = start_broker(tmp_path / "data", api_port=api_port,
-                                                   ingest_port=ingest_port)
-            produce(broker, 5, start=5 * restart)
+            produce(restart_broker(workers), 5, start=5 * restart)
             wait_for(lambda: {line[2]["n"] for line in lines(out)} >= set(range(5 * restart + 5)),
                      30, what="the events sent after the restart handled")
             took = time.monotonic() - killed
             assert took < 1.5, f"the worker went on {took:.1f} s after restart {restart}"
         assert proc.poll() is None
-    finally:
-        workers.stop_all()
-        broker.stop()
 
 
 def test_a_worker_waits_out_a_broker_outage_and_goes_on_with_the_same_process(
         tmp_path: Path) -> None:
-    out = tmp_path / "out.jsonl"
-    api_port, ingest_port = free_port(), free_port()
-    broker = start_broker(tmp_path / "data", api_port=api_port, ingest_port=ingest_port)
-    workers = Workers(broker, tmp_path)
-    try:
-        produce(broker, 5)
-        proc = workers.start(workers.script(RECORDER), "--session-timeout-ms", "2000",
-                             env={"OUT": str(out)})
-        wait_for(lambda: len(lines(out)) == 5, 20, what="5 events handled")
-        broker.kill9()
+    with recorder_on_fixed_ports(tmp_path, "--session-timeout-ms", "2000") as (
+            workers, proc, out):
+        workers.broker.kill9()
         # Longer than its poll's wait plus its request timeout, noticed at the end of a 5 s
         # poll (about 15 s): the worker used to exit there, and a supervisor counts each
         # such exit as a crash.
@@ -351,15 +360,10 @@ def test_a_worker_waits_out_a_broker_outage_and_goes_on_with_the_same_process(
         while time.monotonic() < down_until:
             assert proc.poll() is None, "the worker exited while the broker was down"
             time.sleep(0.25)
-        broker = start_broker(tmp_path / "data", api_port=api_port, ingest_port=ingest_port)
-        workers.broker = broker
-        produce(broker, 5, start=5)
+        produce(restart_broker(workers), 5, start=5)
         wait_for(lambda: {line[2]["n"] for line in lines(out)} == set(range(10)), 30,
                  what="the 5 events sent after the outage handled")
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
         assert proc.stderr is not None and "waiting for it" in proc.stderr.read()
-    finally:
-        workers.stop_all()
-        broker.stop()
