@@ -241,7 +241,12 @@ class ReplicaFetch(_Request, tag="replica_fetch"):
 
 
 class ReplicaPart(msgspec.Struct):
-    """One partition of a ``replica_fetch_many``: a ``replica_fetch``'s own fields."""
+    """One partition of a ``replica_fetch_many``: a ``replica_fetch``'s own fields, and
+    what the follower already knows of the partition: its high watermark and its latest
+    epoch entry.  At the deadline the leader leaves out a part whose answer would tell it
+    nothing new (no batches, the same high watermark, start offset and latest epoch): the
+    follower asks again for every part the last reply did not name.  -1: not said (a
+    follower from before these fields), and the part is always answered."""
 
     topic: str
     partition: Partition
@@ -249,6 +254,9 @@ class ReplicaPart(msgspec.Struct):
     leader_epoch: int
     topic_id: str = ""
     start_offset: int = 0
+    high_watermark: int = -1
+    last_epoch: int = -1
+    last_epoch_start: int = -1
 
 
 class ReplicaFetchMany(_Request, tag="replica_fetch_many"):

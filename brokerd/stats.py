@@ -75,7 +75,9 @@ class Stats:
                               "end_offset": plog.end_offset, "size_bytes": plog.size_bytes,
                               "segments": len(plog.segments), "records_in": c.records_in,
                               "bytes_in": c.bytes_in, "records_out": c.records_out,
-                              "bytes_out": c.bytes_out})
+                              "bytes_out": c.bytes_out,
+                              **({} if plog.high_watermark is None
+                                 else {"high_watermark": plog.high_watermark})})
                 for k in totals:
                     totals[k] += getattr(c, k)
             topics[name] = parts

@@ -52,6 +52,10 @@ class Follow:
     start_offset: int = 0
     """This broker's start offset of the partition (the leader waits for it to move
     before it answers delete_records)."""
+    high_watermark: int = -1
+    epoch_entry: tuple[int, int] = (-1, -1)
+    """This broker's high watermark and latest epoch entry of the partition: with them in
+    a ``replica_fetch_many`` the leader need not answer an idle part at its deadline."""
     waiting: bool = False
     """A request is out, or its answer was not applied (``resume`` not called)."""
     sent_at: float = 0.0
@@ -111,12 +115,15 @@ class ReplicaFetcher:
                 del self._many[f.rid]
 
     def resume(self, tp: TP, leader_epoch: int, offset: int, start_offset: int,
-               delay_s: float = 0.0) -> None:
+               delay_s: float = 0.0, high_watermark: int = -1,
+               epoch_entry: tuple[int, int] = (-1, -1)) -> None:
         """The last answer is applied: fetch ``tp`` from ``offset`` now, or ``delay_s``
-        from now (the log starts at ``start_offset``)."""
+        from now (the log starts at ``start_offset``; what else the log holds now, for
+        ``Follow``)."""
         known = self.follows.get(tp)
         if known is not None and known.leader_epoch == leader_epoch:
             known.offset, known.start_offset, known.waiting = offset, start_offset, False
+            known.high_watermark, known.epoch_entry = high_watermark, epoch_entry
             now = time.monotonic()
             known.retry_at = now + delay_s
             self._send(known, now)
@@ -210,7 +217,8 @@ class ReplicaFetcher:
             request = p.ReplicaFetchMany(
                 id=rid, replica_id=self.broker_id, max_wait_ms=POLL_WAIT_MS,
                 parts=[p.ReplicaPart(f.tp[0], f.tp[1], f.offset, f.leader_epoch, f.topic_id,
-                                     f.start_offset) for f in follows])
+                                     f.start_offset, f.high_watermark, *f.epoch_entry)
+                       for f in follows])
             try:
                 sock.send(self._encode(request), zmq.NOBLOCK)
             except zmq.Again:  # the socket's queue is full: the leader is not reading

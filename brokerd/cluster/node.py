@@ -445,7 +445,7 @@ class Cluster:
                         *tp, plog.end_offset, target, epoch)
             plog.truncate_to(target)
         replica.epochs.truncate(plog.end_offset)
-        self.fetcher.resume(tp, leader_epoch, plog.end_offset, plog.start_offset)
+        self._resume(replica, leader_epoch)
 
     def _fetched(self, replica: Replica, leader_epoch: int, offset: int,
                  reply: p.ReplicaFetchReply) -> None:
@@ -478,7 +478,14 @@ class Cluster:
                                       min(reply.high_watermark, plog.end_offset))
             if reply.batches:
                 self.broker.appended(self.broker.topics.topics[tp[0]], tp[1])
-        self.fetcher.resume(tp, leader_epoch, plog.end_offset, plog.start_offset, delay_s)
+        self._resume(replica, leader_epoch, delay_s)
+
+    def _resume(self, replica: Replica, leader_epoch: int, delay_s: float = 0.0) -> None:
+        """Fetch ``replica`` again from its log end (its answer is applied)."""
+        plog, entries = replica.plog, replica.epochs.entries
+        self.fetcher.resume(replica.key, leader_epoch, plog.end_offset, plog.start_offset,
+                            delay_s, plog.high_watermark or 0,
+                            entries[-1] if entries else (-1, -1))
 
     # -- the leader's side ------------------------------------------------------------
     def leading(self, topic: str, partition: int) -> Replica:
@@ -547,8 +554,12 @@ class Cluster:
             used = 0
             for part in parts:
                 tp = (part.topic, part.partition)
+                if final and not note and self._quiet(part):
+                    waiting.pop(tp, None)  # left out: the follower asks again
+                    continue
                 try:
-                    reply, wait_s = self._fetch_part(req, part, req.max_bytes - used, note)
+                    reply, wait_s = self._fetch_part(req, part, req.max_bytes - used, note,
+                                                     final)
                 except RailError as exc:
                     if isinstance(exc, CorruptLogError):
                         self.damaged(exc)  # as Broker.send_error does for a whole request
@@ -556,7 +567,12 @@ class Cluster:
                     out.errors.append(p.PartError(part.topic, part.partition, exc.code,
                                                   exc.message))
                     continue
-                if reply.batches or final or (used >= req.max_bytes and self._has_news(part)):
+                if reply is None:  # nothing to tell: parked, or at the end left out (the
+                    if final:  # follower asks again for what the last reply did not name)
+                        waiting.pop(tp, None)
+                    else:
+                        waiting[tp] = part
+                elif reply.batches or final or (used >= req.max_bytes and self._has_news(part)):
                     waiting.pop(tp, None)
                     out.fetched.append(reply)
                     used += sum(len(b) for b in reply.batches)
@@ -565,6 +581,7 @@ class Cluster:
                     if wait_s:
                         refill_s = min(refill_s, wait_s)
             out.more = bool(waiting)
+            self.broker.stats.count("replica_parts_answered", len(out.fetched))
             return out
 
         first = answer_parts(req.parts, req.max_wait_ms == 0, note=True)
@@ -603,21 +620,46 @@ class Cluster:
                 or replica.plog.end_offset > part.offset)
 
     def _fetch_part(self, req: p.ReplicaFetchMany, part: p.ReplicaPart, budget: int,
-                    note: bool) -> tuple[p.ReplicaFetchReply, float]:
+                    note: bool, final: bool) -> tuple[p.ReplicaFetchReply | None, float]:
         """A part's answer now (up to ``budget`` bytes, at least one batch while it is
         positive), and for a throttled new replica whose allowance is spent, the seconds
-        until it refills (else 0); ``note``: as ``_replica_fetched``'s."""
+        until it refills (else 0); ``note``: as ``_replica_fetched``'s.  None for a part at
+        the log's end that would be answered empty before the deadline (a reply that is
+        not sent) or, at the deadline (``final``), tell its follower nothing it does not
+        know (KIP-227's point: an idle partition costs no answer)."""
         single = p.ReplicaFetch(id=req.id, topic=part.topic, partition=part.partition,
                                 offset=part.offset, replica_id=req.replica_id,
                                 leader_epoch=part.leader_epoch, max_bytes=req.max_bytes,
                                 topic_id=part.topic_id, start_offset=part.start_offset)
         replica, allowed = self._replica_fetched(single, note)
         if allowed is None:
+            plog = replica.plog
+            if part.offset == plog.end_offset and (not final or self._knows_all(replica, part)):
+                return None, 0.0
             return self._replica_reply(replica, single, max(0, budget)), 0.0
         if allowed > 0 and budget > 0:
             return self._spend(replica, single, min(budget, allowed)), 0.0
         wait_s = self.reassigner.spent(replica.key, req.replica_id, 0) if allowed <= 0 else 0.0
         return self._replica_reply(replica, single, 0), wait_s
+
+    def _quiet(self, part: p.ReplicaPart) -> bool:
+        """A parked part still at the end of the log it was checked against on arrival,
+        whose follower knows all an answer would say: nothing to answer at the deadline.
+        (What else may have changed since, a follower removed from the replicas, say, its
+        next request is checked for.)"""
+        replica = self.replicas.get((part.topic, part.partition))
+        return (replica is not None and replica.role == LEADER and not self.fenced
+                and replica.leader_epoch == part.leader_epoch
+                and replica.plog.end_offset == part.offset and self._knows_all(replica, part))
+
+    @staticmethod
+    def _knows_all(replica: Replica, part: p.ReplicaPart) -> bool:
+        """The follower of ``part``, at the log's end, holds what an empty answer would
+        bring: the high watermark, the start offset, the latest epoch entry."""
+        plog, entries = replica.plog, replica.epochs.entries
+        return (part.high_watermark == (plog.high_watermark or 0)
+                and part.start_offset >= plog.start_offset and bool(entries)
+                and (part.last_epoch, part.last_epoch_start) == entries[-1])
 
     def _replica_fetched(self, req: p.ReplicaFetch,
                          note: bool = True) -> tuple[Replica, int | None]:
