@@ -6,7 +6,9 @@
  *
  * All VALUEs go in one request, as the records [VALUE] or [VALUE, KEY] (msgpack str). The
  * reply's `offsets` say where they were stored: one [partition, base_offset, count] per
- * partition. Exit 0 when acknowledged, 1 on an error reply, 3 on no reply in time.
+ * partition. Exit 0 when acknowledged, 1 on an error reply, 3 on no reply: none in time,
+ * or the connection dropped while the request was out (the broker stopped or died: its
+ * reply cannot come, so this says so at once rather than waiting the timeout out, §2.1).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -106,10 +108,22 @@ int main(int argc, char **argv) {
     int linger = 0;
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
     int status = 0;
+    void *events = NULL; /* connection events, once watched */
     if (zmq_connect(sock, endpoint) != 0) {
         fprintf(stderr, "producer_request: cannot connect to %s: %s\n", endpoint, zmq_strerror(errno));
         status = 1;
         goto done;
+    }
+    /* Connection events on a PAIR socket: a drop ends the wait (§2.1, "Connections"). */
+    char monitor[64];
+    snprintf(monitor, sizeof monitor, "inproc://producer-request-%d", (int)getpid());
+    if (zmq_socket_monitor(sock, monitor, ZMQ_EVENT_DISCONNECTED) == 0) {
+        events = zmq_socket(ctx, ZMQ_PAIR);
+        zmq_setsockopt(events, ZMQ_LINGER, &linger, sizeof linger);
+        if (zmq_connect(events, monitor) != 0) {
+            zmq_close(events);
+            events = NULL;
+        }
     }
     /* A DEALER sends the body as a single frame and gets the reply as a single frame. */
     if (zmq_send(sock, body.data, body.size, 0) < 0) {
@@ -124,12 +138,21 @@ int main(int argc, char **argv) {
     for (;;) {
         clock_gettime(CLOCK_MONOTONIC, &now);
         long elapsed = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
-        zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
-        if (elapsed >= timeout_ms || zmq_poll(&item, 1, timeout_ms - elapsed) <= 0) {
+        zmq_pollitem_t items[2] = {{sock, 0, ZMQ_POLLIN, 0}, {events, 0, ZMQ_POLLIN, 0}};
+        if (elapsed >= timeout_ms || zmq_poll(items, events ? 2 : 1, timeout_ms - elapsed) <= 0) {
             fprintf(stderr, "producer_request: no reply from %s in %d ms\n", endpoint, timeout_ms);
             status = 3;
             goto done;
         }
+        if (events && (items[1].revents & ZMQ_POLLIN) && !(items[0].revents & ZMQ_POLLIN)) {
+            /* The only event asked for: a connection that was up dropped. (A monitor event
+             * is two frames, the event and the endpoint; no need to read them.) */
+            fprintf(stderr, "producer_request: the connection to %s dropped before the reply: "
+                            "the events may or may not be stored\n", endpoint);
+            status = 3;
+            goto done;
+        }
+        if (!(items[0].revents & ZMQ_POLLIN)) continue;
         zmq_msg_t msg;
         zmq_msg_init(&msg);
         if (zmq_msg_recv(&msg, sock, 0) < 0) {
@@ -179,6 +202,7 @@ int main(int argc, char **argv) {
         break;
     }
 done:
+    if (events) zmq_close(events);
     zmq_close(sock);
     zmq_ctx_term(ctx);
     msgpack_sbuffer_destroy(&body);

@@ -3,10 +3,14 @@ and its acknowledgement), written from docs/protocol.md, built with their Makefi
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 import zlib
 from pathlib import Path
 
-from tests.helpers import BrokerProcess, free_port, wait_for
+from tests.helpers import BrokerProcess, free_port, start_broker, wait_for
 from tests.interop import call, describe_run, read_topic, run, topic_exists
 
 
@@ -50,3 +54,32 @@ def test_c_request_producer_gets_its_acknowledgement(
     # No broker: no reply in time, exit 3 (it never hangs).
     nobody = run([tool, "-e", f"tcp://127.0.0.1:{free_port()}", "-t", "300", "c.orders", "x"])
     assert nobody.returncode == 3 and "no reply" in nobody.stderr, describe_run(nobody)
+
+
+def test_c_request_producer_says_at_once_when_the_connection_drops_before_the_reply(
+        c_examples: Path, tmp_path: Path) -> None:
+    """The broker is paused (SIGSTOP) while the request is out, then killed with kill -9:
+    its reply cannot come.  The producer watches its connection (docs/protocol.md §2.1)
+    and exits 3 as soon as it drops, not at the end of its 30 s timeout."""
+    broker = start_broker(tmp_path / "data")
+    try:
+        call(broker.api, "create_topic", topic="c.lost", partitions=1)
+        os.kill(broker.pid, signal.SIGSTOP)
+        proc = subprocess.Popen([str(c_examples / "producer_request"), "-e", broker.api,
+                                 "-t", "30000", "c.lost", "x"], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            time.sleep(0.5)  # connected and sent (the kernel holds it for the paused broker)
+            assert proc.poll() is None, "it must still be waiting for the reply"
+            broker.kill9()
+            killed = time.monotonic()
+            out, err = proc.communicate(timeout=30)
+            took = time.monotonic() - killed
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        assert proc.returncode == 3 and "dropped before the reply" in err, (out, err)
+        assert took < 2.0, f"exited {took:.1f} s after the kill"
+    finally:
+        broker.stop()
