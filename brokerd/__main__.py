@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BIND
         metrics.start()
     shown = f" metrics={metrics.address}" if metrics else ""
+    broker.catch_signals()
     print(f"brokerd ready api={api} ingest={ingest} data={config.data_dir}{shown}", flush=True)
     broker.serve()
     if metrics is not None:

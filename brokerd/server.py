@@ -89,6 +89,8 @@ class Broker(Handlers):
                           self.pull.getsockopt_string(zmq.LAST_ENDPOINT))
         self._stopping = False
         self._reload = False
+        self._wake_r: socket.socket | None = None  # signals wake the loop (catch_signals)
+        self._wake_w: socket.socket | None = None
         self._next_flush: dict[str, float] = {}
         # When the next interval fsync of a topic is due (None: no topic waits for one).
         # Appends only bring it forward (``appended``); a full scan redoes it whenever a
@@ -169,15 +171,25 @@ class Broker(Handlers):
         self.send(client, ErrorReply(id=request_id, code=exc.code, message=exc.message))
 
     # -- the loop ---------------------------------------------------------------------
-    def serve(self) -> None:
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        signal.set_wakeup_fd(wake_w.fileno())
+    def catch_signals(self) -> None:
+        """Take SIGTERM, SIGINT (and SIGHUP with security on) from now: before the ready
+        line is printed, so that a signal sent as soon as it is read is handled (SIGHUP's
+        default action ends the process: an ACL reload sent right after start killed the
+        broker, silently, in tests/security/test_acl.py under load)."""
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno())
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         if self.security is not None:
             signal.signal(signal.SIGHUP, self._on_reload_signal)
+
+    def serve(self) -> None:
+        if self._wake_r is None:
+            self.catch_signals()
+        wake_r, wake_w = self._wake_r, self._wake_w
+        assert wake_r is not None and wake_w is not None
         self.flusher.start()
         api_fd, pull_fd = int(self.api.getsockopt(zmq.FD)), int(self.pull.getsockopt(zmq.FD))
         flusher_fd, signal_fd = self.flusher.wake_fd, wake_r.fileno()

@@ -217,3 +217,29 @@ def _succeeds(conn: Connection, request: object) -> bool:
     return True
 
 
+
+
+def test_a_reload_sent_the_moment_the_broker_says_ready_is_taken_not_fatal(
+        tmp_path: Path) -> None:
+    """SIGHUP's default action ends a process: the broker takes it from before its ready
+    line.  It installed its handler only after printing the line, and a reload sent at once
+    killed it, silently, once under CI's load (the broker lost the core in between); on an
+    idle machine that window is too short to hit, so this guards the order rather than
+    reproducing the race: ten starts, each sent SIGHUP as soon as its ready line is read,
+    each broker alive and answering after it."""
+    keys = {n: make_keys(tmp_path / "keys", n) for n in ("broker", "admin")}
+    acl = tmp_path / "acl.toml"
+    write_acl(acl, [keys["admin"]], rule("admin", "cluster", "", ["admin"]))
+    for attempt in range(10):
+        broker = start_secure_broker(tmp_path / f"b{attempt}", keys["broker"], acl)
+        try:
+            broker.proc.send_signal(signal.SIGHUP)
+            conn = Connection(broker.api, timeout_s=15,
+                              keys=client_keys(keys["broker"], keys["admin"]))
+            try:
+                conn.call(p.Ping())
+            finally:
+                conn.close()
+            assert broker.proc.poll() is None, f"start {attempt}: the SIGHUP ended it"
+        finally:
+            broker.stop()
