@@ -165,7 +165,7 @@ class Supervisor:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, lambda signum, frame: self.signals.append(signum))
         return wake_r, wake_w
 
@@ -212,7 +212,10 @@ class Supervisor:
     def handle_signals(self) -> None:
         signals, self.signals = self.signals, []
         for signum in signals:
-            if signum in (signal.SIGINT, signal.SIGTERM):
+            # SIGHUP too: the terminal that ran ``rail up`` closed.  Its default action
+            # ended the supervisor at once, and its children with it (their parent-death
+            # signal is SIGKILL): a hangup now stops everything gracefully.
+            if signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 if self.stopping:
                     LOG.warning("second %s: killing every worker now", signal.Signals(signum).name)
                     for replica in self.all_replicas():

@@ -141,6 +141,21 @@ def test_rail_up_starts_the_broker_and_every_replica_and_status_lists_them(rail:
     assert all_gone(pizza["pids"] + [status["broker"]["pid"]])
 
 
+def test_a_hangup_stops_rail_up_gracefully(rail: Rail) -> None:
+    """SIGHUP (the terminal that ran ``rail up`` closed) is a graceful stop, as SIGTERM:
+    its default action ended the supervisor at once and took its children along with
+    SIGKILL (their parent-death signal), without a word in the log."""
+    rail.write_toml(appender_toml(rail))
+    rail.up()
+    pizza = wait_for(lambda: rail.running("pizza", 2), 20, what="2 pizza replicas")
+    broker = rail.status()["broker"]["pid"]
+    assert rail.proc is not None
+    rail.proc.send_signal(signal.SIGHUP)
+    assert rail.proc.wait(30) == 0
+    assert "SIGHUP: stopping gracefully" in rail.log(), rail.log()
+    assert all_gone(pizza["pids"] + [broker])
+
+
 def test_a_killed_replica_is_restarted_and_no_event_is_lost(rail: Rail) -> None:
     rail.write_toml(appender_toml(rail))
     rail.up()
