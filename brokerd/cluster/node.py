@@ -554,9 +554,6 @@ class Cluster:
             used = 0
             for part in parts:
                 tp = (part.topic, part.partition)
-                if final and not note and self._quiet(part):
-                    waiting.pop(tp, None)  # left out: the follower asks again
-                    continue
                 try:
                     reply, wait_s = self._fetch_part(req, part, req.max_bytes - used, note,
                                                      final)
@@ -641,16 +638,6 @@ class Cluster:
             return self._spend(replica, single, min(budget, allowed)), 0.0
         wait_s = self.reassigner.spent(replica.key, req.replica_id, 0) if allowed <= 0 else 0.0
         return self._replica_reply(replica, single, 0), wait_s
-
-    def _quiet(self, part: p.ReplicaPart) -> bool:
-        """A parked part still at the end of the log it was checked against on arrival,
-        whose follower knows all an answer would say: nothing to answer at the deadline.
-        (What else may have changed since, a follower removed from the replicas, say, its
-        next request is checked for.)"""
-        replica = self.replicas.get((part.topic, part.partition))
-        return (replica is not None and replica.role == LEADER and not self.fenced
-                and replica.leader_epoch == part.leader_epoch
-                and replica.plog.end_offset == part.offset and self._knows_all(replica, part))
 
     @staticmethod
     def _knows_all(replica: Replica, part: p.ReplicaPart) -> bool:
