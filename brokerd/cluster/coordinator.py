@@ -237,7 +237,7 @@ def find_coordinator(cluster: Cluster, group: str) -> tuple[int, str]:
         # moment old sends a client to the old coordinator: NOT_COORDINATOR, it asks again.
         known = cluster.brokers.get(cluster.named_leader(OFFSETS_TOPIC, index))
         if known is not None:
-            return known.id, known.api
+            return _serving(cluster, group, index, known.id), known.api
     record = cluster.store.topic(OFFSETS_TOPIC)
     if record is None:
         try:
@@ -250,7 +250,18 @@ def find_coordinator(cluster: Cluster, group: str) -> tuple[int, str]:
     if broker is None:
         raise NotCoordinator(f"{OFFSETS_TOPIC}[{index}], which holds group {group!r}, has no "
                              "live leader now: retry find_coordinator shortly")
-    return broker.id, broker.api
+    return _serving(cluster, group, index, broker.id), broker.api
+
+
+def _serving(cluster: Cluster, group: str, index: int, broker_id: int) -> int:
+    """``broker_id``, unless it is this broker and it does not serve ``group`` yet: named
+    leader in ZooKeeper (the first call had just created the topic) but not yet leading
+    here, or still loading the offsets. Naming itself then sent the client's ``join`` to a
+    NOT_COORDINATOR (a CI run's failure, 3 of 20 fresh clusters on a loaded machine)."""
+    if broker_id == cluster.id and index not in cluster.group_offsets.loaded:
+        raise NotCoordinator(f"broker {cluster.id} is taking over {OFFSETS_TOPIC}[{index}], "
+                             f"which holds group {group!r}: retry find_coordinator shortly")
+    return broker_id
 
 
 def describe(broker: Broker, group_name: str, request_id: int) -> p.DescribeGroupReply:

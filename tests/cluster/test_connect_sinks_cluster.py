@@ -24,6 +24,7 @@ import psycopg
 from runtime.client import Producer
 from runtime.connect.settings import parse
 from tests.cluster.client import create_in_sync
+from tests.cluster.test_groups_coordinator import find_coordinator
 from tests.cluster.test_replication import start_three
 from tests.cluster.zookeeper import ZooKeeper
 from tests.connect.postgres import PostgresServer
@@ -62,9 +63,7 @@ def test_a_postgres_sink_on_a_cluster_applies_each_change_once_through_coordinat
             assert not producer.errors, producer.errors[:3]
         prepare_tables(postgres.dsn)
         entry = sink_entry(postgres.dsn)
-        with RawClient(apis[0]) as raw:
-            found = raw.ok("find_coordinator", group=parse(entry).group)
-        coordinator = apis.index(found["api"])
+        coordinator = apis.index(find_coordinator(apis[0], parse(entry).group)[1])
         task = Task(entry, every, tmp_path / "sink.log")
         try:
             wait_for(lambda: applied(postgres.dsn) > 4_000, 60, 0.01, "4,000 applied")
@@ -217,9 +216,7 @@ def test_a_sqlite_sink_on_a_cluster_keeps_the_latest_value_per_key_through_a_coo
         entry = {"name": "docs-out", "kind": "sink", "class": "sqlite", "topics": ["docs"],
                  "errors": {"tolerance": "all"}, "batch": 50, "linger_ms": 5,
                  "config": {"path": str(db), "table": "docs"}}
-        with RawClient(apis[0]) as raw:
-            found = raw.ok("find_coordinator", group=parse(entry).group)
-        coordinator = apis.index(found["api"])
+        coordinator = apis.index(find_coordinator(apis[0], parse(entry).group)[1])
         task = Task(entry, every, tmp_path / "sqlite.log")
         try:
             wait_for(lambda: (stored(db) or 0) > 1_000, 60, 0.01, "1,000 applied")
@@ -268,9 +265,7 @@ def test_jsonl_and_http_sinks_on_a_cluster_deliver_everything_through_a_coordina
                 "batch": 50, "linger_ms": 5, "errors": {"tolerance": "all"},
                 "config": {"url": f"http://127.0.0.1:{server.server_port}/in", "retries": 50,
                            "backoff_ms": 1, "max_backoff_ms": 20}}
-        with RawClient(apis[0]) as raw:
-            found = raw.ok("find_coordinator", group=parse(hook).group)
-        coordinator = apis.index(found["api"])
+        coordinator = apis.index(find_coordinator(apis[0], parse(hook).group)[1])
         tasks = [Task(to_file, every, tmp_path / "file.log"), Task(hook, every, tmp_path / "hook.log")]
 
         def delivered() -> int:
