@@ -131,10 +131,11 @@ def kill9_process(proc: subprocess.Popen) -> None:
 def start_broker(data_dir: Path, *extra: str, api_port: int | None = None,
                  ingest_port: int | None = None, timeout: float = 15.0,
                  env: dict[str, str] | None = None,
-                 prefix: tuple[str, ...] = ()) -> BrokerProcess:
+                 prefix: tuple[str, ...] = (), cwd: Path = ROOT) -> BrokerProcess:
     """Start ``python -m brokerd`` on free loopback ports and wait for its ready line.
 
-    ``prefix`` runs it under another command, e.g. ``("prlimit", "--nofile=64:64")``."""
+    ``prefix`` runs it under another command, e.g. ``("prlimit", "--nofile=64:64")``;
+    ``cwd``, the folder whose ``brokerd`` runs (another version's, say)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     api = f"tcp://127.0.0.1:{api_port}" if api_port else "tcp://127.0.0.1:*"
     ingest = f"tcp://127.0.0.1:{ingest_port}" if ingest_port else "tcp://127.0.0.1:*"
@@ -144,7 +145,7 @@ def start_broker(data_dir: Path, *extra: str, api_port: int | None = None,
          "--ingest", ingest, *extra],
         stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True,
         env={**python_env(), **(env or {})},
-        cwd=ROOT)
+        cwd=cwd)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     line = ""

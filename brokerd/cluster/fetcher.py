@@ -35,6 +35,7 @@ POLL_WAIT_MS = 500
 RETRY_S = 0.2
 REPLY_TIMEOUT_S = 5.0
 NEVER = float("inf")
+SINGLE_FOR_S = 30.0  # then a leader that answered UNKNOWN_OP is asked replica_fetch_many again
 
 
 @dataclass
@@ -87,8 +88,10 @@ class ReplicaFetcher:
         """The parts of each replica_fetch_many out: id -> {tp: (offset, epoch, topic id)}."""
         self._ready: set[TP] = set()
         """Partitions to fetch in the next replica_fetch_many to their leader."""
-        self._single: set[str] = set()
-        """Leaders that do not know replica_fetch_many (older than protocol 8)."""
+        self._single: dict[str, float] = {}
+        """Leaders that do not know replica_fetch_many (older than protocol 8), and until
+        when they are asked one partition at a time: then once more with the others (one
+        upgraded in a rolling upgrade, on the same endpoint, takes it)."""
         self._receiving = False
         self._ids = itertools.count(1)
         self._encode = msgspec.msgpack.Encoder().encode
@@ -177,14 +180,28 @@ class ReplicaFetcher:
             self._due(f)
         self._flush(now)
 
+    def leader_joined(self, endpoint: str) -> None:
+        """A broker registered (again) at ``endpoint``: if it answered replica_fetch_many
+        UNKNOWN_OP before, it may be upgraded now (a rolling upgrade): ask it again."""
+        self._single.pop(endpoint, None)
+
     # -- requests and answers ---------------------------------------------------------
+    def _asked_singly(self, endpoint: str, now: float) -> bool:
+        until = self._single.get(endpoint)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self._single[endpoint]
+        return False
+
     def _send(self, f: Follow, now: float) -> None:
         if f.waiting:
             return
         if now < f.retry_at:
             self._due(f)
             return
-        if f.offset >= 0 and not f.busy and f.endpoint not in self._single:
+        if f.offset >= 0 and not f.busy and not self._asked_singly(f.endpoint, now):
             self._ready.add(f.tp)  # with the other partitions of its leader, in one request
             if not self._receiving:
                 self._flush(now)
@@ -291,7 +308,11 @@ class ReplicaFetcher:
                 if f is None or f.rid != reply.id:
                     continue
                 if reply.code == "UNKNOWN_OP":
-                    self._single.add(f.endpoint)
+                    if f.endpoint not in self._single:
+                        log.info("the leader at %s does not know replica_fetch_many (a "
+                                 "broker before protocol 8): fetching from it one partition "
+                                 "at a time", f.endpoint)
+                    self._single[f.endpoint] = now + SINGLE_FOR_S
                     f.waiting = False
                     self._send(f, now)
                 else:

@@ -204,7 +204,9 @@ class Cluster:
             case ("session", state):
                 self._session(state)
             case ("brokers",):
-                self.brokers = self.store.brokers()
+                before, self.brokers = self.brokers, self.store.brokers()
+                for joined in self.brokers.keys() - before.keys():  # a restart may be an
+                    self.fetcher.leader_joined(self.brokers[joined].api)  # upgrade
                 if self.controller_epoch is not None:
                     self._elect_leaders()
                     admin.complete_deletions(self)
