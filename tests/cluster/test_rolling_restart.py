@@ -49,20 +49,7 @@ def test_a_rolling_restart_under_a_producer_and_a_group_loses_nothing_and_stalls
             brokers[i] = start_member(tmp_path, zookeeper, i, api_port=ports[i])
             wait_in_sync(apis, "t", PARTITIONS, 3, timeout=60)
         stream.finish()
-        ends = stream.ends()
-        wait_for(lambda: all(any(r.acked[part] and r.acked[part][-1] >= end for r in readers)
-                             for part, end in ends.items()), 90,
-                 what="the group to commit every record")
-        for reader in readers:
-            assert not reader.errors, reader.errors
-        stored = {(part, offset): v for part, offset, v in stream.records()}
-        got = {(part, offset): v for r in readers for part, rows in r.seen.items()
-               for offset, v in rows}
-        assert not set(stored) - set(got), sorted(set(stored) - set(got))[:5]
-        assert all(got[k] == v for k, v in stored.items())
-        for reader in readers:  # what the coordinators acknowledged never went back
-            for part, offsets in reader.acked.items():
-                assert offsets == sorted(offsets), (part, offsets)
+        check_group_read_all(stream, readers)
     finally:
         if stream is not None:
             stream.close()
@@ -71,3 +58,23 @@ def test_a_rolling_restart_under_a_producer_and_a_group_loses_nothing_and_stalls
         for b in brokers:
             b.stop()
     check_replicas(brokers, "t", PARTITIONS, stream.records())
+
+
+def check_group_read_all(stream: Stream, readers: list[Reader]) -> None:
+    """The group committed past every record ``stream`` was acknowledged, its members read
+    each with its value and without an error, and their acknowledged offsets never went
+    back."""
+    ends = stream.ends()
+    wait_for(lambda: all(any(r.acked[part] and r.acked[part][-1] >= end for r in readers)
+                         for part, end in ends.items()), 90,
+             what="the group to commit every record")
+    for reader in readers:
+        assert not reader.errors, reader.errors
+    stored = {(part, offset): v for part, offset, v in stream.records()}
+    got = {(part, offset): v for r in readers for part, rows in r.seen.items()
+           for offset, v in rows}
+    assert not set(stored) - set(got), sorted(set(stored) - set(got))[:5]
+    assert all(got[k] == v for k, v in stored.items())
+    for reader in readers:  # what the coordinators acknowledged never went back
+        for part, offsets in reader.acked.items():
+            assert offsets == sorted(offsets), (part, offsets)

@@ -24,6 +24,7 @@ import pytest
 from runtime.client import Producer
 from tests.cluster.client import Stream, check_replicas, start_member, wait_in_sync
 from tests.cluster.test_cluster_consumer import Reader
+from tests.cluster.test_rolling_restart import check_group_read_all
 from tests.cluster.zookeeper import ZooKeeper
 from tests.helpers import ROOT, BrokerProcess, start_broker, wait_for
 from tests.integration.wire import RawClient
@@ -132,20 +133,7 @@ def test_a_rolling_upgrade_from_protocol_7_under_a_producer_and_a_group_loses_no
         before = single_fetches(apis)
         time.sleep(3)
         assert single_fetches(apis) - before <= 2
-        ends = stream.ends()
-        wait_for(lambda: all(any(r.acked[part] and r.acked[part][-1] >= end for r in readers)
-                             for part, end in ends.items()), 90,
-                 what="the group to commit every record")
-        for reader in readers:
-            assert not reader.errors, reader.errors
-        stored = {(part, offset): v for part, offset, v in stream.records()}
-        got = {(part, offset): v for r in readers for part, rows in r.seen.items()
-               for offset, v in rows}
-        assert not set(stored) - set(got), sorted(set(stored) - set(got))[:5]
-        assert all(got[k] == v for k, v in stored.items())
-        for reader in readers:  # what the coordinators acknowledged never went back
-            for part, offsets in reader.acked.items():
-                assert offsets == sorted(offsets), (part, offsets)
+        check_group_read_all(stream, readers)
     finally:
         if quiet is not None:
             quiet.close()
