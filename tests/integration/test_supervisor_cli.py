@@ -21,6 +21,7 @@ from runtime.client import Producer
 from runtime.connection import Connection
 from tests.helpers import ROOT, python_env, wait_for
 from tests.integration.test_supervisor import APPENDER, Rail, all_gone, appender_toml
+from tests.integration.wire import RawClient
 
 
 @pytest.fixture
@@ -79,6 +80,15 @@ def test_replicas_sharing_a_log_prefix_each_line_with_the_replica_that_wrote_it(
     rail.write_toml('[workers.talk]\nscript = "talk.py"\ntopics = ["orders"]\nreplicas = 2\n')
     rail.up()
     wait_for(lambda: rail.running("talk", 2), 20, what="2 talk replicas")
+    # Running is not joined: under load one replica took every event before the other was
+    # in the group.  Send once both hold partitions.
+    raw = RawClient(rail.api)
+    try:
+        wait_for(lambda: [m["assignment"] != [] for m in
+                          raw.ok("describe_group", group="talk")["members"]] == [True, True],
+                 30, what="both talk replicas assigned partitions")
+    finally:
+        raw.close()
     rail.send(range(60))
     log = rail.folder / "data" / "logs" / "talk.log"
     wait_for(lambda: log.read_text().count(" value ") == 60, 20, what="60 values printed")
