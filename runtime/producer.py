@@ -315,14 +315,21 @@ class Producer:
 
     def send_delayed(self, topic: str, value: Any, *, delay_s: float | None = None,
                      at: Any = None, key: Any = None,
-                     headers: dict[str, Any] | None = None) -> None:
+                     headers: dict[str, Any] | None = None) -> str:
         """Queue ``value`` for ``topic``, delivered once after ``delay_s`` seconds or at
         ``at`` (a datetime or epoch seconds), to the partition its key picks then.  It is
         parked in ``rail.delayed`` until the supervisor's delay mover (``[supervisor]
-        delays = true``) forwards it: docs/workers.md.  A method of its own, so that
-        ``send`` pays nothing for it."""
+        delays = true``) forwards it: docs/workers.md.  Returns its delay id, for
+        ``cancel_delayed``.  A method of its own, so that ``send`` pays nothing for it."""
         from runtime.worker.delays import send_delayed  # the worker package imports this one
-        send_delayed(self, topic, value, key=key, headers=headers, delay_s=delay_s, at=at)
+        return send_delayed(self, topic, value, key=key, headers=headers, delay_s=delay_s,
+                            at=at)
+
+    def cancel_delayed(self, delay_id: str) -> None:
+        """Cancel a delayed event by the id ``send_delayed`` returned: dropped if the mover
+        reads the cancel before the event falls due (docs/workers.md)."""
+        from runtime.worker.delays import cancel_delayed
+        cancel_delayed(self, delay_id)
 
     def partitions_for(self, topic: str) -> int:
         count = self._partitions.get(topic)

@@ -53,6 +53,13 @@ def add_send(sub: argparse._SubParsersAction) -> None:
     ap.add_argument("--rate", type=_positive_float, metavar="N",
                     help="with --file: send at most N events per second")
     set_handler(ap, guarded(cmd_send))
+    cancel = with_broker(sub.add_parser(
+        "cancel-delayed", help="cancel an event sent with --delay, by its delay id",
+        description="Cancel an event sent with --delay (or send_delayed), by the delay id "
+        "that printed: the delay mover drops it if it reads the cancel before the event "
+        "falls due; after that the cancel changes nothing."))
+    cancel.add_argument("delay_id", help="the id rail send --delay printed")
+    set_handler(cancel, guarded(cmd_cancel_delayed))
 
 
 def _positive_float(text: str) -> float:
@@ -92,20 +99,38 @@ def cmd_send(args: argparse.Namespace) -> int:
 def _send_one(args: argparse.Namespace, value: Any, key: Any,
               headers: dict[str, Any] | None) -> int:
     where: list[tuple[int, int]] = []
+    delay_id = ""
     with Producer(args.broker, request_timeout_s=5.0, delivery_timeout_s=10.0) as producer:
         if args.delay is not None:
             from runtime.worker.delays import send_delayed
-            send_delayed(producer, args.topic, value, key=key, headers=headers,
-                         delay_s=args.delay)
+            delay_id = send_delayed(producer, args.topic, value, key=key, headers=headers,
+                                    delay_s=args.delay)
         else:
             producer.send(args.topic, value, key=key, headers=headers,
                           callback=lambda part, off, err: where.append((part, off)))
         producer.flush(10.0)
         _raise_first(producer)
     if args.delay is not None:
-        print(f"parked for {args.topic}, due in {args.delay:g} s", file=sys.stderr)
+        print(delay_id)  # alone on stdout: ID=$(rail send ... --delay 60)
+        print(f"parked for {args.topic}, due in {args.delay:g} s (rail cancel-delayed "
+              f"{delay_id} cancels it)", file=sys.stderr)
     elif where:
         print(f"sent to {args.topic}[{where[0][0]}]@{where[0][1]}", file=sys.stderr)
+    return 0
+
+
+def cmd_cancel_delayed(args: argparse.Namespace) -> int:
+    from runtime.worker.delays import cancel_delayed, delay_partition
+    try:
+        delay_partition(args.delay_id)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with Producer(args.broker, request_timeout_s=5.0, delivery_timeout_s=10.0) as producer:
+        cancel_delayed(producer, args.delay_id)
+        producer.flush(10.0)
+        _raise_first(producer)
+    print(f"cancel of {args.delay_id} queued: the delay mover drops the event if it has "
+          "not forwarded it yet", file=sys.stderr)
     return 0
 
 

@@ -62,7 +62,7 @@ from brokerd.protocol import EXIT_CONFIG, EXIT_OK, MAX_SESSION_TIMEOUT_MS
 from runtime.client import DEFAULT_BROKER, Consumer, Event, Producer
 from runtime.connection import BrokerError, BrokerUnavailable
 from runtime.dlq import send_to_dlq
-from runtime.worker.delays import send_delayed
+from runtime.worker.delays import cancel_delayed, send_delayed
 from runtime.worker.flight import FREE, SLOT_WORDS, FlightRecord
 from runtime.worker.lanes import Lanes, Runner
 from runtime.worker.quarantine import QuarantineList
@@ -140,17 +140,21 @@ class Context:
 
     def send(self, topic: str, value: Any, key: Any = None,
              headers: dict[str, Any] | None = None, *, delay_s: float | None = None,
-             at: Any = None) -> None:
+             at: Any = None) -> str | None:
         """Send an event; it is acked before the offset of the event in hand is committed.
 
         With ``delay_s`` (seconds) or ``at`` (unix seconds or an aware datetime) it reaches
         ``topic`` once that time has come (runtime.worker.delays; needs ``rail up`` with
-        ``[supervisor] delays = true``)."""
+        ``[supervisor] delays = true``), and its delay id is returned (``cancel_delayed``)."""
         if delay_s is None and at is None:
             self.producer.send(topic, value, key=key, headers=headers)
-        else:
-            send_delayed(self.producer, topic, value, key=key, headers=headers,
-                         delay_s=delay_s, at=at)
+            return None
+        return send_delayed(self.producer, topic, value, key=key, headers=headers,
+                            delay_s=delay_s, at=at)
+
+    def cancel_delayed(self, delay_id: str) -> None:
+        """Cancel an event sent with a delay, by the id ``send`` returned for it."""
+        cancel_delayed(self.producer, delay_id)
 
 
 @dataclass

@@ -10,6 +10,14 @@ at most the consumer's max_bytes, 1 MiB), and events further along wait in the l
 than their time if one of them is due before those held; never early).  Reading stops rather
 than seeking back past what it cannot hold: a reply already on its way could then bring
 later events first, and the watermark would pass the ones skipped.
+
+A cancel marker (``cancel_delayed``) lies behind its event in the same partition: read, it
+takes the event out of the heap if it is held there (not forwarded yet), and both offsets
+count as done.  A due event is forwarded only once its partition was read up to the end the
+broker last reported for it, so that a mover reading again after a crash (from the lowest
+offset not done) meets the marker of an event it is about to forward: a cancel that took
+effect stays in effect.  Only a full heap (MAX_HELD) forwards without that: reading has
+stopped.
 """
 
 from __future__ import annotations
@@ -23,9 +31,18 @@ import msgspec
 from brokerd import protocol as p
 from runtime.client import Consumer, Event
 from runtime.connection import BrokerError, BrokerUnavailable
+from runtime.consumer import events_of_batches
 from runtime.routing import connect
 from runtime.worker import Hosted
-from runtime.worker.delays import DELAY_TOPIC, DUE, TARGET, forward_producer_id
+from runtime.worker.delays import (
+    CANCEL,
+    DELAY_ID,
+    DELAY_TOPIC,
+    DUE,
+    PARKING,
+    TARGET,
+    forward_producer_id,
+)
 from runtime.worker.lanes import Track
 
 MAX_HELD = 10_000
@@ -44,7 +61,9 @@ class Mover:
         self.heap: list[tuple[int, int, int, Event]] = []  # due ms, partition, offset, event
         self.tracks: dict[int, Track] = {}
         self.partitions: dict[str, int] = {}  # partition count of each target topic
+        self.ends: dict[int, int] = {}  # each partition's end, as the broker last said
         self.generation = self.consumer.generation
+        self.cancelled = 0  # held events a cancel marker dropped
 
     def run(self) -> int:
         host = self.host
@@ -66,7 +85,11 @@ class Mover:
         try:
             if len(self.heap) < MAX_HELD:
                 self.host.idle = True
-                self.take(self.consumer.poll(wait))
+                batches = self.consumer.poll_batches(wait)
+                for batch in batches:
+                    self.ends[batch.partition] = max(self.ends.get(batch.partition, 0),
+                                                     batch.end_offset)
+                self.take(events_of_batches(batches))
             else:
                 time.sleep(wait)
             self.forward_due()
@@ -91,11 +114,37 @@ class Mover:
                 continue  # delivered again after a re-join: held already
             track.order.append(event.offset)
             track.next = event.offset + 1
+            cancelled = (event.headers or {}).get(CANCEL)
+            if cancelled is not None:
+                self.cancel(track, event.partition, text(cancelled))
+                track.done.add(event.offset)
+                track.moved = True
+                continue
             heapq.heappush(self.heap, (due_of(event), event.partition, event.offset, event))
 
+    def cancel(self, track: Track, partition: int, delay_id: str) -> None:
+        """Drop the held event of ``delay_id`` (in ``partition``, before its marker)."""
+        for i, (_, part, offset, event) in enumerate(self.heap):
+            if part == partition and text((event.headers or {}).get(DELAY_ID, "")) == delay_id:
+                del self.heap[i]
+                heapq.heapify(self.heap)
+                track.done.add(offset)
+                track.moved = True
+                self.cancelled += 1
+                self.host.log.info("%s[%d]@%d cancelled (%s)", DELAY_TOPIC, part, offset,
+                                   delay_id)
+                return
+        self.host.log.info("cancel of %s came after it was forwarded, or for no event: "
+                           "nothing to do", delay_id)
+
     def forward_due(self) -> None:
+        unread: list[tuple[int, int, int, Event]] = []  # due, but their partition is not read
+        full = len(self.heap) >= MAX_HELD
         while self.heap and self.heap[0][0] <= time.time() * 1000:
             _, partition, offset, event = self.heap[0]
+            if not full and not self.read_to_end(partition):
+                unread.append(heapq.heappop(self.heap))  # its cancel may lie behind it
+                continue
             self.host.idle = False
             self.host.current = (DELAY_TOPIC, partition, offset, time.monotonic())
             try:
@@ -114,9 +163,15 @@ class Mover:
                 track.done.add(offset)
                 track.moved = True
             self.host.processed += 1
+        for held in unread:
+            heapq.heappush(self.heap, held)
+
+    def read_to_end(self, partition: int) -> bool:
+        track = self.tracks.get(partition)
+        return track is not None and track.next >= self.ends.get(partition, 0)
 
     def forward(self, event: Event) -> None:
-        headers = {k: v for k, v in (event.headers or {}).items() if k not in (TARGET, DUE)}
+        headers = {k: v for k, v in (event.headers or {}).items() if k not in PARKING}
         target = text(event.headers.get(TARGET)) if event.headers else ""
         count = self.partitions_of(target)
         partition = (p.partition_for_key(event.key, count) if event.key is not None

@@ -1,7 +1,8 @@
 """Delayed delivery under ``rail up`` with ``[supervisor] delays = true``: a delayed event
 survives kill -9 of the broker, the supervisor and the workers, arrives after its time (never
 before), once, in the partition its key picks; a mover that reads ``rail.delayed`` again from
-the start forwards nothing twice.  The first event goes through ``rail send --delay`` (the broker drops the replayed forwards as duplicates)."""
+the start forwards nothing twice (the broker drops the replayed forwards as duplicates).  The
+first event goes through ``rail send --delay``.  A cancelled event is never forwarded."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from brokerd import protocol as p
 from runtime.client import Consumer, Producer
@@ -32,12 +37,7 @@ def arrivals(up: Rail) -> list[tuple[str, int, float]]:
 
 
 def committed_delays(up: Rail) -> int:
-    conn = Connection(up.api)
-    try:
-        group = conn.call(p.DescribeGroup(group=MOVER_GROUP))
-    finally:
-        conn.close()
-    return sum(g.committed or 0 for g in group.partitions)
+    return committed_delays_at(up.api)
 
 
 def test_a_delayed_event_survives_kill_9_of_everything_and_arrives_once_after_its_time(
@@ -150,3 +150,156 @@ def test_the_mover_stops_reading_once_it_holds_max_held_events(broker, monkeypat
     finally:
         mover.consumer.close()
         mover.conn.close()
+
+
+def _run_mover_until(mover: Any, done: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        mover.step()
+
+
+def test_a_cancelled_delayed_event_is_never_forwarded_also_when_read_again(broker) -> None:
+    """A cancel read while its event is held drops it; one read after the forward changes
+    nothing; the mover reading rail.delayed again from offset 0 (as after a crash before
+    its commits) meets each event before its cancel and still forwards none of them."""
+    import logging
+
+    from runtime.dlq import read_all
+    from runtime.worker import Hosted, Options
+    from runtime.worker.delays import cancel_delayed, delay_partition
+    from runtime.worker.mover import Mover
+
+    conn = Connection(broker.api)
+    conn.call(p.CreateTopic(topic=DELAY_TOPIC, partitions=3, exist_ok=True))
+
+    def values(topic: str) -> list[Any]:
+        return sorted(e.value for e in read_all(conn, topic)) if (
+            topic in {t.name for t in conn.call(p.Metadata()).topics}) else []
+
+    def delays_end() -> int:
+        return sum(x.end_offset for x in conn.call(p.Metadata(topics=[DELAY_TOPIC]))
+                   .topics[0].partitions)
+
+    def mover() -> Mover:
+        return Mover(Hosted(Options(broker=broker.api, group=MOVER_GROUP, topics=[DELAY_TOPIC],
+                                    name="mover"), logging.getLogger("test")))
+
+    first = mover()
+    try:
+        with Producer(broker.api) as producer:
+            early = producer.send_delayed("orders", "early", key="ke", delay_s=0.2)
+            producer.flush()
+            _run_mover_until(first, lambda: values("orders") == ["early"], "the early event")
+            ids = {v: producer.send_delayed("orders", v, key=f"k{v}", delay_s=1.5)
+                   for v in ("a", "b", "c")}
+            keyless = producer.send_delayed("orders", "keyless", delay_s=1.5)
+            producer.flush()
+            cancel_delayed(producer, ids["b"])  # the client function and the method
+            producer.cancel_delayed(keyless)
+            producer.cancel_delayed(early)  # too late: delivered already
+            producer.flush()
+        assert delay_partition(ids["a"]) == p.partition_for_key("ka", 3)
+        _run_mover_until(first, lambda: first.cancelled == 2, "both cancels read")
+        assert len(first.heap) == 2  # a and c; b and keyless left the heap at once
+        _run_mover_until(first, lambda: values("orders") == ["a", "c", "early"], "a and c")
+        wait = time.monotonic() + 1.0
+        while time.monotonic() < wait:  # a forward of b would come by now
+            first.step()
+        assert values("orders") == ["a", "c", "early"]
+        _run_mover_until(first, lambda: committed_delays_at(broker.api) == delays_end(),
+                         "every parked event and marker committed")
+    finally:
+        first.consumer.close()
+        first.conn.close()
+    reset = Consumer(broker.api, group=MOVER_GROUP, topics=[DELAY_TOPIC], member_id="reset")
+    try:
+        reset.commit({(DELAY_TOPIC, part): 0 for _, part in reset.assignment}, sync=True)
+    finally:
+        reset.close()
+    again = mover()
+    try:
+        _run_mover_until(again, lambda: committed_delays_at(broker.api) == delays_end(),
+                         "rail.delayed read again to its end")
+        # b and keyless again, and early: its marker now drops the copy read again (whose
+        # forward the broker would have dropped as a duplicate)
+        assert again.cancelled == 3 and values("orders") == ["a", "c", "early"]
+    finally:
+        again.consumer.close()
+        again.conn.close()
+        conn.close()
+
+
+def committed_delays_at(api: str) -> int:
+    conn = Connection(api)
+    try:
+        group = conn.call(p.DescribeGroup(group=MOVER_GROUP))
+    finally:
+        conn.close()
+    return sum(g.committed or 0 for g in group.partitions)
+
+
+def test_rail_send_delay_prints_the_id_that_rail_cancel_delayed_takes(broker) -> None:
+    from runtime.dlq import header, read_all
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runtime.cli", *args, "--broker",
+                               broker.api], capture_output=True, text=True, env=python_env(),
+                              cwd=ROOT, timeout=30)
+
+    sent = cli("send", "orders", '"x"', "--delay", "60")
+    assert sent.returncode == 0, sent.stderr
+    delay_id = sent.stdout.strip()
+    assert f"rail cancel-delayed {delay_id}" in sent.stderr
+    done = cli("cancel-delayed", delay_id)
+    assert done.returncode == 0, done.stderr
+    conn = Connection(broker.api)
+    try:
+        parked = read_all(conn, DELAY_TOPIC)
+    finally:
+        conn.close()
+    assert [(e.value, header(e, "rail.delay.id"), header(e, "rail.delay.cancel"))
+            for e in parked] == [("x", delay_id, None), (None, None, delay_id)]
+    assert len({e.partition for e in parked}) == 1
+    for bad in ("nonsense", "0-xyz", "../etc"):
+        done = cli("cancel-delayed", bad)
+        assert done.returncode == 2 and "is not a delay id" in done.stderr, done.stderr
+    with Producer(broker.api) as producer, pytest.raises(ValueError, match="not a delay id"):
+        producer.cancel_delayed("12")
+
+
+def test_a_due_event_waits_for_its_partition_to_be_read_to_the_end(broker) -> None:
+    """A mover reading a backlog (a restart) finds an event already due, and its cancel
+    more than a poll's bytes behind it: the event is not forwarded before the cancel is
+    read (it was, with the marker in the next poll)."""
+    import logging
+
+    from runtime.dlq import read_all
+    from runtime.worker import Hosted, Options
+    from runtime.worker.mover import Mover
+
+    with Producer(broker.api) as producer:
+        due = producer.send_delayed("orders", "cancelled", key="k", delay_s=0.1)
+        for i in range(1600):  # 3.2 MB behind it, in its partition: past one poll (1 MiB)
+            producer.send_delayed("orders", f"{i:04d}" + "x" * 2000, key="k", delay_s=3600)
+            if i % 100 == 0:
+                producer.flush()  # stored batches of 200 kB: a poll takes some of them
+        producer.cancel_delayed(due)
+        producer.flush()
+    time.sleep(0.2)
+    mover = Mover(Hosted(Options(broker=broker.api, group=MOVER_GROUP, topics=[DELAY_TOPIC],
+                                 name="mover"), logging.getLogger("test")))
+    try:
+        _run_mover_until(mover, lambda: mover.cancelled or mover.host.processed,
+                         "the cancel read or the event forwarded")
+        assert (mover.cancelled, mover.host.processed) == (1, 0), "forwarded, then cancelled"
+        _run_mover_until(mover, lambda: len(mover.heap) == 1600, "the rest held")
+    finally:
+        mover.consumer.close()
+        mover.conn.close()
+    conn = Connection(broker.api)
+    try:
+        topics = {t.name for t in conn.call(p.Metadata()).topics}
+        assert "orders" not in topics or read_all(conn, "orders") == []
+    finally:
+        conn.close()
