@@ -56,6 +56,20 @@ class TopicSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
 
 
+class ScheduleSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``[schedules.NAME]``, a periodic event (runtime/worker/schedules.py): ``every``,
+    ``offset`` and ``catch_up`` are durations ("30s", "5m", "2h", "1d", "250ms", or a
+    number of seconds)."""
+
+    topic: Annotated[str, msgspec.Meta(min_length=1)]
+    every: str | float
+    offset: str | float = 0  # ticks at every * n + offset of Unix time, e.g. 3h with 1d
+    catch_up: str | float = "60s"  # a tick at most this late is still sent
+    value: Any = None  # default: {"schedule": NAME, "tick": n, "due_ms": ...}
+    key: str | None = None
+    headers: dict[str, str] = {}
+
+
 RATE_PATTERN = r"^(|\s*(\d*[1-9]\d*(\.\d+)?|\d+\.\d*[1-9]\d*)\s*/\s*[smh]\s*)$"
 
 
@@ -92,6 +106,8 @@ class RailConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     topics: dict[str, TopicSection] = {}
     workers: dict[str, WorkerSpec] = {}
     connectors: list[dict[str, Any]] = []  # Rail Connect: each becomes a worker (resolve)
+    # periodic events, sent by the delay mover (runtime/worker/schedules.py)
+    schedules: dict[str, ScheduleSection] = {}
 
 
 def check_broker(broker: BrokerSection) -> None:
@@ -127,13 +143,26 @@ def load_config(path: str | Path | None) -> tuple[RailConfig, Path]:
 def convert(raw: dict[str, object], kind: type, where: str) -> RailConfig:
     """Convert section by section so an error names the table (msgspec hides dict keys)."""
     tables: dict[str, dict[str, object]] = {
-        key: raw.pop(key) for key in ("topics", "workers")  # type: ignore[misc]
+        key: raw.pop(key) for key in ("topics", "workers", "schedules")  # type: ignore[misc]
         if isinstance(raw.get(key), dict)}
     config = typed(raw, kind, where, "")
     config.topics = {name: typed(body, TopicSection, where, f"topics.{name}.")
                      for name, body in tables.get("topics", {}).items()}
     config.workers = {name: typed(body, WorkerSpec, where, f"workers.{name}.")
                       for name, body in tables.get("workers", {}).items()}
+    config.schedules = {name: typed(body, ScheduleSection, where, f"schedules.{name}.")
+                        for name, body in tables.get("schedules", {}).items()}
+    for name, section in config.schedules.items():
+        if not NAME_RE.match(name):
+            raise ConfigError(f"{where}: schedules.{name}: a schedule name is letters, "
+                              "digits, '_', '.', '-' (up to 100, starting with one of the "
+                              "first two)")
+        from runtime.worker.schedules import check as check_schedule  # it imports this
+
+        try:
+            check_schedule(name, section)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     return config
 
 

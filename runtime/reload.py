@@ -63,6 +63,9 @@ def plan(old: RailConfig, old_digests: dict[str, str], new: RailConfig,
     if (old.broker, old.supervisor) != (new.broker, new.supervisor):
         changes.append(Change("note", "rail.toml", why="[broker] and [supervisor] changes "
                               "apply at the next rail up"))
+    if old.schedules != new.schedules:
+        changes.append(Change("note", "rail.toml", why="[schedules] changes apply at the "
+                              "next rail up"))
     for name, spec in new.workers.items():
         if name in registered:
             changes.append(Change("note", name, why="registered at run time: its rail.toml "

@@ -36,6 +36,7 @@ from runtime.policy import Health
 from runtime.process import Child, Replica, Watcher, child_env, describe_exit
 from runtime.registry import Baselines, Registry, baseline, replace_atomically
 from runtime.reload import Reloader, script_digest
+from runtime.worker import schedules
 from runtime.worker.delays import DELAY_TOPIC, MOVER_GROUP
 from runtime.worker.flight import read_flight
 from runtime.worker.quarantine import load as load_quarantine
@@ -72,7 +73,7 @@ class Supervisor:
             self.watchers[name] = Watcher(name, msgspec.structs.replace(spec), registered=False)
         for name, spec in self.registry.workers.items():
             self.watchers[name] = Watcher(name, spec, registered=True)
-        if config.supervisor.delays:  # the delay mover (runtime.worker.delays)
+        if config.supervisor.delays or config.schedules:  # the delay mover (worker/mover.py)
             self.watchers[MOVER_GROUP] = Watcher(MOVER_GROUP, WorkerSpec(
                 script=str(Path(__file__).parent / "worker" / "mover.py"), topics=[DELAY_TOPIC], group=MOVER_GROUP,
                 backoff_s=0.1), registered=False)
@@ -260,7 +261,7 @@ class Supervisor:
             for topic, section in self.config.topics.items():
                 self.conn().call(p.CreateTopic(topic=topic, partitions=section.partitions,
                                                exist_ok=True))
-            if self.config.supervisor.delays and DELAY_TOPIC not in self.config.topics:
+            if MOVER_GROUP in self.watchers and DELAY_TOPIC not in self.config.topics:
                 # a cluster creates a topic only when asked: delayed sends need it first
                 self.conn().call(p.CreateTopic(topic=DELAY_TOPIC, exist_ok=True))
         except BrokerError as exc:
@@ -389,6 +390,8 @@ class Supervisor:
 
     def spawn(self, watcher: Watcher, replica: Replica) -> None:
         env = child_env({"RAIL_BROKER": self.broker.endpoint, "RAIL_WORKER_NAME": watcher.name})
+        if watcher.name == MOVER_GROUP and self.config.schedules:
+            env[schedules.ENV] = schedules.to_env(self.config.schedules)
         try:
             child = Child(self.worker_argv(watcher, replica), env,
                           self.logs / f"{watcher.name}.log", self.base_dir,

@@ -33,7 +33,7 @@ from runtime.client import Consumer, Event
 from runtime.connection import BrokerError, BrokerUnavailable
 from runtime.consumer import events_of_batches
 from runtime.routing import connect
-from runtime.worker import Hosted
+from runtime.worker import Hosted, schedules
 from runtime.worker.delays import (
     CANCEL,
     DELAY_ID,
@@ -64,6 +64,11 @@ class Mover:
         self.ends: dict[int, int] = {}  # each partition's end, as the broker last said
         self.generation = self.consumer.generation
         self.cancelled = 0  # held events a cancel marker dropped
+        self.ticks_sent = 0
+        self.tickers = schedules.from_env(int(time.time() * 1000))  # [schedules.*]
+        for ticker in self.tickers:
+            host.log.info("schedule %s: every %d ms to %s, next tick %d", ticker.name,
+                          ticker.every, ticker.section.topic, ticker.next)
 
     def run(self) -> int:
         host = self.host
@@ -81,7 +86,9 @@ class Mover:
 
     def step(self) -> None:
         now = time.time() * 1000
-        wait = POLL_S if not self.heap else min(POLL_S, max(0.0, (self.heap[0][0] - now) / 1000))
+        soonest = min(([self.heap[0][0]] if self.heap else [])
+                      + [t.due(t.next) for t in self.tickers], default=None)
+        wait = POLL_S if soonest is None else min(POLL_S, max(0.0, (soonest - now) / 1000))
         try:
             if len(self.heap) < MAX_HELD:
                 self.host.idle = True
@@ -93,6 +100,7 @@ class Mover:
             else:
                 time.sleep(wait)
             self.forward_due()
+            self.send_ticks()
             self.commit(sync=False)
         except BrokerUnavailable as exc:
             self.host.log.warning("%s; waiting for it", exc)
@@ -181,6 +189,34 @@ class Mover:
                                  acks="all", producer_id=forward_producer_id(event.partition,
                                                                              event.offset),
                                  sequence=0))
+
+    def send_ticks(self) -> None:
+        """Send each schedule's tick that is due (schedules.py: once, never early)."""
+        for ticker in self.tickers:
+            skipped = ticker.skipped
+            tick = ticker.take(int(time.time() * 1000))
+            if ticker.skipped > skipped:
+                self.host.log.warning("schedule %s: %d tick(s) skipped: more than %d ms late",
+                                      ticker.name, ticker.skipped - skipped, ticker.catch_up)
+            if tick is None:
+                continue
+            value, key, headers = ticker.record(tick)
+            topic = ticker.section.topic
+            try:
+                records = msgspec.msgpack.encode([[value, key, headers, None]])
+                self.conn.call(p.Produce(
+                    topic=topic, partition=ticker.partition(tick, self.partitions_of(topic)),
+                    records=msgspec.Raw(records), acks="all",
+                    producer_id=schedules.producer_id(ticker.name, tick), sequence=0))
+            except BrokerError as exc:
+                if isinstance(exc, BrokerUnavailable):
+                    ticker.next = tick  # sent again once the broker answers (if in time)
+                    raise
+                self.host.failed += 1
+                self.host.log.error("schedule %s: tick %d cannot be sent to %s: %s",
+                                    ticker.name, tick, topic, exc)
+                continue
+            self.ticks_sent += 1
 
     def partitions_of(self, topic: str) -> int:
         count = self.partitions.get(topic)

@@ -1,7 +1,7 @@
 """What ``rail reload`` changes, worked out without processes (runtime/reload.py)."""
 from __future__ import annotations
 
-from runtime.config import RailConfig, TopicSection, WorkerSpec
+from runtime.config import RailConfig, ScheduleSection, TopicSection, WorkerSpec
 from runtime.reload import plan
 
 
@@ -50,3 +50,11 @@ def test_new_topics_are_created_and_a_changed_partition_count_is_only_noted() ->
     new = RailConfig(topics={"orders": TopicSection(partitions=4), "more": TopicSection()})
     assert [(c.kind, c.name) for c in plan(old, {}, new, {}, set())] == [
         ("create", "more"), ("note", "orders")]
+
+
+def test_a_changed_schedule_is_noted_for_the_next_rail_up() -> None:
+    old = RailConfig(schedules={"beat": ScheduleSection(topic="t", every="1m")})
+    new = RailConfig(schedules={"beat": ScheduleSection(topic="t", every="2m")})
+    assert kinds(plan(old, {}, new, {}, set())) == [
+        ("note", "rail.toml", "[schedules] changes apply at the next rail up")]
+    assert plan(old, {}, old, {}, set()) == []
