@@ -64,8 +64,9 @@ def send_delayed(producer: Producer, topic: str, value: Any, *, key: Any = None,
 
     The event's key picks its partition of ``topic`` when it is forwarded, as a plain send
     would, and its partition of ``rail.delayed`` (a keyless one: any)."""
-    if not topic or topic == DELAY_TOPIC:
-        raise ValueError(f"cannot delay an event for topic {topic!r}")
+    if not isinstance(topic, str) or not p.valid_topic_name(topic) or topic == DELAY_TOPIC:
+        raise ValueError(f"cannot delay an event for topic {topic!r} (a topic name is "
+                         "letters, digits, '.', '_', '-', up to 249)")
     due = due_ms(delay_s, at)
     count = producer.partitions_for(DELAY_TOPIC)
     partition = random.randrange(count) if key is None else p.partition_for_key(key, count)

@@ -17,7 +17,8 @@ count as done.  A due event is forwarded only once its partition was read up to 
 broker last reported for it, so that a mover reading again after a crash (from the lowest
 offset not done) meets the marker of an event it is about to forward: a cancel that took
 effect stays in effect.  Only a full heap (MAX_HELD) forwards without that: reading has
-stopped.
+stopped.  A partition kept through a rebalance forwards nothing until the group's committed
+offset shows no other member read it past us meanwhile (``check_kept``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Mover:
         self.partitions: dict[str, int] = {}  # partition count of each target topic
         self.ends: dict[int, int] = {}  # each partition's end, as the broker last said
         self.generation = self.consumer.generation
+        self.kept: set[int] = set()  # partitions kept through a rebalance, not checked yet
         self.cancelled = 0  # held events a cancel marker dropped
         self.ticks_sent = 0
         self.tickers = schedules.from_env(int(time.time() * 1000))  # [schedules.*]
@@ -97,6 +99,7 @@ class Mover:
                     self.ends[batch.partition] = max(self.ends.get(batch.partition, 0),
                                                      batch.end_offset)
                 self.take(events_of_batches(batches))
+                self.check_kept()
             else:
                 time.sleep(wait)
             self.forward_due()
@@ -116,6 +119,7 @@ class Mover:
             self.heap = [h for h in self.heap if h[1] in owned]
             heapq.heapify(self.heap)
             self.tracks = {part: t for part, t in self.tracks.items() if part in owned}
+            self.kept = set(self.tracks)
         for event in events:
             track = self.tracks.setdefault(event.partition, Track())
             if event.offset < track.next:
@@ -129,6 +133,31 @@ class Mover:
                 track.moved = True
                 continue
             heapq.heappush(self.heap, (due_of(event), event.partition, event.offset, event))
+
+    def check_kept(self) -> None:
+        """A partition kept through a rebalance may have been another member's in a
+        generation this one never saw (two rebalances in one poll, or a re-join); if that
+        member committed past what we read, it dealt with what we hold of the partition
+        (forwarded it, or dropped it for a cancel marker we will never read)."""
+        if not self.kept:
+            return
+        try:
+            described = self.conn.call(p.DescribeGroup(group=self.host.options.group))
+        except BrokerError as exc:
+            if isinstance(exc, BrokerUnavailable):
+                raise
+            self.host.log.warning("committed offsets not known (%s): asked again", exc)
+            return
+        for gp in described.partitions:
+            track = self.tracks.get(gp.partition)
+            if gp.topic != DELAY_TOPIC or gp.partition not in self.kept or track is None:
+                continue
+            if (gp.committed or 0) > track.next:
+                self.heap = [h for h in self.heap if h[1] != gp.partition]
+                heapq.heapify(self.heap)
+                track = self.tracks[gp.partition] = Track()
+                track.next = gp.committed or 0  # what comes below it was dealt with
+        self.kept.clear()
 
     def cancel(self, track: Track, partition: int, delay_id: str) -> None:
         """Drop the held event of ``delay_id`` (in ``partition``, before its marker)."""
@@ -150,14 +179,14 @@ class Mover:
         full = len(self.heap) >= MAX_HELD
         while self.heap and self.heap[0][0] <= time.time() * 1000:
             _, partition, offset, event = self.heap[0]
-            if not full and not self.read_to_end(partition):
+            if not full and (partition in self.kept or not self.read_to_end(partition)):
                 unread.append(heapq.heappop(self.heap))  # its cancel may lie behind it
                 continue
             self.host.idle = False
             self.host.current = (DELAY_TOPIC, partition, offset, time.monotonic())
             try:
                 self.forward(event)
-            except BrokerError as exc:
+            except (BrokerError, ValueError) as exc:
                 if isinstance(exc, BrokerUnavailable):
                     raise
                 self.host.failed += 1  # cannot be delivered (bad target): logged, dropped
@@ -180,7 +209,9 @@ class Mover:
 
     def forward(self, event: Event) -> None:
         headers = {k: v for k, v in (event.headers or {}).items() if k not in PARKING}
-        target = text(event.headers.get(TARGET)) if event.headers else ""
+        target = text((event.headers or {}).get(TARGET, ""))
+        if not p.valid_topic_name(target) or target == DELAY_TOPIC:
+            raise ValueError(f"no topic to forward to (header {TARGET}: {target!r})")
         count = self.partitions_of(target)
         partition = (p.partition_for_key(event.key, count) if event.key is not None
                      else event.offset % count)

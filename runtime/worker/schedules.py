@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from typing import Any
@@ -24,6 +25,7 @@ import msgspec
 
 from brokerd import protocol as p
 from runtime.config import ScheduleSection
+from runtime.worker.delays import DELAY_TOPIC
 
 ENV = "RAIL_SCHEDULES"  # the mover's schedules, as JSON, set by the supervisor
 NAME = "rail.schedule"  # headers of a tick's event
@@ -38,13 +40,14 @@ def duration_ms(value: str | float, what: str) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{what}: expected a duration like '30s', '5m', '1d', got {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"{what}: a duration is >= 0, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{what}: a duration is a finite number >= 0, got {value!r}")
         return round(value * 1000)
     match = _DURATION.fullmatch(value)
-    if match is None:
+    ms = float(match.group(1)) * _UNIT_MS[match.group(2)] if match else math.inf
+    if not math.isfinite(ms):
         raise ValueError(f"{what}: expected a duration like '30s', '5m', '1d', got {value!r}")
-    return round(float(match.group(1)) * _UNIT_MS[match.group(2)])
+    return round(ms)
 
 
 class Ticker:
@@ -53,6 +56,9 @@ class Ticker:
     def __init__(self, name: str, section: ScheduleSection, now_ms: int) -> None:
         self.name = name
         self.section = section
+        if not p.valid_topic_name(section.topic) or section.topic == DELAY_TOPIC:
+            raise ValueError(f"schedules.{name}.topic: {section.topic!r} is not a topic a "
+                             "schedule can send to (letters, digits, '.', '_', '-', up to 249)")
         self.every = duration_ms(section.every, f"schedules.{name}.every")
         self.offset = duration_ms(section.offset, f"schedules.{name}.offset")
         self.catch_up = duration_ms(section.catch_up, f"schedules.{name}.catch_up")
