@@ -48,6 +48,7 @@ from runtime.worker.lanes import Track
 
 MAX_HELD = 10_000
 POLL_S = 1.0  # the longest sleep: a stop is seen within it
+HELD_BACK_S = 0.05  # the sleep while due events wait for their partitions' reads
 BROKER_RETRY_S = 1.0
 
 
@@ -64,6 +65,7 @@ class Mover:
         self.partitions: dict[str, int] = {}  # partition count of each target topic
         self.ends: dict[int, int] = {}  # each partition's end, as the broker last said
         self.generation = self.consumer.generation
+        self.held_back = False  # due events wait for their partitions to be read
         self.kept: set[int] = set()  # partitions kept through a rebalance, not checked yet
         self.cancelled = 0  # held events a cancel marker dropped
         self.ticks_sent = 0
@@ -91,6 +93,8 @@ class Mover:
         soonest = min(([self.heap[0][0]] if self.heap else [])
                       + [t.due(t.next) for t in self.tickers], default=None)
         wait = POLL_S if soonest is None else min(POLL_S, max(0.0, (soonest - now) / 1000))
+        if self.held_back:  # due events wait for reads, which end the poll when they come:
+            wait = HELD_BACK_S  # no busy loop meanwhile
         try:
             if len(self.heap) < MAX_HELD:
                 self.host.idle = True
@@ -200,6 +204,7 @@ class Mover:
                 track.done.add(offset)
                 track.moved = True
             self.host.processed += 1
+        self.held_back = bool(unread)
         for held in unread:
             heapq.heappush(self.heap, held)
 
