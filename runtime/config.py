@@ -62,7 +62,9 @@ class ScheduleSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     number of seconds)."""
 
     topic: Annotated[str, msgspec.Meta(min_length=1)]
-    every: str | float
+    every: str | float | None = None  # an interval, or:
+    cron: str = ""  # "0 3 * * 1-5" (runtime/worker/cron.py), in timezone
+    timezone: str = "UTC"
     offset: str | float = 0  # ticks at every * n + offset of Unix time, e.g. 3h with 1d
     catch_up: str | float = "60s"  # a tick at most this late is still sent
     value: Any = None  # default: {"schedule": NAME, "tick": n, "due_ms": ...}

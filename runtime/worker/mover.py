@@ -71,8 +71,8 @@ class Mover:
         self.ticks_sent = 0
         self.tickers = schedules.from_env(int(time.time() * 1000))  # [schedules.*]
         for ticker in self.tickers:
-            host.log.info("schedule %s: every %d ms to %s, next tick %d", ticker.name,
-                          ticker.every, ticker.section.topic, ticker.next)
+            host.log.info("schedule %s to %s: next tick %d, due at %d ms", ticker.name,
+                          ticker.section.topic, ticker.next, ticker.due(ticker.next))
 
     def run(self) -> int:
         host = self.host

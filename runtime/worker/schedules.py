@@ -25,6 +25,7 @@ import msgspec
 
 from brokerd import protocol as p
 from runtime.config import ScheduleSection
+from runtime.worker.cron import Cron
 from runtime.worker.delays import DELAY_TOPIC
 
 ENV = "RAIL_SCHEDULES"  # the mover's schedules, as JSON, set by the supervisor
@@ -50,6 +51,50 @@ def duration_ms(value: str | float, what: str) -> int:
     return round(ms)
 
 
+class Every:
+    """Tick ``n`` falls due at ``n * every + offset`` ms of Unix time."""
+
+    def __init__(self, every: int, offset: int) -> None:
+        self.every, self.offset = every, offset
+
+    def due(self, tick: int) -> int:
+        return tick * self.every + self.offset
+
+    def latest(self, now_ms: int) -> int:
+        return (now_ms - self.offset) // self.every
+
+    def after(self, tick: int) -> int:
+        return tick + 1
+
+    def between(self, first: int, last: int) -> int:
+        return last - first
+
+
+class CronClock:
+    """A tick is the Unix minute of a fire time of the cron expression (cron.py)."""
+
+    def __init__(self, cron: Cron) -> None:
+        self.cron = cron
+
+    def due(self, tick: int) -> int:
+        return tick * 60_000
+
+    def latest(self, now_ms: int) -> int:
+        latest = self.cron.latest(now_ms // 60_000)
+        return -1 if latest is None else latest
+
+    def after(self, tick: int) -> int:
+        return self.cron.after(tick)
+
+    def between(self, first: int, last: int) -> int:
+        """How many ticks from ``first`` up to ``last`` (not counting it); at most 1,000
+        are counted (for a log line)."""
+        count, tick = 0, first
+        while tick < last and count < 1000:
+            count, tick = count + 1, self.cron.after(tick)
+        return count
+
+
 class Ticker:
     """One schedule's ticks: which is next, and which to send now."""
 
@@ -59,33 +104,48 @@ class Ticker:
         if not p.valid_topic_name(section.topic) or section.topic == DELAY_TOPIC:
             raise ValueError(f"schedules.{name}.topic: {section.topic!r} is not a topic a "
                              "schedule can send to (letters, digits, '.', '_', '-', up to 249)")
-        self.every = duration_ms(section.every, f"schedules.{name}.every")
-        self.offset = duration_ms(section.offset, f"schedules.{name}.offset")
         self.catch_up = duration_ms(section.catch_up, f"schedules.{name}.catch_up")
-        if self.every < 1:
-            raise ValueError(f"schedules.{name}.every: at least 1 ms")
-        if self.offset >= self.every:
-            raise ValueError(f"schedules.{name}.offset: less than every "
-                             f"({self.offset} ms >= {self.every} ms)")
-        self.next = self.latest(now_ms)  # the tick at or before now, if still in time
-        if now_ms - self.due(self.next) > self.catch_up:
-            self.next += 1
+        self.clock = self._clock(name, section)
         self.skipped = 0
+        latest = self.clock.latest(now_ms)  # the tick at or before now, if still in time
+        self.next = latest if now_ms - self.clock.due(latest) <= self.catch_up else \
+            self.clock.after(latest)
+
+    def _clock(self, name: str, section: ScheduleSection) -> Every | CronClock:
+        if (section.every is None) == (not section.cron):
+            raise ValueError(f"schedules.{name}: give either every (an interval) or cron "
+                             "(an expression like '0 3 * * *')")
+        if section.cron:
+            if section.offset:
+                raise ValueError(f"schedules.{name}.offset: goes with every, not cron")
+            try:
+                return CronClock(Cron(section.cron, section.timezone))
+            except ValueError as exc:
+                raise ValueError(f"schedules.{name}.cron: {exc}") from None
+        if section.timezone != "UTC":
+            raise ValueError(f"schedules.{name}.timezone: goes with cron (every counts from "
+                             "the Unix epoch)")
+        assert section.every is not None
+        every = duration_ms(section.every, f"schedules.{name}.every")
+        offset = duration_ms(section.offset, f"schedules.{name}.offset")
+        if every < 1:
+            raise ValueError(f"schedules.{name}.every: at least 1 ms")
+        if offset >= every:
+            raise ValueError(f"schedules.{name}.offset: less than every "
+                             f"({offset} ms >= {every} ms)")
+        return Every(every, offset)
 
     def due(self, tick: int) -> int:
-        return tick * self.every + self.offset
-
-    def latest(self, now_ms: int) -> int:
-        return (now_ms - self.offset) // self.every
+        return self.clock.due(tick)
 
     def take(self, now_ms: int) -> int | None:
         """The tick to send now, if one is due (the latest; the ones before it skipped)."""
-        if now_ms < self.due(self.next):
+        if now_ms < self.clock.due(self.next):
             return None
-        latest = self.latest(now_ms)
-        self.skipped += latest - self.next
-        self.next = latest + 1
-        if now_ms - self.due(latest) > self.catch_up:
+        latest = self.clock.latest(now_ms)
+        self.skipped += self.clock.between(self.next, latest)
+        self.next = self.clock.after(latest)
+        if now_ms - self.clock.due(latest) > self.catch_up:
             self.skipped += 1
             return None
         return latest

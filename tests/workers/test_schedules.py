@@ -61,6 +61,8 @@ def test_late_ticks_coalesce_into_the_latest_and_a_start_sends_one_still_in_time
     ('topic = "t"\nevery = "1m"\ncolour = "red"',
      "schedules.beat: object contains unknown field colour"),
     ('every = "1m"', "schedules.beat: object missing required field topic"),
+    ('topic = "t"\ncron = "61 * * * *"', "schedules.beat.cron: minute: '61' is not a value"),
+    ('topic = "t"', "schedules.beat: give either every (an interval) or cron"),
 ])
 def test_a_schedule_rail_toml_cannot_run_is_one_line_naming_its_key(
         tmp_path: Path, body: str, error: str) -> None:
@@ -125,6 +127,35 @@ def test_each_tick_is_sent_once_never_early_also_by_two_movers_and_after_a_resta
                            "due_ms": int(header(e, sched.DUE) or -1)} for e in events)
     assert {e.partition for e in events} == {0, 1}  # keyless: tick % partitions
     conn.close()
+
+
+def test_a_cron_schedule_sends_its_minute_once(broker: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(sched.ENV, sched.to_env({"minutely": ScheduleSection(
+        topic="cron", cron="* * * * *", timezone="Europe/Paris", key="m")}))
+
+    def mover(member: str) -> Mover:
+        return Mover(Hosted(Options(broker=broker.api, group=MOVER_GROUP, topics=[DELAY_TOPIC],
+                                    name=member, member_id=member), logging.getLogger("test")))
+
+    for member in ("m0", "m1"):  # the second, as if restarted, sends the same minute again
+        m = mover(member)
+        try:
+            deadline = time.monotonic() + 10
+            while not m.ticks_sent:
+                assert time.monotonic() < deadline, "no tick sent"
+                m.step()
+        finally:
+            m.consumer.close()
+            m.conn.close()
+    conn = Connection(broker.api)
+    try:
+        got = ticks(conn, "cron")
+    finally:
+        conn.close()
+    assert len(got) == 1 or (len(got) == 2 and got[1][0] == got[0][0] + 1), got  # a minute
+    for tick, due, appended in got:  # may have turned between the two
+        assert due == tick * 60_000 and appended >= due
 
 
 def test_a_schedule_goes_on_through_kill_9_of_rail_up_without_a_tick_twice(
